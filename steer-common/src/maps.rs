@@ -1,0 +1,269 @@
+//! Map keys, values and constants shared with the XDP program.
+//!
+//! See `docs/architecture.md` for how the maps fit together.
+
+/// Address family tags used in keys and values.
+pub const FAMILY_V4: u8 = 4;
+pub const FAMILY_V6: u8 = 6;
+
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+pub const PROTO_ICMP: u8 = 1;
+pub const PROTO_ICMPV6: u8 = 58;
+pub const PROTO_IPIP: u8 = 4;
+pub const PROTO_IPV6: u8 = 41;
+
+/// Marks a ring slot that has no backend (empty table).
+pub const NO_REAL: u32 = u32::MAX;
+
+/// Map names, as the XDP program declares them.
+pub mod names {
+    pub const SETTINGS: &str = "SETTINGS";
+    pub const VIPS: &str = "VIPS";
+    pub const VIP_ADDRS: &str = "VIP_ADDRS";
+    pub const REALS: &str = "REALS";
+    pub const RINGS: &str = "RINGS";
+    pub const TABLE_GEN: &str = "TABLE_GEN";
+    pub const CONNTRACK: &str = "CONNTRACK";
+    pub const VIP_STATS: &str = "VIP_STATS";
+    pub const REAL_STATS: &str = "REAL_STATS";
+    pub const DROP_STATS: &str = "DROP_STATS";
+    pub const PATH_STATS: &str = "PATH_STATS";
+    /// The data-plane entry point.
+    pub const PROG_STEER: &str = "steer_xdp";
+    /// A program that only returns `XDP_TX`: the benchmark floor.
+    pub const PROG_FLOOR: &str = "steer_floor";
+}
+
+/// Compile-time map capacities. Sizes that depend on configuration
+/// (conntrack, rings, reals, tables) are overridden by userspace at load time.
+pub mod capacity {
+    pub const VIPS: u32 = 4096;
+    pub const REALS: u32 = 65536;
+    pub const TABLES: u32 = 128;
+    pub const CONNTRACK: u32 = 1 << 20;
+    pub const DEFAULT_RING_SIZE: u32 = 65537;
+}
+
+/// Key of `VIPS`: one virtual service. `port` 0 matches every port.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct VipKey {
+    /// IPv4 addresses use the first four bytes; the rest are zero.
+    pub addr: [u8; 16],
+    /// Wire order (see [`crate::port_to_wire`]).
+    pub port: u16,
+    pub proto: u8,
+    pub family: u8,
+}
+
+/// `VipInfo::flags`: hash on the client address only (client affinity).
+pub const VIP_F_CLIENT_AFFINITY: u32 = 1;
+
+/// Value of `VIPS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VipInfo {
+    /// Index into `VIP_STATS`.
+    pub vip_id: u32,
+    /// Index of the selection table (see `TABLE_GEN` and `RINGS`).
+    pub table_id: u32,
+    pub flags: u32,
+    pub _pad: u32,
+}
+
+/// Key of `VIP_ADDRS`: any address that carries at least one VIP. Used only
+/// to decide whether a malformed packet or a fragment was meant for us.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct AddrKey {
+    pub addr: [u8; 16],
+    pub family: u8,
+    pub _pad: [u8; 3],
+}
+
+/// `Real::flags`: the slot holds a backend.
+pub const REAL_F_PRESENT: u8 = 1;
+/// `Real::flags`: the backend is down; its flows are re-selected.
+pub const REAL_F_DOWN: u8 = 2;
+
+/// Value of `REALS`: one backend of one service, indexed by real id.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Real {
+    pub addr: [u8; 16],
+    pub family: u8,
+    pub flags: u8,
+    pub _pad: [u8; 2],
+    /// Bumped whenever the slot is reused, so stale conntrack entries that
+    /// point at the slot are re-selected instead of following the new owner.
+    pub generation: u32,
+}
+
+/// Key of `CONNTRACK`, and the input of the flow hash.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    /// Wire order.
+    pub sport: u16,
+    /// Wire order.
+    pub dport: u16,
+    pub proto: u8,
+    pub family: u8,
+    pub _pad: [u8; 2],
+}
+
+/// Value of `CONNTRACK`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CtValue {
+    pub real_id: u32,
+    pub real_generation: u32,
+}
+
+/// Value of `SETTINGS[0]`: data-plane wide parameters.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Settings {
+    /// Outer IPv4 source: `src4_base | (flow_hash & src4_mask)`.
+    pub src4_base: [u8; 4],
+    /// Host-order mask applied to the flow hash.
+    pub src4_mask: u32,
+    /// Outer IPv6 source: the last four bytes get `hash & src6_mask` OR-ed in.
+    pub src6_base: [u8; 16],
+    pub src6_mask: u32,
+    /// Entries per selection ring (a prime).
+    pub ring_size: u32,
+    /// Largest IP packet (outer header included) we may send.
+    pub mtu: u32,
+    pub next_hop_mac: [u8; 6],
+    /// Outer TTL / hop limit.
+    pub ttl: u8,
+    /// Non-zero once userspace has written the settings.
+    pub ready: u8,
+}
+
+/// Per-CPU counters of `VIP_STATS` and `REAL_STATS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub packets: u64,
+    pub bytes: u64,
+    pub new_flows: u64,
+}
+
+/// Why a packet was dropped: indexes of `DROP_STATS`.
+pub mod drop {
+    /// IPv4 header with a bad version, IHL or total length, or an IPv6
+    /// payload length that disagrees with the frame.
+    pub const MALFORMED_L3: u32 = 0;
+    /// The frame ends inside the IP header.
+    pub const TRUNCATED_L3: u32 = 1;
+    /// The frame ends inside the TCP/UDP header.
+    pub const TRUNCATED_L4: u32 = 2;
+    /// An IP fragment for a VIP address (fragments are never forwarded).
+    pub const FRAGMENT: u32 = 3;
+    /// The service's table has no backend.
+    pub const NO_BACKEND: u32 = 4;
+    /// The encapsulated packet would exceed the configured MTU.
+    pub const TOO_BIG: u32 = 5;
+    /// `bpf_xdp_adjust_head` failed (no headroom).
+    pub const NO_HEADROOM: u32 = 6;
+    /// An IPv6 packet would need an IPv4 backend.
+    pub const FAMILY_MISMATCH: u32 = 7;
+    /// An ICMP error for a VIP address whose quoted header is unusable.
+    pub const BAD_ICMP: u32 = 8;
+    /// Too many IPv6 extension headers, or an unsupported one.
+    pub const IPV6_EXT: u32 = 9;
+    /// Settings not written yet.
+    pub const NOT_READY: u32 = 10;
+    pub const COUNT: u32 = 11;
+
+    /// Names for metrics and the replay summary, by index.
+    pub const NAMES: [&str; COUNT as usize] = [
+        "malformed_l3",
+        "truncated_l3",
+        "truncated_l4",
+        "fragment",
+        "no_backend",
+        "too_big",
+        "no_headroom",
+        "family_mismatch",
+        "bad_icmp",
+        "ipv6_ext",
+        "not_ready",
+    ];
+}
+
+/// Which branch a packet took: indexes of `PATH_STATS`. The benchmark checks
+/// these against its iteration counts.
+pub mod path {
+    pub const PASS: u32 = 0;
+    pub const CT_HIT: u32 = 1;
+    pub const NEW_FLOW: u32 = 2;
+    /// Conntrack pointed at a backend that is down (or gone): re-selected.
+    pub const RESELECT: u32 = 3;
+    pub const ICMP_ERROR: u32 = 4;
+    pub const DROP: u32 = 5;
+    pub const TX: u32 = 6;
+    pub const COUNT: u32 = 7;
+    pub const NAMES: [&str; COUNT as usize] = [
+        "pass", "ct_hit", "new_flow", "reselect", "icmp_error", "drop", "tx",
+    ];
+}
+
+/// Index into `RINGS` of slot `slot` of generation `generation` of table
+/// `table_id`.
+#[inline(always)]
+pub const fn ring_index(table_id: u32, generation: u32, ring_size: u32, slot: u32) -> u32 {
+    (table_id * 2 + (generation & 1)) * ring_size + slot
+}
+
+/// Encapsulation overhead by outer family.
+pub const OUTER_V4_LEN: usize = 20;
+pub const OUTER_V6_LEN: usize = 40;
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all of these are repr(C), contain only integers and byte arrays,
+    // and have explicit padding fields, so every bit pattern is valid and
+    // there are no implicit padding bytes.
+    unsafe impl aya::Pod for VipKey {}
+    unsafe impl aya::Pod for VipInfo {}
+    unsafe impl aya::Pod for AddrKey {}
+    unsafe impl aya::Pod for Real {}
+    unsafe impl aya::Pod for FlowKey {}
+    unsafe impl aya::Pod for CtValue {}
+    unsafe impl aya::Pod for Settings {}
+    unsafe impl aya::Pod for Counters {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::size_of;
+
+    #[test]
+    fn layouts_have_no_implicit_padding() {
+        assert_eq!(size_of::<VipKey>(), 16 + 2 + 1 + 1);
+        assert_eq!(size_of::<VipInfo>(), 16);
+        assert_eq!(size_of::<AddrKey>(), 20);
+        assert_eq!(size_of::<Real>(), 16 + 4 + 4);
+        assert_eq!(size_of::<FlowKey>(), 16 + 16 + 2 + 2 + 1 + 1 + 2);
+        assert_eq!(size_of::<CtValue>(), 8);
+        assert_eq!(size_of::<Settings>(), 4 + 4 + 16 + 4 + 4 + 4 + 6 + 1 + 1);
+        assert_eq!(size_of::<Counters>(), 24);
+    }
+
+    #[test]
+    fn ring_index_separates_generations_and_tables() {
+        let m = 7;
+        assert_eq!(ring_index(0, 0, m, 0), 0);
+        assert_eq!(ring_index(0, 1, m, 0), 7);
+        assert_eq!(ring_index(1, 0, m, 6), 20);
+        assert_eq!(ring_index(1, 3, m, 0), ring_index(1, 1, m, 0));
+    }
+}

@@ -1,0 +1,1 @@
+//! Shared helpers for the replay and end-to-end tests.
