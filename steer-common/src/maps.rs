@@ -141,9 +141,15 @@ pub struct Settings {
     pub next_hop_mac: [u8; 6],
     /// Outer TTL / hop limit.
     pub ttl: u8,
-    /// Non-zero once userspace has written the settings.
-    pub ready: u8,
+    /// `SETTINGS_F_*` bits.
+    pub flags: u8,
 }
+
+/// `Settings::flags`: userspace has written the settings.
+pub const SETTINGS_F_READY: u8 = 1;
+/// `Settings::flags`: at least one VIP uses port 0 (all ports), so a miss on
+/// the exact port must be retried with port 0.
+pub const SETTINGS_F_PORT0_VIPS: u8 = 2;
 
 /// Per-CPU counters of `VIP_STATS` and `REAL_STATS`.
 #[repr(C)]
@@ -207,14 +213,23 @@ pub mod path {
     pub const RESELECT: u32 = 3;
     pub const ICMP_ERROR: u32 = 4;
     pub const DROP: u32 = 5;
-    pub const TX: u32 = 6;
-    pub const COUNT: u32 = 7;
-    pub const NAMES: [&str; COUNT as usize] = [
-        "pass", "ct_hit", "new_flow", "reselect", "icmp_error", "drop", "tx",
-    ];
+    pub const COUNT: u32 = 6;
+    pub const NAMES: [&str; COUNT as usize] =
+        ["pass", "ct_hit", "new_flow", "reselect", "icmp_error", "drop"];
 }
 
-/// Index into `RINGS` of slot `slot` of generation `generation` of table
+/// Ring slots are stored 16 to a map value: an array map rounds each value
+/// up to 8 bytes, so single `u32` values would waste half the memory. Flat
+/// slot `i` lives in value `i / RING_LANES`, lane `i % RING_LANES`, which is
+/// also byte offset `4 * i` of the memory-mapped map.
+pub const RING_LANES: u32 = 16;
+
+/// Number of `RINGS` values needed for `tables` double-buffered tables.
+pub const fn ring_values(tables: u32, ring_size: u32) -> u32 {
+    (tables * 2 * ring_size).div_ceil(RING_LANES)
+}
+
+/// Flat slot index (see [`RING_LANES`]) of slot `slot` of generation `generation` of table
 /// `table_id`.
 #[inline(always)]
 pub const fn ring_index(table_id: u32, generation: u32, ring_size: u32, slot: u32) -> u32 {

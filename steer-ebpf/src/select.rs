@@ -1,0 +1,58 @@
+//! VIP matching and Maglev selection.
+
+use steer_common::{
+    ring_index, AddrKey, RING_LANES, Real, Settings, VipInfo, VipKey, NO_REAL, SETTINGS_F_PORT0_VIPS,
+};
+
+use crate::{
+    flow::usable_real,
+    maps::{RINGS, TABLE_GEN, VIPS, VIP_ADDRS},
+};
+
+/// Finds the VIP for `(addr, port, proto)`, then `(addr, 0, proto)` when
+/// port-0 VIPs exist. Returns the matched key's port with the VIP.
+#[inline(always)]
+pub fn vip(settings: &Settings, key: &mut VipKey) -> Option<VipInfo> {
+    // SAFETY: the value is copied out before the map can change under us.
+    if let Some(v) = unsafe { VIPS.get(&*key) } {
+        return Some(*v);
+    }
+    if settings.flags & SETTINGS_F_PORT0_VIPS == 0 {
+        return None;
+    }
+    key.port = 0;
+    // SAFETY: as above.
+    unsafe { VIPS.get(&*key) }.copied()
+}
+
+/// Whether any VIP lives on this address (for malformed packets and
+/// fragments, whose ports we cannot trust).
+#[inline(always)]
+pub fn is_vip_addr(family: u8, addr: &[u8; 16]) -> bool {
+    let k = AddrKey {
+        addr: *addr,
+        family,
+        _pad: [0; 3],
+    };
+    VIP_ADDRS.get_ptr(&k).is_some()
+}
+
+/// Picks a backend from the VIP's active table for a flow with `hash`.
+#[inline(always)]
+pub fn pick(settings: &Settings, vip: &VipInfo, hash: u32) -> Option<(u32, Real)> {
+    let size = settings.ring_size;
+    if size == 0 {
+        return None;
+    }
+    // One aligned word: the generation userspace flipped last.
+    let generation = *TABLE_GEN.get(vip.table_id)?;
+    let slot = hash % size;
+    let flat = ring_index(vip.table_id, generation, size, slot);
+    let lanes = RINGS.get(flat / RING_LANES)?;
+    let real_id = lanes[(flat % RING_LANES) as usize];
+    if real_id == NO_REAL {
+        return None;
+    }
+    let real = usable_real(real_id, None)?;
+    Some((real_id, real))
+}
