@@ -1,0 +1,763 @@
+//! The data plane: loads the XDP program, programs its maps and runs packets
+//! through it with BPF_PROG_TEST_RUN. This is the only module that touches
+//! BPF objects. Map layout and the table flip: docs/architecture.md.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::net::IpAddr;
+use std::os::fd::{AsFd, AsRawFd};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray};
+use aya::programs::{ProgramError, TestRun, TestRunOptions, Xdp};
+use aya::{Ebpf, EbpfLoader};
+use steer_common::{
+    drop, maglev, names, path, ring_index, ring_values, AddrKey, Counters, Real, Settings,
+    VipInfo, VipKey, FAMILY_V4, FAMILY_V6, REAL_F_DOWN, REAL_F_PRESENT, SETTINGS_F_PORT0_VIPS,
+    SETTINGS_F_READY, VIP_F_CLIENT_AFFINITY,
+};
+
+use crate::config::{Config, DataplaneConfig};
+use crate::policy::{self, BackendState, DesiredService};
+
+/// The compiled XDP program, built by build.rs.
+static PROGRAM: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/steer"));
+
+/// How long a ring that was just retired may still be read by a packet that
+/// loaded the old generation. The program runs inside an RCU read-side
+/// section of a few microseconds; this is a wide margin.
+const GRACE: Duration = Duration::from_millis(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum DataplaneError {
+    #[error("loading the XDP program failed: {0}. Is this root on Linux ≥ 5.15 with BPF enabled?")]
+    Load(#[source] aya::EbpfError),
+    #[error("the XDP program was rejected: {0}")]
+    Program(#[source] ProgramError),
+    #[error("BPF map {name}: {source}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    #[error("BPF map {name} is missing from the program")]
+    MissingMap { name: &'static str },
+    #[error("memory-mapping BPF map {name} failed: {source}")]
+    Mmap {
+        name: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("too many {what}: the data plane holds at most {max} (raise dataplane.{knob})")]
+    Capacity {
+        what: &'static str,
+        max: u32,
+        knob: &'static str,
+    },
+    #[error("service {service}: IPv6 VIP cannot be sent to IPv4 backend {backend}")]
+    FamilyMismatch { service: String, backend: String },
+    #[error("unknown service {0:?}")]
+    UnknownService(String),
+    #[error("unknown backend {0:?}")]
+    UnknownBackend(String),
+    #[error("frame of {0} bytes is shorter than an Ethernet header (14 bytes); XDP never sees such frames")]
+    FrameTooShort(usize),
+    #[error("running the program failed: {0}")]
+    Run(#[source] ProgramError),
+}
+
+type Result<T, E = DataplaneError> = std::result::Result<T, E>;
+
+fn map_err(name: &'static str) -> impl Fn(aya::maps::MapError) -> DataplaneError {
+    move |source| DataplaneError::Map { name, source }
+}
+
+/// The verdict of one packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Verdict {
+    Aborted,
+    Drop,
+    Pass,
+    Tx,
+    Redirect,
+    Unknown(u32),
+}
+
+impl Verdict {
+    fn from_action(a: u32) -> Self {
+        match a {
+            0 => Verdict::Aborted,
+            1 => Verdict::Drop,
+            2 => Verdict::Pass,
+            3 => Verdict::Tx,
+            4 => Verdict::Redirect,
+            n => Verdict::Unknown(n),
+        }
+    }
+}
+
+/// One packet after the program ran.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RunOutput {
+    pub verdict: Verdict,
+    /// The frame as the program left it.
+    pub data: Vec<u8>,
+    /// What the kernel measured for this run.
+    pub duration: Duration,
+}
+
+/// A shared, writable mapping of an mmapable BPF array.
+struct Mmap {
+    ptr: *mut u8,
+    len: usize,
+}
+
+impl Mmap {
+    fn new(name: &'static str, data: &MapData, bytes: usize) -> Result<Self> {
+        // SAFETY: sysconf has no preconditions.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as usize;
+        let len = bytes.div_ceil(page) * page;
+        let fd = data.fd().as_fd().as_raw_fd();
+        // SAFETY: mapping a BPF array map fd created with BPF_F_MMAPABLE;
+        // `len` covers whole pages of the map's value area.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd,
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(DataplaneError::Mmap {
+                name,
+                source: std::io::Error::last_os_error(),
+            });
+        }
+        Ok(Mmap {
+            ptr: ptr.cast(),
+            len,
+        })
+    }
+
+    /// The 32-bit word at byte offset `off`.
+    fn word(&self, off: usize) -> &AtomicU32 {
+        assert!(off % 4 == 0 && off + 4 <= self.len, "mmap offset {off} out of range");
+        // SAFETY: in bounds and aligned (checked above); the kernel and BPF
+        // programs access these words concurrently, hence atomics.
+        unsafe { AtomicU32::from_ptr(self.ptr.add(off).cast()) }
+    }
+}
+
+impl Drop for Mmap {
+    fn drop(&mut self) {
+        // SAFETY: unmapping exactly what `new` mapped.
+        unsafe { libc::munmap(self.ptr.cast(), self.len) };
+    }
+}
+
+// SAFETY: the mapping is plain shared memory accessed through atomics.
+unsafe impl Send for Mmap {}
+// SAFETY: as above.
+unsafe impl Sync for Mmap {}
+
+#[derive(Clone, Debug)]
+struct RealSlot {
+    id: u32,
+    address: IpAddr,
+}
+
+#[derive(Debug)]
+struct ServiceSlot {
+    /// Doubles as the table id.
+    vip_id: u32,
+    key: VipKey,
+    info: VipInfo,
+    reals: BTreeMap<String, RealSlot>,
+    /// The active ring's content.
+    table: Vec<u32>,
+    generation: u32,
+    last_flip: Option<Instant>,
+}
+
+/// Sizes fixed at load time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    pub ring_size: u32,
+    pub max_tables: u32,
+    pub max_reals: u32,
+    pub conntrack_size: u32,
+}
+
+impl Limits {
+    pub fn from_config(cfg: &DataplaneConfig) -> Self {
+        Limits {
+            ring_size: cfg.maglev_table_size,
+            max_tables: cfg.max_tables,
+            max_reals: cfg.max_reals,
+            conntrack_size: cfg.conntrack_size,
+        }
+    }
+}
+
+/// A loaded XDP program and the state steer has written into its maps.
+pub struct Dataplane {
+    ebpf: Ebpf,
+    rings: Mmap,
+    gens: Mmap,
+    limits: Limits,
+    services: BTreeMap<String, ServiceSlot>,
+    free_vips: Vec<u32>,
+    real_generation: Vec<u32>,
+    /// Freed real ids, reused oldest first so stale flows see a generation
+    /// change long after the fact rather than at once.
+    free_reals: VecDeque<u32>,
+    next_real: u32,
+    config: Option<Config>,
+    state: BackendState,
+}
+
+fn addr_bytes(a: &IpAddr) -> ([u8; 16], u8) {
+    let mut out = [0u8; 16];
+    match a {
+        IpAddr::V4(v4) => {
+            out[..4].copy_from_slice(&v4.octets());
+            (out, FAMILY_V4)
+        }
+        IpAddr::V6(v6) => (v6.octets(), FAMILY_V6),
+    }
+}
+
+fn prefix_mask(host_bits: u32) -> u32 {
+    if host_bits >= 32 {
+        u32::MAX
+    } else {
+        (1u32 << host_bits) - 1
+    }
+}
+
+impl Dataplane {
+    /// Loads the XDP program with map sizes from `cfg` (it is not attached
+    /// anywhere; see `attach`).
+    pub fn load(cfg: &DataplaneConfig) -> Result<Self> {
+        Self::load_with(Limits::from_config(cfg))
+    }
+
+    pub fn load_with(limits: Limits) -> Result<Self> {
+        let mut loader = EbpfLoader::new();
+        loader
+            .map_max_entries(names::CONNTRACK, limits.conntrack_size)
+            .map_max_entries(
+                names::RINGS,
+                ring_values(limits.max_tables, limits.ring_size),
+            )
+            .map_max_entries(names::TABLE_GEN, limits.max_tables)
+            .map_max_entries(names::VIPS, limits.max_tables)
+            .map_max_entries(names::VIP_ADDRS, limits.max_tables)
+            .map_max_entries(names::VIP_STATS, limits.max_tables)
+            .map_max_entries(names::REALS, limits.max_reals)
+            .map_max_entries(names::REAL_STATS, limits.max_reals);
+        let mut ebpf = loader.load(PROGRAM).map_err(DataplaneError::Load)?;
+        for name in [names::PROG_STEER, names::PROG_FLOOR] {
+            let prog: &mut Xdp = ebpf
+                .program_mut(name)
+                .ok_or(DataplaneError::MissingMap { name })?
+                .try_into()
+                .map_err(DataplaneError::Program)?;
+            prog.load().map_err(DataplaneError::Program)?;
+        }
+        let rings = {
+            let data = map_data(&ebpf, names::RINGS)?;
+            Mmap::new(
+                names::RINGS,
+                data,
+                ring_values(limits.max_tables, limits.ring_size) as usize * 64,
+            )?
+        };
+        let gens = {
+            let data = map_data(&ebpf, names::TABLE_GEN)?;
+            // Array values are 8-byte aligned: u32 generation i is at 8*i.
+            Mmap::new(names::TABLE_GEN, data, limits.max_tables as usize * 8)?
+        };
+        Ok(Dataplane {
+            ebpf,
+            rings,
+            gens,
+            limits,
+            services: BTreeMap::new(),
+            free_vips: (0..limits.max_tables).rev().collect(),
+            real_generation: vec![0; limits.max_reals as usize],
+            free_reals: VecDeque::new(),
+            next_real: 0,
+            config: None,
+            state: BackendState::default(),
+        })
+    }
+
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    /// Programs every map from `cfg` with the given backends marked down.
+    pub fn apply(&mut self, cfg: &Config, down: &BTreeSet<String>) -> Result<()> {
+        let state = BackendState {
+            down: down.clone(),
+            drained: self.state.drained.clone(),
+        };
+        self.apply_state(cfg, state)
+    }
+
+    /// Programs every map from `cfg` and `state`.
+    pub fn apply_state(&mut self, cfg: &Config, state: BackendState) -> Result<()> {
+        let desired = policy::desired(cfg, &state);
+        self.write_settings(&cfg.dataplane, &desired)?;
+        self.apply_desired(&desired)?;
+        self.config = Some(cfg.clone());
+        self.state = state;
+        Ok(())
+    }
+
+    /// Marks a backend down (in every service) or up again.
+    pub fn set_backend_down(&mut self, backend: &str, down: bool) -> Result<()> {
+        let cfg = self
+            .config
+            .clone()
+            .ok_or_else(|| DataplaneError::UnknownBackend(backend.to_string()))?;
+        if !cfg.backends.iter().any(|b| b.name == backend) {
+            return Err(DataplaneError::UnknownBackend(backend.to_string()));
+        }
+        let mut state = self.state.clone();
+        if down {
+            state.down.insert(backend.to_string());
+        } else {
+            state.down.remove(backend);
+        }
+        self.apply_state(&cfg, state)
+    }
+
+    fn write_settings(&mut self, cfg: &DataplaneConfig, desired: &[DesiredService]) -> Result<()> {
+        let mut s = Settings {
+            ring_size: self.limits.ring_size,
+            mtu: cfg.mtu,
+            next_hop_mac: cfg.next_hop_mac,
+            ttl: cfg.ttl,
+            flags: SETTINGS_F_READY,
+            ..Default::default()
+        };
+        if let Some(p) = &cfg.encap_source_v4 {
+            s.src4_base = p.addr.octets();
+            s.src4_mask = prefix_mask(32 - p.len as u32);
+        }
+        if let Some(p) = &cfg.encap_source_v6 {
+            s.src6_base = p.addr.octets();
+            s.src6_mask = prefix_mask(128 - p.len as u32);
+        }
+        if desired.iter().any(|d| d.port == 0) {
+            s.flags |= SETTINGS_F_PORT0_VIPS;
+        }
+        let mut map: Array<_, Settings> = typed(&mut self.ebpf, names::SETTINGS)?;
+        map.set(0, s, 0).map_err(map_err(names::SETTINGS))
+    }
+
+    fn alloc_real(&mut self) -> Result<u32> {
+        if let Some(id) = self.free_reals.pop_front() {
+            self.real_generation[id as usize] += 1;
+            return Ok(id);
+        }
+        if self.next_real >= self.limits.max_reals {
+            return Err(DataplaneError::Capacity {
+                what: "service backends",
+                max: self.limits.max_reals,
+                knob: "max_reals",
+            });
+        }
+        self.next_real += 1;
+        Ok(self.next_real - 1)
+    }
+
+    fn apply_desired(&mut self, desired: &[DesiredService]) -> Result<()> {
+        for d in desired {
+            if d.vip.is_ipv6() {
+                if let Some(b) = d.backends.iter().find(|b| b.address.is_ipv4()) {
+                    return Err(DataplaneError::FamilyMismatch {
+                        service: d.name.clone(),
+                        backend: b.name.clone(),
+                    });
+                }
+            }
+        }
+        // 1. Services that disappeared (or whose VIP changed) are removed.
+        let wanted: BTreeMap<&str, &DesiredService> =
+            desired.iter().map(|d| (d.name.as_str(), d)).collect();
+        let stale: Vec<String> = self
+            .services
+            .iter()
+            .filter(|(name, slot)| match wanted.get(name.as_str()) {
+                None => true,
+                Some(d) => vip_key(d) != slot.key,
+            })
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in stale {
+            self.remove_service(&name)?;
+        }
+        // 2. Add or update the rest.
+        for d in desired {
+            self.apply_service(d)?;
+        }
+        self.write_vip_addrs()
+    }
+
+    fn remove_service(&mut self, name: &str) -> Result<()> {
+        let Some(slot) = self.services.remove(name) else {
+            return Ok(());
+        };
+        let mut vips: HashMap<_, VipKey, VipInfo> = typed(&mut self.ebpf, names::VIPS)?;
+        match vips.remove(&slot.key) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+            Err(e) => return Err(map_err(names::VIPS)(e)),
+        }
+        for real in slot.reals.values() {
+            self.write_real(real.id, None)?;
+            self.free_reals.push_back(real.id);
+        }
+        self.free_vips.push(slot.vip_id);
+        Ok(())
+    }
+
+    fn write_real(&mut self, id: u32, value: Option<(&IpAddr, bool)>) -> Result<()> {
+        let real = match value {
+            None => Real {
+                generation: self.real_generation[id as usize],
+                ..Default::default()
+            },
+            Some((addr, up)) => {
+                let (addr, family) = addr_bytes(addr);
+                Real {
+                    addr,
+                    family,
+                    flags: REAL_F_PRESENT | if up { 0 } else { REAL_F_DOWN },
+                    _pad: [0; 2],
+                    generation: self.real_generation[id as usize],
+                }
+            }
+        };
+        let mut reals: Array<_, Real> = typed(&mut self.ebpf, names::REALS)?;
+        reals.set(id, real, 0).map_err(map_err(names::REALS))
+    }
+
+    fn apply_service(&mut self, d: &DesiredService) -> Result<()> {
+        let key = vip_key(d);
+        if !self.services.contains_key(&d.name) {
+            let vip_id = self.free_vips.pop().ok_or(DataplaneError::Capacity {
+                what: "services",
+                max: self.limits.max_tables,
+                knob: "max_tables",
+            })?;
+            self.services.insert(
+                d.name.clone(),
+                ServiceSlot {
+                    vip_id,
+                    key,
+                    info: VipInfo::default(),
+                    reals: BTreeMap::new(),
+                    table: Vec::new(),
+                    generation: self.gens.word(vip_id as usize * 8).load(Ordering::Acquire),
+                    last_flip: None,
+                },
+            );
+        }
+        // Reals: keep ids of backends whose address is unchanged.
+        let old_reals = self.services[&d.name].reals.clone();
+        let mut reals = BTreeMap::new();
+        let mut retired = Vec::new();
+        for b in &d.backends {
+            let id = match old_reals.get(&b.name) {
+                Some(r) if r.address == b.address => r.id,
+                Some(r) => {
+                    retired.push(r.id);
+                    self.alloc_real()?
+                }
+                None => self.alloc_real()?,
+            };
+            reals.insert(
+                b.name.clone(),
+                RealSlot {
+                    id,
+                    address: b.address,
+                },
+            );
+        }
+        for (name, r) in &old_reals {
+            if !reals.contains_key(name) {
+                retired.push(r.id);
+            }
+        }
+        // Phase 1: backends that are up are present and up before any table
+        // can point at them.
+        for b in d.backends.iter().filter(|b| b.up) {
+            self.write_real(reals[&b.name].id, Some((&b.address, true)))?;
+        }
+        // Phase 2: the new table (down and zero-weight backends get no slots).
+        let table = {
+            let entries: Vec<maglev::Entry<'_>> = d
+                .backends
+                .iter()
+                .map(|b| maglev::Entry {
+                    id: reals[&b.name].id,
+                    key: b.name.as_bytes(),
+                    weight: if b.up { b.weight } else { 0 },
+                })
+                .collect();
+            maglev::build(&entries, self.limits.ring_size)
+        };
+        let slot = self.services.get_mut(&d.name).expect("inserted above");
+        slot.reals = reals.clone();
+        let vip_id = slot.vip_id;
+        if slot.table != table {
+            let next_gen = (slot.generation + 1) & 1;
+            if let Some(t) = slot.last_flip {
+                let waited = t.elapsed();
+                if waited < GRACE {
+                    std::thread::sleep(GRACE - waited);
+                }
+            }
+            let size = self.limits.ring_size;
+            for (i, real) in table.iter().enumerate() {
+                let flat = ring_index(vip_id, next_gen, size, i as u32) as usize;
+                self.rings.word(flat * 4).store(*real, Ordering::Relaxed);
+            }
+            // The flip: one aligned word; Release orders the ring writes
+            // before it.
+            self.gens
+                .word(vip_id as usize * 8)
+                .store(next_gen, Ordering::Release);
+            slot.generation = next_gen;
+            slot.table = table;
+            slot.last_flip = Some(Instant::now());
+        }
+        let info = VipInfo {
+            vip_id,
+            table_id: vip_id,
+            flags: if d.client_affinity {
+                VIP_F_CLIENT_AFFINITY
+            } else {
+                0
+            },
+            _pad: 0,
+        };
+        let update_vip = slot.info != info || slot.last_flip.is_some() && slot.info.flags != info.flags;
+        slot.info = info;
+        // Phase 3: backends that are down, and removed ones, after the table
+        // stopped pointing at them.
+        for b in d.backends.iter().filter(|b| !b.up) {
+            self.write_real(reals[&b.name].id, Some((&b.address, false)))?;
+        }
+        for id in retired {
+            self.write_real(id, None)?;
+            self.free_reals.push_back(id);
+        }
+        if update_vip || !self.vip_present(&key)? {
+            let mut vips: HashMap<_, VipKey, VipInfo> = typed(&mut self.ebpf, names::VIPS)?;
+            vips.insert(key, info, 0).map_err(map_err(names::VIPS))?;
+        }
+        Ok(())
+    }
+
+    fn vip_present(&mut self, key: &VipKey) -> Result<bool> {
+        let vips: HashMap<_, VipKey, VipInfo> = typed(&mut self.ebpf, names::VIPS)?;
+        match vips.get(key, 0) {
+            Ok(_) => Ok(true),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(false),
+            Err(e) => Err(map_err(names::VIPS)(e)),
+        }
+    }
+
+    fn write_vip_addrs(&mut self) -> Result<()> {
+        let wanted: std::collections::HashSet<AddrKey> = self
+            .services
+            .values()
+            .map(|s| AddrKey {
+                addr: s.key.addr,
+                family: s.key.family,
+                _pad: [0; 3],
+            })
+            .collect();
+        let mut map: HashMap<_, AddrKey, u32> = typed(&mut self.ebpf, names::VIP_ADDRS)?;
+        let present: Vec<AddrKey> = map.keys().filter_map(|k| k.ok()).collect();
+        for k in &present {
+            if !wanted.contains(k) {
+                let _ = map.remove(k);
+            }
+        }
+        for k in wanted {
+            if !present.contains(&k) {
+                map.insert(k, 1, 0).map_err(map_err(names::VIP_ADDRS))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs one frame through the program (BPF_PROG_TEST_RUN).
+    pub fn run(&self, frame: &[u8]) -> Result<RunOutput> {
+        self.run_program(names::PROG_STEER, frame)
+    }
+
+    /// Runs one frame through the trivial XDP_TX program (benchmark floor).
+    pub fn run_floor(&self, frame: &[u8]) -> Result<RunOutput> {
+        self.run_program(names::PROG_FLOOR, frame)
+    }
+
+    fn run_program(&self, name: &'static str, frame: &[u8]) -> Result<RunOutput> {
+        if frame.len() < 14 {
+            return Err(DataplaneError::FrameTooShort(frame.len()));
+        }
+        let prog: &Xdp = self
+            .ebpf
+            .program(name)
+            .ok_or(DataplaneError::MissingMap { name })?
+            .try_into()
+            .map_err(DataplaneError::Program)?;
+        let mut out = vec![0u8; frame.len() + 256];
+        let r = prog
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                repeat: 1,
+                ..Default::default()
+            })
+            .map_err(DataplaneError::Run)?;
+        out.truncate(r.data_size_out as usize);
+        Ok(RunOutput {
+            verdict: Verdict::from_action(r.return_value),
+            data: out,
+            duration: r.duration,
+        })
+    }
+
+    fn sum_u64(&self, name: &'static str, n: u32) -> Result<Vec<u64>> {
+        let map: PerCpuArray<_, u64> = PerCpuArray::try_from(
+            self.ebpf.map(name).ok_or(DataplaneError::MissingMap { name })?,
+        )
+        .map_err(map_err(name))?;
+        (0..n)
+            .map(|i| {
+                map.get(&i, 0)
+                    .map(|v| v.iter().sum())
+                    .map_err(map_err(name))
+            })
+            .collect()
+    }
+
+    /// Drops by reason (`steer_common::drop`), summed over CPUs.
+    pub fn drop_counts(&self) -> Result<[u64; drop::COUNT as usize]> {
+        let v = self.sum_u64(names::DROP_STATS, drop::COUNT)?;
+        let mut out = [0; drop::COUNT as usize];
+        out.copy_from_slice(&v);
+        Ok(out)
+    }
+
+    /// Packets by branch (`steer_common::path`), summed over CPUs.
+    pub fn path_counts(&self) -> Result<[u64; path::COUNT as usize]> {
+        let v = self.sum_u64(names::PATH_STATS, path::COUNT)?;
+        let mut out = [0; path::COUNT as usize];
+        out.copy_from_slice(&v);
+        Ok(out)
+    }
+
+    fn counters(&self, name: &'static str, idx: u32) -> Result<Counters> {
+        let map: PerCpuArray<_, Counters> = PerCpuArray::try_from(
+            self.ebpf.map(name).ok_or(DataplaneError::MissingMap { name })?,
+        )
+        .map_err(map_err(name))?;
+        let per_cpu = map.get(&idx, 0).map_err(map_err(name))?;
+        Ok(per_cpu.iter().fold(Counters::default(), |a, c| Counters {
+            packets: a.packets + c.packets,
+            bytes: a.bytes + c.bytes,
+            new_flows: a.new_flows + c.new_flows,
+        }))
+    }
+
+    /// Counters of a service (all its backends).
+    pub fn service_counters(&self, service: &str) -> Result<Counters> {
+        let slot = self
+            .services
+            .get(service)
+            .ok_or_else(|| DataplaneError::UnknownService(service.to_string()))?;
+        self.counters(names::VIP_STATS, slot.vip_id)
+    }
+
+    /// Counters of one backend of one service.
+    pub fn backend_counters(&self, service: &str, backend: &str) -> Result<Counters> {
+        let slot = self
+            .services
+            .get(service)
+            .ok_or_else(|| DataplaneError::UnknownService(service.to_string()))?;
+        let real = slot
+            .reals
+            .get(backend)
+            .ok_or_else(|| DataplaneError::UnknownBackend(backend.to_string()))?;
+        self.counters(names::REAL_STATS, real.id)
+    }
+
+    /// The active selection table of a service: backend name per slot
+    /// (`None` for an empty slot).
+    pub fn table(&self, service: &str) -> Result<Vec<Option<String>>> {
+        let slot = self
+            .services
+            .get(service)
+            .ok_or_else(|| DataplaneError::UnknownService(service.to_string()))?;
+        let by_id: BTreeMap<u32, &str> = slot
+            .reals
+            .iter()
+            .map(|(n, r)| (r.id, n.as_str()))
+            .collect();
+        let generation = self.gens.word(slot.vip_id as usize * 8).load(Ordering::Acquire);
+        Ok((0..self.limits.ring_size)
+            .map(|i| {
+                let flat = ring_index(slot.vip_id, generation, self.limits.ring_size, i);
+                let id = self.rings.word(flat as usize * 4).load(Ordering::Relaxed);
+                by_id.get(&id).map(|s| s.to_string())
+            })
+            .collect())
+    }
+
+    /// The backend names of the service's reals, by real id.
+    pub fn backend_of_real(&self, service: &str, real_id: u32) -> Option<&str> {
+        self.services.get(service).and_then(|s| {
+            s.reals
+                .iter()
+                .find(|(_, r)| r.id == real_id)
+                .map(|(n, _)| n.as_str())
+        })
+    }
+}
+
+fn vip_key(d: &DesiredService) -> VipKey {
+    let (addr, family) = addr_bytes(&d.vip);
+    VipKey {
+        addr,
+        port: steer_common::port_to_wire(d.port),
+        proto: d.protocol,
+        family,
+    }
+}
+
+fn map_data<'a>(ebpf: &'a Ebpf, name: &'static str) -> Result<&'a MapData> {
+    match ebpf.map(name).ok_or(DataplaneError::MissingMap { name })? {
+        Map::Array(d) => Ok(d),
+        _ => Err(DataplaneError::MissingMap { name }),
+    }
+}
+
+fn typed<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<T>
+where
+    T: TryFrom<&'a mut Map, Error = aya::maps::MapError>,
+{
+    let map = ebpf
+        .map_mut(name)
+        .ok_or(DataplaneError::MissingMap { name })?;
+    T::try_from(map).map_err(map_err(name))
+}

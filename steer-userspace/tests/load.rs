@@ -1,0 +1,78 @@
+//! The verifier accepts the program on this kernel, and a packet makes it
+//! through. Privileged: needs root (fails loudly under CI=true).
+
+use std::collections::BTreeSet;
+
+use steer::config::Config;
+use steer::dataplane::{Dataplane, Verdict};
+
+fn require_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("this test loads BPF programs and needs root; CI must run as root");
+    }
+    eprintln!("SKIP: not root, cannot load BPF programs");
+    false
+}
+
+const CFG: &str = r#"
+[dataplane]
+next_hop_mac = "02:00:00:00:00:fe"
+encap_source_v4 = "198.18.0.1/32"
+maglev_table_size = 251
+conntrack_size = 4096
+
+[[regions]]
+name = "eu"
+
+[[backends]]
+name = "eu-1"
+address = "192.0.2.11"
+region = "eu"
+
+[[services]]
+name = "web"
+vip = "203.0.113.10"
+port = 80
+protocol = "tcp"
+backends = ["eu-1"]
+"#;
+
+fn syn(dst: [u8; 4], dport: u16) -> Vec<u8> {
+    let b = etherparse::PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+        .ipv4([198, 51, 100, 7], dst, 64)
+        .tcp(40000, dport, 1, 1024)
+        .syn();
+    let mut v = Vec::new();
+    b.write(&mut v, &[]).unwrap();
+    v
+}
+
+#[test]
+fn verifier_accepts_program_and_it_forwards() {
+    if !require_root() {
+        return;
+    }
+    let cfg = Config::parse(CFG).expect("config");
+    let mut dp = Dataplane::load(&cfg.dataplane).expect("the verifier must accept the program");
+    dp.apply(&cfg, &BTreeSet::new()).expect("apply");
+
+    let input = syn([203, 0, 113, 10], 80);
+    let out = dp.run(&input).unwrap();
+    assert_eq!(out.verdict, Verdict::Tx);
+    // Outer IPv4 header, checked field by field with etherparse.
+    let (outer, rest) = etherparse::Ipv4Header::from_slice(&out.data[14..]).unwrap();
+    assert_eq!(outer.destination, [192, 0, 2, 11]);
+    assert_eq!(outer.source, [198, 18, 0, 1]);
+    assert_eq!(outer.protocol, etherparse::IpNumber::IPV4);
+    assert_eq!(outer.header_checksum, outer.calc_header_checksum());
+    assert_eq!(rest, &input[14..]);
+
+    let other = syn([203, 0, 113, 99], 80);
+    let out = dp.run(&other).unwrap();
+    assert_eq!(out.verdict, Verdict::Pass);
+    assert_eq!(out.data, other);
+}
