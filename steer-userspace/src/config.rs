@@ -556,8 +556,9 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
-/// Every problem found in a config, in document order (cross-reference
-/// problems after per-value ones).
+/// Every problem found in a config, grouped by section (in the order
+/// `dataplane`, `regions`, `backends`, `services`, `health_checks`, `control`,
+/// `metrics`) and by entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigErrors(pub Vec<ConfigError>);
 
@@ -591,6 +592,9 @@ impl Config {
         let partial = read_root(&mut w, &root);
         validate(&mut w, &partial);
         if !w.errors.is_empty() {
+            // Group by section (in ROOT_KEYS order) and entry; stable, so
+            // each entry's errors keep the order they were found in.
+            w.errors.sort_by_key(|e| error_position(&e.path));
             return Err(ConfigErrors(w.errors));
         }
         partial.finish().ok_or_else(|| {
@@ -675,6 +679,21 @@ impl HealthCheck {
                 CheckKind::Https => Some(443),
             })
     }
+}
+
+/// Sort key of an error path: `(section rank, entry index)`.
+fn error_position(path: &str) -> (usize, Option<usize>) {
+    let end = path.find(['.', '[']).unwrap_or(path.len());
+    let (section, rest) = path.split_at(end);
+    let rank = ROOT_KEYS
+        .iter()
+        .position(|k| *k == section)
+        .unwrap_or(ROOT_KEYS.len());
+    let index = rest
+        .strip_prefix('[')
+        .and_then(|r| r.split(']').next())
+        .and_then(|i| i.parse().ok());
+    (rank, index)
 }
 
 fn syntax_error(text: &str, e: &toml::de::Error) -> ConfigError {
@@ -806,10 +825,7 @@ impl<'a> Node<'a> {
         match self.get(w, key, conv) {
             Ok(Some(t)) => Some(t),
             Ok(None) => {
-                w.err(
-                    join(self.path, key),
-                    format!("missing (required), {hint}"),
-                );
+                w.err(join(self.path, key), format!("missing (required), {hint}"));
                 None
             }
             Err(()) => None,
@@ -919,8 +935,7 @@ fn name(v: &Value) -> Result<String, String> {
     let s = string(v)?;
     let ok = !s.is_empty()
         && s.len() <= MAX_NAME_LEN
-        && s
-            .chars()
+        && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
     if ok {
         Ok(s)
@@ -1018,9 +1033,7 @@ fn absolute_path(example: &'static str) -> impl Fn(&Value) -> Result<PathBuf, St
     move |v| {
         let s = non_empty_string(v)?;
         if !s.starts_with('/') {
-            return Err(format!(
-                "{s:?} must be an absolute path (e.g. {example:?})"
-            ));
+            return Err(format!("{s:?} must be an absolute path (e.g. {example:?})"));
         }
         Ok(PathBuf::from(s))
     }
@@ -1060,7 +1073,9 @@ fn http_path(v: &Value) -> Result<String, String> {
 
 fn hostname(v: &Value) -> Result<String, String> {
     let s = non_empty_string(v)?;
-    if s.chars().any(|c| c.is_whitespace() || c.is_control() || c == '/') {
+    if s.chars()
+        .any(|c| c.is_whitespace() || c.is_control() || c == '/')
+    {
         return Err(format!("{s:?} is not a host name"));
     }
     Ok(s)
@@ -1418,54 +1433,55 @@ fn read_dataplane(w: &mut Walker, t: &Table) -> PDataplane {
             }
         }
     }
-    let maglev_table_size = n.default(
+    let mode = n.default(w, "mode", AttachMode::Driver, keyword);
+    let next_hop_mac = n.required(
         w,
-        "maglev_table_size",
-        DEFAULT_MAGLEV_TABLE_SIZE,
-        |v| {
-            let size = u32_in(MAGLEV_MIN, MAGLEV_MAX)(v)?;
-            if is_prime(size) {
-                Ok(size)
-            } else {
-                Err(format!(
-                    "{size} is not prime (try {}); Maglev needs a prime table size",
-                    next_prime(size)
-                ))
-            }
-        },
+        "next_hop_mac",
+        "e.g. \"02:00:00:00:00:01\" (the MAC of the router encapsulated packets are sent to)",
+        mac_address,
     );
+    let encap_source_v4 = n.optional(w, "encap_source_v4", |v| string(v)?.parse::<Ipv4Prefix>());
+    let encap_source_v6 = n.optional(w, "encap_source_v6", |v| string(v)?.parse::<Ipv6Prefix>());
+    let mtu = n.default(w, "mtu", DEFAULT_MTU, u32_in(MTU_MIN, MTU_MAX));
+    let conntrack_size = n.default(
+        w,
+        "conntrack_size",
+        DEFAULT_CONNTRACK_SIZE,
+        u32_in(CONNTRACK_MIN, CONNTRACK_MAX),
+    );
+    let maglev_table_size = n.default(w, "maglev_table_size", DEFAULT_MAGLEV_TABLE_SIZE, |v| {
+        let size = u32_in(MAGLEV_MIN, MAGLEV_MAX)(v)?;
+        if is_prime(size) {
+            Ok(size)
+        } else {
+            Err(format!(
+                "{size} is not prime (try {}); Maglev needs a prime table size",
+                next_prime(size)
+            ))
+        }
+    });
+    let ttl = n.default(w, "ttl", DEFAULT_TTL, |v| int_in(v, 1, 255));
+    let pin_path = n.default(
+        w,
+        "pin_path",
+        PathBuf::from(DEFAULT_PIN_PATH),
+        absolute_path(DEFAULT_PIN_PATH),
+    );
+    let max_tables = n.default(w, "max_tables", DEFAULT_MAX_TABLES, u32_in(1, u32::MAX));
+    let max_reals = n.default(w, "max_reals", DEFAULT_MAX_REALS, u32_in(1, u32::MAX));
     PDataplane {
         interfaces,
-        mode: n.default(w, "mode", AttachMode::Driver, keyword),
-        next_hop_mac: n.required(
-            w,
-            "next_hop_mac",
-            "e.g. \"02:00:00:00:00:01\" (the MAC of the router encapsulated packets are sent to)",
-            mac_address,
-        ),
-        encap_source_v4: n.optional(w, "encap_source_v4", |v| {
-            string(v)?.parse::<Ipv4Prefix>()
-        }),
-        encap_source_v6: n.optional(w, "encap_source_v6", |v| {
-            string(v)?.parse::<Ipv6Prefix>()
-        }),
-        mtu: n.default(w, "mtu", DEFAULT_MTU, u32_in(MTU_MIN, MTU_MAX)),
-        conntrack_size: n.default(
-            w,
-            "conntrack_size",
-            DEFAULT_CONNTRACK_SIZE,
-            u32_in(CONNTRACK_MIN, CONNTRACK_MAX),
-        ),
+        mode,
+        next_hop_mac,
+        encap_source_v4,
+        encap_source_v6,
+        mtu,
+        conntrack_size,
         maglev_table_size,
-        ttl: n.default(w, "ttl", DEFAULT_TTL, |v| int_in(v, 1, 255)),
-        pin_path: n.default(
-            w,
-            "pin_path",
-            PathBuf::from(DEFAULT_PIN_PATH),
-            absolute_path(DEFAULT_PIN_PATH),
-        ),
-        max_tables: n.default(w, "max_tables", DEFAULT_MAX_TABLES, u32_in(1, u32::MAX)),
-        max_reals: n.default(w, "max_reals", DEFAULT_MAX_REALS, u32_in(1, u32::MAX)),
+        ttl,
+        pin_path,
+        max_tables,
+        max_reals,
     }
 }
 
@@ -1653,21 +1669,16 @@ fn read_health_check(w: &mut Walker, path: String, t: &Table) -> PHealthCheck {
 fn read_control(w: &mut Walker, t: &Table) -> Option<ControlConfig> {
     let n = Node::new("control", t);
     n.check_keys(w, CONTROL_KEYS);
-    let socket = n.default(
-        w,
-        "socket",
-        PathBuf::from(DEFAULT_CONTROL_SOCKET),
-        |v| {
-            let s = non_empty_string(v)?;
-            if s.len() > MAX_SOCKET_PATH_LEN {
-                return Err(format!(
-                    "is {} bytes long; a Unix socket path can be at most {MAX_SOCKET_PATH_LEN}",
-                    s.len()
-                ));
-            }
-            Ok(PathBuf::from(s))
-        },
-    )?;
+    let socket = n.default(w, "socket", PathBuf::from(DEFAULT_CONTROL_SOCKET), |v| {
+        let s = non_empty_string(v)?;
+        if s.len() > MAX_SOCKET_PATH_LEN {
+            return Err(format!(
+                "is {} bytes long; a Unix socket path can be at most {MAX_SOCKET_PATH_LEN}",
+                s.len()
+            ));
+        }
+        Ok(PathBuf::from(s))
+    })?;
     Some(ControlConfig { socket })
 }
 
@@ -1811,15 +1822,21 @@ fn check_name_list<T>(
 fn validate(w: &mut Walker, p: &Partial) {
     let region_names = unique_names(
         w,
-        p.regions.iter().map(|r| (r.path.as_str(), r.name.as_deref())),
+        p.regions
+            .iter()
+            .map(|r| (r.path.as_str(), r.name.as_deref())),
     );
     let backend_names = unique_names(
         w,
-        p.backends.iter().map(|b| (b.path.as_str(), b.name.as_deref())),
+        p.backends
+            .iter()
+            .map(|b| (b.path.as_str(), b.name.as_deref())),
     );
     unique_names(
         w,
-        p.services.iter().map(|s| (s.path.as_str(), s.name.as_deref())),
+        p.services
+            .iter()
+            .map(|s| (s.path.as_str(), s.name.as_deref())),
     );
     let check_names = unique_names(
         w,
@@ -2090,4 +2107,1413 @@ fn next_prime(n: u32) -> u32 {
         p += 1;
     }
     p
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `[dataplane]` body used by most tests.
+    const DP: &str = r#"next_hop_mac = "02:00:00:00:00:01"
+encap_source_v4 = "198.18.0.0/24"
+encap_source_v6 = "2001:db8:ffff::/96"
+"#;
+
+    /// Two regions, three backends (two IPv4 in eu-west, one IPv6 in
+    /// us-east), one health check.
+    const BASE: &str = r#"
+[[regions]]
+name = "eu-west"
+
+[[regions]]
+name = "us-east"
+
+[[backends]]
+name = "eu-1"
+address = "192.0.2.1"
+region = "eu-west"
+
+[[backends]]
+name = "eu-2"
+address = "192.0.2.2"
+region = "eu-west"
+
+[[backends]]
+name = "us-1"
+address = "2001:db8:1::1"
+region = "us-east"
+
+[[health_checks]]
+name = "hc"
+kind = "http"
+"#;
+
+    const WEB: &str = r#"
+[[services]]
+name = "web"
+vip = "203.0.113.10"
+port = 80
+protocol = "tcp"
+regions = ["eu-west"]
+"#;
+
+    /// `[dataplane]` with `DP` plus `extra`, then `BASE`, then `rest`.
+    fn doc(extra: &str, rest: &str) -> String {
+        format!("[dataplane]\n{DP}{extra}\n{BASE}\n{rest}")
+    }
+
+    fn ok(text: &str) -> Config {
+        match Config::parse(text) {
+            Ok(c) => c,
+            Err(e) => panic!("unexpected errors:\n{e}"),
+        }
+    }
+
+    fn errors(text: &str) -> Vec<ConfigError> {
+        match Config::parse(text) {
+            Ok(_) => panic!("expected errors, config was accepted:\n{text}"),
+            Err(e) => e.0,
+        }
+    }
+
+    fn has_error(errs: &[ConfigError], path: &str, needle: &str) -> bool {
+        errs.iter()
+            .any(|e| e.path == path && e.message.contains(needle))
+    }
+
+    #[track_caller]
+    fn assert_error(text: &str, path: &str, needle: &str) {
+        let errs = errors(text);
+        assert!(
+            has_error(&errs, path, needle),
+            "no error at {path} containing {needle:?}; got:\n{}",
+            ConfigErrors(errs.clone())
+        );
+    }
+
+    // --- whole configs -----------------------------------------------------
+
+    #[test]
+    fn defaults_are_applied() {
+        let cfg = ok(r#"
+[dataplane]
+next_hop_mac = "02:00:00:00:00:01"
+encap_source_v4 = "198.18.0.0/24"
+
+[[regions]]
+name = "r"
+
+[[backends]]
+name = "b"
+address = "192.0.2.1"
+region = "r"
+
+[[services]]
+name = "s"
+vip = "203.0.113.1"
+protocol = "tcp"
+backends = ["b"]
+
+[[health_checks]]
+name = "h"
+kind = "http"
+"#);
+        let d = &cfg.dataplane;
+        assert!(d.interfaces.is_empty());
+        assert_eq!(d.mode, AttachMode::Driver);
+        assert_eq!(d.next_hop_mac, [0x02, 0, 0, 0, 0, 0x01]);
+        assert_eq!(
+            d.encap_source_v4,
+            Some(Ipv4Prefix {
+                addr: Ipv4Addr::new(198, 18, 0, 0),
+                len: 24
+            })
+        );
+        assert_eq!(d.encap_source_v6, None);
+        assert_eq!(d.mtu, 1500);
+        assert_eq!(d.conntrack_size, 1_048_576);
+        assert_eq!(d.maglev_table_size, 65537);
+        assert_eq!(d.ttl, 64);
+        assert_eq!(d.pin_path, PathBuf::from("/sys/fs/bpf/steer"));
+        assert_eq!(d.max_tables, 128);
+        assert_eq!(d.max_reals, 65536);
+
+        assert_eq!(
+            cfg.regions,
+            vec![Region {
+                name: "r".into(),
+                description: None
+            }]
+        );
+        let b = &cfg.backends[0];
+        assert_eq!(b.weight, 100);
+        assert_eq!(b.encapsulation, Encapsulation::Ip);
+        assert_eq!(b.health_check, None);
+
+        let s = &cfg.services[0];
+        assert_eq!(s.port, 0);
+        assert_eq!(s.protocol, Protocol::Tcp);
+        assert_eq!(s.affinity, Affinity::Flow);
+        assert!(s.regions.is_empty());
+        assert_eq!(s.health_check, None);
+
+        let h = &cfg.health_checks[0];
+        assert_eq!(h.kind, CheckKind::Http);
+        assert_eq!(h.port, None);
+        assert_eq!(h.path, "/");
+        assert_eq!(h.interval, Duration::from_secs(1));
+        assert_eq!(h.timeout, Duration::from_millis(500));
+        assert_eq!(h.rise, 2);
+        assert_eq!(h.fall, 3);
+        assert_eq!(h.jitter, Duration::from_millis(100));
+        assert_eq!(h.expected_status, vec![200]);
+        assert_eq!(h.body_contains, None);
+        assert!(!h.deep_health);
+        assert_eq!(h.sni, None);
+        assert_eq!(h.ca_file, None);
+        assert!(!h.insecure);
+
+        assert_eq!(cfg.control.socket, PathBuf::from("/run/steer/control.sock"));
+        assert_eq!(
+            cfg.metrics.listen,
+            "127.0.0.1:9477".parse::<SocketAddr>().expect("literal")
+        );
+    }
+
+    #[test]
+    fn example_config_parses() {
+        let cfg = ok(include_str!("../../examples/steer.toml"));
+        assert_eq!(cfg.regions.len(), 3);
+        assert!(cfg.services.len() >= 3);
+        assert!(cfg.services.iter().any(|s| s.vip.is_ipv4()));
+        assert!(cfg.services.iter().any(|s| s.vip.is_ipv6()));
+        assert!(cfg.backends.iter().any(|b| b.address.is_ipv4()));
+        assert!(cfg.backends.iter().any(|b| b.address.is_ipv6()));
+        assert!(!cfg.health_checks.is_empty());
+        // Every service resolves to at least one backend and a health check.
+        for s in &cfg.services {
+            let backends = cfg.service_backends(s);
+            assert!(!backends.is_empty(), "{} has no backends", s.name);
+            for b in backends {
+                let hc = cfg.health_check_for(s, b);
+                assert!(hc.is_some(), "{}/{} has no health check", s.name, b.name);
+                assert!(hc.and_then(|h| h.effective_port(s)).is_some());
+            }
+        }
+    }
+
+    #[test]
+    fn explicit_values_are_read() {
+        let cfg = ok(&doc(
+            r#"interfaces = ["eth0", "eth1"]
+mode = "auto"
+mtu = 9000
+conntrack_size = 2048
+maglev_table_size = 251
+ttl = 32
+pin_path = "/sys/fs/bpf/other"
+max_tables = 4
+max_reals = 100
+"#,
+            r#"
+[[services]]
+name = "web"
+vip = "2001:db8:100::1"
+port = 443
+protocol = "udp"
+affinity = "client"
+backends = ["us-1"]
+health_check = "hc"
+
+[control]
+socket = "/tmp/steer.sock"
+
+[metrics]
+listen = "[::1]:9100"
+"#,
+        ));
+        let d = &cfg.dataplane;
+        assert_eq!(d.interfaces, vec!["eth0".to_string(), "eth1".to_string()]);
+        assert_eq!(d.mode, AttachMode::Auto);
+        assert_eq!(d.mtu, 9000);
+        assert_eq!(d.conntrack_size, 2048);
+        assert_eq!(d.maglev_table_size, 251);
+        assert_eq!(d.ttl, 32);
+        assert_eq!(d.pin_path, PathBuf::from("/sys/fs/bpf/other"));
+        assert_eq!((d.max_tables, d.max_reals), (4, 100));
+        assert_eq!(
+            d.encap_source_v6,
+            Some(Ipv6Prefix {
+                addr: "2001:db8:ffff::".parse().expect("literal"),
+                len: 96
+            })
+        );
+        let s = &cfg.services[0];
+        assert_eq!(s.port, 443);
+        assert_eq!(s.protocol, Protocol::Udp);
+        assert_eq!(s.affinity, Affinity::Client);
+        assert_eq!(s.health_check.as_deref(), Some("hc"));
+        assert_eq!(cfg.control.socket, PathBuf::from("/tmp/steer.sock"));
+        assert_eq!(cfg.metrics.listen.port(), 9100);
+    }
+
+    // --- syntax, unknown keys, types ---------------------------------------
+
+    #[test]
+    fn syntax_error_has_line_and_column() {
+        let errs = errors("[dataplane]\nnext_hop_mac = \"02:00:00:00:00:01\"\nmtu = = 5\n");
+        assert_eq!(errs.len(), 1);
+        assert_eq!(errs[0].path, "(syntax)");
+        assert!(errs[0].message.contains("line 3"), "{}", errs[0].message);
+        assert!(errs[0].message.contains("column"), "{}", errs[0].message);
+        assert!(!errs[0].message.contains('\n'));
+    }
+
+    #[test]
+    fn unknown_key_lists_expected_keys() {
+        let text = doc(
+            "",
+            r#"
+[[services]]
+name = "web"
+vip = "203.0.113.10"
+prot = "tcp"
+protocol = "tcp"
+regions = ["eu-west"]
+"#,
+        );
+        assert_error(
+            &text,
+            "services[0].prot",
+            "unknown key (expected one of: name, vip, port, protocol, affinity, backends, regions, health_check)",
+        );
+    }
+
+    #[test]
+    fn unknown_section_and_dataplane_key() {
+        let text = doc("mtus = 1500\n", "[dataplan]\nmtu = 1\n");
+        assert_error(
+            &text,
+            "dataplan",
+            "unknown key (expected one of: dataplane,",
+        );
+        assert_error(
+            &text,
+            "dataplane.mtus",
+            "unknown key (expected one of: interfaces,",
+        );
+    }
+
+    #[test]
+    fn wrong_types_are_reported() {
+        let text = doc(
+            "mtu = \"1500\"\n",
+            r#"
+[[services]]
+name = "web"
+vip = 5
+port = 80
+protocol = "tcp"
+regions = "eu-west"
+"#,
+        );
+        assert_error(
+            &text,
+            "dataplane.mtu",
+            "expected an integer, found string \"1500\"",
+        );
+        assert_error(&text, "services[0].vip", "found integer 5");
+        assert_error(&text, "services[0].regions", "expected an array");
+    }
+
+    #[test]
+    fn section_of_wrong_shape() {
+        let text = "dataplane = 5\n[backends]\nname = \"x\"\n";
+        let errs = errors(text);
+        assert!(has_error(&errs, "dataplane", "expected a table"));
+        assert!(has_error(&errs, "backends", "[[backends]]"));
+        // No "missing" errors on top of the wrong type.
+        assert!(!errs.iter().any(|e| e.path == "dataplane.next_hop_mac"));
+    }
+
+    // --- required fields ---------------------------------------------------
+
+    #[test]
+    fn missing_next_hop_mac() {
+        let text = format!(
+            "[dataplane]\nencap_source_v4 = \"198.18.0.0/24\"\nencap_source_v6 = \"2001:db8:ffff::/96\"\n{BASE}{WEB}"
+        );
+        assert_error(
+            &text,
+            "dataplane.next_hop_mac",
+            r#"missing (required), e.g. "02:00:00:00:00:01""#,
+        );
+        // No [dataplane] at all: the same error.
+        assert_error(
+            "",
+            "dataplane.next_hop_mac",
+            r#"missing (required), e.g. "02:00:00:00:00:01""#,
+        );
+    }
+
+    #[test]
+    fn missing_required_fields_of_entries() {
+        let text = doc(
+            "",
+            r#"
+[[services]]
+name = "web"
+vip = "203.0.113.10"
+regions = ["eu-west"]
+
+[[backends]]
+name = "x"
+
+[[health_checks]]
+name = "h2"
+"#,
+        );
+        let errs = errors(&text);
+        assert!(has_error(
+            &errs,
+            "services[0].protocol",
+            "missing (required)"
+        ));
+        assert!(has_error(
+            &errs,
+            "backends[3].address",
+            "missing (required)"
+        ));
+        assert!(has_error(&errs, "backends[3].region", "missing (required)"));
+        assert!(has_error(
+            &errs,
+            "health_checks[1].kind",
+            "missing (required)"
+        ));
+    }
+
+    #[test]
+    fn bad_keyword_values() {
+        let text = doc(
+            "mode = \"native\"\n",
+            r#"
+[[services]]
+name = "web"
+vip = "203.0.113.10"
+protocol = "tpc"
+affinity = "sticky"
+regions = ["eu-west"]
+
+[[backends]]
+name = "x"
+address = "192.0.2.99"
+region = "eu-west"
+encapsulation = "gre"
+"#,
+        );
+        let errs = errors(&text);
+        assert!(has_error(
+            &errs,
+            "dataplane.mode",
+            r#""native" is not a valid attach mode"#
+        ));
+        assert!(has_error(
+            &errs,
+            "services[0].protocol",
+            r#"expected one of: "tcp", "udp""#
+        ));
+        assert!(has_error(&errs, "services[0].affinity", r#""sticky""#));
+        assert!(has_error(&errs, "backends[3].encapsulation", r#""gre""#));
+    }
+
+    #[test]
+    fn invalid_names() {
+        let text = doc(
+            "",
+            "[[regions]]\nname = \"eu west\"\n[[regions]]\nname = \"\"\n",
+        );
+        let errs = errors(&text);
+        assert!(has_error(&errs, "regions[2].name", "is not a valid name"));
+        assert!(has_error(&errs, "regions[3].name", "is not a valid name"));
+    }
+
+    // --- addresses ---------------------------------------------------------
+
+    #[test]
+    fn bad_vip_is_not_an_ip_address() {
+        let text = doc(
+            "",
+            r#"
+[[services]]
+name = "a"
+vip = "203.0.113.1"
+protocol = "tcp"
+regions = ["eu-west"]
+
+[[services]]
+name = "b"
+vip = "203.0.113.2"
+protocol = "tcp"
+regions = ["eu-west"]
+
+[[services]]
+name = "c"
+vip = "203.0.113.300"
+protocol = "tcp"
+regions = ["eu-west"]
+"#,
+        );
+        assert_error(
+            &text,
+            "services[2].vip",
+            r#""203.0.113.300" is not an IP address"#,
+        );
+    }
+
+    #[test]
+    fn unusable_addresses() {
+        let text = doc(
+            "",
+            r#"
+[[services]]
+name = "a"
+vip = "0.0.0.0"
+protocol = "tcp"
+regions = ["eu-west"]
+
+[[services]]
+name = "b"
+vip = "ff02::1"
+protocol = "tcp"
+regions = ["us-east"]
+
+[[backends]]
+name = "lo"
+address = "127.0.0.1"
+region = "eu-west"
+
+[[backends]]
+name = "mapped"
+address = "::ffff:192.0.2.77"
+region = "eu-west"
+"#,
+        );
+        let errs = errors(&text);
+        assert!(has_error(&errs, "services[0].vip", "unspecified"));
+        assert!(has_error(&errs, "services[1].vip", "multicast"));
+        assert!(has_error(&errs, "backends[3].address", "loopback"));
+        assert!(has_error(&errs, "backends[4].address", "192.0.2.77"));
+    }
+
+    #[test]
+    fn duplicate_backend_address() {
+        let text = format!(
+            r#"[dataplane]
+{DP}
+[[regions]]
+name = "eu-west"
+
+[[backends]]
+name = "eu-0"
+address = "192.0.2.4"
+region = "eu-west"
+
+[[backends]]
+name = "eu-1"
+address = "192.0.2.5"
+region = "eu-west"
+
+[[backends]]
+name = "eu-2"
+address = "192.0.2.6"
+region = "eu-west"
+
+[[backends]]
+name = "eu-3"
+address = "192.0.2.5"
+region = "eu-west"
+{WEB}"#
+        );
+        assert_error(
+            &text,
+            "backends[3].address",
+            r#"192.0.2.5 is already used by backends[1] "eu-1""#,
+        );
+    }
+
+    #[test]
+    fn backend_cannot_be_a_vip() {
+        let text = doc(
+            "",
+            &format!("{WEB}\n[[backends]]\nname = \"loop\"\naddress = \"203.0.113.10\"\nregion = \"us-east\"\n"),
+        );
+        assert_error(
+            &text,
+            "backends[3].address",
+            "is the VIP of services[0] \"web\"",
+        );
+    }
+
+    #[test]
+    fn next_hop_mac_format() {
+        for (mac, needle) in [
+            ("02:00:00:00:01", "is not a MAC address"),
+            ("02:00:00:00:00:01:02", "is not a MAC address"),
+            ("02-00-00-00-00-01", "is not a MAC address"),
+            ("0g:00:00:00:00:01", "is not a MAC address"),
+            ("ff:ff:ff:ff:ff:ff", "unicast"),
+            ("00:00:00:00:00:00", "all-zero"),
+        ] {
+            let text = format!(
+                "[dataplane]\nnext_hop_mac = \"{mac}\"\nencap_source_v4 = \"198.18.0.0/24\"\nencap_source_v6 = \"2001:db8:ffff::/96\"\n{BASE}{WEB}"
+            );
+            assert_error(&text, "dataplane.next_hop_mac", needle);
+        }
+    }
+
+    // --- dataplane values --------------------------------------------------
+
+    #[test]
+    fn dataplane_ranges() {
+        for (line, path, needle) in [
+            ("mtu = 575", "dataplane.mtu", "575 is out of range"),
+            ("mtu = 9217", "dataplane.mtu", "9217 is out of range"),
+            (
+                "conntrack_size = 1023",
+                "dataplane.conntrack_size",
+                "out of range",
+            ),
+            (
+                "conntrack_size = 67108865",
+                "dataplane.conntrack_size",
+                "out of range",
+            ),
+            ("ttl = 0", "dataplane.ttl", "0 is out of range"),
+            ("ttl = 256", "dataplane.ttl", "256 is out of range"),
+            (
+                "maglev_table_size = 5",
+                "dataplane.maglev_table_size",
+                "out of range",
+            ),
+            (
+                "maglev_table_size = 1000033",
+                "dataplane.maglev_table_size",
+                "out of range",
+            ),
+            (
+                "pin_path = \"steer\"",
+                "dataplane.pin_path",
+                "absolute path",
+            ),
+            (
+                "interfaces = [\"eth0\", \"eth0\"]",
+                "dataplane.interfaces[1]",
+                "listed twice",
+            ),
+            (
+                "interfaces = [\"a-very-long-interface\"]",
+                "dataplane.interfaces[0]",
+                "not a valid interface name",
+            ),
+        ] {
+            assert_error(&doc(&format!("{line}\n"), WEB), path, needle);
+        }
+        for line in [
+            "mtu = 576",
+            "mtu = 9216",
+            "conntrack_size = 1024",
+            "conntrack_size = 67108864",
+            "ttl = 1",
+            "ttl = 255",
+            "maglev_table_size = 7",
+            "maglev_table_size = 1000003",
+        ] {
+            ok(&doc(&format!("{line}\n"), WEB));
+        }
+    }
+
+    #[test]
+    fn maglev_table_size_must_be_prime() {
+        assert_error(
+            &doc("maglev_table_size = 65536\n", WEB),
+            "dataplane.maglev_table_size",
+            "65536 is not prime (try 65537)",
+        );
+    }
+
+    #[test]
+    fn encap_source_prefixes() {
+        let with = |v4: &str, v6: &str| {
+            format!(
+                "[dataplane]\nnext_hop_mac = \"02:00:00:00:00:01\"\nencap_source_v4 = \"{v4}\"\nencap_source_v6 = \"{v6}\"\n{BASE}{WEB}"
+            )
+        };
+        assert_error(
+            &with("198.18.0.1/24", "2001:db8:ffff::/96"),
+            "dataplane.encap_source_v4",
+            "host bits",
+        );
+        assert_error(
+            &with("198.18.0.0/33", "2001:db8:ffff::/96"),
+            "dataplane.encap_source_v4",
+            "out of range",
+        );
+        assert_error(
+            &with("198.18.0.0", "2001:db8:ffff::/96"),
+            "dataplane.encap_source_v4",
+            "is not a prefix",
+        );
+        assert_error(
+            &with("198.18.0.0/24", "2001:db8::/64"),
+            "dataplane.encap_source_v6",
+            "too short",
+        );
+        assert_error(
+            &with("198.18.0.0/24", "2001:db8::1/96"),
+            "dataplane.encap_source_v6",
+            "host bits",
+        );
+        let cfg = ok(&with("198.18.0.7/32", "2001:db8::1/128"));
+        assert_eq!(
+            cfg.dataplane.encap_source_v4.map(|p| p.host_mask()),
+            Some(0)
+        );
+        let cfg = ok(&with("198.18.0.0/15", "2001:db8:ffff::/96"));
+        assert_eq!(
+            cfg.dataplane.encap_source_v4.map(|p| p.host_mask()),
+            Some(0x0001_ffff)
+        );
+        assert_eq!(
+            cfg.dataplane.encap_source_v6.map(|p| p.host_mask()),
+            Some(u32::MAX)
+        );
+    }
+
+    #[test]
+    fn encap_sources_required_by_backend_family() {
+        // BASE has IPv4 and IPv6 backends.
+        let no_v4 = format!(
+            "[dataplane]\nnext_hop_mac = \"02:00:00:00:00:01\"\nencap_source_v6 = \"2001:db8:ffff::/96\"\n{BASE}{WEB}"
+        );
+        assert_error(&no_v4, "dataplane.encap_source_v4", "missing");
+        let no_v6 = format!(
+            "[dataplane]\nnext_hop_mac = \"02:00:00:00:00:01\"\nencap_source_v4 = \"198.18.0.0/24\"\n{BASE}{WEB}"
+        );
+        assert_error(&no_v6, "dataplane.encap_source_v6", "missing");
+    }
+
+    #[test]
+    fn capacity_limits() {
+        let two_services = format!(
+            "{WEB}\n[[services]]\nname = \"web2\"\nvip = \"203.0.113.11\"\nprotocol = \"tcp\"\nbackends = [\"eu-1\", \"us-1\"]\n"
+        );
+        // web: 2 backends (eu-west), web2: 2 backends: 2 tables, 4 reals.
+        assert_error(
+            &doc("max_tables = 1\n", &two_services),
+            "dataplane.max_tables",
+            "too small",
+        );
+        assert_error(
+            &doc("max_reals = 3\n", &two_services),
+            "dataplane.max_reals",
+            "too small",
+        );
+        ok(&doc("max_tables = 2\nmax_reals = 4\n", &two_services));
+        // A backend listed explicitly and through its region counts once.
+        let overlap = "[[services]]\nname = \"s\"\nvip = \"203.0.113.1\"\nprotocol = \"tcp\"\nbackends = [\"eu-1\"]\nregions = [\"eu-west\"]\n";
+        ok(&doc("max_reals = 2\n", overlap));
+    }
+
+    // --- names and references ----------------------------------------------
+
+    #[test]
+    fn unknown_region_lists_defined_regions() {
+        let text = doc(
+            "",
+            &format!("{WEB}\n[[backends]]\nname = \"ap-1\"\naddress = \"192.0.2.9\"\nregion = \"ap-south\"\n"),
+        );
+        assert_error(
+            &text,
+            "backends[3].region",
+            r#"unknown region "ap-south" (defined regions: eu-west, us-east)"#,
+        );
+    }
+
+    #[test]
+    fn duplicate_names() {
+        let text = doc(
+            "",
+            &format!(
+                r#"{WEB}{WEB}
+[[regions]]
+name = "eu-west"
+
+[[backends]]
+name = "eu-2"
+address = "192.0.2.99"
+region = "eu-west"
+
+[[health_checks]]
+name = "hc"
+kind = "tcp"
+port = 80
+"#
+            ),
+        );
+        let errs = errors(&text);
+        assert!(has_error(
+            &errs,
+            "services[1].name",
+            r#"duplicate name "web" (also services[0])"#
+        ));
+        assert!(has_error(
+            &errs,
+            "regions[2].name",
+            r#"duplicate name "eu-west" (also regions[0])"#
+        ));
+        assert!(has_error(
+            &errs,
+            "backends[3].name",
+            r#"duplicate name "eu-2" (also backends[1])"#
+        ));
+        assert!(has_error(
+            &errs,
+            "health_checks[1].name",
+            r#"duplicate name "hc" (also health_checks[0])"#
+        ));
+    }
+
+    #[test]
+    fn unknown_backend_in_service() {
+        let text = doc(
+            "",
+            "[[services]]\nname = \"web\"\nvip = \"203.0.113.10\"\nprotocol = \"tcp\"\nbackends = [\"eu-1\", \"eu-9\"]\n",
+        );
+        assert_error(
+            &text,
+            "services[0].backends[1]",
+            r#"unknown backend "eu-9""#,
+        );
+    }
+
+    #[test]
+    fn unknown_region_in_service_and_repeated_entries() {
+        let text = doc(
+            "",
+            "[[services]]\nname = \"web\"\nvip = \"203.0.113.10\"\nprotocol = \"tcp\"\nbackends = [\"eu-1\", \"eu-1\"]\nregions = [\"mars\"]\n",
+        );
+        let errs = errors(&text);
+        assert!(has_error(
+            &errs,
+            "services[0].regions[0]",
+            r#"unknown region "mars""#
+        ));
+        assert!(has_error(&errs, "services[0].backends[1]", "listed twice"));
+    }
+
+    #[test]
+    fn unknown_health_check_references() {
+        let text = doc(
+            "",
+            r#"
+[[services]]
+name = "web"
+vip = "203.0.113.10"
+protocol = "tcp"
+regions = ["eu-west"]
+health_check = "nope"
+
+[[backends]]
+name = "x"
+address = "192.0.2.50"
+region = "eu-west"
+health_check = "gone"
+"#,
+        );
+        let errs = errors(&text);
+        assert!(has_error(
+            &errs,
+            "services[0].health_check",
+            r#"unknown health check "nope""#
+        ));
+        assert!(has_error(
+            &errs,
+            "backends[3].health_check",
+            r#"unknown health check "gone""#
+        ));
+    }
+
+    #[test]
+    fn service_without_backends_or_regions() {
+        let text = doc(
+            "",
+            "[[services]]\nname = \"web\"\nvip = \"203.0.113.10\"\nprotocol = \"tcp\"\n",
+        );
+        assert_error(&text, "services[0]", "no backends");
+        // A region without backends is fine.
+        ok(&doc("", &format!("{WEB}\n[[regions]]\nname = \"empty\"\n")));
+    }
+
+    #[test]
+    fn duplicate_vip_port_protocol() {
+        let mut services = String::new();
+        for (i, (vip, port, proto)) in [
+            ("203.0.113.10", 443, "tcp"),
+            ("203.0.113.10", 80, "tcp"),
+            ("203.0.113.10", 0, "tcp"),  // all ports: overlaps nothing
+            ("203.0.113.10", 80, "udp"), // other protocol
+            ("203.0.113.10", 80, "tcp"), // duplicate of services[1]
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let name = if i == 1 {
+                "web".to_string()
+            } else {
+                format!("s{i}")
+            };
+            services.push_str(&format!(
+                "[[services]]\nname = \"{name}\"\nvip = \"{vip}\"\nport = {port}\nprotocol = \"{proto}\"\nregions = [\"eu-west\"]\n"
+            ));
+        }
+        let errs = errors(&doc("", &services));
+        assert_eq!(errs.len(), 1, "{}", ConfigErrors(errs.clone()));
+        assert_eq!(errs[0].path, "services[4]");
+        assert_eq!(
+            errs[0].message,
+            r#"VIP 203.0.113.10 port 80 tcp is already defined by services[1] "web""#
+        );
+    }
+
+    #[test]
+    fn ipv6_vip_cannot_use_ipv4_backend() {
+        let text = doc(
+            "",
+            "[[services]]\nname = \"v6\"\nvip = \"2001:db8:100::1\"\nprotocol = \"tcp\"\nbackends = [\"eu-1\", \"us-1\"]\n",
+        );
+        let errs = errors(&text);
+        assert_eq!(errs.len(), 1, "{}", ConfigErrors(errs.clone()));
+        assert_eq!(errs[0].path, "services[0]");
+        assert_eq!(
+            errs[0].message,
+            r#"an IPv6 VIP cannot use IPv4 backend "eu-1" (IPv6 packets can only be encapsulated to IPv6 backends)"#
+        );
+        // Through a region: both IPv4 backends of eu-west.
+        let text = doc(
+            "",
+            "[[services]]\nname = \"v6\"\nvip = \"2001:db8:100::1\"\nprotocol = \"tcp\"\nregions = [\"eu-west\"]\n",
+        );
+        let errs = errors(&text);
+        assert!(has_error(
+            &errs,
+            "services[0]",
+            r#"an IPv6 VIP cannot use IPv4 backend "eu-1""#
+        ));
+        assert!(has_error(
+            &errs,
+            "services[0]",
+            r#"an IPv6 VIP cannot use IPv4 backend "eu-2""#
+        ));
+    }
+
+    #[test]
+    fn ipv4_vip_with_ipv6_backends_is_fine() {
+        ok(&doc(
+            "",
+            "[[services]]\nname = \"v4\"\nvip = \"203.0.113.10\"\nprotocol = \"tcp\"\nbackends = [\"us-1\", \"eu-1\"]\n",
+        ));
+    }
+
+    #[test]
+    fn backend_weight_range() {
+        let backend = |w: &str| {
+            doc(
+                "",
+                &format!("{WEB}\n[[backends]]\nname = \"x\"\naddress = \"192.0.2.50\"\nregion = \"eu-west\"\nweight = {w}\n"),
+            )
+        };
+        assert_error(&backend("65536"), "backends[3].weight", "out of range");
+        assert_error(&backend("-1"), "backends[3].weight", "out of range");
+        let cfg = ok(&backend("0"));
+        assert_eq!(cfg.backends[3].weight, 0);
+        ok(&backend("65535"));
+    }
+
+    // --- health checks -----------------------------------------------------
+
+    fn with_check(check: &str) -> String {
+        doc(
+            "",
+            &format!("{WEB}\n[[health_checks]]\nname = \"c\"\n{check}\n"),
+        )
+    }
+
+    #[test]
+    fn health_check_timeout_must_be_shorter_than_interval() {
+        let errs = errors(&with_check(
+            "kind = \"http\"\ninterval = \"1s\"\ntimeout = \"2s\"",
+        ));
+        assert!(
+            errs.iter().any(|e| e.path == "health_checks[1].timeout"
+                && e.message == "2s must be shorter than interval 1s"),
+            "{}",
+            ConfigErrors(errs.clone())
+        );
+        assert_error(
+            &with_check("kind = \"http\"\ntimeout = \"1s\""),
+            "health_checks[1].timeout",
+            "1s must be shorter than interval 1s",
+        );
+        assert_error(
+            &with_check(
+                "kind = \"http\"\ninterval = \"500ms\"\ntimeout = \"100ms\"\njitter = \"1s\"",
+            ),
+            "health_checks[1].jitter",
+            "1s must be shorter than interval 500ms",
+        );
+        assert_error(
+            &with_check("kind = \"http\"\ninterval = \"0s\""),
+            "health_checks[1].interval",
+            "longer than 0s",
+        );
+    }
+
+    #[test]
+    fn health_check_counts_and_statuses() {
+        assert_error(
+            &with_check("kind = \"tcp\"\nport = 22\nrise = 0"),
+            "health_checks[1].rise",
+            "out of range",
+        );
+        assert_error(
+            &with_check("kind = \"tcp\"\nport = 22\nfall = 0"),
+            "health_checks[1].fall",
+            "out of range",
+        );
+        assert_error(
+            &with_check("kind = \"tcp\"\nport = 0"),
+            "health_checks[1].port",
+            "out of range",
+        );
+        assert_error(
+            &with_check("kind = \"http\"\nexpected_status = [200, 600]"),
+            "health_checks[1].expected_status[1]",
+            "600 is out of range",
+        );
+        assert_error(
+            &with_check("kind = \"http\"\nexpected_status = [99]"),
+            "health_checks[1].expected_status[0]",
+            "out of range",
+        );
+        assert_error(
+            &with_check("kind = \"http\"\nexpected_status = []"),
+            "health_checks[1].expected_status",
+            "must not be empty",
+        );
+        assert_error(
+            &with_check("kind = \"http\"\npath = \"health\""),
+            "health_checks[1].path",
+            "must start with \"/\"",
+        );
+        let cfg = ok(&with_check(
+            "kind = \"http\"\nexpected_status = [100, 599]\npath = \"/h?x=1\"",
+        ));
+        assert_eq!(cfg.health_checks[1].expected_status, vec![100, 599]);
+    }
+
+    #[test]
+    fn https_only_and_http_only_fields() {
+        assert_error(
+            &with_check("kind = \"http\"\nsni = \"example.com\""),
+            "health_checks[1].sni",
+            "only valid for kind \"https\"",
+        );
+        assert_error(
+            &with_check("kind = \"tcp\"\nport = 1\nca_file = \"/ca.pem\""),
+            "health_checks[1].ca_file",
+            "only valid for kind \"https\"",
+        );
+        assert_error(
+            &with_check("kind = \"http\"\ninsecure = true"),
+            "health_checks[1].insecure",
+            "only valid for kind \"https\"",
+        );
+        assert_error(
+            &with_check("kind = \"tcp\"\nport = 1\npath = \"/\""),
+            "health_checks[1].path",
+            "only valid for kind \"http\" or \"https\"",
+        );
+        assert_error(
+            &with_check("kind = \"tcp\"\nport = 1\ndeep_health = true"),
+            "health_checks[1].deep_health",
+            "only valid for kind \"http\" or \"https\"",
+        );
+        let cfg = ok(&with_check(
+            "kind = \"https\"\nsni = \"example.com\"\nca_file = \"/ca.pem\"\ndeep_health = true\nbody_contains = \"ok\"",
+        ));
+        let h = &cfg.health_checks[1];
+        assert_eq!(h.sni.as_deref(), Some("example.com"));
+        assert_eq!(h.ca_file.as_deref(), Some(Path::new("/ca.pem")));
+        assert!(h.deep_health);
+        assert_eq!(h.body_contains.as_deref(), Some("ok"));
+    }
+
+    #[test]
+    fn insecure_with_ca_file_is_an_error() {
+        assert_error(
+            &with_check("kind = \"https\"\ninsecure = true\nca_file = \"/etc/ca.pem\""),
+            "health_checks[1].insecure",
+            "cannot be combined with ca_file",
+        );
+        let cfg = ok(&with_check("kind = \"https\"\ninsecure = true"));
+        assert!(cfg.health_checks[1].insecure);
+    }
+
+    #[test]
+    fn tcp_check_needs_a_port_on_an_all_ports_service() {
+        let text = doc(
+            "",
+            "[[services]]\nname = \"any\"\nvip = \"203.0.113.10\"\nprotocol = \"udp\"\nregions = [\"eu-west\"]\nhealth_check = \"t\"\n\n[[health_checks]]\nname = \"t\"\nkind = \"tcp\"\n",
+        );
+        let errs = errors(&text);
+        assert_eq!(errs.len(), 1, "{}", ConfigErrors(errs.clone()));
+        assert_eq!(errs[0].path, "services[0].health_check");
+        assert!(errs[0].message.contains("health_checks[1]"));
+    }
+
+    #[test]
+    fn effective_port() {
+        let cfg = ok(&doc(
+            "",
+            r#"
+[[services]]
+name = "all"
+vip = "203.0.113.10"
+protocol = "tcp"
+regions = ["eu-west"]
+
+[[services]]
+name = "p8080"
+vip = "203.0.113.10"
+port = 8080
+protocol = "tcp"
+regions = ["eu-west"]
+
+[[health_checks]]
+name = "https"
+kind = "https"
+
+[[health_checks]]
+name = "tcp9"
+kind = "tcp"
+port = 9
+"#,
+        ));
+        let (all, p8080) = (&cfg.services[0], &cfg.services[1]);
+        let hc = |n: &str| cfg.health_check(n).expect("defined");
+        assert_eq!(hc("hc").effective_port(all), Some(80));
+        assert_eq!(hc("hc").effective_port(p8080), Some(8080));
+        assert_eq!(hc("https").effective_port(all), Some(443));
+        assert_eq!(hc("tcp9").effective_port(p8080), Some(9));
+    }
+
+    // --- control and metrics -----------------------------------------------
+
+    #[test]
+    fn metrics_must_listen_on_loopback() {
+        assert_error(
+            &doc(
+                "",
+                &format!("{WEB}\n[metrics]\nlisten = \"0.0.0.0:9477\"\n"),
+            ),
+            "metrics.listen",
+            "is not a loopback address",
+        );
+        assert_error(
+            &doc(
+                "",
+                &format!("{WEB}\n[metrics]\nlisten = \"localhost:9477\"\n"),
+            ),
+            "metrics.listen",
+            "is not a socket address",
+        );
+        ok(&doc(
+            "",
+            &format!("{WEB}\n[metrics]\nlisten = \"[::1]:9477\"\n"),
+        ));
+    }
+
+    #[test]
+    fn control_socket_path_length() {
+        let long = format!("/{}", "x".repeat(120));
+        assert_error(
+            &doc("", &format!("{WEB}\n[control]\nsocket = \"{long}\"\n")),
+            "control.socket",
+            "at most 107",
+        );
+    }
+
+    // --- several errors, no cascades ---------------------------------------
+
+    #[test]
+    fn every_error_is_reported_at_once() {
+        let text = doc(
+            "mtu = 100\nmaglev_table_size = 65536\n",
+            r#"
+[[services]]
+name = "web"
+vip = "203.0.113.300"
+protocol = "tcp"
+backends = ["eu-9"]
+
+[[services]]
+name = "web"
+vip = "203.0.113.11"
+protocol = "tcp"
+regions = ["eu-west"]
+colour = "blue"
+
+[[backends]]
+name = "ap-1"
+address = "192.0.2.77"
+region = "ap-south"
+
+[[health_checks]]
+name = "slow"
+kind = "http"
+timeout = "5s"
+
+[metrics]
+listen = "192.0.2.1:9477"
+"#,
+        );
+        let errs = errors(&text);
+        for (path, needle) in [
+            ("dataplane.mtu", "out of range"),
+            ("dataplane.maglev_table_size", "not prime"),
+            ("services[0].vip", "is not an IP address"),
+            ("services[0].backends[0]", "unknown backend \"eu-9\""),
+            ("services[1].name", "duplicate name \"web\""),
+            ("services[1].colour", "unknown key"),
+            ("backends[3].region", "unknown region \"ap-south\""),
+            (
+                "health_checks[1].timeout",
+                "5s must be shorter than interval 1s",
+            ),
+            ("metrics.listen", "not a loopback address"),
+        ] {
+            assert!(
+                has_error(&errs, path, needle),
+                "missing {path}: {needle}; got:\n{}",
+                ConfigErrors(errs.clone())
+            );
+        }
+        assert_eq!(errs.len(), 9, "{}", ConfigErrors(errs.clone()));
+    }
+
+    #[test]
+    fn a_bad_value_does_not_cascade() {
+        // The backend's address is invalid: the service that uses it gets no
+        // "unknown backend" or family error, and no other error appears.
+        let text = doc(
+            "",
+            r#"
+[[backends]]
+name = "broken"
+address = "not-an-ip"
+region = "eu-west"
+
+[[services]]
+name = "v6"
+vip = "2001:db8:100::1"
+protocol = "tcp"
+backends = ["broken"]
+
+[[health_checks]]
+name = "h"
+kind = "http"
+interval = "soon"
+timeout = "2s"
+"#,
+        );
+        let errs = errors(&text);
+        assert_eq!(errs.len(), 2, "{}", ConfigErrors(errs.clone()));
+        assert!(has_error(
+            &errs,
+            "backends[3].address",
+            "\"not-an-ip\" is not an IP address"
+        ));
+        assert!(has_error(
+            &errs,
+            "health_checks[1].interval",
+            "\"soon\" is not a duration"
+        ));
+    }
+
+    #[test]
+    fn errors_display_one_per_line() {
+        let errs = ConfigErrors(vec![
+            ConfigError::new("dataplane.mtu", "100 is out of range"),
+            ConfigError::new("services[0].vip", "\"x\" is not an IP address"),
+        ]);
+        assert_eq!(
+            errs.to_string(),
+            "dataplane.mtu: 100 is out of range\nservices[0].vip: \"x\" is not an IP address"
+        );
+    }
+
+    // --- lookups -----------------------------------------------------------
+
+    #[test]
+    fn service_backends_dedupes_in_config_order() {
+        let cfg = ok(&doc(
+            "",
+            "[[services]]\nname = \"s\"\nvip = \"203.0.113.1\"\nprotocol = \"tcp\"\nbackends = [\"us-1\", \"eu-1\"]\nregions = [\"eu-west\"]\n",
+        ));
+        let names: Vec<&str> = cfg
+            .service_backends(&cfg.services[0])
+            .iter()
+            .map(|b| b.name.as_str())
+            .collect();
+        assert_eq!(names, ["eu-1", "eu-2", "us-1"]);
+    }
+
+    #[test]
+    fn health_check_for_prefers_the_backend_override() {
+        let cfg = ok(&doc(
+            "",
+            r#"
+[[services]]
+name = "s"
+vip = "203.0.113.1"
+port = 80
+protocol = "tcp"
+regions = ["eu-west"]
+health_check = "hc"
+
+[[services]]
+name = "bare"
+vip = "203.0.113.2"
+port = 80
+protocol = "tcp"
+backends = ["eu-1"]
+
+[[backends]]
+name = "odd"
+address = "192.0.2.60"
+region = "eu-west"
+health_check = "alt"
+
+[[health_checks]]
+name = "alt"
+kind = "tcp"
+port = 22
+"#,
+        ));
+        let s = cfg.service("s").expect("defined");
+        let bare = cfg.service("bare").expect("defined");
+        let eu1 = cfg.backend("eu-1").expect("defined");
+        let odd = cfg.backend("odd").expect("defined");
+        assert_eq!(
+            cfg.health_check_for(s, eu1).map(|h| h.name.as_str()),
+            Some("hc")
+        );
+        assert_eq!(
+            cfg.health_check_for(s, odd).map(|h| h.name.as_str()),
+            Some("alt")
+        );
+        assert_eq!(cfg.health_check_for(bare, eu1), None);
+    }
+
+    #[test]
+    fn load_reports_unreadable_file() {
+        let path = Path::new("/nonexistent/steer/config.toml");
+        let errs = match Config::load(path) {
+            Ok(_) => panic!("loaded a missing file"),
+            Err(e) => e.0,
+        };
+        assert_eq!(errs.len(), 1);
+        assert_eq!(errs[0].path, "/nonexistent/steer/config.toml");
+        assert!(
+            errs[0].message.contains("cannot read"),
+            "{}",
+            errs[0].message
+        );
+    }
+
+    #[test]
+    fn load_reads_a_file() {
+        let dir = std::env::temp_dir().join(format!("steer-config-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join("steer.toml");
+        std::fs::write(&path, doc("", WEB)).expect("write");
+        let loaded = Config::load(&path);
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(loaded.map(|c| c.services.len()), Ok(1));
+    }
+
+    // --- durations ---------------------------------------------------------
+
+    #[test]
+    fn parse_durations() {
+        for (text, ms) in [
+            ("1s", 1000),
+            ("250ms", 250),
+            ("2m", 120_000),
+            ("1h", 3_600_000),
+            ("1m30s", 90_000),
+            ("1s500ms", 1500),
+            ("0s", 0),
+            ("0ms", 0),
+        ] {
+            assert_eq!(
+                parse_duration(text),
+                Ok(Duration::from_millis(ms)),
+                "{text}"
+            );
+        }
+        for text in [
+            "",
+            "1.5s",
+            "5 s",
+            " 1s",
+            "-1s",
+            "1d",
+            "ms",
+            "1s2",
+            "1µs",
+            "99999999999999999999s",
+        ] {
+            assert!(parse_duration(text).is_err(), "{text:?} accepted");
+        }
+        let e = parse_duration("10").err().unwrap_or_default();
+        assert!(e.contains("no unit"), "{e}");
+        let e = parse_duration("1x").err().unwrap_or_default();
+        assert!(e.contains("is not a duration"), "{e}");
+    }
+
+    #[test]
+    fn format_durations_round_trip() {
+        for (ms, text) in [
+            (1000, "1s"),
+            (500, "500ms"),
+            (90_000, "1m30s"),
+            (3_600_000, "1h"),
+            (3_723_004, "1h2m3s4ms"),
+            (0, "0s"),
+        ] {
+            let d = Duration::from_millis(ms);
+            assert_eq!(format_duration(d), text);
+            assert_eq!(parse_duration(text), Ok(d));
+        }
+    }
+
+    #[test]
+    fn durations_must_be_strings() {
+        assert_error(
+            &with_check("kind = \"http\"\ninterval = 1000"),
+            "health_checks[1].interval",
+            "expected a duration string such as \"1s\"",
+        );
+    }
 }
