@@ -8,9 +8,7 @@ fn main() -> anyhow::Result<()> {
         .parent()
         .ok_or_else(|| anyhow!("no workspace root"))?
         .join("steer-ebpf");
-    let root = ebpf_dir
-        .to_str()
-        .ok_or_else(|| anyhow!("non-UTF-8 path"))?;
+    let root = ebpf_dir.to_str().ok_or_else(|| anyhow!("non-UTF-8 path"))?;
     aya_build::build_ebpf(
         [aya_build::Package {
             name: "steer-ebpf",

@@ -27,12 +27,12 @@ pub fn is_prime(n: u32) -> bool {
     if n < 2 {
         return false;
     }
-    if n % 2 == 0 {
+    if n.is_multiple_of(2) {
         return n == 2;
     }
     let mut d = 3u32;
     while (d as u64) * (d as u64) <= n as u64 {
-        if n % d == 0 {
+        if n.is_multiple_of(d) {
             return false;
         }
         d += 2;
@@ -123,7 +123,11 @@ mod tests {
             let e: Vec<Entry<'_>> = ns
                 .iter()
                 .enumerate()
-                .map(|(i, s)| Entry { id: i as u32, key: s.as_bytes(), weight: 1 })
+                .map(|(i, s)| Entry {
+                    id: i as u32,
+                    key: s.as_bytes(),
+                    weight: 1,
+                })
                 .collect();
             let t = build(&e, 65537);
             for s in shares(&t, n) {
@@ -141,13 +145,20 @@ mod tests {
             .iter()
             .zip(weights)
             .enumerate()
-            .map(|(i, (s, w))| Entry { id: i as u32, key: s.as_bytes(), weight: w })
+            .map(|(i, (s, w))| Entry {
+                id: i as u32,
+                key: s.as_bytes(),
+                weight: w,
+            })
             .collect();
         let t = build(&e, 65537);
         assert!(t.iter().all(|&s| s != NO_REAL));
         for (s, w) in shares(&t, weights.len()).iter().zip(weights) {
             let want = w as f64 / total as f64;
-            assert!((s - want).abs() <= 0.01, "weight {w}: share {s} want {want}");
+            assert!(
+                (s - want).abs() <= 0.01,
+                "weight {w}: share {s} want {want}"
+            );
         }
     }
 
@@ -157,7 +168,11 @@ mod tests {
         let mut e: Vec<Entry<'_>> = ns
             .iter()
             .enumerate()
-            .map(|(i, s)| Entry { id: i as u32, key: s.as_bytes(), weight: 1 })
+            .map(|(i, s)| Entry {
+                id: i as u32,
+                key: s.as_bytes(),
+                weight: 1,
+            })
             .collect();
         e[1].weight = 0;
         let t = build(&e, 65537);
@@ -176,12 +191,19 @@ mod tests {
             let all: Vec<Entry<'_>> = ns
                 .iter()
                 .enumerate()
-                .map(|(i, s)| Entry { id: i as u32, key: s.as_bytes(), weight: 1 })
+                .map(|(i, s)| Entry {
+                    id: i as u32,
+                    key: s.as_bytes(),
+                    weight: 1,
+                })
                 .collect();
             let before = build(&all, 65537);
             for removed in [0, n / 2, n - 1] {
-                let rest: Vec<Entry<'_>> =
-                    all.iter().copied().filter(|e| e.id != removed as u32).collect();
+                let rest: Vec<Entry<'_>> = all
+                    .iter()
+                    .copied()
+                    .filter(|e| e.id != removed as u32)
+                    .collect();
                 let after = build(&rest, 65537);
                 let moved = before.iter().zip(&after).filter(|(a, b)| a != b).count();
                 let frac = moved as f64 / 65537.0;
@@ -202,7 +224,11 @@ mod tests {
         let e: Vec<Entry<'_>> = ns
             .iter()
             .enumerate()
-            .map(|(i, s)| Entry { id: i as u32 * 10, key: s.as_bytes(), weight: 2 })
+            .map(|(i, s)| Entry {
+                id: i as u32 * 10,
+                key: s.as_bytes(),
+                weight: 2,
+            })
             .collect();
         assert_eq!(build(&e, 251), build(&e, 251));
         let mut rev = e.clone();

@@ -33,6 +33,11 @@ pub mod names {
     pub const PROG_STEER: &str = "steer_xdp";
     /// A program that only returns `XDP_TX`: the benchmark floor.
     pub const PROG_FLOOR: &str = "steer_floor";
+    /// Benchmark-only entry: restores the original packet, then `steer_xdp`.
+    pub const PROG_BENCH: &str = "steer_bench";
+    /// Benchmark-only: the restore step alone (see `bench` in the program).
+    pub const PROG_BENCH_RESTORE: &str = "steer_bench_restore";
+    pub const BENCH: &str = "BENCH";
 }
 
 /// Compile-time map capacities. Sizes that depend on configuration
@@ -214,9 +219,34 @@ pub mod path {
     pub const ICMP_ERROR: u32 = 4;
     pub const DROP: u32 = 5;
     pub const COUNT: u32 = 6;
-    pub const NAMES: [&str; COUNT as usize] =
-        ["pass", "ct_hit", "new_flow", "reselect", "icmp_error", "drop"];
+    pub const NAMES: [&str; COUNT as usize] = [
+        "pass",
+        "ct_hit",
+        "new_flow",
+        "reselect",
+        "icmp_error",
+        "drop",
+    ];
 }
+
+/// Benchmark-only state (`BENCH[0]`), used by `steer_bench` so that every
+/// iteration of a `repeat`ed BPF_PROG_TEST_RUN sees the original packet.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BenchState {
+    /// `BENCH_VARY_*`: how to turn each iteration into a new flow.
+    pub vary: u32,
+    /// Non-zero once `saved` holds the original Ethernet header.
+    pub saved_valid: u32,
+    pub saved: [u8; 16],
+}
+
+/// Keep the same flow every iteration.
+pub const BENCH_VARY_NONE: u32 = 0;
+/// Add one to the IPv4 source address (frame bytes 26..30) each iteration.
+pub const BENCH_VARY_V4_SRC: u32 = 1;
+/// Add one to the low 32 bits of the IPv6 source (frame bytes 34..38).
+pub const BENCH_VARY_V6_SRC: u32 = 2;
 
 /// Ring slots are stored 16 to a map value: an array map rounds each value
 /// up to 8 bytes, so single `u32` values would waste half the memory. Flat
@@ -254,6 +284,7 @@ mod pod {
     unsafe impl aya::Pod for CtValue {}
     unsafe impl aya::Pod for Settings {}
     unsafe impl aya::Pod for Counters {}
+    unsafe impl aya::Pod for BenchState {}
 }
 
 #[cfg(test)]

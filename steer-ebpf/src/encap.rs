@@ -168,8 +168,12 @@ fn write_v6<const L3: usize>(
         return Err(drop::NO_HEADROOM);
     };
     let label = h.hash & 0x000f_ffff;
-    let low = u32::from_be_bytes([s.src6_base[12], s.src6_base[13], s.src6_base[14], s.src6_base[15]])
-        | (h.hash & s.src6_mask);
+    let low = u32::from_be_bytes([
+        s.src6_base[12],
+        s.src6_base[13],
+        s.src6_base[14],
+        s.src6_base[15],
+    ]) | (h.hash & s.src6_mask);
     // SAFETY: `head` proved L3 + 40 bytes are inside the packet.
     unsafe {
         write_eth::<L3>(p, h, s.next_hop_mac, ETH_P_IPV6);

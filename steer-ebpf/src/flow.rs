@@ -7,7 +7,10 @@ use crate::maps::{CONNTRACK, REALS};
 /// What the connection table says about a flow.
 pub enum Lookup {
     /// Known flow whose backend is still valid.
-    Hit { real_id: u32, real: Real },
+    Hit {
+        real_id: u32,
+        real: Real,
+    },
     /// Known flow whose backend went down or was removed.
     Stale,
     Miss,
@@ -53,5 +56,5 @@ pub fn remember(key: &FlowKey, real_id: u32, real: &Real) {
     // A full table evicts the least recently used entry; an error here only
     // means the next packet of the flow is selected again by hash, which
     // picks the same backend while the table is unchanged.
-    let _ = CONNTRACK.insert(key, &v, 0);
+    let _ = CONNTRACK.insert(key, v, 0);
 }

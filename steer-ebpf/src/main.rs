@@ -3,6 +3,7 @@
 #![no_std]
 #![no_main]
 
+mod bench;
 mod encap;
 mod flow;
 mod maps;
@@ -31,6 +32,25 @@ pub fn steer_xdp(ctx: XdpContext) -> u32 {
 #[xdp]
 pub fn steer_floor(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_TX
+}
+
+/// Benchmark-only entry: restores the original packet (see `bench.rs`),
+/// then runs the real program. Never attached to an interface.
+#[xdp]
+pub fn steer_bench(ctx: XdpContext) -> u32 {
+    if bench::prepare(&ctx).is_none() {
+        return xdp_action::XDP_ABORTED;
+    }
+    steer(&ctx)
+}
+
+/// Benchmark-only: the cost of `steer_bench`'s restore step on its own.
+#[xdp]
+pub fn steer_bench_restore(ctx: XdpContext) -> u32 {
+    match bench::restore_only(&ctx) {
+        Some(()) => xdp_action::XDP_TX,
+        None => xdp_action::XDP_ABORTED,
+    }
 }
 
 #[inline(always)]

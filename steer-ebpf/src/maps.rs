@@ -8,7 +8,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use steer_common::{
-    capacity, drop, path, ring_values, RING_LANES, AddrKey, Counters, CtValue, FlowKey, Real, Settings, VipInfo, VipKey,
+    capacity, drop, path, ring_values, AddrKey, BenchState, Counters, CtValue, FlowKey, Real,
+    Settings, VipInfo, VipKey, RING_LANES,
 };
 
 #[map]
@@ -47,3 +48,7 @@ pub static DROP_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(drop::CO
 
 #[map]
 pub static PATH_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(path::COUNT, 0);
+
+/// Benchmark-only scratch state; see `bench.rs`.
+#[map]
+pub static BENCH: Array<BenchState> = Array::with_max_entries(1, 0);

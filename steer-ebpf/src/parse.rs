@@ -5,7 +5,9 @@
 //! truncated packet can never be read past its end.
 
 use aya_ebpf::programs::XdpContext;
-use steer_common::{drop, FlowKey, FAMILY_V4, FAMILY_V6, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP};
+use steer_common::{
+    drop, FlowKey, FAMILY_V4, FAMILY_V6, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP,
+};
 
 pub const ETH_LEN: usize = 14;
 const ETH_P_IPV4: u16 = 0x0800;
@@ -194,7 +196,10 @@ fn parse_v6(ctx: &XdpContext, l3: usize, ip: &mut Ip) -> L3 {
         walked += 1;
     }
     if walked == MAX_IPV6_EXT
-        && matches!(next, IPV6_HOPOPTS | IPV6_ROUTING | IPV6_DSTOPTS | IPV6_FRAGMENT)
+        && matches!(
+            next,
+            IPV6_HOPOPTS | IPV6_ROUTING | IPV6_DSTOPTS | IPV6_FRAGMENT
+        )
     {
         return L3::Bad(drop::IPV6_EXT);
     }

@@ -1,7 +1,8 @@
 //! VIP matching and Maglev selection.
 
 use steer_common::{
-    ring_index, AddrKey, RING_LANES, Real, Settings, VipInfo, VipKey, NO_REAL, SETTINGS_F_PORT0_VIPS,
+    ring_index, AddrKey, Real, Settings, VipInfo, VipKey, NO_REAL, RING_LANES,
+    SETTINGS_F_PORT0_VIPS,
 };
 
 use crate::{
@@ -14,7 +15,7 @@ use crate::{
 #[inline(always)]
 pub fn vip(settings: &Settings, key: &mut VipKey) -> Option<VipInfo> {
     // SAFETY: the value is copied out before the map can change under us.
-    if let Some(v) = unsafe { VIPS.get(&*key) } {
+    if let Some(v) = unsafe { VIPS.get(*key) } {
         return Some(*v);
     }
     if settings.flags & SETTINGS_F_PORT0_VIPS == 0 {
@@ -22,7 +23,7 @@ pub fn vip(settings: &Settings, key: &mut VipKey) -> Option<VipInfo> {
     }
     key.port = 0;
     // SAFETY: as above.
-    unsafe { VIPS.get(&*key) }.copied()
+    unsafe { VIPS.get(*key) }.copied()
 }
 
 /// Whether any VIP lives on this address (for malformed packets and
@@ -34,7 +35,7 @@ pub fn is_vip_addr(family: u8, addr: &[u8; 16]) -> bool {
         family,
         _pad: [0; 3],
     };
-    VIP_ADDRS.get_ptr(&k).is_some()
+    VIP_ADDRS.get_ptr(k).is_some()
 }
 
 /// Picks a backend from the VIP's active table for a flow with `hash`.

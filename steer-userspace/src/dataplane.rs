@@ -12,9 +12,9 @@ use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray};
 use aya::programs::{ProgramError, TestRun, TestRunOptions, Xdp};
 use aya::{Ebpf, EbpfLoader};
 use steer_common::{
-    drop, maglev, names, path, ring_index, ring_values, AddrKey, Counters, Real, Settings,
-    VipInfo, VipKey, FAMILY_V4, FAMILY_V6, REAL_F_DOWN, REAL_F_PRESENT, SETTINGS_F_PORT0_VIPS,
-    SETTINGS_F_READY, VIP_F_CLIENT_AFFINITY,
+    drop, maglev, names, path, ring_index, ring_values, AddrKey, BenchState, Counters, Real,
+    Settings, VipInfo, VipKey, FAMILY_V4, FAMILY_V6, REAL_F_DOWN, REAL_F_PRESENT,
+    SETTINGS_F_PORT0_VIPS, SETTINGS_F_READY, VIP_F_CLIENT_AFFINITY,
 };
 
 use crate::config::{Config, DataplaneConfig};
@@ -106,6 +106,19 @@ pub struct RunOutput {
     pub duration: Duration,
 }
 
+/// Programs `Dataplane::bench_run` can time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BenchProgram {
+    /// The production entry point.
+    Steer,
+    /// Returns XDP_TX and nothing else.
+    Floor,
+    /// Restores the original packet, then the production code.
+    SteerWithRestore,
+    /// The restore step alone.
+    RestoreOnly,
+}
+
 /// A shared, writable mapping of an mmapable BPF array.
 struct Mmap {
     ptr: *mut u8,
@@ -144,7 +157,10 @@ impl Mmap {
 
     /// The 32-bit word at byte offset `off`.
     fn word(&self, off: usize) -> &AtomicU32 {
-        assert!(off % 4 == 0 && off + 4 <= self.len, "mmap offset {off} out of range");
+        assert!(
+            off.is_multiple_of(4) && off + 4 <= self.len,
+            "mmap offset {off} out of range"
+        );
         // SAFETY: in bounds and aligned (checked above); the kernel and BPF
         // programs access these words concurrently, hence atomics.
         unsafe { AtomicU32::from_ptr(self.ptr.add(off).cast()) }
@@ -260,7 +276,12 @@ impl Dataplane {
             .map_max_entries(names::REALS, limits.max_reals)
             .map_max_entries(names::REAL_STATS, limits.max_reals);
         let mut ebpf = loader.load(PROGRAM).map_err(DataplaneError::Load)?;
-        for name in [names::PROG_STEER, names::PROG_FLOOR] {
+        for name in [
+            names::PROG_STEER,
+            names::PROG_FLOOR,
+            names::PROG_BENCH,
+            names::PROG_BENCH_RESTORE,
+        ] {
             let prog: &mut Xdp = ebpf
                 .program_mut(name)
                 .ok_or(DataplaneError::MissingMap { name })?
@@ -548,7 +569,8 @@ impl Dataplane {
             },
             _pad: 0,
         };
-        let update_vip = slot.info != info || slot.last_flip.is_some() && slot.info.flags != info.flags;
+        let update_vip =
+            slot.info != info || slot.last_flip.is_some() && slot.info.flags != info.flags;
         slot.info = info;
         // Phase 3: backends that are down, and removed ones, after the table
         // stopped pointing at them.
@@ -610,7 +632,47 @@ impl Dataplane {
         self.run_program(names::PROG_FLOOR, frame)
     }
 
+    /// Benchmark support: runs `frame` through program `which` with
+    /// `repeat` iterations in one BPF_PROG_TEST_RUN and returns the verdict
+    /// of the last iteration and the kernel's mean time per iteration.
+    /// `vary` (`steer_common::BENCH_VARY_*`) applies to the `steer_bench`
+    /// programs, which restore the original packet before each iteration.
+    pub fn bench_run(
+        &mut self,
+        which: BenchProgram,
+        frame: &[u8],
+        repeat: u32,
+        vary: u32,
+    ) -> Result<RunOutput> {
+        let mut st: Array<_, BenchState> = typed(&mut self.ebpf, names::BENCH)?;
+        st.set(
+            0,
+            BenchState {
+                vary,
+                ..Default::default()
+            },
+            0,
+        )
+        .map_err(map_err(names::BENCH))?;
+        let name = match which {
+            BenchProgram::Steer => names::PROG_STEER,
+            BenchProgram::Floor => names::PROG_FLOOR,
+            BenchProgram::SteerWithRestore => names::PROG_BENCH,
+            BenchProgram::RestoreOnly => names::PROG_BENCH_RESTORE,
+        };
+        self.run_program_repeat(name, frame, repeat)
+    }
+
     fn run_program(&self, name: &'static str, frame: &[u8]) -> Result<RunOutput> {
+        self.run_program_repeat(name, frame, 1)
+    }
+
+    fn run_program_repeat(
+        &self,
+        name: &'static str,
+        frame: &[u8],
+        repeat: u32,
+    ) -> Result<RunOutput> {
         if frame.len() < 14 {
             return Err(DataplaneError::FrameTooShort(frame.len()));
         }
@@ -625,7 +687,7 @@ impl Dataplane {
             .test_run(TestRunOptions {
                 data_in: Some(frame),
                 data_out: Some(&mut out),
-                repeat: 1,
+                repeat,
                 ..Default::default()
             })
             .map_err(DataplaneError::Run)?;
@@ -639,7 +701,9 @@ impl Dataplane {
 
     fn sum_u64(&self, name: &'static str, n: u32) -> Result<Vec<u64>> {
         let map: PerCpuArray<_, u64> = PerCpuArray::try_from(
-            self.ebpf.map(name).ok_or(DataplaneError::MissingMap { name })?,
+            self.ebpf
+                .map(name)
+                .ok_or(DataplaneError::MissingMap { name })?,
         )
         .map_err(map_err(name))?;
         (0..n)
@@ -669,7 +733,9 @@ impl Dataplane {
 
     fn counters(&self, name: &'static str, idx: u32) -> Result<Counters> {
         let map: PerCpuArray<_, Counters> = PerCpuArray::try_from(
-            self.ebpf.map(name).ok_or(DataplaneError::MissingMap { name })?,
+            self.ebpf
+                .map(name)
+                .ok_or(DataplaneError::MissingMap { name })?,
         )
         .map_err(map_err(name))?;
         let per_cpu = map.get(&idx, 0).map_err(map_err(name))?;
@@ -709,12 +775,12 @@ impl Dataplane {
             .services
             .get(service)
             .ok_or_else(|| DataplaneError::UnknownService(service.to_string()))?;
-        let by_id: BTreeMap<u32, &str> = slot
-            .reals
-            .iter()
-            .map(|(n, r)| (r.id, n.as_str()))
-            .collect();
-        let generation = self.gens.word(slot.vip_id as usize * 8).load(Ordering::Acquire);
+        let by_id: BTreeMap<u32, &str> =
+            slot.reals.iter().map(|(n, r)| (r.id, n.as_str())).collect();
+        let generation = self
+            .gens
+            .word(slot.vip_id as usize * 8)
+            .load(Ordering::Acquire);
         Ok((0..self.limits.ring_size)
             .map(|i| {
                 let flat = ring_index(slot.vip_id, generation, self.limits.ring_size, i);

@@ -64,11 +64,7 @@ fn main() -> ExitCode {
 
 fn load_config(path: &std::path::Path) -> Result<Config> {
     Config::load(path).map_err(|errs| {
-        anyhow::anyhow!(
-            "{} has {} error(s):\n{errs}",
-            path.display(),
-            errs.0.len()
-        )
+        anyhow::anyhow!("{} has {} error(s):\n{errs}", path.display(), errs.0.len())
     })
 }
 
@@ -103,7 +99,11 @@ fn replay(
     for b in down {
         if cfg.backend(b).is_none() {
             let known: Vec<&str> = cfg.backends.iter().map(|b| b.name.as_str()).collect();
-            bail!("--down {b:?}: no such backend in {} (backends: {})", config.display(), known.join(", "));
+            bail!(
+                "--down {b:?}: no such backend in {} (backends: {})",
+                config.display(),
+                known.join(", ")
+            );
         }
     }
     let file = std::fs::File::open(input)
@@ -137,7 +137,11 @@ fn replay(
     pcap::write_all(std::io::BufWriter::new(out), &tx)
         .with_context(|| format!("writing {}", output.display()))?;
 
-    println!("replayed {} packets from {}", records.len(), input.display());
+    println!(
+        "replayed {} packets from {}",
+        records.len(),
+        input.display()
+    );
     for (v, n) in &verdicts {
         println!("  {:<8} {n}", format!("{v:?}").to_uppercase());
     }
@@ -151,10 +155,15 @@ fn replay(
         }
     }
     let paths = dp.path_counts()?;
-    let flows: Vec<String> = [path::NEW_FLOW, path::CT_HIT, path::RESELECT, path::ICMP_ERROR]
-        .iter()
-        .map(|&p| format!("{} {}", path::NAMES[p as usize], paths[p as usize]))
-        .collect();
+    let flows: Vec<String> = [
+        path::NEW_FLOW,
+        path::CT_HIT,
+        path::RESELECT,
+        path::ICMP_ERROR,
+    ]
+    .iter()
+    .map(|&p| format!("{} {}", path::NAMES[p as usize], paths[p as usize]))
+    .collect();
     println!("  paths: {}", flows.join(", "));
     for svc in &cfg.services {
         let c = dp.service_counters(&svc.name)?;
@@ -164,13 +173,21 @@ fn replay(
         );
         for b in cfg.service_backends(svc) {
             let c = dp.backend_counters(&svc.name, &b.name)?;
-            let mark = if down.contains(&b.name) { " (down)" } else { "" };
+            let mark = if down.contains(&b.name) {
+                " (down)"
+            } else {
+                ""
+            };
             println!(
                 "    backend {:<14} packets {:>6} new flows {:>5}{mark}",
                 b.name, c.packets, c.new_flows
             );
         }
     }
-    println!("wrote {} transmitted packets to {}", tx.len(), output.display());
+    println!(
+        "wrote {} transmitted packets to {}",
+        tx.len(),
+        output.display()
+    );
     Ok(ExitCode::SUCCESS)
 }

@@ -14,7 +14,9 @@ const MAX_RECORD: u32 = 256 * 1024;
 pub enum PcapError {
     #[error("reading the capture failed: {0}")]
     Io(#[from] io::Error),
-    #[error("the file is pcapng; steer reads classic pcap (convert with `editcap -F pcap IN OUT`)")]
+    #[error(
+        "the file is pcapng; steer reads classic pcap (convert with `editcap -F pcap IN OUT`)"
+    )]
     Pcapng,
     #[error("not a pcap file (magic number {0:#010x})")]
     BadMagic(u32),
@@ -22,7 +24,9 @@ pub enum PcapError {
     LinkType(u32),
     #[error("packet record {index} is truncated: the file ends inside it")]
     Truncated { index: usize },
-    #[error("packet record {index} claims {len} bytes (more than {MAX_RECORD}): the file is corrupt")]
+    #[error(
+        "packet record {index} claims {len} bytes (more than {MAX_RECORD}): the file is corrupt"
+    )]
     Oversized { index: usize, len: u32 },
 }
 
@@ -175,7 +179,10 @@ mod tests {
 
     #[test]
     fn clear_errors_for_bad_input() {
-        assert!(matches!(read_all(&b"hello"[..]), Err(PcapError::BadMagic(_))));
+        assert!(matches!(
+            read_all(&b"hello"[..]),
+            Err(PcapError::BadMagic(_))
+        ));
         assert!(matches!(
             read_all(&[0x0a, 0x0d, 0x0d, 0x0a, 0, 0, 0, 0][..]),
             Err(PcapError::BadMagic(_)) | Err(PcapError::Pcapng)
@@ -193,6 +200,9 @@ mod tests {
         let mut wrong_link = Vec::new();
         write_all(&mut wrong_link, &[]).unwrap();
         wrong_link[20] = 101;
-        assert!(matches!(read_all(&wrong_link[..]), Err(PcapError::LinkType(101))));
+        assert!(matches!(
+            read_all(&wrong_link[..]),
+            Err(PcapError::LinkType(101))
+        ));
     }
 }
