@@ -1,0 +1,1728 @@
+//! Byte-exact packet-replay tests through the real XDP program
+//! (BPF_PROG_TEST_RUN; no traffic is sent).
+//!
+//! Every expected frame is built independently with etherparse from the
+//! rules in docs/architecture.md (see `steer_tests`); the only steer code
+//! used to predict output is `steer_common::hash::flow_hash`.
+//!
+//! Each test loads its own `Dataplane`, so tests are independent and may run
+//! in parallel.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use steer::config::Config;
+use steer::dataplane::{Dataplane, RunOutput, Verdict};
+use steer_common::hash::flow_hash;
+use steer_common::{drop, path, Counters};
+use steer_tests::*;
+
+const BASIC: &str = include_str!("fixtures/basic.toml");
+const RANGE: &str = include_str!("fixtures/range.toml");
+
+const NEXT_HOP: [u8; 6] = [0x02, 0x00, 0x00, 0x00, 0x00, 0xfe];
+/// basic.toml: default TTL.
+const ENC: EncapParams = EncapParams {
+    next_hop_mac: NEXT_HOP,
+    ttl: 64,
+};
+/// range.toml: `ttl = 32`.
+const ENC_RANGE: EncapParams = EncapParams {
+    next_hop_mac: NEXT_HOP,
+    ttl: 32,
+};
+
+const SRC4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+const SRC6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xffff, 0, 0, 0, 0, 1);
+const RANGE4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 0);
+const RANGE4_PREFIX: u8 = 24;
+const RANGE6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xffff, 0, 0, 0, 0, 0);
+const RANGE6_PREFIX: u8 = 112;
+
+const EU1: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 11);
+const EU2: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 12);
+const EU3: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 13);
+const V6_1: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xb, 0, 0, 0, 0, 0x11);
+const US1: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 21);
+const US2: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 22);
+
+/// Backend names by address, as in basic.toml.
+fn backend_name(a: IpAddr) -> &'static str {
+    match a.to_string().as_str() {
+        "192.0.2.11" => "eu-1",
+        "192.0.2.12" => "eu-2",
+        "192.0.2.13" => "eu-3",
+        "192.0.2.14" => "eu-4",
+        "2001:db8:b::11" => "v6-1",
+        "2001:db8:b::12" => "v6-2",
+        "2001:db8:b::13" => "v6-3",
+        "198.51.100.21" => "us-1",
+        "198.51.100.22" => "us-2",
+        "192.0.2.15" => "eu-5",
+        other => panic!("{other} is not a backend of basic.toml"),
+    }
+}
+
+const POOL_BACKENDS: [&str; 3] = ["eu-1", "eu-2", "eu-3"];
+const POOL6_BACKENDS: [&str; 3] = ["v6-1", "v6-2", "v6-3"];
+
+const VIP_WEB: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
+const VIP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xa, 0, 0, 0, 0, 0x10);
+const VIP_MIXED: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 20);
+const VIP_ANY: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 30);
+const VIP_POOL: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 40);
+const VIP6_POOL: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xa, 0, 0, 0, 0, 0x40);
+const VIP_STICKY: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 50);
+const VIP6_STICKY: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xa, 0, 0, 0, 0, 0x50);
+const VIP_SOLO: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 60);
+const VIP_REGIONAL: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 70);
+
+/// Addresses that carry no VIP.
+const OTHER4: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 99);
+const OTHER6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xa, 0, 0, 0, 0, 0x99);
+
+const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 7);
+const CLIENT6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xc, 0, 0, 0, 0, 7);
+const ROUTER4: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 254);
+const ROUTER6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xff, 0, 0, 0, 0, 1);
+
+fn client_n(i: u32) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 51, 100, 0)) + 1 + (i % 200))
+}
+
+fn client6_n(i: u16) -> Ipv6Addr {
+    Ipv6Addr::new(0x2001, 0xdb8, 0xc, 0, 0, 0, 0, 0x100 + i)
+}
+
+type Drops = [u64; drop::COUNT as usize];
+type Paths = [u64; path::COUNT as usize];
+
+fn parse(text: &str) -> Config {
+    match Config::parse(text) {
+        Ok(c) => c,
+        Err(e) => panic!("test config does not parse: {e:?}"),
+    }
+}
+
+/// One loaded program with its maps, and what it was programmed with.
+struct Rig {
+    dp: Dataplane,
+    cfg: Config,
+    down: BTreeSet<String>,
+}
+
+impl Rig {
+    fn new(text: &str) -> Rig {
+        Rig::with_down(text, &[])
+    }
+
+    fn with_down(text: &str, down: &[&str]) -> Rig {
+        let cfg = parse(text);
+        let mut dp = match Dataplane::load(&cfg.dataplane) {
+            Ok(dp) => dp,
+            Err(e) => panic!("loading the XDP program failed: {e:#}"),
+        };
+        let down: BTreeSet<String> = down.iter().map(|s| s.to_string()).collect();
+        if let Err(e) = dp.apply(&cfg, &down) {
+            panic!("programming the maps failed: {e:#}");
+        }
+        Rig { dp, cfg, down }
+    }
+
+    fn reapply(&mut self, text: &str) {
+        self.cfg = parse(text);
+        if let Err(e) = self.dp.apply(&self.cfg, &self.down) {
+            panic!("re-programming the maps failed: {e:#}");
+        }
+    }
+
+    fn run(&mut self, frame: &[u8]) -> RunOutput {
+        match self.dp.run(frame) {
+            Ok(o) => o,
+            Err(e) => panic!(
+                "BPF_PROG_TEST_RUN of a {}-byte frame failed: {e:#}",
+                frame.len()
+            ),
+        }
+    }
+
+    fn drops(&self) -> Drops {
+        self.dp.drop_counts().expect("reading DROP_STATS")
+    }
+
+    fn paths(&self) -> Paths {
+        self.dp.path_counts().expect("reading PATH_STATS")
+    }
+
+    fn service(&self, name: &str) -> Counters {
+        self.dp
+            .service_counters(name)
+            .unwrap_or_else(|e| panic!("service counters of {name}: {e:#}"))
+    }
+
+    fn backend(&self, service: &str, backend: &str) -> Counters {
+        self.dp
+            .backend_counters(service, backend)
+            .unwrap_or_else(|e| panic!("counters of {backend} in {service}: {e:#}"))
+    }
+
+    /// Runs `frame`, expects `XDP_TX`, returns the output frame.
+    #[track_caller]
+    fn tx_frame(&mut self, what: &str, frame: &[u8]) -> Vec<u8> {
+        let before = self.drops();
+        let out = self.run(frame);
+        if !matches!(out.verdict, Verdict::Tx) {
+            panic!(
+                "{what}: expected Tx, got {:?}; drop counters moved: {}",
+                out.verdict,
+                drop_delta_text(&before, &self.drops())
+            );
+        }
+        out.data
+    }
+
+    /// Runs `p`, expects `XDP_TX` with exactly `want`.
+    #[track_caller]
+    fn expect_tx(&mut self, what: &str, p: &Packet, want: &Expected) -> Vec<u8> {
+        let got = self.tx_frame(what, &p.build());
+        assert_frame_eq(what, &got, want);
+        got
+    }
+
+    /// Runs `p` (expected `XDP_TX`) and returns the outer header.
+    #[track_caller]
+    fn outer(&mut self, what: &str, p: &Packet) -> (Outer, Vec<u8>) {
+        let got = self.tx_frame(what, &p.build());
+        let o = parse_outer(&got)
+            .unwrap_or_else(|| panic!("{what}: output is not an IP frame: {got:02x?}"));
+        (o, got)
+    }
+
+    /// Expects `XDP_PASS` with the frame unchanged and no drop counted.
+    #[track_caller]
+    fn expect_pass(&mut self, what: &str, frame: &[u8]) {
+        let before = self.drops();
+        let out = self.run(frame);
+        let after = self.drops();
+        assert!(
+            matches!(out.verdict, Verdict::Pass),
+            "{what}: expected Pass, got {:?}; drop counters moved: {}",
+            out.verdict,
+            drop_delta_text(&before, &after)
+        );
+        assert_frame_eq(what, &out.data, &Expected::unchanged(frame));
+        assert_eq!(
+            before,
+            after,
+            "{what}: passed, but drop counters moved: {}",
+            drop_delta_text(&before, &after)
+        );
+    }
+
+    /// Expects `XDP_DROP` with exactly one of `reasons` counted once (and no
+    /// other reason); returns the reason that was counted.
+    #[track_caller]
+    fn expect_drop_any(&mut self, what: &str, frame: &[u8], reasons: &[u32]) -> u32 {
+        let before = self.drops();
+        let out = self.run(frame);
+        let after = self.drops();
+        let delta: Vec<(usize, u64)> = (0..before.len())
+            .filter(|&i| after[i] != before[i])
+            .map(|i| (i, after[i] - before[i]))
+            .collect();
+        let names: Vec<&str> = reasons.iter().map(|&r| drop::NAMES[r as usize]).collect();
+        assert!(
+            matches!(out.verdict, Verdict::Drop),
+            "{what}: expected Drop ({names:?}), got {:?}; drop counters moved: {}",
+            out.verdict,
+            drop_delta_text(&before, &after)
+        );
+        match delta.as_slice() {
+            [(i, 1)] if reasons.contains(&(*i as u32)) => *i as u32,
+            _ => panic!(
+                "{what}: dropped, but expected one of {names:?} to count 1 and nothing else; moved: {}",
+                drop_delta_text(&before, &after)
+            ),
+        }
+    }
+
+    #[track_caller]
+    fn expect_drop(&mut self, what: &str, frame: &[u8], reason: u32) {
+        self.expect_drop_any(what, frame, &[reason]);
+    }
+}
+
+fn drop_delta_text(before: &Drops, after: &Drops) -> String {
+    let moved: Vec<String> = (0..before.len())
+        .filter(|&i| after[i] != before[i])
+        .map(|i| format!("{} +{}", drop::NAMES[i], after[i].wrapping_sub(before[i])))
+        .collect();
+    if moved.is_empty() {
+        "none".into()
+    } else {
+        moved.join(", ")
+    }
+}
+
+fn fl(p: &Packet) -> u32 {
+    flow_hash(&p.flow_key()) & 0xf_ffff
+}
+
+fn v4(a: IpAddr) -> Ipv4Addr {
+    match a {
+        IpAddr::V4(a) => a,
+        IpAddr::V6(a) => panic!("expected an IPv4 address, got {a}"),
+    }
+}
+
+fn v6(a: IpAddr) -> Ipv6Addr {
+    match a {
+        IpAddr::V6(a) => a,
+        IpAddr::V4(a) => panic!("expected an IPv6 address, got {a}"),
+    }
+}
+
+/// Expected IPIP frame to `backend` for a /32 source.
+fn ipip(p: &Packet, backend: Ipv4Addr) -> Expected {
+    expect_ipip(p, ENC, SRC4, backend)
+}
+
+/// Expected 6in6 / 4in6 frame to `backend` for a /128 source.
+fn ip6(p: &Packet, backend: Ipv6Addr) -> Expected {
+    expect_ip6_encap(p, ENC, SRC6, backend, fl(p))
+}
+
+// ---------------------------------------------------------------------------
+// Encapsulation, byte for byte.
+
+#[test]
+fn ipv4_tcp_is_ipip_encapsulated() {
+    if !steer_tests::require_root() {
+        return;
+    }
+    let mut rig = Rig::new(BASIC);
+    // DSCP EF + ECT(1): the outer TOS must copy it.
+    let p = tcp4(CLIENT, 40000, VIP_WEB, 80).tos(0xb9).payload_len(100);
+    rig.expect_tx("IPv4 TCP, new flow", &p, &ipip(&p, EU1));
+    // The same flow again (conntrack hit) and a different payload size.
+    rig.expect_tx("IPv4 TCP, same flow", &p, &ipip(&p, EU1));
+    let p2 = tcp4(CLIENT, 40000, VIP_WEB, 80).payload_len(0);
+    rig.expect_tx("IPv4 TCP, empty payload", &p2, &ipip(&p2, EU1));
+    let p3 = tcp4(CLIENT, 40001, VIP_WEB, 80).tos(0x03);
+    rig.expect_tx("IPv4 TCP, ECN CE only", &p3, &ipip(&p3, EU1));
+}
+
+#[test]
+fn ipv4_udp_is_ipip_encapsulated() {
+    if !steer_tests::require_root() {
+        return;
+    }
+    let mut rig = Rig::new(BASIC);
+    let p = udp4(CLIENT, 5353, VIP_WEB, 53).tos(0x28).payload_len(48);
+    rig.expect_tx("IPv4 UDP", &p, &ipip(&p, EU1));
+    let p2 = udp4(CLIENT, 5353, VIP_WEB, 53).payload_len(0);
+    rig.expect_tx("IPv4 UDP, empty payload", &p2, &ipip(&p2, EU1));
+}
+
+#[test]
+fn ipv6_vip_is_6in6_encapsulated() {
+    if !steer_tests::require_root() {
+        return;
+    }
+    let mut rig = Rig::new(BASIC);
+    let p = tcp6(CLIENT6, 40000, VIP6, 443).tos(0x2a).payload_len(200);
+    rig.expect_tx("IPv6 TCP", &p, &ip6(&p, V6_1));
+    rig.expect_tx("IPv6 TCP, same flow", &p, &ip6(&p, V6_1));
+    let u = udp6(CLIENT6, 5353, VIP6, 53).tos(0xb8);
+    rig.expect_tx("IPv6 UDP", &u, &ip6(&u, V6_1));
+    // Flow labels differ per flow (the low 20 bits of each flow's hash).
+    for port in 41000..41016 {
+        let q = tcp6(CLIENT6, port, VIP6, 443);
+        rig.expect_tx(&format!("IPv6 TCP port {port}"), &q, &ip6(&q, V6_1));
+    }
+}
+
+#[test]
+fn ipv4_vip_with_ipv6_backend_is_4in6() {
+    if !steer_tests::require_root() {
+        return;
+    }
+    let mut rig = Rig::new(BASIC);
+    let p = tcp4(CLIENT, 40000, VIP_MIXED, 443)
+        .tos(0xb9)
+        .payload_len(64);
+    rig.expect_tx("4in6", &p, &ip6(&p, V6_1));
+    for port in 41000..41008 {
+        let q = tcp4(CLIENT, port, VIP_MIXED, 443);
+        rig.expect_tx(&format!("4in6 port {port}"), &q, &ip6(&q, V6_1));
+    }
+}
+
+#[test]
+fn single_vlan_tag_is_kept() {
+    if !steer_tests::require_root() {
+        return;
+    }
+    let mut rig = Rig::new(BASIC);
+    let p = tcp4(CLIENT, 40000, VIP_WEB, 80).vlan(Vlan::dot1q(100));
+    rig.expect_tx("802.1Q, IPIP", &p, &ipip(&p, EU1));
+    let p6 = udp6(CLIENT6, 5353, VIP6, 53).vlan(Vlan::dot1q(4094));
+    rig.expect_tx("802.1Q, 6in6", &p6, &ip6(&p6, V6_1));
+    let m = tcp4(CLIENT, 40000, VIP_MIXED, 443).vlan(Vlan::dot1q(7));
+    rig.expect_tx("802.1Q, 4in6", &m, &ip6(&m, V6_1));
+}
+
+#[test]
+fn double_vlan_tag_is_kept() {
+    if !steer_tests::require_root() {
+        return;
+    }
+    let mut rig = Rig::new(BASIC);
+    let qinq = |p: Packet| p.vlan(Vlan::dot1ad(10)).vlan(Vlan::dot1q(20));
+    let p = qinq(tcp4(CLIENT, 40000, VIP_WEB, 80).tos(0x10));
+    rig.expect_tx("802.1ad + 802.1Q, IPIP", &p, &ipip(&p, EU1));
+    let p6 = qinq(tcp6(CLIENT6, 40000, VIP6, 443));
+    rig.expect_tx("802.1ad + 802.1Q, 6in6", &p6, &ip6(&p6, V6_1));
+    let m = qinq(tcp4(CLIENT, 40000, VIP_MIXED, 443));
+    rig.expect_tx("802.1ad + 802.1Q, 4in6", &m, &ip6(&m, V6_1));
+    // Two 802.1Q tags (old-style QinQ) too.
+    let q2 = tcp4(CLIENT, 40001, VIP_WEB, 80)
+        .vlan(Vlan::dot1q(30))
+        .vlan(Vlan::dot1q(31));
+    rig.expect_tx("802.1Q + 802.1Q, IPIP", &q2, &ipip(&q2, EU1));
+}
+
+#[test]
+fn ipv4_options_are_skipped_and_kept() {
+    if !steer_tests::require_root() {
+        return;
+    }
+    let mut rig = Rig::new(BASIC);
+    // IHL 6: router alert.
+    let p = tcp4(CLIENT, 40000, VIP_WEB, 80).v4_options(vec![0x94, 0x04, 0x00, 0x00]);
+    rig.expect_tx("IHL 6", &p, &ipip(&p, EU1));
+    // IHL 8: timestamp option + NOPs.
+    let mut ts = vec![0x44, 12, 5, 0];
+    ts.extend_from_slice(&[0; 8]);
+    let u = udp4(CLIENT, 5353, VIP_WEB, 53).v4_options(ts);
+    rig.expect_tx("IHL 8", &u, &ipip(&u, EU1));
+    // IHL 15: 39 NOPs and an end-of-options.
+    let mut nops = vec![0x01; 39];
+    nops.push(0x00);
+    let m = tcp4(CLIENT, 40001, VIP_WEB, 80).v4_options(nops.clone());
+    rig.expect_tx("IHL 15", &m, &ipip(&m, EU1));
+    let m6 = tcp4(CLIENT, 40002, VIP_MIXED, 443).v4_options(nops);
+    rig.expect_tx("IHL 15, 4in6", &m6, &ip6(&m6, V6_1));
+}
+
+#[test]
+fn ipv6_extension_headers_are_skipped_and_kept() {
+    if !steer_tests::require_root() {
+        return;
+    }
+    let mut rig = Rig::new(BASIC);
+    let p = tcp6(CLIENT6, 40000, VIP6, 443)
+        .ext(Ext::hop_by_hop())
+        .ext(Ext::dest_opts());
+    rig.expect_tx("hop-by-hop + destination options", &p, &ip6(&p, V6_1));
+    let u = udp6(CLIENT6, 5353, VIP6, 53).ext(Ext::dest_opts());
+    rig.expect_tx("destination options, UDP", &u, &ip6(&u, V6_1));
+    // Four headers, the documented maximum.
+    let four = tcp6(CLIENT6, 40001, VIP6, 443)
+        .ext(Ext::hop_by_hop())
+        .ext(Ext::dest_opts())
+        .ext(Ext::routing())
+        .ext(Ext::dest_opts());
+    rig.expect_tx("four extension headers", &four, &ip6(&four, V6_1));
+}
+
+#[test]
+fn ipv6_more_than_four_extension_headers_dropped() {
+    if !steer_tests::require_root() {
+        return;
+    }
+    let mut rig = Rig::new(BASIC);
+    let five = |dst| {
+        tcp6(CLIENT6, 40001, dst, 443)
+            .ext(Ext::hop_by_hop())
+            .ext(Ext::dest_opts())
+            .ext(Ext::routing())
+            .ext(Ext::dest_opts())
+            .ext(Ext::dest_opts())
+    };
+    rig.expect_drop(
+        "five extension headers to a VIP",
+        &five(VIP6).build(),
+        drop::IPV6_EXT,
+    );
+    rig.expect_pass("five extension headers, not a VIP", &five(OTHER6).build());
+}
+
+#[test]
+fn ethernet_trailer_is_kept_and_not_counted_as_ip() {
+    if !steer_tests::require_root() {
+        return;
+    }
+    let mut rig = Rig::new(BASIC);
+    // A short UDP packet padded to the 60-byte Ethernet minimum: the outer
+    // length counts the IP packet only; the padding rides along unchanged.
+    let p = udp4(CLIENT, 5353, VIP_WEB, 53)
+        .payload_len(2)
+        .trailer(vec![0; 16]);
+    assert_eq!(p.build().len(), 60);
+    rig.expect_tx("padded frame", &p, &ipip(&p, EU1));
+}
+
+// ---------------------------------------------------------------------------
+// What is not for us passes untouched.
+
+#[test]
+fn non_vip_traffic_passes_unchanged() {
+    if !steer_tests::require_root() {
+        return;
+    }
+    let mut rig = Rig::new(BASIC);
+    let paths0 = rig.paths();
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("other address", tcp4(CLIENT, 40000, OTHER4, 80).build()),
+        ("other port", tcp4(CLIENT, 40000, VIP_WEB, 8080).build()),
+        (
+            "other protocol (UDP to a TCP VIP port)",
+            udp4(CLIENT, 40000, VIP_WEB, 80).build(),
+        ),
+        (
+            "other protocol (GRE to a VIP address)",
+            other_proto(tcp4(CLIENT, 0, VIP_WEB, 0), 47),
+        ),
+        (
+            "TCP to a UDP any-port VIP",
+            tcp4(CLIENT, 40000, VIP_ANY, 53).build(),
+        ),
+        ("ARP request for a VIP", arp_request(CLIENT, VIP_WEB)),
+        ("ICMP echo to a VIP", echo4(CLIENT, VIP_WEB).build()),
+        ("ICMPv6 echo to a VIP", echo6(CLIENT6, VIP6).build()),
+        (
+            "IPv6 other address",
+            tcp6(CLIENT6, 40000, OTHER6, 443).build(),
+        ),
+        ("IPv6 other port", tcp6(CLIENT6, 40000, VIP6, 80).build()),
+        (
+            "IPv6 other protocol",
+            udp6(CLIENT6, 40000, VIP6, 443).build(),
+        ),
+        (
+            "ICMP frag-needed to a non-VIP",
+            frag_needed4(ROUTER4, OTHER4, 1400, quoted_v4(OTHER4, 80, CLIENT, 40000)).build(),
+        ),
+        (
+            "VLAN, other address",
+            tcp4(CLIENT, 40000, OTHER4, 80).vlan(Vlan::dot1q(5)).build(),
+        ),
+        ("unknown ethertype", {
+            let mut f = tcp4(CLIENT, 40000, VIP_WEB, 80).build();
+            f[12..14].copy_from_slice(&[0x88, 0xb5]);
+            f
+        }),
+    ];
+    for (what, frame) in &cases {
+        rig.expect_pass(what, frame);
+    }
+    let paths1 = rig.paths();
+    assert_eq!(
+        paths1[path::PASS as usize] - paths0[path::PASS as usize],
+        cases.len() as u64,
+        "path counter `pass`"
+    );
+    for i in [path::NEW_FLOW, path::CT_HIT, path::DROP] {
+        assert_eq!(
+            paths1[i as usize],
+            paths0[i as usize],
+            "path {}",
+            path::NAMES[i as usize]
+        );
+    }
+    for s in ["web", "dns", "web6", "dns6", "anyport"] {
+        assert_eq!(rig.service(s), Counters::default(), "counters of {s}");
+    }
+}
+
+/// `p` with its transport replaced by 24 bytes of protocol `proto`.
+fn other_proto(p: Packet, proto: u8) -> Vec<u8> {
+    let mut p = p;
+    p.transport = Transport::Raw(proto);
+    p.payload = pattern(24);
+    p.build()
+}
+
+#[test]
+fn port_zero_vip_matches_any_port() {
+    if !steer_tests::require_root() {
+        return;
+    }
+    let mut rig = Rig::new(BASIC);
+    for dport in [1u16, 52, 54, 123, 8080, 65535] {
+        let p = udp4(CLIENT, 40000, VIP_ANY, dport);
+        rig.expect_tx(&format!("any-port VIP, port {dport}"), &p, &ipip(&p, EU2));
+    }
+    // Port 53 has its own service: the exact match wins.
+    let p = udp4(CLIENT, 40000, VIP_ANY, 53);
+    rig.expect_tx("exact port before port 0", &p, &ipip(&p, EU3));
+    assert_eq!(rig.service("anyport").packets, 6);
+    assert_eq!(rig.service("dns30").packets, 1);
+}
+
+#[test]
+fn service_by_region_uses_region_backends() {
+    if !steer_tests::require_root() {
+        return;
+    }
+    let mut rig = Rig::new(BASIC);
+    for port in 40000..40032 {
+        let p = udp4(CLIENT, port, VIP_REGIONAL, 80);
+        let (o, got) = rig.outer("regional service", &p);
+        let dst = v4(o.dst());
+        assert!(
+            dst == US1 || dst == US2,
+            "region us has us-1 and us-2, got {dst}"
+        );
+        assert_frame_eq("regional service", &got, &ipip(&p, dst));
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Truncated and malformed packets.
+
+#[test]
+fn truncated_ethernet_passes() {
+    if !steer_tests::require_root() {
+        return;
+    }
+    let mut rig = Rig::new(BASIC);
+    let full = tcp4(CLIENT, 40000, VIP_WEB, 80).build();
+    for len in [1usize, 6, 12, 13] {
+        let frame = &full[..len];
+        // The kernel's BPF_PROG_TEST_RUN may refuse frames shorter than an
+        // Ethernet header (-EINVAL) before the program sees them.
+        match rig.dp.run(frame) {
+            Ok(out) => {
+                assert!(
+                    matches!(out.verdict, Verdict::Pass),
+                    "{len}-byte frame: expected Pass, got {:?}",
+                    out.verdict
+                );
+                assert_frame_eq(
+                    &format!("{len}-byte frame"),
+                    &out.data,
+                    &Expected::unchanged(frame),
+                );
+            }
+            Err(e) => eprintln!("note: the kernel refused a {len}-byte frame: {e:#}"),
+        }
+    }
+    // A complete Ethernet header and nothing else.
+    rig.expect_pass("Ethernet header only (IPv4)", &full[..14]);
+    let full6 = tcp6(CLIENT6, 40000, VIP6, 443).build();
+    rig.expect_pass("Ethernet header only (IPv6)", &full6[..14]);
+}
+
+#[test]
+fn truncated_vlan_tag_passes() {
+    if !steer_tests::require_root() {
+        return;
+    }
+    let mut rig = Rig::new(BASIC);
+    let one = tcp4(CLIENT, 40000, VIP_WEB, 80)
+        .vlan(Vlan::dot1q(100))
+        .build();
+    for len in [15usize, 16, 17] {
+        rig.expect_pass(&format!("802.1Q tag cut at {len} bytes"), &one[..len]);
+    }
+    rig.expect_pass("802.1Q tag, no IP", &one[..18]);
+    let two = tcp4(CLIENT, 40000, VIP_WEB, 80)
+        .vlan(Vlan::dot1ad(10))
+        .vlan(Vlan::dot1q(20))
+        .build();
+    for len in [16usize, 19, 21] {
+        rig.expect_pass(&format!("double tag cut at {len} bytes"), &two[..len]);
+    }
+}
+
+#[test]
+fn truncated_ipv4_header_before_destination_passes() {
+    if !steer_tests::require_root() {
+        return;
+    }
+    let mut rig = Rig::new(BASIC);
+    let p = tcp4(CLIENT, 40000, VIP_WEB, 80);
+    let f = p.build();
+    // The destination address is bytes 16..20 of the IP header.
+    for keep in [1usize, 10, 16, 19] {
+        rig.expect_pass(&format!("IPv4 header cut at {keep} bytes"), &f[..14 + keep]);
+    }
+}
+
+#[test]
+fn truncated_ipv4_header_after_destination_dropped_for_vip() {
+    if !steer_tests::require_root() {
+        return;
+    }
+    let mut rig = Rig::new(BASIC);
+    for dst in [VIP_WEB, OTHER4] {
+        let p = tcp4(CLIENT, 40000, dst, 80)
+            .v4_options(vec![0x01, 0x01, 0x01, 0x00, 0x01, 0x01, 0x01, 0x00]);
+        for keep in [20usize, 22, 27] {
+            // IHL 7: the frame ends inside the options; the total length
+            // field agrees with what is left.
+            let f = cut_ip(&p, keep);
+            let what = format!("IPv4 (IHL 7) cut at {keep} bytes, to {dst}");
+            if dst == VIP_WEB {
+                let r = rig.expect_drop_any(&what, &f, &[drop::TRUNCATED_L3, drop::MALFORMED_L3]);
+                if r != drop::TRUNCATED_L3 {
+                    eprintln!("note: {what}: counted as {}", drop::NAMES[r as usize]);
+                }
+            } else {
+                rig.expect_pass(&what, &f);
+            }
+        }
+    }
+}
+
+#[test]
+fn ipv4_ihl_beyond_frame_dropped_for_vip() {
+    if !steer_tests::require_root() {
+        return;
+    }
+    let mut rig = Rig::new(BASIC);
+    for dst in [VIP_WEB, OTHER4] {
+        for ihl in [7u8, 15] {
+            // A 20-byte header + 4 bytes of TCP (24 bytes in the frame),
+            // claiming IHL `ihl` (28 or 60 bytes): the header ends beyond
+            // the frame. Total length either as much as the frame holds, or
+            // what the packet would have been.
+            for total in [24u16, u16::from(ihl) * 4 + 20] {
+                let mut f = cut_ip(&tcp4(CLIENT, 40000, dst, 80), 24);
+                f[14] = 0x40 | ihl;
+                set_ipv4_total_len(&mut f, 14, total);
+                let what =
+                    format!("IHL {ihl} in a 24-byte IP packet, total length {total}, to {dst}");
+                if dst == VIP_WEB {
+                    let r =
+                        rig.expect_drop_any(&what, &f, &[drop::TRUNCATED_L3, drop::MALFORMED_L3]);
+                    eprintln!("note: {what}: counted as {}", drop::NAMES[r as usize]);
+                } else {
+                    rig.expect_pass(&what, &f);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn ipv4_total_length_beyond_frame_dropped_for_vip() {
+    if !steer_tests::require_root() {
+        return;
+    }
+    let mut rig = Rig::new(BASIC);
+    for dst in [VIP_WEB, OTHER4] {
+        let p = tcp4(CLIENT, 40000, dst, 80);
+        let mut f = p.build();
+        set_ipv4_total_len(&mut f, 14, (p.ip_len() + 1) as u16);
+        let what = format!("IPv4 total length 1 beyond the frame, to {dst}");
+        if dst == VIP_WEB {
+            rig.expect_drop(&what, &f, drop::MALFORMED_L3);
+        } else {
+            rig.expect_pass(&what, &f);
+        }
+        let mut g = p.build();
+        set_ipv4_total_len(&mut g, 14, 1500);
+        let what = format!("IPv4 total length 1500 in a short frame, to {dst}");
+        if dst == VIP_WEB {
+            rig.expect_drop(&what, &g, drop::MALFORMED_L3);
+        } else {
+            rig.expect_pass(&what, &g);
+        }
+    }
+}
+
+#[test]
+fn ipv4_bad_version_ihl_or_length_dropped_for_vip() {
+    if !steer_tests::require_root() {
+        return;
+    }
+    let mut rig = Rig::new(BASIC);
+    for dst in [VIP_WEB, OTHER4] {
+        let p = tcp4(CLIENT, 40000, dst, 80);
+        let mut bad = Vec::new();
+        let mut f = p.build();
+        f[14] = 0x44; // IHL 4
+        fix_ipv4_checksum(&mut f, 14);
+        bad.push(("IHL 4", f));
+        let mut f = p.build();
+        f[14] = 0x55; // version 5 in an IPv4 ethertype
+        fix_ipv4_checksum(&mut f, 14);
+        bad.push(("version 5", f));
+        let mut f = p.build();
+        set_ipv4_total_len(&mut f, 14, 19); // shorter than the header
+        bad.push(("total length 19", f));
+        for (what, f) in bad {
+            let what = format!("{what}, to {dst}");
+            if dst == VIP_WEB {
+                rig.expect_drop(&what, &f, drop::MALFORMED_L3);
+            } else {
+                rig.expect_pass(&what, &f);
+            }
+        }
+    }
+}
+
+#[test]
+fn truncated_transport_header_dropped_for_vip() {
+    if !steer_tests::require_root() {
+        return;
+    }
+    let mut rig = Rig::new(BASIC);
+    let cases: Vec<(Packet, Vec<usize>)> = vec![
+        (tcp4(CLIENT, 40000, VIP_WEB, 80), vec![20, 22, 30, 39]),
+        (udp4(CLIENT, 5353, VIP_WEB, 53), vec![20, 22, 27]),
+        (tcp6(CLIENT6, 40000, VIP6, 443), vec![40, 43, 50, 59]),
+        (udp6(CLIENT6, 5353, VIP6, 53), vec![40, 47]),
+        (
+            tcp6(CLIENT6, 40000, VIP6, 443).ext(Ext::dest_opts()),
+            vec![56, 66],
+        ),
+    ];
+    for (p, keeps) in cases {
+        for keep in keeps {
+            let what = format!("{:?} cut to {keep} IP bytes", p.transport);
+            rig.expect_drop(&what, &cut_ip(&p, keep), drop::TRUNCATED_L4);
+            // The same packet to an address without VIPs passes.
+            let mut q = p.clone();
+            match &mut q.net {
+                Net::V4 { dst, .. } => *dst = OTHER4.octets(),
+                Net::V6 { dst, .. } => *dst = OTHER6.octets(),
+            }
+            rig.expect_pass(&format!("{what}, not a VIP"), &cut_ip(&q, keep));
+        }
+    }
+}
+
+#[test]
+fn truncated_ipv6_header_passes() {
+    if !steer_tests::require_root() {
+        return;
+    }
+    let mut rig = Rig::new(BASIC);
+    // The destination is the last field of the fixed header: a cut header
+    // never shows it, so the packet is passed.
+    let f = tcp6(CLIENT6, 40000, VIP6, 443).build();
+    for keep in [1usize, 8, 24, 30, 39] {
+        rig.expect_pass(&format!("IPv6 header cut at {keep} bytes"), &f[..14 + keep]);
+    }
+}
+
+#[test]
+fn truncated_ipv6_extension_header_dropped_for_vip() {
+    if !steer_tests::require_root() {
+        return;
+    }
+    let mut rig = Rig::new(BASIC);
+    for dst in [VIP6, OTHER6] {
+        let p = tcp6(CLIENT6, 40000, dst, 443)
+            .ext(Ext::hop_by_hop())
+            .ext(Ext::dest_opts());
+        // Inside the hop-by-hop header, inside the destination options.
+        for keep in [41usize, 44, 47, 50, 63] {
+            let f = cut_ip(&p, keep);
+            let what = format!("IPv6 extension header cut at {keep} bytes, to {dst}");
+            if dst == VIP6 {
+                let r = rig.expect_drop_any(&what, &f, &[drop::TRUNCATED_L3, drop::IPV6_EXT]);
+                if r != drop::TRUNCATED_L3 {
+                    eprintln!("note: {what}: counted as {}", drop::NAMES[r as usize]);
+                }
+            } else {
+                rig.expect_pass(&what, &f);
+            }
+        }
+    }
+}
+
+#[test]
+fn ipv6_payload_length_beyond_frame_dropped_for_vip() {
+    if !steer_tests::require_root() {
+        return;
+    }
+    let mut rig = Rig::new(BASIC);
+    for dst in [VIP6, OTHER6] {
+        let p = tcp6(CLIENT6, 40000, dst, 443);
+        let mut f = p.build();
+        set_ipv6_payload_len(&mut f, 14, (p.ip_len() - 40 + 1) as u16);
+        let what = format!("IPv6 payload length 1 beyond the frame, to {dst}");
+        if dst == VIP6 {
+            rig.expect_drop(&what, &f, drop::MALFORMED_L3);
+        } else {
+            rig.expect_pass(&what, &f);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Fragments.
+
+#[test]
+fn ipv4_fragments_to_vip_dropped() {
+    if !steer_tests::require_root() {
+        return;
+    }
+    let mut rig = Rig::new(BASIC);
+    let first = tcp4(CLIENT, 40000, VIP_WEB, 80)
+        .payload_len(1000)
+        .v4_fragment(true, 0);
+    rig.expect_drop("first fragment (MF)", &first.build(), drop::FRAGMENT);
+    let udp_first = udp4(CLIENT, 5353, VIP_WEB, 53)
+        .payload_len(600)
+        .v4_fragment(true, 0);
+    rig.expect_drop(
+        "first UDP fragment (MF)",
+        &udp_first.build(),
+        drop::FRAGMENT,
+    );
+    // A later fragment: offset 1480 bytes, no MF; its payload is not a TCP
+    // header, but a header-shaped one must not fool the program either.
+    let later = tcp4(CLIENT, 40000, VIP_WEB, 80)
+        .payload_len(400)
+        .v4_fragment(false, 185);
+    rig.expect_drop("last fragment (offset 185)", &later.build(), drop::FRAGMENT);
+    let middle = tcp4(CLIENT, 40000, VIP_WEB, 80)
+        .payload_len(400)
+        .v4_fragment(true, 185);
+    rig.expect_drop("middle fragment", &middle.build(), drop::FRAGMENT);
+    // To a VIP address on a port without a service: still a VIP address.
+    let other_port = tcp4(CLIENT, 40000, VIP_WEB, 8080).v4_fragment(true, 0);
+    rig.expect_drop(
+        "fragment, VIP address, other port",
+        &other_port.build(),
+        drop::FRAGMENT,
+    );
+    // Not a VIP address: passed.
+    let not_vip = tcp4(CLIENT, 40000, OTHER4, 80).v4_fragment(true, 0);
+    rig.expect_pass("fragment to a non-VIP", &not_vip.build());
+    let p = rig.paths();
+    assert_eq!(
+        p[path::NEW_FLOW as usize] + p[path::CT_HIT as usize],
+        0,
+        "no fragment may reach selection"
+    );
+    assert_eq!(rig.service("web").packets, 0);
+    assert_eq!(rig.backend("web", "eu-1").packets, 0);
+}
+
+#[test]
+fn ipv6_fragments_to_vip_dropped() {
+    if !steer_tests::require_root() {
+        return;
+    }
+    let mut rig = Rig::new(BASIC);
+    let frag = |dst, offset, more| {
+        tcp6(CLIENT6, 40000, dst, 443).ext(Ext::Fragment {
+            offset,
+            more,
+            ident: 0xdead_beef,
+        })
+    };
+    rig.expect_drop(
+        "IPv6 first fragment",
+        &frag(VIP6, 0, true).build(),
+        drop::FRAGMENT,
+    );
+    rig.expect_drop(
+        "IPv6 later fragment",
+        &frag(VIP6, 181, false).build(),
+        drop::FRAGMENT,
+    );
+    let after_hbh = tcp6(CLIENT6, 40000, VIP6, 443)
+        .ext(Ext::hop_by_hop())
+        .ext(Ext::Fragment {
+            offset: 0,
+            more: true,
+            ident: 1,
+        });
+    rig.expect_drop(
+        "IPv6 fragment after hop-by-hop",
+        &after_hbh.build(),
+        drop::FRAGMENT,
+    );
+    rig.expect_pass("IPv6 fragment to a non-VIP", &frag(OTHER6, 0, true).build());
+    let p = rig.paths();
+    assert_eq!(
+        p[path::NEW_FLOW as usize] + p[path::CT_HIT as usize],
+        0,
+        "no fragment may reach selection"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// ICMP errors follow the flow they quote.
+
+/// The first 28 bytes (IP header + 8) of a packet `src:sport -> dst:dport`
+/// of 1500 bytes, as a router quotes it.
+fn quoted_v4(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16) -> Vec<u8> {
+    tcp4(src, sport, dst, dport).payload_len(1460).ip_packet()[..28].to_vec()
+}
+
+/// An IPv6 packet's first 40 + 20 + 16 bytes.
+fn quoted_v6(src: Ipv6Addr, sport: u16, dst: Ipv6Addr, dport: u16) -> Vec<u8> {
+    tcp6(src, sport, dst, dport).payload_len(1440).ip_packet()[..76].to_vec()
+}
+
+#[test]
+fn icmp_frag_needed_goes_to_the_flows_backend() {
+    if !steer_tests::require_root() {
+        return;
+    }
+    let mut rig = Rig::new(BASIC);
+    let mut seen = BTreeSet::new();
+    let icmp0 = rig.paths()[path::ICMP_ERROR as usize];
+    let n = 64u16;
+    for i in 0..n {
+        let port = 30000 + i * 7;
+        let flow = tcp4(CLIENT, port, VIP_POOL, 80).payload_len(100);
+        let (o, got) = rig.outer("pool flow", &flow);
+        let be = v4(o.dst());
+        assert_frame_eq("pool flow", &got, &ipip(&flow, be));
+        seen.insert(be);
+        let icmp = frag_needed4(
+            ROUTER4,
+            VIP_POOL,
+            1400,
+            quoted_v4(VIP_POOL, 80, CLIENT, port),
+        )
+        .tos(0xc0);
+        rig.expect_tx(
+            &format!("frag-needed for client port {port} (flow went to {be})"),
+            &icmp,
+            &ipip(&icmp, be),
+        );
+    }
+    assert!(
+        seen.len() > 1,
+        "all flows went to {seen:?}: the test proves nothing"
+    );
+    assert_eq!(
+        rig.paths()[path::ICMP_ERROR as usize] - icmp0,
+        u64::from(n),
+        "path counter icmp_error"
+    );
+    // An error for a flow the program has not seen is hashed like the flow,
+    // so it goes where the flow will go.
+    for i in 0..16u16 {
+        let port = 50000 + i;
+        let icmp = frag_needed4(
+            ROUTER4,
+            VIP_POOL,
+            1400,
+            quoted_v4(VIP_POOL, 80, CLIENT, port),
+        );
+        let (o, got) = rig.outer("frag-needed before the flow", &icmp);
+        let be = v4(o.dst());
+        assert_frame_eq("frag-needed before the flow", &got, &ipip(&icmp, be));
+        let flow = tcp4(CLIENT, port, VIP_POOL, 80);
+        rig.expect_tx(
+            &format!("flow after its frag-needed, port {port} (ICMP went to {be})"),
+            &flow,
+            &ipip(&flow, be),
+        );
+    }
+}
+
+#[test]
+fn icmp_frag_needed_for_a_client_affinity_vip() {
+    if !steer_tests::require_root() {
+        return;
+    }
+    let mut rig = Rig::new(BASIC);
+    let mut seen = BTreeSet::new();
+    for c in 0..24u32 {
+        let client = client_n(c);
+        let flow = tcp4(client, 40000, VIP_STICKY, 443);
+        let (o, _) = rig.outer("sticky flow", &flow);
+        let be = v4(o.dst());
+        seen.insert(be);
+        // An error quoting another port of the same client: same backend.
+        let icmp = frag_needed4(
+            ROUTER4,
+            VIP_STICKY,
+            1400,
+            quoted_v4(VIP_STICKY, 443, client, 40999),
+        );
+        rig.expect_tx(
+            &format!("frag-needed for client {client} (its flows go to {be})"),
+            &icmp,
+            &ipip(&icmp, be),
+        );
+    }
+    assert!(seen.len() > 1, "all clients went to {seen:?}");
+}
+
+#[test]
+fn icmpv6_packet_too_big_goes_to_the_flows_backend() {
+    if !steer_tests::require_root() {
+        return;
+    }
+    let mut rig = Rig::new(BASIC);
+    let mut seen = BTreeSet::new();
+    for i in 0..64u16 {
+        let port = 30000 + i * 7;
+        let flow = tcp6(CLIENT6, port, VIP6_POOL, 80);
+        let (o, got) = rig.outer("pool6 flow", &flow);
+        let be = v6(o.dst());
+        assert!(POOL6_BACKENDS.contains(&backend_name(be.into())));
+        assert_frame_eq("pool6 flow", &got, &ip6(&flow, be));
+        seen.insert(be);
+        let ptb = packet_too_big6(
+            ROUTER6,
+            VIP6_POOL,
+            1280,
+            quoted_v6(VIP6_POOL, 80, CLIENT6, port),
+        );
+        // The quoted header reversed is the flow's key: same hash, so the
+        // same flow label as the flow's own packets.
+        let want = expect_ip6_encap(&ptb, ENC, SRC6, be, fl(&flow));
+        rig.expect_tx(
+            &format!("packet-too-big for client port {port} (flow went to {be})"),
+            &ptb,
+            &want,
+        );
+    }
+    assert!(
+        seen.len() > 1,
+        "all flows went to {seen:?}: the test proves nothing"
+    );
+}
+
+#[test]
+fn icmp_error_with_unusable_quote_dropped() {
+    if !steer_tests::require_root() {
+        return;
+    }
+    let mut rig = Rig::new(BASIC);
+    // Only 12 bytes of the quoted IP header.
+    let mut q = quoted_v4(VIP_POOL, 80, CLIENT, 40000);
+    q.truncate(12);
+    let icmp = frag_needed4(ROUTER4, VIP_POOL, 1400, q);
+    rig.expect_drop(
+        "frag-needed quoting 12 bytes",
+        &icmp.build(),
+        drop::BAD_ICMP,
+    );
+    let mut q6 = quoted_v6(VIP6_POOL, 80, CLIENT6, 40000);
+    q6.truncate(30);
+    let ptb = packet_too_big6(ROUTER6, VIP6_POOL, 1280, q6);
+    rig.expect_drop(
+        "packet-too-big quoting 30 bytes",
+        &ptb.build(),
+        drop::BAD_ICMP,
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Backend changes: drain, down, empty table.
+
+/// Finds a pool flow (client port) and its backend.
+fn pool_flow(rig: &mut Rig, port: u16) -> (Packet, Ipv4Addr) {
+    let flow = tcp4(CLIENT, port, VIP_POOL, 80);
+    let (o, got) = rig.outer("pool flow", &flow);
+    let be = v4(o.dst());
+    assert_frame_eq("pool flow", &got, &ipip(&flow, be));
+    (flow, be)
+}
+
+#[test]
+fn drained_backend_keeps_established_flows() {
+    if !steer_tests::require_root() {
+        return;
+    }
+    let mut rig = Rig::new(BASIC);
+    let (flow, a) = pool_flow(&mut rig, 40000);
+    let a_name = backend_name(a.into());
+    let marker = format!("weight = 100 # weight:{a_name}");
+    let drained = BASIC.replace(&marker, &format!("weight = 0 # weight:{a_name}"));
+    assert_ne!(drained, BASIC, "fixture marker {marker:?} not found");
+    rig.reapply(&drained);
+
+    let hits0 = rig.paths()[path::CT_HIT as usize];
+    let a0 = rig.backend("pool", a_name);
+    for _ in 0..3 {
+        rig.expect_tx(
+            &format!("established flow after draining its backend {a_name}"),
+            &flow,
+            &ipip(&flow, a),
+        );
+    }
+    assert_eq!(
+        rig.paths()[path::CT_HIT as usize] - hits0,
+        3,
+        "conntrack hits"
+    );
+    let a1 = rig.backend("pool", a_name);
+    assert_eq!(a1.packets - a0.packets, 3, "{a_name} packets after drain");
+    assert_eq!(a1.new_flows, a0.new_flows, "{a_name} new flows after drain");
+
+    let mut seen = BTreeMap::new();
+    for i in 0..200u32 {
+        let p = tcp4(client_n(i), 50000 + i as u16, VIP_POOL, 80);
+        let (o, got) = rig.outer("new flow after drain", &p);
+        let be = v4(o.dst());
+        assert_ne!(be, a, "new flow {i} went to the drained backend {a_name}");
+        assert_frame_eq("new flow after drain", &got, &ipip(&p, be));
+        *seen.entry(be).or_insert(0) += 1;
+    }
+    assert_eq!(
+        seen.len(),
+        2,
+        "new flows should spread over the two others: {seen:?}"
+    );
+}
+
+#[test]
+fn backend_marked_down_forces_reselection() {
+    if !steer_tests::require_root() {
+        return;
+    }
+    let mut rig = Rig::new(BASIC);
+    let (flow, a) = pool_flow(&mut rig, 40000);
+    let a_name = backend_name(a.into());
+    rig.expect_tx("established flow", &flow, &ipip(&flow, a));
+
+    let before: BTreeMap<&str, Counters> = POOL_BACKENDS
+        .iter()
+        .map(|b| (*b, rig.backend("pool", b)))
+        .collect();
+    let svc0 = rig.service("pool");
+    let reselect0 = rig.paths()[path::RESELECT as usize];
+    rig.dp
+        .set_backend_down(a_name, true)
+        .expect("set_backend_down");
+
+    let (o, got) = rig.outer("flow after its backend went down", &flow);
+    let b = v4(o.dst());
+    assert_ne!(b, a, "the flow still goes to {a_name}, which is down");
+    assert_frame_eq("flow after its backend went down", &got, &ipip(&flow, b));
+    let b_name = backend_name(b.into());
+    assert_eq!(
+        rig.paths()[path::RESELECT as usize] - reselect0,
+        1,
+        "path counter reselect"
+    );
+    let a1 = rig.backend("pool", a_name);
+    let b1 = rig.backend("pool", b_name);
+    assert_eq!(
+        a1.packets, before[a_name].packets,
+        "{a_name} (down) got packets"
+    );
+    assert_eq!(b1.packets, before[b_name].packets + 1, "{b_name} packets");
+    assert_eq!(
+        rig.service("pool").packets,
+        svc0.packets + 1,
+        "pool packets"
+    );
+
+    // The flow stays on its new backend; new flows avoid the down one.
+    rig.expect_tx("re-selected flow again", &flow, &ipip(&flow, b));
+    for i in 0..100u32 {
+        let p = tcp4(client_n(i), 50000 + i as u16, VIP_POOL, 80);
+        let (o, _) = rig.outer("new flow while down", &p);
+        assert_ne!(
+            v4(o.dst()),
+            a,
+            "new flow {i} went to {a_name}, which is down"
+        );
+    }
+
+    // Back up: conntrack now points at the new backend, which stays valid.
+    rig.dp
+        .set_backend_down(a_name, false)
+        .expect("set_backend_down");
+    rig.expect_tx(
+        "flow after the old backend came back",
+        &flow,
+        &ipip(&flow, b),
+    );
+}
+
+#[test]
+fn backend_down_through_apply_forces_reselection() {
+    if !steer_tests::require_root() {
+        return;
+    }
+    let mut rig = Rig::new(BASIC);
+    let (flow, a) = pool_flow(&mut rig, 40123);
+    let a_name = backend_name(a.into());
+    rig.down.insert(a_name.to_string());
+    let cfg = parse(BASIC);
+    rig.dp
+        .apply(&cfg, &rig.down)
+        .expect("apply with a backend down");
+    let (o, got) = rig.outer("flow after apply marked its backend down", &flow);
+    let b = v4(o.dst());
+    assert_ne!(b, a);
+    assert_frame_eq(
+        "flow after apply marked its backend down",
+        &got,
+        &ipip(&flow, b),
+    );
+}
+
+/// basic.toml with the pool service's backend list replaced.
+fn with_pool_backends(list: &[&str]) -> String {
+    let old = r#"backends = ["eu-1", "eu-2", "eu-3"] # pool-backends"#;
+    let quoted: Vec<String> = list.iter().map(|b| format!("{b:?}")).collect();
+    let new = format!("backends = [{}] # pool-backends", quoted.join(", "));
+    let text = BASIC.replace(old, &new);
+    assert_ne!(text, BASIC, "fixture marker {old:?} not found");
+    text
+}
+
+#[test]
+fn removed_backend_reselects_established_flows() {
+    if !steer_tests::require_root() {
+        return;
+    }
+    let mut rig = Rig::new(BASIC);
+    let (flow, a) = pool_flow(&mut rig, 40000);
+    let a_name = backend_name(a.into());
+    let rest: Vec<&str> = POOL_BACKENDS
+        .iter()
+        .copied()
+        .filter(|b| *b != a_name)
+        .collect();
+    rig.reapply(&with_pool_backends(&rest));
+    let reselect0 = rig.paths()[path::RESELECT as usize];
+    let (o, got) = rig.outer("flow after its backend left the service", &flow);
+    let b = v4(o.dst());
+    assert_ne!(
+        b, a,
+        "the flow still goes to {a_name}, which left the service"
+    );
+    assert!(rest.contains(&backend_name(b.into())));
+    assert_frame_eq(
+        "flow after its backend left the service",
+        &got,
+        &ipip(&flow, b),
+    );
+    assert_eq!(
+        rig.paths()[path::RESELECT as usize] - reselect0,
+        1,
+        "path counter reselect"
+    );
+}
+
+#[test]
+fn replaced_backend_does_not_inherit_flows() {
+    if !steer_tests::require_root() {
+        return;
+    }
+    let mut rig = Rig::new(BASIC);
+    // Several flows on several backends, then one backend is swapped for
+    // eu-5 in one change: eu-5 may take over the old backend's slot (real
+    // id), and the old flows must be re-selected, not follow the slot.
+    let mut flows = Vec::new();
+    for i in 0..24u16 {
+        flows.push(pool_flow(&mut rig, 42000 + i));
+    }
+    let a = flows[0].1;
+    let a_name = backend_name(a.into());
+    let on_a = flows.iter().filter(|(_, be)| *be == a).count() as u64;
+    let swapped: Vec<&str> = POOL_BACKENDS
+        .iter()
+        .map(|b| if *b == a_name { "eu-5" } else { *b })
+        .collect();
+    rig.reapply(&with_pool_backends(&swapped));
+    let p0 = rig.paths();
+    for (flow, be) in &flows {
+        let (o, got) = rig.outer("flow after the swap", flow);
+        let now = v4(o.dst());
+        assert_frame_eq("flow after the swap", &got, &ipip(flow, now));
+        if *be == a {
+            assert_ne!(now, a, "a flow still goes to {a_name}, which was replaced");
+        } else {
+            assert_eq!(now, *be, "a flow on an unchanged backend moved");
+        }
+    }
+    let p1 = rig.paths();
+    assert_eq!(
+        p1[path::RESELECT as usize] - p0[path::RESELECT as usize],
+        on_a,
+        "every flow of {a_name} is re-selected (and only those)"
+    );
+    assert_eq!(
+        p1[path::CT_HIT as usize] - p0[path::CT_HIT as usize],
+        flows.len() as u64 - on_a,
+        "conntrack hits"
+    );
+}
+
+#[test]
+fn empty_table_drops_no_backend() {
+    if !steer_tests::require_root() {
+        return;
+    }
+    let mut rig = Rig::with_down(BASIC, &["eu-4"]);
+    let p = tcp4(CLIENT, 40000, VIP_SOLO, 80);
+    rig.expect_drop(
+        "service whose only backend is down",
+        &p.build(),
+        drop::NO_BACKEND,
+    );
+    // Up again: the flow is served.
+    rig.dp
+        .set_backend_down("eu-4", false)
+        .expect("set_backend_down");
+    rig.expect_tx(
+        "service whose only backend came back",
+        &p,
+        &ipip(&p, Ipv4Addr::new(192, 0, 2, 14)),
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Client affinity.
+
+#[test]
+fn client_affinity_keeps_a_client_on_one_backend() {
+    if !steer_tests::require_root() {
+        return;
+    }
+    let mut rig = Rig::new(BASIC);
+    let mut first = None;
+    for i in 0..50u16 {
+        let p = tcp4(CLIENT, 20000 + i * 13, VIP_STICKY, 443);
+        let (o, got) = rig.outer("sticky flow", &p);
+        let be = v4(o.dst());
+        assert_frame_eq("sticky flow", &got, &ipip(&p, be));
+        match first {
+            None => first = Some(be),
+            Some(f) => assert_eq!(
+                be,
+                f,
+                "client port {} left the client's backend",
+                20000 + i * 13
+            ),
+        }
+    }
+    let s = rig.service("sticky");
+    assert_eq!(s.packets, 50);
+    assert_eq!(
+        s.new_flows, 1,
+        "every flow of one client shares one conntrack entry"
+    );
+    let mut seen = BTreeSet::new();
+    for i in 0..64u32 {
+        let p = tcp4(client_n(i), 40000, VIP_STICKY, 443);
+        let (o, _) = rig.outer("sticky, other client", &p);
+        seen.insert(v4(o.dst()));
+        // A second port of the same client lands on the same backend.
+        let q = tcp4(client_n(i), 40001, VIP_STICKY, 443);
+        let (o2, _) = rig.outer("sticky, other client, second port", &q);
+        assert_eq!(
+            o2.dst(),
+            o.dst(),
+            "client {} split over backends",
+            client_n(i)
+        );
+    }
+    assert!(seen.len() > 1, "64 clients all went to {seen:?}");
+}
+
+#[test]
+fn client_affinity_ipv6_uses_the_client_key() {
+    if !steer_tests::require_root() {
+        return;
+    }
+    let mut rig = Rig::new(BASIC);
+    let mut seen = BTreeSet::new();
+    for c in 0..32u16 {
+        let mut backend = None;
+        for port in [40000u16, 40001, 51234] {
+            let p = tcp6(client6_n(c), port, VIP6_STICKY, 443);
+            let (o, got) = rig.outer("sticky6", &p);
+            let be = v6(o.dst());
+            // Flow label from the client-affinity key.
+            let label = flow_hash(&p.affinity_key(443)) & 0xf_ffff;
+            assert_frame_eq(
+                &format!("sticky6 client {c} port {port}"),
+                &got,
+                &expect_ip6_encap(&p, ENC, SRC6, be, label),
+            );
+            match backend {
+                None => backend = Some(be),
+                Some(b) => assert_eq!(be, b, "client {c} split over backends"),
+            }
+        }
+        seen.insert(backend);
+    }
+    assert!(seen.len() > 1, "32 clients all went to {seen:?}");
+}
+
+// ---------------------------------------------------------------------------
+// MTU.
+
+#[test]
+fn packets_too_big_after_encapsulation_dropped() {
+    if !steer_tests::require_root() {
+        return;
+    }
+    let mut rig = Rig::new(BASIC);
+    // Default MTU 1500: inner IPv4 up to 1480 with an IPv4 outer header,
+    // up to 1460 with an IPv6 one. TCP header 20 + IP header 20 (or 40).
+    let fits = tcp4(CLIENT, 40000, VIP_WEB, 80).payload_len(1480 - 40);
+    assert_eq!(fits.ip_len(), 1480);
+    rig.expect_tx("IPIP, exactly the MTU", &fits, &ipip(&fits, EU1));
+    let big = tcp4(CLIENT, 40000, VIP_WEB, 80).payload_len(1481 - 40);
+    rig.expect_drop("IPIP, 1 byte over the MTU", &big.build(), drop::TOO_BIG);
+
+    let fits6 = tcp6(CLIENT6, 40000, VIP6, 443).payload_len(1460 - 60);
+    assert_eq!(fits6.ip_len(), 1460);
+    rig.expect_tx("6in6, exactly the MTU", &fits6, &ip6(&fits6, V6_1));
+    let big6 = tcp6(CLIENT6, 40000, VIP6, 443).payload_len(1461 - 60);
+    rig.expect_drop("6in6, 1 byte over the MTU", &big6.build(), drop::TOO_BIG);
+
+    let fits46 = tcp4(CLIENT, 40000, VIP_MIXED, 443).payload_len(1460 - 40);
+    rig.expect_tx("4in6, exactly the MTU", &fits46, &ip6(&fits46, V6_1));
+    let big46 = tcp4(CLIENT, 40000, VIP_MIXED, 443).payload_len(1461 - 40);
+    rig.expect_drop("4in6, 1 byte over the MTU", &big46.build(), drop::TOO_BIG);
+
+    // VLAN tags are not part of the IP MTU.
+    let tagged = tcp4(CLIENT, 40001, VIP_WEB, 80)
+        .payload_len(1480 - 40)
+        .vlan(Vlan::dot1ad(1))
+        .vlan(Vlan::dot1q(2));
+    rig.expect_tx(
+        "IPIP, exactly the MTU, two tags",
+        &tagged,
+        &ipip(&tagged, EU1),
+    );
+
+    // A full 1500-byte client packet.
+    let full = udp4(CLIENT, 5353, VIP_WEB, 53).payload_len(1500 - 28);
+    rig.expect_drop("a 1500-byte packet", &full.build(), drop::TOO_BIG);
+}
+
+#[test]
+fn configured_mtu_and_ttl_are_used() {
+    if !steer_tests::require_root() {
+        return;
+    }
+    let mut rig = Rig::new(RANGE);
+    // mtu = 1400, ttl = 32.
+    let fits = tcp4(CLIENT, 40000, VIP_WEB, 80).payload_len(1380 - 40);
+    let src = outer_src_v4(RANGE4, RANGE4_PREFIX, flow_hash(&fits.flow_key()));
+    rig.expect_tx(
+        "IPIP, exactly the configured MTU",
+        &fits,
+        &expect_ipip(&fits, ENC_RANGE, src, EU1),
+    );
+    let big = tcp4(CLIENT, 40000, VIP_WEB, 80).payload_len(1381 - 40);
+    rig.expect_drop(
+        "IPIP, 1 byte over the configured MTU",
+        &big.build(),
+        drop::TOO_BIG,
+    );
+    let big6 = tcp6(CLIENT6, 40000, VIP6, 443).payload_len(1361 - 60);
+    rig.expect_drop(
+        "6in6, 1 byte over the configured MTU",
+        &big6.build(),
+        drop::TOO_BIG,
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Outer source ranges.
+
+#[test]
+fn outer_source_varies_per_flow_within_the_range() {
+    if !steer_tests::require_root() {
+        return;
+    }
+    let mut rig = Rig::new(RANGE);
+    let mut srcs4 = BTreeSet::new();
+    let mut srcs6 = BTreeSet::new();
+    for i in 0..64u16 {
+        let port = 10000 + i * 31;
+        let p = tcp4(CLIENT, port, VIP_WEB, 80);
+        let h = flow_hash(&p.flow_key());
+        let src = outer_src_v4(RANGE4, RANGE4_PREFIX, h);
+        let got = rig.expect_tx(
+            &format!("IPIP from a /24, port {port}"),
+            &p,
+            &expect_ipip(&p, ENC_RANGE, src, EU1),
+        );
+        let o = parse_outer(&got).expect("outer");
+        let s = v4(o.src());
+        assert_eq!(
+            &s.octets()[..3],
+            &[198, 18, 0],
+            "outside 198.18.0.0/24: {s}"
+        );
+        srcs4.insert(s);
+
+        let q = tcp6(CLIENT6, port, VIP6, 443);
+        let h6 = flow_hash(&q.flow_key());
+        let src6 = outer_src_v6(RANGE6, RANGE6_PREFIX, h6);
+        let got6 = rig.expect_tx(
+            &format!("6in6 from a /112, port {port}"),
+            &q,
+            &expect_ip6_encap(&q, ENC_RANGE, src6, V6_1, h6),
+        );
+        let s6 = v6(parse_outer(&got6).expect("outer").src());
+        assert_eq!(
+            &s6.octets()[..14],
+            &RANGE6.octets()[..14],
+            "outside 2001:db8:ffff::/112: {s6}"
+        );
+        srcs6.insert(s6);
+
+        let m = tcp4(CLIENT, port, VIP_MIXED, 443);
+        let hm = flow_hash(&m.flow_key());
+        rig.expect_tx(
+            &format!("4in6 from a /112, port {port}"),
+            &m,
+            &expect_ip6_encap(
+                &m,
+                ENC_RANGE,
+                outer_src_v6(RANGE6, RANGE6_PREFIX, hm),
+                V6_1,
+                hm,
+            ),
+        );
+    }
+    assert!(
+        srcs4.len() > 32,
+        "only {} IPv4 sources for 64 flows",
+        srcs4.len()
+    );
+    assert!(
+        srcs6.len() > 32,
+        "only {} IPv6 sources for 64 flows",
+        srcs6.len()
+    );
+}
+
+#[test]
+fn outer_source_of_client_affinity_follows_the_client() {
+    if !steer_tests::require_root() {
+        return;
+    }
+    let mut rig = Rig::new(RANGE);
+    for c in 0..16u32 {
+        for port in [40000u16, 40001, 61000] {
+            let p = tcp4(client_n(c), port, VIP_STICKY, 443);
+            let h = flow_hash(&p.affinity_key(443));
+            let src = outer_src_v4(RANGE4, RANGE4_PREFIX, h);
+            rig.expect_tx(
+                &format!("sticky from a /24, client {c} port {port}"),
+                &p,
+                &expect_ipip(&p, ENC_RANGE, src, EU1),
+            );
+            let q = tcp6(client6_n(c as u16), port, VIP6_STICKY, 443);
+            let h6 = flow_hash(&q.affinity_key(443));
+            rig.expect_tx(
+                &format!("sticky6 from a /112, client {c} port {port}"),
+                &q,
+                &expect_ip6_encap(
+                    &q,
+                    ENC_RANGE,
+                    outer_src_v6(RANGE6, RANGE6_PREFIX, h6),
+                    V6_1,
+                    h6,
+                ),
+            );
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Counters.
+
+#[test]
+fn counters_match_the_traffic() {
+    if !steer_tests::require_root() {
+        return;
+    }
+    let mut rig = Rig::new(BASIC);
+    let paths0 = rig.paths();
+    let mut frames = 0u64;
+    let mut frame_bytes = 0u64;
+    let mut ip_bytes = 0u64;
+    let mut out_bytes = 0u64;
+    for flow in 0..5u16 {
+        for pkt in 0..3usize {
+            let p = tcp4(CLIENT, 40000 + flow, VIP_WEB, 80)
+                .payload_len(10 + 100 * pkt + usize::from(flow));
+            let got = rig.expect_tx("counted packet", &p, &ipip(&p, EU1));
+            frames += 1;
+            frame_bytes += p.build().len() as u64;
+            ip_bytes += p.ip_len() as u64;
+            out_bytes += got.len() as u64;
+        }
+    }
+    // Traffic for other services and passed traffic must not count here.
+    let u = udp4(CLIENT, 5353, VIP_WEB, 53);
+    rig.expect_tx("dns", &u, &ipip(&u, EU1));
+    rig.expect_pass("other port", &tcp4(CLIENT, 1, VIP_WEB, 81).build());
+
+    let s = rig.service("web");
+    let b = rig.backend("web", "eu-1");
+    assert_eq!(s.packets, frames, "web packets");
+    assert_eq!(s.new_flows, 5, "web new flows");
+    assert_eq!(
+        s.bytes, frame_bytes,
+        "web bytes: expected the received frame bytes ({frame_bytes}); \
+         for reference, inner IP bytes = {ip_bytes}, transmitted bytes = {out_bytes}"
+    );
+    assert_eq!(b, s, "the only backend of web counts what web counts");
+    let d = rig.service("dns");
+    assert_eq!((d.packets, d.new_flows), (1, 1), "dns");
+    assert_eq!(rig.backend("dns", "eu-1").packets, 1);
+
+    let paths1 = rig.paths();
+    let dp = |i: u32| paths1[i as usize] - paths0[i as usize];
+    assert_eq!(dp(path::NEW_FLOW), 6, "path new_flow");
+    assert_eq!(dp(path::CT_HIT), 10, "path ct_hit");
+    assert_eq!(dp(path::PASS), 1, "path pass");
+    assert_eq!(dp(path::DROP), 0, "path drop");
+}
+
+#[test]
+fn counters_split_over_backends() {
+    if !steer_tests::require_root() {
+        return;
+    }
+    let mut rig = Rig::new(BASIC);
+    let mut want: BTreeMap<&str, Counters> = BTreeMap::new();
+    let mut total = Counters::default();
+    for i in 0..60u32 {
+        let p = tcp4(client_n(i), 40000 + i as u16, VIP_POOL, 80).payload_len(i as usize);
+        let len = p.build().len() as u64;
+        for pkt in 0..2 {
+            let (o, got) = rig.outer("pool flow", &p);
+            let be = v4(o.dst());
+            assert_frame_eq("pool flow", &got, &ipip(&p, be));
+            let c = want.entry(backend_name(be.into())).or_default();
+            c.packets += 1;
+            c.bytes += len;
+            total.packets += 1;
+            total.bytes += len;
+            if pkt == 0 {
+                c.new_flows += 1;
+                total.new_flows += 1;
+            }
+        }
+    }
+    assert!(want.len() > 1, "60 flows all went to {want:?}");
+    for b in POOL_BACKENDS {
+        let got = rig.backend("pool", b);
+        let w = want.get(b).copied().unwrap_or_default();
+        assert_eq!(got, w, "counters of {b} in pool");
+    }
+    assert_eq!(rig.service("pool"), total, "counters of pool");
+}
