@@ -167,10 +167,11 @@ pub struct Counters {
 
 /// Why a packet was dropped: indexes of `DROP_STATS`.
 pub mod drop {
-    /// IPv4 header with a bad version, IHL or total length, or an IPv6
-    /// payload length that disagrees with the frame.
+    /// A header that contradicts itself: bad IP version, IPv4 IHL below 5,
+    /// or an IPv4 total length shorter than the header it covers.
     pub const MALFORMED_L3: u32 = 0;
-    /// The frame ends inside the IP header.
+    /// The frame ends before the IP packet does: inside the IP header or
+    /// its options, or before the IPv4 total length / IPv6 payload length.
     pub const TRUNCATED_L3: u32 = 1;
     /// The frame ends inside the TCP/UDP header.
     pub const TRUNCATED_L4: u32 = 2;
@@ -186,7 +187,8 @@ pub mod drop {
     pub const FAMILY_MISMATCH: u32 = 7;
     /// An ICMP error for a VIP address whose quoted header is unusable.
     pub const BAD_ICMP: u32 = 8;
-    /// Too many IPv6 extension headers, or an unsupported one.
+    /// More than four IPv6 extension headers, or one that runs past the
+    /// end of the packet.
     pub const IPV6_EXT: u32 = 9;
     /// Settings not written yet.
     pub const NOT_READY: u32 = 10;

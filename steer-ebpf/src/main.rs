@@ -110,7 +110,8 @@ fn steer(ctx: &XdpContext) -> u32 {
             Icmp::NotOurs => return pass(),
             Icmp::Broken => return bad(drop::BAD_ICMP, ip.key.family, &ip.key.dst),
         }
-        if !parse::is_l4(key.proto) {
+        // Only errors addressed to the VIP the quote came from are ours.
+        if !parse::is_l4(key.proto) || key.dst != ip.key.dst {
             return pass();
         }
         // The quoted packet came from the VIP: `key` is that flow turned
