@@ -21,6 +21,7 @@ pub mod names {
     pub const SETTINGS: &str = "SETTINGS";
     pub const VIPS: &str = "VIPS";
     pub const VIP_ADDRS: &str = "VIP_ADDRS";
+    pub const VIP_FILTER: &str = "VIP_FILTER";
     pub const REALS: &str = "REALS";
     pub const RINGS: &str = "RINGS";
     pub const TABLE_GEN: &str = "TABLE_GEN";
@@ -51,7 +52,7 @@ pub mod capacity {
 }
 
 /// Key of `VIPS`: one virtual service. `port` 0 matches every port.
-#[repr(C)]
+#[repr(C, align(4))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct VipKey {
     /// IPv4 addresses use the first four bytes; the rest are zero.
@@ -66,7 +67,7 @@ pub struct VipKey {
 pub const VIP_F_CLIENT_AFFINITY: u32 = 1;
 
 /// Value of `VIPS`.
-#[repr(C)]
+#[repr(C, align(4))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct VipInfo {
     /// Index into `VIP_STATS`.
@@ -79,12 +80,25 @@ pub struct VipInfo {
 
 /// Key of `VIP_ADDRS`: any address that carries at least one VIP. Used only
 /// to decide whether a malformed packet or a fragment was meant for us.
-#[repr(C)]
+#[repr(C, align(4))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct AddrKey {
     pub addr: [u8; 16],
     pub family: u8,
     pub _pad: [u8; 3],
+}
+
+/// `VIP_FILTER` is a 65,536-bit bitmap (1,024 `u64` words) with a bit set
+/// for every VIP address: a clear bit lets traffic for other addresses pass
+/// after one inlined array lookup, before any hash-map lookup.
+pub const VIP_FILTER_WORDS: u32 = 1024;
+
+/// The `VIP_FILTER` bit (0..65536) of an address.
+#[inline(always)]
+pub fn vip_filter_bit(addr: &[u8; 16]) -> u32 {
+    let w = |i: usize| u32::from_ne_bytes([addr[i], addr[i + 1], addr[i + 2], addr[i + 3]]);
+    let x = w(0) ^ w(4) ^ w(8) ^ w(12);
+    (x ^ (x >> 16)) & 0xffff
 }
 
 /// `Real::flags`: the slot holds a backend.
@@ -93,7 +107,7 @@ pub const REAL_F_PRESENT: u8 = 1;
 pub const REAL_F_DOWN: u8 = 2;
 
 /// Value of `REALS`: one backend of one service, indexed by real id.
-#[repr(C)]
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Real {
     pub addr: [u8; 16],
@@ -106,7 +120,7 @@ pub struct Real {
 }
 
 /// Key of `CONNTRACK`, and the input of the flow hash.
-#[repr(C)]
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct FlowKey {
     pub src: [u8; 16],
@@ -121,15 +135,20 @@ pub struct FlowKey {
 }
 
 /// Value of `CONNTRACK`.
-#[repr(C)]
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CtValue {
     pub real_id: u32,
     pub real_generation: u32,
+    /// The service the flow belongs to (for counters), so a hit needs no
+    /// VIP lookup.
+    pub vip_id: u32,
+    /// The flow hash (outer source, flow label), so a hit needs no hashing.
+    pub hash: u32,
 }
 
 /// Value of `SETTINGS[0]`: data-plane wide parameters.
-#[repr(C)]
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Settings {
     /// Outer IPv4 source: `src4_base | (flow_hash & src4_mask)`.
@@ -148,6 +167,7 @@ pub struct Settings {
     pub ttl: u8,
     /// `SETTINGS_F_*` bits.
     pub flags: u8,
+    pub _pad: [u8; 4],
 }
 
 /// `Settings::flags`: userspace has written the settings.
@@ -157,7 +177,7 @@ pub const SETTINGS_F_READY: u8 = 1;
 pub const SETTINGS_F_PORT0_VIPS: u8 = 2;
 
 /// Per-CPU counters of `VIP_STATS` and `REAL_STATS`.
-#[repr(C)]
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Counters {
     pub packets: u64,
@@ -233,7 +253,7 @@ pub mod path {
 
 /// Benchmark-only state (`BENCH[0]`), used by `steer_bench` so that every
 /// iteration of a `repeat`ed BPF_PROG_TEST_RUN sees the original packet.
-#[repr(C)]
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct BenchState {
     /// `BENCH_VARY_*`: how to turn each iteration into a new flow.
@@ -301,8 +321,11 @@ mod tests {
         assert_eq!(size_of::<AddrKey>(), 20);
         assert_eq!(size_of::<Real>(), 16 + 4 + 4);
         assert_eq!(size_of::<FlowKey>(), 16 + 16 + 2 + 2 + 1 + 1 + 2);
-        assert_eq!(size_of::<CtValue>(), 8);
-        assert_eq!(size_of::<Settings>(), 4 + 4 + 16 + 4 + 4 + 4 + 6 + 1 + 1);
+        assert_eq!(size_of::<CtValue>(), 16);
+        assert_eq!(
+            size_of::<Settings>(),
+            4 + 4 + 16 + 4 + 4 + 4 + 6 + 1 + 1 + 4
+        );
         assert_eq!(size_of::<Counters>(), 24);
     }
 

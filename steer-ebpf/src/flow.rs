@@ -8,7 +8,7 @@ use crate::maps::{CONNTRACK, REALS};
 pub enum Lookup {
     /// Known flow whose backend is still valid.
     Hit {
-        real_id: u32,
+        ct: CtValue,
         real: Real,
     },
     /// Known flow whose backend went down or was removed.
@@ -39,19 +39,18 @@ pub fn lookup(key: &FlowKey) -> Lookup {
         return Lookup::Miss;
     };
     match usable_real(ct.real_id, Some(ct.real_generation)) {
-        Some(real) => Lookup::Hit {
-            real_id: ct.real_id,
-            real,
-        },
+        Some(real) => Lookup::Hit { ct, real },
         None => Lookup::Stale,
     }
 }
 
 #[inline(always)]
-pub fn remember(key: &FlowKey, real_id: u32, real: &Real) {
+pub fn remember(key: &FlowKey, real_id: u32, real: &Real, vip_id: u32, hash: u32) {
     let v = CtValue {
         real_id,
         real_generation: real.generation,
+        vip_id,
+        hash,
     };
     // A full table evicts the least recently used entry; an error here only
     // means the next packet of the flow is selected again by hash, which

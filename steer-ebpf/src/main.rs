@@ -13,8 +13,8 @@ mod stats;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use steer_common::{
-    drop, hash::flow_hash, path, FlowKey, Settings, VipInfo, VipKey, SETTINGS_F_READY,
-    VIP_F_CLIENT_AFFINITY,
+    drop, hash::flow_hash, path, CtValue, FlowKey, Real, Settings, VipInfo, VipKey,
+    SETTINGS_F_READY, VIP_F_CLIENT_AFFINITY,
 };
 
 use crate::{
@@ -78,6 +78,10 @@ fn steer(ctx: &XdpContext) -> u32 {
         L3::Pass => return pass(),
         L3::Bad(reason) => return bad(reason, ip.key.family, &ip.key.dst),
     }
+    // Most foreign traffic leaves here, after one inlined array lookup.
+    if !select::maybe_vip(&ip.key.dst) {
+        return pass();
+    }
     let Some(settings) = SETTINGS.get(0) else {
         return pass();
     };
@@ -85,6 +89,14 @@ fn steer(ctx: &XdpContext) -> u32 {
         if !parse::ports(ctx, &mut ip) {
             return bad(drop::TRUNCATED_L4, ip.key.family, &ip.key.dst);
         }
+        // Established flows: one conntrack lookup, no VIP lookup, no hash.
+        let stale = match flow::lookup(&ip.key) {
+            Lookup::Hit { ct, real } => {
+                return transmit(ctx, &ip, settings, &ct, &real, path::CT_HIT, false)
+            }
+            Lookup::Stale => true,
+            Lookup::Miss => false,
+        };
         let mut vk = VipKey {
             addr: ip.key.dst,
             port: ip.key.dport,
@@ -99,9 +111,16 @@ fn steer(ctx: &XdpContext) -> u32 {
             let mut key = ip.key;
             key.sport = 0;
             key.dport = vk.port;
-            forward(ctx, &ip, settings, &vip, &key, true)
+            let stale = match flow::lookup(&key) {
+                Lookup::Hit { ct, real } => {
+                    return transmit(ctx, &ip, settings, &ct, &real, path::CT_HIT, false)
+                }
+                Lookup::Stale => true,
+                Lookup::Miss => false,
+            };
+            select_new(ctx, &ip, settings, &vip, &key, stale, true)
         } else {
-            forward(ctx, &ip, settings, &vip, &ip.key, true)
+            select_new(ctx, &ip, settings, &vip, &ip.key, stale, true)
         }
     } else if parse::is_icmp(ip.key.family, ip.key.proto) {
         let mut key = FlowKey::default();
@@ -114,8 +133,11 @@ fn steer(ctx: &XdpContext) -> u32 {
         if !parse::is_l4(key.proto) || key.dst != ip.key.dst {
             return pass();
         }
-        // The quoted packet came from the VIP: `key` is that flow turned
-        // around into the client's direction.
+        // `key` is the quoted flow turned around into the client's
+        // direction; follow it without creating conntrack state.
+        if let Lookup::Hit { ct, real } = flow::lookup(&key) {
+            return transmit(ctx, &ip, settings, &ct, &real, path::ICMP_ERROR, false);
+        }
         let mut vk = VipKey {
             addr: key.dst,
             port: key.dport,
@@ -128,52 +150,72 @@ fn steer(ctx: &XdpContext) -> u32 {
         if vip.flags & VIP_F_CLIENT_AFFINITY != 0 {
             key.sport = 0;
             key.dport = vk.port;
+            if let Lookup::Hit { ct, real } = flow::lookup(&key) {
+                return transmit(ctx, &ip, settings, &ct, &real, path::ICMP_ERROR, false);
+            }
         }
-        forward(ctx, &ip, settings, &vip, &key, false)
+        select_new(ctx, &ip, settings, &vip, &key, false, false)
     } else {
         pass()
     }
 }
 
-/// Chooses the backend for `key` and sends the packet there. `track` is
-/// false for ICMP errors, which follow a flow but never create one.
+/// Selects a backend for a flow conntrack does not know (or whose backend
+/// is gone) and sends the packet there. `track` is false for ICMP errors,
+/// which follow a flow but never create one.
 #[inline(always)]
-fn forward(
+fn select_new(
     ctx: &XdpContext,
     ip: &Ip,
     settings: &Settings,
     vip: &VipInfo,
     key: &FlowKey,
+    stale: bool,
     track: bool,
 ) -> u32 {
     if settings.flags & SETTINGS_F_READY == 0 {
         return stats::dropped(drop::NOT_READY);
     }
-    let bytes = (ctx.data_end() - ctx.data()) as u64;
     let hash = flow_hash(key);
-    let (real_id, real, branch) = match flow::lookup(key) {
-        Lookup::Hit { real_id, real } => (real_id, real, path::CT_HIT),
-        found => {
-            let Some((real_id, real)) = select::pick(settings, vip, hash) else {
-                return stats::dropped(drop::NO_BACKEND);
-            };
-            let branch = if matches!(found, Lookup::Stale) {
-                path::RESELECT
-            } else {
-                path::NEW_FLOW
-            };
-            if track {
-                flow::remember(key, real_id, &real);
-            }
-            (real_id, real, branch)
-        }
+    let Some((real_id, real)) = select::pick(settings, vip, hash) else {
+        return stats::dropped(drop::NO_BACKEND);
     };
-    if let Err(reason) = encap::encap(ctx, ip, &real, settings, hash) {
+    if track {
+        flow::remember(key, real_id, &real, vip.vip_id, hash);
+    }
+    let ct = CtValue {
+        real_id,
+        real_generation: real.generation,
+        vip_id: vip.vip_id,
+        hash,
+    };
+    let branch = if !track {
+        path::ICMP_ERROR
+    } else if stale {
+        path::RESELECT
+    } else {
+        path::NEW_FLOW
+    };
+    transmit(ctx, ip, settings, &ct, &real, branch, track)
+}
+
+/// Encapsulates toward `real` and counts the packet.
+#[inline(always)]
+fn transmit(
+    ctx: &XdpContext,
+    ip: &Ip,
+    settings: &Settings,
+    ct: &CtValue,
+    real: &Real,
+    branch: u32,
+    new_flow: bool,
+) -> u32 {
+    let bytes = (ctx.data_end() - ctx.data()) as u64;
+    if let Err(reason) = encap::encap(ctx, ip, real, settings, ct.hash) {
         return stats::dropped(reason);
     }
-    let new_flow = track && branch != path::CT_HIT;
-    stats::branch(if track { branch } else { path::ICMP_ERROR });
-    stats::forwarded(vip.vip_id, real_id, bytes, new_flow);
+    stats::branch(branch);
+    stats::forwarded(ct.vip_id, ct.real_id, bytes, new_flow);
     xdp_action::XDP_TX
 }
 

@@ -9,7 +9,7 @@ use aya_ebpf::{
 };
 use steer_common::{
     capacity, drop, path, ring_values, AddrKey, BenchState, Counters, CtValue, FlowKey, Real,
-    Settings, VipInfo, VipKey, RING_LANES,
+    Settings, VipInfo, VipKey, RING_LANES, VIP_FILTER_WORDS,
 };
 
 #[map]
@@ -20,6 +20,9 @@ pub static VIPS: HashMap<VipKey, VipInfo> = HashMap::with_max_entries(capacity::
 
 #[map]
 pub static VIP_ADDRS: HashMap<AddrKey, u32> = HashMap::with_max_entries(capacity::VIPS, 0);
+
+#[map]
+pub static VIP_FILTER: Array<u64> = Array::with_max_entries(VIP_FILTER_WORDS, 0);
 
 #[map]
 pub static REALS: Array<Real> = Array::with_max_entries(capacity::REALS, 0);

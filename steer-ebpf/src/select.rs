@@ -1,13 +1,13 @@
 //! VIP matching and Maglev selection.
 
 use steer_common::{
-    ring_index, AddrKey, Real, Settings, VipInfo, VipKey, NO_REAL, RING_LANES,
+    ring_index, vip_filter_bit, AddrKey, Real, Settings, VipInfo, VipKey, NO_REAL, RING_LANES,
     SETTINGS_F_PORT0_VIPS,
 };
 
 use crate::{
     flow::usable_real,
-    maps::{RINGS, TABLE_GEN, VIPS, VIP_ADDRS},
+    maps::{RINGS, TABLE_GEN, VIPS, VIP_ADDRS, VIP_FILTER},
 };
 
 /// Finds the VIP for `(addr, port, proto)`, then `(addr, 0, proto)` when
@@ -24,6 +24,17 @@ pub fn vip(settings: &Settings, key: &mut VipKey) -> Option<VipInfo> {
     key.port = 0;
     // SAFETY: as above.
     unsafe { VIPS.get(*key) }.copied()
+}
+
+/// False when no VIP can live on `addr` (its `VIP_FILTER` bit is clear):
+/// one inlined array lookup, so most foreign traffic passes cheaply.
+#[inline(always)]
+pub fn maybe_vip(addr: &[u8; 16]) -> bool {
+    let bit = vip_filter_bit(addr);
+    match VIP_FILTER.get(bit >> 6) {
+        Some(w) => *w & (1u64 << (bit & 63)) != 0,
+        None => true,
+    }
 }
 
 /// Whether any VIP lives on this address (for malformed packets and

@@ -12,9 +12,9 @@ use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray};
 use aya::programs::{ProgramError, TestRun, TestRunOptions, Xdp};
 use aya::{Ebpf, EbpfLoader};
 use steer_common::{
-    drop, maglev, names, path, ring_index, ring_values, AddrKey, BenchState, Counters, Real,
-    Settings, VipInfo, VipKey, FAMILY_V4, FAMILY_V6, REAL_F_DOWN, REAL_F_PRESENT,
-    SETTINGS_F_PORT0_VIPS, SETTINGS_F_READY, VIP_F_CLIENT_AFFINITY,
+    drop, maglev, names, path, ring_index, ring_values, vip_filter_bit, AddrKey, BenchState,
+    Counters, Real, Settings, VipInfo, VipKey, FAMILY_V4, FAMILY_V6, REAL_F_DOWN, REAL_F_PRESENT,
+    SETTINGS_F_PORT0_VIPS, SETTINGS_F_READY, VIP_FILTER_WORDS, VIP_F_CLIENT_AFFINITY,
 };
 
 use crate::config::{Config, DataplaneConfig};
@@ -233,6 +233,8 @@ pub struct Dataplane {
     next_real: u32,
     config: Option<Config>,
     state: BackendState,
+    /// The `VIP_FILTER` bitmap as last written.
+    filter: Vec<u64>,
 }
 
 fn addr_bytes(a: &IpAddr) -> ([u8; 16], u8) {
@@ -314,6 +316,7 @@ impl Dataplane {
             next_real: 0,
             config: None,
             state: BackendState::default(),
+            filter: vec![0; VIP_FILTER_WORDS as usize],
         })
     }
 
@@ -424,7 +427,8 @@ impl Dataplane {
         for name in stale {
             self.remove_service(&name)?;
         }
-        // 2. Add or update the rest.
+        // 2. Add or update the rest, filter bits first.
+        self.write_filter(desired.iter().map(|d| vip_key(d).addr), true)?;
         for d in desired {
             self.apply_service(d)?;
         }
@@ -597,6 +601,30 @@ impl Dataplane {
         }
     }
 
+    /// Writes the `VIP_FILTER` bitmap for `addrs`; with `keep` the bits
+    /// already set stay set (used before VIPs are added, so a new VIP never
+    /// matches while its filter bit is still clear).
+    fn write_filter(&mut self, addrs: impl Iterator<Item = [u8; 16]>, keep: bool) -> Result<()> {
+        let mut filter = if keep {
+            self.filter.clone()
+        } else {
+            vec![0u64; VIP_FILTER_WORDS as usize]
+        };
+        for a in addrs {
+            let bit = vip_filter_bit(&a);
+            filter[(bit >> 6) as usize] |= 1 << (bit & 63);
+        }
+        let mut bits: Array<_, u64> = typed(&mut self.ebpf, names::VIP_FILTER)?;
+        for (i, (new, old)) in filter.iter().zip(&self.filter).enumerate() {
+            if new != old {
+                bits.set(i as u32, new, 0)
+                    .map_err(map_err(names::VIP_FILTER))?;
+            }
+        }
+        self.filter = filter;
+        Ok(())
+    }
+
     fn write_vip_addrs(&mut self) -> Result<()> {
         let wanted: std::collections::HashSet<AddrKey> = self
             .services
@@ -607,6 +635,7 @@ impl Dataplane {
                 _pad: [0; 3],
             })
             .collect();
+        self.write_filter(wanted.iter().map(|k| k.addr), false)?;
         let mut map: HashMap<_, AddrKey, u32> = typed(&mut self.ebpf, names::VIP_ADDRS)?;
         let present: Vec<AddrKey> = map.keys().filter_map(|k| k.ok()).collect();
         for k in &present {
