@@ -1,0 +1,345 @@
+//! `steer status` for people: a fixed-width table.
+//!
+//! ```text
+//! generation 7  config /etc/steer/steer.toml  reloads 2  reload failures 1
+//! last reload error: services[0].vip: "x" is not an IP address
+//!
+//! service web  vip 203.0.113.10:80/tcp  affinity flow  packets 1234  bytes 98765  new flows 56
+//!   BACKEND  REGION  ADDRESS   HEALTH  WEIGHT         PACKETS  NEW FLOWS  LAST FAILURE
+//!   web-1    eu      10.0.0.1  up      100/100           1000         40
+//!   web-2    us      10.0.0.2  down    0/100                0          0  connection refused
+//!   web-3    us      10.0.0.3  up      0/100 drained      234         16
+//! ```
+//!
+//! WEIGHT is effective/configured. The last failure is shown for backends
+//! that are down or degraded, last so that a long reason does not widen the
+//! other columns. Columns have the same widths in every service's block.
+//! Text is shown on one line: control characters (newlines in an error)
+//! become spaces, and a failure reason is cut at 80 characters (`--json` has
+//! it whole).
+
+use std::fmt::Write as _;
+
+use super::protocol::{StatusReport, HEALTH_DEGRADED, HEALTH_DOWN};
+
+/// Longest failure reason shown in the HEALTH column.
+const MAX_REASON_CHARS: usize = 80;
+
+const COLUMNS: usize = 8;
+const HEADER: [&str; COLUMNS] = [
+    "BACKEND",
+    "REGION",
+    "ADDRESS",
+    "HEALTH",
+    "WEIGHT",
+    "PACKETS",
+    "NEW FLOWS",
+    "LAST FAILURE",
+];
+/// Which columns are right-aligned (the numbers).
+const RIGHT: [bool; COLUMNS] = [false, false, false, false, false, true, true, false];
+
+/// Renders `r` as a table for a terminal (see the module documentation).
+/// The text ends with a newline.
+pub fn render_status_table(r: &StatusReport) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "generation {}  config {}  reloads {}  reload failures {}",
+        r.generation,
+        one_line(&r.config_path),
+        r.reloads,
+        r.reload_failures
+    );
+    if let Some(err) = &r.last_reload_error {
+        let _ = writeln!(out, "last reload error: {}", one_line(err));
+    }
+    if r.services.is_empty() {
+        out.push_str("\nno services\n");
+        return out;
+    }
+
+    // Every backend row of every service, to size the columns once.
+    let rows: Vec<Vec<[String; COLUMNS]>> = r
+        .services
+        .iter()
+        .map(|s| {
+            s.backends
+                .iter()
+                .map(|b| {
+                    let failing = b.health == HEALTH_DOWN || b.health == HEALTH_DEGRADED;
+                    let reason = match &b.last_failure {
+                        Some(reason) if failing => truncate(&one_line(reason)),
+                        _ => String::new(),
+                    };
+                    let mut weight = format!("{}/{}", b.effective_weight, b.weight);
+                    if b.drained {
+                        weight.push_str(" drained");
+                    }
+                    [
+                        one_line(&b.name),
+                        one_line(&b.region),
+                        one_line(&b.address),
+                        one_line(&b.health),
+                        weight,
+                        b.packets.to_string(),
+                        b.new_flows.to_string(),
+                        reason,
+                    ]
+                })
+                .collect()
+        })
+        .collect();
+    let mut widths = HEADER.map(|h| h.chars().count());
+    for row in rows.iter().flatten() {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+
+    for (service, rows) in r.services.iter().zip(&rows) {
+        let _ = writeln!(
+            out,
+            "\nservice {}  vip {}  affinity {}  packets {}  bytes {}  new flows {}",
+            one_line(&service.name),
+            one_line(&service.vip),
+            one_line(&service.affinity),
+            service.packets,
+            service.bytes,
+            service.new_flows
+        );
+        if rows.is_empty() {
+            out.push_str("  (no backends)\n");
+            continue;
+        }
+        push_row(&mut out, &HEADER.map(String::from), &widths);
+        for row in rows {
+            push_row(&mut out, row, &widths);
+        }
+    }
+    out
+}
+
+fn push_row(out: &mut String, cells: &[String; COLUMNS], widths: &[usize; COLUMNS]) {
+    let mut line = String::from(" ");
+    for ((cell, &width), &right) in cells.iter().zip(widths).zip(&RIGHT) {
+        line.push(' ');
+        let pad = width.saturating_sub(cell.chars().count());
+        if right {
+            line.extend(std::iter::repeat_n(' ', pad));
+            line.push_str(cell);
+        } else {
+            line.push_str(cell);
+            line.extend(std::iter::repeat_n(' ', pad));
+        }
+        line.push(' ');
+    }
+    out.push_str(line.trim_end());
+    out.push('\n');
+}
+
+/// `s` with every control character (newline, tab, escape) replaced by a space.
+fn one_line(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}
+
+fn truncate(s: &str) -> String {
+    if s.chars().count() <= MAX_REASON_CHARS {
+        return s.to_string();
+    }
+    let mut cut: String = s.chars().take(MAX_REASON_CHARS - 1).collect();
+    cut.push('…');
+    cut
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::protocol::{BackendStatus, ServiceStatus};
+
+    fn backend(name: &str, region: &str, address: &str, health: &str) -> BackendStatus {
+        BackendStatus {
+            name: name.into(),
+            address: address.into(),
+            region: region.into(),
+            weight: 100,
+            effective_weight: 100,
+            health: health.into(),
+            ..BackendStatus::default()
+        }
+    }
+
+    fn report() -> StatusReport {
+        let mut down = backend("web-2", "us", "10.0.0.2", "down");
+        down.effective_weight = 0;
+        down.last_failure = Some("connection\nrefused".into());
+        let mut drained = backend("web-3", "us", "2001:db8::3", "up");
+        drained.effective_weight = 0;
+        drained.drained = true;
+        drained.packets = 234;
+        drained.new_flows = 16;
+        let mut up = backend("web-1", "eu", "10.0.0.1", "up");
+        up.packets = 1000;
+        up.new_flows = 40;
+        up.last_failure = Some("old failure, not shown".into());
+        let mut degraded = backend("dns-1", "eu", "10.0.1.1", "degraded");
+        degraded.weight = 5;
+        degraded.effective_weight = 5;
+        degraded.last_failure = Some("x".repeat(90));
+        StatusReport {
+            generation: 7,
+            config_path: "/etc/steer/steer.toml".into(),
+            reloads: 2,
+            reload_failures: 1,
+            last_reload_error: Some("services[0].vip: bad\ndataplane.mtu: bad".into()),
+            services: vec![
+                ServiceStatus {
+                    name: "web".into(),
+                    vip: "203.0.113.10:80/tcp".into(),
+                    affinity: "flow".into(),
+                    packets: 1234,
+                    bytes: 98765,
+                    new_flows: 56,
+                    backends: vec![up, down, drained],
+                },
+                ServiceStatus {
+                    name: "dns".into(),
+                    vip: "[2001:db8::53]:53/udp".into(),
+                    affinity: "client".into(),
+                    backends: vec![degraded],
+                    ..ServiceStatus::default()
+                },
+                ServiceStatus {
+                    name: "empty".into(),
+                    vip: "203.0.113.11:0/tcp".into(),
+                    affinity: "flow".into(),
+                    ..ServiceStatus::default()
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn table_has_the_expected_cells() {
+        let text = render_status_table(&report());
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines[0],
+            "generation 7  config /etc/steer/steer.toml  reloads 2  reload failures 1"
+        );
+        assert_eq!(
+            lines[1],
+            "last reload error: services[0].vip: bad dataplane.mtu: bad"
+        );
+        assert_eq!(lines[2], "");
+        assert_eq!(
+            lines[3],
+            "service web  vip 203.0.113.10:80/tcp  affinity flow  packets 1234  bytes 98765  new flows 56"
+        );
+        let cells = |line: &str| -> Vec<String> {
+            line.split("  ")
+                .map(str::trim)
+                .filter(|c| !c.is_empty())
+                .map(String::from)
+                .collect()
+        };
+        assert_eq!(
+            cells(lines[4]),
+            [
+                "BACKEND",
+                "REGION",
+                "ADDRESS",
+                "HEALTH",
+                "WEIGHT",
+                "PACKETS",
+                "NEW FLOWS",
+                "LAST FAILURE"
+            ]
+        );
+        assert_eq!(
+            cells(lines[5]),
+            ["web-1", "eu", "10.0.0.1", "up", "100/100", "1000", "40"]
+        );
+        assert_eq!(
+            cells(lines[6]),
+            [
+                "web-2",
+                "us",
+                "10.0.0.2",
+                "down",
+                "0/100",
+                "0",
+                "0",
+                "connection refused"
+            ]
+        );
+        assert_eq!(
+            cells(lines[7]),
+            [
+                "web-3",
+                "us",
+                "2001:db8::3",
+                "up",
+                "0/100 drained",
+                "234",
+                "16"
+            ]
+        );
+        assert_eq!(lines[8], "");
+        assert_eq!(
+            lines[9],
+            "service dns  vip [2001:db8::53]:53/udp  affinity client  packets 0  bytes 0  new flows 0"
+        );
+        let reason = format!("{}…", "x".repeat(79));
+        assert_eq!(
+            cells(lines[11]),
+            ["dns-1", "eu", "10.0.1.1", "degraded", "5/5", "0", "0", &reason]
+        );
+        assert_eq!(
+            lines[13],
+            "service empty  vip 203.0.113.11:0/tcp  affinity flow  packets 0  bytes 0  new flows 0"
+        );
+        assert_eq!(lines[14], "  (no backends)");
+        assert_eq!(lines.len(), 15);
+        assert!(text.ends_with('\n'));
+    }
+
+    #[test]
+    fn columns_line_up_across_services() {
+        let text = render_status_table(&report());
+        let lines: Vec<&str> = text.lines().collect();
+        // Every column starts at the same offset in both header rows and in
+        // every backend row: check the HEALTH and PACKETS columns.
+        let header = lines[4];
+        assert_eq!(header, lines[10]);
+        let health_at = header.find("HEALTH").unwrap();
+        assert_eq!(lines[5][health_at..].split("  ").next(), Some("up"));
+        assert!(lines[6][health_at..].starts_with("down "));
+        assert!(lines[11][health_at..].starts_with("degraded "));
+        let failure_at = header.find("LAST FAILURE").unwrap();
+        assert_eq!(&lines[6][failure_at..], "connection refused");
+        assert!(lines[5].len() < failure_at, "no trailing blanks");
+        // Numbers are right-aligned under their header's end (counted in
+        // characters: the cut reason on the dns-1 row ends in a multi-byte
+        // "…").
+        let packets_end = header.find("PACKETS").unwrap() + "PACKETS".len();
+        let chars = |line: &str, from: usize| -> String {
+            line.chars().skip(from).take(packets_end - from).collect()
+        };
+        assert_eq!(chars(lines[5], packets_end - 4), "1000");
+        assert_eq!(chars(lines[7], packets_end - 3), "234");
+        assert_eq!(chars(lines[11], packets_end - 2), " 0");
+        assert!(lines[5].starts_with("  web-1  "));
+        assert!(lines.iter().all(|l| !l.ends_with(' ')));
+    }
+
+    #[test]
+    fn empty_report() {
+        assert_eq!(
+            render_status_table(&StatusReport::default()),
+            "generation 0  config   reloads 0  reload failures 0\n\nno services\n"
+        );
+    }
+}
