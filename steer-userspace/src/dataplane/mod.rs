@@ -17,7 +17,14 @@ use steer_common::{
     SETTINGS_F_PORT0_VIPS, SETTINGS_F_READY, VIP_FILTER_WORDS, VIP_F_CLIENT_AFFINITY,
 };
 
-use crate::config::{Config, DataplaneConfig};
+pub mod persist;
+
+use std::path::{Path, PathBuf};
+
+use aya::programs::links::{FdLink, PinnedLink};
+use aya::programs::xdp::{XdpLink, XdpMode};
+
+use crate::config::{AttachMode, Config, DataplaneConfig};
 use crate::policy::{self, BackendState, DesiredService};
 
 /// The compiled XDP program, built by build.rs.
@@ -64,6 +71,37 @@ pub enum DataplaneError {
     FrameTooShort(usize),
     #[error("running the program failed: {0}")]
     Run(#[source] ProgramError),
+    #[error("{path} is not on a BPF filesystem; mount one with `mount -t bpf bpf /sys/fs/bpf`")]
+    NotBpffs { path: PathBuf },
+    #[error("{what} {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the pinned map {name} holds {found} entries but the config asks for {want}; \
+             sizes (conntrack_size, maglev_table_size, max_tables, max_reals) cannot change \
+             while steer is attached: restore the old values, or run `steer stop --detach` first \
+             (this drops established flows' state)")]
+    PinnedSizeMismatch {
+        name: &'static str,
+        found: u32,
+        want: u32,
+    },
+    #[error("attaching XDP to {iface} in {mode} mode failed: {source}")]
+    Attach {
+        iface: String,
+        mode: &'static str,
+        #[source]
+        source: ProgramError,
+    },
+    #[error("pinning the XDP link of {iface}: {source}")]
+    PinLink {
+        iface: String,
+        #[source]
+        source: aya::pin::PinError,
+    },
 }
 
 type Result<T, E = DataplaneError> = std::result::Result<T, E>;
@@ -235,6 +273,62 @@ pub struct Dataplane {
     state: BackendState,
     /// The `VIP_FILTER` bitmap as last written.
     filter: Vec<u64>,
+    persist: Option<Persist>,
+}
+
+/// Where a long-running data plane keeps what must survive a restart.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Persist {
+    /// A directory on bpffs for the pinned maps and XDP links.
+    pub pin_dir: PathBuf,
+    /// The userspace bookkeeping (JSON).
+    pub state_file: PathBuf,
+}
+
+/// How an interface ended up attached.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Attached {
+    /// Newly attached in this mode.
+    New(&'static str),
+    /// `auto` mode: driver mode failed, generic (skb) mode used instead.
+    FellBack { driver_error: String },
+    /// A pinned link from a previous run was taken over: the program was
+    /// replaced atomically, without a moment of no program.
+    Replaced,
+}
+
+/// All the maps the program declares, for pinning.
+const ALL_MAPS: [&str; 13] = [
+    names::SETTINGS,
+    names::VIPS,
+    names::VIP_ADDRS,
+    names::VIP_FILTER,
+    names::REALS,
+    names::RINGS,
+    names::TABLE_GEN,
+    names::CONNTRACK,
+    names::VIP_STATS,
+    names::REAL_STATS,
+    names::DROP_STATS,
+    names::PATH_STATS,
+    names::BENCH,
+];
+
+fn link_pin(pin_dir: &Path, iface: &str) -> PathBuf {
+    pin_dir.join(format!("link-{iface}"))
+}
+
+fn is_bpffs(path: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt as _;
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: statfs writes into the zeroed struct we pass; `c` is a valid
+    // NUL-terminated path.
+    unsafe {
+        let mut st: libc::statfs = std::mem::zeroed();
+        libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as i64 == 0xcafe_4a11
+    }
 }
 
 fn addr_bytes(a: &IpAddr) -> ([u8; 16], u8) {
@@ -264,7 +358,14 @@ impl Dataplane {
     }
 
     pub fn load_with(limits: Limits) -> Result<Self> {
+        Self::load_inner(limits, &[])
+    }
+
+    fn load_inner(limits: Limits, pins: &[(&'static str, PathBuf)]) -> Result<Self> {
         let mut loader = EbpfLoader::new();
+        for (name, path) in pins {
+            loader.map_pin_path(name, path.as_path());
+        }
         loader
             .map_max_entries(names::CONNTRACK, limits.conntrack_size)
             .map_max_entries(
@@ -317,7 +418,352 @@ impl Dataplane {
             config: None,
             state: BackendState::default(),
             filter: vec![0; VIP_FILTER_WORDS as usize],
+            persist: None,
         })
+    }
+
+    /// Loads the program with its maps pinned under `persist.pin_dir`. If
+    /// a previous run left pinned maps (and its state file), they are
+    /// adopted: established flows, tables and counters carry on. Returns
+    /// whether state was adopted.
+    pub fn open(cfg: &DataplaneConfig, persist: Persist) -> Result<(Self, bool)> {
+        let limits = Limits::from_config(cfg);
+        let dir = &persist.pin_dir;
+        std::fs::create_dir_all(dir).map_err(|source| DataplaneError::Io {
+            what: "creating pin directory",
+            path: dir.clone(),
+            source,
+        })?;
+        if !is_bpffs(dir) {
+            return Err(DataplaneError::NotBpffs { path: dir.clone() });
+        }
+        let existed = dir.join(names::RINGS).exists();
+        let pins: Vec<(&'static str, PathBuf)> =
+            ALL_MAPS.iter().map(|n| (*n, dir.join(n))).collect();
+        let mut dp = Self::load_inner(limits, &pins)?;
+        dp.check_pinned_sizes()?;
+        dp.persist = Some(persist.clone());
+        let saved = if existed {
+            persist::load(&persist.state_file).map_err(|source| DataplaneError::Io {
+                what: "reading state file",
+                path: persist.state_file.clone(),
+                source,
+            })?
+        } else {
+            None
+        };
+        let adopted = match saved {
+            Some(s) if dp.adopt(&s) => true,
+            _ => {
+                if existed {
+                    dp.reset_pinned()?;
+                }
+                false
+            }
+        };
+        Ok((dp, adopted))
+    }
+
+    fn check_pinned_sizes(&self) -> Result<()> {
+        let l = self.limits;
+        for (name, want) in [
+            (names::CONNTRACK, l.conntrack_size),
+            (names::RINGS, ring_values(l.max_tables, l.ring_size)),
+            (names::REALS, l.max_reals),
+            (names::TABLE_GEN, l.max_tables),
+        ] {
+            let map = self.ebpf.map(name).ok_or(DataplaneError::MissingMap { name })?;
+            let data = match map {
+                Map::Array(d) | Map::LruHashMap(d) => d,
+                _ => return Err(DataplaneError::MissingMap { name }),
+            };
+            let found = data.info().map_err(map_err(name))?.max_entries();
+            if found != want {
+                return Err(DataplaneError::PinnedSizeMismatch { name, found, want });
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes over the bookkeeping of a previous run. False if it does not
+    /// match this configuration's sizes (then the maps are reset instead).
+    fn adopt(&mut self, s: &persist::SavedState) -> bool {
+        let l = self.limits;
+        if s.version != persist::STATE_VERSION
+            || (s.ring_size, s.max_tables, s.max_reals, s.conntrack_size)
+                != (l.ring_size, l.max_tables, l.max_reals, l.conntrack_size)
+        {
+            return false;
+        }
+        let mut used_vips = BTreeSet::new();
+        for svc in &s.services {
+            let key = VipKey {
+                addr: svc.addr,
+                port: svc.port,
+                proto: svc.proto,
+                family: svc.family,
+            };
+            let generation = self.gens.word(svc.vip_id as usize * 8).load(Ordering::Acquire);
+            let table = (0..l.ring_size)
+                .map(|i| {
+                    let flat = ring_index(svc.vip_id, generation, l.ring_size, i);
+                    self.rings.word(flat as usize * 4).load(Ordering::Relaxed)
+                })
+                .collect();
+            used_vips.insert(svc.vip_id);
+            self.services.insert(
+                svc.name.clone(),
+                ServiceSlot {
+                    vip_id: svc.vip_id,
+                    key,
+                    info: VipInfo {
+                        vip_id: svc.vip_id,
+                        table_id: svc.vip_id,
+                        flags: svc.flags,
+                        _pad: 0,
+                    },
+                    reals: svc
+                        .reals
+                        .iter()
+                        .map(|(n, r)| {
+                            (
+                                n.clone(),
+                                RealSlot {
+                                    id: r.id,
+                                    address: r.address,
+                                },
+                            )
+                        })
+                        .collect(),
+                    table,
+                    generation,
+                    // A packet may still hold the other ring: wait before
+                    // reusing it.
+                    last_flip: Some(Instant::now()),
+                },
+            );
+        }
+        self.free_vips = (0..l.max_tables)
+            .rev()
+            .filter(|v| !used_vips.contains(v))
+            .collect();
+        for (id, g) in &s.real_generation {
+            if let Some(slot) = self.real_generation.get_mut(*id as usize) {
+                *slot = *g;
+            }
+        }
+        self.free_reals = s.free_reals.iter().copied().collect();
+        self.next_real = s.next_real;
+        self.state.drained = s.drained.iter().cloned().collect();
+        // The filter is recomputed from the adopted services.
+        self.filter = vec![u64::MAX; VIP_FILTER_WORDS as usize];
+        true
+    }
+
+    /// Pinned maps without usable bookkeeping: forget every service, and
+    /// move every real to a new generation so no old conntrack entry can
+    /// follow a real id that gets reused for another backend.
+    fn reset_pinned(&mut self) -> Result<()> {
+        {
+            let reals: Array<_, Real> = typed(&mut self.ebpf, names::REALS)?;
+            for id in 0..self.limits.max_reals {
+                let r = reals.get(&id, 0).map_err(map_err(names::REALS))?;
+                self.real_generation[id as usize] = r.generation.wrapping_add(1);
+            }
+        }
+        for id in 0..self.limits.max_reals {
+            self.write_real(id, None)?;
+        }
+        let mut vips: HashMap<_, VipKey, VipInfo> = typed(&mut self.ebpf, names::VIPS)?;
+        let keys: Vec<VipKey> = vips.keys().filter_map(|k| k.ok()).collect();
+        for k in keys {
+            let _ = vips.remove(&k);
+        }
+        let mut addrs: HashMap<_, AddrKey, u32> = typed(&mut self.ebpf, names::VIP_ADDRS)?;
+        let keys: Vec<AddrKey> = addrs.keys().filter_map(|k| k.ok()).collect();
+        for k in keys {
+            let _ = addrs.remove(&k);
+        }
+        self.filter = vec![u64::MAX; VIP_FILTER_WORDS as usize];
+        self.write_filter(std::iter::empty(), false)
+    }
+
+    fn save_state(&self) -> Result<()> {
+        let Some(p) = &self.persist else {
+            return Ok(());
+        };
+        let l = self.limits;
+        let state = persist::SavedState {
+            version: persist::STATE_VERSION,
+            ring_size: l.ring_size,
+            max_tables: l.max_tables,
+            max_reals: l.max_reals,
+            conntrack_size: l.conntrack_size,
+            services: self
+                .services
+                .iter()
+                .map(|(name, s)| persist::SavedService {
+                    name: name.clone(),
+                    vip_id: s.vip_id,
+                    addr: s.key.addr,
+                    port: s.key.port,
+                    proto: s.key.proto,
+                    family: s.key.family,
+                    flags: s.info.flags,
+                    generation: s.generation,
+                    reals: s
+                        .reals
+                        .iter()
+                        .map(|(n, r)| {
+                            (
+                                n.clone(),
+                                persist::SavedReal {
+                                    id: r.id,
+                                    address: r.address,
+                                },
+                            )
+                        })
+                        .collect(),
+                })
+                .collect(),
+            real_generation: self
+                .real_generation
+                .iter()
+                .enumerate()
+                .filter(|(_, g)| **g != 0)
+                .map(|(i, g)| (i as u32, *g))
+                .collect(),
+            free_reals: self.free_reals.iter().copied().collect(),
+            next_real: self.next_real,
+            drained: self.state.drained.iter().cloned().collect(),
+        };
+        persist::save(&p.state_file, &state).map_err(|source| DataplaneError::Io {
+            what: "writing state file",
+            path: p.state_file.clone(),
+            source,
+        })
+    }
+
+    /// Attaches the program to `iface`, or takes over the link a previous
+    /// run pinned (replacing its program atomically). The link is pinned,
+    /// so forwarding continues if this process dies.
+    pub fn attach(&mut self, iface: &str, mode: AttachMode) -> Result<Attached> {
+        let pin = self
+            .persist
+            .as_ref()
+            .map(|p| link_pin(&p.pin_dir, iface));
+        let prog: &mut Xdp = self
+            .ebpf
+            .program_mut(names::PROG_STEER)
+            .ok_or(DataplaneError::MissingMap {
+                name: names::PROG_STEER,
+            })?
+            .try_into()
+            .map_err(DataplaneError::Program)?;
+        if let Some(pin) = pin.as_ref().filter(|p| p.exists()) {
+            let link = PinnedLink::from_pin(pin).map_err(|e| DataplaneError::Io {
+                what: "opening pinned link",
+                path: pin.clone(),
+                source: std::io::Error::other(e),
+            })?;
+            let link = XdpLink::try_from(FdLink::from(link)).map_err(|e| DataplaneError::Io {
+                what: "pinned link is not an XDP link",
+                path: pin.clone(),
+                source: std::io::Error::other(e),
+            })?;
+            prog.attach_to_link(link)
+                .map_err(|source| DataplaneError::Attach {
+                    iface: iface.to_string(),
+                    mode: "replace",
+                    source,
+                })?;
+            return Ok(Attached::Replaced);
+        }
+        let attempt = |prog: &mut Xdp, mode: XdpMode, name: &'static str| {
+            prog.attach(iface, mode)
+                .map_err(|source| DataplaneError::Attach {
+                    iface: iface.to_string(),
+                    mode: name,
+                    source,
+                })
+        };
+        let (id, outcome) = match mode {
+            AttachMode::Driver => (attempt(prog, XdpMode::Driver, "driver")?, Attached::New("driver")),
+            AttachMode::Skb => (attempt(prog, XdpMode::Skb, "skb")?, Attached::New("skb")),
+            AttachMode::Auto => match attempt(prog, XdpMode::Driver, "driver") {
+                Ok(id) => (id, Attached::New("driver")),
+                Err(e) => (
+                    attempt(prog, XdpMode::Skb, "skb")?,
+                    Attached::FellBack {
+                        driver_error: format!("{e:#}"),
+                    },
+                ),
+            },
+        };
+        if let Some(pin) = pin {
+            let link = prog.take_link(id).map_err(DataplaneError::Program)?;
+            let fd = FdLink::try_from(link).map_err(|e| DataplaneError::Io {
+                what: "XDP link is not a bpf_link",
+                path: pin.clone(),
+                source: std::io::Error::other(e),
+            })?;
+            fd.pin(&pin).map_err(|source| DataplaneError::PinLink {
+                iface: iface.to_string(),
+                source,
+            })?;
+        }
+        Ok(outcome)
+    }
+
+    /// Detaches from every interface that has a pinned link and removes
+    /// every pin and the state file: nothing of steer stays in the kernel.
+    /// Works without a loaded program, for cleaning up after a killed
+    /// daemon.
+    pub fn remove_pins(persist: &Persist) -> Result<Vec<String>> {
+        let mut detached = Vec::new();
+        let dir = &persist.pin_dir;
+        let entries = match std::fs::read_dir(dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(detached),
+            Err(source) => {
+                return Err(DataplaneError::Io {
+                    what: "reading pin directory",
+                    path: dir.clone(),
+                    source,
+                })
+            }
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if let Some(iface) = name.strip_prefix("link-") {
+                // Unpinning drops the last reference: the link detaches.
+                if let Ok(link) = PinnedLink::from_pin(&path) {
+                    let _ = link.unpin();
+                }
+                detached.push(iface.to_string());
+            }
+            if path.exists() {
+                std::fs::remove_file(&path).map_err(|source| DataplaneError::Io {
+                    what: "removing pin",
+                    path: path.clone(),
+                    source,
+                })?;
+            }
+        }
+        let _ = std::fs::remove_dir(dir);
+        match std::fs::remove_file(&persist.state_file) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(DataplaneError::Io {
+                    what: "removing state file",
+                    path: persist.state_file.clone(),
+                    source,
+                })
+            }
+        }
+        Ok(detached)
     }
 
     pub fn limits(&self) -> Limits {
@@ -340,7 +786,7 @@ impl Dataplane {
         self.apply_desired(&desired)?;
         self.config = Some(cfg.clone());
         self.state = state;
-        Ok(())
+        self.save_state()
     }
 
     /// Marks a backend down (in every service) or up again.
