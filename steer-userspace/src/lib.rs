@@ -1,7 +1,10 @@
 //! steer's userspace: configuration, policy, health checking and the data
 //! plane loader. The `steer` binary is a thin CLI over this library.
 
+pub mod api;
 pub mod config;
+pub mod daemon;
 pub mod dataplane;
+pub mod health;
 pub mod pcap;
 pub mod policy;

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context as _, Result};
 use clap::{Parser, Subcommand};
+use steer::api::{self, Request, Response};
 use steer::config::Config;
 use steer::dataplane::{Dataplane, Verdict};
 use steer::pcap;
@@ -18,8 +19,85 @@ struct Cli {
     cmd: Cmd,
 }
 
+/// Where to find the running daemon's control socket.
+#[derive(clap::Args, Clone)]
+struct Target {
+    /// The daemon's config (its control.socket is used).
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// The control socket, if not the one in the config.
+    #[arg(long)]
+    socket: Option<PathBuf>,
+}
+
+impl Target {
+    fn socket(&self) -> Result<PathBuf> {
+        if let Some(s) = &self.socket {
+            return Ok(s.clone());
+        }
+        if let Some(c) = &self.config {
+            return Ok(load_config(c)?.control.socket);
+        }
+        Ok(PathBuf::from("/run/steer/control.sock"))
+    }
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Mode {
+    Driver,
+    Skb,
+    Auto,
+}
+
 #[derive(Subcommand)]
 enum Cmd {
+    /// Attach to the configured interfaces and steer traffic until SIGTERM
+    /// or `steer stop`.
+    Run {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Interface to attach to (repeatable); overrides dataplane.interfaces.
+        #[arg(long = "iface", value_name = "IFACE")]
+        iface: Vec<String>,
+        /// XDP attach mode; overrides dataplane.mode.
+        #[arg(long, value_enum)]
+        mode: Option<Mode>,
+    },
+    /// Stop the daemon: by default it detaches XDP and removes its pinned
+    /// state. With --detach, also cleans up after a daemon that was killed.
+    Stop {
+        #[command(flatten)]
+        target: Target,
+        /// Detach and remove pins even if no daemon is running.
+        #[arg(long, conflicts_with = "keep_forwarding")]
+        detach: bool,
+        /// Exit but leave XDP attached, forwarding on the last programmed
+        /// state (for upgrades: the next `steer run` adopts it).
+        #[arg(long)]
+        keep_forwarding: bool,
+    },
+    /// Make the daemon re-read its config (same as SIGHUP).
+    Reload {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Services, backends, health and counters.
+    Status {
+        #[command(flatten)]
+        target: Target,
+        /// JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop sending new flows to a backend (established flows continue).
+    Drain {
+        backend: String,
+        /// Send new flows to it again.
+        #[arg(long)]
+        undo: bool,
+        #[command(flatten)]
+        target: Target,
+    },
     /// Validate a configuration file and report every error.
     Check {
         #[arg(long, short)]
@@ -44,7 +122,40 @@ enum Cmd {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     let result = match cli.cmd {
+        Cmd::Run {
+            config,
+            iface,
+            mode,
+        } => steer::daemon::run(steer::daemon::RunOptions {
+            config_path: config,
+            interfaces: iface,
+            mode: mode.map(|m| match m {
+                Mode::Driver => steer::config::AttachMode::Driver,
+                Mode::Skb => steer::config::AttachMode::Skb,
+                Mode::Auto => steer::config::AttachMode::Auto,
+            }),
+        })
+        .map(|()| ExitCode::SUCCESS),
+        Cmd::Stop {
+            target,
+            detach,
+            keep_forwarding,
+        } => stop(&target, detach, keep_forwarding),
+        Cmd::Reload { target } => control(&target, Request::Reload, false),
+        Cmd::Status { target, json } => control(&target, Request::Status, json),
+        Cmd::Drain {
+            backend,
+            undo,
+            target,
+        } => control(&target, Request::Drain { backend, undo }, false),
         Cmd::Check { config } => check(&config),
         Cmd::Replay {
             config,
@@ -59,6 +170,94 @@ fn main() -> ExitCode {
             eprintln!("steer: error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+fn block_on<F: std::future::Future>(f: F) -> Result<F::Output> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?
+        .block_on(f))
+}
+
+/// Sends one request to the daemon and prints the answer.
+fn control(target: &Target, req: Request, json: bool) -> Result<ExitCode> {
+    let socket = target.socket()?;
+    let resp = block_on(api::request(&socket, &req))??;
+    Ok(print_response(resp, json))
+}
+
+fn print_response(resp: Response, json: bool) -> ExitCode {
+    match resp {
+        Response::Status(report) => {
+            if json {
+                match serde_json::to_string_pretty(&report) {
+                    Ok(s) => println!("{s}"),
+                    Err(e) => {
+                        eprintln!("steer: error: {e}");
+                        return ExitCode::FAILURE;
+                    }
+                }
+            } else {
+                print!("{}", api::render_status_table(&report));
+            }
+            ExitCode::SUCCESS
+        }
+        Response::Ok { message } => {
+            println!("{message}");
+            ExitCode::SUCCESS
+        }
+        Response::Error { message, details } => {
+            eprintln!("steer: error: {message}");
+            for d in details {
+                eprintln!("  {d}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn stop(target: &Target, detach: bool, keep_forwarding: bool) -> Result<ExitCode> {
+    let socket = target.socket()?;
+    let req = Request::Stop {
+        detach: !keep_forwarding,
+    };
+    match block_on(api::request(&socket, &req))? {
+        Ok(resp) => {
+            let code = print_response(resp, false);
+            // Wait (bounded) for the daemon to finish and remove its socket.
+            for _ in 0..100 {
+                if !socket.exists() {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            Ok(code)
+        }
+        Err(e) if detach => {
+            // No daemon: clean up what a killed one left behind.
+            let Some(config) = &target.config else {
+                bail!("{e}; to clean up pinned state without a daemon, pass --config FILE");
+            };
+            let cfg = load_config(config)?;
+            let persist = steer::daemon::persist_for(&cfg);
+            let ifaces = Dataplane::remove_pins(&persist)?;
+            if ifaces.is_empty() {
+                println!(
+                    "no daemon running and nothing pinned under {}",
+                    persist.pin_dir.display()
+                );
+            } else {
+                println!(
+                    "no daemon running; detached from {} and removed {}",
+                    ifaces.join(", "),
+                    persist.pin_dir.display()
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => Err(e.into()),
     }
 }
 

@@ -71,7 +71,9 @@ pub enum DataplaneError {
     FrameTooShort(usize),
     #[error("running the program failed: {0}")]
     Run(#[source] ProgramError),
-    #[error("{path} is not on a BPF filesystem; mount one with `mount -t bpf bpf /sys/fs/bpf`")]
+    #[error("{path} is not on a BPF filesystem: mount one with `mount -t bpf bpf /sys/fs/bpf`, or \
+             set dataplane.pin_path to a directory on one (note: `ip netns exec` hides the host's \
+             /sys/fs/bpf; enter a network namespace with `nsenter --net=/var/run/netns/NAME` instead)")]
     NotBpffs { path: PathBuf },
     #[error("{what} {path}: {source}")]
     Io {
@@ -80,10 +82,12 @@ pub enum DataplaneError {
         #[source]
         source: std::io::Error,
     },
-    #[error("the pinned map {name} holds {found} entries but the config asks for {want}; \
+    #[error(
+        "the pinned map {name} holds {found} entries but the config asks for {want}; \
              sizes (conntrack_size, maglev_table_size, max_tables, max_reals) cannot change \
              while steer is attached: restore the old values, or run `steer stop --detach` first \
-             (this drops established flows' state)")]
+             (this drops established flows' state)"
+    )]
     PinnedSizeMismatch {
         name: &'static str,
         found: u32,
@@ -318,6 +322,33 @@ fn link_pin(pin_dir: &Path, iface: &str) -> PathBuf {
     pin_dir.join(format!("link-{iface}"))
 }
 
+/// The conventional bpffs mount point.
+const BPFFS: &str = "/sys/fs/bpf";
+
+/// Mounts bpffs at /sys/fs/bpf, as systemd does on most distributions.
+fn mount_bpffs() -> Result<()> {
+    let target = std::ffi::CString::new(BPFFS).expect("no NUL");
+    // SAFETY: all pointers are valid NUL-terminated strings for the call.
+    let rc = unsafe {
+        libc::mount(
+            c"bpf".as_ptr(),
+            target.as_ptr(),
+            c"bpf".as_ptr(),
+            0,
+            c"mode=0700".as_ptr().cast(),
+        )
+    };
+    if rc != 0 {
+        return Err(DataplaneError::Io {
+            what: "mounting bpffs at",
+            path: PathBuf::from(BPFFS),
+            source: std::io::Error::last_os_error(),
+        });
+    }
+    tracing::info!(path = BPFFS, "mounted bpffs");
+    Ok(())
+}
+
 fn is_bpffs(path: &Path) -> bool {
     use std::os::unix::ffi::OsStrExt as _;
     let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
@@ -429,6 +460,15 @@ impl Dataplane {
     pub fn open(cfg: &DataplaneConfig, persist: Persist) -> Result<(Self, bool)> {
         let limits = Limits::from_config(cfg);
         let dir = &persist.pin_dir;
+        let parent = dir.parent().unwrap_or(Path::new("/"));
+        if !dir.exists() && !is_bpffs(parent) && parent == Path::new(BPFFS) {
+            mount_bpffs()?;
+        }
+        if !dir.exists() && !is_bpffs(parent) {
+            return Err(DataplaneError::NotBpffs {
+                path: parent.to_path_buf(),
+            });
+        }
         std::fs::create_dir_all(dir).map_err(|source| DataplaneError::Io {
             what: "creating pin directory",
             path: dir.clone(),
@@ -472,7 +512,10 @@ impl Dataplane {
             (names::REALS, l.max_reals),
             (names::TABLE_GEN, l.max_tables),
         ] {
-            let map = self.ebpf.map(name).ok_or(DataplaneError::MissingMap { name })?;
+            let map = self
+                .ebpf
+                .map(name)
+                .ok_or(DataplaneError::MissingMap { name })?;
             let data = match map {
                 Map::Array(d) | Map::LruHashMap(d) => d,
                 _ => return Err(DataplaneError::MissingMap { name }),
@@ -503,7 +546,10 @@ impl Dataplane {
                 proto: svc.proto,
                 family: svc.family,
             };
-            let generation = self.gens.word(svc.vip_id as usize * 8).load(Ordering::Acquire);
+            let generation = self
+                .gens
+                .word(svc.vip_id as usize * 8)
+                .load(Ordering::Acquire);
             let table = (0..l.ring_size)
                 .map(|i| {
                     let flat = ring_index(svc.vip_id, generation, l.ring_size, i);
@@ -648,10 +694,7 @@ impl Dataplane {
     /// run pinned (replacing its program atomically). The link is pinned,
     /// so forwarding continues if this process dies.
     pub fn attach(&mut self, iface: &str, mode: AttachMode) -> Result<Attached> {
-        let pin = self
-            .persist
-            .as_ref()
-            .map(|p| link_pin(&p.pin_dir, iface));
+        let pin = self.persist.as_ref().map(|p| link_pin(&p.pin_dir, iface));
         let prog: &mut Xdp = self
             .ebpf
             .program_mut(names::PROG_STEER)
@@ -688,7 +731,10 @@ impl Dataplane {
                 })
         };
         let (id, outcome) = match mode {
-            AttachMode::Driver => (attempt(prog, XdpMode::Driver, "driver")?, Attached::New("driver")),
+            AttachMode::Driver => (
+                attempt(prog, XdpMode::Driver, "driver")?,
+                Attached::New("driver"),
+            ),
             AttachMode::Skb => (attempt(prog, XdpMode::Skb, "skb")?, Attached::New("skb")),
             AttachMode::Auto => match attempt(prog, XdpMode::Driver, "driver") {
                 Ok(id) => (id, Attached::New("driver")),
@@ -768,6 +814,11 @@ impl Dataplane {
 
     pub fn limits(&self) -> Limits {
         self.limits
+    }
+
+    /// The backend state last programmed (or adopted from a previous run).
+    pub fn backend_state(&self) -> &BackendState {
+        &self.state
     }
 
     /// Programs every map from `cfg` with the given backends marked down.
