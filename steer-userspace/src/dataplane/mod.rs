@@ -227,6 +227,13 @@ struct RealSlot {
     address: IpAddr,
 }
 
+/// A service's reals, allocated but not yet written.
+struct Prepared {
+    reals: BTreeMap<String, RealSlot>,
+    retired: Vec<u32>,
+    inputs: Vec<(u32, String, u32)>,
+}
+
 #[derive(Debug)]
 struct ServiceSlot {
     /// Doubles as the table id.
@@ -236,6 +243,8 @@ struct ServiceSlot {
     reals: BTreeMap<String, RealSlot>,
     /// The active ring's content.
     table: Vec<u32>,
+    /// What `table` was built from: (real id, backend name, weight).
+    inputs: Option<Vec<(u32, String, u32)>>,
     generation: u32,
     last_flip: Option<Instant>,
 }
@@ -278,6 +287,8 @@ pub struct Dataplane {
     /// The `VIP_FILTER` bitmap as last written.
     filter: Vec<u64>,
     persist: Option<Persist>,
+    /// `REALS` entries as last written, so unchanged ones are skipped.
+    written: std::collections::HashMap<u32, Real>,
 }
 
 /// Where a long-running data plane keeps what must survive a restart.
@@ -450,6 +461,7 @@ impl Dataplane {
             state: BackendState::default(),
             filter: vec![0; VIP_FILTER_WORDS as usize],
             persist: None,
+            written: std::collections::HashMap::new(),
         })
     }
 
@@ -582,6 +594,7 @@ impl Dataplane {
                         })
                         .collect(),
                     table,
+                    inputs: None,
                     generation,
                     // A packet may still hold the other ring: wait before
                     // reusing it.
@@ -926,9 +939,7 @@ impl Dataplane {
         }
         // 2. Add or update the rest, filter bits first.
         self.write_filter(desired.iter().map(|d| vip_key(d).addr), true)?;
-        for d in desired {
-            self.apply_service(d)?;
-        }
+        self.apply_services(desired)?;
         self.write_vip_addrs()
     }
 
@@ -966,12 +977,17 @@ impl Dataplane {
                 }
             }
         };
+        if self.written.get(&id) == Some(&real) {
+            return Ok(());
+        }
         let mut reals: Array<_, Real> = typed(&mut self.ebpf, names::REALS)?;
-        reals.set(id, real, 0).map_err(map_err(names::REALS))
+        reals.set(id, real, 0).map_err(map_err(names::REALS))?;
+        self.written.insert(id, real);
+        Ok(())
     }
 
-    fn apply_service(&mut self, d: &DesiredService) -> Result<()> {
-        let key = vip_key(d);
+    /// Allocates the service's slot and real ids; nothing is written yet.
+    fn prepare_service(&mut self, d: &DesiredService) -> Result<Prepared> {
         if !self.services.contains_key(&d.name) {
             let vip_id = self.free_vips.pop().ok_or(DataplaneError::Capacity {
                 what: "services",
@@ -982,10 +998,11 @@ impl Dataplane {
                 d.name.clone(),
                 ServiceSlot {
                     vip_id,
-                    key,
+                    key: vip_key(d),
                     info: VipInfo::default(),
                     reals: BTreeMap::new(),
                     table: Vec::new(),
+                    inputs: None,
                     generation: self.gens.word(vip_id as usize * 8).load(Ordering::Acquire),
                     last_flip: None,
                 },
@@ -1017,36 +1034,119 @@ impl Dataplane {
                 retired.push(r.id);
             }
         }
+        // Down and zero-weight backends get no slots.
+        let inputs: Vec<(u32, String, u32)> = d
+            .backends
+            .iter()
+            .map(|b| {
+                (
+                    reals[&b.name].id,
+                    b.name.clone(),
+                    if b.up { b.weight } else { 0 },
+                )
+            })
+            .collect();
+        Ok(Prepared {
+            reals,
+            retired,
+            inputs,
+        })
+    }
+
+    /// Programs every desired service. Tables whose inputs changed are
+    /// rebuilt on several threads, then each is written to its shadow ring
+    /// and flipped; nothing unchanged is rewritten.
+    fn apply_services(&mut self, desired: &[DesiredService]) -> Result<()> {
+        let mut prepared = Vec::with_capacity(desired.len());
+        for d in desired {
+            prepared.push(self.prepare_service(d)?);
+        }
         // Phase 1: backends that are up are present and up before any table
         // can point at them.
-        for b in d.backends.iter().filter(|b| b.up) {
-            self.write_real(reals[&b.name].id, Some((&b.address, true)))?;
+        for (d, p) in desired.iter().zip(&prepared) {
+            for b in d.backends.iter().filter(|b| b.up) {
+                self.write_real(p.reals[&b.name].id, Some((&b.address, true)))?;
+            }
         }
-        // Phase 2: the new table (down and zero-weight backends get no slots).
-        let table = {
-            let entries: Vec<maglev::Entry<'_>> = d
-                .backends
-                .iter()
-                .map(|b| maglev::Entry {
-                    id: reals[&b.name].id,
-                    key: b.name.as_bytes(),
-                    weight: if b.up { b.weight } else { 0 },
+        // Phase 2: build the tables whose inputs changed, in parallel.
+        let todo: Vec<usize> = desired
+            .iter()
+            .zip(&prepared)
+            .enumerate()
+            .filter(|(_, (d, p))| self.services[&d.name].inputs.as_ref() != Some(&p.inputs))
+            .map(|(i, _)| i)
+            .collect();
+        let size = self.limits.ring_size;
+        let threads = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+            .clamp(1, 8);
+        let built: Vec<(usize, Vec<u32>)> = std::thread::scope(|scope| {
+            let chunk = todo.len().div_ceil(threads).max(1);
+            let handles: Vec<_> = todo
+                .chunks(chunk)
+                .map(|ids| {
+                    let prepared = &prepared;
+                    scope.spawn(move || {
+                        ids.iter()
+                            .map(|&i| {
+                                let entries: Vec<maglev::Entry<'_>> = prepared[i]
+                                    .inputs
+                                    .iter()
+                                    .map(|(id, name, w)| maglev::Entry {
+                                        id: *id,
+                                        key: name.as_bytes(),
+                                        weight: *w,
+                                    })
+                                    .collect();
+                                (i, maglev::build(&entries, size))
+                            })
+                            .collect::<Vec<_>>()
+                    })
                 })
                 .collect();
-            maglev::build(&entries, self.limits.ring_size)
-        };
-        let slot = self.services.get_mut(&d.name).expect("inserted above");
-        slot.reals = reals.clone();
+            handles
+                .into_iter()
+                .flat_map(|h| h.join().expect("maglev builder thread panicked"))
+                .collect()
+        });
+        // A ring that was active within the grace period may still be read
+        // by a packet: wait once for all of them, not once per table.
+        let wait = built
+            .iter()
+            .filter_map(|(i, t)| {
+                let slot = &self.services[&desired[*i].name];
+                (slot.table != *t).then_some(slot.last_flip).flatten()
+            })
+            .map(|t| GRACE.saturating_sub(t.elapsed()))
+            .max()
+            .unwrap_or_default();
+        if !wait.is_zero() {
+            std::thread::sleep(wait);
+        }
+        let mut tables: BTreeMap<usize, Vec<u32>> = built.into_iter().collect();
+        for (i, (d, p)) in desired.iter().zip(prepared).enumerate() {
+            self.finish_service(d, p, tables.remove(&i))?;
+        }
+        Ok(())
+    }
+
+    /// Flips a rebuilt table in, updates the VIP and retires what the table
+    /// no longer points at.
+    fn finish_service(
+        &mut self,
+        d: &DesiredService,
+        p: Prepared,
+        table: Option<Vec<u32>>,
+    ) -> Result<()> {
+        let key = vip_key(d);
+        let size = self.limits.ring_size;
+        let slot = self.services.get_mut(&d.name).expect("prepared above");
+        slot.reals = p.reals.clone();
+        slot.inputs = Some(p.inputs);
         let vip_id = slot.vip_id;
-        if slot.table != table {
+        if let Some(table) = table.filter(|t| *t != slot.table) {
             let next_gen = (slot.generation + 1) & 1;
-            if let Some(t) = slot.last_flip {
-                let waited = t.elapsed();
-                if waited < GRACE {
-                    std::thread::sleep(GRACE - waited);
-                }
-            }
-            let size = self.limits.ring_size;
             for (i, real) in table.iter().enumerate() {
                 let flat = ring_index(vip_id, next_gen, size, i as u32) as usize;
                 self.rings.word(flat * 4).store(*real, Ordering::Relaxed);
@@ -1070,15 +1170,14 @@ impl Dataplane {
             },
             _pad: 0,
         };
-        let update_vip =
-            slot.info != info || slot.last_flip.is_some() && slot.info.flags != info.flags;
+        let update_vip = slot.info != info;
         slot.info = info;
         // Phase 3: backends that are down, and removed ones, after the table
         // stopped pointing at them.
         for b in d.backends.iter().filter(|b| !b.up) {
-            self.write_real(reals[&b.name].id, Some((&b.address, false)))?;
+            self.write_real(p.reals[&b.name].id, Some((&b.address, false)))?;
         }
-        for id in retired {
+        for id in p.retired {
             self.write_real(id, None)?;
             self.free_reals.push_back(id);
         }
