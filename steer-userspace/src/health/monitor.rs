@@ -139,8 +139,9 @@ struct Running {
 ///
 /// Each target has its own tokio task, so a target's probes never overlap.
 /// Its probes run on a fixed grid: `start + phase + k × interval`, where
-/// `start` is when the target was added and `phase` is random in
-/// `[0, jitter)` (drawn once per target), so targets do not synchronise and a
+/// `start` is when the target was added and `phase` is spread uniformly over
+/// the interval plus a random `[0, jitter)` (drawn once per target), so
+/// targets neither synchronise nor bunch up at the start of each second, and a
 /// slow probe never shifts later ones. Because `timeout < interval` (checked
 /// by config validation) a probe ends before its next tick; only if the
 /// runtime itself is so starved that a whole tick has already passed when
@@ -248,7 +249,7 @@ impl HealthMonitor {
                     last_lag: Duration::ZERO,
                 },
             );
-            let first = now + phase(&self.seed, &key, target.check.jitter);
+            let first = now + phase(&self.seed, &key, target.check.interval, target.check.jitter);
             let handle = self.runtime.spawn(run_target(
                 self.shared.clone(),
                 target.clone(),
@@ -309,13 +310,22 @@ impl Drop for HealthMonitor {
     }
 }
 
-/// A target's offset from the start of its grid: uniform in `[0, jitter)`.
-fn phase(seed: &RandomState, key: &str, jitter: Duration) -> Duration {
+/// A target's offset from the start of its grid: uniform over the
+/// interval (so 5,000 targets at 1 s make 5 probes per millisecond, not a
+/// burst), plus a random `[0, jitter)`.
+fn phase(seed: &RandomState, key: &str, interval: Duration, jitter: Duration) -> Duration {
+    let h = seed.hash_one(key);
+    let interval = u64::try_from(interval.as_nanos())
+        .unwrap_or(u64::MAX)
+        .max(1);
     let jitter = u64::try_from(jitter.as_nanos()).unwrap_or(u64::MAX);
-    if jitter == 0 {
-        return Duration::ZERO;
-    }
-    Duration::from_nanos(seed.hash_one(key) % jitter)
+    let spread = h % interval;
+    let extra = if jitter == 0 {
+        0
+    } else {
+        h.rotate_left(32) % jitter
+    };
+    Duration::from_nanos(spread + extra)
 }
 
 /// Sends the status map whenever woken; wake-ups coalesce.
@@ -444,22 +454,28 @@ mod tests {
     use super::*;
 
     #[test]
-    fn phases_are_within_jitter_and_spread() {
+    fn phases_spread_over_the_interval_plus_jitter() {
         let seed = RandomState::new();
+        let interval = Duration::from_secs(1);
         let jitter = Duration::from_millis(100);
         let phases: Vec<Duration> = (0..1000)
-            .map(|i| phase(&seed, &format!("b{i}"), jitter))
+            .map(|i| phase(&seed, &format!("b{i}"), interval, jitter))
             .collect();
-        assert!(phases.iter().all(|p| *p < jitter));
-        // Every tenth of the range is hit (a uniform draw misses one with
-        // probability ~ 10 × 0.9^1000).
+        assert!(phases.iter().all(|p| *p < interval + jitter));
+        // Every tenth of the interval is hit (a uniform draw misses one with
+        // probability ~ 10 x 0.9^1000), so probes do not bunch up.
         for decile in 0..10u32 {
-            let lo = jitter * decile / 10;
-            let hi = jitter * (decile + 1) / 10;
+            let lo = interval * decile / 10;
+            let hi = interval * (decile + 1) / 10;
             assert!(phases.iter().any(|p| *p >= lo && *p < hi), "{decile}");
         }
-        assert_eq!(phase(&seed, "b1", Duration::ZERO), Duration::ZERO);
-        assert_eq!(phase(&seed, "b1", jitter), phases[1], "stable per key");
+        let no_jitter = phase(&seed, "b1", interval, Duration::ZERO);
+        assert!(no_jitter < interval);
+        assert_eq!(
+            phase(&seed, "b1", interval, jitter),
+            phases[1],
+            "stable per key"
+        );
     }
 
     #[test]
