@@ -2,7 +2,7 @@
 //! backend set each service should have in the data plane. It touches no
 //! BPF object; `dataplane` applies what it returns.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
 
 use crate::config::{Affinity, Config, Protocol};
@@ -42,6 +42,31 @@ pub struct BackendState {
 
 /// Computes every service's desired backend set.
 pub fn desired(cfg: &Config, state: &BackendState) -> Vec<DesiredService> {
+    // Index the backends once: the same selection as
+    // `Config::service_backends` (explicit names plus whole regions, in
+    // config order, without duplicates) without scanning every backend for
+    // every service.
+    let mut by_name: HashMap<&str, usize> = HashMap::with_capacity(cfg.backends.len());
+    let mut by_region: HashMap<&str, Vec<usize>> = HashMap::new();
+    for (i, b) in cfg.backends.iter().enumerate() {
+        by_name.insert(b.name.as_str(), i);
+        by_region.entry(b.region.as_str()).or_default().push(i);
+    }
+    let backends_of = |svc: &crate::config::Service| -> Vec<&crate::config::Backend> {
+        let mut idx: Vec<usize> = svc
+            .backends
+            .iter()
+            .filter_map(|n| by_name.get(n.as_str()).copied())
+            .chain(
+                svc.regions
+                    .iter()
+                    .flat_map(|r| by_region.get(r.as_str()).into_iter().flatten().copied()),
+            )
+            .collect();
+        idx.sort_unstable();
+        idx.dedup();
+        idx.into_iter().map(|i| &cfg.backends[i]).collect()
+    };
     cfg.services
         .iter()
         .map(|svc| DesiredService {
@@ -53,8 +78,7 @@ pub fn desired(cfg: &Config, state: &BackendState) -> Vec<DesiredService> {
                 Protocol::Udp => steer_common::PROTO_UDP,
             },
             client_affinity: svc.affinity == Affinity::Client,
-            backends: cfg
-                .service_backends(svc)
+            backends: backends_of(svc)
                 .into_iter()
                 .map(|b| DesiredBackend {
                     name: b.name.clone(),
@@ -69,4 +93,86 @@ pub fn desired(cfg: &Config, state: &BackendState) -> Vec<DesiredService> {
                 .collect(),
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CFG: &str = r#"
+[dataplane]
+next_hop_mac = "02:00:00:00:00:fe"
+encap_source_v4 = "198.18.0.0/24"
+encap_source_v6 = "2001:db8:ffff::/112"
+
+[[regions]]
+name = "eu"
+[[regions]]
+name = "us"
+
+[[backends]]
+name = "us-1"
+address = "192.0.2.21"
+region = "us"
+[[backends]]
+name = "eu-1"
+address = "192.0.2.11"
+region = "eu"
+weight = 50
+[[backends]]
+name = "eu-2"
+address = "192.0.2.12"
+region = "eu"
+
+[[services]]
+name = "both"
+vip = "203.0.113.10"
+port = 80
+protocol = "tcp"
+backends = ["eu-1"]
+regions = ["us", "eu"]
+
+[[services]]
+name = "one"
+vip = "203.0.113.11"
+protocol = "udp"
+affinity = "client"
+backends = ["eu-2"]
+"#;
+
+    #[test]
+    fn selects_like_service_backends_and_applies_state() {
+        let cfg = Config::parse(CFG).expect("valid");
+        let state = BackendState {
+            down: ["eu-2".to_string()].into(),
+            drained: ["us-1".to_string()].into(),
+        };
+        let d = desired(&cfg, &state);
+        for (svc, want) in cfg.services.iter().zip(&d) {
+            let names: Vec<&str> = want.backends.iter().map(|b| b.name.as_str()).collect();
+            let expect: Vec<&str> = cfg
+                .service_backends(svc)
+                .iter()
+                .map(|b| b.name.as_str())
+                .collect();
+            assert_eq!(names, expect);
+        }
+        // Config order, each backend once.
+        let both = &d[0];
+        assert_eq!(
+            both.backends
+                .iter()
+                .map(|b| b.name.as_str())
+                .collect::<Vec<_>>(),
+            ["us-1", "eu-1", "eu-2"]
+        );
+        assert_eq!(both.backends[0].weight, 0, "drained");
+        assert_eq!(both.backends[1].weight, 50);
+        assert!(!both.backends[2].up, "down");
+        assert_eq!(both.protocol, 6);
+        assert!(!both.client_affinity);
+        assert_eq!(d[1].protocol, 17);
+        assert!(d[1].client_affinity);
+        assert_eq!(d[1].port, 0);
+    }
 }
