@@ -360,6 +360,7 @@ impl Daemon {
                 let mut inner = self.inner.lock().expect("daemon state poisoned");
                 inner.reloads += 1;
                 inner.generation += 1;
+                inner.last_reload_error = None;
                 info!(
                     generation = inner.generation,
                     "reloaded {}",
