@@ -1,0 +1,625 @@
+//! Restart adoption: a data plane opened on pinned maps left by a previous
+//! run (killed without cleanup) takes over its flows, tables and counters.
+//! Privileged: needs root (fails loudly under CI=true).
+//!
+//! Every test uses its own pin directory `/sys/fs/bpf/steer-test-<pid>-<name>`
+//! and state directory under the temp dir; a guard removes both (and every
+//! pin in them) even when the test fails.
+//!
+//! Expected backends are read from the packets the program produced (the
+//! outer IPv4 destination, parsed with etherparse) and compared with the
+//! addresses written in the test's configuration.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use steer::config::Config;
+use steer::dataplane::{Dataplane, DataplaneError, Persist, Verdict};
+use steer_common::path;
+
+fn require_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        ensure_bpffs();
+        return true;
+    }
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("this test loads BPF programs and needs root; CI must run as root");
+    }
+    eprintln!("SKIP: not root, cannot load BPF programs");
+    false
+}
+
+const BPFFS: &str = "/sys/fs/bpf";
+
+fn is_bpffs(p: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt as _;
+    let c = std::ffi::CString::new(p.as_os_str().as_bytes()).expect("path");
+    // SAFETY: statfs writes into the zeroed struct; `c` is NUL-terminated.
+    unsafe {
+        let mut st: libc::statfs = std::mem::zeroed();
+        libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as i64 == 0xcafe_4a11
+    }
+}
+
+/// Pinning needs a BPF filesystem at /sys/fs/bpf; mount one if the host
+/// has none (what `mount -t bpf bpf /sys/fs/bpf` does). Left mounted: it is
+/// the system's standard mount, and other processes may be using it.
+fn ensure_bpffs() {
+    static DONE: OnceLock<()> = OnceLock::new();
+    DONE.get_or_init(|| {
+        let dir = Path::new(BPFFS);
+        if is_bpffs(dir) {
+            return;
+        }
+        // SAFETY: plain mount(2) with NUL-terminated literals.
+        let rc = unsafe {
+            libc::mount(
+                c"bpf".as_ptr(),
+                c"/sys/fs/bpf".as_ptr(),
+                c"bpf".as_ptr(),
+                0,
+                std::ptr::null(),
+            )
+        };
+        assert!(
+            rc == 0 && is_bpffs(dir),
+            "{BPFFS} is not a BPF filesystem and mounting one failed: {}",
+            std::io::Error::last_os_error()
+        );
+    });
+}
+
+/// A unique pin directory and state file, removed (with every pin) on drop.
+struct Scratch {
+    persist: Persist,
+    state_dir: PathBuf,
+}
+
+impl Scratch {
+    fn new(name: &str) -> Self {
+        let tag = format!("steer-test-{}-{name}", std::process::id());
+        let pin_dir = Path::new(BPFFS).join(&tag);
+        let state_dir = std::env::temp_dir().join(&tag);
+        // Leftovers of an earlier process with the same pid.
+        let persist = Persist {
+            pin_dir,
+            state_file: state_dir.join("state.json"),
+        };
+        let _ = Dataplane::remove_pins(&persist);
+        let _ = std::fs::remove_dir_all(&persist.pin_dir);
+        let _ = std::fs::remove_dir_all(&state_dir);
+        std::fs::create_dir_all(&state_dir).expect("state dir");
+        Scratch { persist, state_dir }
+    }
+
+    fn persist(&self) -> Persist {
+        self.persist.clone()
+    }
+
+    /// Names of the entries in the pin directory (empty if it is gone).
+    fn pins(&self) -> BTreeSet<String> {
+        match std::fs::read_dir(&self.persist.pin_dir) {
+            Ok(rd) => rd
+                .map(|e| {
+                    e.expect("dir entry")
+                        .file_name()
+                        .to_string_lossy()
+                        .into_owned()
+                })
+                .collect(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeSet::new(),
+            Err(e) => panic!("reading {}: {e}", self.persist.pin_dir.display()),
+        }
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if let Err(e) = Dataplane::remove_pins(&self.persist) {
+            eprintln!("cleanup: remove_pins: {e}");
+        }
+        // Whatever remove_pins left (it should leave nothing).
+        if let Ok(rd) = std::fs::read_dir(&self.persist.pin_dir) {
+            for e in rd.flatten() {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+        let _ = std::fs::remove_dir(&self.persist.pin_dir);
+        let _ = std::fs::remove_dir_all(&self.state_dir);
+    }
+}
+
+/// Opens the data plane, panicking with the error (Dataplane is not Debug).
+fn open(cfg: &Config, persist: Persist) -> (Dataplane, bool) {
+    match Dataplane::open(&cfg.dataplane, persist) {
+        Ok(x) => x,
+        Err(e) => panic!("open: {e}"),
+    }
+}
+
+const VIP: [u8; 4] = [203, 0, 113, 10];
+const OTHER_VIP: [u8; 4] = [203, 0, 113, 20];
+
+/// One backend of the test config: name, IPv4 address, weight, services.
+struct B<'a>(&'a str, [u8; 4], u32, &'a [&'a str]);
+
+/// A config with services `web` (VIP 203.0.113.10:80/tcp) and, if any
+/// backend names it, `other` (203.0.113.20:80/tcp).
+fn config(backends: &[B<'_>], conntrack_size: u32) -> Config {
+    let mut t = format!(
+        r#"
+[dataplane]
+next_hop_mac = "02:00:00:00:00:fe"
+encap_source_v4 = "198.18.0.1/32"
+maglev_table_size = 251
+conntrack_size = {conntrack_size}
+max_tables = 4
+max_reals = 64
+
+[[regions]]
+name = "eu"
+"#
+    );
+    let mut services: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for B(name, a, weight, svcs) in backends {
+        t += &format!(
+            "\n[[backends]]\nname = \"{name}\"\naddress = \"{}\"\nregion = \"eu\"\nweight = {weight}\n",
+            Ipv4Addr::from(*a)
+        );
+        for s in *svcs {
+            services.entry(s).or_default().push(name);
+        }
+    }
+    for (svc, names) in services {
+        let vip = match svc {
+            "web" => VIP,
+            "other" => OTHER_VIP,
+            s => panic!("unknown test service {s}"),
+        };
+        t += &format!(
+            "\n[[services]]\nname = \"{svc}\"\nvip = \"{}\"\nport = 80\nprotocol = \"tcp\"\nbackends = {names:?}\n",
+            Ipv4Addr::from(vip)
+        );
+    }
+    Config::parse(&t).unwrap_or_else(|e| panic!("test config: {e}\n{t}"))
+}
+
+/// TCP segment of flow `i` (distinct source address and port per `i`) from
+/// a client range picked by `base` to `vip`:80.
+fn flow(base: u8, i: u32, vip: [u8; 4]) -> Vec<u8> {
+    let src = [100, 64 + base, (i >> 8) as u8, i as u8];
+    let b = etherparse::PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+        .ipv4(src, vip, 64)
+        .tcp(10_000 + i as u16, 80, 1, 1024)
+        .ack(1);
+    let mut v = Vec::new();
+    b.write(&mut v, b"hello").expect("build");
+    v
+}
+
+fn flows(base: u8, n: u32, vip: [u8; 4]) -> Vec<Vec<u8>> {
+    (0..n).map(|i| flow(base, i, vip)).collect()
+}
+
+/// Runs `frame` and returns the outer IPv4 destination: the backend.
+fn backend(dp: &Dataplane, frame: &[u8]) -> Ipv4Addr {
+    let out = dp.run(frame).expect("test run");
+    assert_eq!(out.verdict, Verdict::Tx, "the VIP's packet must be sent on");
+    let eth = etherparse::Ethernet2HeaderSlice::from_slice(&out.data).expect("ethernet");
+    assert_eq!(eth.ether_type(), etherparse::EtherType::IPV4);
+    let (outer, inner) = etherparse::Ipv4Header::from_slice(&out.data[14..]).expect("outer IPv4");
+    assert_eq!(outer.protocol, etherparse::IpNumber::IPV4, "IP-in-IP");
+    assert_eq!(inner, &frame[14..], "the inner packet is untouched");
+    Ipv4Addr::from(outer.destination)
+}
+
+fn run_all(dp: &Dataplane, frames: &[Vec<u8>]) -> Vec<Ipv4Addr> {
+    frames.iter().map(|f| backend(dp, f)).collect()
+}
+
+/// Path counters grown between `before` and now, by name.
+fn path_delta(dp: &Dataplane, before: &[u64; path::COUNT as usize]) -> BTreeMap<&'static str, u64> {
+    let after = dp.path_counts().expect("path counters");
+    (0..path::COUNT as usize)
+        .map(|i| (path::NAMES[i], after[i] - before[i]))
+        .collect()
+}
+
+fn expect_delta(got: &BTreeMap<&'static str, u64>, want: &[(&'static str, u64)], what: &str) {
+    let mut expected: BTreeMap<&'static str, u64> = path::NAMES.iter().map(|n| (*n, 0)).collect();
+    for (k, v) in want {
+        expected.insert(k, *v);
+    }
+    assert_eq!(got, &expected, "{what}: path counter deltas");
+}
+
+fn ip(a: [u8; 4]) -> Ipv4Addr {
+    Ipv4Addr::from(a)
+}
+
+const N: u32 = 200;
+
+const A1: [u8; 4] = [192, 0, 2, 11];
+const A2: [u8; 4] = [192, 0, 2, 12];
+const A3: [u8; 4] = [192, 0, 2, 13];
+const A4: [u8; 4] = [192, 0, 2, 14];
+
+fn three(conntrack: u32) -> Config {
+    config(
+        &[
+            B("a1", A1, 100, &["web"]),
+            B("a2", A2, 100, &["web"]),
+            B("a3", A3, 100, &["web"]),
+        ],
+        conntrack,
+    )
+}
+
+/// First run: fresh open, apply, `N` flows. Returns each flow's backend.
+/// The data plane is dropped without removing pins (what SIGKILL leaves).
+fn first_run(s: &Scratch, cfg: &Config, frames: &[Vec<u8>]) -> Vec<Ipv4Addr> {
+    let (mut dp, adopted) = open(cfg, s.persist());
+    assert!(!adopted, "nothing to adopt in a fresh pin directory");
+    dp.apply(cfg, &BTreeSet::new()).expect("apply");
+    let before = dp.path_counts().expect("counters");
+    let got = run_all(&dp, frames);
+    expect_delta(
+        &path_delta(&dp, &before),
+        &[("new_flow", frames.len() as u64)],
+        "first run",
+    );
+    let allowed: BTreeSet<Ipv4Addr> = cfg
+        .backends
+        .iter()
+        .filter(|b| b.weight > 0)
+        .map(|b| match b.address {
+            std::net::IpAddr::V4(a) => a,
+            _ => unreachable!(),
+        })
+        .collect();
+    for (i, b) in got.iter().enumerate() {
+        assert!(allowed.contains(b), "flow {i} went to {b}, not a backend");
+    }
+    drop(dp);
+    assert!(
+        s.persist.state_file.exists(),
+        "the state file must be written"
+    );
+    assert!(
+        s.pins().len() > 1,
+        "maps must stay pinned after the process is gone: {:?}",
+        s.pins()
+    );
+    got
+}
+
+#[test]
+fn restart_adopts_pins_and_every_flow_keeps_its_backend() {
+    if !require_root() {
+        return;
+    }
+    let s = Scratch::new("adopt");
+    let cfg = three(4096);
+    let frames = flows(0, N, VIP);
+    let first = first_run(&s, &cfg, &frames);
+    let distinct: BTreeSet<_> = first.iter().collect();
+    assert_eq!(
+        distinct.len(),
+        3,
+        "200 flows must spread over all 3 backends"
+    );
+
+    let (mut dp, adopted) = open(&cfg, s.persist());
+    assert!(adopted, "pins and state file present: must adopt");
+    // The pinned counters carry over: the first run's packets are there.
+    let before = dp.path_counts().expect("counters");
+    assert!(
+        before[path::NEW_FLOW as usize] >= N as u64,
+        "pinned PATH_STATS must carry the first run's {N} new flows, has {}",
+        before[path::NEW_FLOW as usize]
+    );
+    dp.apply(&cfg, &BTreeSet::new())
+        .expect("apply after adoption");
+    let again = run_all(&dp, &frames);
+    for (i, (a, b)) in first.iter().zip(&again).enumerate() {
+        assert_eq!(a, b, "flow {i} moved from {a} to {b} across the restart");
+    }
+    expect_delta(
+        &path_delta(&dp, &before),
+        &[("ct_hit", N as u64)],
+        "replay after restart",
+    );
+}
+
+#[test]
+fn adopted_flows_stay_when_weights_change() {
+    if !require_root() {
+        return;
+    }
+    let s = Scratch::new("weights");
+    let cfg = three(4096);
+    let frames = flows(0, N, VIP);
+    let first = first_run(&s, &cfg, &frames);
+    let on_a2 = first.iter().filter(|b| **b == ip(A2)).count();
+    assert!(
+        on_a2 > 0,
+        "some flows must start on a2 for this test to mean anything"
+    );
+
+    let (mut dp, adopted) = open(&cfg, s.persist());
+    assert!(adopted);
+    // a2 drained (weight 0) and a4 added: the table changes for new flows.
+    let changed = config(
+        &[
+            B("a1", A1, 100, &["web"]),
+            B("a2", A2, 0, &["web"]),
+            B("a3", A3, 100, &["web"]),
+            B("a4", A4, 100, &["web"]),
+        ],
+        4096,
+    );
+    dp.apply(&changed, &BTreeSet::new()).expect("apply changed");
+
+    let before = dp.path_counts().expect("counters");
+    let again = run_all(&dp, &frames);
+    for (i, (a, b)) in first.iter().zip(&again).enumerate() {
+        assert_eq!(a, b, "established flow {i} moved from {a} to {b}");
+    }
+    expect_delta(
+        &path_delta(&dp, &before),
+        &[("ct_hit", N as u64)],
+        "established flows after the weight change",
+    );
+
+    let before = dp.path_counts().expect("counters");
+    let fresh = flows(1, N, VIP);
+    let got = run_all(&dp, &fresh);
+    for (i, b) in got.iter().enumerate() {
+        assert_ne!(*b, ip(A2), "new flow {i} went to drained backend a2");
+        assert!(
+            [ip(A1), ip(A3), ip(A4)].contains(b),
+            "new flow {i} went to {b}"
+        );
+    }
+    assert!(
+        got.contains(&ip(A4)),
+        "the added backend a4 must get some of {N} new flows"
+    );
+    expect_delta(
+        &path_delta(&dp, &before),
+        &[("new_flow", N as u64)],
+        "new flows after the weight change",
+    );
+}
+
+#[test]
+fn pinned_size_mismatch_is_an_error_and_leaves_pins_alone() {
+    if !require_root() {
+        return;
+    }
+    let s = Scratch::new("size");
+    let small = three(4096);
+    let frames = flows(0, 50, VIP);
+    let first = first_run(&s, &small, &frames);
+    let pins = s.pins();
+    let state = std::fs::read(&s.persist.state_file).expect("state file");
+
+    let big = three(8192);
+    match Dataplane::open(&big.dataplane, s.persist()) {
+        Ok(_) => panic!("a pinned CONNTRACK of 4096 entries must not be adopted for 8192"),
+        Err(DataplaneError::PinnedSizeMismatch { name, found, want }) => {
+            assert_eq!((name, found, want), ("CONNTRACK", 4096, 8192));
+        }
+        Err(e) => panic!("expected PinnedSizeMismatch, got: {e}"),
+    }
+    assert_eq!(s.pins(), pins, "a failed open must not touch the pins");
+    assert_eq!(
+        std::fs::read(&s.persist.state_file).expect("state file"),
+        state,
+        "a failed open must not touch the state file"
+    );
+
+    // The old size still adopts, with the flows intact.
+    let (mut dp, adopted) = open(&small, s.persist());
+    assert!(adopted, "reopening with the pinned sizes must adopt");
+    dp.apply(&small, &BTreeSet::new()).expect("apply");
+    let before = dp.path_counts().expect("counters");
+    assert_eq!(run_all(&dp, &frames), first);
+    expect_delta(
+        &path_delta(&dp, &before),
+        &[("ct_hit", frames.len() as u64)],
+        "replay after the failed open",
+    );
+}
+
+/// The state file is gone but the pins (and conntrack) are not. Real ids
+/// get handed out again from 0, here to backends with other addresses and
+/// weight 0: a conntrack entry that followed its real id would land on one
+/// of them. The only weighted backend is n1, so every flow must go there.
+#[test]
+fn missing_state_file_reselects_instead_of_following_reused_ids() {
+    if !require_root() {
+        return;
+    }
+    let s = Scratch::new("nostate");
+    let cfg1 = three(4096);
+    let frames = flows(0, N, VIP);
+
+    // First run, recording which real id served which address.
+    let (mut dp, adopted) = open(&cfg1, s.persist());
+    assert!(!adopted);
+    dp.apply(&cfg1, &BTreeSet::new()).expect("apply");
+    let first = run_all(&dp, &frames);
+    assert_eq!(first.iter().collect::<BTreeSet<_>>().len(), 3);
+    let addr_of = |cfg: &Config, name: &str| cfg.backend(name).expect("backend").address;
+    let old_ids: BTreeMap<u32, std::net::IpAddr> = (0..64)
+        .filter_map(|id| {
+            dp.backend_of_real("web", id)
+                .map(|n| (id, addr_of(&cfg1, n)))
+        })
+        .collect();
+    assert_eq!(old_ids.len(), 3);
+    drop(dp);
+    std::fs::remove_file(&s.persist.state_file).expect("remove state file");
+
+    const D1: [u8; 4] = [192, 0, 2, 21];
+    const D2: [u8; 4] = [192, 0, 2, 22];
+    const D3: [u8; 4] = [192, 0, 2, 23];
+    const N1: [u8; 4] = [192, 0, 2, 31];
+    let cfg2 = config(
+        &[
+            B("d1", D1, 0, &["web"]),
+            B("d2", D2, 0, &["web"]),
+            B("d3", D3, 0, &["web"]),
+            B("n1", N1, 100, &["web"]),
+        ],
+        4096,
+    );
+    let (mut dp, adopted) = open(&cfg2, s.persist());
+    assert!(!adopted, "without a state file nothing can be adopted");
+    dp.apply(&cfg2, &BTreeSet::new()).expect("apply");
+    // The premise: some real id that carried flows now names a backend with
+    // another address (a weight-0 one, which only a conntrack hit reaches).
+    let reused: Vec<(u32, String)> = old_ids
+        .iter()
+        .filter_map(|(id, old)| {
+            dp.backend_of_real("web", *id)
+                .filter(|n| addr_of(&cfg2, n) != *old && cfg2.backend(n).unwrap().weight == 0)
+                .map(|n| (*id, n.to_string()))
+        })
+        .collect();
+    assert!(
+        !reused.is_empty(),
+        "test premise: an old real id must be reused for a weight-0 backend \
+         with a different address (old ids {old_ids:?})"
+    );
+    eprintln!("real ids reused for other addresses: {reused:?}");
+
+    let before = dp.path_counts().expect("counters");
+    let again = run_all(&dp, &frames);
+    for (i, b) in again.iter().enumerate() {
+        assert_eq!(
+            *b,
+            ip(N1),
+            "flow {i} (was on {}) went to {b}: it followed a reused real id",
+            first[i]
+        );
+    }
+    let d = path_delta(&dp, &before);
+    assert_eq!(d["ct_hit"], 0, "no stale conntrack entry may hit: {d:?}");
+    assert_eq!(
+        d["reselect"] + d["new_flow"],
+        N as u64,
+        "every old flow is selected again: {d:?}"
+    );
+
+    // Selected again means remembered again: the next packets hit.
+    let before = dp.path_counts().expect("counters");
+    assert!(run_all(&dp, &frames).iter().all(|b| *b == ip(N1)));
+    expect_delta(
+        &path_delta(&dp, &before),
+        &[("ct_hit", N as u64)],
+        "second replay",
+    );
+}
+
+/// The daemon died after it had written the maps of a change but before the
+/// state file recording that change was renamed into place (or writing the
+/// state file failed). The adopted bookkeeping is one change behind the
+/// maps: real id 1 was handed out (to web's a2, which got every flow), but
+/// the state file says it is still free. On restart id 1 goes to another
+/// service's backend; web's flows must not follow it there.
+#[test]
+#[ignore = "known bug: Dataplane::adopt trusts a state file that is older than the maps \
+            (real ids handed out after it was written are reused without a generation bump); \
+            un-ignore once adopt reconciles with the pinned REALS map"]
+fn stale_state_file_does_not_let_flows_follow_reused_ids() {
+    if !require_root() {
+        return;
+    }
+    let s = Scratch::new("stale");
+    const X1: [u8; 4] = [192, 0, 2, 99];
+    let only_a1 = config(&[B("a1", A1, 100, &["web"])], 4096);
+    let (mut dp, adopted) = open(&only_a1, s.persist());
+    assert!(!adopted);
+    dp.apply(&only_a1, &BTreeSet::new()).expect("apply");
+    let saved = std::fs::read(&s.persist.state_file).expect("state file");
+
+    // a1 drained, a2 added: every new flow goes to a2.
+    let to_a2 = config(
+        &[B("a1", A1, 0, &["web"]), B("a2", A2, 100, &["web"])],
+        4096,
+    );
+    dp.apply(&to_a2, &BTreeSet::new()).expect("apply");
+    let frames = flows(0, 50, VIP);
+    assert!(run_all(&dp, &frames).iter().all(|b| *b == ip(A2)));
+    drop(dp);
+    // The state file as it was before the last change.
+    std::fs::write(&s.persist.state_file, &saved).expect("restore old state file");
+
+    let cfg3 = config(
+        &[B("a1", A1, 100, &["web"]), B("x1", X1, 100, &["other"])],
+        4096,
+    );
+    let (mut dp, adopted) = open(&cfg3, s.persist());
+    assert!(adopted, "the old state file matches the sizes: adopted");
+    dp.apply(&cfg3, &BTreeSet::new()).expect("apply");
+    let before = dp.path_counts().expect("counters");
+    let again = run_all(&dp, &frames);
+    let d = path_delta(&dp, &before);
+    for (i, b) in again.iter().enumerate() {
+        assert_eq!(
+            *b,
+            ip(A1),
+            "web flow {i} went to {b} (a2 is gone, x1 serves another service): \
+             it followed a reused real id; path deltas {d:?}"
+        );
+    }
+    assert_eq!(d["ct_hit"], 0, "{d:?}");
+}
+
+#[test]
+fn remove_pins_leaves_nothing_behind() {
+    if !require_root() {
+        return;
+    }
+    let s = Scratch::new("remove");
+    let cfg = three(4096);
+    let frames = flows(0, 20, VIP);
+    first_run(&s, &cfg, &frames);
+    assert!(!s.pins().is_empty());
+
+    let detached = Dataplane::remove_pins(&s.persist()).expect("remove_pins");
+    assert!(detached.is_empty(), "nothing was attached: {detached:?}");
+    assert!(s.pins().is_empty(), "pins left behind: {:?}", s.pins());
+    assert!(
+        !s.persist.state_file.exists(),
+        "the state file must be removed"
+    );
+    // Idempotent, and the next open starts from scratch.
+    assert!(Dataplane::remove_pins(&s.persist())
+        .expect("second remove_pins")
+        .is_empty());
+    let (mut dp, adopted) = open(&cfg, s.persist());
+    assert!(!adopted, "nothing to adopt after remove_pins");
+    dp.apply(&cfg, &BTreeSet::new()).expect("apply");
+    let before = dp.path_counts().expect("counters");
+    assert_eq!(
+        before[path::NEW_FLOW as usize],
+        0,
+        "counters start at zero after remove_pins"
+    );
+    run_all(&dp, &frames);
+    expect_delta(
+        &path_delta(&dp, &before),
+        &[("new_flow", frames.len() as u64)],
+        "flows after remove_pins are new",
+    );
+    drop(dp);
+    Dataplane::remove_pins(&s.persist()).expect("remove_pins");
+    assert!(s.pins().is_empty());
+    assert!(!s.persist.pin_dir.exists(), "the pin directory is removed");
+}
