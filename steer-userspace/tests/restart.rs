@@ -533,9 +533,6 @@ fn missing_state_file_reselects_instead_of_following_reused_ids() {
 /// the state file says it is still free. On restart id 1 goes to another
 /// service's backend; web's flows must not follow it there.
 #[test]
-#[ignore = "known bug: Dataplane::adopt trusts a state file that is older than the maps \
-            (real ids handed out after it was written are reused without a generation bump); \
-            un-ignore once adopt reconciles with the pinned REALS map"]
 fn stale_state_file_does_not_let_flows_follow_reused_ids() {
     if !require_root() {
         return;
@@ -622,4 +619,49 @@ fn remove_pins_leaves_nothing_behind() {
     Dataplane::remove_pins(&s.persist()).expect("remove_pins");
     assert!(s.pins().is_empty());
     assert!(!s.persist.pin_dir.exists(), "the pin directory is removed");
+}
+
+/// With `max_reals` exactly the number of service backends, a reload that
+/// readdresses every backend still fits: the service reuses the ids it
+/// gives up (under new generations), and flows follow the new addresses.
+#[test]
+fn readdressing_every_backend_at_full_capacity() {
+    if !require_root() {
+        return;
+    }
+    let s = Scratch::new("readdr");
+    let mut before = config(
+        &[
+            B("a1", A1, 100, &["web"]),
+            B("a2", A2, 100, &["web"]),
+            B("a3", A3, 100, &["web"]),
+        ],
+        4096,
+    );
+    before.dataplane.max_reals = 3;
+    let (mut dp, _) = open(&before, s.persist());
+    dp.apply(&before, &BTreeSet::new()).expect("apply");
+    let frames = flows(9, 60, VIP);
+    for b in run_all(&dp, &frames) {
+        assert!([ip(A1), ip(A2), ip(A3)].contains(&b));
+    }
+    let new = [[192, 0, 2, 201], [192, 0, 2, 202], [192, 0, 2, 203]];
+    let mut after = config(
+        &[
+            B("a1", new[0], 100, &["web"]),
+            B("a2", new[1], 100, &["web"]),
+            B("a3", new[2], 100, &["web"]),
+        ],
+        4096,
+    );
+    after.dataplane.max_reals = 3;
+    if let Err(e) = dp.apply(&after, &BTreeSet::new()) {
+        panic!("a readdress within max_reals must fit: {e}");
+    }
+    for b in run_all(&dp, &frames) {
+        assert!(
+            new.iter().any(|a| ip(*a) == b),
+            "a flow still went to an old address: {b}"
+        );
+    }
 }

@@ -473,8 +473,13 @@ impl Dataplane {
         let limits = Limits::from_config(cfg);
         let dir = &persist.pin_dir;
         let parent = dir.parent().unwrap_or(Path::new("/"));
-        if !dir.exists() && !is_bpffs(parent) && parent == Path::new(BPFFS) {
-            mount_bpffs()?;
+        {
+            // One mount even if several data planes open at once.
+            static MOUNT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+            let _guard = MOUNT.lock().unwrap_or_else(|e| e.into_inner());
+            if !dir.exists() && !is_bpffs(parent) && parent == Path::new(BPFFS) {
+                mount_bpffs()?;
+            }
         }
         if !dir.exists() && !is_bpffs(parent) {
             return Err(DataplaneError::NotBpffs {
@@ -505,7 +510,10 @@ impl Dataplane {
             None
         };
         let adopted = match saved {
-            Some(s) if dp.adopt(&s) => true,
+            Some(s) if dp.adopt(&s) => {
+                dp.reconcile_adopted()?;
+                true
+            }
             _ => {
                 if existed {
                     dp.reset_pinned()?;
@@ -617,6 +625,70 @@ impl Dataplane {
         // The filter is recomputed from the adopted services.
         self.filter = vec![u64::MAX; VIP_FILTER_WORDS as usize];
         true
+    }
+
+    /// The state file is written after the maps, so a crash in between can
+    /// leave maps ahead of it. Make the maps agree with the adopted
+    /// bookkeeping: any real the file does not own is written absent and
+    /// moved to a generation newer than anything a conntrack entry can
+    /// hold, VIPs the file does not know are removed, and the filter bitmap
+    /// is read back as it is.
+    fn reconcile_adopted(&mut self) -> Result<()> {
+        let owned: std::collections::HashMap<u32, IpAddr> = self
+            .services
+            .values()
+            .flat_map(|s| s.reals.values().map(|r| (r.id, r.address)))
+            .collect();
+        let mut stray = Vec::new();
+        {
+            let reals: Array<_, Real> = typed(&mut self.ebpf, names::REALS)?;
+            for id in 0..self.limits.max_reals {
+                let r = reals.get(&id, 0).map_err(map_err(names::REALS))?;
+                let g = &mut self.real_generation[id as usize];
+                match owned.get(&id) {
+                    Some(addr) if addr_bytes(addr).0 == r.addr && r.generation == *g => {
+                        self.written.insert(id, r);
+                    }
+                    _ if r.flags == 0 && r.generation <= *g && !owned.contains_key(&id) => {
+                        self.written.insert(id, r);
+                    }
+                    _ => {
+                        *g = (*g).max(r.generation).wrapping_add(1);
+                        stray.push(id);
+                    }
+                }
+            }
+        }
+        for id in stray {
+            if let Some((addr, up)) = self
+                .services
+                .values()
+                .flat_map(|s| s.reals.values())
+                .find(|r| r.id == id)
+                .map(|r| (r.address, true))
+            {
+                // Owned, but the map disagrees: rewrite it (new generation,
+                // so old conntrack entries re-select).
+                self.write_real(id, Some((&addr, up)))?;
+            } else {
+                self.write_real(id, None)?;
+                if id < self.next_real && !self.free_reals.contains(&id) {
+                    self.free_reals.push_back(id);
+                }
+            }
+        }
+        let known: std::collections::HashSet<VipKey> =
+            self.services.values().map(|s| s.key).collect();
+        let mut vips: HashMap<_, VipKey, VipInfo> = typed(&mut self.ebpf, names::VIPS)?;
+        let keys: Vec<VipKey> = vips.keys().filter_map(|k| k.ok()).collect();
+        for k in keys.iter().filter(|k| !known.contains(k)) {
+            let _ = vips.remove(k);
+        }
+        let bits: Array<_, u64> = typed(&mut self.ebpf, names::VIP_FILTER)?;
+        for i in 0..VIP_FILTER_WORDS {
+            self.filter[i as usize] = bits.get(&i, 0).map_err(map_err(names::VIP_FILTER))?;
+        }
+        Ok(())
     }
 
     /// Pinned maps without usable bookkeeping: forget every service, and
@@ -1012,14 +1084,30 @@ impl Dataplane {
         let old_reals = self.services[&d.name].reals.clone();
         let mut reals = BTreeMap::new();
         let mut retired = Vec::new();
+        // Ids this service gives up (backend removed or readdressed): they
+        // may be reused for its new backends when the pool is exhausted.
+        let mut spare: Vec<u32> = old_reals
+            .iter()
+            .filter(|(n, r)| {
+                !d.backends
+                    .iter()
+                    .any(|b| &b.name == *n && b.address == r.address)
+            })
+            .map(|(_, r)| r.id)
+            .collect();
         for b in &d.backends {
             let id = match old_reals.get(&b.name) {
                 Some(r) if r.address == b.address => r.id,
-                Some(r) => {
-                    retired.push(r.id);
-                    self.alloc_real()?
-                }
-                None => self.alloc_real()?,
+                _ => match self.alloc_real() {
+                    Ok(id) => id,
+                    Err(e) => {
+                        // Reuse a spare id under a new generation: flows
+                        // pinned to its old backend re-select.
+                        let id = spare.pop().ok_or(e)?;
+                        self.real_generation[id as usize] += 1;
+                        id
+                    }
+                },
             };
             reals.insert(
                 b.name.clone(),
@@ -1029,8 +1117,9 @@ impl Dataplane {
                 },
             );
         }
-        for (name, r) in &old_reals {
-            if !reals.contains_key(name) {
+        // Ids of the old reals that no new real kept or reused.
+        for r in old_reals.values() {
+            if !reals.values().any(|n: &RealSlot| n.id == r.id) {
                 retired.push(r.id);
             }
         }
@@ -1057,9 +1146,27 @@ impl Dataplane {
     /// rebuilt on several threads, then each is written to its shadow ring
     /// and flipped; nothing unchanged is rewritten.
     fn apply_services(&mut self, desired: &[DesiredService]) -> Result<()> {
+        // Allocation first, with nothing written: if it fails (capacity),
+        // undo it and leave the maps exactly as they were.
         let mut prepared = Vec::with_capacity(desired.len());
+        let (free_before, next_before) = (self.free_reals.clone(), self.next_real);
+        let generations_before = self.real_generation.clone();
+        let (vips_before, names_before): (Vec<u32>, BTreeSet<String>) = (
+            self.free_vips.clone(),
+            self.services.keys().cloned().collect(),
+        );
         for d in desired {
-            prepared.push(self.prepare_service(d)?);
+            match self.prepare_service(d) {
+                Ok(p) => prepared.push(p),
+                Err(e) => {
+                    self.free_reals = free_before;
+                    self.next_real = next_before;
+                    self.real_generation = generations_before;
+                    self.free_vips = vips_before;
+                    self.services.retain(|n, _| names_before.contains(n));
+                    return Err(e);
+                }
+            }
         }
         // Phase 1: backends that are up are present and up before any table
         // can point at them.
