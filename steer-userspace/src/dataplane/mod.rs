@@ -289,6 +289,10 @@ pub struct Dataplane {
     persist: Option<Persist>,
     /// `REALS` entries as last written, so unchanged ones are skipped.
     written: std::collections::HashMap<u32, Real>,
+    /// The state file as last written, so unchanged state is not rewritten.
+    saved: Option<persist::SavedState>,
+    /// VIPS keys this process has written (or adopted).
+    vips_written: std::collections::HashSet<VipKey>,
 }
 
 /// Where a long-running data plane keeps what must survive a restart.
@@ -462,6 +466,8 @@ impl Dataplane {
             filter: vec![0; VIP_FILTER_WORDS as usize],
             persist: None,
             written: std::collections::HashMap::new(),
+            saved: None,
+            vips_written: std::collections::HashSet::new(),
         })
     }
 
@@ -719,8 +725,8 @@ impl Dataplane {
         self.write_filter(std::iter::empty(), false)
     }
 
-    fn save_state(&self) -> Result<()> {
-        let Some(p) = &self.persist else {
+    fn save_state(&mut self) -> Result<()> {
+        let Some(p) = self.persist.clone() else {
             return Ok(());
         };
         let l = self.limits;
@@ -768,11 +774,16 @@ impl Dataplane {
             next_real: self.next_real,
             drained: self.state.drained.iter().cloned().collect(),
         };
+        if self.saved.as_ref() == Some(&state) {
+            return Ok(());
+        }
         persist::save(&p.state_file, &state).map_err(|source| DataplaneError::Io {
             what: "writing state file",
             path: p.state_file.clone(),
             source,
-        })
+        })?;
+        self.saved = Some(state);
+        Ok(())
     }
 
     /// Attaches the program to `iface`, or takes over the link a previous
@@ -1024,6 +1035,7 @@ impl Dataplane {
             Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
             Err(e) => return Err(map_err(names::VIPS)(e)),
         }
+        self.vips_written.remove(&slot.key);
         for real in slot.reals.values() {
             self.write_real(real.id, None)?;
             self.free_reals.push_back(real.id);
@@ -1288,20 +1300,12 @@ impl Dataplane {
             self.write_real(id, None)?;
             self.free_reals.push_back(id);
         }
-        if update_vip || !self.vip_present(&key)? {
+        if update_vip || !self.vips_written.contains(&key) {
             let mut vips: HashMap<_, VipKey, VipInfo> = typed(&mut self.ebpf, names::VIPS)?;
             vips.insert(key, info, 0).map_err(map_err(names::VIPS))?;
+            self.vips_written.insert(key);
         }
         Ok(())
-    }
-
-    fn vip_present(&mut self, key: &VipKey) -> Result<bool> {
-        let vips: HashMap<_, VipKey, VipInfo> = typed(&mut self.ebpf, names::VIPS)?;
-        match vips.get(key, 0) {
-            Ok(_) => Ok(true),
-            Err(aya::maps::MapError::KeyNotFound) => Ok(false),
-            Err(e) => Err(map_err(names::VIPS)(e)),
-        }
     }
 
     /// Writes the `VIP_FILTER` bitmap for `addrs`; with `keep` the bits
