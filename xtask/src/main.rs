@@ -1,6 +1,7 @@
 //! steer's developer tasks. Run as `cargo xtask <command>` (an alias in
 //! `.cargo/config.toml`).
 mod demo;
+mod lab;
 mod pcap;
 mod setup;
 mod testing;
@@ -39,7 +40,8 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Run the data-plane benchmark; arguments go to `cargo bench`.
+    /// Run the benchmarks (data plane, health checks, reprogramming);
+    /// arguments go to each `cargo bench`.
     Bench {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
@@ -47,7 +49,8 @@ enum Cmd {
     /// Replay a synthetic capture through the real XDP program and show
     /// where the flows went, then again with one backend down.
     Demo,
-    /// A lab of network namespaces with clients and backends (not yet).
+    /// A lab of network namespaces: clients, an edge host for steer, a
+    /// router and six backends in three regions (needs root; docs/lab.md).
     Lab {
         #[command(subcommand)]
         action: LabAction,
@@ -56,8 +59,30 @@ enum Cmd {
 
 #[derive(Subcommand)]
 enum LabAction {
-    Up,
+    /// Build the lab (tearing down any earlier one first) and start the
+    /// backends. Does not start steer.
+    Up {
+        /// Print every command.
+        #[arg(long, short)]
+        verbose: bool,
+    },
+    /// Remove every stl-* namespace, every process in them, the pid files,
+    /// and steer's pins and state under the lab's paths.
     Down,
+    /// Show what exists; with --probe, also what answers.
+    Status {
+        /// Send a few requests from the client to every backend and VIP.
+        #[arg(long)]
+        probe: bool,
+    },
+    /// Run a command in a lab namespace (client, edge, router, net, eu1...),
+    /// joining only its network namespace (bpffs stays visible, unlike
+    /// `ip netns exec`).
+    Exec {
+        namespace: String,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+        command: Vec<String>,
+    },
 }
 
 fn main() {
@@ -83,25 +108,41 @@ fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Bench { args } => {
             setup::setup(false)?;
-            util::run(
-                Command::new("cargo")
-                    .current_dir(util::workspace_root())
-                    .args(["bench", "-p", "steer-userspace", "--bench", "dataplane"])
-                    .args(&args),
-            )
+            let mut failed = Vec::new();
+            for bench in ["dataplane", "health", "reprogram"] {
+                println!("=== cargo bench -p steer-userspace --bench {bench}");
+                let r = util::run(
+                    Command::new("cargo")
+                        .current_dir(util::workspace_root())
+                        .args(["bench", "-p", "steer-userspace", "--bench", bench])
+                        .args(&args),
+                );
+                if let Err(e) = r {
+                    eprintln!("bench {bench}: {e:#}");
+                    failed.push(bench);
+                }
+            }
+            if failed.is_empty() {
+                Ok(())
+            } else {
+                anyhow::bail!(
+                    "benchmarks that missed a target or failed: {}",
+                    failed.join(", ")
+                )
+            }
         }
         Cmd::Demo => {
             setup::setup(false)?;
             demo::demo()
         }
-        Cmd::Lab { action } => {
-            let what = match action {
-                LabAction::Up => "lab up",
-                LabAction::Down => "lab down",
-            };
-            eprintln!("{what}: not implemented yet: see issue 'A real lab'");
-            std::process::exit(2);
-        }
+        Cmd::Lab { action } => match action {
+            LabAction::Up { verbose } => lab::up_cli(verbose),
+            LabAction::Down => lab::Lab::down(),
+            LabAction::Status { probe } => lab::status(probe),
+            LabAction::Exec { namespace, command } => {
+                std::process::exit(lab::exec(&namespace, &command)?)
+            }
+        },
     }
 }
 
