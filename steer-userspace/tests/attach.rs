@@ -11,69 +11,19 @@
 //! the namespaces (which destroys the veth pair), another removes the pins
 //! (which detaches) and the state directory.
 
+mod common;
+use common::require_root;
 use std::collections::BTreeSet;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use steer::config::{AttachMode, Config};
 use steer::dataplane::{Attached, Dataplane, Persist};
 use steer_common::path;
-
-fn require_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        ensure_bpffs();
-        return true;
-    }
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("this test attaches XDP programs and needs root; CI must run as root");
-    }
-    eprintln!("SKIP: not root, cannot attach XDP programs");
-    false
-}
-
-const BPFFS: &str = "/sys/fs/bpf";
-
-fn is_bpffs(p: &Path) -> bool {
-    use std::os::unix::ffi::OsStrExt as _;
-    let c = std::ffi::CString::new(p.as_os_str().as_bytes()).expect("path");
-    // SAFETY: statfs writes into the zeroed struct; `c` is NUL-terminated.
-    unsafe {
-        let mut st: libc::statfs = std::mem::zeroed();
-        libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as i64 == 0xcafe_4a11
-    }
-}
-
-/// Pinning needs a BPF filesystem at /sys/fs/bpf; mount one if the host
-/// has none. Left mounted: it is the system's standard mount.
-fn ensure_bpffs() {
-    static DONE: OnceLock<()> = OnceLock::new();
-    DONE.get_or_init(|| {
-        let dir = Path::new(BPFFS);
-        if is_bpffs(dir) {
-            return;
-        }
-        // SAFETY: plain mount(2) with NUL-terminated literals.
-        let rc = unsafe {
-            libc::mount(
-                c"bpf".as_ptr(),
-                c"/sys/fs/bpf".as_ptr(),
-                c"bpf".as_ptr(),
-                0,
-                std::ptr::null(),
-            )
-        };
-        assert!(
-            rc == 0 && is_bpffs(dir),
-            "{BPFFS} is not a BPF filesystem and mounting one failed: {}",
-            std::io::Error::last_os_error()
-        );
-    });
-}
 
 /// Runs `ip args...`, panics on failure, returns stdout.
 fn ip(args: &[&str]) -> String {
@@ -183,7 +133,7 @@ impl Scratch {
         let tag = format!("steer-test-{}-{name}", std::process::id());
         let state_dir = std::env::temp_dir().join(&tag);
         let persist = Persist {
-            pin_dir: Path::new(BPFFS).join(&tag),
+            pin_dir: Path::new("/sys/fs/bpf").join(&tag),
             state_file: state_dir.join("state.json"),
         };
         let _ = Dataplane::remove_pins(&persist);

@@ -29,6 +29,8 @@
 //! (`steer stop --detach`), deletes both namespaces and removes the temp
 //! files, also when a test fails.
 
+mod common;
+use common::require_root;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read as _;
 use std::net::Ipv4Addr;
@@ -40,18 +42,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use steer::api::StatusReport;
-
-fn require_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        return true;
-    }
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("this test loads BPF programs and needs root; CI must run as root");
-    }
-    eprintln!("SKIP: not root, cannot load BPF programs");
-    false
-}
 
 const STEER: &str = env!("CARGO_BIN_EXE_steer");
 

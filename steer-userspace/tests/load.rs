@@ -1,22 +1,12 @@
 //! The verifier accepts the program on this kernel, and a packet makes it
 //! through. Privileged: needs root (fails loudly under CI=true).
 
+mod common;
+use common::require_root;
 use std::collections::BTreeSet;
 
 use steer::config::Config;
 use steer::dataplane::{Dataplane, Verdict};
-
-fn require_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        return true;
-    }
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("this test loads BPF programs and needs root; CI must run as root");
-    }
-    eprintln!("SKIP: not root, cannot load BPF programs");
-    false
-}
 
 const CFG: &str = r#"
 [dataplane]

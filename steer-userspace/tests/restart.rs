@@ -10,67 +10,15 @@
 //! outer IPv4 destination, parsed with etherparse) and compared with the
 //! addresses written in the test's configuration.
 
+mod common;
+use common::require_root;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
 
 use steer::config::Config;
 use steer::dataplane::{Dataplane, DataplaneError, Persist, Verdict};
 use steer_common::path;
-
-fn require_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        ensure_bpffs();
-        return true;
-    }
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("this test loads BPF programs and needs root; CI must run as root");
-    }
-    eprintln!("SKIP: not root, cannot load BPF programs");
-    false
-}
-
-const BPFFS: &str = "/sys/fs/bpf";
-
-fn is_bpffs(p: &Path) -> bool {
-    use std::os::unix::ffi::OsStrExt as _;
-    let c = std::ffi::CString::new(p.as_os_str().as_bytes()).expect("path");
-    // SAFETY: statfs writes into the zeroed struct; `c` is NUL-terminated.
-    unsafe {
-        let mut st: libc::statfs = std::mem::zeroed();
-        libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as i64 == 0xcafe_4a11
-    }
-}
-
-/// Pinning needs a BPF filesystem at /sys/fs/bpf; mount one if the host
-/// has none (what `mount -t bpf bpf /sys/fs/bpf` does). Left mounted: it is
-/// the system's standard mount, and other processes may be using it.
-fn ensure_bpffs() {
-    static DONE: OnceLock<()> = OnceLock::new();
-    DONE.get_or_init(|| {
-        let dir = Path::new(BPFFS);
-        if is_bpffs(dir) {
-            return;
-        }
-        // SAFETY: plain mount(2) with NUL-terminated literals.
-        let rc = unsafe {
-            libc::mount(
-                c"bpf".as_ptr(),
-                c"/sys/fs/bpf".as_ptr(),
-                c"bpf".as_ptr(),
-                0,
-                std::ptr::null(),
-            )
-        };
-        assert!(
-            rc == 0 && is_bpffs(dir),
-            "{BPFFS} is not a BPF filesystem and mounting one failed: {}",
-            std::io::Error::last_os_error()
-        );
-    });
-}
 
 /// A unique pin directory and state file, removed (with every pin) on drop.
 struct Scratch {
@@ -81,7 +29,7 @@ struct Scratch {
 impl Scratch {
     fn new(name: &str) -> Self {
         let tag = format!("steer-test-{}-{name}", std::process::id());
-        let pin_dir = Path::new(BPFFS).join(&tag);
+        let pin_dir = Path::new("/sys/fs/bpf").join(&tag);
         let state_dir = std::env::temp_dir().join(&tag);
         // Leftovers of an earlier process with the same pid.
         let persist = Persist {

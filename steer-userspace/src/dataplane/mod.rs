@@ -340,7 +340,18 @@ fn link_pin(pin_dir: &Path, iface: &str) -> PathBuf {
 /// The conventional bpffs mount point.
 const BPFFS: &str = "/sys/fs/bpf";
 
-/// Mounts bpffs at /sys/fs/bpf, as systemd does on most distributions.
+/// Makes sure a BPF filesystem is mounted at /sys/fs/bpf, mounting one (as
+/// systemd does on most distributions) if not. Safe to call concurrently:
+/// only one mount is ever made.
+pub fn ensure_bpffs() -> Result<()> {
+    static MOUNT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = MOUNT.lock().unwrap_or_else(|e| e.into_inner());
+    if is_bpffs(Path::new(BPFFS)) {
+        return Ok(());
+    }
+    mount_bpffs()
+}
+
 fn mount_bpffs() -> Result<()> {
     let target = std::ffi::CString::new(BPFFS).expect("no NUL");
     // SAFETY: all pointers are valid NUL-terminated strings for the call.
@@ -479,13 +490,8 @@ impl Dataplane {
         let limits = Limits::from_config(cfg);
         let dir = &persist.pin_dir;
         let parent = dir.parent().unwrap_or(Path::new("/"));
-        {
-            // One mount even if several data planes open at once.
-            static MOUNT: std::sync::Mutex<()> = std::sync::Mutex::new(());
-            let _guard = MOUNT.lock().unwrap_or_else(|e| e.into_inner());
-            if !dir.exists() && !is_bpffs(parent) && parent == Path::new(BPFFS) {
-                mount_bpffs()?;
-            }
+        if !dir.exists() && parent == Path::new(BPFFS) {
+            ensure_bpffs()?;
         }
         if !dir.exists() && !is_bpffs(parent) {
             return Err(DataplaneError::NotBpffs {
