@@ -114,21 +114,8 @@ fn start_listeners() -> (Vec<SocketAddr>, Arc<AtomicU64>, Arc<AtomicBool>) {
 
 fn check(jitter: Duration) -> HealthCheck {
     HealthCheck {
-        name: "bench-tcp".into(),
-        kind: CheckKind::Tcp,
-        port: None,
-        path: "/".into(),
-        interval: Duration::from_secs(1),
-        timeout: Duration::from_millis(500),
-        rise: 2,
-        fall: 3,
         jitter,
-        expected_status: vec![200],
-        body_contains: None,
-        deep_health: false,
-        sni: None,
-        ca_file: None,
-        insecure: false,
+        ..HealthCheck::new("bench-tcp", CheckKind::Tcp)
     }
 }
 

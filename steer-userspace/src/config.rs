@@ -666,6 +666,29 @@ impl Config {
 }
 
 impl HealthCheck {
+    /// A check of `kind` with every other field at its documented default
+    /// (see docs/config.md): port from the service, path "/", interval 1s,
+    /// timeout 500ms, rise 2, fall 3, jitter 100ms, expected status 200.
+    pub fn new(name: &str, kind: CheckKind) -> HealthCheck {
+        HealthCheck {
+            name: name.to_string(),
+            kind,
+            port: None,
+            path: "/".into(),
+            interval: Duration::from_secs(1),
+            timeout: Duration::from_millis(500),
+            rise: 2,
+            fall: 3,
+            jitter: Duration::from_millis(100),
+            expected_status: vec![200],
+            body_contains: None,
+            deep_health: false,
+            sni: None,
+            ca_file: None,
+            insecure: false,
+        }
+    }
+
     /// The port this check probes for `service`: its own `port`, else the
     /// service port (unless 0), else 80 for http and 443 for https. `None`
     /// only for a tcp check without a port on an all-ports service, which
@@ -2272,6 +2295,8 @@ kind = "http"
         assert_eq!(h.sni, None);
         assert_eq!(h.ca_file, None);
         assert!(!h.insecure);
+        // The constructor gives exactly the parsed defaults.
+        assert_eq!(*h, HealthCheck::new("h", CheckKind::Http));
 
         assert_eq!(cfg.control.socket, PathBuf::from("/run/steer/control.sock"));
         assert_eq!(

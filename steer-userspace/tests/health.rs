@@ -28,21 +28,9 @@ const WAIT: Duration = Duration::from_secs(15);
 
 fn check(kind: CheckKind) -> HealthCheck {
     HealthCheck {
-        name: format!("{kind}-check"),
-        kind,
-        port: None,
         path: "/health".into(),
-        interval: Duration::from_secs(1),
-        timeout: Duration::from_millis(500),
-        rise: 2,
-        fall: 3,
         jitter: Duration::ZERO,
-        expected_status: vec![200],
-        body_contains: None,
-        deep_health: false,
-        sni: None,
-        ca_file: None,
-        insecure: false,
+        ..HealthCheck::new(&format!("{kind}-check"), kind)
     }
 }
 

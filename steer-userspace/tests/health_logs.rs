@@ -60,21 +60,13 @@ async fn http_server(healthy: Arc<AtomicBool>) -> Server {
 
 fn check() -> HealthCheck {
     HealthCheck {
-        name: "web-http".into(),
-        kind: CheckKind::Http,
-        port: None,
         path: "/health".into(),
         interval: Duration::from_millis(300),
         timeout: Duration::from_millis(250),
         rise: 1,
         fall: 1,
         jitter: Duration::ZERO,
-        expected_status: vec![200],
-        body_contains: None,
-        deep_health: false,
-        sni: None,
-        ca_file: None,
-        insecure: false,
+        ..HealthCheck::new("web-http", CheckKind::Http)
     }
 }
 

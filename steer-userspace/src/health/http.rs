@@ -314,21 +314,9 @@ mod tests {
 
     fn check(kind: CheckKind) -> HealthCheck {
         HealthCheck {
-            name: "c".into(),
-            kind,
-            port: None,
             path: "/healthz?x=1".into(),
-            interval: Duration::from_secs(1),
-            timeout: Duration::from_millis(500),
-            rise: 2,
-            fall: 3,
             jitter: Duration::ZERO,
-            expected_status: vec![200],
-            body_contains: None,
-            deep_health: false,
-            sni: None,
-            ca_file: None,
-            insecure: false,
+            ..HealthCheck::new("c", kind)
         }
     }
 

@@ -175,21 +175,8 @@ mod tests {
 
     fn check() -> HealthCheck {
         HealthCheck {
-            name: "web".into(),
-            kind: CheckKind::Http,
-            port: None,
-            path: "/".into(),
-            interval: Duration::from_secs(1),
-            timeout: Duration::from_millis(500),
-            rise: 2,
-            fall: 3,
             jitter: Duration::ZERO,
-            expected_status: vec![200],
-            body_contains: None,
-            deep_health: false,
-            sni: None,
-            ca_file: None,
-            insecure: false,
+            ..HealthCheck::new("web", CheckKind::Http)
         }
     }
 
