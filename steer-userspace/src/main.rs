@@ -36,10 +36,24 @@ impl Target {
             return Ok(s.clone());
         }
         if let Some(c) = &self.config {
-            return Ok(load_config(c)?.control.socket);
+            return socket_from_config(c);
         }
-        Ok(PathBuf::from("/run/steer/control.sock"))
+        Ok(PathBuf::from(DEFAULT_SOCKET))
     }
+}
+
+const DEFAULT_SOCKET: &str = "/run/steer/control.sock";
+
+/// The control socket named by a config file. Only `[control] socket` is
+/// read: the file may be invalid (that is what `steer reload` is for; the
+/// daemon validates it and reports every error).
+fn socket_from_config(path: &std::path::Path) -> Result<PathBuf> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let socket = toml::from_str::<toml::Table>(&text)
+        .ok()
+        .and_then(|t| t.get("control")?.get("socket")?.as_str().map(PathBuf::from));
+    Ok(socket.unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET)))
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
