@@ -8,12 +8,20 @@
 //!   userspace decapsulator (IPIP, IPv4-in-IPv6, IPv6-in-IPv6 → TUN).
 //! - `client`, `client-udp`, `client-stream`: load from chosen source
 //!   addresses, reported as JSON on stdout.
+//! - `client-live`: steady HTTP load until stopped, one JSON line per
+//!   request (for live views).
+//! - `client-udp-stream`: numbered UDP datagrams per flow, every loss
+//!   counted; `client-garbage`: malformed and random frames on a raw
+//!   AF_PACKET socket (for steer's drop counters).
 //! - `get`, `ctl`: one request, for people.
 mod client;
 mod decap;
+mod garbage;
 mod http;
+mod live;
 mod pattern;
 mod server;
+mod udpstream;
 
 use std::{
     net::{IpAddr, SocketAddr},
@@ -115,6 +123,79 @@ enum Cmd {
         /// Connect timeout, and the longest wait for any one read.
         #[arg(long, default_value_t = 5000)]
         timeout_ms: u64,
+    },
+    /// HTTP GETs at a steady rate, one connection each, until killed (or
+    /// --duration-ms); prints one JSON line per request as it completes.
+    ClientLive {
+        #[arg(long = "from", value_name = "ADDR")]
+        from: Vec<IpAddr>,
+        #[arg(long, value_name = "ADDR:PORT")]
+        to: SocketAddr,
+        #[arg(long, default_value = "/")]
+        path: String,
+        /// Requests per second (all workers together).
+        #[arg(long, default_value_t = 100.0)]
+        rate: f64,
+        #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1024))]
+        concurrency: u32,
+        #[arg(long, default_value_t = 2000)]
+        timeout_ms: u64,
+        /// Stop after this long (0: run until killed).
+        #[arg(long, default_value_t = 0)]
+        duration_ms: u64,
+    },
+    /// A continuous, paced stream of numbered UDP datagrams per flow (one
+    /// socket each for the whole run) to an echo service; prints JSON:
+    /// sent, echoed, lost (by sequence number), backends.
+    ClientUdpStream {
+        #[arg(long = "from", value_name = "ADDR")]
+        from: Vec<IpAddr>,
+        #[arg(long, value_name = "ADDR:PORT")]
+        to: SocketAddr,
+        /// Flows (sockets); flow i uses the i-th --from modulo the count.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=256))]
+        flows: u32,
+        /// Datagrams per second per flow.
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+        rate: u32,
+        #[arg(long, default_value_t = 5000)]
+        duration_ms: u64,
+        /// Payload bytes per datagram.
+        #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=1400))]
+        size: u32,
+        /// Wait for late echoes after the last send.
+        #[arg(long, default_value_t = 1000)]
+        linger_ms: u64,
+    },
+    /// Malformed and random frames on a raw AF_PACKET socket to one MAC
+    /// (steer's edge), each kind `--count` times; prints JSON per kind.
+    ClientGarbage {
+        #[arg(long, value_name = "IFNAME")]
+        iface: String,
+        #[arg(long, value_name = "MAC")]
+        dst_mac: String,
+        #[arg(long, value_name = "MAC")]
+        src_mac: String,
+        #[arg(long)]
+        src4: std::net::Ipv4Addr,
+        #[arg(long)]
+        src6: std::net::Ipv6Addr,
+        #[arg(long)]
+        vip4: std::net::Ipv4Addr,
+        #[arg(long)]
+        vip6: std::net::Ipv6Addr,
+        /// An address that is no VIP.
+        #[arg(long)]
+        other4: std::net::Ipv4Addr,
+        #[arg(long)]
+        other6: std::net::Ipv6Addr,
+        #[arg(long, default_value_t = 40)]
+        count: u32,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Pause between frames, in microseconds.
+        #[arg(long, default_value_t = 100)]
+        gap_us: u64,
     },
     /// One GET, printed like `curl -i`; exits 1 unless 2xx.
     Get {
@@ -227,6 +308,75 @@ fn run(cli: Cli) -> Result<()> {
                 interval_ms,
                 timeout: ms(timeout_ms),
             });
+            println!("{v}");
+            Ok(())
+        }
+        Cmd::ClientLive {
+            from,
+            to,
+            path,
+            rate,
+            concurrency,
+            timeout_ms,
+            duration_ms,
+        } => live::live_client(&live::LiveOptions {
+            from,
+            to,
+            path,
+            rate,
+            concurrency: concurrency as usize,
+            timeout: ms(timeout_ms),
+            duration: (duration_ms > 0).then(|| Duration::from_millis(duration_ms)),
+        }),
+        Cmd::ClientUdpStream {
+            from,
+            to,
+            flows,
+            rate,
+            duration_ms,
+            size,
+            linger_ms,
+        } => {
+            let v = udpstream::udp_stream_client(&udpstream::Options {
+                from,
+                to,
+                flows: flows as usize,
+                rate,
+                duration: Duration::from_millis(duration_ms),
+                size: size as usize,
+                linger: Duration::from_millis(linger_ms),
+            });
+            println!("{v}");
+            Ok(())
+        }
+        Cmd::ClientGarbage {
+            iface,
+            dst_mac,
+            src_mac,
+            src4,
+            src6,
+            vip4,
+            vip6,
+            other4,
+            other6,
+            count,
+            seed,
+            gap_us,
+        } => {
+            let v = garbage::garbage_client(&garbage::Options {
+                iface,
+                dst_mac: garbage::parse_mac(&dst_mac)?,
+                src_mac: garbage::parse_mac(&src_mac)?,
+                src4,
+                src6,
+                vip4,
+                vip6,
+                other4,
+                other6,
+                count,
+                seed,
+                gap: Duration::from_micros(gap_us),
+            })?;
             println!("{v}");
             Ok(())
         }

@@ -1,10 +1,12 @@
 //! steer's developer tasks. Run as `cargo xtask <command>` (an alias in
 //! `.cargo/config.toml`).
 mod demo;
+mod e2e;
 mod lab;
 mod pcap;
 mod setup;
 mod testing;
+mod throughput;
 mod util;
 
 use std::{path::PathBuf, process::Command};
@@ -46,9 +48,18 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Replay a synthetic capture through the real XDP program and show
-    /// where the flows went, then again with one backend down.
-    Demo,
+    /// The main demo: the lab with real clients and backends, steer
+    /// steering them through a region failure, recovery, a drain and a
+    /// reload (needs root).
+    Demo {
+        /// Instead: replay a synthetic capture through the XDP program
+        /// (no lab), then again with one backend down.
+        #[arg(long)]
+        replay: bool,
+    },
+    /// End-to-end tests with real traffic through the lab (needs root);
+    /// part of `cargo xtask test`. A filter runs only matching tests.
+    E2e { filter: Option<String> },
     /// A lab of network namespaces: clients, an edge host for steer, a
     /// router and six backends in three regions (needs root; docs/lab.md).
     Lab {
@@ -109,6 +120,10 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Bench { args } => {
             setup::setup(false)?;
             let mut failed = Vec::new();
+            if let Err(e) = throughput::run() {
+                eprintln!("lab throughput: {e:#}");
+                failed.push("lab throughput");
+            }
             for bench in ["dataplane", "health", "reprogram"] {
                 println!("=== cargo bench -p steer-userspace --bench {bench}");
                 let r = util::run(
@@ -131,9 +146,17 @@ fn run(cli: Cli) -> Result<()> {
                 )
             }
         }
-        Cmd::Demo => {
+        Cmd::E2e { filter } => {
             setup::setup(false)?;
-            demo::demo()
+            e2e::run(filter.as_deref())
+        }
+        Cmd::Demo { replay } => {
+            setup::setup(false)?;
+            if replay {
+                demo::replay()
+            } else {
+                demo::demo()
+            }
         }
         Cmd::Lab { action } => match action {
             LabAction::Up { verbose } => lab::up_cli(verbose),

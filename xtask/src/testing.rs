@@ -99,6 +99,15 @@ pub fn test(extra: &[String]) -> Result<()> {
             name: "tests",
             cmd: tests,
         },
+        Step {
+            name: "end-to-end (lab)",
+            cmd: {
+                let mut c =
+                    Command::new(std::env::current_exe().unwrap_or_else(|_| "xtask".into()));
+                c.current_dir(workspace_root()).arg("e2e");
+                c
+            },
+        },
     ];
 
     if !is_root() {
