@@ -1,5 +1,6 @@
-//! A two-instruction XDP program (`return XDP_PASS`) for the edge's bridge
-//! port, loaded with bpf(2) and attached in driver mode over rtnetlink.
+//! Two-instruction XDP programs (`return VERDICT`), loaded with bpf(2) and
+//! attached in driver mode over rtnetlink: `XDP_PASS` for the edge's bridge
+//! port, and the `XDP_TX` / `XDP_DROP` references of the throughput bench.
 //!
 //! Why: steer sends encapsulated packets back out of the veth they came in
 //! on (XDP_TX). A veth hands XDP_TX frames to its peer's NAPI ring, but
@@ -21,6 +22,9 @@ use super::sys;
 
 const BPF_PROG_LOAD: libc::c_long = 5;
 const BPF_PROG_TYPE_XDP: u32 = 6;
+pub const XDP_DROP: i32 = 1;
+pub const XDP_PASS: i32 = 2;
+pub const XDP_TX: i32 = 3;
 /// The name the program shows in `ip link` and `bpftool prog`.
 pub const PROG_NAME: &str = "stl_xdp_pass";
 
@@ -43,9 +47,9 @@ struct ProgLoadAttr {
     _rest: [u8; 56],
 }
 
-/// `r0 = XDP_PASS (2); exit`, as raw eBPF instructions (little or big
-/// endian: the register nibbles and immediates are built per host order).
-fn pass_program() -> [u64; 2] {
+/// `r0 = verdict; exit`, as raw eBPF instructions (little or big endian:
+/// the register nibbles and immediates are built per host order).
+fn verdict_program(verdict: i32) -> [u64; 2] {
     let insn = |code: u8, imm: i32| -> u64 {
         let mut b = [0u8; 8];
         b[0] = code;
@@ -54,17 +58,18 @@ fn pass_program() -> [u64; 2] {
         u64::from_ne_bytes(b)
     };
     [
-        insn(0xb7, 2), // BPF_ALU64 | BPF_MOV | BPF_K: r0 = 2
-        insn(0x95, 0), // BPF_JMP | BPF_EXIT
+        insn(0xb7, verdict), // BPF_ALU64 | BPF_MOV | BPF_K: r0 = verdict
+        insn(0x95, 0),       // BPF_JMP | BPF_EXIT
     ]
 }
 
-fn load() -> Result<OwnedFd> {
-    let insns = pass_program();
+fn load(verdict: i32, prog: &str) -> Result<OwnedFd> {
+    let insns = verdict_program(verdict);
     let license = CString::new("GPL")?;
     let mut log = vec![0u8; 4096];
     let mut name = [0u8; 16];
-    name[..PROG_NAME.len()].copy_from_slice(PROG_NAME.as_bytes());
+    let n = prog.len().min(15);
+    name[..n].copy_from_slice(&prog.as_bytes()[..n]);
     let attr = ProgLoadAttr {
         prog_type: BPF_PROG_TYPE_XDP,
         insn_cnt: insns.len() as u32,
@@ -95,7 +100,7 @@ fn load() -> Result<OwnedFd> {
         let e = io::Error::last_os_error();
         let text = String::from_utf8_lossy(&log);
         bail!(
-            "bpf(BPF_PROG_LOAD) of {PROG_NAME}: {e}; verifier: {}",
+            "bpf(BPF_PROG_LOAD) of {prog}: {e}; verifier: {}",
             text.trim_end_matches('\0').trim()
         );
     }
@@ -113,9 +118,10 @@ fn push_attr(buf: &mut Vec<u8>, ty: u16, payload: &[u8]) {
     }
 }
 
-/// RTM_SETLINK ifindex IFLA_XDP { FD = prog, FLAGS = DRV_MODE }; waits for
-/// the kernel's acknowledgement. Runs in the caller's network namespace.
-fn attach_netlink(ifindex: i32, prog: &OwnedFd) -> Result<()> {
+/// RTM_SETLINK `ifname` IFLA_XDP { FD = fd (-1: detach), FLAGS = DRV_MODE };
+/// waits for the kernel's acknowledgement. Runs in the calling thread's
+/// network namespace.
+fn netlink_xdp(ifname: &str, fd: i32) -> Result<()> {
     const RTM_SETLINK: u16 = 19;
     const NLM_F_REQUEST: u16 = 1;
     const NLM_F_ACK: u16 = 4;
@@ -126,8 +132,15 @@ fn attach_netlink(ifindex: i32, prog: &OwnedFd) -> Result<()> {
     const IFLA_XDP_FLAGS: u16 = 3;
     const XDP_FLAGS_DRV_MODE: u32 = 1 << 2;
 
+    let name = CString::new(ifname)?;
+    // SAFETY: if_nametoindex reads a NUL-terminated name.
+    let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    if ifindex == 0 {
+        return Err(io::Error::last_os_error()).context(format!("no interface {ifname}"));
+    }
+    let ifindex = i32::try_from(ifindex)?;
     let mut nested = Vec::new();
-    push_attr(&mut nested, IFLA_XDP_FD, &prog.as_raw_fd().to_ne_bytes());
+    push_attr(&mut nested, IFLA_XDP_FD, &fd.to_ne_bytes());
     push_attr(
         &mut nested,
         IFLA_XDP_FLAGS,
@@ -199,19 +212,25 @@ fn attach_netlink(ifindex: i32, prog: &OwnedFd) -> Result<()> {
     Ok(())
 }
 
+/// Attaches `r0 = verdict; exit`, named `prog`, to `ifname` in namespace
+/// `ns` (driver mode), replacing any netlink-attached program.
+pub fn attach_verdict(ns: &str, ifname: &str, verdict: i32, prog: &str) -> Result<()> {
+    sys::in_netns(ns, || {
+        let fd = load(verdict, prog)?;
+        netlink_xdp(ifname, fd.as_raw_fd())
+    })
+    .with_context(|| format!("attaching {prog} to {ifname} in {ns}"))
+}
+
 /// Attaches the pass program to `ifname` in namespace `ns` (driver mode).
 pub fn attach(ns: &str, ifname: &str) -> Result<()> {
-    sys::in_netns(ns, || {
-        let name = CString::new(ifname)?;
-        // SAFETY: if_nametoindex reads a NUL-terminated name.
-        let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
-        if index == 0 {
-            return Err(io::Error::last_os_error()).context("no such interface");
-        }
-        let prog = load()?;
-        attach_netlink(i32::try_from(index)?, &prog)
-    })
-    .with_context(|| format!("attaching XDP_PASS to {ifname} in {ns}"))
+    attach_verdict(ns, ifname, XDP_PASS, PROG_NAME)
+}
+
+/// Detaches the netlink-attached XDP program of `ifname` in `ns`.
+pub fn detach(ns: &str, ifname: &str) -> Result<()> {
+    sys::in_netns(ns, || netlink_xdp(ifname, -1))
+        .with_context(|| format!("detaching XDP from {ifname} in {ns}"))
 }
 
 #[cfg(test)]
@@ -220,7 +239,7 @@ mod tests {
 
     #[test]
     fn the_program_is_mov_r0_2_then_exit() {
-        let p = pass_program();
+        let p = verdict_program(XDP_PASS);
         let a = p[0].to_ne_bytes();
         let b = p[1].to_ne_bytes();
         assert_eq!(a[0], 0xb7);
