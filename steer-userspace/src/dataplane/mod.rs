@@ -47,8 +47,10 @@ pub enum DataplaneError {
         #[source]
         source: aya::maps::MapError,
     },
-    #[error("BPF map {name} is missing from the program")]
+    #[error("BPF map {name} is missing from the program, or has an unexpected type")]
     MissingMap { name: &'static str },
+    #[error("XDP program {name} is missing from the compiled object")]
+    MissingProgram { name: &'static str },
     #[error("memory-mapping BPF map {name} failed: {source}")]
     Mmap {
         name: &'static str,
@@ -444,7 +446,7 @@ impl Dataplane {
         ] {
             let prog: &mut Xdp = ebpf
                 .program_mut(name)
-                .ok_or(DataplaneError::MissingMap { name })?
+                .ok_or(DataplaneError::MissingProgram { name })?
                 .try_into()
                 .map_err(DataplaneError::Program)?;
             prog.load().map_err(DataplaneError::Program)?;
@@ -800,7 +802,7 @@ impl Dataplane {
         let prog: &mut Xdp = self
             .ebpf
             .program_mut(names::PROG_STEER)
-            .ok_or(DataplaneError::MissingMap {
+            .ok_or(DataplaneError::MissingProgram {
                 name: names::PROG_STEER,
             })?
             .try_into()
@@ -1421,7 +1423,7 @@ impl Dataplane {
         let prog: &Xdp = self
             .ebpf
             .program(name)
-            .ok_or(DataplaneError::MissingMap { name })?
+            .ok_or(DataplaneError::MissingProgram { name })?
             .try_into()
             .map_err(DataplaneError::Program)?;
         let mut out = vec![0u8; frame.len() + 256];
