@@ -89,13 +89,20 @@ fn steer(ctx: &XdpContext) -> u32 {
         if !parse::ports(ctx, &mut ip) {
             return bad(drop::TRUNCATED_L4, ip.key.family, &ip.key.dst);
         }
-        // Established flows: one conntrack lookup, no VIP lookup, no hash.
-        let stale = match flow::lookup(&ip.key) {
-            Lookup::Hit { ct, real } => {
-                return transmit(ctx, &ip, settings, &ct, &real, path::CT_HIT, false)
+        // A TCP SYN opens a new connection even if its 5-tuple was used
+        // before (port reuse): it is selected afresh from the current table,
+        // so drains and weight changes apply to it. Everything else is an
+        // established flow: one conntrack lookup, no VIP lookup, no hash.
+        let stale = if parse::is_tcp_syn(ctx, &ip) {
+            false
+        } else {
+            match flow::lookup(&ip.key) {
+                Lookup::Hit { ct, real } => {
+                    return transmit(ctx, &ip, settings, &ct, &real, path::CT_HIT, false)
+                }
+                Lookup::Stale => true,
+                Lookup::Miss => false,
             }
-            Lookup::Stale => true,
-            Lookup::Miss => false,
         };
         let mut vk = VipKey {
             addr: ip.key.dst,

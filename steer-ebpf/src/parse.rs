@@ -236,6 +236,14 @@ pub fn ports(ctx: &XdpContext, ip: &mut Ip) -> bool {
     true
 }
 
+/// A TCP segment with SYN set and ACK clear: the first packet of a
+/// connection. (`ports` has checked the whole TCP header is present.)
+#[inline(always)]
+pub fn is_tcp_syn(ctx: &XdpContext, ip: &Ip) -> bool {
+    ip.key.proto == PROTO_TCP
+        && read::<u8>(ctx, ip.l4_off + 13).is_some_and(|flags| flags & 0x12 == 0x02)
+}
+
 #[inline(always)]
 pub fn is_l4(proto: u8) -> bool {
     proto == PROTO_TCP || proto == PROTO_UDP

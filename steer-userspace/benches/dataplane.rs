@@ -94,6 +94,18 @@ protocol = "tcp"
 backends = ["dn-a", "dn-b"]
 "#;
 
+/// A segment of an established connection (ACK, no SYN): it follows
+/// conntrack. A SYN always selects afresh.
+fn v4_ack(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16) -> Vec<u8> {
+    let b = etherparse::PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+        .ipv4(src, dst, 64)
+        .tcp(sport, dport, 2, 1024)
+        .ack(1);
+    let mut v = Vec::with_capacity(64);
+    b.write(&mut v, &[]).expect("build");
+    v
+}
+
 fn v4_syn(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16) -> Vec<u8> {
     let b = etherparse::PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
         .ipv4(src, dst, 64)
@@ -122,10 +134,23 @@ fn v6_syn(src_low: u32, sport: u16) -> Vec<u8> {
 
 /// Distinct IPv4 flows: `trial` picks a source /16 so trials never repeat.
 fn new_v4_flows(trial: usize, dst: [u8; 4]) -> Vec<Vec<u8>> {
+    flows_of(trial, dst, v4_syn)
+}
+
+/// Later segments (ACK) of the flows of `new_v4_flows`.
+fn v4_flow_acks(trial: usize, dst: [u8; 4]) -> Vec<Vec<u8>> {
+    flows_of(trial, dst, v4_ack)
+}
+
+fn flows_of(
+    trial: usize,
+    dst: [u8; 4],
+    build: fn([u8; 4], u16, [u8; 4], u16) -> Vec<u8>,
+) -> Vec<Vec<u8>> {
     (0..CALLS)
         .map(|i| {
             let src = [100, 64 + trial as u8, (i >> 8) as u8, i as u8];
-            v4_syn(src, 1024 + (i % 50_000) as u16, dst, 80)
+            build(src, 1024 + (i % 50_000) as u16, dst, 80)
         })
         .collect()
 }
@@ -172,7 +197,7 @@ fn method_b(dp: &mut Dataplane, cfg: &mut Config) {
     let (dp, mut cfg) = (dp, cfg.clone());
 
     let pass_pkt = v4_syn([198, 51, 100, 1], 5555, [198, 51, 100, 200], 80);
-    let est_pkt = v4_syn([198, 51, 100, 2], 6666, [203, 0, 113, 10], 80);
+    let est_pkt = v4_ack([198, 51, 100, 2], 6666, [203, 0, 113, 10], 80);
     assert_eq!(dp.run(&est_pkt).expect("warm").verdict, Verdict::Tx);
     let pass_frames = vec![pass_pkt; CALLS];
     let est_frames = vec![est_pkt; CALLS];
@@ -225,7 +250,14 @@ fn method_b(dp: &mut Dataplane, cfg: &mut Config) {
         set_weights(&mut cfg, 100, 100);
         let down: BTreeSet<String> = ["dn-a".to_string()].into();
         dp.apply(&cfg, &down).expect("apply");
-        results[5].push(timed(dp, &pinned, false, Verdict::Tx, Some(path::RESELECT)));
+        let pinned_acks = v4_flow_acks(TRIALS + trial, [203, 0, 113, 20]);
+        results[5].push(timed(
+            dp,
+            &pinned_acks,
+            false,
+            Verdict::Tx,
+            Some(path::RESELECT),
+        ));
         dp.apply(&cfg, &BTreeSet::new()).expect("apply");
     }
 
@@ -278,7 +310,7 @@ fn batch(
 
 fn method_a(dp: &mut Dataplane, cfg: &mut Config) -> bool {
     let pass_pkt = v4_syn([198, 51, 100, 1], 5555, [198, 51, 100, 200], 80);
-    let est_pkt = v4_syn([198, 51, 100, 2], 6666, [203, 0, 113, 10], 80);
+    let est_pkt = v4_ack([198, 51, 100, 2], 6666, [203, 0, 113, 10], 80);
     assert_eq!(dp.run(&est_pkt).expect("warm").verdict, Verdict::Tx);
     let names = [
         "floor (XDP_TX only)",
@@ -351,10 +383,12 @@ fn method_a(dp: &mut Dataplane, cfg: &mut Config) -> bool {
         set_weights(cfg, 100, 100);
         let down: BTreeSet<String> = ["dn-a".to_string()].into();
         dp.apply(cfg, &down).expect("apply");
+        // The same flows' later segments (ACK): they follow conntrack.
+        let pinned_ack = v4_ack([100, 200 + trial as u8, 0, 0], 2048, [203, 0, 113, 20], 80);
         r[5].push(batch(
             dp,
             SteerWithRestore,
-            &pinned,
+            &pinned_ack,
             BENCH_VARY_V4_SRC,
             Verdict::Tx,
             Some(path::RESELECT),

@@ -66,3 +66,64 @@ fn verifier_accepts_program_and_it_forwards() {
     assert_eq!(out.verdict, Verdict::Pass);
     assert_eq!(out.data, other);
 }
+
+fn segment(sport: u16, syn: bool) -> Vec<u8> {
+    let b = etherparse::PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+        .ipv4([198, 51, 100, 7], [203, 0, 113, 10], 64)
+        .tcp(sport, 80, 1, 1024);
+    let b = if syn { b.syn() } else { b.ack(1) };
+    let mut v = Vec::new();
+    b.write(&mut v, &[]).expect("build");
+    v
+}
+
+fn outer_dst(dp: &Dataplane, frame: &[u8]) -> [u8; 4] {
+    let out = dp.run(frame).expect("run");
+    assert_eq!(out.verdict, Verdict::Tx);
+    etherparse::Ipv4Header::from_slice(&out.data[14..])
+        .expect("outer")
+        .0
+        .destination
+}
+
+/// Established segments follow conntrack onto a drained backend; a SYN
+/// that reuses the same 5-tuple is a new connection and is selected from
+/// the current table, so it never lands on the drained backend.
+#[test]
+fn a_syn_reusing_a_tuple_is_selected_afresh() {
+    if !require_root() {
+        return;
+    }
+    let one = CFG.to_string();
+    let cfg = Config::parse(&one).expect("config");
+    let mut dp = Dataplane::load(&cfg.dataplane).expect("load");
+    dp.apply(&cfg, &BTreeSet::new()).expect("apply");
+    for p in 0..50u16 {
+        assert_eq!(outer_dst(&dp, &segment(30_000 + p, false)), [192, 0, 2, 11]);
+    }
+    // eu-1 drained, eu-2 added.
+    let two = one.replace(
+        "region = \"eu\"\n\n[[services]]",
+        "region = \"eu\"\nweight = 0\n\n[[backends]]\nname = \"eu-2\"\naddress = \"192.0.2.12\"\nregion = \"eu\"\n\n[[services]]",
+    )
+    .replace("backends = [\"eu-1\"]", "backends = [\"eu-1\", \"eu-2\"]");
+    let cfg2 = Config::parse(&two).expect("config with eu-2");
+    dp.apply(&cfg2, &BTreeSet::new()).expect("apply");
+    for p in 0..50u16 {
+        assert_eq!(
+            outer_dst(&dp, &segment(30_000 + p, false)),
+            [192, 0, 2, 11],
+            "an established flow keeps its drained backend"
+        );
+        assert_eq!(
+            outer_dst(&dp, &segment(30_000 + p, true)),
+            [192, 0, 2, 12],
+            "a new connection on a reused tuple avoids the drained backend"
+        );
+        assert_eq!(
+            outer_dst(&dp, &segment(30_000 + p, false)),
+            [192, 0, 2, 12],
+            "and its later segments follow it"
+        );
+    }
+}
