@@ -395,23 +395,7 @@ impl Drop for Bench {
 
 impl Bench {
     fn stop_steer(&mut self) -> Option<std::process::ExitStatus> {
-        let mut child = self.steer.take()?;
-        if let Ok(Some(st)) = child.try_wait() {
-            return Some(st);
-        }
-        if let Ok(pid) = i32::try_from(child.id()) {
-            // SAFETY: kill(2) on our own child.
-            unsafe {
-                libc::kill(pid, libc::SIGTERM);
-            }
-        }
-        match sys::wait_timeout(&mut child, Duration::from_secs(10)) {
-            Ok(Some(st)) => Some(st),
-            _ => {
-                let _ = child.kill();
-                child.wait().ok()
-            }
-        }
+        sys::terminate_child(self.steer.take()?, Duration::from_secs(10))
     }
 
     fn steer_cmd(&self, args: &[&str]) -> Result<String> {

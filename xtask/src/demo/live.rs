@@ -149,23 +149,7 @@ impl Guard {
     /// SIGTERM to steer (it detaches XDP and removes its pins), SIGKILL if
     /// it is still there after 10 s. Its exit status.
     fn stop_steer(&mut self) -> Option<ExitStatus> {
-        let mut child = self.steer.take()?;
-        if let Ok(Some(st)) = child.try_wait() {
-            return Some(st);
-        }
-        if let Ok(pid) = i32::try_from(child.id()) {
-            // SAFETY: kill(2) on our own child's pid.
-            unsafe {
-                libc::kill(pid, libc::SIGTERM);
-            }
-        }
-        match sys::wait_timeout(&mut child, Duration::from_secs(10)) {
-            Ok(Some(st)) => Some(st),
-            _ => {
-                let _ = child.kill();
-                child.wait().ok()
-            }
-        }
+        sys::terminate_child(self.steer.take()?, Duration::from_secs(10))
     }
 
     fn teardown(&mut self) -> Result<Option<ExitStatus>> {

@@ -78,6 +78,28 @@ pub fn wait_timeout(
     }
 }
 
+/// SIGTERM to `child`, SIGKILL if it is still there after `grace`; its exit
+/// status, if one could be had.
+pub fn terminate_child(mut child: Child, grace: Duration) -> Option<std::process::ExitStatus> {
+    if let Ok(Some(st)) = child.try_wait() {
+        return Some(st);
+    }
+    if let Ok(pid) = i32::try_from(child.id()) {
+        // SAFETY: kill(2) on our own child's pid, which has not been reaped
+        // (try_wait above saw it running).
+        unsafe {
+            libc::kill(pid, libc::SIGTERM);
+        }
+    }
+    match wait_timeout(&mut child, grace) {
+        Ok(Some(st)) => Some(st),
+        _ => {
+            let _ = child.kill();
+            child.wait().ok()
+        }
+    }
+}
+
 /// Runs `cmd`, failing with the command line and its stderr unless it
 /// exits 0. Returns stdout.
 pub fn checked(cmd: &mut Command, timeout: Duration) -> Result<String> {
