@@ -160,6 +160,32 @@ fn median(mut v: Vec<Duration>) -> f64 {
     v[v.len() / 2].as_nanos() as f64
 }
 
+/// The proof that every timed iteration took the branch it is reported
+/// under: since `before`, `branch` grew by exactly `n` and no other branch
+/// grew at all.
+fn check_branches(
+    dp: &Dataplane,
+    before: &[u64; path::COUNT as usize],
+    branch: Option<u32>,
+    n: u64,
+    what: &str,
+) {
+    let after = dp.path_counts().expect("counters");
+    for b in 0..path::COUNT as usize {
+        let delta = after[b] - before[b];
+        let expect = match branch {
+            Some(x) if x as usize == b => n,
+            _ => 0,
+        };
+        assert_eq!(
+            delta,
+            expect,
+            "{what}: branch counter {} grew by {delta}, expected {expect}",
+            path::NAMES[b]
+        );
+    }
+}
+
 /// Runs `frames` through `run`, returns the median ns/packet and checks
 /// every verdict and the branch counter.
 fn timed(
@@ -176,25 +202,12 @@ fn timed(
         assert_eq!(out.verdict, want, "unexpected verdict");
         d.push(out.duration);
     }
-    let after = dp.path_counts().expect("counters");
-    for b in 0..path::COUNT as usize {
-        let delta = after[b] - before[b];
-        let expect = match branch {
-            Some(x) if x as usize == b => frames.len() as u64,
-            _ => 0,
-        };
-        assert_eq!(
-            delta,
-            expect,
-            "branch counter {} grew by {delta}, expected {expect}",
-            path::NAMES[b]
-        );
-    }
+    check_branches(dp, &before, branch, frames.len() as u64, "repeat=1");
     median(d)
 }
 
-fn method_b(dp: &mut Dataplane, cfg: &mut Config) {
-    let (dp, mut cfg) = (dp, cfg.clone());
+fn method_b(dp: &mut Dataplane, cfg: &Config) {
+    let mut cfg = cfg.clone();
 
     let pass_pkt = v4_syn([198, 51, 100, 1], 5555, [198, 51, 100, 200], 80);
     let est_pkt = v4_ack([198, 51, 100, 2], 6666, [203, 0, 113, 10], 80);
@@ -291,20 +304,7 @@ fn batch(
     let before = dp.path_counts().expect("counters");
     let out = dp.bench_run(prog, frame, REPEAT, vary).expect("test run");
     assert_eq!(out.verdict, want, "unexpected verdict for {prog:?}");
-    let after = dp.path_counts().expect("counters");
-    for b in 0..path::COUNT as usize {
-        let delta = after[b] - before[b];
-        let expect = match branch {
-            Some(x) if x as usize == b => REPEAT as u64,
-            _ => 0,
-        };
-        assert_eq!(
-            delta,
-            expect,
-            "{prog:?}: branch counter {} grew by {delta}, expected {expect}",
-            path::NAMES[b]
-        );
-    }
+    check_branches(dp, &before, branch, u64::from(REPEAT), &format!("{prog:?}"));
     out.duration.as_nanos() as f64
 }
 
@@ -444,7 +444,7 @@ fn main() {
     dp.apply(&cfg, &BTreeSet::new()).expect("apply");
     println!("steer data-plane benchmark (ns/packet as measured by the kernel)\n");
     let ok = method_a(&mut dp, &mut cfg);
-    method_b(&mut dp, &mut cfg);
+    method_b(&mut dp, &cfg);
     if !ok {
         std::process::exit(2);
     }
