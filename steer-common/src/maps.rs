@@ -230,8 +230,9 @@ pub mod drop {
     ];
 }
 
-/// Which branch a packet took: indexes of `PATH_STATS`. The benchmark checks
-/// these against its iteration counts.
+/// Which branch a packet took: indexes of `PATH_STATS`, plus one event
+/// counter (`CT_INSERT_FAILED`). The benchmark checks these against its
+/// iteration counts.
 pub mod path {
     pub const PASS: u32 = 0;
     pub const CT_HIT: u32 = 1;
@@ -240,7 +241,12 @@ pub mod path {
     pub const RESELECT: u32 = 3;
     pub const ICMP_ERROR: u32 = 4;
     pub const DROP: u32 = 5;
-    pub const COUNT: u32 = 6;
+    /// Not a branch: a new or re-selected flow whose conntrack insert
+    /// failed. The packet is still forwarded; the flow's next packet is
+    /// selected again (same backend while the table is unchanged). Should
+    /// stay zero; the benchmark checks that it does.
+    pub const CT_INSERT_FAILED: u32 = 6;
+    pub const COUNT: u32 = 7;
     pub const NAMES: [&str; COUNT as usize] = [
         "pass",
         "ct_hit",
@@ -248,6 +254,7 @@ pub mod path {
         "reselect",
         "icmp_error",
         "drop",
+        "ct_insert_failed",
     ];
 }
 

@@ -1,8 +1,11 @@
 //! Flow keys and the connection table.
 
-use steer_common::{CtValue, FlowKey, Real, REAL_F_DOWN, REAL_F_PRESENT};
+use steer_common::{path, CtValue, FlowKey, Real, REAL_F_DOWN, REAL_F_PRESENT};
 
-use crate::maps::{CONNTRACK, REALS};
+use crate::{
+    maps::{CONNTRACK, REALS},
+    stats,
+};
 
 /// What the connection table says about a flow.
 pub enum Lookup {
@@ -52,8 +55,10 @@ pub fn remember(key: &FlowKey, real_id: u32, real: &Real, vip_id: u32, hash: u32
         vip_id,
         hash,
     };
-    // A full table evicts the least recently used entry; an error here only
+    // A full table evicts the least recently used entry. An error here only
     // means the next packet of the flow is selected again by hash, which
-    // picks the same backend while the table is unchanged.
-    let _ = CONNTRACK.insert(key, v, 0);
+    // picks the same backend while the table is unchanged; it is counted.
+    if CONNTRACK.insert(key, v, 0).is_err() {
+        stats::branch(path::CT_INSERT_FAILED);
+    }
 }

@@ -51,6 +51,8 @@ pub fn persist_for(cfg: &Config) -> Persist {
 struct Snapshot {
     services: BTreeMap<String, (Counters, BTreeMap<String, Counters>)>,
     drops: Vec<(&'static str, u64)>,
+    /// `PATH_STATS[CT_INSERT_FAILED]`: new flows whose conntrack insert failed.
+    ct_insert_failures: u64,
 }
 
 /// Work for the data-plane thread.
@@ -220,6 +222,9 @@ fn serve_jobs(dp: &mut Dataplane, rx: mpsc::Receiver<Job>, persist: &Persist) {
                         .zip(d)
                         .map(|(n, v)| (*n, v))
                         .collect();
+                }
+                if let Ok(p) = dp.path_counts() {
+                    snap.ct_insert_failures = p[steer_common::path::CT_INSERT_FAILED as usize];
                 }
                 let _ = reply.send(snap);
             }
@@ -432,7 +437,9 @@ impl Daemon {
         }
     }
 
-    fn status(&self) -> (StatusReport, Vec<(&'static str, u64)>) {
+    /// The status report, the drop counters and the conntrack insert
+    /// failures.
+    fn status(&self) -> (StatusReport, Vec<(&'static str, u64)>, u64) {
         let (cfg, health, drained, down, gen, reloads, fails, last) = {
             let i = self.inner.lock().expect("daemon state poisoned");
             (
@@ -522,11 +529,12 @@ impl Daemon {
                 services,
             },
             snap.drops,
+            snap.ct_insert_failures,
         )
     }
 
     fn metrics(&self) -> String {
-        let (report, drops) = self.status();
+        let (report, drops, ct_insert_failures) = self.status();
         let hist = self
             .monitor
             .lock()
@@ -536,6 +544,7 @@ impl Daemon {
         api::render_metrics(
             &report,
             &drops,
+            ct_insert_failures,
             hist.as_ref()
                 .map(|h| (h.buckets.as_slice(), h.sum, h.count)),
         )

@@ -379,6 +379,13 @@ fn replay(
     .map(|&p| format!("{} {}", path::NAMES[p as usize], paths[p as usize]))
     .collect();
     println!("  paths: {}", flows.join(", "));
+    let ct_insert_failed = paths[path::CT_INSERT_FAILED as usize];
+    if ct_insert_failed > 0 {
+        println!(
+            "  {} {ct_insert_failed}",
+            path::NAMES[path::CT_INSERT_FAILED as usize]
+        );
+    }
     for svc in &cfg.services {
         let c = dp.service_counters(&svc.name)?;
         println!(

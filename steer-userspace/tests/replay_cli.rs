@@ -152,6 +152,8 @@ fn replays_a_capture_and_writes_what_was_transmitted() {
     assert!(stdout.contains("PASS     1"), "{stdout}");
     assert!(stdout.contains("DROP     1"), "{stdout}");
     assert!(stdout.contains("drop truncated_l4"), "{stdout}");
+    // Shown only when non-zero; a roomy conntrack map takes every flow.
+    assert!(!stdout.contains("ct_insert_failed"), "{stdout}");
 
     let sent = read_pcap(&dir.path("out.pcap"));
     assert_eq!(sent.len(), 20);

@@ -11,6 +11,7 @@
 //! | `steer_backend_packets_total`, `steer_backend_bytes_total`, `steer_backend_new_flows_total` | counter | `service`, `backend`, `region` |
 //! | `steer_backend_up`, `steer_backend_degraded`, `steer_backend_drained` | gauge (0/1) | `service`, `backend`, `region` |
 //! | `steer_drops_total` | counter | `reason` |
+//! | `steer_conntrack_insert_failures_total` | counter | — |
 //! | `steer_health_probe_duration_seconds` | histogram | — |
 //! | `steer_reloads_total`, `steer_reload_failures_total` | counter | — |
 //! | `steer_table_generation` | gauge | — |
@@ -292,12 +293,14 @@ fn valid_name(name: &str, metric: bool) -> bool {
 /// Renders steer's metrics (see the module documentation for the families).
 ///
 /// `drops` are `(reason, packets)` from the XDP program's drop counters;
-/// `health_latency` is the probe duration histogram as `(buckets, sum,
+/// `ct_insert_failures` is its count of new flows whose conntrack insert
+/// failed; `health_latency` is the probe duration histogram as `(buckets, sum,
 /// count)`, with buckets as [`MetricsWriter::histogram`] takes them. Without
 /// it the histogram family is left out.
 pub fn render_metrics(
     report: &StatusReport,
     drops: &[(&str, u64)],
+    ct_insert_failures: u64,
     health_latency: Option<HistogramData<'_>>,
 ) -> String {
     let mut w = MetricsWriter::new();
@@ -405,6 +408,12 @@ pub fn render_metrics(
         "steer_drops_total",
         "Packets dropped by the XDP program, by reason.",
         &drop_samples,
+    );
+    w.counter(
+        "steer_conntrack_insert_failures_total",
+        "New flows whose conntrack insert failed (still forwarded; their next packet \
+         is selected again).",
+        &[(&[], ct_insert_failures)],
     );
 
     if let Some((buckets, sum, count)) = health_latency {
@@ -838,6 +847,9 @@ steer_backend_drained{service="dns",backend="dns-2",region="eu"} 0
 # TYPE steer_drops_total counter
 steer_drops_total{reason="fragment"} 3
 steer_drops_total{reason="too_big"} 0
+# HELP steer_conntrack_insert_failures_total New flows whose conntrack insert failed (still forwarded; their next packet is selected again).
+# TYPE steer_conntrack_insert_failures_total counter
+steer_conntrack_insert_failures_total 5
 # HELP steer_health_probe_duration_seconds Duration of health check probes.
 # TYPE steer_health_probe_duration_seconds histogram
 steer_health_probe_duration_seconds_bucket{le="0.001"} 2
@@ -861,6 +873,7 @@ steer_table_generation 12
         render_metrics(
             &report(),
             &[("fragment", 3), ("too_big", 0)],
+            5,
             Some((&[(0.001, 2), (0.01, 9), (0.1, 10)], 0.625, 11)),
         )
     }
@@ -892,6 +905,9 @@ steer_table_generation 12
 # TYPE steer_backend_drained gauge
 # HELP steer_drops_total Packets dropped by the XDP program, by reason.
 # TYPE steer_drops_total counter
+# HELP steer_conntrack_insert_failures_total New flows whose conntrack insert failed (still forwarded; their next packet is selected again).
+# TYPE steer_conntrack_insert_failures_total counter
+steer_conntrack_insert_failures_total 0
 # HELP steer_reloads_total Successful config reloads.
 # TYPE steer_reloads_total counter
 steer_reloads_total 0
@@ -903,7 +919,7 @@ steer_reload_failures_total 0
 steer_table_generation 0
 "#;
         assert_lines(
-            &render_metrics(&StatusReport::default(), &[], None),
+            &render_metrics(&StatusReport::default(), &[], 0, None),
             expected,
         );
     }
