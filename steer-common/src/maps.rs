@@ -274,8 +274,6 @@ pub struct BenchState {
 pub const BENCH_VARY_NONE: u32 = 0;
 /// Add one to the IPv4 source address (frame bytes 26..30) each iteration.
 pub const BENCH_VARY_V4_SRC: u32 = 1;
-/// Add one to the low 32 bits of the IPv6 source (frame bytes 34..38).
-pub const BENCH_VARY_V6_SRC: u32 = 2;
 
 /// Ring slots are stored 16 to a map value: an array map rounds each value
 /// up to 8 bytes, so single `u32` values would waste half the memory. Flat

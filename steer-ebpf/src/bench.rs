@@ -4,12 +4,12 @@
 //! the same buffer again and again, so after one encapsulation the next
 //! iteration would see an encapsulated packet. `prepare` undoes that: it
 //! strips the outer header the previous iteration added and puts back the
-//! original Ethernet header, and can turn each iteration into a new flow by
-//! bumping the source address. Its cost is measured on its own by
-//! `steer_bench_restore`.
+//! original Ethernet header. It can also turn each iteration into a flow
+//! the connection table has never held, by bumping the IPv4 source address.
+//! Its cost is measured on its own by `steer_bench_restore`.
 
 use aya_ebpf::{helpers::generated::bpf_xdp_adjust_head, programs::XdpContext};
-use steer_common::{BenchState, BENCH_VARY_V4_SRC, BENCH_VARY_V6_SRC, OUTER_V4_LEN, OUTER_V6_LEN};
+use steer_common::{BenchState, BENCH_VARY_V4_SRC, OUTER_V4_LEN, OUTER_V6_LEN};
 
 use crate::{
     maps::{BENCH, SETTINGS},
@@ -58,16 +58,9 @@ pub fn prepare(ctx: &XdpContext) -> Option<bool> {
         st.saved_valid = 1;
         false
     };
-    match st.vary {
-        BENCH_VARY_V4_SRC => {
-            let a = read::<[u8; 4]>(ctx, 26)?;
-            write_at(ctx, 26, u32::from_be_bytes(a).wrapping_add(1).to_be_bytes())?;
-        }
-        BENCH_VARY_V6_SRC => {
-            let a = read::<[u8; 4]>(ctx, 34)?;
-            write_at(ctx, 34, u32::from_be_bytes(a).wrapping_add(1).to_be_bytes())?;
-        }
-        _ => {}
+    if st.vary == BENCH_VARY_V4_SRC {
+        let a = read::<[u8; 4]>(ctx, 26)?;
+        write_at(ctx, 26, u32::from_be_bytes(a).wrapping_add(1).to_be_bytes())?;
     }
     Some(stripped)
 }
