@@ -48,7 +48,7 @@ struct Scenario {
     run: fn(&Ctx) -> Result<String>,
 }
 
-const SCENARIOS: [Scenario; 10] = [
+const SCENARIOS: [Scenario; 11] = [
     Scenario {
         name: "distribution",
         budget: Duration::from_secs(120),
@@ -88,6 +88,11 @@ const SCENARIOS: [Scenario; 10] = [
         name: "invalid-reload-cli-config",
         budget: Duration::from_secs(30),
         run: lifecycle::reload_cli_broken_config,
+    },
+    Scenario {
+        name: "affinity",
+        budget: Duration::from_secs(60),
+        run: traffic_scenarios::affinity,
     },
     Scenario {
         name: "ipv6",

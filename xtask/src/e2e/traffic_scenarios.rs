@@ -864,6 +864,103 @@ pub fn ipv6(ctx: &Ctx) -> Result<String> {
     ))
 }
 
+/// Client affinity through the lab: every connection (a new source port
+/// each) from one client address to the affinity VIP reaches one backend,
+/// while the same clients spread over several backends on the ordinary
+/// VIP, and the clients together use more than one backend.
+pub fn affinity(ctx: &Ctx) -> Result<String> {
+    let cfg = Cfg::lab()?;
+    let path = ctx.file("affinity.toml");
+    cfg.write(&path)?;
+    let steer = Steer::start(ctx, &path)?;
+    let v4 = topo::client_addrs(false);
+    const N: u32 = 400;
+    let load = |to| {
+        Load::new(to)
+            .from(v4.clone())
+            .requests(N)
+            .concurrency(16)
+            .timeout(Duration::from_secs(3))
+    };
+    let sticky = ctx.lab.http(&load(topo::web_affinity()))?;
+    let spread = ctx.lab.http(&load(topo::web()))?;
+    steer.stop()?;
+
+    let backends_of = |r: &lab::LoadReport, src: &str| -> Vec<String> {
+        r.by_source
+            .get(src)
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default()
+    };
+    let mut problems = Vec::new();
+    for (what, r) in [("web-affinity", &sticky), ("web", &spread)] {
+        if r.ok != u64::from(N) {
+            problems.push(format!(
+                "{what}: {}/{N} answered, errors {}",
+                r.ok,
+                counts(&r.errors_by_kind)
+            ));
+        }
+        if r.by_source.len() != v4.len() {
+            problems.push(format!(
+                "{what}: {} of {} client addresses were used",
+                r.by_source.len(),
+                v4.len()
+            ));
+        }
+    }
+    let mut not_sticky = Vec::new();
+    let mut one_backend_on_web = Vec::new();
+    for src in v4.iter().map(|a| a.to_string()) {
+        let b = backends_of(&sticky, &src);
+        if b.len() != 1 {
+            not_sticky.push(format!("{src} -> {}", b.join("+")));
+        }
+        if backends_of(&spread, &src).len() < 2 {
+            one_backend_on_web.push(src);
+        }
+    }
+    if !not_sticky.is_empty() {
+        problems.push(format!(
+            "clients that reached more than one backend through web-affinity: {}",
+            not_sticky.join(", ")
+        ));
+    }
+    if !one_backend_on_web.is_empty() {
+        problems.push(format!(
+            "clients that reached only one backend through web (so stickiness proves nothing): {}",
+            one_backend_on_web.join(", ")
+        ));
+    }
+    if sticky.backends.len() < 2 {
+        problems.push(format!(
+            "all clients of web-affinity on one backend: {}",
+            counts(&sticky.backends)
+        ));
+    }
+    let per_client = u64::from(N) / v4.len().max(1) as u64;
+    ctx.say(format!(
+        "web-affinity {}: {}/{N} answered from {} clients (~{per_client} connections each), every client on exactly one backend; connections per backend {}",
+        topo::web_affinity(),
+        sticky.ok,
+        sticky.by_source.len(),
+        counts(&sticky.backends)
+    ));
+    ctx.say(format!(
+        "web {} (no affinity), same clients: {}/{N} answered, every client on 2 or more backends: {}",
+        topo::web(),
+        spread.ok,
+        counts(&spread.backends)
+    ));
+    if !problems.is_empty() {
+        bail!("{}", problems.join("; "));
+    }
+    Ok(format!(
+        "{} clients x ~{per_client} connections: each on one backend via web-affinity, on 2+ via web",
+        v4.len()
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
