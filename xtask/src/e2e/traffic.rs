@@ -14,7 +14,7 @@ use anyhow::{anyhow, bail, Context as _, Result};
 use serde_json::Value;
 
 use crate::{
-    lab::{self, topo, Lab, Load},
+    lab::{self, client, topo, Lab, Load},
     util::describe,
 };
 
@@ -132,15 +132,7 @@ pub struct UdpStream {
 
 impl UdpStream {
     pub fn start(&self, lab: &Lab) -> Result<Background> {
-        let mut a = vec![
-            "client-udp-stream".to_owned(),
-            "--to".into(),
-            self.to.to_string(),
-        ];
-        for f in &self.from {
-            a.push("--from".into());
-            a.push(f.to_string());
-        }
+        let mut a = client::target_args("client-udp-stream", self.to, &self.from);
         a.extend([
             "--flows".into(),
             self.flows.to_string(),

@@ -126,12 +126,9 @@ impl Load {
         self
     }
 
-    fn common_args(&self) -> Vec<String> {
-        let mut a = vec!["--to".to_owned(), self.to.to_string()];
-        for f in &self.from {
-            a.push("--from".into());
-            a.push(f.to_string());
-        }
+    /// `command` and its arguments for this load.
+    fn args(&self, command: &str) -> Vec<String> {
+        let mut a = target_args(command, self.to, &self.from);
         a.extend([
             "--requests".into(),
             self.requests.to_string(),
@@ -152,6 +149,17 @@ impl Load {
         // Connect + read per request, a margin for process start.
         self.timeout * 2 * attempts * waves + Duration::from_secs(10)
     }
+}
+
+/// The start of every load client's command line: `command --to TO`, then
+/// `--from ADDR` for each client address to send from.
+pub fn target_args(command: &str, to: SocketAddr, from: &[IpAddr]) -> Vec<String> {
+    let mut a = vec![command.to_owned(), "--to".into(), to.to_string()];
+    for f in from {
+        a.push("--from".into());
+        a.push(f.to_string());
+    }
+    a
 }
 
 /// Long streams: `streams` concurrent `GET /stream` of `bytes` each, sent
@@ -188,15 +196,7 @@ impl Streams {
     }
 
     fn args(&self) -> Vec<String> {
-        let mut a = vec![
-            "client-stream".to_owned(),
-            "--to".into(),
-            self.to.to_string(),
-        ];
-        for f in &self.from {
-            a.push("--from".into());
-            a.push(f.to_string());
-        }
+        let mut a = target_args("client-stream", self.to, &self.from);
         a.extend([
             "--streams".into(),
             self.streams.to_string(),
@@ -273,15 +273,13 @@ impl Client<'_> {
     }
 
     pub fn http(&self, load: &Load) -> Result<LoadReport> {
-        let mut args = vec!["client".to_owned()];
-        args.extend(load.common_args());
+        let mut args = load.args("client");
         args.extend(["--path".into(), load.path.clone()]);
         self.run(&args, load.bound(1))
     }
 
     pub fn udp(&self, load: &Load, attempts: u32) -> Result<LoadReport> {
-        let mut args = vec!["client-udp".to_owned()];
-        args.extend(load.common_args());
+        let mut args = load.args("client-udp");
         args.extend(["--attempts".into(), attempts.to_string()]);
         self.run(&args, load.bound(attempts))
     }
