@@ -8,7 +8,7 @@ use std::os::fd::{AsFd, AsRawFd};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray};
+use aya::maps::{Array, HashMap, Map, MapData};
 use aya::programs::{ProgramError, TestRun, TestRunOptions, Xdp};
 use aya::{Ebpf, EbpfLoader};
 use steer_common::{
@@ -17,7 +17,10 @@ use steer_common::{
     SETTINGS_F_PORT0_VIPS, SETTINGS_F_READY, VIP_FILTER_WORDS, VIP_F_CLIENT_AFFINITY,
 };
 
+mod counters;
 pub mod persist;
+
+pub use counters::CounterReader;
 
 use std::path::{Path, PathBuf};
 
@@ -295,6 +298,26 @@ pub struct Dataplane {
     saved: Option<persist::SavedState>,
     /// VIPS keys this process has written (or adopted).
     vips_written: std::collections::HashSet<VipKey>,
+    /// The counter maps.
+    counters: CounterReader,
+    /// Why a previous run's state was discarded at `open`.
+    discarded: Option<String>,
+}
+
+/// Which ids the data plane gave each service and its backends: the key to
+/// their counters.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Ledger {
+    pub services: BTreeMap<String, ServiceIds>,
+}
+
+/// The ids of one service.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ServiceIds {
+    /// The VIP's id (index into `VIP_STATS`).
+    pub vip_id: u32,
+    /// Backend name -> real id (index into `REAL_STATS`).
+    pub reals: BTreeMap<String, u32>,
 }
 
 /// Where a long-running data plane keeps what must survive a restart.
@@ -464,7 +487,10 @@ impl Dataplane {
             // Array values are 8-byte aligned: u32 generation i is at 8*i.
             Mmap::new(names::TABLE_GEN, data, limits.max_tables as usize * 8)?
         };
+        let counters = CounterReader::new(&ebpf)?;
         Ok(Dataplane {
+            counters,
+            discarded: None,
             ebpf,
             rings,
             gens,
@@ -515,20 +541,46 @@ impl Dataplane {
         dp.check_pinned_sizes()?;
         dp.persist = Some(persist.clone());
         let saved = if existed {
-            persist::load(&persist.state_file).map_err(|source| DataplaneError::Io {
-                what: "reading state file",
-                path: persist.state_file.clone(),
-                source,
-            })?
+            match persist::load(&persist.state_file) {
+                Ok(s) => s,
+                // Corrupt or foreign: start fresh and say so.
+                Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                    dp.discarded = Some(format!(
+                        "the state file {} is unreadable ({e})",
+                        persist.state_file.display()
+                    ));
+                    None
+                }
+                Err(source) => {
+                    return Err(DataplaneError::Io {
+                        what: "reading state file",
+                        path: persist.state_file.clone(),
+                        source,
+                    })
+                }
+            }
         } else {
             None
         };
-        let adopted = match saved {
-            Some(s) if dp.adopt(&s) => {
+        let adopted = match saved.map(|s| dp.adopt(&s)) {
+            Some(Ok(())) => {
                 dp.reconcile_adopted()?;
                 true
             }
-            _ => {
+            other => {
+                if let Some(Err(problems)) = other {
+                    dp.discarded = Some(format!(
+                        "the state file {} does not match the pinned maps: {}",
+                        persist.state_file.display(),
+                        problems.join("; ")
+                    ));
+                    // Nothing of the rejected state may stay behind.
+                    dp.services.clear();
+                    dp.free_vips = (0..limits.max_tables).rev().collect();
+                    dp.free_reals.clear();
+                    dp.next_real = 0;
+                    dp.state = BackendState::default();
+                }
                 if existed {
                     dp.reset_pinned()?;
                 }
@@ -562,15 +614,31 @@ impl Dataplane {
         Ok(())
     }
 
-    /// Takes over the bookkeeping of a previous run. False if it does not
-    /// match this configuration's sizes (then the maps are reset instead).
-    fn adopt(&mut self, s: &persist::SavedState) -> bool {
+    /// Takes over the bookkeeping of a previous run, after checking that
+    /// every id in it is in range and owned once, and that the pinned
+    /// generation words are valid. On error (the problems found) nothing
+    /// may be used: the caller resets the maps instead.
+    fn adopt(&mut self, s: &persist::SavedState) -> std::result::Result<(), Vec<String>> {
         let l = self.limits;
-        if s.version != persist::STATE_VERSION
-            || (s.ring_size, s.max_tables, s.max_reals, s.conntrack_size)
-                != (l.ring_size, l.max_tables, l.max_reals, l.conntrack_size)
-        {
-            return false;
+        persist::validate(s, l.ring_size, l.max_tables, l.max_reals, l.conntrack_size)?;
+        let bad_gens: Vec<String> = s
+            .services
+            .iter()
+            .filter_map(|svc| {
+                let g = self
+                    .gens
+                    .word(svc.vip_id as usize * 8)
+                    .load(Ordering::Acquire);
+                (g > 1).then(|| {
+                    format!(
+                        "service {:?}: pinned table generation {g} is neither 0 nor 1",
+                        svc.name
+                    )
+                })
+            })
+            .collect();
+        if !bad_gens.is_empty() {
+            return Err(bad_gens);
         }
         let mut used_vips = BTreeSet::new();
         for svc in &s.services {
@@ -638,7 +706,14 @@ impl Dataplane {
         self.state.drained = s.drained.iter().cloned().collect();
         // The filter is recomputed from the adopted services.
         self.filter = vec![u64::MAX; VIP_FILTER_WORDS as usize];
-        true
+        Ok(())
+    }
+
+    /// Why a previous run's state was not adopted, when there was one that
+    /// could not be used (corrupt, foreign or inconsistent): the daemon
+    /// logs it as a warning. The maps were reset.
+    pub fn discarded_state(&self) -> Option<&str> {
+        self.discarded.as_deref()
     }
 
     /// The state file is written after the maps, so a crash in between can
@@ -916,6 +991,11 @@ impl Dataplane {
         Ok(detached)
     }
 
+    /// Where this data plane keeps its pins and state file, if it does.
+    pub fn persist(&self) -> Option<&Persist> {
+        self.persist.as_ref()
+    }
+
     pub fn limits(&self) -> Limits {
         self.limits
     }
@@ -988,7 +1068,8 @@ impl Dataplane {
 
     fn alloc_real(&mut self) -> Result<u32> {
         if let Some(id) = self.free_reals.pop_front() {
-            self.real_generation[id as usize] += 1;
+            let g = &mut self.real_generation[id as usize];
+            *g = g.wrapping_add(1);
             return Ok(id);
         }
         if self.next_real >= self.limits.max_reals {
@@ -1124,7 +1205,8 @@ impl Dataplane {
                         // Reuse a spare id under a new generation: flows
                         // pinned to its old backend re-select.
                         let id = spare.pop().ok_or(e)?;
-                        self.real_generation[id as usize] += 1;
+                        let g = &mut self.real_generation[id as usize];
+                        *g = g.wrapping_add(1);
                         id
                     }
                 },
@@ -1273,7 +1355,7 @@ impl Dataplane {
         slot.inputs = Some(p.inputs);
         let vip_id = slot.vip_id;
         if let Some(table) = table.filter(|t| *t != slot.table) {
-            let next_gen = (slot.generation + 1) & 1;
+            let next_gen = slot.generation.wrapping_add(1) & 1;
             for (i, real) in table.iter().enumerate() {
                 let flat = ring_index(vip_id, next_gen, size, i as u32) as usize;
                 self.rings.word(flat * 4).store(*real, Ordering::Relaxed);
@@ -1443,51 +1525,39 @@ impl Dataplane {
         })
     }
 
-    fn sum_u64(&self, name: &'static str, n: u32) -> Result<Vec<u64>> {
-        let map: PerCpuArray<_, u64> = PerCpuArray::try_from(
-            self.ebpf
-                .map(name)
-                .ok_or(DataplaneError::MissingMap { name })?,
-        )
-        .map_err(map_err(name))?;
-        (0..n)
-            .map(|i| {
-                map.get(&i, 0)
-                    .map(|v| v.iter().sum())
-                    .map_err(map_err(name))
-            })
-            .collect()
-    }
-
     /// Drops by reason (`steer_common::drop`), summed over CPUs.
     pub fn drop_counts(&self) -> Result<[u64; drop::COUNT as usize]> {
-        let v = self.sum_u64(names::DROP_STATS, drop::COUNT)?;
-        let mut out = [0; drop::COUNT as usize];
-        out.copy_from_slice(&v);
-        Ok(out)
+        self.counters.drops()
     }
 
     /// Packets by branch (`steer_common::path`), summed over CPUs.
     pub fn path_counts(&self) -> Result<[u64; path::COUNT as usize]> {
-        let v = self.sum_u64(names::PATH_STATS, path::COUNT)?;
-        let mut out = [0; path::COUNT as usize];
-        out.copy_from_slice(&v);
-        Ok(out)
+        self.counters.paths()
     }
 
-    fn counters(&self, name: &'static str, idx: u32) -> Result<Counters> {
-        let map: PerCpuArray<_, Counters> = PerCpuArray::try_from(
-            self.ebpf
-                .map(name)
-                .ok_or(DataplaneError::MissingMap { name })?,
-        )
-        .map_err(map_err(name))?;
-        let per_cpu = map.get(&idx, 0).map_err(map_err(name))?;
-        Ok(per_cpu.iter().fold(Counters::default(), |a, c| Counters {
-            packets: a.packets + c.packets,
-            bytes: a.bytes + c.bytes,
-            new_flows: a.new_flows + c.new_flows,
-        }))
+    /// A reader of the counter maps that other threads can use while this
+    /// data plane is being programmed.
+    pub fn counter_reader(&self) -> Result<CounterReader> {
+        CounterReader::new(&self.ebpf)
+    }
+
+    /// The ids each service and backend holds, for reading their counters.
+    pub fn ledger(&self) -> Ledger {
+        Ledger {
+            services: self
+                .services
+                .iter()
+                .map(|(name, s)| {
+                    (
+                        name.clone(),
+                        ServiceIds {
+                            vip_id: s.vip_id,
+                            reals: s.reals.iter().map(|(b, r)| (b.clone(), r.id)).collect(),
+                        },
+                    )
+                })
+                .collect(),
+        }
     }
 
     /// Counters of a service (all its backends).
@@ -1496,7 +1566,7 @@ impl Dataplane {
             .services
             .get(service)
             .ok_or_else(|| DataplaneError::UnknownService(service.to_string()))?;
-        self.counters(names::VIP_STATS, slot.vip_id)
+        self.counters.service(slot.vip_id)
     }
 
     /// Counters of one backend of one service.
@@ -1509,7 +1579,7 @@ impl Dataplane {
             .reals
             .get(backend)
             .ok_or_else(|| DataplaneError::UnknownBackend(backend.to_string()))?;
-        self.counters(names::REAL_STATS, real.id)
+        self.counters.real(real.id)
     }
 
     /// The active selection table of a service: backend name per slot

@@ -64,3 +64,230 @@ pub fn load(path: &Path) -> std::io::Result<Option<SavedState>> {
         Err(e) => Err(e),
     }
 }
+
+/// Why a saved state cannot be adopted with the given sizes: every problem
+/// found, or `Ok` if each id is in range and owned at most once. Nothing
+/// here trusts the file: it may be corrupt, from another version, or from
+/// another instance.
+pub fn validate(
+    s: &SavedState,
+    ring_size: u32,
+    max_tables: u32,
+    max_reals: u32,
+    conntrack_size: u32,
+) -> Result<(), Vec<String>> {
+    use std::collections::BTreeSet;
+    let mut problems = Vec::new();
+    if s.version != STATE_VERSION {
+        problems.push(format!(
+            "version {} (this steer reads version {STATE_VERSION})",
+            s.version
+        ));
+        return Err(problems);
+    }
+    let saved = (s.ring_size, s.max_tables, s.max_reals, s.conntrack_size);
+    let now = (ring_size, max_tables, max_reals, conntrack_size);
+    if saved != now {
+        problems.push(format!(
+            "sizes (maglev_table_size, max_tables, max_reals, conntrack_size) = {saved:?}, \
+             the config has {now:?}"
+        ));
+        return Err(problems);
+    }
+    if s.next_real > max_reals {
+        problems.push(format!(
+            "next_real {} is beyond max_reals {max_reals}",
+            s.next_real
+        ));
+    }
+    let mut vips = BTreeSet::new();
+    let mut names = BTreeSet::new();
+    let mut owned = BTreeSet::new();
+    for svc in &s.services {
+        if !names.insert(svc.name.as_str()) {
+            problems.push(format!("service {:?} appears twice", svc.name));
+        }
+        if svc.vip_id >= max_tables {
+            problems.push(format!(
+                "service {:?} has vip id {} (max_tables is {max_tables})",
+                svc.name, svc.vip_id
+            ));
+        } else if !vips.insert(svc.vip_id) {
+            problems.push(format!(
+                "vip id {} is held by two services ({:?} among them)",
+                svc.vip_id, svc.name
+            ));
+        }
+        if svc.family != steer_common::FAMILY_V4 && svc.family != steer_common::FAMILY_V6 {
+            problems.push(format!(
+                "service {:?} has address family {}",
+                svc.name, svc.family
+            ));
+        }
+        if svc.proto != steer_common::PROTO_TCP && svc.proto != steer_common::PROTO_UDP {
+            problems.push(format!(
+                "service {:?} has IP protocol {}",
+                svc.name, svc.proto
+            ));
+        }
+        for (backend, r) in &svc.reals {
+            if r.id >= max_reals || r.id >= s.next_real {
+                problems.push(format!(
+                    "backend {backend:?} of service {:?} has real id {} (next_real {}, max_reals {max_reals})",
+                    svc.name, r.id, s.next_real
+                ));
+            } else if !owned.insert(r.id) {
+                problems.push(format!(
+                    "real id {} is held twice ({backend:?} of {:?} among them)",
+                    r.id, svc.name
+                ));
+            }
+        }
+    }
+    let mut free = BTreeSet::new();
+    for id in &s.free_reals {
+        if *id >= s.next_real.min(max_reals) {
+            problems.push(format!(
+                "free real id {id} was never allocated (next_real {})",
+                s.next_real
+            ));
+        } else if owned.contains(id) {
+            problems.push(format!("real id {id} is both free and held"));
+        } else if !free.insert(*id) {
+            problems.push(format!("real id {id} is free twice"));
+        }
+    }
+    if let Some(id) = s.real_generation.keys().find(|id| **id >= max_reals) {
+        problems.push(format!(
+            "a generation is recorded for real id {id} (max_reals {max_reals})"
+        ));
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn real(id: u32) -> SavedReal {
+        SavedReal {
+            id,
+            address: "192.0.2.1".parse().expect("address"),
+        }
+    }
+
+    fn service(name: &str, vip_id: u32, reals: &[(&str, u32)]) -> SavedService {
+        SavedService {
+            name: name.into(),
+            vip_id,
+            addr: [0; 16],
+            port: 80,
+            proto: 6,
+            family: 4,
+            flags: 0,
+            generation: 0,
+            reals: reals
+                .iter()
+                .map(|(n, id)| (n.to_string(), real(*id)))
+                .collect(),
+        }
+    }
+
+    fn state() -> SavedState {
+        SavedState {
+            version: STATE_VERSION,
+            ring_size: 7,
+            max_tables: 4,
+            max_reals: 8,
+            conntrack_size: 1024,
+            services: vec![
+                service("a", 0, &[("a1", 0), ("a2", 1)]),
+                service("b", 3, &[("b1", 2)]),
+            ],
+            real_generation: [(0, 1), (3, 2)].into(),
+            free_reals: vec![3],
+            next_real: 4,
+            drained: vec!["a1".into()],
+        }
+    }
+
+    fn check(s: &SavedState) -> Result<(), Vec<String>> {
+        validate(s, 7, 4, 8, 1024)
+    }
+
+    fn fails_with(s: &SavedState, needle: &str) {
+        let errs = check(s).expect_err("must be rejected");
+        assert!(
+            errs.iter().any(|e| e.contains(needle)),
+            "expected a problem mentioning {needle:?}, got {errs:?}"
+        );
+    }
+
+    #[test]
+    fn a_consistent_state_is_accepted() {
+        assert_eq!(check(&state()), Ok(()));
+    }
+
+    #[test]
+    fn other_versions_and_sizes_are_rejected() {
+        let mut s = state();
+        s.version = STATE_VERSION + 1;
+        fails_with(&s, "version");
+        let mut s = state();
+        s.max_reals = 16;
+        fails_with(&s, "sizes");
+    }
+
+    #[test]
+    fn out_of_range_ids_are_rejected() {
+        let mut s = state();
+        s.services[1].vip_id = 4;
+        fails_with(&s, "vip id 4");
+        let mut s = state();
+        s.services[0].reals.insert("a3".into(), real(8));
+        fails_with(&s, "real id 8");
+        let mut s = state();
+        s.next_real = 9;
+        fails_with(&s, "next_real 9");
+        let mut s = state();
+        s.free_reals.push(5);
+        fails_with(&s, "free real id 5");
+        let mut s = state();
+        s.real_generation.insert(8, 1);
+        fails_with(&s, "real id 8");
+        let mut s = state();
+        s.services[0].family = 5;
+        fails_with(&s, "family 5");
+    }
+
+    #[test]
+    fn ids_held_twice_are_rejected() {
+        let mut s = state();
+        s.services[1].vip_id = 0;
+        fails_with(&s, "vip id 0 is held by two services");
+        let mut s = state();
+        s.services[1].reals.insert("b2".into(), real(1));
+        fails_with(&s, "real id 1 is held twice");
+        let mut s = state();
+        s.free_reals.push(0);
+        fails_with(&s, "both free and held");
+        let mut s = state();
+        s.free_reals.push(3);
+        fails_with(&s, "free twice");
+    }
+
+    #[test]
+    fn a_truncated_file_is_invalid_data() {
+        let dir = std::env::temp_dir().join(format!("steer-persist-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join("state.json");
+        std::fs::write(&path, br#"{"version":1}"#).expect("write");
+        let err = load(&path).expect_err("missing fields");
+        assert_eq!(err.kind(), std::io::ErrorKind::InvalidData);
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+    }
+}

@@ -276,6 +276,14 @@ impl HealthMonitor {
         self.shared.latency.snapshot()
     }
 
+    /// A reader of [`latency_histogram`](Self::latency_histogram) that
+    /// needs no access to the monitor (for metrics, while the monitor
+    /// itself belongs to the daemon's owner thread).
+    pub fn latency_source(&self) -> impl Fn() -> Histogram + Send + Sync + 'static {
+        let shared = self.shared.clone();
+        move || shared.latency.snapshot()
+    }
+
     /// How late every probe so far started relative to its scheduled time.
     /// Buckets: [`LAG_BUCKETS`] and `+Inf`.
     pub fn schedule_lag_histogram(&self) -> Histogram {

@@ -1,0 +1,327 @@
+//! `steer run`: the daemon.
+//!
+//! Data flows one way (docs/architecture.md):
+//!
+//! ```text
+//! inputs (config file, health transitions, operator commands, signals)
+//!    -> one owner (owner.rs: applies events in order, on its own thread)
+//!    -> policy (pure: config + health + drains -> desired services)
+//!    -> dataplane (the only code that touches BPF maps and links)
+//! ```
+//!
+//! The owner publishes an immutable snapshot after every event; the control
+//! socket's `status` and the metrics endpoint read it (status.rs) and never
+//! wait for the owner.
+
+mod owner;
+mod reload;
+mod status;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{anyhow, bail, Context as _, Result};
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::{error, info, warn};
+
+pub use owner::{down_set, Event, Owner, Published, ReloadOutcome, EVENT_QUEUE};
+pub use reload::restart_only_changes;
+pub use status::{report as status_report, Status};
+
+use crate::api::{self, ControlHandler, HandlerFuture, Request, Response};
+use crate::config::{AttachMode, Config};
+use crate::dataplane::{Attached, CounterReader, Dataplane, Persist};
+use crate::health::{self, HealthMonitor};
+
+/// Options of `steer run` that override the config.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    pub config_path: PathBuf,
+    pub interfaces: Vec<String>,
+    pub mode: Option<AttachMode>,
+}
+
+/// Where the daemon keeps what survives a restart.
+pub fn persist_for(cfg: &Config) -> Persist {
+    let state_dir = cfg
+        .control
+        .socket
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("/run/steer"));
+    Persist {
+        pin_dir: cfg.dataplane.pin_path.clone(),
+        state_file: state_dir.join("dataplane-state.json"),
+    }
+}
+
+fn open_and_attach(
+    cfg: &crate::config::DataplaneConfig,
+    persist: Persist,
+    interfaces: &[String],
+    mode: AttachMode,
+) -> Result<Dataplane> {
+    let (mut dp, adopted) = Dataplane::open(cfg, persist.clone()).with_context(|| {
+        format!(
+            "opening the data plane (pins in {})",
+            persist.pin_dir.display()
+        )
+    })?;
+    if adopted {
+        info!(pins = %persist.pin_dir.display(), "adopted the data plane of a previous run: established flows keep their backends");
+    } else {
+        info!(pins = %persist.pin_dir.display(), "started a fresh data plane");
+    }
+    for iface in interfaces {
+        match dp.attach(iface, mode)? {
+            Attached::New(m) => info!(iface, mode = m, "attached XDP"),
+            Attached::Replaced => {
+                info!(
+                    iface,
+                    "took over the pinned XDP link: program replaced atomically"
+                )
+            }
+            Attached::FellBack { driver_error } => warn!(
+                iface,
+                %driver_error,
+                "driver-mode XDP failed; attached in generic (skb) mode instead (mode = \"auto\")"
+            ),
+        }
+    }
+    Ok(dp)
+}
+
+/// What the control socket and the metrics endpoint read: the owner's
+/// published snapshot and the counter maps. No lock on the owner.
+#[derive(Clone)]
+struct View {
+    published: watch::Receiver<Arc<Published>>,
+    counters: Arc<CounterReader>,
+    /// The health probes' latency histogram.
+    latency: Arc<dyn Fn() -> health::Histogram + Send + Sync>,
+}
+
+impl View {
+    fn status(&self) -> Status {
+        let p = self.published.borrow().clone();
+        status::report(&p, Some(&self.counters))
+    }
+
+    fn metrics(&self) -> String {
+        let s = self.status();
+        let h = (self.latency)();
+        api::render_metrics(
+            &s.report,
+            &s.drops,
+            s.ct_insert_failures,
+            Some((h.buckets.as_slice(), h.sum, h.count)),
+        )
+    }
+}
+
+struct Handler {
+    events: mpsc::Sender<Event>,
+    view: View,
+    shutdown: watch::Sender<Option<bool>>,
+}
+
+impl Handler {
+    /// Queues an event that answers, and waits for the answer.
+    async fn ask(&self, make: impl FnOnce(oneshot::Sender<Response>) -> Event) -> Response {
+        let (tx, rx) = oneshot::channel();
+        if self.events.send(make(tx)).await.is_err() {
+            return Response::error("the daemon is stopping");
+        }
+        rx.await
+            .unwrap_or_else(|_| Response::error("the daemon stopped before answering"))
+    }
+}
+
+impl ControlHandler for Handler {
+    fn handle(&self, req: Request) -> HandlerFuture<'_> {
+        Box::pin(async move {
+            match req {
+                Request::Status => {
+                    let view = self.view.clone();
+                    // Counter reads are syscalls: off the async workers.
+                    tokio::task::spawn_blocking(move || Response::Status(view.status().report))
+                        .await
+                        .unwrap_or_else(|e| Response::error(format!("internal error: {e}")))
+                }
+                Request::Reload => self.ask(|reply| Event::Reload { reply: Some(reply) }).await,
+                Request::Drain { backend, undo } => {
+                    self.ask(|reply| Event::Drain {
+                        backend,
+                        undo,
+                        reply: Some(reply),
+                    })
+                    .await
+                }
+                Request::Stop { detach } => {
+                    let _ = self.shutdown.send(Some(detach));
+                    Response::ok(if detach {
+                        "stopping: detaching XDP and removing pinned state"
+                    } else {
+                        "stopping: XDP stays attached and keeps forwarding on the last programmed state"
+                    })
+                }
+            }
+        })
+    }
+}
+
+/// Runs the daemon until SIGTERM/SIGINT or `steer stop`.
+pub fn run(opts: RunOptions) -> Result<()> {
+    let cfg = Config::load(&opts.config_path).map_err(|errs| {
+        anyhow!(
+            "{} has {} error(s):\n{errs}",
+            opts.config_path.display(),
+            errs.0.len()
+        )
+    })?;
+    let interfaces = if opts.interfaces.is_empty() {
+        cfg.dataplane.interfaces.clone()
+    } else {
+        opts.interfaces.clone()
+    };
+    if interfaces.is_empty() {
+        bail!(
+            "no interface to attach to: set dataplane.interfaces in {} or pass --iface",
+            opts.config_path.display()
+        );
+    }
+    let mode = opts.mode.unwrap_or(cfg.dataplane.mode);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(run_async(opts.config_path, cfg, interfaces, mode))
+}
+
+async fn run_async(
+    config_path: PathBuf,
+    cfg: Config,
+    interfaces: Vec<String>,
+    mode: AttachMode,
+) -> Result<()> {
+    // Open, attach and program on a blocking thread: the owner is created
+    // there and later runs on its own thread.
+    let (mut owner, published, counters) = {
+        let cfg = cfg.clone();
+        let config_path = config_path.clone();
+        tokio::task::spawn_blocking(move || -> Result<_> {
+            let dp = open_and_attach(&cfg.dataplane, persist_for(&cfg), &interfaces, mode)?;
+            let counters = dp.counter_reader()?;
+            let drained = dp.backend_state().drained.clone();
+            let (mut owner, published) = Owner::new(config_path, cfg, dp, drained);
+            owner.warn_discarded();
+            owner
+                .program()
+                .map_err(|e| anyhow!("programming the data plane: {e}"))?;
+            Ok((owner, published, counters))
+        })
+        .await
+        .context("data-plane start")??
+    };
+    info!(config = %config_path.display(), "steer is forwarding");
+
+    // Health checks: the monitor's targets belong to the owner.
+    let (health_tx, mut health_rx) = watch::channel(Default::default());
+    let monitor = HealthMonitor::start(health::targets_from_config(&cfg), health_tx);
+    let latency = Arc::new(monitor.latency_source());
+    owner.set_monitor(monitor);
+
+    let (events, rx) = mpsc::channel::<Event>(EVENT_QUEUE);
+    let owner_thread = std::thread::Builder::new()
+        .name("steer-owner".into())
+        .spawn(move || owner.run(rx))
+        .context("starting the owner thread")?;
+
+    {
+        let events = events.clone();
+        tokio::spawn(async move {
+            while health_rx.changed().await.is_ok() {
+                let status = health_rx.borrow_and_update().clone();
+                if events.send(Event::Health(status)).await.is_err() {
+                    break;
+                }
+            }
+        });
+    }
+
+    let view = View {
+        published,
+        counters: Arc::new(counters),
+        latency,
+    };
+    let (shutdown_tx, mut shutdown_rx) = watch::channel::<Option<bool>>(None);
+
+    // Control socket and metrics.
+    let (stop_servers_tx, stop_servers_rx) = watch::channel(false);
+    let control = {
+        let path = cfg.control.socket.clone();
+        let handler: Arc<dyn ControlHandler> = Arc::new(Handler {
+            events: events.clone(),
+            view: view.clone(),
+            shutdown: shutdown_tx,
+        });
+        let rx = stop_servers_rx.clone();
+        tokio::spawn(async move {
+            if let Err(e) = api::serve_control(&path, handler, rx).await {
+                error!(socket = %path.display(), error = %e, "control socket failed");
+            }
+        })
+    };
+    let metrics = {
+        let view = view.clone();
+        let source: Arc<dyn api::MetricsSource> = Arc::new(move || view.metrics());
+        let addr = cfg.metrics.listen;
+        let rx = stop_servers_rx.clone();
+        tokio::spawn(async move {
+            if let Err(e) = api::serve_metrics(addr, source, rx).await {
+                error!(%addr, error = %e, "metrics endpoint failed");
+            }
+        })
+    };
+
+    // Signals.
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
+    let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
+    let detach = loop {
+        tokio::select! {
+            _ = hup.recv() => {
+                info!("SIGHUP: reloading");
+                let _ = events.send(Event::Reload { reply: None }).await;
+            }
+            _ = term.recv() => { info!("SIGTERM: stopping"); break true; }
+            _ = int.recv() => { info!("SIGINT: stopping"); break true; }
+            r = shutdown_rx.changed() => {
+                if r.is_err() { break true; }
+                if let Some(detach) = *shutdown_rx.borrow() { break detach; }
+            }
+        }
+    };
+
+    let _ = stop_servers_tx.send(true);
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(6), control).await;
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(6), metrics).await;
+    let _ = events.send(Event::Stop).await;
+    let result = tokio::task::spawn_blocking(move || {
+        owner_thread
+            .join()
+            .map_err(|_| "the owner thread panicked".to_string())
+            .and_then(|owner| owner.finish(detach))
+    })
+    .await?;
+    match result {
+        Ok(ifaces) if detach => {
+            info!(interfaces = ?ifaces, "detached and removed pinned state");
+        }
+        Ok(_) => info!("exited; XDP stays attached on the last programmed state"),
+        Err(e) => bail!("cleaning up: {e}"),
+    }
+    Ok(())
+}

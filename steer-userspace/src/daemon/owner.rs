@@ -1,0 +1,439 @@
+//! The one owner of the daemon's state.
+//!
+//! A single thread owns the config, the health view, the operator drains,
+//! the health monitor's target set and the [`Dataplane`]. Every input (a
+//! health transition, a drain, a reload, a stop, and the timers later
+//! features add) is an [`Event`] on one bounded queue, applied in the order
+//! it arrives. Nothing else writes this state, so an older state can never
+//! be programmed after a newer one.
+//!
+//! After every event the owner publishes an immutable [`Published`]
+//! snapshot. Status and metrics read that snapshot (and the counter maps
+//! through their own descriptors); they never wait for the owner.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::{error, info, warn};
+
+use crate::api::Response;
+use crate::config::Config;
+use crate::dataplane::{Dataplane, Ledger};
+use crate::health::{self, HealthMonitor, TargetStatus};
+use crate::policy::BackendState;
+
+use super::reload;
+
+/// How many events may wait for the owner. Producers wait (async) when the
+/// queue is full, so a burst slows its source instead of growing memory.
+pub const EVENT_QUEUE: usize = 256;
+
+/// One input to the daemon's state.
+#[derive(Debug)]
+pub enum Event {
+    /// The health monitor's full status map (updates are coalesced).
+    Health(BTreeMap<String, TargetStatus>),
+    /// An operator drain (or undrain) of a backend.
+    Drain {
+        backend: String,
+        undo: bool,
+        reply: Option<oneshot::Sender<Response>>,
+    },
+    /// Re-read the config file (control socket or SIGHUP).
+    Reload {
+        reply: Option<oneshot::Sender<Response>>,
+    },
+    /// Stop: the owner stops the health monitor and returns.
+    Stop,
+}
+
+/// The outcome of the latest reload attempt.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReloadOutcome {
+    pub at: SystemTime,
+    pub ok: bool,
+}
+
+/// What the owner last applied: an immutable snapshot for status and
+/// metrics.
+#[derive(Clone, Debug)]
+pub struct Published {
+    pub config_path: PathBuf,
+    pub cfg: Arc<Config>,
+    pub health: BTreeMap<String, TargetStatus>,
+    pub drained: BTreeSet<String>,
+    /// The backends programmed as down.
+    pub down: BTreeSet<String>,
+    /// Starts at 1; one more for every successful reload (wrapping).
+    pub generation: u64,
+    pub reloads: u64,
+    pub reload_failures: u64,
+    pub last_reload_error: Option<String>,
+    pub last_reload: Option<ReloadOutcome>,
+    /// Successful programmings of the data plane so far.
+    pub programmed: u64,
+    /// Service and backend ids, for reading counters.
+    pub ledger: Ledger,
+    pub started: SystemTime,
+}
+
+/// The daemon's state and the data plane, owned by one thread.
+pub struct Owner {
+    config_path: PathBuf,
+    dp: Dataplane,
+    monitor: Option<HealthMonitor>,
+    cfg: Arc<Config>,
+    health: BTreeMap<String, TargetStatus>,
+    drained: BTreeSet<String>,
+    down: BTreeSet<String>,
+    generation: u64,
+    reloads: u64,
+    reload_failures: u64,
+    last_reload_error: Option<String>,
+    last_reload: Option<ReloadOutcome>,
+    programmed: u64,
+    started: SystemTime,
+    publish: watch::Sender<Arc<Published>>,
+}
+
+/// The backends of `cfg` that `health` says are down.
+pub fn down_set(cfg: &Config, health: &BTreeMap<String, TargetStatus>) -> BTreeSet<String> {
+    cfg.backends
+        .iter()
+        .filter(|b| !health::backend_up(health, &b.name))
+        .map(|b| b.name.clone())
+        .collect()
+}
+
+impl Owner {
+    /// Takes ownership of an opened data plane. `drained` are drains
+    /// adopted from a previous run (those of unknown backends are dropped).
+    /// Nothing is programmed yet: call [`Owner::program`].
+    pub fn new(
+        config_path: PathBuf,
+        cfg: Config,
+        dp: Dataplane,
+        drained: BTreeSet<String>,
+    ) -> (Owner, watch::Receiver<Arc<Published>>) {
+        let drained = drained
+            .into_iter()
+            .filter(|b| cfg.backend(b).is_some())
+            .collect();
+        let cfg = Arc::new(cfg);
+        let started = SystemTime::now();
+        let first = Published {
+            config_path: config_path.clone(),
+            cfg: cfg.clone(),
+            health: BTreeMap::new(),
+            drained: BTreeSet::new(),
+            down: BTreeSet::new(),
+            generation: 1,
+            reloads: 0,
+            reload_failures: 0,
+            last_reload_error: None,
+            last_reload: None,
+            programmed: 0,
+            ledger: dp.ledger(),
+            started,
+        };
+        let (publish, rx) = watch::channel(Arc::new(first));
+        let owner = Owner {
+            config_path,
+            dp,
+            monitor: None,
+            cfg,
+            health: BTreeMap::new(),
+            drained,
+            down: BTreeSet::new(),
+            generation: 1,
+            reloads: 0,
+            reload_failures: 0,
+            last_reload_error: None,
+            last_reload: None,
+            programmed: 0,
+            started,
+            publish,
+        };
+        (owner, rx)
+    }
+
+    /// Hands the owner the health monitor, whose targets it keeps in step
+    /// with the config.
+    pub fn set_monitor(&mut self, monitor: HealthMonitor) {
+        self.monitor = Some(monitor);
+    }
+
+    /// The data plane (for tests that read the maps back).
+    pub fn dataplane(&self) -> &Dataplane {
+        &self.dp
+    }
+
+    /// The latest published snapshot.
+    pub fn published(&self) -> Arc<Published> {
+        self.publish.borrow().clone()
+    }
+
+    fn backend_state(&self) -> BackendState {
+        BackendState {
+            down: down_set(&self.cfg, &self.health),
+            drained: self.drained.clone(),
+        }
+    }
+
+    fn publish(&self) {
+        let p = Published {
+            config_path: self.config_path.clone(),
+            cfg: self.cfg.clone(),
+            health: self.health.clone(),
+            drained: self.drained.clone(),
+            down: self.down.clone(),
+            generation: self.generation,
+            reloads: self.reloads,
+            reload_failures: self.reload_failures,
+            last_reload_error: self.last_reload_error.clone(),
+            last_reload: self.last_reload.clone(),
+            programmed: self.programmed,
+            ledger: self.dp.ledger(),
+            started: self.started,
+        };
+        self.publish.send_replace(Arc::new(p));
+    }
+
+    /// Programs the data plane from the current config, health and drains,
+    /// then publishes.
+    pub fn program(&mut self) -> Result<(), String> {
+        let state = self.backend_state();
+        let down = state.down.clone();
+        let started = Instant::now();
+        let r = self
+            .dp
+            .apply_state(&self.cfg, state)
+            .map_err(|e| format!("{e:#}"));
+        if r.is_ok() {
+            self.down = down;
+            self.programmed = self.programmed.wrapping_add(1);
+            info!(
+                elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
+                "data plane programmed"
+            );
+        }
+        self.publish();
+        r
+    }
+
+    /// Applies events in order until [`Event::Stop`] or until every sender
+    /// is gone; then stops the health monitor and returns the owner (for
+    /// the final cleanup).
+    pub fn run(mut self, mut rx: mpsc::Receiver<Event>) -> Owner {
+        while let Some(ev) = rx.blocking_recv() {
+            if matches!(ev, Event::Stop) {
+                break;
+            }
+            self.handle(ev);
+        }
+        if let Some(m) = self.monitor.take() {
+            m.stop();
+        }
+        self
+    }
+
+    /// Applies one event.
+    pub fn handle(&mut self, ev: Event) {
+        match ev {
+            Event::Health(status) => self.on_health(status),
+            Event::Drain {
+                backend,
+                undo,
+                reply,
+            } => {
+                let r = self.drain(&backend, undo);
+                if let Some(reply) = reply {
+                    let _ = reply.send(r);
+                }
+            }
+            Event::Reload { reply } => {
+                let r = self.reload();
+                if let Some(reply) = reply {
+                    let _ = reply.send(r);
+                }
+            }
+            Event::Stop => {}
+        }
+    }
+
+    fn on_health(&mut self, status: BTreeMap<String, TargetStatus>) {
+        self.health = status;
+        if down_set(&self.cfg, &self.health) != self.down {
+            if let Err(e) = self.program() {
+                error!(error = %e, "programming the data plane after a health change failed");
+            }
+        } else {
+            // Details (last failure, degraded) changed: status shows them.
+            self.publish();
+        }
+    }
+
+    fn drain(&mut self, backend: &str, undo: bool) -> Response {
+        if self.cfg.backend(backend).is_none() {
+            let known: Vec<&str> = self.cfg.backends.iter().map(|b| b.name.as_str()).collect();
+            return Response::error(format!(
+                "unknown backend {backend:?} (backends: {})",
+                known.join(", ")
+            ));
+        }
+        let before = self.drained.clone();
+        if undo {
+            self.drained.remove(backend);
+        } else {
+            self.drained.insert(backend.to_string());
+        }
+        match self.program() {
+            Ok(()) => {
+                info!(backend, undo, "drain changed");
+                Response::ok(format!(
+                    "{backend} {}",
+                    if undo {
+                        "undrained: receives new flows again"
+                    } else {
+                        "drained: no new flows; established flows continue"
+                    }
+                ))
+            }
+            Err(e) => {
+                self.drained = before;
+                let rollback = self.roll_back();
+                Response::error(format!(
+                    "programming the data plane failed, the drain was not applied: {e}{rollback}"
+                ))
+            }
+        }
+    }
+
+    /// Re-programs the state as it was before a failed apply. Returns ""
+    /// when that worked, or a sentence for the operator when it did not.
+    fn roll_back(&mut self) -> String {
+        match self.program() {
+            Ok(()) => String::new(),
+            Err(e) => {
+                error!(error = %e, "rolling back to the previous state failed: the data plane may not match `steer status`");
+                format!(
+                    "; rolling back to the previous state also failed ({e}): the data plane \
+                     may not match `steer status`; fix the cause and reload, or restart steer"
+                )
+            }
+        }
+    }
+
+    fn reload_failed(&mut self, msg: &str) {
+        self.reload_failures = self.reload_failures.wrapping_add(1);
+        self.last_reload_error = Some(msg.to_string());
+        self.last_reload = Some(ReloadOutcome {
+            at: SystemTime::now(),
+            ok: false,
+        });
+        self.publish();
+    }
+
+    /// Re-reads the config. An invalid config, or one that changes a
+    /// setting only a restart can change, is rejected and the running one
+    /// keeps serving. If programming the new one fails, the config, the
+    /// health targets and the drains are restored and re-programmed.
+    fn reload(&mut self) -> Response {
+        let new = match Config::load(&self.config_path) {
+            Ok(c) => c,
+            Err(errs) => {
+                let details: Vec<String> = errs.0.iter().map(|e| e.to_string()).collect();
+                for d in &details {
+                    error!(error = %d, "reload rejected: config error");
+                }
+                let msg = format!(
+                    "{} has {} error(s); the running config keeps serving",
+                    self.config_path.display(),
+                    details.len()
+                );
+                self.reload_failed(&msg);
+                return Response::error_with_details(msg, details);
+            }
+        };
+        let restart_only = reload::restart_only_changes(&self.cfg, &new);
+        if !restart_only.is_empty() {
+            let msg = format!(
+                "these settings cannot change on reload: {} (restart steer to change them); \
+                 the running config keeps serving",
+                restart_only.join(", ")
+            );
+            error!(error = %msg, "reload rejected");
+            self.reload_failed(&msg);
+            return Response::error(msg);
+        }
+        let old_cfg = std::mem::replace(&mut self.cfg, Arc::new(new));
+        let old_drained = self.drained.clone();
+        let cfg = self.cfg.clone();
+        self.drained.retain(|b| cfg.backend(b).is_some());
+        // Probe the new targets (the state of unchanged ones is kept).
+        if let Some(m) = self.monitor.as_mut() {
+            m.set_targets(health::targets_from_config(&self.cfg));
+        }
+        match self.program() {
+            Ok(()) => {
+                self.reloads = self.reloads.wrapping_add(1);
+                self.generation = self.generation.wrapping_add(1);
+                self.last_reload_error = None;
+                self.last_reload = Some(ReloadOutcome {
+                    at: SystemTime::now(),
+                    ok: true,
+                });
+                self.publish();
+                info!(
+                    generation = self.generation,
+                    "reloaded {}",
+                    self.config_path.display()
+                );
+                Response::ok(format!(
+                    "reloaded {} (generation {})",
+                    self.config_path.display(),
+                    self.generation
+                ))
+            }
+            Err(e) => {
+                self.cfg = old_cfg;
+                self.drained = old_drained;
+                if let Some(m) = self.monitor.as_mut() {
+                    m.set_targets(health::targets_from_config(&self.cfg));
+                }
+                let rollback = self.roll_back();
+                let msg =
+                    format!("applying the new config failed, kept the old one: {e}{rollback}");
+                error!(error = %msg, "reload failed");
+                self.reload_failed(&msg);
+                Response::error(msg)
+            }
+        }
+    }
+
+    /// Consumes the owner at shutdown. With `detach`, every pin steer made
+    /// and its state file are removed (XDP detaches); the names of the
+    /// interfaces detached are returned.
+    pub fn finish(self, detach: bool) -> Result<Vec<String>, String> {
+        let persist = self.dp.persist().cloned();
+        drop(self.dp);
+        match (detach, persist) {
+            (true, Some(p)) => Dataplane::remove_pins(&p).map_err(|e| format!("{e:#}")),
+            _ => Ok(Vec::new()),
+        }
+    }
+
+    /// Logs a discarded previous state (see [`Dataplane::discarded_state`]).
+    pub fn warn_discarded(&self) {
+        if let Some(why) = self.dp.discarded_state() {
+            warn!(
+                reason = why,
+                "discarded the previous run's state and started fresh: established flows \
+                 re-select their backends and earlier drains are forgotten"
+            );
+        }
+    }
+}

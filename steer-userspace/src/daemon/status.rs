@@ -1,0 +1,129 @@
+//! `steer status` and the metrics, built from the owner's published
+//! snapshot and the counter maps. Nothing here waits for the owner.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use steer_common::Counters;
+
+use crate::api::{self, BackendStatus, ServiceStatus, StatusReport};
+use crate::config::Protocol;
+use crate::dataplane::CounterReader;
+use crate::health::{self, TargetStatus};
+
+use super::owner::Published;
+
+/// A status report with the data-plane-wide counters.
+pub struct Status {
+    pub report: StatusReport,
+    /// Drops by reason name.
+    pub drops: Vec<(&'static str, u64)>,
+    /// New flows whose conntrack insert failed.
+    pub ct_insert_failures: u64,
+}
+
+/// The health targets of a backend: key `backend` or `backend/...`.
+fn targets_of<'a>(
+    health: &'a BTreeMap<String, TargetStatus>,
+    backend: &'a str,
+) -> impl Iterator<Item = &'a TargetStatus> + 'a {
+    let prefix = format!("{backend}/");
+    health.get(backend).into_iter().chain(
+        health
+            .range(prefix.clone()..)
+            .take_while(move |(k, _)| k.starts_with(&prefix))
+            .map(|(_, s)| s),
+    )
+}
+
+/// Builds the status report. Counters are read through `counters` (none:
+/// all zero, e.g. in tests without a data plane).
+pub fn report(p: &Published, counters: Option<&CounterReader>) -> Status {
+    let cfg = &p.cfg;
+    let checked: BTreeSet<String> = health::targets_from_config(cfg)
+        .into_iter()
+        .map(|t| t.key.split('/').next().unwrap_or_default().to_string())
+        .collect();
+    let read = |f: &dyn Fn(&CounterReader) -> Option<Counters>| -> Counters {
+        counters.and_then(f).unwrap_or_default()
+    };
+    let services = cfg
+        .services
+        .iter()
+        .map(|svc| {
+            let ids = p.ledger.services.get(&svc.name);
+            let total = read(&|c| ids.and_then(|i| c.service(i.vip_id).ok()));
+            let proto = match svc.protocol {
+                Protocol::Tcp => "tcp",
+                Protocol::Udp => "udp",
+            };
+            let vip = match svc.vip {
+                std::net::IpAddr::V6(a) => format!("[{a}]:{}/{proto}", svc.port),
+                a => format!("{a}:{}/{proto}", svc.port),
+            };
+            ServiceStatus {
+                name: svc.name.clone(),
+                vip,
+                affinity: svc.affinity.as_str().to_string(),
+                packets: total.packets,
+                bytes: total.bytes,
+                new_flows: total.new_flows,
+                backends: cfg
+                    .service_backends(svc)
+                    .iter()
+                    .map(|b| {
+                        let c = read(&|c| {
+                            ids.and_then(|i| i.reals.get(&b.name))
+                                .and_then(|id| c.real(*id).ok())
+                        });
+                        let is_down = p.down.contains(&b.name);
+                        let degraded = targets_of(&p.health, &b.name).any(|s| s.degraded);
+                        let health_word = if !checked.contains(&b.name) {
+                            api::protocol::HEALTH_UNCHECKED
+                        } else if is_down {
+                            api::protocol::HEALTH_DOWN
+                        } else if degraded {
+                            api::protocol::HEALTH_DEGRADED
+                        } else {
+                            api::protocol::HEALTH_UP
+                        };
+                        let is_drained = p.drained.contains(&b.name);
+                        BackendStatus {
+                            name: b.name.clone(),
+                            address: b.address.to_string(),
+                            region: b.region.clone(),
+                            weight: b.weight,
+                            effective_weight: if is_down || is_drained { 0 } else { b.weight },
+                            health: health_word.to_string(),
+                            drained: is_drained,
+                            last_failure: targets_of(&p.health, &b.name)
+                                .find_map(|s| s.last_failure.clone()),
+                            packets: c.packets,
+                            bytes: c.bytes,
+                            new_flows: c.new_flows,
+                        }
+                    })
+                    .collect(),
+            }
+        })
+        .collect();
+    let drops = counters
+        .and_then(|c| c.drops().ok())
+        .map(|d| steer_common::drop::NAMES.iter().copied().zip(d).collect())
+        .unwrap_or_default();
+    let ct_insert_failures = counters
+        .and_then(|c| c.paths().ok())
+        .map(|p| p[steer_common::path::CT_INSERT_FAILED as usize])
+        .unwrap_or_default();
+    Status {
+        report: StatusReport {
+            generation: p.generation,
+            config_path: p.config_path.display().to_string(),
+            reloads: p.reloads,
+            reload_failures: p.reload_failures,
+            last_reload_error: p.last_reload_error.clone(),
+            services,
+        },
+        drops,
+        ct_insert_failures,
+    }
+}

@@ -1,0 +1,111 @@
+//! Read-only access to the data plane's counters from any thread.
+//!
+//! The daemon's owner thread holds the [`Dataplane`](super::Dataplane);
+//! status and metrics must never wait for it. A [`CounterReader`] holds its
+//! own file descriptors of the counter maps (duplicated from the loaded
+//! program), so reading counters needs no lock and no message to the owner.
+//! Which service and backend an id belongs to comes from the owner's
+//! published [`Ledger`](super::Ledger).
+
+use std::os::fd::AsFd;
+
+use aya::maps::{Map, MapData, PerCpuArray};
+use aya::Ebpf;
+use steer_common::{drop, names, path, Counters};
+
+use super::{map_err, DataplaneError, Result};
+
+/// The counter maps, opened a second time.
+pub struct CounterReader {
+    vip_stats: PerCpuArray<MapData, Counters>,
+    real_stats: PerCpuArray<MapData, Counters>,
+    drop_stats: PerCpuArray<MapData, u64>,
+    path_stats: PerCpuArray<MapData, u64>,
+}
+
+fn reopen(ebpf: &Ebpf, name: &'static str) -> Result<Map> {
+    let map = ebpf.map(name).ok_or(DataplaneError::MissingMap { name })?;
+    let data = match map {
+        Map::PerCpuArray(d) => d,
+        _ => return Err(DataplaneError::MissingMap { name }),
+    };
+    let fd = data
+        .fd()
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|source| DataplaneError::Io {
+            what: "duplicating the descriptor of map",
+            path: name.into(),
+            source,
+        })?;
+    Ok(Map::PerCpuArray(
+        MapData::from_fd(fd).map_err(map_err(name))?,
+    ))
+}
+
+fn per_cpu<V: aya::Pod>(ebpf: &Ebpf, name: &'static str) -> Result<PerCpuArray<MapData, V>> {
+    PerCpuArray::try_from(reopen(ebpf, name)?).map_err(map_err(name))
+}
+
+fn sum(per_cpu: &[Counters]) -> Counters {
+    per_cpu.iter().fold(Counters::default(), |a, c| Counters {
+        packets: a.packets.wrapping_add(c.packets),
+        bytes: a.bytes.wrapping_add(c.bytes),
+        new_flows: a.new_flows.wrapping_add(c.new_flows),
+    })
+}
+
+impl CounterReader {
+    pub(super) fn new(ebpf: &Ebpf) -> Result<Self> {
+        Ok(CounterReader {
+            vip_stats: per_cpu(ebpf, names::VIP_STATS)?,
+            real_stats: per_cpu(ebpf, names::REAL_STATS)?,
+            drop_stats: per_cpu(ebpf, names::DROP_STATS)?,
+            path_stats: per_cpu(ebpf, names::PATH_STATS)?,
+        })
+    }
+
+    /// Counters of the service whose VIP has id `vip_id`, summed over CPUs.
+    pub fn service(&self, vip_id: u32) -> Result<Counters> {
+        let v = self
+            .vip_stats
+            .get(&vip_id, 0)
+            .map_err(map_err(names::VIP_STATS))?;
+        Ok(sum(&v))
+    }
+
+    /// Counters of the real (service backend) with id `real_id`.
+    pub fn real(&self, real_id: u32) -> Result<Counters> {
+        let v = self
+            .real_stats
+            .get(&real_id, 0)
+            .map_err(map_err(names::REAL_STATS))?;
+        Ok(sum(&v))
+    }
+
+    fn sum_u64(map: &PerCpuArray<MapData, u64>, name: &'static str, n: u32) -> Result<Vec<u64>> {
+        (0..n)
+            .map(|i| {
+                map.get(&i, 0)
+                    .map(|v| v.iter().copied().fold(0u64, u64::wrapping_add))
+                    .map_err(map_err(name))
+            })
+            .collect()
+    }
+
+    /// Drops by reason (`steer_common::drop`), summed over CPUs.
+    pub fn drops(&self) -> Result<[u64; drop::COUNT as usize]> {
+        let v = Self::sum_u64(&self.drop_stats, names::DROP_STATS, drop::COUNT)?;
+        let mut out = [0; drop::COUNT as usize];
+        out.copy_from_slice(&v);
+        Ok(out)
+    }
+
+    /// Packets by branch (`steer_common::path`), summed over CPUs.
+    pub fn paths(&self) -> Result<[u64; path::COUNT as usize]> {
+        let v = Self::sum_u64(&self.path_stats, names::PATH_STATS, path::COUNT)?;
+        let mut out = [0; path::COUNT as usize];
+        out.copy_from_slice(&v);
+        Ok(out)
+    }
+}
