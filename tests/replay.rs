@@ -13,6 +13,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use steer::config::Config;
 use steer::dataplane::{Dataplane, RunOutput, Verdict};
+use steer::policy::ApplyConfig as _;
 use steer_common::hash::flow_hash;
 use steer_common::{drop, path, Counters};
 use steer_tests::*;

@@ -28,6 +28,7 @@ use std::time::Duration;
 
 use steer::config::Config;
 use steer::dataplane::{BenchProgram, Dataplane, Verdict};
+use steer::policy::ApplyConfig as _;
 use steer_common::{path, BENCH_VARY_NONE, BENCH_VARY_V4_SRC};
 
 /// Method A: iterations per BPF_PROG_TEST_RUN call, and calls per branch.

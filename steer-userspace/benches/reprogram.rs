@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use steer::config::Config;
 use steer::dataplane::{Dataplane, Verdict};
+use steer::policy::ApplyConfig as _;
 use steer::policy::{self, BackendState};
 use steer_common::maglev;
 

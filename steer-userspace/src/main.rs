@@ -10,6 +10,7 @@ use steer::api::{self, Request, Response};
 use steer::config::Config;
 use steer::dataplane::{Dataplane, Verdict};
 use steer::pcap;
+use steer::policy::ApplyConfig as _;
 use steer_common::{drop, path};
 
 #[derive(Parser)]

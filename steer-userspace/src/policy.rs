@@ -3,33 +3,11 @@
 //! BPF object; `dataplane` applies what it returns.
 
 use std::collections::{BTreeSet, HashMap};
-use std::net::IpAddr;
 
-use crate::config::{Affinity, Config, Protocol};
-
-/// What the data plane should hold for one backend of one service.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct DesiredBackend {
-    pub name: String,
-    pub address: IpAddr,
-    /// Effective weight for new flows; 0 = drained (existing flows stay).
-    pub weight: u32,
-    /// False when the backend is down: its flows are re-selected.
-    pub up: bool,
-}
-
-/// What the data plane should hold for one service.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct DesiredService {
-    pub name: String,
-    pub vip: IpAddr,
-    /// 0 = every port.
-    pub port: u16,
-    /// IP protocol number (6 or 17).
-    pub protocol: u8,
-    pub client_affinity: bool,
-    pub backends: Vec<DesiredBackend>,
-}
+use crate::config::{Affinity, AttachMode, Config, DataplaneConfig, Protocol};
+use crate::dataplane::{
+    self, Dataplane, DataplaneError, DesiredBackend, DesiredService, Globals, Limits,
+};
 
 /// Backend state that is not in the configuration.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -93,6 +71,76 @@ pub fn desired(cfg: &Config, state: &BackendState) -> Vec<DesiredService> {
                 .collect(),
         })
         .collect()
+}
+
+/// The data-plane-wide settings of `cfg`.
+pub fn globals(cfg: &DataplaneConfig) -> Globals {
+    Globals {
+        mtu: cfg.mtu,
+        next_hop_mac: cfg.next_hop_mac,
+        ttl: cfg.ttl,
+        encap_source_v4: cfg.encap_source_v4.map(|p| (p.addr.octets(), p.len)),
+        encap_source_v6: cfg.encap_source_v6.map(|p| (p.addr.octets(), p.len)),
+    }
+}
+
+impl From<&DataplaneConfig> for Limits {
+    fn from(cfg: &DataplaneConfig) -> Limits {
+        Limits {
+            ring_size: cfg.maglev_table_size,
+            max_tables: cfg.max_tables,
+            max_reals: cfg.max_reals,
+            conntrack_size: cfg.conntrack_size,
+        }
+    }
+}
+
+impl From<AttachMode> for dataplane::AttachMode {
+    fn from(m: AttachMode) -> dataplane::AttachMode {
+        match m {
+            AttachMode::Driver => dataplane::AttachMode::Driver,
+            AttachMode::Skb => dataplane::AttachMode::Skb,
+            AttachMode::Auto => dataplane::AttachMode::Auto,
+        }
+    }
+}
+
+/// Programming a data plane straight from a config and backend state: the
+/// daemon's owner, `steer replay`, the tests and the benchmarks do this.
+pub trait ApplyConfig {
+    /// Programs every map from `cfg` and `state`.
+    fn apply_state(&mut self, cfg: &Config, state: BackendState) -> Result<(), DataplaneError>;
+    /// Programs every map from `cfg` with `down` marked down; the drains
+    /// last programmed stay.
+    fn apply(&mut self, cfg: &Config, down: &BTreeSet<String>) -> Result<(), DataplaneError>;
+    /// The backend state last programmed (or the drains adopted from a
+    /// previous run).
+    fn backend_state(&self) -> BackendState;
+}
+
+impl ApplyConfig for Dataplane {
+    fn apply_state(&mut self, cfg: &Config, state: BackendState) -> Result<(), DataplaneError> {
+        self.program(
+            desired(cfg, &state),
+            globals(&cfg.dataplane),
+            &state.drained,
+        )
+    }
+
+    fn apply(&mut self, cfg: &Config, down: &BTreeSet<String>) -> Result<(), DataplaneError> {
+        let state = BackendState {
+            down: down.clone(),
+            drained: self.drained().clone(),
+        };
+        self.apply_state(cfg, state)
+    }
+
+    fn backend_state(&self) -> BackendState {
+        BackendState {
+            down: self.down().clone(),
+            drained: self.drained().clone(),
+        }
+    }
 }
 
 #[cfg(test)]

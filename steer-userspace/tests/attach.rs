@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use steer::config::{AttachMode, Config};
 use steer::dataplane::{Attached, Dataplane, Persist};
+use steer::policy::ApplyConfig as _;
 use steer_common::path;
 
 /// Runs `ip args...`, panics on failure, returns stdout.

@@ -7,6 +7,7 @@ use std::collections::BTreeSet;
 
 use steer::config::Config;
 use steer::dataplane::{Dataplane, Verdict};
+use steer::policy::ApplyConfig as _;
 
 const CFG: &str = r#"
 [dataplane]

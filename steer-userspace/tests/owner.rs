@@ -16,6 +16,7 @@ use steer::config::Config;
 use steer::daemon::{down_set, Event, Owner, Published};
 use steer::dataplane::{Dataplane, Persist};
 use steer::health::TargetStatus;
+use steer::policy::ApplyConfig as _;
 use steer::policy::BackendState;
 use tokio::sync::{mpsc, oneshot};
 

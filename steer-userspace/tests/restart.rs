@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 
 use steer::config::Config;
 use steer::dataplane::{Dataplane, DataplaneError, Persist, Verdict};
+use steer::policy::ApplyConfig as _;
 use steer_common::path;
 
 /// A unique pin directory and state file, removed (with every pin) on drop.

@@ -32,6 +32,7 @@ use crate::api::{self, ControlHandler, HandlerFuture, Request, Response};
 use crate::config::{AttachMode, Config};
 use crate::dataplane::{Attached, CounterReader, Dataplane, Persist};
 use crate::health::{self, HealthMonitor};
+use crate::policy::ApplyConfig as _;
 
 /// Options of `steer run` that override the config.
 #[derive(Clone, Debug)]

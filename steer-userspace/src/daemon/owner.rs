@@ -23,7 +23,7 @@ use crate::api::Response;
 use crate::config::Config;
 use crate::dataplane::{Dataplane, Ledger};
 use crate::health::{self, HealthMonitor, TargetStatus};
-use crate::policy::BackendState;
+use crate::policy::{ApplyConfig as _, BackendState};
 
 use super::reload;
 

@@ -2,7 +2,7 @@
 //! through it with BPF_PROG_TEST_RUN. This is the only module that touches
 //! BPF objects. Map layout and the table flip: docs/architecture.md.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::os::fd::{AsFd, AsRawFd};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -12,31 +12,25 @@ use aya::maps::{Array, HashMap, Map, MapData};
 use aya::programs::{ProgramError, TestRun, TestRunOptions, Xdp};
 use aya::{Ebpf, EbpfLoader};
 use steer_common::{
-    drop, maglev, names, path, ring_index, ring_values, vip_filter_bit, AddrKey, BenchState,
-    Counters, Real, Settings, VipInfo, VipKey, FAMILY_V4, FAMILY_V6, REAL_F_DOWN, REAL_F_PRESENT,
-    SETTINGS_F_PORT0_VIPS, SETTINGS_F_READY, VIP_FILTER_WORDS, VIP_F_CLIENT_AFFINITY,
+    drop, names, path, ring_index, ring_values, AddrKey, BenchState, Counters, Real, Settings,
+    VipInfo, VipKey, VIP_FILTER_WORDS,
 };
 
 mod counters;
 pub mod persist;
+pub mod plan;
 
 pub use counters::CounterReader;
+use plan::{addr_bytes, RealSlot, ServiceSlot};
+pub use plan::{DesiredBackend, DesiredService, Globals, IdLedger, PlanError, Write};
 
 use std::path::{Path, PathBuf};
 
 use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::xdp::{XdpLink, XdpMode};
 
-use crate::config::{AttachMode, Config, DataplaneConfig};
-use crate::policy::{self, BackendState, DesiredService};
-
 /// The compiled XDP program, built by build.rs.
 static PROGRAM: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/steer"));
-
-/// How long a ring that was just retired may still be read by a packet that
-/// loaded the old generation. The program runs inside an RCU read-side
-/// section of a few microseconds; this is a wide margin.
-const GRACE: Duration = Duration::from_millis(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum DataplaneError {
@@ -114,6 +108,17 @@ pub enum DataplaneError {
 }
 
 type Result<T, E = DataplaneError> = std::result::Result<T, E>;
+
+impl From<PlanError> for DataplaneError {
+    fn from(e: PlanError) -> Self {
+        match e {
+            PlanError::Capacity { what, max, knob } => DataplaneError::Capacity { what, max, knob },
+            PlanError::FamilyMismatch { service, backend } => {
+                DataplaneError::FamilyMismatch { service, backend }
+            }
+        }
+    }
+}
 
 fn map_err(name: &'static str) -> impl Fn(aya::maps::MapError) -> DataplaneError {
     move |source| DataplaneError::Map { name, source }
@@ -226,34 +231,6 @@ unsafe impl Send for Mmap {}
 // SAFETY: as above.
 unsafe impl Sync for Mmap {}
 
-#[derive(Clone, Debug)]
-struct RealSlot {
-    id: u32,
-    address: IpAddr,
-}
-
-/// A service's reals, allocated but not yet written.
-struct Prepared {
-    reals: BTreeMap<String, RealSlot>,
-    retired: Vec<u32>,
-    inputs: Vec<(u32, String, u32)>,
-}
-
-#[derive(Debug)]
-struct ServiceSlot {
-    /// Doubles as the table id.
-    vip_id: u32,
-    key: VipKey,
-    info: VipInfo,
-    reals: BTreeMap<String, RealSlot>,
-    /// The active ring's content.
-    table: Vec<u32>,
-    /// What `table` was built from: (real id, backend name, weight).
-    inputs: Option<Vec<(u32, String, u32)>>,
-    generation: u32,
-    last_flip: Option<Instant>,
-}
-
 /// Sizes fixed at load time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limits {
@@ -263,41 +240,28 @@ pub struct Limits {
     pub conntrack_size: u32,
 }
 
-impl Limits {
-    pub fn from_config(cfg: &DataplaneConfig) -> Self {
-        Limits {
-            ring_size: cfg.maglev_table_size,
-            max_tables: cfg.max_tables,
-            max_reals: cfg.max_reals,
-            conntrack_size: cfg.conntrack_size,
-        }
-    }
-}
-
 /// A loaded XDP program and the state steer has written into its maps.
 pub struct Dataplane {
     ebpf: Ebpf,
     rings: Mmap,
     gens: Mmap,
-    limits: Limits,
-    services: BTreeMap<String, ServiceSlot>,
-    free_vips: Vec<u32>,
-    real_generation: Vec<u32>,
-    /// Freed real ids, reused oldest first so stale flows see a generation
-    /// change long after the fact rather than at once.
-    free_reals: VecDeque<u32>,
-    next_real: u32,
-    config: Option<Config>,
-    state: BackendState,
+    /// Which ids the services and backends hold (the plan's input).
+    ledger: IdLedger,
+    /// Operator drains, persisted with the state so a restart keeps them.
+    drained: BTreeSet<String>,
+    /// Backends programmed as down.
+    down: BTreeSet<String>,
+    /// What was last programmed.
+    last: Option<(Vec<DesiredService>, Globals)>,
     /// The `VIP_FILTER` bitmap as last written.
-    filter: Vec<u64>,
+    filter_written: Vec<u64>,
     persist: Option<Persist>,
     /// `REALS` entries as last written, so unchanged ones are skipped.
     written: std::collections::HashMap<u32, Real>,
     /// The state file as last written, so unchanged state is not rewritten.
     saved: Option<persist::SavedState>,
-    /// VIPS keys this process has written (or adopted).
-    vips_written: std::collections::HashSet<VipKey>,
+    /// VIPS entries this process has written.
+    vips_written: std::collections::HashMap<VipKey, VipInfo>,
     /// The counter maps.
     counters: CounterReader,
     /// Why a previous run's state was discarded at `open`.
@@ -327,6 +291,17 @@ pub struct Persist {
     pub pin_dir: PathBuf,
     /// The userspace bookkeeping (JSON).
     pub state_file: PathBuf,
+}
+
+/// How to attach XDP to an interface.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttachMode {
+    /// Native (driver) XDP; fails if the driver does not support it.
+    Driver,
+    /// Generic (skb) XDP: works everywhere, slower.
+    Skb,
+    /// Driver mode, falling back to skb mode.
+    Auto,
 }
 
 /// How an interface ended up attached.
@@ -413,30 +388,11 @@ fn is_bpffs(path: &Path) -> bool {
     }
 }
 
-fn addr_bytes(a: &IpAddr) -> ([u8; 16], u8) {
-    let mut out = [0u8; 16];
-    match a {
-        IpAddr::V4(v4) => {
-            out[..4].copy_from_slice(&v4.octets());
-            (out, FAMILY_V4)
-        }
-        IpAddr::V6(v6) => (v6.octets(), FAMILY_V6),
-    }
-}
-
-fn prefix_mask(host_bits: u32) -> u32 {
-    if host_bits >= 32 {
-        u32::MAX
-    } else {
-        (1u32 << host_bits) - 1
-    }
-}
-
 impl Dataplane {
     /// Loads the XDP program with map sizes from `cfg` (it is not attached
     /// anywhere; see `attach`).
-    pub fn load(cfg: &DataplaneConfig) -> Result<Self> {
-        Self::load_with(Limits::from_config(cfg))
+    pub fn load(limits: impl Into<Limits>) -> Result<Self> {
+        Self::load_with(limits.into())
     }
 
     pub fn load_with(limits: Limits) -> Result<Self> {
@@ -494,19 +450,15 @@ impl Dataplane {
             ebpf,
             rings,
             gens,
-            limits,
-            services: BTreeMap::new(),
-            free_vips: (0..limits.max_tables).rev().collect(),
-            real_generation: vec![0; limits.max_reals as usize],
-            free_reals: VecDeque::new(),
-            next_real: 0,
-            config: None,
-            state: BackendState::default(),
-            filter: vec![0; VIP_FILTER_WORDS as usize],
+            ledger: IdLedger::new(limits),
+            drained: BTreeSet::new(),
+            down: BTreeSet::new(),
+            last: None,
+            filter_written: vec![0; VIP_FILTER_WORDS as usize],
             persist: None,
             written: std::collections::HashMap::new(),
             saved: None,
-            vips_written: std::collections::HashSet::new(),
+            vips_written: std::collections::HashMap::new(),
         })
     }
 
@@ -514,8 +466,8 @@ impl Dataplane {
     /// a previous run left pinned maps (and its state file), they are
     /// adopted: established flows, tables and counters carry on. Returns
     /// whether state was adopted.
-    pub fn open(cfg: &DataplaneConfig, persist: Persist) -> Result<(Self, bool)> {
-        let limits = Limits::from_config(cfg);
+    pub fn open(limits: impl Into<Limits>, persist: Persist) -> Result<(Self, bool)> {
+        let limits: Limits = limits.into();
         let dir = &persist.pin_dir;
         let parent = dir.parent().unwrap_or(Path::new("/"));
         if !dir.exists() && parent == Path::new(BPFFS) {
@@ -575,11 +527,8 @@ impl Dataplane {
                         problems.join("; ")
                     ));
                     // Nothing of the rejected state may stay behind.
-                    dp.services.clear();
-                    dp.free_vips = (0..limits.max_tables).rev().collect();
-                    dp.free_reals.clear();
-                    dp.next_real = 0;
-                    dp.state = BackendState::default();
+                    dp.ledger = IdLedger::new(limits);
+                    dp.drained.clear();
                 }
                 if existed {
                     dp.reset_pinned()?;
@@ -591,7 +540,7 @@ impl Dataplane {
     }
 
     fn check_pinned_sizes(&self) -> Result<()> {
-        let l = self.limits;
+        let l = self.ledger.limits;
         for (name, want) in [
             (names::CONNTRACK, l.conntrack_size),
             (names::RINGS, ring_values(l.max_tables, l.ring_size)),
@@ -619,7 +568,7 @@ impl Dataplane {
     /// generation words are valid. On error (the problems found) nothing
     /// may be used: the caller resets the maps instead.
     fn adopt(&mut self, s: &persist::SavedState) -> std::result::Result<(), Vec<String>> {
-        let l = self.limits;
+        let l = self.ledger.limits;
         persist::validate(s, l.ring_size, l.max_tables, l.max_reals, l.conntrack_size)?;
         let bad_gens: Vec<String> = s
             .services
@@ -659,7 +608,7 @@ impl Dataplane {
                 })
                 .collect();
             used_vips.insert(svc.vip_id);
-            self.services.insert(
+            self.ledger.services.insert(
                 svc.name.clone(),
                 ServiceSlot {
                     vip_id: svc.vip_id,
@@ -683,7 +632,7 @@ impl Dataplane {
                             )
                         })
                         .collect(),
-                    table,
+                    table: std::sync::Arc::new(table),
                     inputs: None,
                     generation,
                     // A packet may still hold the other ring: wait before
@@ -692,20 +641,18 @@ impl Dataplane {
                 },
             );
         }
-        self.free_vips = (0..l.max_tables)
+        self.ledger.free_vips = (0..l.max_tables)
             .rev()
             .filter(|v| !used_vips.contains(v))
             .collect();
         for (id, g) in &s.real_generation {
-            if let Some(slot) = self.real_generation.get_mut(*id as usize) {
+            if let Some(slot) = self.ledger.real_generation.get_mut(*id as usize) {
                 *slot = *g;
             }
         }
-        self.free_reals = s.free_reals.iter().copied().collect();
-        self.next_real = s.next_real;
-        self.state.drained = s.drained.iter().cloned().collect();
-        // The filter is recomputed from the adopted services.
-        self.filter = vec![u64::MAX; VIP_FILTER_WORDS as usize];
+        self.ledger.free_reals = s.free_reals.iter().copied().collect();
+        self.ledger.next_real = s.next_real;
+        self.drained = s.drained.iter().cloned().collect();
         Ok(())
     }
 
@@ -724,6 +671,7 @@ impl Dataplane {
     /// is read back as it is.
     fn reconcile_adopted(&mut self) -> Result<()> {
         let owned: std::collections::HashMap<u32, IpAddr> = self
+            .ledger
             .services
             .values()
             .flat_map(|s| s.reals.values().map(|r| (r.id, r.address)))
@@ -731,9 +679,9 @@ impl Dataplane {
         let mut stray = Vec::new();
         {
             let reals: Array<_, Real> = typed(&mut self.ebpf, names::REALS)?;
-            for id in 0..self.limits.max_reals {
+            for id in 0..self.ledger.limits.max_reals {
                 let r = reals.get(&id, 0).map_err(map_err(names::REALS))?;
-                let g = &mut self.real_generation[id as usize];
+                let g = &mut self.ledger.real_generation[id as usize];
                 match owned.get(&id) {
                     Some(addr) if addr_bytes(addr).0 == r.addr && r.generation == *g => {
                         self.written.insert(id, r);
@@ -750,6 +698,7 @@ impl Dataplane {
         }
         for id in stray {
             if let Some((addr, up)) = self
+                .ledger
                 .services
                 .values()
                 .flat_map(|s| s.reals.values())
@@ -761,13 +710,13 @@ impl Dataplane {
                 self.write_real(id, Some((&addr, up)))?;
             } else {
                 self.write_real(id, None)?;
-                if id < self.next_real && !self.free_reals.contains(&id) {
-                    self.free_reals.push_back(id);
+                if id < self.ledger.next_real && !self.ledger.free_reals.contains(&id) {
+                    self.ledger.free_reals.push_back(id);
                 }
             }
         }
         let known: std::collections::HashSet<VipKey> =
-            self.services.values().map(|s| s.key).collect();
+            self.ledger.services.values().map(|s| s.key).collect();
         let mut vips: HashMap<_, VipKey, VipInfo> = typed(&mut self.ebpf, names::VIPS)?;
         let keys: Vec<VipKey> = vips.keys().filter_map(|k| k.ok()).collect();
         for k in keys.iter().filter(|k| !known.contains(k)) {
@@ -775,7 +724,9 @@ impl Dataplane {
         }
         let bits: Array<_, u64> = typed(&mut self.ebpf, names::VIP_FILTER)?;
         for i in 0..VIP_FILTER_WORDS {
-            self.filter[i as usize] = bits.get(&i, 0).map_err(map_err(names::VIP_FILTER))?;
+            let w = bits.get(&i, 0).map_err(map_err(names::VIP_FILTER))?;
+            self.ledger.filter[i as usize] = w;
+            self.filter_written[i as usize] = w;
         }
         Ok(())
     }
@@ -786,12 +737,12 @@ impl Dataplane {
     fn reset_pinned(&mut self) -> Result<()> {
         {
             let reals: Array<_, Real> = typed(&mut self.ebpf, names::REALS)?;
-            for id in 0..self.limits.max_reals {
+            for id in 0..self.ledger.limits.max_reals {
                 let r = reals.get(&id, 0).map_err(map_err(names::REALS))?;
-                self.real_generation[id as usize] = r.generation.wrapping_add(1);
+                self.ledger.real_generation[id as usize] = r.generation.wrapping_add(1);
             }
         }
-        for id in 0..self.limits.max_reals {
+        for id in 0..self.ledger.limits.max_reals {
             self.write_real(id, None)?;
         }
         let mut vips: HashMap<_, VipKey, VipInfo> = typed(&mut self.ebpf, names::VIPS)?;
@@ -804,15 +755,18 @@ impl Dataplane {
         for k in keys {
             let _ = addrs.remove(&k);
         }
-        self.filter = vec![u64::MAX; VIP_FILTER_WORDS as usize];
-        self.write_filter(std::iter::empty(), false)
+        // Every word is written: the map's bits are unknown.
+        self.filter_written = vec![u64::MAX; VIP_FILTER_WORDS as usize];
+        self.ledger.filter = vec![0; VIP_FILTER_WORDS as usize];
+        let zeros = self.ledger.filter.clone();
+        self.write_filter(&zeros)
     }
 
     fn save_state(&mut self) -> Result<()> {
         let Some(p) = self.persist.clone() else {
             return Ok(());
         };
-        let l = self.limits;
+        let l = self.ledger.limits;
         let state = persist::SavedState {
             version: persist::STATE_VERSION,
             ring_size: l.ring_size,
@@ -820,6 +774,7 @@ impl Dataplane {
             max_reals: l.max_reals,
             conntrack_size: l.conntrack_size,
             services: self
+                .ledger
                 .services
                 .iter()
                 .map(|(name, s)| persist::SavedService {
@@ -847,15 +802,16 @@ impl Dataplane {
                 })
                 .collect(),
             real_generation: self
+                .ledger
                 .real_generation
                 .iter()
                 .enumerate()
                 .filter(|(_, g)| **g != 0)
                 .map(|(i, g)| (i as u32, *g))
                 .collect(),
-            free_reals: self.free_reals.iter().copied().collect(),
-            next_real: self.next_real,
-            drained: self.state.drained.iter().cloned().collect(),
+            free_reals: self.ledger.free_reals.iter().copied().collect(),
+            next_real: self.ledger.next_real,
+            drained: self.drained.iter().cloned().collect(),
         };
         if self.saved.as_ref() == Some(&state) {
             return Ok(());
@@ -872,7 +828,8 @@ impl Dataplane {
     /// Attaches the program to `iface`, or takes over the link a previous
     /// run pinned (replacing its program atomically). The link is pinned,
     /// so forwarding continues if this process dies.
-    pub fn attach(&mut self, iface: &str, mode: AttachMode) -> Result<Attached> {
+    pub fn attach(&mut self, iface: &str, mode: impl Into<AttachMode>) -> Result<Attached> {
+        let mode: AttachMode = mode.into();
         let pin = self.persist.as_ref().map(|p| link_pin(&p.pin_dir, iface));
         let prog: &mut Xdp = self
             .ebpf
@@ -997,159 +954,157 @@ impl Dataplane {
     }
 
     pub fn limits(&self) -> Limits {
-        self.limits
+        self.ledger.limits
     }
 
-    /// The backend state last programmed (or adopted from a previous run).
-    pub fn backend_state(&self) -> &BackendState {
-        &self.state
+    /// The drains last programmed, or adopted from a previous run.
+    pub fn drained(&self) -> &BTreeSet<String> {
+        &self.drained
     }
 
-    /// Programs every map from `cfg` with the given backends marked down.
-    pub fn apply(&mut self, cfg: &Config, down: &BTreeSet<String>) -> Result<()> {
-        let state = BackendState {
-            down: down.clone(),
-            drained: self.state.drained.clone(),
-        };
-        self.apply_state(cfg, state)
+    /// The backends last programmed as down.
+    pub fn down(&self) -> &BTreeSet<String> {
+        &self.down
     }
 
-    /// Programs every map from `cfg` and `state`.
-    pub fn apply_state(&mut self, cfg: &Config, state: BackendState) -> Result<()> {
-        let desired = policy::desired(cfg, &state);
-        self.write_settings(&cfg.dataplane, &desired)?;
-        self.apply_desired(&desired)?;
-        self.config = Some(cfg.clone());
-        self.state = state;
+    /// Programs every map for `desired` (the plan, then its writes).
+    /// `drained` is the operator's drain set, persisted with the state so
+    /// that a restart keeps it; the weights in `desired` already reflect it.
+    ///
+    /// On a capacity or family error nothing is written. If a map write
+    /// fails part-way, the next call rewrites everything.
+    pub fn program(
+        &mut self,
+        desired: Vec<DesiredService>,
+        globals: Globals,
+        drained: &BTreeSet<String>,
+    ) -> Result<()> {
+        let (next, writes) = self.ledger.plan(&desired, &globals, Instant::now())?;
+        let done = self.execute(&writes);
+        self.ledger = next;
+        if let Err(e) = done {
+            self.forget_written();
+            return Err(e);
+        }
+        self.drained = drained.clone();
+        self.down = desired
+            .iter()
+            .flat_map(|d| d.backends.iter().filter(|b| !b.up))
+            .map(|b| b.name.clone())
+            .collect();
+        self.last = Some((desired, globals));
         self.save_state()
     }
 
-    /// Marks a backend down (in every service) or up again.
+    /// Marks a backend down (in every service) or up again, on top of what
+    /// was last programmed.
     pub fn set_backend_down(&mut self, backend: &str, down: bool) -> Result<()> {
-        let cfg = self
-            .config
-            .clone()
-            .ok_or_else(|| DataplaneError::UnknownBackend(backend.to_string()))?;
-        if !cfg.backends.iter().any(|b| b.name == backend) {
+        let Some((mut desired, globals)) = self.last.clone() else {
+            return Err(DataplaneError::UnknownBackend(backend.to_string()));
+        };
+        let mut found = false;
+        for b in desired.iter_mut().flat_map(|d| d.backends.iter_mut()) {
+            if b.name == backend {
+                b.up = !down;
+                found = true;
+            }
+        }
+        if !found {
             return Err(DataplaneError::UnknownBackend(backend.to_string()));
         }
-        let mut state = self.state.clone();
-        if down {
-            state.down.insert(backend.to_string());
-        } else {
-            state.down.remove(backend);
-        }
-        self.apply_state(&cfg, state)
+        let drained = self.drained.clone();
+        self.program(desired, globals, &drained)
     }
 
-    fn write_settings(&mut self, cfg: &DataplaneConfig, desired: &[DesiredService]) -> Result<()> {
-        let mut s = Settings {
-            ring_size: self.limits.ring_size,
-            mtu: cfg.mtu,
-            next_hop_mac: cfg.next_hop_mac,
-            ttl: cfg.ttl,
-            flags: SETTINGS_F_READY,
-            ..Default::default()
-        };
-        if let Some(p) = &cfg.encap_source_v4 {
-            s.src4_base = p.addr.octets();
-            s.src4_mask = prefix_mask(32 - p.len as u32);
+    /// After a failed write: nothing this process believes it wrote can be
+    /// trusted, so the next `program` rewrites every real, VIP, filter word
+    /// and table (to the shadow ring of the generation the kernel holds).
+    fn forget_written(&mut self) {
+        self.written.clear();
+        self.vips_written.clear();
+        self.filter_written = vec![u64::MAX; VIP_FILTER_WORDS as usize];
+        for slot in self.ledger.services.values_mut() {
+            slot.inputs = None;
+            slot.table = std::sync::Arc::new(Vec::new());
+            slot.generation = self
+                .gens
+                .word(slot.vip_id as usize * 8)
+                .load(Ordering::Acquire)
+                & 1;
         }
-        if let Some(p) = &cfg.encap_source_v6 {
-            s.src6_base = p.addr.octets();
-            s.src6_mask = prefix_mask(128 - p.len as u32);
-        }
-        if desired.iter().any(|d| d.port == 0) {
-            s.flags |= SETTINGS_F_PORT0_VIPS;
-        }
-        let mut map: Array<_, Settings> = typed(&mut self.ebpf, names::SETTINGS)?;
-        map.set(0, s, 0).map_err(map_err(names::SETTINGS))
     }
 
-    fn alloc_real(&mut self) -> Result<u32> {
-        if let Some(id) = self.free_reals.pop_front() {
-            let g = &mut self.real_generation[id as usize];
-            *g = g.wrapping_add(1);
-            return Ok(id);
-        }
-        if self.next_real >= self.limits.max_reals {
-            return Err(DataplaneError::Capacity {
-                what: "service backends",
-                max: self.limits.max_reals,
-                knob: "max_reals",
-            });
-        }
-        self.next_real += 1;
-        Ok(self.next_real - 1)
-    }
-
-    fn apply_desired(&mut self, desired: &[DesiredService]) -> Result<()> {
-        for d in desired {
-            if d.vip.is_ipv6() {
-                if let Some(b) = d.backends.iter().find(|b| b.address.is_ipv4()) {
-                    return Err(DataplaneError::FamilyMismatch {
-                        service: d.name.clone(),
-                        backend: b.name.clone(),
-                    });
+    /// Executes a plan's writes in order.
+    fn execute(&mut self, writes: &[Write]) -> Result<()> {
+        let size = self.ledger.limits.ring_size;
+        for w in writes {
+            match w {
+                Write::Settings(v) => {
+                    let mut map: Array<_, Settings> = typed(&mut self.ebpf, names::SETTINGS)?;
+                    map.set(0, v, 0).map_err(map_err(names::SETTINGS))?;
+                }
+                Write::RemoveVip(key) => {
+                    let mut vips: HashMap<_, VipKey, VipInfo> = typed(&mut self.ebpf, names::VIPS)?;
+                    match vips.remove(key) {
+                        Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+                        Err(e) => return Err(map_err(names::VIPS)(e)),
+                    }
+                    self.vips_written.remove(key);
+                }
+                Write::Real { id, real } => self.write_real_value(*id, *real)?,
+                Write::Filter(bits) => self.write_filter(bits)?,
+                Write::Wait(d) => std::thread::sleep(*d),
+                Write::Table {
+                    vip_id,
+                    generation,
+                    table,
+                } => {
+                    for (i, real) in table.iter().enumerate() {
+                        let flat = ring_index(*vip_id, *generation, size, i as u32) as usize;
+                        self.rings.word(flat * 4).store(*real, Ordering::Relaxed);
+                    }
+                    // The flip: one aligned word; Release orders the ring
+                    // writes before it.
+                    self.gens
+                        .word(*vip_id as usize * 8)
+                        .store(*generation, Ordering::Release);
+                }
+                Write::Vip { key, info } => {
+                    if self.vips_written.get(key) != Some(info) {
+                        let mut vips: HashMap<_, VipKey, VipInfo> =
+                            typed(&mut self.ebpf, names::VIPS)?;
+                        vips.insert(key, info, 0).map_err(map_err(names::VIPS))?;
+                        self.vips_written.insert(*key, *info);
+                    }
+                }
+                Write::VipAddrs(wanted) => {
+                    let mut map: HashMap<_, AddrKey, u32> =
+                        typed(&mut self.ebpf, names::VIP_ADDRS)?;
+                    let present: Vec<AddrKey> = map.keys().filter_map(|k| k.ok()).collect();
+                    for k in &present {
+                        if !wanted.contains(k) {
+                            let _ = map.remove(k);
+                        }
+                    }
+                    for k in wanted {
+                        if !present.contains(k) {
+                            map.insert(k, 1, 0).map_err(map_err(names::VIP_ADDRS))?;
+                        }
+                    }
                 }
             }
         }
-        // 1. Services that disappeared (or whose VIP changed) are removed.
-        let wanted: BTreeMap<&str, &DesiredService> =
-            desired.iter().map(|d| (d.name.as_str(), d)).collect();
-        let stale: Vec<String> = self
-            .services
-            .iter()
-            .filter(|(name, slot)| match wanted.get(name.as_str()) {
-                None => true,
-                Some(d) => vip_key(d) != slot.key,
-            })
-            .map(|(n, _)| n.clone())
-            .collect();
-        for name in stale {
-            self.remove_service(&name)?;
-        }
-        // 2. Add or update the rest, filter bits first.
-        self.write_filter(desired.iter().map(|d| vip_key(d).addr), true)?;
-        self.apply_services(desired)?;
-        self.write_vip_addrs()
-    }
-
-    fn remove_service(&mut self, name: &str) -> Result<()> {
-        let Some(slot) = self.services.remove(name) else {
-            return Ok(());
-        };
-        let mut vips: HashMap<_, VipKey, VipInfo> = typed(&mut self.ebpf, names::VIPS)?;
-        match vips.remove(&slot.key) {
-            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
-            Err(e) => return Err(map_err(names::VIPS)(e)),
-        }
-        self.vips_written.remove(&slot.key);
-        for real in slot.reals.values() {
-            self.write_real(real.id, None)?;
-            self.free_reals.push_back(real.id);
-        }
-        self.free_vips.push(slot.vip_id);
         Ok(())
     }
 
+    /// Writes real `id` (absent, or present up or down) under its current
+    /// generation.
     fn write_real(&mut self, id: u32, value: Option<(&IpAddr, bool)>) -> Result<()> {
-        let real = match value {
-            None => Real {
-                generation: self.real_generation[id as usize],
-                ..Default::default()
-            },
-            Some((addr, up)) => {
-                let (addr, family) = addr_bytes(addr);
-                Real {
-                    addr,
-                    family,
-                    flags: REAL_F_PRESENT | if up { 0 } else { REAL_F_DOWN },
-                    _pad: [0; 2],
-                    generation: self.real_generation[id as usize],
-                }
-            }
-        };
+        let real = plan::real_value(self.ledger.real_generation[id as usize], value);
+        self.write_real_value(id, real)
+    }
+
+    fn write_real_value(&mut self, id: u32, real: Real) -> Result<()> {
         if self.written.get(&id) == Some(&real) {
             return Ok(());
         }
@@ -1159,292 +1114,17 @@ impl Dataplane {
         Ok(())
     }
 
-    /// Allocates the service's slot and real ids; nothing is written yet.
-    fn prepare_service(&mut self, d: &DesiredService) -> Result<Prepared> {
-        if !self.services.contains_key(&d.name) {
-            let vip_id = self.free_vips.pop().ok_or(DataplaneError::Capacity {
-                what: "services",
-                max: self.limits.max_tables,
-                knob: "max_tables",
-            })?;
-            self.services.insert(
-                d.name.clone(),
-                ServiceSlot {
-                    vip_id,
-                    key: vip_key(d),
-                    info: VipInfo::default(),
-                    reals: BTreeMap::new(),
-                    table: Vec::new(),
-                    inputs: None,
-                    generation: self.gens.word(vip_id as usize * 8).load(Ordering::Acquire),
-                    last_flip: None,
-                },
-            );
-        }
-        // Reals: keep ids of backends whose address is unchanged.
-        let old_reals = self.services[&d.name].reals.clone();
-        let mut reals = BTreeMap::new();
-        let mut retired = Vec::new();
-        // Ids this service gives up (backend removed or readdressed): they
-        // may be reused for its new backends when the pool is exhausted.
-        let mut spare: Vec<u32> = old_reals
-            .iter()
-            .filter(|(n, r)| {
-                !d.backends
-                    .iter()
-                    .any(|b| &b.name == *n && b.address == r.address)
-            })
-            .map(|(_, r)| r.id)
-            .collect();
-        for b in &d.backends {
-            let id = match old_reals.get(&b.name) {
-                Some(r) if r.address == b.address => r.id,
-                _ => match self.alloc_real() {
-                    Ok(id) => id,
-                    Err(e) => {
-                        // Reuse a spare id under a new generation: flows
-                        // pinned to its old backend re-select.
-                        let id = spare.pop().ok_or(e)?;
-                        let g = &mut self.real_generation[id as usize];
-                        *g = g.wrapping_add(1);
-                        id
-                    }
-                },
-            };
-            reals.insert(
-                b.name.clone(),
-                RealSlot {
-                    id,
-                    address: b.address,
-                },
-            );
-        }
-        // Ids of the old reals that no new real kept or reused.
-        for r in old_reals.values() {
-            if !reals.values().any(|n: &RealSlot| n.id == r.id) {
-                retired.push(r.id);
-            }
-        }
-        // Down and zero-weight backends get no slots.
-        let inputs: Vec<(u32, String, u32)> = d
-            .backends
-            .iter()
-            .map(|b| {
-                (
-                    reals[&b.name].id,
-                    b.name.clone(),
-                    if b.up { b.weight } else { 0 },
-                )
-            })
-            .collect();
-        Ok(Prepared {
-            reals,
-            retired,
-            inputs,
-        })
-    }
-
-    /// Programs every desired service. Tables whose inputs changed are
-    /// rebuilt on several threads, then each is written to its shadow ring
-    /// and flipped; nothing unchanged is rewritten.
-    fn apply_services(&mut self, desired: &[DesiredService]) -> Result<()> {
-        // Allocation first, with nothing written: if it fails (capacity),
-        // undo it and leave the maps exactly as they were.
-        let mut prepared = Vec::with_capacity(desired.len());
-        let (free_before, next_before) = (self.free_reals.clone(), self.next_real);
-        let generations_before = self.real_generation.clone();
-        let (vips_before, names_before): (Vec<u32>, BTreeSet<String>) = (
-            self.free_vips.clone(),
-            self.services.keys().cloned().collect(),
-        );
-        for d in desired {
-            match self.prepare_service(d) {
-                Ok(p) => prepared.push(p),
-                Err(e) => {
-                    self.free_reals = free_before;
-                    self.next_real = next_before;
-                    self.real_generation = generations_before;
-                    self.free_vips = vips_before;
-                    self.services.retain(|n, _| names_before.contains(n));
-                    return Err(e);
-                }
-            }
-        }
-        // Phase 1: backends that are up are present and up before any table
-        // can point at them.
-        for (d, p) in desired.iter().zip(&prepared) {
-            for b in d.backends.iter().filter(|b| b.up) {
-                self.write_real(p.reals[&b.name].id, Some((&b.address, true)))?;
-            }
-        }
-        // Phase 2: build the tables whose inputs changed, in parallel.
-        let todo: Vec<usize> = desired
-            .iter()
-            .zip(&prepared)
-            .enumerate()
-            .filter(|(_, (d, p))| self.services[&d.name].inputs.as_ref() != Some(&p.inputs))
-            .map(|(i, _)| i)
-            .collect();
-        let size = self.limits.ring_size;
-        let threads = std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1)
-            .clamp(1, 8);
-        let built: Vec<(usize, Vec<u32>)> = std::thread::scope(|scope| {
-            let chunk = todo.len().div_ceil(threads).max(1);
-            let handles: Vec<_> = todo
-                .chunks(chunk)
-                .map(|ids| {
-                    let prepared = &prepared;
-                    scope.spawn(move || {
-                        ids.iter()
-                            .map(|&i| {
-                                let entries: Vec<maglev::Entry<'_>> = prepared[i]
-                                    .inputs
-                                    .iter()
-                                    .map(|(id, name, w)| maglev::Entry {
-                                        id: *id,
-                                        key: name.as_bytes(),
-                                        weight: *w,
-                                    })
-                                    .collect();
-                                (i, maglev::build(&entries, size))
-                            })
-                            .collect::<Vec<_>>()
-                    })
-                })
-                .collect();
-            handles
-                .into_iter()
-                .flat_map(|h| h.join().expect("maglev builder thread panicked"))
-                .collect()
-        });
-        // A ring that was active within the grace period may still be read
-        // by a packet: wait once for all of them, not once per table.
-        let wait = built
-            .iter()
-            .filter_map(|(i, t)| {
-                let slot = &self.services[&desired[*i].name];
-                (slot.table != *t).then_some(slot.last_flip).flatten()
-            })
-            .map(|t| GRACE.saturating_sub(t.elapsed()))
-            .max()
-            .unwrap_or_default();
-        if !wait.is_zero() {
-            std::thread::sleep(wait);
-        }
-        let mut tables: BTreeMap<usize, Vec<u32>> = built.into_iter().collect();
-        for (i, (d, p)) in desired.iter().zip(prepared).enumerate() {
-            self.finish_service(d, p, tables.remove(&i))?;
-        }
-        Ok(())
-    }
-
-    /// Flips a rebuilt table in, updates the VIP and retires what the table
-    /// no longer points at.
-    fn finish_service(
-        &mut self,
-        d: &DesiredService,
-        p: Prepared,
-        table: Option<Vec<u32>>,
-    ) -> Result<()> {
-        let key = vip_key(d);
-        let size = self.limits.ring_size;
-        let slot = self.services.get_mut(&d.name).expect("prepared above");
-        slot.reals = p.reals.clone();
-        slot.inputs = Some(p.inputs);
-        let vip_id = slot.vip_id;
-        if let Some(table) = table.filter(|t| *t != slot.table) {
-            let next_gen = slot.generation.wrapping_add(1) & 1;
-            for (i, real) in table.iter().enumerate() {
-                let flat = ring_index(vip_id, next_gen, size, i as u32) as usize;
-                self.rings.word(flat * 4).store(*real, Ordering::Relaxed);
-            }
-            // The flip: one aligned word; Release orders the ring writes
-            // before it.
-            self.gens
-                .word(vip_id as usize * 8)
-                .store(next_gen, Ordering::Release);
-            slot.generation = next_gen;
-            slot.table = table;
-            slot.last_flip = Some(Instant::now());
-        }
-        let info = VipInfo {
-            vip_id,
-            table_id: vip_id,
-            flags: if d.client_affinity {
-                VIP_F_CLIENT_AFFINITY
-            } else {
-                0
-            },
-            _pad: 0,
-        };
-        let update_vip = slot.info != info;
-        slot.info = info;
-        // Phase 3: backends that are down, and removed ones, after the table
-        // stopped pointing at them.
-        for b in d.backends.iter().filter(|b| !b.up) {
-            self.write_real(p.reals[&b.name].id, Some((&b.address, false)))?;
-        }
-        for id in p.retired {
-            self.write_real(id, None)?;
-            self.free_reals.push_back(id);
-        }
-        if update_vip || !self.vips_written.contains(&key) {
-            let mut vips: HashMap<_, VipKey, VipInfo> = typed(&mut self.ebpf, names::VIPS)?;
-            vips.insert(key, info, 0).map_err(map_err(names::VIPS))?;
-            self.vips_written.insert(key);
-        }
-        Ok(())
-    }
-
-    /// Writes the `VIP_FILTER` bitmap for `addrs`; with `keep` the bits
-    /// already set stay set (used before VIPs are added, so a new VIP never
-    /// matches while its filter bit is still clear).
-    fn write_filter(&mut self, addrs: impl Iterator<Item = [u8; 16]>, keep: bool) -> Result<()> {
-        let mut filter = if keep {
-            self.filter.clone()
-        } else {
-            vec![0u64; VIP_FILTER_WORDS as usize]
-        };
-        for a in addrs {
-            let bit = vip_filter_bit(&a);
-            filter[(bit >> 6) as usize] |= 1 << (bit & 63);
-        }
+    /// Writes the words of the `VIP_FILTER` bitmap that differ from what
+    /// was last written.
+    fn write_filter(&mut self, filter: &[u64]) -> Result<()> {
         let mut bits: Array<_, u64> = typed(&mut self.ebpf, names::VIP_FILTER)?;
-        for (i, (new, old)) in filter.iter().zip(&self.filter).enumerate() {
+        for (i, (new, old)) in filter.iter().zip(&self.filter_written).enumerate() {
             if new != old {
                 bits.set(i as u32, new, 0)
                     .map_err(map_err(names::VIP_FILTER))?;
             }
         }
-        self.filter = filter;
-        Ok(())
-    }
-
-    fn write_vip_addrs(&mut self) -> Result<()> {
-        let wanted: std::collections::HashSet<AddrKey> = self
-            .services
-            .values()
-            .map(|s| AddrKey {
-                addr: s.key.addr,
-                family: s.key.family,
-                _pad: [0; 3],
-            })
-            .collect();
-        self.write_filter(wanted.iter().map(|k| k.addr), false)?;
-        let mut map: HashMap<_, AddrKey, u32> = typed(&mut self.ebpf, names::VIP_ADDRS)?;
-        let present: Vec<AddrKey> = map.keys().filter_map(|k| k.ok()).collect();
-        for k in &present {
-            if !wanted.contains(k) {
-                let _ = map.remove(k);
-            }
-        }
-        for k in wanted {
-            if !present.contains(&k) {
-                map.insert(k, 1, 0).map_err(map_err(names::VIP_ADDRS))?;
-            }
-        }
+        self.filter_written = filter.to_vec();
         Ok(())
     }
 
@@ -1545,6 +1225,7 @@ impl Dataplane {
     pub fn ledger(&self) -> Ledger {
         Ledger {
             services: self
+                .ledger
                 .services
                 .iter()
                 .map(|(name, s)| {
@@ -1563,6 +1244,7 @@ impl Dataplane {
     /// Counters of a service (all its backends).
     pub fn service_counters(&self, service: &str) -> Result<Counters> {
         let slot = self
+            .ledger
             .services
             .get(service)
             .ok_or_else(|| DataplaneError::UnknownService(service.to_string()))?;
@@ -1572,6 +1254,7 @@ impl Dataplane {
     /// Counters of one backend of one service.
     pub fn backend_counters(&self, service: &str, backend: &str) -> Result<Counters> {
         let slot = self
+            .ledger
             .services
             .get(service)
             .ok_or_else(|| DataplaneError::UnknownService(service.to_string()))?;
@@ -1586,6 +1269,7 @@ impl Dataplane {
     /// (`None` for an empty slot).
     pub fn table(&self, service: &str) -> Result<Vec<Option<String>>> {
         let slot = self
+            .ledger
             .services
             .get(service)
             .ok_or_else(|| DataplaneError::UnknownService(service.to_string()))?;
@@ -1595,9 +1279,9 @@ impl Dataplane {
             .gens
             .word(slot.vip_id as usize * 8)
             .load(Ordering::Acquire);
-        Ok((0..self.limits.ring_size)
+        Ok((0..self.ledger.limits.ring_size)
             .map(|i| {
-                let flat = ring_index(slot.vip_id, generation, self.limits.ring_size, i);
+                let flat = ring_index(slot.vip_id, generation, self.ledger.limits.ring_size, i);
                 let id = self.rings.word(flat as usize * 4).load(Ordering::Relaxed);
                 by_id.get(&id).map(|s| s.to_string())
             })
@@ -1606,22 +1290,12 @@ impl Dataplane {
 
     /// The backend names of the service's reals, by real id.
     pub fn backend_of_real(&self, service: &str, real_id: u32) -> Option<&str> {
-        self.services.get(service).and_then(|s| {
+        self.ledger.services.get(service).and_then(|s| {
             s.reals
                 .iter()
                 .find(|(_, r)| r.id == real_id)
                 .map(|(n, _)| n.as_str())
         })
-    }
-}
-
-fn vip_key(d: &DesiredService) -> VipKey {
-    let (addr, family) = addr_bytes(&d.vip);
-    VipKey {
-        addr,
-        port: steer_common::port_to_wire(d.port),
-        proto: d.protocol,
-        family,
     }
 }
 
