@@ -474,7 +474,7 @@ impl Daemon {
                 ServiceStatus {
                     name: svc.name.clone(),
                     vip,
-                    affinity: svc.affinity.as_str().to_string(),
+                    affinity: svc.affinity.into(),
                     packets: total.packets,
                     bytes: total.bytes,
                     new_flows: total.new_flows,
@@ -501,7 +501,7 @@ impl Daemon {
                                 region: b.region.clone(),
                                 weight: b.weight,
                                 effective_weight: if is_down || is_drained { 0 } else { b.weight },
-                                health: health_word.to_string(),
+                                health: health_word,
                                 drained: is_drained,
                                 last_failure: health
                                     .iter()
