@@ -399,6 +399,17 @@ mod tests {
 mod word_tests {
     use super::*;
 
+    /// `value` is the JSON string `word` both ways, and displays as `word`.
+    fn word_round_trip<T>(value: T, word: &str)
+    where
+        T: Serialize + for<'de> Deserialize<'de> + PartialEq + fmt::Debug + fmt::Display,
+    {
+        let json = format!("\"{word}\"");
+        assert_eq!(serde_json::to_string(&value).unwrap(), json);
+        assert_eq!(serde_json::from_str::<T>(&json).unwrap(), value);
+        assert_eq!(value.to_string(), word);
+    }
+
     #[test]
     fn health_and_affinity_words() {
         // The words of the protocol as documented (written by hand), each
@@ -409,27 +420,11 @@ mod word_tests {
             (Health::Degraded, "degraded"),
             (Health::Unchecked, "unchecked"),
         ] {
-            assert_eq!(
-                serde_json::to_string(&health).unwrap(),
-                format!("\"{word}\"")
-            );
-            assert_eq!(
-                serde_json::from_str::<Health>(&format!("\"{word}\"")).unwrap(),
-                health
-            );
-            assert_eq!(health.to_string(), word);
+            word_round_trip(health, word);
             assert_eq!(health, word);
         }
         for (affinity, word) in [(Affinity::Flow, "flow"), (Affinity::Client, "client")] {
-            assert_eq!(
-                serde_json::to_string(&affinity).unwrap(),
-                format!("\"{word}\"")
-            );
-            assert_eq!(
-                serde_json::from_str::<Affinity>(&format!("\"{word}\"")).unwrap(),
-                affinity
-            );
-            assert_eq!(affinity.to_string(), word);
+            word_round_trip(affinity, word);
         }
         assert_ne!(Health::Up, "Up");
         // Unknown words are errors that name the known ones.
