@@ -1,13 +1,14 @@
 //! The operator-facing control plane of `steer run`.
 //!
 //! - [`protocol`]: the control protocol's messages ([`Request`],
-//!   [`Response`], [`StatusReport`]). One JSON object per line over a Unix
-//!   stream socket: the client writes one request line and reads one
-//!   response line; a connection may carry several requests in turn.
+//!   [`Response`], [`StatusReport`]), from the `steer-api` crate. One JSON
+//!   object per line over a Unix stream socket: the client writes one
+//!   request line and reads one response line; a connection may carry
+//!   several requests in turn.
 //! - [`control`]: the control socket's server ([`serve_control`], driven by a
-//!   [`ControlHandler`]) and client ([`request`]).
-//! - [`table`]: the human rendering of a status report
-//!   ([`render_status_table`]).
+//!   [`ControlHandler`]). The client ([`request`], blocking) and the human
+//!   rendering of a status report ([`render_status_table`]) are steer-api's,
+//!   re-exported here.
 //! - [`metrics`]: Prometheus text exposition ([`MetricsWriter`],
 //!   [`render_metrics`]) and its loopback-only HTTP listener
 //!   ([`serve_metrics`], [`serve_metrics_on`]).
@@ -18,15 +19,17 @@
 pub mod control;
 pub mod metrics;
 pub mod protocol;
-pub mod table;
 
-pub use control::{
-    request, request_with_timeout, serve_control, timeout_for, ClientError, ControlHandler,
-    HandlerFuture, MAX_REQUEST_BYTES,
-};
+pub use control::{serve_control, ControlHandler, HandlerFuture, MAX_CONNECTIONS};
 pub use metrics::{
     render_metrics, serve_metrics, serve_metrics_on, HistogramData, Labels, MetricsSource,
     MetricsWriter, CONTENT_TYPE,
 };
-pub use protocol::{BackendStatus, Request, Response, ServiceStatus, StatusReport};
-pub use table::render_status_table;
+pub use protocol::{
+    Affinity, BackendStatus, Health, Request, Response, ServiceStatus, StatusReport,
+    MAX_REQUEST_BYTES,
+};
+pub use steer_api::{
+    render_status_table, request, request_with_timeout, timeout_for, ClientError,
+    MAX_RESPONSE_BYTES,
+};

@@ -189,18 +189,10 @@ fn main() -> ExitCode {
     }
 }
 
-fn block_on<F: std::future::Future>(f: F) -> Result<F::Output> {
-    Ok(tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?
-        .block_on(f))
-}
-
 /// Sends one request to the daemon and prints the answer.
 fn control(target: &Target, req: Request, json: bool) -> Result<ExitCode> {
     let socket = target.socket()?;
-    let resp = block_on(api::request(&socket, &req))??;
+    let resp = api::request(&socket, &req)?;
     Ok(print_response(resp, json))
 }
 
@@ -239,7 +231,7 @@ fn stop(target: &Target, detach: bool, keep_forwarding: bool) -> Result<ExitCode
     let req = Request::Stop {
         detach: !keep_forwarding,
     };
-    match block_on(api::request(&socket, &req))? {
+    match api::request(&socket, &req) {
         Ok(resp) => {
             let code = print_response(resp, false);
             // Wait (bounded) for the daemon to finish and remove its socket.

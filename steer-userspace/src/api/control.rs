@@ -1,35 +1,44 @@
-//! The control socket: server ([`serve_control`]) and client ([`request`]).
+//! The control socket's server ([`serve_control`]). The client is
+//! [`steer_api::request`].
 //!
 //! The socket is a Unix stream socket, mode 0600, in a directory created with
 //! mode 0755 if missing. Each line a client writes is one JSON [`Request`];
 //! the server answers each with one JSON [`Response`] line. Requests on
 //! different connections are handled concurrently; requests on one
 //! connection are handled in order.
+//!
+//! Resources are bounded: lines are framed by `tokio-util`'s [`LinesCodec`]
+//! with a maximum of [`MAX_REQUEST_BYTES`] (a longer request, or one that is
+//! not UTF-8, is answered with an error and the connection is closed); at
+//! most [`MAX_CONNECTIONS`] connections are served at once (a further one is
+//! answered with a "too many connections" error line and closed at once,
+//! without waiting); a connection that sends no complete request for 60 s
+//! is closed, and so is one that does not read its answer within 60 s.
 
 use std::fmt;
 use std::future::Future;
-use std::io;
+use std::io::{self, Write as _};
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{
-    AsyncBufRead, AsyncBufReadExt, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader,
-};
+use futures_util::StreamExt as _;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::watch;
+use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
+use tokio_util::codec::{FramedRead, LinesCodec, LinesCodecError};
 use tracing::{debug, info, warn};
 
-use super::protocol::{Request, Response};
+use super::protocol::{Request, Response, MAX_REQUEST_BYTES};
 
-/// Longest request line the server reads (the newline not included). Longer
-/// requests are answered with an error and the connection is closed.
-pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
-/// Longest response line the client reads.
-pub const MAX_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
+/// Most control connections served at once. A connection beyond it gets one
+/// error line ("too many connections: ...") and is closed: the CLI's
+/// requests are short, so a full house means a stuck or misbehaving client,
+/// and a prompt error tells the operator more than a wait would.
+pub const MAX_CONNECTIONS: usize = 64;
 /// `sizeof(sun_path) - 1`.
 const MAX_SOCKET_PATH_LEN: usize = 107;
 /// A connection that sends no complete request for this long is closed.
@@ -38,10 +47,6 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 /// After shutdown, how long requests in progress may take to finish.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
-/// Client timeout for every request but [`Request::Reload`].
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-/// Client timeout for [`Request::Reload`].
-const RELOAD_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What [`ControlHandler::handle`] returns.
 pub type HandlerFuture<'a> = Pin<Box<dyn Future<Output = Response> + Send + 'a>>;
@@ -72,6 +77,9 @@ pub trait ControlHandler: Send + Sync + 'static {
 /// and is an error. The bound socket is made mode 0600, and connections from
 /// a user other than root or the socket's owner are refused as well.
 ///
+/// At most [`MAX_CONNECTIONS`] connections are served at once; see the
+/// module documentation for the other limits.
+///
 /// Errors are returned only for setting up the socket; a failure on one
 /// connection is logged and affects only that connection.
 pub async fn serve_control(
@@ -81,19 +89,27 @@ pub async fn serve_control(
 ) -> io::Result<()> {
     let (listener, guard) = bind_control(path).await?;
     info!(socket = %path.display(), "control socket listening");
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let mut conns = JoinSet::new();
     loop {
         tokio::select! {
             () = wait_shutdown(&mut shutdown) => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
-                    conns.spawn(serve_connection(
-                        stream,
-                        Arc::clone(&handler),
-                        shutdown.clone(),
-                        guard.owner_uid,
-                    ));
-                }
+                Ok((stream, _)) => match Arc::clone(&slots).try_acquire_owned() {
+                    Ok(slot) => {
+                        let serve = serve_connection(
+                            stream,
+                            Arc::clone(&handler),
+                            shutdown.clone(),
+                            guard.owner_uid,
+                        );
+                        conns.spawn(async move {
+                            serve.await;
+                            drop(slot);
+                        });
+                    }
+                    Err(_) => turn_away(stream),
+                },
                 Err(e) => {
                     // EMFILE and the like: keep serving, but do not spin.
                     warn!(socket = %path.display(), error = %e, "control socket accept failed");
@@ -119,6 +135,28 @@ pub async fn serve_control(
         conns.abort_all();
     }
     Ok(())
+}
+
+/// Answers a connection beyond [`MAX_CONNECTIONS`] with an error line and
+/// closes it, without a task and without waiting: the line is written with
+/// one non-blocking write, which a new connection's empty socket buffer
+/// takes whole (if it does not, the client just sees the connection close).
+fn turn_away(stream: UnixStream) {
+    warn!(
+        limit = MAX_CONNECTIONS,
+        "control connection refused: too many connections"
+    );
+    let resp = Response::error(format!(
+        "too many connections: steer serves at most {MAX_CONNECTIONS} control connections at once; \
+         close idle ones (each closes itself after {}s without a request) or try again",
+        IDLE_TIMEOUT.as_secs()
+    ));
+    let Ok(stream) = stream.into_std() else {
+        return;
+    };
+    if let Err(e) = (&stream).write_all(&encode_response(&resp)) {
+        debug!(error = %e, "cannot tell a refused control connection why");
+    }
 }
 
 fn log_join(done: Result<(), tokio::task::JoinError>) {
@@ -269,8 +307,7 @@ fn malformed(what: impl fmt::Display) -> Response {
     Response::error_with_details(format!("malformed request: {what}"), EXPECTED)
 }
 
-fn parse_request(line: &[u8]) -> Result<Request, Response> {
-    let text = std::str::from_utf8(line).map_err(|_| malformed("not UTF-8"))?;
+fn parse_request(text: &str) -> Result<Request, Response> {
     if text.trim().is_empty() {
         return Err(malformed("empty line"));
     }
@@ -302,35 +339,37 @@ async fn serve_connection(
         // Should not happen on Linux; the socket's mode still protects it.
         Err(e) => debug!(error = %e, "cannot read control peer credentials"),
     }
-    let mut reader = BufReader::new(rd);
-    let mut line = Vec::new();
+    let mut lines = FramedRead::new(rd, LinesCodec::new_with_max_length(MAX_REQUEST_BYTES));
     loop {
-        line.clear();
-        let read = tokio::select! {
+        let next = tokio::select! {
             () = wait_shutdown(&mut shutdown) => return,
-            read = tokio::time::timeout(
-                IDLE_TIMEOUT,
-                read_line_limited(&mut reader, &mut line, MAX_REQUEST_BYTES),
-            ) => read,
+            next = tokio::time::timeout(IDLE_TIMEOUT, lines.next()) => next,
         };
-        let resp = match read {
+        let resp = match next {
             Err(_) => {
                 debug!("idle control connection closed");
                 return;
             }
-            Ok(Err(e)) => {
-                debug!(error = %e, "control connection read failed");
-                return;
-            }
-            Ok(Ok(LineRead::Eof)) => return,
-            Ok(Ok(LineRead::TooLong)) => {
+            Ok(None) => return,
+            // After an error the codec yields nothing more: answer, then
+            // close.
+            Ok(Some(Err(LinesCodecError::MaxLineLengthExceeded))) => {
                 let resp = malformed(format_args!(
                     "request too large (more than {MAX_REQUEST_BYTES} bytes without a newline)"
                 ));
                 let _ = write_response(&mut wr, &resp).await;
                 return;
             }
-            Ok(Ok(LineRead::Line)) => match parse_request(&line) {
+            // The codec's only own I/O error: a line that is not UTF-8.
+            Ok(Some(Err(LinesCodecError::Io(e)))) if e.kind() == io::ErrorKind::InvalidData => {
+                let _ = write_response(&mut wr, &malformed("not UTF-8")).await;
+                return;
+            }
+            Ok(Some(Err(LinesCodecError::Io(e)))) => {
+                debug!(error = %e, "control connection read failed");
+                return;
+            }
+            Ok(Some(Ok(line))) => match parse_request(&line) {
                 Ok(req) => {
                     debug!(?req, "control request");
                     handler.handle(req).await
@@ -345,17 +384,20 @@ async fn serve_connection(
     }
 }
 
-async fn write_response<W: AsyncWrite + Unpin>(wr: &mut W, resp: &Response) -> io::Result<()> {
-    let mut bytes = match serde_json::to_vec(resp) {
-        Ok(bytes) => bytes,
-        Err(e) => {
-            // Cannot happen with these types (no maps with non-string keys,
-            // no floats); answer something rather than nothing.
-            let fallback = Response::error(format!("cannot encode the response: {e}"));
-            serde_json::to_vec(&fallback).map_err(io::Error::other)?
-        }
-    };
+/// `resp` as one JSON line.
+fn encode_response(resp: &Response) -> Vec<u8> {
+    let mut bytes = serde_json::to_vec(resp).unwrap_or_else(|e| {
+        // Cannot happen with these types (no maps with non-string keys,
+        // no floats); answer something rather than nothing.
+        let fallback = Response::error(format!("cannot encode the response: {e}"));
+        serde_json::to_vec(&fallback).unwrap_or_default()
+    });
     bytes.push(b'\n');
+    bytes
+}
+
+async fn write_response<W: AsyncWrite + Unpin>(wr: &mut W, resp: &Response) -> io::Result<()> {
+    let bytes = encode_response(resp);
     let write = async {
         wr.write_all(&bytes).await?;
         wr.flush().await
@@ -365,135 +407,6 @@ async fn write_response<W: AsyncWrite + Unpin>(wr: &mut W, resp: &Response) -> i
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "client does not read"))?
 }
 
-#[derive(Debug, PartialEq, Eq)]
-enum LineRead {
-    /// End of stream before any byte.
-    Eof,
-    /// A line (newline and a preceding `\r` removed), or the last bytes before
-    /// end of stream.
-    Line,
-    /// More than the limit without a newline.
-    TooLong,
-}
-
-async fn read_line_limited<R: AsyncBufRead + Unpin>(
-    reader: &mut R,
-    buf: &mut Vec<u8>,
-    limit: usize,
-) -> io::Result<LineRead> {
-    let max = u64::try_from(limit).unwrap_or(u64::MAX).saturating_add(1);
-    let n = reader.take(max).read_until(b'\n', buf).await?;
-    if n == 0 {
-        return Ok(LineRead::Eof);
-    }
-    if buf.last() == Some(&b'\n') {
-        buf.pop();
-        if buf.last() == Some(&b'\r') {
-            buf.pop();
-        }
-        return Ok(LineRead::Line);
-    }
-    if buf.len() > limit {
-        return Ok(LineRead::TooLong);
-    }
-    Ok(LineRead::Line)
-}
-
-// ---------------------------------------------------------------------------
-// Client
-// ---------------------------------------------------------------------------
-
-/// Why [`request`] got no response.
-#[derive(Debug, thiserror::Error)]
-pub enum ClientError {
-    #[error("steer is not running (no control socket at {})", path.display())]
-    NotRunning { path: PathBuf },
-    #[error(
-        "steer is not running (stale control socket at {}: nothing is listening on it)",
-        path.display()
-    )]
-    Stale { path: PathBuf },
-    #[error("permission denied on {}: run as root", path.display())]
-    PermissionDenied { path: PathBuf },
-    #[error("steer did not answer on {} within {after:?}", path.display())]
-    Timeout { path: PathBuf, after: Duration },
-    #[error("control socket {}: {source}", path.display())]
-    Io { path: PathBuf, source: io::Error },
-    #[error("bad answer from steer on {}: {detail}", path.display())]
-    Protocol { path: PathBuf, detail: String },
-}
-
-/// The client timeout for `req`: 30 s for a reload, 10 s for anything else.
-pub fn timeout_for(req: &Request) -> Duration {
-    match req {
-        Request::Reload => RELOAD_TIMEOUT,
-        _ => REQUEST_TIMEOUT,
-    }
-}
-
-/// Sends `req` to the daemon listening on `path` and returns its response,
-/// within [`timeout_for`]`(req)`.
-pub async fn request(path: &Path, req: &Request) -> Result<Response, ClientError> {
-    request_with_timeout(path, req, timeout_for(req)).await
-}
-
-/// [`request`] with an explicit timeout for the whole exchange.
-pub async fn request_with_timeout(
-    path: &Path,
-    req: &Request,
-    limit: Duration,
-) -> Result<Response, ClientError> {
-    match tokio::time::timeout(limit, exchange(path, req)).await {
-        Ok(result) => result,
-        Err(_) => Err(ClientError::Timeout {
-            path: path.to_path_buf(),
-            after: limit,
-        }),
-    }
-}
-
-fn connect_error(path: &Path, e: io::Error) -> ClientError {
-    let path = path.to_path_buf();
-    match e.kind() {
-        io::ErrorKind::NotFound => ClientError::NotRunning { path },
-        io::ErrorKind::ConnectionRefused => ClientError::Stale { path },
-        io::ErrorKind::PermissionDenied => ClientError::PermissionDenied { path },
-        _ => ClientError::Io { path, source: e },
-    }
-}
-
-async fn exchange(path: &Path, req: &Request) -> Result<Response, ClientError> {
-    let io_error = |source| ClientError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    let protocol = |detail: String| ClientError::Protocol {
-        path: path.to_path_buf(),
-        detail,
-    };
-    let stream = UnixStream::connect(path)
-        .await
-        .map_err(|e| connect_error(path, e))?;
-    let (rd, mut wr) = stream.into_split();
-    let mut line = serde_json::to_vec(req).map_err(|e| protocol(format!("cannot encode: {e}")))?;
-    line.push(b'\n');
-    wr.write_all(&line).await.map_err(io_error)?;
-    wr.flush().await.map_err(io_error)?;
-    let mut reader = BufReader::new(rd);
-    let mut buf = Vec::new();
-    match read_line_limited(&mut reader, &mut buf, MAX_RESPONSE_BYTES)
-        .await
-        .map_err(io_error)?
-    {
-        LineRead::Eof => Err(protocol("connection closed without an answer".into())),
-        LineRead::TooLong => Err(protocol(format!(
-            "answer longer than {MAX_RESPONSE_BYTES} bytes"
-        ))),
-        LineRead::Line => serde_json::from_slice(&buf)
-            .map_err(|e| protocol(format!("{e}: {}", String::from_utf8_lossy(&buf)))),
-    }
-}
-
 // ---------------------------------------------------------------------------
 // Tests
 // ---------------------------------------------------------------------------
@@ -501,10 +414,28 @@ async fn exchange(path: &Path, req: &Request) -> Result<Response, ClientError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::protocol::{BackendStatus, ServiceStatus, StatusReport};
+    use crate::api::protocol::{Affinity, BackendStatus, Health, ServiceStatus, StatusReport};
     use std::sync::atomic::{AtomicU32, Ordering};
-    use tokio::sync::Semaphore;
+    use steer_api::ClientError;
+    use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
     use tokio::task::JoinHandle;
+
+    /// [`steer_api::request_with_timeout`] (blocking) off the async threads.
+    async fn request_with_timeout(
+        path: &Path,
+        req: &Request,
+        limit: Duration,
+    ) -> Result<Response, ClientError> {
+        let (path, req) = (path.to_path_buf(), req.clone());
+        tokio::task::spawn_blocking(move || steer_api::request_with_timeout(&path, &req, limit))
+            .await
+            .expect("client panicked")
+    }
+
+    /// [`steer_api::request`] (blocking) off the async threads.
+    async fn request(path: &Path, req: &Request) -> Result<Response, ClientError> {
+        request_with_timeout(path, req, steer_api::timeout_for(req)).await
+    }
 
     /// Runs a test body with a deadline.
     async fn bounded<F: Future>(body: F) -> F::Output {
@@ -548,7 +479,7 @@ mod tests {
             services: vec![ServiceStatus {
                 name: "web".into(),
                 vip: "203.0.113.10:80/tcp".into(),
-                affinity: "flow".into(),
+                affinity: Affinity::Flow,
                 packets: 5,
                 bytes: 500,
                 new_flows: 1,
@@ -558,7 +489,7 @@ mod tests {
                     region: "eu".into(),
                     weight: 100,
                     effective_weight: 100,
-                    health: "up".into(),
+                    health: Health::Up,
                     ..BackendStatus::default()
                 }],
             }],
@@ -676,6 +607,17 @@ mod tests {
         serde_json::from_str(&line).unwrap()
     }
 
+    /// Asserts that the server closed the connection: nothing more to read.
+    /// (A server that closed without reading everything makes the end come
+    /// as a reset.)
+    async fn assert_closed<R: AsyncRead + Unpin>(reader: &mut R) {
+        let mut rest = Vec::new();
+        match reader.read_to_end(&mut rest).await {
+            Ok(_) => assert!(rest.is_empty(), "more after the last answer: {rest:?}"),
+            Err(e) => assert_eq!(e.kind(), io::ErrorKind::ConnectionReset),
+        }
+    }
+
     fn error_message(resp: &Response) -> (&str, &[String]) {
         match resp {
             Response::Error { message, details } => (message, details),
@@ -749,9 +691,6 @@ mod tests {
             wr.write_all(b"\n").await.unwrap();
             let resp = read_response(&mut reader).await;
             assert_eq!(error_message(&resp).0, "malformed request: empty line");
-            wr.write_all(b"\xff\xfe\n").await.unwrap();
-            let resp = read_response(&mut reader).await;
-            assert_eq!(error_message(&resp).0, "malformed request: not UTF-8");
             // serde would read an array as a request; the server does not.
             wr.write_all(b"[\"status\"]\n").await.unwrap();
             let resp = read_response(&mut reader).await;
@@ -759,6 +698,11 @@ mod tests {
                 error_message(&resp).0,
                 "malformed request: not a JSON object"
             );
+            // Not UTF-8: an error, then the connection is closed.
+            wr.write_all(b"\xff\xfe\n").await.unwrap();
+            let resp = read_response(&mut reader).await;
+            assert_eq!(error_message(&resp).0, "malformed request: not UTF-8");
+            assert_closed(&mut reader).await;
             drop((reader, wr));
 
             // A request without a final newline is still answered.
@@ -779,13 +723,7 @@ mod tests {
                 message,
                 "malformed request: request too large (more than 65536 bytes without a newline)"
             );
-            // The server closed without reading everything, so the end may
-            // come as a reset.
-            let mut rest = Vec::new();
-            match reader.read_to_end(&mut rest).await {
-                Ok(_) => assert!(rest.is_empty()),
-                Err(e) => assert_eq!(e.kind(), io::ErrorKind::ConnectionReset),
-            }
+            assert_closed(&mut reader).await;
 
             // Exactly at the limit is fine.
             let mut limit = vec![b' '; MAX_REQUEST_BYTES - 16];
@@ -994,45 +932,62 @@ mod tests {
         .await;
     }
 
-    #[test]
-    fn client_error_messages() {
-        let path = Path::new("/run/steer/control.sock");
-        let msg = |kind| connect_error(path, io::Error::from(kind)).to_string();
-        assert_eq!(
-            msg(io::ErrorKind::NotFound),
-            "steer is not running (no control socket at /run/steer/control.sock)"
-        );
-        assert_eq!(
-            msg(io::ErrorKind::PermissionDenied),
-            "permission denied on /run/steer/control.sock: run as root"
-        );
-        assert!(msg(io::ErrorKind::ConnectionRefused).starts_with("steer is not running (stale"));
-        assert_eq!(timeout_for(&Request::Reload), Duration::from_secs(30));
-        assert_eq!(timeout_for(&Request::Status), Duration::from_secs(10));
-        assert_eq!(
-            timeout_for(&Request::Stop { detach: true }),
-            Duration::from_secs(10)
-        );
-    }
-
     #[tokio::test]
-    async fn line_reader_limits() {
-        async fn read(input: &[u8], limit: usize) -> (LineRead, Vec<u8>) {
-            let mut reader = BufReader::new(input);
-            let mut buf = Vec::new();
-            let r = read_line_limited(&mut reader, &mut buf, limit)
-                .await
-                .unwrap();
-            (r, buf)
-        }
-        assert_eq!(read(b"", 4).await, (LineRead::Eof, vec![]));
-        assert_eq!(
-            read(b"abcd\nx", 4).await,
-            (LineRead::Line, b"abcd".to_vec())
-        );
-        assert_eq!(read(b"abc\r\n", 4).await, (LineRead::Line, b"abc".to_vec()));
-        assert_eq!(read(b"abcd", 4).await, (LineRead::Line, b"abcd".to_vec()));
-        assert_eq!(read(b"abcde", 4).await.0, LineRead::TooLong);
-        assert_eq!(read(b"abcde\n", 4).await.0, LineRead::TooLong);
+    async fn connections_beyond_the_limit_are_turned_away() {
+        bounded(async {
+            let dir = TempDir::new("limit");
+            let path = dir.socket();
+            let server = Server::start(&path).await;
+            // MAX_CONNECTIONS idle connections, each answered once (so
+            // surely accepted and holding its place).
+            let mut held = Vec::new();
+            for _ in 0..MAX_CONNECTIONS {
+                let (resp, reader, wr) = raw(&path, b"{\"cmd\":\"status\"}\n").await;
+                assert_eq!(resp, Response::Status(sample_report()));
+                held.push((reader, wr));
+            }
+            assert_eq!(held.len(), 64);
+
+            // One more: an error line, then the connection is closed.
+            let (resp, mut reader, _wr) = raw(&path, b"{\"cmd\":\"status\"}\n").await;
+            let (message, _) = error_message(&resp);
+            assert_eq!(
+                message,
+                "too many connections: steer serves at most 64 control connections at once; \
+                 close idle ones (each closes itself after 60s without a request) or try again"
+            );
+            assert_closed(&mut reader).await;
+            // The client reports it as the daemon's answer.
+            let resp = request(&path, &Request::Status).await.unwrap();
+            assert!(
+                error_message(&resp).0.starts_with("too many connections: "),
+                "{resp:?}"
+            );
+            // The held connections still work.
+            let (reader, wr) = &mut held[0];
+            wr.write_all(b"{\"cmd\":\"status\"}\n").await.unwrap();
+            assert_eq!(
+                read_response(reader).await,
+                Response::Status(sample_report())
+            );
+
+            // Closing one frees its place (once the server has seen the
+            // close: retry for a while).
+            held.pop();
+            let mut answered = None;
+            for _ in 0..100 {
+                match request(&path, &Request::Status).await.unwrap() {
+                    Response::Status(report) => {
+                        answered = Some(report);
+                        break;
+                    }
+                    _ => tokio::time::sleep(Duration::from_millis(20)).await,
+                }
+            }
+            assert_eq!(answered, Some(sample_report()));
+            drop(held);
+            server.stop().await;
+        })
+        .await;
     }
 }

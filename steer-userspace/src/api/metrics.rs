@@ -732,7 +732,7 @@ bare_count 0
                 ServiceStatus {
                     name: "web".into(),
                     vip: "203.0.113.10:80/tcp".into(),
-                    affinity: "flow".into(),
+                    affinity: crate::api::Affinity::Flow,
                     packets: 100,
                     bytes: 15000,
                     new_flows: 10,
@@ -743,7 +743,7 @@ bare_count 0
                             region: "eu".into(),
                             weight: 100,
                             effective_weight: 100,
-                            health: "up".into(),
+                            health: crate::api::Health::Up,
                             packets: 60,
                             bytes: 9000,
                             new_flows: 6,
@@ -754,7 +754,7 @@ bare_count 0
                             address: "10.0.0.2".into(),
                             region: "us\neast".into(),
                             weight: 100,
-                            health: "down".into(),
+                            health: crate::api::Health::Down,
                             drained: true,
                             packets: 40,
                             bytes: 6000,
@@ -766,7 +766,7 @@ bare_count 0
                 ServiceStatus {
                     name: "dns".into(),
                     vip: "[2001:db8::53]:53/udp".into(),
-                    affinity: "client".into(),
+                    affinity: crate::api::Affinity::Client,
                     packets: 7,
                     bytes: 700,
                     new_flows: 7,
@@ -774,7 +774,7 @@ bare_count 0
                         BackendStatus {
                             name: "dns-1".into(),
                             region: "eu".into(),
-                            health: "degraded".into(),
+                            health: crate::api::Health::Degraded,
                             packets: 5,
                             bytes: 500,
                             new_flows: 5,
@@ -783,7 +783,7 @@ bare_count 0
                         BackendStatus {
                             name: "dns-2".into(),
                             region: "eu".into(),
-                            health: "unchecked".into(),
+                            health: crate::api::Health::Unchecked,
                             packets: 2,
                             bytes: 200,
                             new_flows: 2,

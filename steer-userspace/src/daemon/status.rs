@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use steer_common::Counters;
 
-use crate::api::{self, BackendStatus, ServiceStatus, StatusReport};
+use crate::api::{BackendStatus, Health, ServiceStatus, StatusReport};
 use crate::config::Protocol;
 use crate::dataplane::CounterReader;
 use crate::health::{self, TargetStatus};
@@ -63,7 +63,7 @@ pub fn report(p: &Published, counters: Option<&CounterReader>) -> Status {
             ServiceStatus {
                 name: svc.name.clone(),
                 vip,
-                affinity: svc.affinity.as_str().to_string(),
+                affinity: svc.affinity.into(),
                 packets: total.packets,
                 bytes: total.bytes,
                 new_flows: total.new_flows,
@@ -77,14 +77,14 @@ pub fn report(p: &Published, counters: Option<&CounterReader>) -> Status {
                         });
                         let is_down = p.down.contains(&b.name);
                         let degraded = targets_of(&p.health, &b.name).any(|s| s.degraded);
-                        let health_word = if !checked.contains(&b.name) {
-                            api::protocol::HEALTH_UNCHECKED
+                        let health = if !checked.contains(&b.name) {
+                            Health::Unchecked
                         } else if is_down {
-                            api::protocol::HEALTH_DOWN
+                            Health::Down
                         } else if degraded {
-                            api::protocol::HEALTH_DEGRADED
+                            Health::Degraded
                         } else {
-                            api::protocol::HEALTH_UP
+                            Health::Up
                         };
                         let is_drained = p.drained.contains(&b.name);
                         BackendStatus {
@@ -93,7 +93,7 @@ pub fn report(p: &Published, counters: Option<&CounterReader>) -> Status {
                             region: b.region.clone(),
                             weight: b.weight,
                             effective_weight: if is_down || is_drained { 0 } else { b.weight },
-                            health: health_word.to_string(),
+                            health,
                             drained: is_drained,
                             last_failure: targets_of(&p.health, &b.name)
                                 .find_map(|s| s.last_failure.clone()),

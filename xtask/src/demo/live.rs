@@ -40,6 +40,7 @@ use std::{
 
 use anyhow::{anyhow, bail, Context as _, Result};
 use serde::Deserialize;
+use steer_api::{BackendStatus, Health, StatusReport};
 
 use crate::{
     lab::{self, procs, sys, topo, Lab, StreamReport, Streams, UpOptions},
@@ -274,35 +275,15 @@ impl Stats {
 
 // ---------------------------------------------------------- steer status --
 
-#[derive(Deserialize, Default, Clone)]
-#[serde(default)]
-struct Status {
-    generation: u64,
-    reloads: u64,
-    services: Vec<ServiceStatus>,
+/// What the demo reads from steer's status report (`steer status --json`).
+trait StatusView {
+    fn backend(&self, service: &str, name: &str) -> Option<&BackendStatus>;
+    fn host_health_is(&self, h: &str, health: Health) -> bool;
+    fn cell(&self, service: &str, name: &str) -> String;
+    fn flag(&self, h: &str) -> &'static str;
 }
 
-#[derive(Deserialize, Default, Clone)]
-#[serde(default)]
-struct ServiceStatus {
-    name: String,
-    packets: u64,
-    new_flows: u64,
-    backends: Vec<BackendStatus>,
-}
-
-#[derive(Deserialize, Default, Clone)]
-#[serde(default)]
-struct BackendStatus {
-    name: String,
-    effective_weight: u32,
-    health: String,
-    drained: bool,
-    packets: u64,
-    new_flows: u64,
-}
-
-impl Status {
+impl StatusView for StatusReport {
     fn backend(&self, service: &str, name: &str) -> Option<&BackendStatus> {
         self.services
             .iter()
@@ -314,7 +295,7 @@ impl Status {
 
     /// Both entries of host `h` (IPv4 in `web`, IPv6 in `web6`) have this
     /// health.
-    fn host_health_is(&self, h: &str, health: &str) -> bool {
+    fn host_health_is(&self, h: &str, health: Health) -> bool {
         let v6 = format!("{h}-v6");
         [("web", h), ("web6", v6.as_str())]
             .iter()
@@ -326,7 +307,7 @@ impl Status {
             Some(b) => {
                 let state = if b.drained {
                     "drained"
-                } else if b.health == "down" {
+                } else if b.health == Health::Down {
                     "DOWN"
                 } else {
                     b.health.as_str()
@@ -341,8 +322,8 @@ impl Status {
     fn flag(&self, h: &str) -> &'static str {
         match self.backend("web", h) {
             Some(b) if b.drained => "/drained",
-            Some(b) if b.health == "down" => "/DOWN",
-            Some(b) if b.health == "degraded" => "/degraded",
+            Some(b) if b.health == Health::Down => "/DOWN",
+            Some(b) if b.health == Health::Degraded => "/degraded",
             _ => "",
         }
     }
@@ -484,7 +465,7 @@ struct Demo {
     feed: SharedFeed,
     prefixes: Vec<(IpAddr, &'static str)>,
     view: View,
-    status: Option<Status>,
+    status: Option<StatusReport>,
     /// Where the current phase started (µs since the epoch).
     phase_us: u64,
     checks: Vec<Check>,
@@ -616,7 +597,7 @@ impl Demo {
 
     fn refresh_status(&mut self) {
         if let Ok(text) = self.steer(&["status", "--json"]) {
-            if let Ok(s) = serde_json::from_str::<Status>(&text) {
+            if let Ok(s) = serde_json::from_str::<StatusReport>(&text) {
                 self.status = Some(s);
             }
         }
@@ -693,7 +674,7 @@ impl Demo {
             let up = self.status.as_ref().is_some_and(|s| {
                 topo::BACKENDS
                     .iter()
-                    .all(|b| s.host_health_is(b.name, "up"))
+                    .all(|b| s.host_health_is(b.name, Health::Up))
             });
             if up {
                 break;
@@ -1047,7 +1028,7 @@ impl Demo {
             let down = d
                 .status
                 .as_ref()
-                .is_some_and(|s| hosts.iter().all(|h| s.host_health_is(h, "down")));
+                .is_some_and(|s| hosts.iter().all(|h| s.host_health_is(h, Health::Down)));
             if down && marked.is_none() {
                 let t = secs(now_us() - t_fail);
                 marked = Some(t);
@@ -1118,7 +1099,7 @@ impl Demo {
             let up = d
                 .status
                 .as_ref()
-                .is_some_and(|s| hosts.iter().all(|h| s.host_health_is(h, "up")));
+                .is_some_and(|s| hosts.iter().all(|h| s.host_health_is(h, Health::Up)));
             if up && marked.is_none() {
                 let t = secs(now_us() - t_rec);
                 marked = Some(t);

@@ -12,6 +12,7 @@ use std::{
 
 use anyhow::{anyhow, bail, Context as _, Result};
 use serde_json::Value;
+use steer_api::{BackendStatus, ServiceStatus, StatusReport};
 
 use super::Ctx;
 use crate::lab::{self, topo};
@@ -193,7 +194,7 @@ impl<'a> Steer<'a> {
         self.cli_ok(&["reload"])
     }
 
-    pub fn status(&self) -> Result<Value> {
+    pub fn status(&self) -> Result<StatusReport> {
         let text = self.cli_ok(&["status", "--json"])?;
         serde_json::from_str(&text).context("parsing `steer status --json`")
     }
@@ -326,34 +327,81 @@ pub fn backend_state(ctx: &Ctx, name: &str) -> Result<Value> {
 }
 
 /// A service of a status report by name.
-pub fn service<'v>(status: &'v Value, name: &str) -> Result<&'v Value> {
-    status["services"]
-        .as_array()
-        .and_then(|a| a.iter().find(|s| s["name"] == name))
+pub fn service<'r>(status: &'r StatusReport, name: &str) -> Result<&'r ServiceStatus> {
+    status
+        .services
+        .iter()
+        .find(|s| s.name == name)
         .ok_or_else(|| anyhow!("`steer status` has no service {name}"))
 }
 
 /// A backend of a service of a status report.
-pub fn status_backend<'v>(status: &'v Value, svc: &str, backend: &str) -> Result<&'v Value> {
-    service(status, svc)?["backends"]
-        .as_array()
-        .and_then(|a| a.iter().find(|b| b["name"] == backend))
+pub fn status_backend<'r>(
+    status: &'r StatusReport,
+    svc: &str,
+    backend: &str,
+) -> Result<&'r BackendStatus> {
+    service(status, svc)?
+        .backends
+        .iter()
+        .find(|b| b.name == backend)
         .ok_or_else(|| anyhow!("`steer status`: service {svc} has no backend {backend}"))
 }
 
 /// Per backend of a service: new flows counted by steer.
-pub fn new_flows(status: &Value, svc: &str) -> Result<BTreeMap<String, u64>> {
-    Ok(service(status, svc)?["backends"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .map(|b| {
-                    (
-                        b["name"].as_str().unwrap_or("?").to_owned(),
-                        b["new_flows"].as_u64().unwrap_or(0),
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default())
+pub fn new_flows(status: &StatusReport, svc: &str) -> Result<BTreeMap<String, u64>> {
+    Ok(service(status, svc)?
+        .backends
+        .iter()
+        .map(|b| (b.name.clone(), b.new_flows))
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use steer_api::Health;
+
+    /// What `steer status --json` prints (written by hand, in the
+    /// documented wire words).
+    const STATUS: &str = r#"{
+      "generation": 3, "config_path": "/tmp/lab.toml", "reloads": 1,
+      "reload_failures": 0, "last_reload_error": null,
+      "services": [
+        {"name": "web", "vip": "203.0.113.10:80/tcp", "affinity": "flow",
+         "packets": 10, "bytes": 1000, "new_flows": 3,
+         "backends": [
+           {"name": "eu1", "address": "10.0.1.1", "region": "eu", "weight": 100,
+            "effective_weight": 100, "health": "up", "drained": false,
+            "last_failure": null, "packets": 6, "bytes": 600, "new_flows": 2},
+           {"name": "us1", "address": "10.0.2.1", "region": "us", "weight": 100,
+            "effective_weight": 0, "health": "down", "drained": true,
+            "last_failure": "connection refused", "packets": 4, "bytes": 400,
+            "new_flows": 1}]},
+        {"name": "echo", "vip": "203.0.113.10:7/udp", "affinity": "client",
+         "backends": []}]
+    }"#;
+
+    #[test]
+    fn reads_steer_status() {
+        let st: StatusReport = serde_json::from_str(STATUS).unwrap();
+        assert_eq!(st.reloads, 1);
+        let us1 = status_backend(&st, "web", "us1").unwrap();
+        assert_eq!(us1.health, Health::Down);
+        assert!(us1.drained);
+        assert_eq!(us1.last_failure.as_deref(), Some("connection refused"));
+        assert_eq!(
+            new_flows(&st, "web").unwrap(),
+            BTreeMap::from([("eu1".to_owned(), 2), ("us1".to_owned(), 1)])
+        );
+        assert!(new_flows(&st, "echo").unwrap().is_empty());
+        assert_eq!(
+            service(&st, "dns").unwrap_err().to_string(),
+            "`steer status` has no service dns"
+        );
+        assert_eq!(
+            status_backend(&st, "echo", "eu1").unwrap_err().to_string(),
+            "`steer status`: service echo has no backend eu1"
+        );
+    }
 }

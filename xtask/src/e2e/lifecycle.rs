@@ -130,11 +130,10 @@ pub fn reload_keeps_connections(ctx: &Ctx) -> Result<String> {
         msg.trim()
     ));
     let st = steer.status()?;
-    let now: Vec<String> = daemon::service(&st, "web")?["backends"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|x| format!("{}={}", x["name"].as_str().unwrap_or("?"), x["weight"]))
+    let now: Vec<String> = daemon::service(&st, "web")?
+        .backends
+        .iter()
+        .map(|x| format!("{}={}", x.name, x.weight))
         .collect();
     let fresh = ctx.lab.http(
         &Load::new(topo::web())
@@ -264,14 +263,14 @@ pub fn reload_under_load(ctx: &Ctx) -> Result<String> {
         stream.duration.as_secs_f64(),
         stream.flows,
         stream.rate,
-        st["reloads"],
-        st["reload_failures"]
+        st.reloads,
+        st.reload_failures
     ));
     ctx.say(report.line());
     ctx.say(format!(
         "on the way: steer forwarded {} packets to echo; backends decapsulated {} IPIP packets and \
          their echo sockets received {} datagrams",
-        echo["packets"],
+        echo.packets,
         decap_after.saturating_sub(decap_before),
         udp_after.saturating_sub(udp_before)
     ));
@@ -305,8 +304,8 @@ pub fn reload_under_load(ctx: &Ctx) -> Result<String> {
             reloads_done.as_secs_f64()
         );
     }
-    if st["reloads"].as_u64() != Some(RELOADS as u64) {
-        bail!("steer counted {} reloads, not {RELOADS}", st["reloads"]);
+    if st.reloads != RELOADS as u64 {
+        bail!("steer counted {} reloads, not {RELOADS}", st.reloads);
     }
     report.check_clean(&format!("across {RELOADS} reloads"))?;
     Ok(format!(
@@ -568,18 +567,17 @@ pub fn invalid_reload(ctx: &Ctx) -> Result<String> {
         hup_lines.len()
     ));
     let st = steer.status()?;
-    let web_now: Vec<String> = daemon::service(&st, "web")?["backends"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|b| b["name"].as_str().map(str::to_owned))
+    let web_now: Vec<String> = daemon::service(&st, "web")?
+        .backends
+        .iter()
+        .map(|b| b.name.clone())
         .collect();
     let after = ctx.lab.http(&load)?;
     ctx.say(format!(
         "after: status reload_failures={} reloads={} generation={} web backends [{}]; {}/{} answered, backends {}",
-        st["reload_failures"],
-        st["reloads"],
-        st["generation"],
+        st.reload_failures,
+        st.reloads,
+        st.generation,
         web_now.join(", "),
         after.ok,
         after.requests,
@@ -617,10 +615,10 @@ pub fn invalid_reload(ctx: &Ctx) -> Result<String> {
             problems.push(format!("after SIGHUP the log has no error at {p}"));
         }
     }
-    if st["reload_failures"] != 2 || st["last_reload_error"].is_null() {
+    if st.reload_failures != 2 || st.last_reload_error.is_none() {
         problems.push(format!(
-            "status: reload_failures {}, last_reload_error {}",
-            st["reload_failures"], st["last_reload_error"]
+            "status: reload_failures {}, last_reload_error {:?}",
+            st.reload_failures, st.last_reload_error
         ));
     }
     if !web_now.iter().any(|b| b == "eu1") {
@@ -686,7 +684,7 @@ pub fn reload_cli_broken_config(ctx: &Ctx) -> Result<String> {
     ));
     ctx.say(format!(
         "daemon log has the error: {logged}; daemon's reload_failures: {}",
-        st["reload_failures"]
+        st.reload_failures
     ));
     ctx.say(format!(
         "`steer status --config FILE` meanwhile: {}; stderr: {}",
@@ -704,12 +702,12 @@ pub fn reload_cli_broken_config(ctx: &Ctx) -> Result<String> {
             reload.status
         ));
     }
-    if !logged || st["reload_failures"] != 1 {
+    if !logged || st.reload_failures != 1 {
         problems.push(format!(
             "the daemon never saw the reload (log has the error: {logged}, reload_failures {}): \
              the CLI validated FILE to find control.socket and stopped there, so the documented \
              log line and steer_reload_failures_total do not happen",
-            st["reload_failures"]
+            st.reload_failures
         ));
     }
     if !status.status.success() {

@@ -336,8 +336,8 @@ pub fn failover(ctx: &Ctx) -> Result<String> {
             daemon::status_backend(&status, "web", b).map(|s| {
                 format!(
                     "{b} {} ({})",
-                    s["health"].as_str().unwrap_or("?"),
-                    s["last_failure"].as_str().unwrap_or("-")
+                    s.health,
+                    s.last_failure.as_deref().unwrap_or("-")
                 )
             })
         })
@@ -580,10 +580,10 @@ pub fn drain(ctx: &Ctx) -> Result<String> {
     ctx.say(format!("steer drain {target}: {}", msg.trim()));
     let st = steer.status()?;
     let b = daemon::status_backend(&st, "web", &target)?;
-    let drained_ok = b["drained"] == true && b["effective_weight"] == 0;
+    let drained_ok = b.drained && b.effective_weight == 0;
     ctx.say(format!(
         "status: {target} drained={} effective_weight={} weight={}",
-        b["drained"], b["effective_weight"], b["weight"]
+        b.drained, b.effective_weight, b.weight
     ));
     let load = Load::new(topo::web())
         .from(from)
@@ -627,7 +627,7 @@ pub fn drain(ctx: &Ctx) -> Result<String> {
     let msg = steer.cli_ok(&["drain", &target, "--undo"])?;
     ctx.say(format!("steer drain {target} --undo: {}", msg.trim()));
     let st = steer.status()?;
-    let undone = daemon::status_backend(&st, "web", &target)?["drained"] == false;
+    let undone = !daemon::status_backend(&st, "web", &target)?.drained;
     let after = ctx.lab.http(&load)?;
     let after_hits = after.backends.get(&target).copied().unwrap_or(0);
     ctx.say(format!(
@@ -771,18 +771,14 @@ pub fn ipv6(ctx: &Ctx) -> Result<String> {
     for svc in ["web6", "web-4in6", "echo6"] {
         let s = daemon::service(&status, svc)?;
         let mut parts = Vec::new();
-        for b in s["backends"].as_array().into_iter().flatten() {
-            let addr = b["address"].as_str().unwrap_or("");
-            if b["new_flows"].as_u64().unwrap_or(0) > 0 && !addr.contains(':') {
-                v4_backends.push(format!("{svc}/{}", b["name"]));
+        for b in &s.backends {
+            let addr = &b.address;
+            if b.new_flows > 0 && !addr.contains(':') {
+                v4_backends.push(format!("{svc}/{}", b.name));
             }
-            parts.push(format!(
-                "{} [{addr}] {}",
-                b["name"].as_str().unwrap_or("?"),
-                b["new_flows"]
-            ));
+            parts.push(format!("{} [{addr}] {}", b.name, b.new_flows));
         }
-        addr_lines.push(format!("{svc} ({}): {}", s["vip"], parts.join(", ")));
+        addr_lines.push(format!("{svc} ({}): {}", s.vip, parts.join(", ")));
     }
     let who6 = whoami(ctx, v6[3], topo::web6())?;
     let who46 = whoami(ctx, v4[3], topo::web_4in6())?;

@@ -20,7 +20,7 @@
 
 use std::fmt::Write as _;
 
-use super::protocol::{StatusReport, HEALTH_DEGRADED, HEALTH_DOWN};
+use crate::protocol::StatusReport;
 
 /// Longest failure reason shown in the HEALTH column.
 const MAX_REASON_CHARS: usize = 80;
@@ -67,9 +67,8 @@ pub fn render_status_table(r: &StatusReport) -> String {
             s.backends
                 .iter()
                 .map(|b| {
-                    let failing = b.health == HEALTH_DOWN || b.health == HEALTH_DEGRADED;
                     let reason = match &b.last_failure {
-                        Some(reason) if failing => truncate(&one_line(reason)),
+                        Some(reason) if b.health.is_failing() => truncate(&one_line(reason)),
                         _ => String::new(),
                     };
                     let mut weight = format!("{}/{}", b.effective_weight, b.weight);
@@ -80,7 +79,7 @@ pub fn render_status_table(r: &StatusReport) -> String {
                         one_line(&b.name),
                         one_line(&b.region),
                         one_line(&b.address),
-                        one_line(&b.health),
+                        b.health.to_string(),
                         weight,
                         b.packets.to_string(),
                         b.new_flows.to_string(),
@@ -103,7 +102,7 @@ pub fn render_status_table(r: &StatusReport) -> String {
             "\nservice {}  vip {}  affinity {}  packets {}  bytes {}  new flows {}",
             one_line(&service.name),
             one_line(&service.vip),
-            one_line(&service.affinity),
+            service.affinity,
             service.packets,
             service.bytes,
             service.new_flows
@@ -157,34 +156,34 @@ fn truncate(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::protocol::{BackendStatus, ServiceStatus};
+    use crate::protocol::{Affinity, BackendStatus, Health, ServiceStatus};
 
-    fn backend(name: &str, region: &str, address: &str, health: &str) -> BackendStatus {
+    fn backend(name: &str, region: &str, address: &str, health: Health) -> BackendStatus {
         BackendStatus {
             name: name.into(),
             address: address.into(),
             region: region.into(),
             weight: 100,
             effective_weight: 100,
-            health: health.into(),
+            health,
             ..BackendStatus::default()
         }
     }
 
     fn report() -> StatusReport {
-        let mut down = backend("web-2", "us", "10.0.0.2", "down");
+        let mut down = backend("web-2", "us", "10.0.0.2", Health::Down);
         down.effective_weight = 0;
         down.last_failure = Some("connection\nrefused".into());
-        let mut drained = backend("web-3", "us", "2001:db8::3", "up");
+        let mut drained = backend("web-3", "us", "2001:db8::3", Health::Up);
         drained.effective_weight = 0;
         drained.drained = true;
         drained.packets = 234;
         drained.new_flows = 16;
-        let mut up = backend("web-1", "eu", "10.0.0.1", "up");
+        let mut up = backend("web-1", "eu", "10.0.0.1", Health::Up);
         up.packets = 1000;
         up.new_flows = 40;
         up.last_failure = Some("old failure, not shown".into());
-        let mut degraded = backend("dns-1", "eu", "10.0.1.1", "degraded");
+        let mut degraded = backend("dns-1", "eu", "10.0.1.1", Health::Degraded);
         degraded.weight = 5;
         degraded.effective_weight = 5;
         degraded.last_failure = Some("x".repeat(90));
@@ -198,7 +197,7 @@ mod tests {
                 ServiceStatus {
                     name: "web".into(),
                     vip: "203.0.113.10:80/tcp".into(),
-                    affinity: "flow".into(),
+                    affinity: Affinity::Flow,
                     packets: 1234,
                     bytes: 98765,
                     new_flows: 56,
@@ -207,14 +206,14 @@ mod tests {
                 ServiceStatus {
                     name: "dns".into(),
                     vip: "[2001:db8::53]:53/udp".into(),
-                    affinity: "client".into(),
+                    affinity: Affinity::Client,
                     backends: vec![degraded],
                     ..ServiceStatus::default()
                 },
                 ServiceStatus {
                     name: "empty".into(),
                     vip: "203.0.113.11:0/tcp".into(),
-                    affinity: "flow".into(),
+                    affinity: Affinity::Flow,
                     ..ServiceStatus::default()
                 },
             ],

@@ -1,0 +1,454 @@
+//! Messages of the control protocol.
+//!
+//! Each message is one JSON object on one line (no newline inside: serde_json
+//! escapes newlines in strings). Requests are tagged by `"cmd"`, responses by
+//! `"result"`:
+//!
+//! ```text
+//! → {"cmd":"status"}
+//! ← {"result":"status","generation":3,"config_path":"/etc/steer/steer.toml",...}
+//! → {"cmd":"drain","backend":"web-2","undo":false}
+//! ← {"result":"ok","message":"web-2 drained"}
+//! → {"cmd":"reload"}
+//! ← {"result":"error","message":"config has 2 errors","details":["services[0].vip: ...","..."]}
+//! → {"cmd":"stop","detach":false}
+//! ← {"result":"ok","message":"stopping"}
+//! ```
+//!
+//! Every request field is required (a misspelt `"detatch"` must not silently
+//! mean `false`), and unknown fields are rejected. (serde would also read a
+//! request from an array such as `["stop",true]`; the server accepts objects
+//! only.)
+//!
+//! A request line longer than [`MAX_REQUEST_BYTES`] is answered with an
+//! error response and the connection is closed. So is a connection beyond
+//! the daemon's limit of concurrent control connections (64): its one line
+//! is `{"result":"error","message":"too many connections: ...","details":[]}`.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// Longest request line the daemon reads (the newline not included). A
+/// longer request is answered with an error and the connection is closed.
+pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
+
+/// A request from `steer status|drain|reload|stop` to the daemon.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[serde(tag = "cmd", rename_all = "snake_case", from = "RequestWire")]
+pub enum Request {
+    /// Report generation, reload history and per-service, per-backend state.
+    Status,
+    /// Stop sending new flows to a backend (in every service), or with
+    /// `undo`, resume.
+    Drain { backend: String, undo: bool },
+    /// Re-read the config file and apply it.
+    Reload,
+    /// Stop the daemon. With `detach`, leave the XDP program attached and its
+    /// maps pinned so that traffic keeps flowing.
+    Stop { detach: bool },
+}
+
+/// How a [`Request`] is read: the same shape, with the unit variants as empty
+/// struct variants, because serde's `deny_unknown_fields` does not reject
+/// extra fields next to the tag of a unit variant (`{"cmd":"status","x":1}`).
+#[derive(Deserialize)]
+#[serde(tag = "cmd", rename_all = "snake_case", deny_unknown_fields)]
+enum RequestWire {
+    Status {},
+    Drain { backend: String, undo: bool },
+    Reload {},
+    Stop { detach: bool },
+}
+
+impl From<RequestWire> for Request {
+    fn from(wire: RequestWire) -> Request {
+        match wire {
+            RequestWire::Status {} => Request::Status,
+            RequestWire::Drain { backend, undo } => Request::Drain { backend, undo },
+            RequestWire::Reload {} => Request::Reload,
+            RequestWire::Stop { detach } => Request::Stop { detach },
+        }
+    }
+}
+
+/// The daemon's answer to one [`Request`].
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum Response {
+    Status(StatusReport),
+    Ok {
+        message: String,
+    },
+    Error {
+        message: String,
+        /// More lines, e.g. every config error of a failed reload.
+        #[serde(default)]
+        details: Vec<String>,
+    },
+}
+
+impl Response {
+    /// `Response::Ok` with `message`.
+    pub fn ok(message: impl Into<String>) -> Response {
+        Response::Ok {
+            message: message.into(),
+        }
+    }
+
+    /// `Response::Error` with `message` and no details.
+    pub fn error(message: impl Into<String>) -> Response {
+        Response::Error {
+            message: message.into(),
+            details: Vec::new(),
+        }
+    }
+
+    /// `Response::Error` with `message` and `details`.
+    pub fn error_with_details(
+        message: impl Into<String>,
+        details: impl IntoIterator<Item = impl Into<String>>,
+    ) -> Response {
+        Response::Error {
+            message: message.into(),
+            details: details.into_iter().map(Into::into).collect(),
+        }
+    }
+}
+
+/// Everything `steer status` shows.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
+#[serde(default)]
+pub struct StatusReport {
+    /// Config/table generation: bumped by every applied change.
+    pub generation: u64,
+    pub config_path: String,
+    /// Successful reloads since start.
+    pub reloads: u64,
+    /// Failed reloads since start.
+    pub reload_failures: u64,
+    /// Why the last reload failed, if the last reload failed.
+    pub last_reload_error: Option<String>,
+    pub services: Vec<ServiceStatus>,
+}
+
+/// One service (VIP, port, protocol) and its backends.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
+#[serde(default)]
+pub struct ServiceStatus {
+    pub name: String,
+    /// `"203.0.113.10:80/tcp"`, `"[2001:db8::10]:443/tcp"`; port 0 = all ports.
+    pub vip: String,
+    /// How flows are placed on the backends.
+    pub affinity: Affinity,
+    pub packets: u64,
+    pub bytes: u64,
+    pub new_flows: u64,
+    pub backends: Vec<BackendStatus>,
+}
+
+/// One backend of one service.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
+#[serde(default)]
+pub struct BackendStatus {
+    pub name: String,
+    pub address: String,
+    pub region: String,
+    /// Configured weight.
+    pub weight: u32,
+    /// Weight in the selection table now: 0 when drained or down.
+    pub effective_weight: u32,
+    /// What the health checks say.
+    pub health: Health,
+    pub drained: bool,
+    /// Why the last failed check failed.
+    pub last_failure: Option<String>,
+    pub packets: u64,
+    pub bytes: u64,
+    pub new_flows: u64,
+}
+
+/// A backend's health as the daemon reports it. On the wire, the lowercase
+/// word: `"up"`, `"down"`, `"degraded"`, `"unchecked"`.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Health {
+    /// Its checks pass.
+    Up,
+    /// Its checks fail; it gets no new flows.
+    Down,
+    /// It answers but reports trouble; it still gets new flows.
+    Degraded,
+    /// It has no health check (also what a report without the field means).
+    #[default]
+    Unchecked,
+}
+
+impl Health {
+    /// Every value, in the order of the declaration.
+    pub const ALL: [Health; 4] = [
+        Health::Up,
+        Health::Down,
+        Health::Degraded,
+        Health::Unchecked,
+    ];
+
+    /// The wire word: `"up"`, `"down"`, `"degraded"` or `"unchecked"`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Health::Up => "up",
+            Health::Down => "down",
+            Health::Degraded => "degraded",
+            Health::Unchecked => "unchecked",
+        }
+    }
+
+    /// Down or degraded: the backend's last failure is worth showing.
+    pub const fn is_failing(self) -> bool {
+        matches!(self, Health::Down | Health::Degraded)
+    }
+}
+
+impl fmt::Display for Health {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Compares with the wire word (`Health::Up == "up"`).
+impl PartialEq<str> for Health {
+    fn eq(&self, word: &str) -> bool {
+        self.as_str() == word
+    }
+}
+
+/// Compares with the wire word (`Health::Up == "up"`).
+impl PartialEq<&str> for Health {
+    fn eq(&self, word: &&str) -> bool {
+        self.as_str() == *word
+    }
+}
+
+/// How a service places flows on its backends. On the wire, the lowercase
+/// word: `"flow"` or `"client"`.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Affinity {
+    /// Each 5-tuple flow is placed on its own.
+    #[default]
+    Flow,
+    /// All flows from one client address to the VIP go to one backend.
+    Client,
+}
+
+impl Affinity {
+    /// The wire word: `"flow"` or `"client"`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Affinity::Flow => "flow",
+            Affinity::Client => "client",
+        }
+    }
+}
+
+impl fmt::Display for Affinity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Serializes `value`, compares with `json` (written by hand), and parses
+    /// `json` back.
+    fn round_trip<T>(value: &T, json: &str)
+    where
+        T: Serialize + for<'de> Deserialize<'de> + PartialEq + std::fmt::Debug,
+    {
+        let text = serde_json::to_string(value).unwrap();
+        assert_eq!(text, json);
+        let back: T = serde_json::from_str(json).unwrap();
+        assert_eq!(&back, value);
+    }
+
+    #[test]
+    fn requests() {
+        round_trip(&Request::Status, r#"{"cmd":"status"}"#);
+        round_trip(
+            &Request::Drain {
+                backend: "web-2".into(),
+                undo: false,
+            },
+            r#"{"cmd":"drain","backend":"web-2","undo":false}"#,
+        );
+        round_trip(
+            &Request::Drain {
+                backend: "web-2".into(),
+                undo: true,
+            },
+            r#"{"cmd":"drain","backend":"web-2","undo":true}"#,
+        );
+        round_trip(&Request::Reload, r#"{"cmd":"reload"}"#);
+        round_trip(
+            &Request::Stop { detach: true },
+            r#"{"cmd":"stop","detach":true}"#,
+        );
+        round_trip(
+            &Request::Stop { detach: false },
+            r#"{"cmd":"stop","detach":false}"#,
+        );
+    }
+
+    #[test]
+    fn requests_are_strict() {
+        for bad in [
+            r#"{"cmd":"stop","detatch":true}"#,
+            r#"{"cmd":"stop"}"#,
+            r#"{"cmd":"drain","backend":"x"}"#,
+            r#"{"cmd":"status","extra":1}"#,
+            r#"{"cmd":"reload","force":true}"#,
+            r#"{"cmd":"stop","detach":true,"now":1}"#,
+            r#"{"cmd":"drain","backend":"x","undo":false,"all":true}"#,
+            r#"{"cmd":"drain","backend":7,"undo":false}"#,
+            r#"{"cmd":"restart"}"#,
+            r#"{"backend":"x"}"#,
+        ] {
+            assert!(
+                serde_json::from_str::<Request>(bad).is_err(),
+                "{bad} was accepted"
+            );
+        }
+    }
+
+    #[test]
+    fn ok_and_error_responses() {
+        round_trip(
+            &Response::ok("web-2 drained"),
+            r#"{"result":"ok","message":"web-2 drained"}"#,
+        );
+        round_trip(
+            &Response::error_with_details(
+                "config has 2 errors",
+                ["services[0].vip: bad", "dataplane.mtu: \"x\""],
+            ),
+            r#"{"result":"error","message":"config has 2 errors","details":["services[0].vip: bad","dataplane.mtu: \"x\""]}"#,
+        );
+        round_trip(
+            &Response::error("no such backend"),
+            r#"{"result":"error","message":"no such backend","details":[]}"#,
+        );
+        // `details` may be left out.
+        let r: Response = serde_json::from_str(r#"{"result":"error","message":"m"}"#).unwrap();
+        assert_eq!(r, Response::error("m"));
+    }
+
+    #[test]
+    fn status_response() {
+        let report = StatusReport {
+            generation: 7,
+            config_path: "/etc/steer/steer.toml".into(),
+            reloads: 2,
+            reload_failures: 1,
+            last_reload_error: Some("bad\nline".into()),
+            services: vec![ServiceStatus {
+                name: "web".into(),
+                vip: "203.0.113.10:80/tcp".into(),
+                affinity: Affinity::Flow,
+                packets: 10,
+                bytes: 1000,
+                new_flows: 3,
+                backends: vec![BackendStatus {
+                    name: "web-1".into(),
+                    address: "10.0.0.1".into(),
+                    region: "eu".into(),
+                    weight: 100,
+                    effective_weight: 0,
+                    health: Health::Down,
+                    drained: false,
+                    last_failure: Some("connection refused".into()),
+                    packets: 9,
+                    bytes: 900,
+                    new_flows: 2,
+                }],
+            }],
+        };
+        let json = concat!(
+            r#"{"result":"status","generation":7,"config_path":"/etc/steer/steer.toml","#,
+            r#""reloads":2,"reload_failures":1,"last_reload_error":"bad\nline","#,
+            r#""services":[{"name":"web","vip":"203.0.113.10:80/tcp","affinity":"flow","#,
+            r#""packets":10,"bytes":1000,"new_flows":3,"backends":[{"name":"web-1","#,
+            r#""address":"10.0.0.1","region":"eu","weight":100,"effective_weight":0,"#,
+            r#""health":"down","drained":false,"last_failure":"connection refused","#,
+            r#""packets":9,"bytes":900,"new_flows":2}]}]}"#
+        );
+        round_trip(&Response::Status(report), json);
+
+        round_trip(
+            &Response::Status(StatusReport::default()),
+            concat!(
+                r#"{"result":"status","generation":0,"config_path":"","reloads":0,"#,
+                r#""reload_failures":0,"last_reload_error":null,"services":[]}"#
+            ),
+        );
+    }
+}
+
+#[cfg(test)]
+mod word_tests {
+    use super::*;
+
+    /// `value` is the JSON string `word` both ways, and displays as `word`.
+    fn word_round_trip<T>(value: T, word: &str)
+    where
+        T: Serialize + for<'de> Deserialize<'de> + PartialEq + fmt::Debug + fmt::Display,
+    {
+        let json = format!("\"{word}\"");
+        assert_eq!(serde_json::to_string(&value).unwrap(), json);
+        assert_eq!(serde_json::from_str::<T>(&json).unwrap(), value);
+        assert_eq!(value.to_string(), word);
+    }
+
+    #[test]
+    fn health_and_affinity_words() {
+        // The words of the protocol as documented (written by hand), each
+        // both ways.
+        for (health, word) in [
+            (Health::Up, "up"),
+            (Health::Down, "down"),
+            (Health::Degraded, "degraded"),
+            (Health::Unchecked, "unchecked"),
+        ] {
+            word_round_trip(health, word);
+            assert_eq!(health, word);
+        }
+        for (affinity, word) in [(Affinity::Flow, "flow"), (Affinity::Client, "client")] {
+            word_round_trip(affinity, word);
+        }
+        assert_ne!(Health::Up, "Up");
+        // Unknown words are errors that name the known ones.
+        let err = serde_json::from_str::<Health>(r#""sick""#).unwrap_err();
+        assert!(
+            err.to_string().contains(
+                "unknown variant `sick`, expected one of `up`, `down`, `degraded`, `unchecked`"
+            ),
+            "{err}"
+        );
+        assert!(serde_json::from_str::<Affinity>(r#""Flow""#).is_err());
+        let failing: Vec<Health> = Health::ALL.into_iter().filter(|h| h.is_failing()).collect();
+        assert_eq!(failing, [Health::Down, Health::Degraded]);
+    }
+
+    #[test]
+    fn missing_fields_take_defaults() {
+        let b: BackendStatus = serde_json::from_str(r#"{"name":"web-1"}"#).unwrap();
+        assert_eq!(b.health, Health::Unchecked);
+        assert_eq!(b.name, "web-1");
+        let s: ServiceStatus = serde_json::from_str(r#"{"name":"web"}"#).unwrap();
+        assert_eq!(s.affinity, Affinity::Flow);
+        // A status with a health word this client does not know is an
+        // error, not a silent default.
+        assert!(serde_json::from_str::<BackendStatus>(r#"{"health":"maybe"}"#).is_err());
+    }
+}
