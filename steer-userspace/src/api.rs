@@ -8,9 +8,9 @@
 //!   [`ControlHandler`]) and client ([`request`]).
 //! - [`table`]: the human rendering of a status report
 //!   ([`render_status_table`]).
-//! - [`metrics`]: Prometheus text exposition ([`MetricsWriter`],
-//!   [`render_metrics`]) and its loopback-only HTTP listener
-//!   ([`serve_metrics`], [`serve_metrics_on`]).
+//! - [`metrics`]: steer's Prometheus metrics, encoded from a
+//!   [`MetricsSnapshot`] ([`render_metrics`]), and their loopback-only HTTP
+//!   listener ([`bind_metrics`], then [`serve_metrics`]).
 //!
 //! Nothing here touches BPF maps or the configuration: the daemon implements
 //! [`ControlHandler`] and [`MetricsSource`] over its own state.
@@ -25,8 +25,8 @@ pub use control::{
     HandlerFuture, MAX_REQUEST_BYTES,
 };
 pub use metrics::{
-    render_metrics, serve_metrics, serve_metrics_on, HistogramData, Labels, MetricsSource,
-    MetricsWriter, CONTENT_TYPE,
+    bind_metrics, render_metrics, serve_metrics, HistogramSnapshot, MetricsListener,
+    MetricsSnapshot, MetricsSource, CONTENT_TYPE, MAX_METRICS_CONNECTIONS,
 };
 pub use protocol::{BackendStatus, Request, Response, ServiceStatus, StatusReport};
 pub use table::render_status_table;

@@ -261,6 +261,8 @@ struct Inner {
     reloads: u64,
     reload_failures: u64,
     last_reload_error: Option<String>,
+    /// When the config was last loaded successfully (at start or reload).
+    last_load: std::time::SystemTime,
 }
 
 impl Inner {
@@ -366,6 +368,7 @@ impl Daemon {
                 inner.reloads += 1;
                 inner.generation += 1;
                 inner.last_reload_error = None;
+                inner.last_load = std::time::SystemTime::now();
                 info!(
                     generation = inner.generation,
                     "reloaded {}",
@@ -533,21 +536,34 @@ impl Daemon {
         )
     }
 
-    fn metrics(&self) -> String {
+    fn metrics(&self) -> api::MetricsSnapshot {
         let (report, drops, ct_insert_failures) = self.status();
-        let hist = self
+        let probe_latency = self
             .monitor
             .lock()
             .expect("monitor poisoned")
             .as_ref()
-            .map(|m| m.latency_histogram());
-        api::render_metrics(
-            &report,
-            &drops,
+            .map(|m| {
+                let h = m.latency_histogram();
+                api::HistogramSnapshot {
+                    buckets: h.buckets,
+                    sum: h.sum,
+                    count: h.count,
+                }
+            });
+        let last_load = self.inner.lock().expect("daemon state poisoned").last_load;
+        api::MetricsSnapshot {
+            last_reload_successful: report.last_reload_error.is_none(),
+            last_reload_success_timestamp_seconds: last_load
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64()),
+            report,
+            drops,
             ct_insert_failures,
-            hist.as_ref()
-                .map(|h| (h.buckets.as_slice(), h.sum, h.count)),
-        )
+            probe_latency,
+            // Filled once the health monitor counts failures by reason.
+            probe_failures: BTreeMap::new(),
+        }
     }
 }
 
@@ -672,6 +688,7 @@ async fn run_async(
             reloads: 0,
             reload_failures: 0,
             last_reload_error: None,
+            last_load: std::time::SystemTime::now(),
         }),
         monitor: Mutex::new(None),
         shutdown: shutdown_tx,
@@ -715,11 +732,15 @@ async fn run_async(
     };
     let metrics = {
         let d = daemon.clone();
-        let source: Arc<dyn api::MetricsSource> = Arc::new(move || d.metrics());
+        let source: Arc<dyn api::MetricsSource> = Arc::new(move || Arc::new(d.metrics()));
         let addr = cfg.metrics.listen;
         let rx = stop_servers_rx.clone();
         tokio::spawn(async move {
-            if let Err(e) = api::serve_metrics(addr, source, rx).await {
+            let served = match api::bind_metrics(addr).await {
+                Ok(listener) => api::serve_metrics(listener, source, rx).await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = served {
                 error!(%addr, error = %e, "metrics endpoint failed");
             }
         })
