@@ -11,8 +11,8 @@
 //!
 //! One request per connection. At most [`MAX_METRICS_CONNECTIONS`]
 //! connections are served at once (more wait, unaccepted, in the listen
-//! backlog); a connection gets [`HEADER_TIMEOUT`] to send its request head
-//! and [`CONNECTION_TIMEOUT`] for everything.
+//! backlog); a connection gets 5 s to send its request head and 10 s for
+//! everything.
 
 use std::convert::Infallible;
 use std::io;
