@@ -9,9 +9,9 @@
 //!   [`ControlHandler`]). The client ([`request`], blocking) and the human
 //!   rendering of a status report ([`render_status_table`]) are steer-api's,
 //!   re-exported here.
-//! - [`metrics`]: Prometheus text exposition ([`MetricsWriter`],
-//!   [`render_metrics`]) and its loopback-only HTTP listener
-//!   ([`serve_metrics`], [`serve_metrics_on`]).
+//! - [`metrics`]: steer's Prometheus metrics, encoded from a
+//!   [`MetricsSnapshot`] ([`render_metrics`]), and their loopback-only HTTP
+//!   listener ([`bind_metrics`], then [`serve_metrics`]).
 //!
 //! Nothing here touches BPF maps or the configuration: the daemon implements
 //! [`ControlHandler`] and [`MetricsSource`] over its own state.
@@ -22,8 +22,8 @@ pub mod protocol;
 
 pub use control::{serve_control, ControlHandler, HandlerFuture, MAX_CONNECTIONS};
 pub use metrics::{
-    render_metrics, serve_metrics, serve_metrics_on, HistogramData, Labels, MetricsSource,
-    MetricsWriter, CONTENT_TYPE,
+    bind_metrics, render_metrics, serve_metrics, HistogramSnapshot, MetricsListener,
+    MetricsSnapshot, MetricsSource, CONTENT_TYPE, MAX_METRICS_CONNECTIONS,
 };
 pub use protocol::{
     Affinity, BackendStatus, Health, Request, Response, ServiceStatus, StatusReport,

@@ -108,15 +108,27 @@ impl View {
         status::report(&p, Some(&self.counters))
     }
 
-    fn metrics(&self) -> String {
-        let s = self.status();
+    fn metrics(&self) -> Arc<api::MetricsSnapshot> {
+        let p = self.published.borrow().clone();
+        let s = status::report(&p, Some(&self.counters));
         let h = (self.latency)();
-        api::render_metrics(
-            &s.report,
-            &s.drops,
-            s.ct_insert_failures,
-            Some((h.buckets.as_slice(), h.sum, h.count)),
-        )
+        Arc::new(api::MetricsSnapshot {
+            report: s.report,
+            drops: s.drops,
+            ct_insert_failures: s.ct_insert_failures,
+            probe_latency: Some(api::HistogramSnapshot {
+                buckets: h.buckets,
+                sum: h.sum,
+                count: h.count,
+            }),
+            probe_failures: Default::default(),
+            last_reload_successful: p.last_reload.as_ref().is_none_or(|o| o.ok),
+            last_reload_success_timestamp_seconds: p
+                .last_load
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs_f64())
+                .unwrap_or_default(),
+        })
     }
 }
 
@@ -206,6 +218,9 @@ async fn run_async(
     interfaces: Vec<String>,
     mode: AttachMode,
 ) -> Result<()> {
+    // Bound before anything touches the kernel: a taken port fails the
+    // start with nothing to undo.
+    let metrics_listener = api::bind_metrics(cfg.metrics.listen).await?;
     // Open, attach and program on a blocking thread: the owner is created
     // there and later runs on its own thread.
     let (mut owner, published, counters) = {
@@ -280,7 +295,7 @@ async fn run_async(
         let addr = cfg.metrics.listen;
         let rx = stop_servers_rx.clone();
         tokio::spawn(async move {
-            if let Err(e) = api::serve_metrics(addr, source, rx).await {
+            if let Err(e) = api::serve_metrics(metrics_listener, source, rx).await {
                 error!(%addr, error = %e, "metrics endpoint failed");
             }
         })

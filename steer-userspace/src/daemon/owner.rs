@@ -73,6 +73,8 @@ pub struct Published {
     pub reload_failures: u64,
     pub last_reload_error: Option<String>,
     pub last_reload: Option<ReloadOutcome>,
+    /// When the running config was loaded (at start or by a reload).
+    pub last_load: SystemTime,
     /// Successful programmings of the data plane so far.
     pub programmed: u64,
     /// Service and backend ids, for reading counters.
@@ -94,6 +96,7 @@ pub struct Owner {
     reload_failures: u64,
     last_reload_error: Option<String>,
     last_reload: Option<ReloadOutcome>,
+    last_load: SystemTime,
     programmed: u64,
     started: SystemTime,
     publish: watch::Sender<Arc<Published>>,
@@ -135,6 +138,7 @@ impl Owner {
             reload_failures: 0,
             last_reload_error: None,
             last_reload: None,
+            last_load: started,
             programmed: 0,
             ledger: dp.ledger(),
             started,
@@ -153,6 +157,7 @@ impl Owner {
             reload_failures: 0,
             last_reload_error: None,
             last_reload: None,
+            last_load: started,
             programmed: 0,
             started,
             publish,
@@ -195,6 +200,7 @@ impl Owner {
             reload_failures: self.reload_failures,
             last_reload_error: self.last_reload_error.clone(),
             last_reload: self.last_reload.clone(),
+            last_load: self.last_load,
             programmed: self.programmed,
             ledger: self.dp.ledger(),
             started: self.started,
@@ -382,10 +388,9 @@ impl Owner {
                 self.reloads = self.reloads.wrapping_add(1);
                 self.generation = self.generation.wrapping_add(1);
                 self.last_reload_error = None;
-                self.last_reload = Some(ReloadOutcome {
-                    at: SystemTime::now(),
-                    ok: true,
-                });
+                let now = SystemTime::now();
+                self.last_reload = Some(ReloadOutcome { at: now, ok: true });
+                self.last_load = now;
                 self.publish();
                 info!(
                     generation = self.generation,
