@@ -66,7 +66,7 @@ regions = ["eu"]
 "#,
     );
     let picked: Vec<String> = (0..8u32)
-        .filter(|i| (i + variant) % 3 != 0)
+        .filter(|i| !(i + variant).is_multiple_of(3))
         .map(|i| format!("\"b{i}\""))
         .collect();
     s.push_str(&format!(
@@ -173,7 +173,7 @@ fn interleaved_health_drains_and_reloads_leave_the_maps_equal_to_the_final_state
             let mut rng = Lcg(seed);
             for _ in 0..HEALTH_FLIPS / 2 {
                 let map: BTreeMap<String, TargetStatus> = (0..8)
-                    .map(|i| (format!("b{i}"), status(rng.next() % 4 != 0)))
+                    .map(|i| (format!("b{i}"), status(!rng.next().is_multiple_of(4))))
                     .collect();
                 events
                     .blocking_send(Event::Health(map))
@@ -188,7 +188,7 @@ fn interleaved_health_drains_and_reloads_leave_the_maps_equal_to_the_final_state
             let mut rng = Lcg(7);
             for _ in 0..DRAINS {
                 let backend = format!("b{}", rng.next() % 8);
-                let undo = rng.next() % 2 == 0;
+                let undo = rng.next().is_multiple_of(2);
                 let r = ask(&events, |reply| Event::Drain {
                     backend: backend.clone(),
                     undo,
