@@ -108,3 +108,75 @@ fn errors_display_one_per_line() {
         "dataplane.mtu: 100 is out of range\nservices[0].vip: \"x\" is not an IP address"
     );
 }
+
+#[test]
+fn odd_keys_are_escaped_in_paths() {
+    // TOML quoted keys can hold a newline, an escape sequence or NUL.
+    let text = doc(
+        "\"mt\\nu\" = 1\n\"\\u001b[31mred\" = 2\n\"nul\\u0000\" = 3\n\"\" = 4\n\"two words\" = 5\n",
+        WEB,
+    );
+    let errs = errors(&text);
+    let paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
+    for want in [
+        r#"dataplane."mt\nu""#,
+        r#"dataplane."\u{1b}[31mred""#,
+        r#"dataplane."nul\0""#,
+        r#"dataplane."""#,
+        r#"dataplane."two words""#,
+    ] {
+        assert!(paths.contains(&want), "no {want} in {paths:?}");
+    }
+    let printed = ConfigErrors(errs).to_string();
+    assert_eq!(printed.lines().count(), 5, "{printed}");
+    assert!(
+        !printed.contains(['\u{1b}', '\0']),
+        "raw control characters in: {printed:?}"
+    );
+    // Bare keys are printed as they are.
+    assert_error(
+        &doc("max-x_1 = 1\n", WEB),
+        "dataplane.max-x_1",
+        "unknown key",
+    );
+    // A root key too (before the first table header).
+    assert_error(
+        &format!("\"\" = 1\n{}", doc("", WEB)),
+        r#""""#,
+        "unknown key (expected one of: dataplane,",
+    );
+}
+
+#[test]
+fn a_follow_on_error_is_reported_once() {
+    // Two backends named b1 (one error), then an IPv6 VIP using b1: the
+    // family error concerns both definitions but is one problem.
+    let text = doc(
+        "",
+        r#"
+[[backends]]
+name = "b1"
+address = "192.0.2.71"
+region = "eu-west"
+
+[[backends]]
+name = "b1"
+address = "192.0.2.72"
+region = "eu-west"
+
+[[services]]
+name = "v6"
+vip = "2001:db8:100::1"
+protocol = "tcp"
+backends = ["b1"]
+"#,
+    );
+    let errs = errors(&text);
+    assert_eq!(
+        errs.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        [
+            r#"backends[4].name: duplicate name "b1" (also backends[3])"#,
+            r#"services[0]: an IPv6 VIP cannot use IPv4 backend "b1" (IPv6 packets can only be encapsulated to IPv6 backends)"#,
+        ],
+    );
+}
