@@ -30,28 +30,24 @@ fn load_reads_a_file() {
 }
 
 /// A scratch directory, removed on drop.
-struct Scratch(PathBuf);
+struct Scratch(tempfile::TempDir);
 
 impl Scratch {
     fn new(tag: &str) -> Scratch {
-        let dir = std::env::temp_dir().join(format!(
-            "steer-config-{tag}-{}-{:?}",
-            std::process::id(),
-            std::thread::current().id()
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("scratch dir");
-        Scratch(dir)
+        Scratch(
+            tempfile::Builder::new()
+                .prefix(&format!("steer-config-{tag}-"))
+                .tempdir()
+                .expect("scratch dir"),
+        )
+    }
+
+    fn dir(&self) -> &Path {
+        self.0.path()
     }
 
     fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        self.dir().join(name)
     }
 }
 
@@ -91,7 +87,7 @@ fn load_rejects_what_is_not_a_regular_file() {
             Path::new("/dev/zero"),
             "is a character device, not a regular file",
         ),
-        (dir.0.as_path(), "is a directory, not a regular file"),
+        (dir.dir(), "is a directory, not a regular file"),
     ] {
         let e = load_error(path);
         assert_eq!(e.path, path.display().to_string());
@@ -155,7 +151,7 @@ fn load_checks_that_ca_file_holds_pem_certificates() {
         (&garbage, "holds no certificate"),
         (&key_only, "holds no certificate"),
         (&broken, "is not valid PEM"),
-        (&dir.0, "is a directory"),
+        (&dir.dir().to_path_buf(), "is a directory"),
     ] {
         let text = with_ca_file(ca);
         // Parsing alone does not read files ...
