@@ -45,9 +45,7 @@ pub(crate) fn read_limited(path: &Path) -> Result<Vec<u8>, String> {
         } else {
             "not a regular file"
         };
-        return Err(format!(
-            "it is {what}, not a regular file (give the path of a file)"
-        ));
+        return Err(format!("it is {what}; steer reads only regular files"));
     }
     let too_big = || {
         format!(

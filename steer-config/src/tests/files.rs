@@ -82,12 +82,15 @@ fn load_rejects_what_is_not_a_regular_file() {
     // SAFETY: `c` is a valid NUL-terminated path that outlives the call.
     assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo");
     for (path, what) in [
-        (fifo.as_path(), "is a FIFO (named pipe), not a regular file"),
+        (
+            fifo.as_path(),
+            "is a FIFO (named pipe); steer reads only regular files",
+        ),
         (
             Path::new("/dev/zero"),
-            "is a character device, not a regular file",
+            "is a character device; steer reads only regular files",
         ),
-        (dir.dir(), "is a directory, not a regular file"),
+        (dir.dir(), "is a directory; steer reads only regular files"),
     ] {
         let e = load_error(path);
         assert_eq!(e.path, path.display().to_string());
