@@ -12,8 +12,8 @@ use crate::model::{Encapsulation, PBackend, PService};
 use crate::values::{keyword, name, non_empty_string, u32_in, unicast_address};
 use crate::walker::{Node, Walker};
 
-pub(super) fn read(w: &mut Walker, at: String, t: &Table) -> PBackend {
-    let n = Node::new(w, &at, t);
+pub(super) fn read(w: &mut Walker, at: &str, t: &Table) -> PBackend {
+    let n = Node::new(w, at, t);
     let backend = PBackend {
         name: n.required(w, "name", "e.g. \"eu-1\"", name),
         address: n.required(w, "address", "e.g. \"192.0.2.10\"", |v| {
@@ -28,10 +28,10 @@ pub(super) fn read(w: &mut Walker, at: String, t: &Table) -> PBackend {
         weight: n.default(w, "weight", DEFAULT_WEIGHT, u32_in(0, MAX_WEIGHT)),
         encapsulation: n.default(w, "encapsulation", Encapsulation::default(), keyword),
         health_check: n.optional(w, "health_check", non_empty_string),
-        at: String::new(),
+        at: at.to_string(),
     };
     n.done(w);
-    PBackend { at, ..backend }
+    backend
 }
 
 /// References to regions and health checks; addresses used twice or that

@@ -23,8 +23,8 @@ const HTTP_ONLY_KEYS: &[&str] = &["path", "expected_status", "body_contains", "d
 /// Keys that only https checks may have.
 const HTTPS_ONLY_KEYS: &[&str] = &["sni", "ca_file", "insecure"];
 
-pub(super) fn read(w: &mut Walker, at: String, t: &Table) -> PHealthCheck {
-    let n = Node::new(w, &at, t);
+pub(super) fn read(w: &mut Walker, at: &str, t: &Table) -> PHealthCheck {
+    let n = Node::new(w, at, t);
     let mut check = PHealthCheck {
         name: n.required(w, "name", "e.g. \"http-health\"", name),
         kind: n.required(
@@ -46,11 +46,11 @@ pub(super) fn read(w: &mut Walker, at: String, t: &Table) -> PHealthCheck {
         sni: n.optional(w, "sni", hostname),
         ca_file: n.optional(w, "ca_file", |v| non_empty_string(v).map(PathBuf::from)),
         insecure: n.default(w, "insecure", DEFAULT_INSECURE, boolean),
-        at: String::new(),
+        at: at.to_string(),
     };
-    relations(w, &n, &at, &mut check);
+    relations(w, &n, at, &mut check);
     n.done(w);
-    PHealthCheck { at, ..check }
+    check
 }
 
 /// `expected_status`: a non-empty list of 100..=599, default `[200]`.

@@ -44,22 +44,22 @@ pub(crate) fn read(w: &mut Walker, root: &Table) -> Partial {
     let regions = n
         .tables(w, "regions")
         .into_iter()
-        .map(|(path, t)| regions::read(w, path, t))
+        .map(|(path, t)| regions::read(w, &path, t))
         .collect();
     let backends = n
         .tables(w, "backends")
         .into_iter()
-        .map(|(path, t)| backends::read(w, path, t))
+        .map(|(path, t)| backends::read(w, &path, t))
         .collect();
     let services = n
         .tables(w, "services")
         .into_iter()
-        .map(|(path, t)| services::read(w, path, t))
+        .map(|(path, t)| services::read(w, &path, t))
         .collect();
     let health_checks = n
         .tables(w, "health_checks")
         .into_iter()
-        .map(|(path, t)| health_checks::read(w, path, t))
+        .map(|(path, t)| health_checks::read(w, &path, t))
         .collect();
     let control = match n.table(w, "control") {
         Ok(t) => control_metrics::read_control(w, t.unwrap_or(&empty)),

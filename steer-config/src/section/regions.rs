@@ -8,13 +8,13 @@ use crate::model::PRegion;
 use crate::values::{name, string};
 use crate::walker::{Node, Walker};
 
-pub(super) fn read(w: &mut Walker, at: String, t: &Table) -> PRegion {
-    let n = Node::new(w, &at, t);
+pub(super) fn read(w: &mut Walker, at: &str, t: &Table) -> PRegion {
+    let n = Node::new(w, at, t);
     let region = PRegion {
         name: n.required(w, "name", "e.g. \"eu-west\"", name),
         description: n.optional(w, "description", string),
-        at: String::new(),
+        at: at.to_string(),
     };
     n.done(w);
-    PRegion { at, ..region }
+    region
 }

@@ -12,8 +12,8 @@ use crate::model::{keyword_list, Affinity, CheckKind, PBackend, PHealthCheck, PS
 use crate::values::{int_in, keyword, name, non_empty_string, unicast_address};
 use crate::walker::{Node, Walker};
 
-pub(super) fn read(w: &mut Walker, at: String, t: &Table) -> PService {
-    let n = Node::new(w, &at, t);
+pub(super) fn read(w: &mut Walker, at: &str, t: &Table) -> PService {
+    let n = Node::new(w, at, t);
     let service = PService {
         name: n.required(w, "name", "e.g. \"web\"", name),
         vip: n.required(w, "vip", "e.g. \"203.0.113.10\"", |v| {
@@ -30,10 +30,10 @@ pub(super) fn read(w: &mut Walker, at: String, t: &Table) -> PService {
         backends: n.list(w, "backends", non_empty_string),
         regions: n.list(w, "regions", non_empty_string),
         health_check: n.optional(w, "health_check", non_empty_string),
-        at: String::new(),
+        at: at.to_string(),
     };
     n.done(w);
-    PService { at, ..service }
+    service
 }
 
 /// References, duplicate VIPs, address families and tcp checks on
@@ -48,23 +48,13 @@ pub(super) fn validate(
     let mut vip_keys: HashMap<(IpAddr, u16, Protocol), &PService> = HashMap::new();
     let mut total_reals: u64 = 0;
     for s in services {
-        if let Some(list) = &s.backends {
-            check_name_list(
-                w,
-                &join(&s.at, "backends"),
-                ("backend", "backends"),
-                list,
-                &names.backends,
-            );
-        }
-        if let Some(list) = &s.regions {
-            check_name_list(
-                w,
-                &join(&s.at, "regions"),
-                ("region", "regions"),
-                list,
-                &names.regions,
-            );
+        for (key, what, list, defined) in [
+            ("backends", "backend", &s.backends, &names.backends),
+            ("regions", "region", &s.regions, &names.regions),
+        ] {
+            if let Some(list) = list {
+                check_name_list(w, &join(&s.at, key), (what, key), list, defined);
+            }
         }
         check_health_check_ref(w, &s.at, &s.health_check, names);
         if let (Some(b), Some(r)) = (&s.backends, &s.regions) {
