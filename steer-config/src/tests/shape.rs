@@ -177,3 +177,60 @@ fn invalid_names() {
     assert!(has_error(&errs, "regions[2].name", "is not a valid name"));
     assert!(has_error(&errs, "regions[3].name", "is not a valid name"));
 }
+
+#[test]
+fn unknown_keys_list_the_keys_of_their_section() {
+    // The lists are those of the tables in docs/config.md, in their order.
+    let text = format!(
+        "{}\n[[regions]]\nname = \"r9\"\nx = 1\n[[backends]]\nname = \"b9\"\naddress = \"192.0.2.99\"\nregion = \"r9\"\nx = 1\n{WEB}x = 1\n[[health_checks]]\nname = \"h9\"\nkind = \"tcp\"\nport = 1\nx = 1\n[control]\nx = 1\n[metrics]\nx = 1\n",
+        doc("x = 1\n", "")
+    );
+    let errs = errors(&text);
+    let expected = [
+        (
+            "dataplane.x",
+            "interfaces, mode, next_hop_mac, encap_source_v4, encap_source_v6, mtu, \
+             conntrack_size, maglev_table_size, ttl, pin_path, max_tables, max_reals",
+        ),
+        ("regions[2].x", "name, description"),
+        (
+            "backends[3].x",
+            "name, address, region, weight, encapsulation, health_check",
+        ),
+        (
+            "services[0].x",
+            "name, vip, port, protocol, affinity, backends, regions, health_check",
+        ),
+        (
+            "health_checks[1].x",
+            "name, kind, port, path, interval, timeout, rise, fall, jitter, \
+             expected_status, body_contains, deep_health, sni, ca_file, insecure",
+        ),
+        ("control.x", "socket"),
+        ("metrics.x", "listen"),
+    ];
+    let got: Vec<(String, String)> = errs
+        .iter()
+        .map(|e| (e.path.clone(), e.message.clone()))
+        .collect();
+    let want: Vec<(String, String)> = expected
+        .iter()
+        .map(|(p, keys)| {
+            (
+                p.to_string(),
+                format!("unknown key (expected one of: {keys})"),
+            )
+        })
+        .collect();
+    assert_eq!(got, want);
+}
+
+#[test]
+fn unknown_keys_come_first_in_their_entry() {
+    let errs = errors(&doc(
+        "",
+        "[[services]]\nname = \"web\"\nvip = \"x\"\nprotocol = \"tcp\"\nregions = [\"eu-west\"]\ncolour = 1\n",
+    ));
+    let paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(paths, ["services[0].colour", "services[0].vip"]);
+}
