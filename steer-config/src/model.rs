@@ -1,6 +1,6 @@
-//! The configuration model: what a validated config holds (field
-//! reference: `docs/config.md`). Defaults live in `defaults.rs`; how each
-//! field is read and checked lives in `section/`.
+//! The configuration model: what a validated config holds. Ranges and
+//! defaults are in `defaults.rs` (and the field reference, `docs/config.md`);
+//! how each field is read and checked is in `section/`.
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -26,9 +26,9 @@ model! {
     /// `[dataplane]`: how the XDP program is attached and what it writes.
     #[derive(Debug, Clone, PartialEq, Eq)]
     pub struct DataplaneConfig (partial PDataplane) {
-        /// Interfaces to attach to. Default: none.
+        /// Interfaces to attach to.
         pub interfaces: Vec<String>,
-        /// XDP attach mode. Default: [`AttachMode::Driver`].
+        /// XDP attach mode.
         pub mode: AttachMode,
         /// Destination MAC of every encapsulated packet. Required.
         pub next_hop_mac: [u8; 6],
@@ -37,20 +37,20 @@ model! {
         /// Outer source range for IPv6 encapsulation (length >= 96). Required if
         /// any backend is IPv6.
         pub encap_source_v6: Option<Ipv6Prefix>,
-        /// Largest packet (outer IP header included) steer transmits. 576..=9216, default 1500.
+        /// Largest packet (outer IP header included) steer transmits.
         pub mtu: u32,
-        /// Conntrack entries. 1024..=67_108_864, default 1_048_576.
+        /// Conntrack entries.
         pub conntrack_size: u32,
-        /// Maglev ring size: a prime in 7..=1_000_003, default 65537.
+        /// Maglev ring size (a prime).
         pub maglev_table_size: u32,
-        /// TTL / hop limit of the outer header. 1..=255, default 64.
+        /// TTL / hop limit of the outer header.
         pub ttl: u8,
-        /// bpffs directory for pinned maps and links. Default `/sys/fs/bpf/steer`.
+        /// bpffs directory of steer's own for pinned maps and links.
         pub pin_path: PathBuf,
-        /// Selection tables; at least the number of services. Default 128.
+        /// Selection tables; at least the number of services.
         pub max_tables: u32,
         /// Reals (backend-of-a-service slots); at least the sum over services of
-        /// their backend count. Default 65536.
+        /// their backend count.
         pub max_reals: u32,
     }
 }
@@ -98,7 +98,7 @@ model! {
         pub address: IpAddr,
         /// Name of a `[[regions]]` entry.
         pub region: String,
-        /// Share of new flows, 0..=65535; 0 drains the backend. Default 100.
+        /// Share of new flows; 0 drains the backend.
         pub weight: u32,
         pub encapsulation: Encapsulation,
         /// Name of a `[[health_checks]]` entry; overrides the service's check.
@@ -120,7 +120,7 @@ model! {
     pub struct Service (partial PService) {
         pub name: String,
         pub vip: IpAddr,
-        /// Destination port; 0 = all ports. Default 0.
+        /// Destination port; 0 = all ports.
         pub port: u16,
         pub protocol: Protocol,
         pub affinity: Affinity,
@@ -159,7 +159,7 @@ model! {
         /// Port to probe; `None` = the service port, or 80 (http) / 443 (https).
         /// See [`HealthCheck::effective_port`].
         pub port: Option<u16>,
-        /// HTTP request path. Default `/`.
+        /// HTTP request path.
         pub path: String,
         pub interval: Duration,
         /// Shorter than `interval`.
@@ -170,7 +170,7 @@ model! {
         pub fall: u32,
         /// Random delay added to each probe; shorter than `interval`.
         pub jitter: Duration,
-        /// Accepted HTTP status codes. Default `[200]`.
+        /// Accepted HTTP status codes.
         pub expected_status: Vec<u16>,
         pub body_contains: Option<String>,
         /// Parse the body as JSON and require its `"status"` field to say up.
@@ -192,14 +192,14 @@ pub enum CheckKind {
 /// `[control]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ControlConfig {
-    /// Unix socket of the control API. Default `/run/steer/control.sock`.
+    /// Unix socket of the control API.
     pub socket: PathBuf,
 }
 
 /// `[metrics]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MetricsConfig {
-    /// Prometheus listener; must be a loopback address. Default `127.0.0.1:9477`.
+    /// Prometheus listener; must be a loopback address.
     pub listen: SocketAddr,
 }
 
