@@ -106,13 +106,7 @@ fn check_served(
     checks: &[PHealthCheck],
     names: &Defined<'_>,
 ) {
-    let explicit: HashSet<&str> = s
-        .backends
-        .iter()
-        .flatten()
-        .flatten()
-        .map(String::as_str)
-        .collect();
+    let explicit = listed(&s.backends);
     let mut reported_checks: HashSet<&str> = HashSet::new();
     for b in served {
         let bname = b.name.as_deref().unwrap_or("?");
@@ -162,26 +156,22 @@ fn check_served(
 
 /// The backends serving `s`, in config order.
 fn resolve<'a>(s: &PService, backends: &'a [PBackend]) -> Vec<&'a PBackend> {
-    let names: HashSet<&str> = s
-        .backends
-        .iter()
-        .flatten()
-        .flatten()
-        .map(String::as_str)
-        .collect();
-    let regions: HashSet<&str> = s
-        .regions
-        .iter()
-        .flatten()
-        .flatten()
-        .map(String::as_str)
-        .collect();
+    let (names, regions) = (listed(&s.backends), listed(&s.regions));
     backends
         .iter()
         .filter(|b| {
             b.name.as_deref().is_some_and(|n| names.contains(n))
                 || b.region.as_deref().is_some_and(|r| regions.contains(r))
         })
+        .collect()
+}
+
+/// The valid names in a `backends` or `regions` list.
+fn listed(list: &Option<Vec<Option<String>>>) -> HashSet<&str> {
+    list.iter()
+        .flatten()
+        .flatten()
+        .map(String::as_str)
         .collect()
 }
 
