@@ -38,24 +38,13 @@ const TRIALS_A: usize = 7;
 const CALLS: usize = 5_000;
 const TRIALS: usize = 3;
 
-const CFG: &str = r#"
-[dataplane]
-next_hop_mac = "02:00:00:00:00:fe"
-encap_source_v4 = "198.18.0.0/24"
-encap_source_v6 = "2001:db8:ffff::/112"
-conntrack_size = 1048576
+/// The tests' shared fixture (one region, eu-1 and eu-2, service "web")
+/// with "web" served by eu-1..3, more backends and two more services;
+/// [`bench_config`] gives it production map sizes.
+const CFG: &str = concat!(
+    include_str!("../tests/fixtures/eu.toml"),
+    r#"backends = ["eu-1", "eu-2", "eu-3"]
 
-[[regions]]
-name = "eu"
-
-[[backends]]
-name = "eu-1"
-address = "192.0.2.11"
-region = "eu"
-[[backends]]
-name = "eu-2"
-address = "192.0.2.12"
-region = "eu"
 [[backends]]
 name = "eu-3"
 address = "192.0.2.13"
@@ -79,13 +68,6 @@ region = "eu"
 weight = 0
 
 [[services]]
-name = "web"
-vip = "203.0.113.10"
-port = 80
-protocol = "tcp"
-backends = ["eu-1", "eu-2", "eu-3"]
-
-[[services]]
 name = "web6"
 vip = "2001:db8:100::10"
 port = 443
@@ -98,7 +80,8 @@ vip = "203.0.113.20"
 port = 80
 protocol = "tcp"
 backends = ["dn-a", "dn-b"]
-"#;
+"#
+);
 
 /// A segment of an established connection (ACK, no SYN): it follows
 /// conntrack. A SYN always selects afresh.
@@ -486,7 +469,7 @@ fn main() {
         eprintln!("the data-plane benchmark loads BPF programs: run it as root");
         std::process::exit(1);
     }
-    let mut cfg = Config::parse(CFG).expect("bench config");
+    let mut cfg = bench_config();
     let mut dp = Dataplane::load(&cfg.dataplane).expect("load");
     dp.apply(&cfg, &BTreeSet::new()).expect("apply");
     println!("steer data-plane benchmark (ns/packet as measured by the kernel)\n");
@@ -495,6 +478,21 @@ fn main() {
     if !ok {
         std::process::exit(2);
     }
+}
+
+/// [`CFG`] with the data plane the benchmark measures: the tests' fixture
+/// keeps its maps small, the benchmark uses the default sizes (a 1M-entry
+/// conntrack table, 65537-slot rings) and a /24 IPv4 source range, so that
+/// varying the source address varies the outer source.
+fn bench_config() -> Config {
+    let mut cfg = Config::parse(CFG).expect("bench config");
+    let d = &mut cfg.dataplane;
+    d.encap_source_v4 = Some("198.18.0.0/24".parse().expect("prefix"));
+    d.conntrack_size = 1_048_576;
+    d.maglev_table_size = 65537;
+    d.max_tables = 128;
+    d.max_reals = 65536;
+    cfg
 }
 
 fn set_weights(cfg: &mut Config, a: u32, b: u32) {

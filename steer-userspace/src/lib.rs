@@ -2,7 +2,8 @@
 //! plane loader. The `steer` binary is a thin CLI over this library.
 
 pub mod api;
-pub mod config;
+/// The configuration model and its validation: the `steer-config` crate.
+pub use steer_config as config;
 pub mod daemon;
 pub mod dataplane;
 pub mod health;

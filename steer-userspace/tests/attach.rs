@@ -163,22 +163,11 @@ impl Drop for Scratch {
     }
 }
 
-const CFG: &str = r#"
-[dataplane]
-next_hop_mac = "02:00:00:00:00:fe"
-encap_source_v4 = "198.18.0.1/32"
-maglev_table_size = 251
-conntrack_size = 4096
-max_tables = 4
-max_reals = 16
-
-[[regions]]
-name = "eu"
-
-[[backends]]
-name = "eu-1"
-address = "192.0.2.11"
-region = "eu"
+/// The shared fixture, its TCP service served by eu-1, and a UDP service
+/// on eu-1 that the traffic test uses.
+const CFG: &str = concat!(
+    include_str!("fixtures/eu.toml"),
+    r#"backends = ["eu-1"]
 
 [[services]]
 name = "dns"
@@ -186,7 +175,8 @@ vip = "203.0.113.10"
 port = 53
 protocol = "udp"
 backends = ["eu-1"]
-"#;
+"#
+);
 
 fn config() -> Config {
     Config::parse(CFG).expect("test config")

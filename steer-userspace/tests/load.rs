@@ -9,28 +9,12 @@ use steer::config::Config;
 use steer::dataplane::{Dataplane, Verdict};
 use steer::policy::ApplyConfig as _;
 
-const CFG: &str = r#"
-[dataplane]
-next_hop_mac = "02:00:00:00:00:fe"
-encap_source_v4 = "198.18.0.1/32"
-maglev_table_size = 251
-conntrack_size = 4096
-
-[[regions]]
-name = "eu"
-
-[[backends]]
-name = "eu-1"
-address = "192.0.2.11"
-region = "eu"
-
-[[services]]
-name = "web"
-vip = "203.0.113.10"
-port = 80
-protocol = "tcp"
-backends = ["eu-1"]
-"#;
+/// The shared fixture, its service served by eu-1.
+const CFG: &str = concat!(
+    include_str!("fixtures/eu.toml"),
+    r#"backends = ["eu-1"]
+"#
+);
 
 fn syn(dst: [u8; 4], dport: u16) -> Vec<u8> {
     let b = etherparse::PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
@@ -103,12 +87,15 @@ fn a_syn_reusing_a_tuple_is_selected_afresh() {
         assert_eq!(outer_dst(&dp, &segment(30_000 + p, false)), [192, 0, 2, 11]);
     }
     // eu-1 drained, eu-2 added.
-    let two = one.replace(
-        "region = \"eu\"\n\n[[services]]",
-        "region = \"eu\"\nweight = 0\n\n[[backends]]\nname = \"eu-2\"\naddress = \"192.0.2.12\"\nregion = \"eu\"\n\n[[services]]",
-    )
-    .replace("backends = [\"eu-1\"]", "backends = [\"eu-1\", \"eu-2\"]");
+    let two = one
+        .replace(
+            "address = \"192.0.2.11\"\n",
+            "address = \"192.0.2.11\"\nweight = 0\n",
+        )
+        .replace("backends = [\"eu-1\"]", "backends = [\"eu-1\", \"eu-2\"]");
     let cfg2 = Config::parse(&two).expect("config with eu-2");
+    assert_eq!(cfg2.backend("eu-1").map(|b| b.weight), Some(0));
+    assert_eq!(cfg2.services[0].backends, ["eu-1", "eu-2"]);
     dp.apply(&cfg2, &BTreeSet::new()).expect("apply");
     for p in 0..50u16 {
         assert_eq!(

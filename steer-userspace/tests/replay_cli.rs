@@ -9,33 +9,12 @@ use std::process::Command;
 
 const STEER: &str = env!("CARGO_BIN_EXE_steer");
 
-const CFG: &str = r#"
-[dataplane]
-next_hop_mac = "02:00:00:00:00:fe"
-encap_source_v4 = "198.18.0.1/32"
-maglev_table_size = 251
-conntrack_size = 4096
-
-[[regions]]
-name = "eu"
-
-[[backends]]
-name = "eu-1"
-address = "192.0.2.11"
-region = "eu"
-
-[[backends]]
-name = "eu-2"
-address = "192.0.2.12"
-region = "eu"
-
-[[services]]
-name = "web"
-vip = "203.0.113.10"
-port = 80
-protocol = "tcp"
-regions = ["eu"]
-"#;
+/// The shared fixture, its service served by region eu (eu-1 and eu-2).
+const CFG: &str = concat!(
+    include_str!("fixtures/eu.toml"),
+    r#"regions = ["eu"]
+"#
+);
 
 /// A unique scratch directory, removed on drop.
 struct Scratch(PathBuf);

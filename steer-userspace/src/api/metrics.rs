@@ -39,7 +39,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
-use super::protocol::{BackendStatus, ServiceStatus, StatusReport, HEALTH_DEGRADED, HEALTH_DOWN};
+use super::protocol::{BackendStatus, Health, ServiceStatus, StatusReport};
 
 pub use http::{bind_metrics, serve_metrics, MetricsListener, MAX_METRICS_CONNECTIONS};
 
@@ -238,13 +238,13 @@ impl Collector for SnapshotCollector {
             "steer_backend_up",
             "Whether a backend of a service passes its health checks (1 unless down; \
              unchecked and degraded backends are up).",
-            backend_flags(|b| b.health != HEALTH_DOWN),
+            backend_flags(|b| b.health != Health::Down),
         )?;
         gauges(
             enc,
             "steer_backend_degraded",
             "Whether a backend of a service reports itself degraded.",
-            backend_flags(|b| b.health == HEALTH_DEGRADED),
+            backend_flags(|b| b.health == Health::Degraded),
         )?;
         gauges(
             enc,

@@ -7,21 +7,11 @@ pub use steer_api::protocol::{
     MAX_REQUEST_BYTES,
 };
 
-/// [`Health::Up`], under its name from before `Health` was an enum.
-pub const HEALTH_UP: Health = Health::Up;
-/// [`Health::Down`], under its name from before `Health` was an enum.
-pub const HEALTH_DOWN: Health = Health::Down;
-/// [`Health::Degraded`], under its name from before `Health` was an enum.
-pub const HEALTH_DEGRADED: Health = Health::Degraded;
-/// [`Health::Unchecked`], under its name from before `Health` was an enum.
-pub const HEALTH_UNCHECKED: Health = Health::Unchecked;
-
-impl From<crate::config::Affinity> for Affinity {
-    fn from(a: crate::config::Affinity) -> Affinity {
-        match a {
-            crate::config::Affinity::Flow => Affinity::Flow,
-            crate::config::Affinity::Client => Affinity::Client,
-        }
+/// The status report's word for a service's configured affinity.
+pub fn affinity(a: crate::config::Affinity) -> Affinity {
+    match a {
+        crate::config::Affinity::Flow => Affinity::Flow,
+        crate::config::Affinity::Client => Affinity::Client,
     }
 }
 
@@ -36,7 +26,7 @@ mod tests {
             crate::config::Affinity::Flow,
             crate::config::Affinity::Client,
         ] {
-            assert_eq!(Affinity::from(a).as_str(), a.as_str());
+            assert_eq!(affinity(a).as_str(), a.as_str());
         }
     }
 }

@@ -63,7 +63,7 @@ pub fn report(p: &Published, counters: Option<&CounterReader>) -> Status {
             ServiceStatus {
                 name: svc.name.clone(),
                 vip,
-                affinity: svc.affinity.into(),
+                affinity: crate::api::protocol::affinity(svc.affinity),
                 packets: total.packets,
                 bytes: total.bytes,
                 new_flows: total.new_flows,

@@ -41,6 +41,7 @@ use std::{
 use anyhow::{anyhow, bail, Context as _, Result};
 use serde::Deserialize;
 use steer_api::{BackendStatus, Health, StatusReport};
+use steer_config::parse_duration;
 
 use crate::{
     lab::{self, procs, sys, topo, Lab, StreamReport, Streams, UpOptions},
@@ -343,21 +344,6 @@ struct HealthCheck {
     fall: u32,
 }
 
-fn parse_duration(s: &str) -> Result<Duration> {
-    let s = s.trim();
-    let (num, unit) = s
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .map_or((s, "s"), |i| s.split_at(i));
-    let v: f64 = num.parse().with_context(|| format!("duration {s:?}"))?;
-    let mult = match unit {
-        "ms" => 1e-3,
-        "s" => 1.0,
-        "m" => 60.0,
-        _ => bail!("duration {s:?}: unknown unit {unit:?}"),
-    };
-    Ok(Duration::from_secs_f64(v * mult))
-}
-
 /// The lab's health check: interval, rise, fall.
 struct Timing {
     interval: Duration,
@@ -374,7 +360,8 @@ impl Timing {
             .first()
             .ok_or_else(|| anyhow!("{} has no health check", config.display()))?;
         Ok(Timing {
-            interval: parse_duration(&hc.interval)?,
+            interval: parse_duration(&hc.interval)
+                .map_err(|e| anyhow!("{}: health_checks[0].interval: {e}", config.display()))?,
             rise: hc.rise,
             fall: hc.fall,
         })

@@ -1,0 +1,122 @@
+//! Defaults and limits, each written once (documented in docs/config.md;
+//! keep them in sync). The readers in `section/` and the constructors below
+//! ([`HealthCheck::new`], `Default` for [`ControlConfig`] and
+//! [`MetricsConfig`]) all take their values from here.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use steer_common::capacity;
+
+use crate::model::{CheckKind, ControlConfig, HealthCheck, MetricsConfig};
+
+// --- [dataplane] -----------------------------------------------------------
+
+pub(crate) const DEFAULT_MTU: u32 = 1500;
+pub(crate) const MTU_MIN: u32 = 576;
+pub(crate) const MTU_MAX: u32 = 9216;
+pub(crate) const DEFAULT_CONNTRACK_SIZE: u32 = 1_048_576;
+pub(crate) const CONNTRACK_MIN: u32 = 1024;
+pub(crate) const CONNTRACK_MAX: u32 = 67_108_864;
+pub(crate) const DEFAULT_MAGLEV_TABLE_SIZE: u32 = 65537;
+pub(crate) const MAGLEV_MIN: u32 = 7;
+pub(crate) const MAGLEV_MAX: u32 = 1_000_003;
+pub(crate) const DEFAULT_TTL: u8 = 64;
+pub(crate) const DEFAULT_PIN_PATH: &str = "/sys/fs/bpf/steer";
+/// The bpffs mount point: `pin_path` must be a directory below it, not it.
+pub(crate) const BPFFS_ROOT: &str = "/sys/fs/bpf";
+pub(crate) const DEFAULT_MAX_TABLES: u32 = 128;
+/// Upper bound of `max_tables`: the tables are indexed by VIP and the VIP
+/// maps (`VIPS`, `VIP_ADDRS`, `VIP_STATS`) hold at most this many entries
+/// (each service needs one table, and at most this many services are
+/// accepted), so more tables could never be used.
+pub const MAX_TABLES_LIMIT: u32 = capacity::VIPS;
+pub(crate) const DEFAULT_MAX_REALS: u32 = 65536;
+/// Upper bound of `max_reals`: 16 × the default. `REALS` and the per-CPU
+/// `REAL_STATS` (24 bytes per CPU per real: 24 MiB per CPU at this bound)
+/// are arrays of `max_reals` entries the kernel allocates up front.
+pub const MAX_REALS_LIMIT: u32 = 1 << 20;
+/// Upper bound of the Maglev rings (the `RINGS` BPF array): `max_tables ×
+/// 2 × maglev_table_size` slots of 4 bytes, allocated up front and mapped
+/// into the daemon. 1 GiB: 16 × the default (128 tables × 2 × 65537 slots
+/// = 64 MiB), and far below what the kernel allows for one array
+/// (2^31 entries of 64 bytes).
+pub const RINGS_MAX_BYTES: u64 = 1 << 30;
+/// Bytes per ring slot (a `u32` backend index).
+pub(crate) const RING_SLOT_BYTES: u64 = 4;
+
+// --- [[backends]] ----------------------------------------------------------
+
+pub(crate) const DEFAULT_WEIGHT: u32 = 100;
+pub(crate) const MAX_WEIGHT: u32 = 65535;
+
+// --- [[health_checks]] -----------------------------------------------------
+
+pub(crate) const DEFAULT_HC_PATH: &str = "/";
+pub(crate) const DEFAULT_INTERVAL: Duration = Duration::from_secs(1);
+pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_millis(500);
+pub(crate) const DEFAULT_JITTER: Duration = Duration::from_millis(100);
+pub(crate) const DEFAULT_RISE: u32 = 2;
+pub(crate) const DEFAULT_FALL: u32 = 3;
+pub(crate) const DEFAULT_EXPECTED_STATUS: u16 = 200;
+pub(crate) const DEFAULT_DEEP_HEALTH: bool = false;
+pub(crate) const DEFAULT_INSECURE: bool = false;
+
+// --- [control], [metrics] --------------------------------------------------
+
+pub(crate) const DEFAULT_CONTROL_SOCKET: &str = "/run/steer/control.sock";
+pub(crate) const DEFAULT_METRICS_LISTEN: SocketAddr =
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1)), 9477);
+
+// --- names, files ----------------------------------------------------------
+
+/// Longest name accepted for regions, backends, services and health checks.
+pub(crate) const MAX_NAME_LEN: usize = 63;
+/// `IFNAMSIZ - 1`.
+pub(crate) const MAX_IFNAME_LEN: usize = 15;
+/// `sizeof(sun_path) - 1`.
+pub(crate) const MAX_SOCKET_PATH_LEN: usize = 107;
+/// Largest config file (and `ca_file`) read: far above any real config, low
+/// enough that a wrong path cannot exhaust memory.
+pub const MAX_FILE_BYTES: u64 = 64 << 20;
+
+impl HealthCheck {
+    /// A check of `kind` with every other field at its documented default
+    /// (see docs/config.md), the same defaults the reader applies.
+    pub fn new(name: &str, kind: CheckKind) -> HealthCheck {
+        HealthCheck {
+            name: name.to_string(),
+            kind,
+            port: None,
+            path: DEFAULT_HC_PATH.into(),
+            interval: DEFAULT_INTERVAL,
+            timeout: DEFAULT_TIMEOUT,
+            rise: DEFAULT_RISE,
+            fall: DEFAULT_FALL,
+            jitter: DEFAULT_JITTER,
+            expected_status: vec![DEFAULT_EXPECTED_STATUS],
+            body_contains: None,
+            deep_health: DEFAULT_DEEP_HEALTH,
+            sni: None,
+            ca_file: None,
+            insecure: DEFAULT_INSECURE,
+        }
+    }
+}
+
+impl Default for ControlConfig {
+    fn default() -> Self {
+        ControlConfig {
+            socket: PathBuf::from(DEFAULT_CONTROL_SOCKET),
+        }
+    }
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            listen: DEFAULT_METRICS_LISTEN,
+        }
+    }
+}
