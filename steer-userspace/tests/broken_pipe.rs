@@ -3,7 +3,7 @@
 //! commands exit quietly, the daemon carries on.
 
 mod common;
-use common::require_root;
+use common::{require_root, Scratch};
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -34,47 +34,25 @@ fn run_bounded(cmd: &mut Command, limit: Duration) -> Output {
     child.wait_with_output().expect("output")
 }
 
-/// A scratch directory, removed on drop.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(tag: &str) -> Scratch {
-        let dir = std::env::temp_dir().join(format!("steer-pipe-{}-{tag}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("scratch dir");
-        Scratch(dir)
-    }
-    fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
+/// Exit status 0 and nothing on stderr (no panic, no error).
+fn assert_quiet_success(out: &Output) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert_eq!(stderr, "");
 }
 
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+/// A valid config: one service, one backend. `dataplane` and `rest` add
+/// keys to [dataplane] and tables after it.
+fn config_text(dataplane: &str, rest: &str) -> String {
+    format!(
+        r#"dataplane = {{ next_hop_mac = "02:00:00:00:00:fe", encap_source_v4 = "198.18.0.1/32"{dataplane} }}
+regions = [{{ name = "eu" }}]
+backends = [{{ name = "eu-1", address = "192.0.2.11", region = "eu" }}]
+services = [{{ name = "web", vip = "203.0.113.10", port = 80, protocol = "tcp", regions = ["eu"] }}]
+{rest}
+"#
+    )
 }
-
-const VALID: &str = r#"
-[dataplane]
-next_hop_mac = "02:00:00:00:00:fe"
-encap_source_v4 = "198.18.0.1/32"
-
-[[regions]]
-name = "eu"
-
-[[backends]]
-name = "eu-1"
-address = "192.0.2.11"
-region = "eu"
-
-[[services]]
-name = "web"
-vip = "203.0.113.10"
-port = 80
-protocol = "tcp"
-regions = ["eu"]
-"#;
 
 fn check(config: &Path, stdout: impl Into<Stdio>, stderr: impl Into<Stdio>) -> Output {
     run_bounded(
@@ -89,9 +67,9 @@ fn check(config: &Path, stdout: impl Into<Stdio>, stderr: impl Into<Stdio>) -> O
 
 #[test]
 fn check_with_stdout_closed_exits_quietly() {
-    let dir = Scratch::new("check");
+    let dir = Scratch::new("pipe-check");
     let config = dir.path("steer.toml");
-    std::fs::write(&config, VALID).expect("config");
+    std::fs::write(&config, config_text("", "")).expect("config");
 
     // With stdout readable: the OK line (so there is something to write).
     let out = check(&config, Stdio::piped(), Stdio::piped());
@@ -99,14 +77,7 @@ fn check_with_stdout_closed_exits_quietly() {
     assert!(String::from_utf8_lossy(&out.stdout).contains(": OK ("));
 
     // `steer check ... | true`: exit 0, nothing on stderr (no panic).
-    let out = check(&config, closed_pipe(), Stdio::piped());
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(String::from_utf8_lossy(&out.stderr), "");
+    assert_quiet_success(&check(&config, closed_pipe(), Stdio::piped()));
 
     // An invalid config still fails, whatever happened to stdout, and says
     // why on stderr; with stderr closed too it still fails, without a panic.
@@ -140,19 +111,19 @@ fn the_daemon_survives_closed_pipes_and_sigpipe() {
     if !require_root() {
         return;
     }
-    let dir = Scratch::new("daemon");
+    let dir = Scratch::new("pipe-daemon");
     let socket = dir.path("control.sock");
     let pin_dir = PathBuf::from(format!("/sys/fs/bpf/steer-pipe-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&pin_dir);
     let config = dir.path("steer.toml");
     std::fs::write(
         &config,
-        format!("{VALID}\n[control]\nsocket = \"{}\"\n", socket.display()).replace(
-            "[dataplane]\n",
+        config_text(
             &format!(
-                "[dataplane]\ninterfaces = [\"lo\"]\nmode = \"skb\"\npin_path = \"{}\"\n",
+                r#", interfaces = ["lo"], mode = "skb", pin_path = "{}""#,
                 pin_dir.display()
             ),
+            &format!(r#"control = {{ socket = "{}" }}"#, socket.display()),
         ),
     )
     .expect("config");
@@ -210,14 +181,7 @@ fn the_daemon_survives_closed_pipes_and_sigpipe() {
 
     // `steer status | head -c0`: the table has nowhere to go; exit 0,
     // no panic. The daemon still answers afterwards.
-    let out = status(closed_pipe().into());
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(String::from_utf8_lossy(&out.stderr), "");
+    assert_quiet_success(&status(closed_pipe().into()));
     let out = status(Stdio::piped());
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("web"));

@@ -2,9 +2,9 @@
 //! verdict summary, and clear errors for bad input files.
 
 mod common;
-use common::require_root;
+use common::{require_root, Scratch};
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 const STEER: &str = env!("CARGO_BIN_EXE_steer");
@@ -36,27 +36,6 @@ port = 80
 protocol = "tcp"
 regions = ["eu"]
 "#;
-
-/// A unique scratch directory, removed on drop.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(tag: &str) -> Scratch {
-        let dir = std::env::temp_dir().join(format!("steer-replay-{}-{tag}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("scratch dir");
-        Scratch(dir)
-    }
-    fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 fn tcp(dst: [u8; 4], sport: u16) -> Vec<u8> {
     let b = etherparse::PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
@@ -178,12 +157,24 @@ fn replay(dir: &Scratch, input: &Path, extra: &[&str]) -> std::process::Output {
         .expect("run steer replay")
 }
 
+/// [`replay`], asserting it succeeded; its standard output.
+fn replay_ok(dir: &Scratch, input: &Path, extra: &[&str]) -> String {
+    let out = replay(dir, input, extra);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
 #[test]
 fn replays_a_capture_and_writes_what_was_transmitted() {
     if !require_root() {
         return;
     }
-    let dir = Scratch::new("ok");
+    let dir = Scratch::new("replay-ok");
     let mut frames: Vec<Vec<u8>> = (0..20)
         .map(|i| tcp([203, 0, 113, 10], 40_000 + i))
         .collect();
@@ -195,13 +186,7 @@ fn replays_a_capture_and_writes_what_was_transmitted() {
     let input = dir.path("in.pcap");
     write_pcap(&input, &frames);
 
-    let out = replay(&dir, &input, &[]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = replay_ok(&dir, &input, &[]);
     assert!(stdout.contains("replayed 22 packets"), "{stdout}");
     assert!(stdout.contains("TX       20"), "{stdout}");
     assert!(stdout.contains("PASS     1"), "{stdout}");
@@ -232,7 +217,7 @@ fn bad_inputs_give_clear_errors() {
     if !require_root() {
         return;
     }
-    let dir = Scratch::new("bad");
+    let dir = Scratch::new("replay-bad");
     let missing = dir.path("missing.pcap");
     let out = replay(&dir, &missing, &[]);
     assert!(!out.status.success());
@@ -277,7 +262,7 @@ fn a_truncated_header_is_called_truncated() {
     if !require_root() {
         return;
     }
-    let dir = Scratch::new("cut-header");
+    let dir = Scratch::new("replay-cut-header");
     let input = dir.path("cut.pcap");
     let good = pcap_bytes(&[tcp([203, 0, 113, 10], 1)]);
     std::fs::write(&input, &good[..10]).expect("write");
@@ -302,17 +287,11 @@ fn pcapng_captures_replay_like_pcap() {
     if !require_root() {
         return;
     }
-    let dir = Scratch::new("ng");
+    let dir = Scratch::new("replay-ng");
     let frames: Vec<Vec<u8>> = (0..8).map(|i| tcp([203, 0, 113, 10], 41_000 + i)).collect();
     let input = dir.path("in.pcapng");
     write_pcapng(&input, &frames);
-    let out = replay(&dir, &input, &[]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = replay_ok(&dir, &input, &[]);
     assert!(stdout.contains("replayed 8 packets"), "{stdout}");
     assert!(stdout.contains("TX       8"), "{stdout}");
     let sent = read_pcap(&dir.path("out.pcap"));
@@ -331,7 +310,7 @@ fn records_too_large_for_the_kernel_are_skipped_and_named() {
     if !require_root() {
         return;
     }
-    let dir = Scratch::new("large");
+    let dir = Scratch::new("replay-large");
     let vip = [203, 0, 113, 10];
     let frames = vec![
         tcp(vip, 1),
@@ -342,13 +321,7 @@ fn records_too_large_for_the_kernel_are_skipped_and_named() {
     ];
     let input = dir.path("in.pcap");
     write_pcap(&input, &frames);
-    let out = replay(&dir, &input, &[]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = replay_ok(&dir, &input, &[]);
     assert!(stdout.contains("replayed 5 packets"), "{stdout}");
     assert!(stdout.contains("TX       3"), "{stdout}");
     let line = stdout
@@ -380,18 +353,12 @@ fn the_output_snap_length_fits_every_record() {
     if !require_root() {
         return;
     }
-    let dir = Scratch::new("snaplen");
+    let dir = Scratch::new("replay-snaplen");
     let vip = [203, 0, 113, 10];
     let frames = vec![tcp(vip, 1), tcp_sized(vip, 2, 70_000)];
     let input = dir.path("in.pcap");
     write_pcap(&input, &frames);
-    let out = replay(&dir, &input, &[]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = replay_ok(&dir, &input, &[]);
     let (snaplen, sent) = read_pcap_with_snaplen(&dir.path("out.pcap"));
     let largest = sent.iter().map(Vec::len).max().unwrap_or(0);
     assert!(largest > 65_535, "no large record transmitted:\n{stdout}");
