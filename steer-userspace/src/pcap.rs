@@ -32,6 +32,8 @@ const PCAP_HEADER_LEN: usize = 24;
 /// Where in a capture something went wrong.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Place {
+    /// The file header.
+    FileHeader,
     /// A packet record, numbered from 1 as Wireshark and `tcpdump -#`
     /// number them.
     Record(usize),
@@ -42,6 +44,7 @@ pub enum Place {
 impl fmt::Display for Place {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            Place::FileHeader => write!(f, "the file header"),
             Place::Record(n) => write!(f, "packet record {n}"),
             Place::BlockAfter(0) => write!(f, "the pcapng block before the first packet record"),
             Place::BlockAfter(n) => write!(f, "the pcapng block after packet record {n}"),
@@ -130,7 +133,7 @@ fn parse_pcap(buf: &[u8]) -> Result<Vec<Record>, PcapError> {
         });
     }
     let (mut rest, parser) = PcapParser::new(buf).map_err(|e| PcapError::Corrupt {
-        at: Place::BlockAfter(0),
+        at: Place::FileHeader,
         what: e.to_string(),
     })?;
     let header = parser.header();
@@ -191,29 +194,22 @@ fn parse_pcapng(buf: &[u8]) -> Result<Vec<Record>, PcapError> {
         rest = next;
         let at = Place::Record(out.len() + 1);
         let (interface, raw_ts, data) = match block {
-            Block::EnhancedPacket(p) => (p.interface_id, Some(p.timestamp), p.data),
+            Block::EnhancedPacket(p) => (p.interface_id, Some(p.timestamp), p.data.into_owned()),
             Block::Packet(p) => (
                 p.interface_id.into(),
                 Some(Duration::from_nanos(p.timestamp)),
-                p.data,
+                p.data.into_owned(),
             ),
             Block::SimplePacket(p) => {
                 // The block is padded: the packet is original_len bytes,
-                // cut to the interface's snap length.
+                // cut to the first interface's snap length (0: none).
                 let snaplen = parser.interfaces().first().map_or(0, |i| i.snaplen);
-                let mut len = p.original_len as usize;
+                let mut len = p.original_len;
                 if snaplen != 0 {
-                    len = len.min(snaplen as usize);
+                    len = len.min(snaplen);
                 }
-                let data = match p.data {
-                    std::borrow::Cow::Borrowed(d) => {
-                        std::borrow::Cow::Borrowed(&d[..len.min(d.len())])
-                    }
-                    std::borrow::Cow::Owned(mut d) => {
-                        d.truncate(len);
-                        std::borrow::Cow::Owned(d)
-                    }
-                };
+                let mut data = p.data.into_owned();
+                data.truncate(len as usize);
                 (0, None, data)
             }
             _ => continue,
@@ -237,10 +233,7 @@ fn parse_pcapng(buf: &[u8]) -> Result<Vec<Record>, PcapError> {
         let timestamp = raw_ts.map_or(Duration::ZERO, |t| {
             ng_timestamp(idb, u64::try_from(t.as_nanos()).unwrap_or(u64::MAX))
         });
-        out.push(Record {
-            timestamp,
-            data: data.into_owned(),
-        });
+        out.push(Record { timestamp, data });
     }
     Ok(out)
 }
@@ -297,7 +290,7 @@ pub fn write_all(w: impl Write, records: &[Record]) -> Result<(), PcapError> {
         endianness: Endianness::Little,
         ..PcapHeader::default()
     };
-    let mut out = PcapWriter::with_header(w, header).map_err(write_error(Place::BlockAfter(0)))?;
+    let mut out = PcapWriter::with_header(w, header).map_err(write_error(Place::FileHeader))?;
     for (i, r) in records.iter().enumerate() {
         let len = r.data.len() as u32; // checked above
         out.write_packet(&PcapPacket::new(r.timestamp, len, &r.data))
