@@ -25,7 +25,7 @@ use std::{
     path::{Path, PathBuf},
     process::Command,
     sync::{
-        atomic::{AtomicI32, AtomicUsize, Ordering},
+        atomic::{AtomicUsize, Ordering},
         Mutex,
     },
     thread,
@@ -36,6 +36,7 @@ use anyhow::{anyhow, bail, Context as _, Result};
 
 use crate::{
     lab::{self, topo, Lab, UpOptions},
+    signals,
     util::{is_root, workspace_root},
 };
 
@@ -171,39 +172,16 @@ fn abort_run(why: &str, code: i32) -> ! {
     std::process::exit(code);
 }
 
-/// The signal that asked us to stop, 0 if none.
-static SIGNALLED: AtomicI32 = AtomicI32::new(0);
-
-extern "C" fn on_signal(sig: libc::c_int) {
-    // Async-signal-safe: one atomic store; the monitor thread acts on it.
-    SIGNALLED.store(sig, Ordering::SeqCst);
-}
-
-/// SIGINT, SIGTERM and SIGHUP get a handler that only records the signal
-/// (handlers, unlike a blocked signal mask, are not inherited by the
-/// programs we start: exec resets them), and a monitor thread tears the
-/// lab down and exits when one arrives or when the run exceeds `limit`.
+/// SIGINT, SIGTERM and SIGHUP are caught ([`signals`]), and a monitor
+/// thread tears the lab down and exits when one arrives or when the run
+/// exceeds `limit`.
 fn install_monitor(limit: Duration) -> Result<()> {
-    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
-        // SAFETY: installs a handler that only performs an atomic store;
-        // the sigaction struct is fully initialised (zeroed, then set).
-        let rc = unsafe {
-            let mut sa: libc::sigaction = std::mem::zeroed();
-            sa.sa_sigaction = on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
-            sa.sa_flags = libc::SA_RESTART;
-            libc::sigemptyset(&mut sa.sa_mask);
-            libc::sigaction(sig, &sa, std::ptr::null_mut())
-        };
-        if rc != 0 {
-            return Err(std::io::Error::last_os_error()).context("sigaction");
-        }
-    }
+    signals::catch(&[signals::SIGINT, signals::SIGTERM, signals::SIGHUP])?;
     let start = Instant::now();
     thread::Builder::new()
         .name("e2e-monitor".into())
         .spawn(move || loop {
-            let sig = SIGNALLED.load(Ordering::SeqCst);
-            if sig != 0 {
+            if let Some(sig) = signals::caught() {
                 abort_run(&format!("caught signal {sig}"), 128 + sig);
             }
             if start.elapsed() > limit {

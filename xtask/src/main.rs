@@ -5,6 +5,7 @@ mod e2e;
 mod lab;
 mod pcap;
 mod setup;
+mod signals;
 mod testing;
 mod throughput;
 mod util;

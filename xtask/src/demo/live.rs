@@ -30,10 +30,7 @@ use std::{
     os::unix::process::CommandExt as _,
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Stdio},
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        Arc, Mutex,
-    },
+    sync::{Arc, Mutex},
     thread,
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
@@ -45,6 +42,7 @@ use steer_config::parse_duration;
 
 use crate::{
     lab::{self, procs, sys, topo, Lab, StreamReport, Streams, UpOptions},
+    signals,
     util::{describe, is_root, workspace_root},
 };
 
@@ -64,28 +62,12 @@ const TICK: Duration = Duration::from_millis(500);
 
 // --------------------------------------------------------------- signals --
 
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_sig: libc::c_int) {
-    INTERRUPTED.store(true, Ordering::SeqCst);
-}
-
-/// Ctrl-C and SIGTERM set a flag that every wait checks, so the demo
-/// unwinds through its teardown instead of dying with the lab up. steer
-/// and the clients run in their own process groups, so Ctrl-C reaches
-/// only this process.
-fn install_signal_handlers() {
-    let handler = on_signal as extern "C" fn(libc::c_int);
-    // SAFETY: the handler only stores to an atomic, which is
-    // async-signal-safe.
-    unsafe {
-        libc::signal(libc::SIGINT, handler as libc::sighandler_t);
-        libc::signal(libc::SIGTERM, handler as libc::sighandler_t);
-    }
-}
-
+/// Ctrl-C and SIGTERM are caught ([`signals`]) and every wait checks
+/// for them, so the demo unwinds through its teardown instead of dying
+/// with the lab up. steer and the clients run in their own process
+/// groups, so Ctrl-C reaches only this process.
 fn interrupted() -> Result<()> {
-    if INTERRUPTED.load(Ordering::SeqCst) {
+    if signals::caught().is_some() {
         bail!("interrupted");
     }
     Ok(())
@@ -464,7 +446,7 @@ pub fn run() -> Result<()> {
     if !is_root() {
         bail!("the demo builds a lab of network namespaces and attaches XDP: run it as root");
     }
-    install_signal_handlers();
+    signals::catch(&[signals::SIGINT, signals::SIGTERM])?;
     let root = workspace_root();
     let dir = root.join("target").join("demo");
     fs::create_dir_all(&dir)?;

@@ -8,7 +8,7 @@ use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::{Path, PathBuf},
     process::Command,
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use anyhow::{anyhow, bail, Context as _, Result};
@@ -130,7 +130,8 @@ impl Config {
 
 const ROUTER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
 const STEER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xaa];
-const START_US: u64 = 1_700_000_000_000_000;
+/// The first frame's timestamp (the others follow 50 µs apart).
+const START: Duration = Duration::from_secs(1_700_000_000);
 const TTL: u8 = 61;
 
 #[derive(Default)]
@@ -745,7 +746,7 @@ pub fn run() -> Result<()> {
         .iter()
         .zip(0u64..)
         .map(|(f, i)| Record {
-            ts_us: START_US + i * 50,
+            timestamp: START + Duration::from_micros(i * 50),
             data: f.clone(),
         })
         .collect();

@@ -1,0 +1,45 @@
+//! `steer run`: the daemon.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Result;
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum Mode {
+    /// Native XDP in the NIC driver (fastest; the driver must support it).
+    Driver,
+    /// Generic XDP in the kernel's network stack (any interface, slower).
+    Skb,
+    /// Driver mode where the driver supports it, else skb.
+    Auto,
+}
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The configuration file (docs/config.md).
+    #[arg(long, short, value_name = "FILE")]
+    config: PathBuf,
+    /// Interface to attach to (repeatable); overrides dataplane.interfaces.
+    #[arg(long = "iface", value_name = "IFACE")]
+    iface: Vec<String>,
+    /// XDP attach mode; overrides dataplane.mode.
+    #[arg(long, value_enum)]
+    mode: Option<Mode>,
+}
+
+/// Runs until SIGTERM or `steer stop`. SIGPIPE stays ignored (Rust's
+/// default), so a reader of the daemon's output going away cannot kill
+/// it; its log writer drops lines it cannot write (see `main`).
+pub fn run(args: Args) -> Result<ExitCode> {
+    steer::daemon::run(steer::daemon::RunOptions {
+        config_path: args.config,
+        interfaces: args.iface,
+        mode: args.mode.map(|m| match m {
+            Mode::Driver => steer::config::AttachMode::Driver,
+            Mode::Skb => steer::config::AttachMode::Skb,
+            Mode::Auto => steer::config::AttachMode::Auto,
+        }),
+    })?;
+    Ok(ExitCode::SUCCESS)
+}

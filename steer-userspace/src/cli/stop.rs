@@ -1,0 +1,71 @@
+//! `steer stop`: stop the daemon, or clean up after a killed one.
+
+use std::process::ExitCode;
+
+use anyhow::{bail, Result};
+use steer::api::{self, Request};
+use steer::dataplane::Dataplane;
+
+use super::{load_config, outln, print_response, Target};
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    target: Target,
+    /// Detach and remove pins even if no daemon is running (needs
+    /// --config to know the interfaces and the pin directory).
+    #[arg(long, conflicts_with = "keep_forwarding")]
+    detach: bool,
+    /// Exit but leave XDP attached, forwarding on the last programmed
+    /// state (for upgrades: the next `steer run` adopts it).
+    #[arg(long)]
+    keep_forwarding: bool,
+}
+
+pub fn run(args: Args) -> Result<ExitCode> {
+    let Args {
+        target,
+        detach,
+        keep_forwarding,
+    } = args;
+    let socket = target.socket()?;
+    let req = Request::Stop {
+        detach: !keep_forwarding,
+    };
+    match api::request(&socket, &req) {
+        Ok(resp) => {
+            let code = print_response(resp, false);
+            // Wait (bounded) for the daemon to finish and remove its socket.
+            for _ in 0..100 {
+                if !socket.exists() {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            code
+        }
+        Err(e) if detach => {
+            // No daemon: clean up what a killed one left behind.
+            let Some(config) = &target.config else {
+                bail!("{e}; to clean up pinned state without a daemon, pass --config FILE");
+            };
+            let cfg = load_config(config)?;
+            let persist = steer::daemon::persist_for(&cfg);
+            let ifaces = Dataplane::remove_pins(&persist)?;
+            if ifaces.is_empty() {
+                outln!(
+                    "no daemon running and nothing pinned under {}",
+                    persist.pin_dir.display()
+                )?;
+            } else {
+                outln!(
+                    "no daemon running; detached from {} and removed {}",
+                    ifaces.join(", "),
+                    persist.pin_dir.display()
+                )?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
