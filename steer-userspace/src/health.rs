@@ -66,7 +66,8 @@
 //! # From a config
 //!
 //! [`targets_from_config`] makes one target per backend and distinct check;
-//! [`backend_up`] combines a backend's targets.
+//! [`backend_up`] and [`backend_degraded`] combine a backend's targets
+//! (keys `name`, or `name/...` for a backend with several checks).
 
 mod http;
 mod monitor;
@@ -180,16 +181,38 @@ pub fn targets_from_config(cfg: &Config) -> Vec<Target> {
     targets
 }
 
+/// The backend a target key belongs to: the key up to its first `/`
+/// (backend names cannot contain one).
+pub fn backend_of_key(key: &str) -> &str {
+    key.split_once('/').map_or(key, |(backend, _)| backend)
+}
+
+/// The statuses of `backend`'s targets: key `backend` or `backend/...`.
+fn backend_targets<'a>(
+    status: &'a BTreeMap<String, TargetStatus>,
+    backend: &str,
+) -> impl Iterator<Item = &'a TargetStatus> {
+    let prefix = format!("{backend}/");
+    status.get(backend).into_iter().chain(
+        status
+            .range(prefix.clone()..)
+            .take_while(move |(k, _)| k.starts_with(&prefix))
+            .map(|(_, s)| s),
+    )
+}
+
 /// Whether `backend` is up: all of its targets (key `backend` or
 /// `backend/...`) are up. A backend without any target is not health
 /// checked and always up.
 pub fn backend_up(status: &BTreeMap<String, TargetStatus>, backend: &str) -> bool {
-    let prefix = format!("{backend}/");
-    status.get(backend).is_none_or(|s| s.up)
-        && status
-            .range(prefix.clone()..)
-            .take_while(|(k, _)| k.starts_with(&prefix))
-            .all(|(_, s)| s.up)
+    backend_targets(status, backend).all(|s| s.up)
+}
+
+/// Whether `backend` is degraded: it is up ([`backend_up`]) and at least
+/// one of its targets is degraded (its latest deep-health probe answered
+/// `"degraded"`). A backend without any target is never degraded.
+pub fn backend_degraded(status: &BTreeMap<String, TargetStatus>, backend: &str) -> bool {
+    backend_up(status, backend) && backend_targets(status, backend).any(|s| s.degraded)
 }
 
 #[cfg(test)]
@@ -355,5 +378,49 @@ backends = ["a"]
         assert!(!backend_up(&m, "d"));
         assert!(backend_up(&m, "unchecked"));
         assert!(backend_up(&BTreeMap::new(), "a"));
+    }
+
+    fn st_deg(up: bool, degraded: bool) -> TargetStatus {
+        TargetStatus {
+            up,
+            degraded,
+            ..TargetStatus::initial()
+        }
+    }
+
+    #[test]
+    fn backend_degraded_over_all_its_targets() {
+        let mut m = BTreeMap::new();
+        // One target, under the backend's own name.
+        m.insert("a".to_string(), st_deg(true, true));
+        m.insert("a-2".to_string(), st_deg(true, false));
+        // Several checks: `name/check` keys.
+        m.insert("b/deep".to_string(), st_deg(true, true));
+        m.insert("b/http/80".to_string(), st_deg(true, false));
+        // Degraded on one check, down on another: down, so not degraded.
+        m.insert("c/deep".to_string(), st_deg(true, true));
+        m.insert("c/tcp".to_string(), st_deg(false, false));
+        m.insert("d/x".to_string(), st_deg(true, false));
+        m.insert("d/y".to_string(), st_deg(true, false));
+        // Another backend whose name extends "e" degraded: not e's.
+        m.insert("e/x".to_string(), st_deg(true, false));
+        m.insert("e.1/x".to_string(), st_deg(true, true));
+        m.insert("e-1".to_string(), st_deg(true, true));
+        assert!(backend_degraded(&m, "a"));
+        assert!(!backend_degraded(&m, "a-2"));
+        assert!(backend_degraded(&m, "b"), "degraded on one of two checks");
+        assert!(!backend_degraded(&m, "c"), "down wins over degraded");
+        assert!(!backend_up(&m, "c"));
+        assert!(!backend_degraded(&m, "d"));
+        assert!(!backend_degraded(&m, "e"));
+        assert!(backend_degraded(&m, "e.1"));
+        assert!(!backend_degraded(&m, "unchecked"));
+    }
+
+    #[test]
+    fn backend_of_a_target_key() {
+        assert_eq!(backend_of_key("eu-1"), "eu-1");
+        assert_eq!(backend_of_key("eu-1/deep"), "eu-1");
+        assert_eq!(backend_of_key("eu-1/http/8080"), "eu-1");
     }
 }
