@@ -8,10 +8,12 @@
 //! - **tcp**: a TCP connect; it passes once the handshake completes.
 //! - **http** / **https**: a `GET path` over HTTP/1.1 with `Host` (the `sni`
 //!   if set, else the address, plus the port when not 80/443) and
-//!   `Connection: close`, written by a small built-in client. The status
-//!   line, headers and body are read; the body is framed by
-//!   `Transfer-Encoding: chunked`, `Content-Length` or the end of the
-//!   connection and at most 64 KiB of it is kept. The probe passes when the
+//!   `Connection: close`, sent with hyper's client connection API on the
+//!   probe's own connection (TCP, or TLS over it; no pooling: one
+//!   connection per probe). Interim 1xx responses are skipped; the body is
+//!   framed by `Transfer-Encoding: chunked`, `Content-Length` or the end of
+//!   the connection, and at most 64 KiB of it is read and kept (a response
+//!   head may be up to 64 KiB too). The probe passes when the
 //!   status is in `expected_status`, the body contains `body_contains` (if
 //!   set) and, with `deep_health = true`, the body is a JSON object whose
 //!   top-level `"status"` string is `"healthy"` or `"degraded"` (a pass that
@@ -26,18 +28,30 @@
 //! `"timeout after 500ms"`, `"status 503 (expected 200)"`,
 //! `"body does not contain \"ok\""`, `"deep health: status \"unhealthy\""`,
 //! `"deep health: invalid JSON (...)"`, `"TLS: invalid peer certificate:
-//! UnknownIssuer"`, `"connection closed without a response"`, ...
+//! UnknownIssuer"`, `"connection closed without a response"`,
+//! `"connection reset"`, `"invalid response: invalid HTTP version
+//! parsed"`, ... Each failure also has a [`FailureKind`] (`timeout`,
+//! `refused`, `reset`, `unreachable`, `closed`, `tls`, `protocol`, `status`,
+//! `body`, `deep_health`, `other`), counted per backend by
+//! [`HealthMonitor::probe_failures`].
 //!
 //! # TLS
 //!
 //! rustls with the *ring* provider (TLS 1.2 and 1.3, ALPN `http/1.1`). The
-//! certificate is verified against the check's `ca_file` (a PEM bundle,
-//! re-read when it changes) if set; with `insecure = true` any certificate is
-//! accepted (handshake signatures are still checked); with neither, against
-//! the system's trust store (loaded once, via `rustls-native-certs`). The
-//! name verified is the check's `sni` (also sent as SNI) if set, else the
-//! backend's IP address (no SNI is sent; the certificate must list the
-//! address as an IP SAN).
+//! certificate is verified against the check's `ca_file` (a PEM bundle) if
+//! set; with `insecure = true` any certificate is accepted (handshake
+//! signatures are still checked); with neither, against the system's trust
+//! store (loaded once, via `rustls-native-certs`). The name verified is the
+//! check's `sni` (also sent as SNI) if set, else the backend's IP address
+//! (no SNI is sent; the certificate must list the address as an IP SAN).
+//!
+//! Probes do no file I/O: [`TlsConfigs`] builds the client configurations
+//! on tokio's blocking pool when the monitor's targets are set, and checks
+//! the CA files for changes (size, modification time, inode) at every
+//! [`HealthMonitor::set_targets`] and every [`TLS_REFRESH_INTERVAL`]. A CA
+//! file that becomes unreadable or invalid keeps the certificates loaded
+//! before, with a warning; one that never loaded fails its probes with the
+//! reason (`"TLS: cannot read ca_file ..."`).
 //!
 //! # State
 //!
@@ -81,8 +95,9 @@ use std::time::Duration;
 
 use crate::config::{Config, HealthCheck};
 
-pub use monitor::{HealthMonitor, Histogram, LAG_BUCKETS, LATENCY_BUCKETS};
-pub use probe::{probe, ProbeOutcome};
+pub use monitor::{HealthMonitor, Histogram, LAG_BUCKETS, LATENCY_BUCKETS, TLS_REFRESH_INTERVAL};
+pub use probe::{probe, FailureKind, ProbeOutcome};
+pub use tls::TlsConfigs;
 pub use tracker::{Tracker, Transition};
 
 /// One thing to probe: a backend address and port, with a check.
