@@ -8,10 +8,12 @@
 //! - **tcp**: a TCP connect; it passes once the handshake completes.
 //! - **http** / **https**: a `GET path` over HTTP/1.1 with `Host` (the `sni`
 //!   if set, else the address, plus the port when not 80/443) and
-//!   `Connection: close`, written by a small built-in client. The status
-//!   line, headers and body are read; the body is framed by
-//!   `Transfer-Encoding: chunked`, `Content-Length` or the end of the
-//!   connection and at most 64 KiB of it is kept. The probe passes when the
+//!   `Connection: close`, sent with hyper's client connection API on the
+//!   probe's own connection (TCP, or TLS over it; no pooling: one
+//!   connection per probe). Interim 1xx responses are skipped; the body is
+//!   framed by `Transfer-Encoding: chunked`, `Content-Length` or the end of
+//!   the connection, and at most 64 KiB of it is read and kept (a response
+//!   head may be up to 64 KiB too). The probe passes when the
 //!   status is in `expected_status`, the body contains `body_contains` (if
 //!   set) and, with `deep_health = true`, the body is a JSON object whose
 //!   top-level `"status"` string is `"healthy"` or `"degraded"` (a pass that
@@ -26,18 +28,30 @@
 //! `"timeout after 500ms"`, `"status 503 (expected 200)"`,
 //! `"body does not contain \"ok\""`, `"deep health: status \"unhealthy\""`,
 //! `"deep health: invalid JSON (...)"`, `"TLS: invalid peer certificate:
-//! UnknownIssuer"`, `"connection closed without a response"`, ...
+//! UnknownIssuer"`, `"connection closed without a response"`,
+//! `"connection reset"`, `"invalid response: invalid HTTP version
+//! parsed"`, ... Each failure also has a [`FailureKind`] (`timeout`,
+//! `refused`, `reset`, `unreachable`, `closed`, `tls`, `protocol`, `status`,
+//! `body`, `deep_health`, `other`), counted per backend by
+//! [`HealthMonitor::probe_failures`].
 //!
 //! # TLS
 //!
 //! rustls with the *ring* provider (TLS 1.2 and 1.3, ALPN `http/1.1`). The
-//! certificate is verified against the check's `ca_file` (a PEM bundle,
-//! re-read when it changes) if set; with `insecure = true` any certificate is
-//! accepted (handshake signatures are still checked); with neither, against
-//! the system's trust store (loaded once, via `rustls-native-certs`). The
-//! name verified is the check's `sni` (also sent as SNI) if set, else the
-//! backend's IP address (no SNI is sent; the certificate must list the
-//! address as an IP SAN).
+//! certificate is verified against the check's `ca_file` (a PEM bundle) if
+//! set; with `insecure = true` any certificate is accepted (handshake
+//! signatures are still checked); with neither, against the system's trust
+//! store (loaded once, via `rustls-native-certs`). The name verified is the
+//! check's `sni` (also sent as SNI) if set, else the backend's IP address
+//! (no SNI is sent; the certificate must list the address as an IP SAN).
+//!
+//! Probes do no file I/O: [`TlsConfigs`] builds the client configurations
+//! on tokio's blocking pool when the monitor's targets are set, and checks
+//! the CA files for changes (size, modification time, inode) at every
+//! [`HealthMonitor::set_targets`] and every [`TLS_REFRESH_INTERVAL`]. A CA
+//! file that becomes unreadable or invalid keeps the certificates loaded
+//! before, with a warning; one that never loaded fails its probes with the
+//! reason (`"TLS: cannot read ca_file ..."`).
 //!
 //! # State
 //!
@@ -66,7 +80,8 @@
 //! # From a config
 //!
 //! [`targets_from_config`] makes one target per backend and distinct check;
-//! [`backend_up`] combines a backend's targets.
+//! [`backend_up`] and [`backend_degraded`] combine a backend's targets
+//! (keys `name`, or `name/...` for a backend with several checks).
 
 mod http;
 mod monitor;
@@ -80,8 +95,11 @@ use std::time::Duration;
 
 use crate::config::{Config, HealthCheck};
 
-pub use monitor::{HealthMonitor, Histogram, LAG_BUCKETS, LATENCY_BUCKETS};
-pub use probe::{probe, ProbeOutcome};
+pub use monitor::{
+    HealthMonitor, HealthStats, Histogram, LAG_BUCKETS, LATENCY_BUCKETS, TLS_REFRESH_INTERVAL,
+};
+pub use probe::{probe, FailureKind, ProbeOutcome};
+pub use tls::TlsConfigs;
 pub use tracker::{Tracker, Transition};
 
 /// One thing to probe: a backend address and port, with a check.
@@ -180,16 +198,38 @@ pub fn targets_from_config(cfg: &Config) -> Vec<Target> {
     targets
 }
 
+/// The backend a target key belongs to: the key up to its first `/`
+/// (backend names cannot contain one).
+pub fn backend_of_key(key: &str) -> &str {
+    key.split_once('/').map_or(key, |(backend, _)| backend)
+}
+
+/// The statuses of `backend`'s targets: key `backend` or `backend/...`.
+pub fn backend_targets<'a>(
+    status: &'a BTreeMap<String, TargetStatus>,
+    backend: &str,
+) -> impl Iterator<Item = &'a TargetStatus> {
+    let prefix = format!("{backend}/");
+    status.get(backend).into_iter().chain(
+        status
+            .range(prefix.clone()..)
+            .take_while(move |(k, _)| k.starts_with(&prefix))
+            .map(|(_, s)| s),
+    )
+}
+
 /// Whether `backend` is up: all of its targets (key `backend` or
 /// `backend/...`) are up. A backend without any target is not health
 /// checked and always up.
 pub fn backend_up(status: &BTreeMap<String, TargetStatus>, backend: &str) -> bool {
-    let prefix = format!("{backend}/");
-    status.get(backend).is_none_or(|s| s.up)
-        && status
-            .range(prefix.clone()..)
-            .take_while(|(k, _)| k.starts_with(&prefix))
-            .all(|(_, s)| s.up)
+    backend_targets(status, backend).all(|s| s.up)
+}
+
+/// Whether `backend` is degraded: it is up ([`backend_up`]) and at least
+/// one of its targets is degraded (its latest deep-health probe answered
+/// `"degraded"`). A backend without any target is never degraded.
+pub fn backend_degraded(status: &BTreeMap<String, TargetStatus>, backend: &str) -> bool {
+    backend_up(status, backend) && backend_targets(status, backend).any(|s| s.degraded)
 }
 
 #[cfg(test)]
@@ -355,5 +395,49 @@ backends = ["a"]
         assert!(!backend_up(&m, "d"));
         assert!(backend_up(&m, "unchecked"));
         assert!(backend_up(&BTreeMap::new(), "a"));
+    }
+
+    fn st_deg(up: bool, degraded: bool) -> TargetStatus {
+        TargetStatus {
+            up,
+            degraded,
+            ..TargetStatus::initial()
+        }
+    }
+
+    #[test]
+    fn backend_degraded_over_all_its_targets() {
+        let mut m = BTreeMap::new();
+        // One target, under the backend's own name.
+        m.insert("a".to_string(), st_deg(true, true));
+        m.insert("a-2".to_string(), st_deg(true, false));
+        // Several checks: `name/check` keys.
+        m.insert("b/deep".to_string(), st_deg(true, true));
+        m.insert("b/http/80".to_string(), st_deg(true, false));
+        // Degraded on one check, down on another: down, so not degraded.
+        m.insert("c/deep".to_string(), st_deg(true, true));
+        m.insert("c/tcp".to_string(), st_deg(false, false));
+        m.insert("d/x".to_string(), st_deg(true, false));
+        m.insert("d/y".to_string(), st_deg(true, false));
+        // Another backend whose name extends "e" degraded: not e's.
+        m.insert("e/x".to_string(), st_deg(true, false));
+        m.insert("e.1/x".to_string(), st_deg(true, true));
+        m.insert("e-1".to_string(), st_deg(true, true));
+        assert!(backend_degraded(&m, "a"));
+        assert!(!backend_degraded(&m, "a-2"));
+        assert!(backend_degraded(&m, "b"), "degraded on one of two checks");
+        assert!(!backend_degraded(&m, "c"), "down wins over degraded");
+        assert!(!backend_up(&m, "c"));
+        assert!(!backend_degraded(&m, "d"));
+        assert!(!backend_degraded(&m, "e"));
+        assert!(backend_degraded(&m, "e.1"));
+        assert!(!backend_degraded(&m, "unchecked"));
+    }
+
+    #[test]
+    fn backend_of_a_target_key() {
+        assert_eq!(backend_of_key("eu-1"), "eu-1");
+        assert_eq!(backend_of_key("eu-1/deep"), "eu-1");
+        assert_eq!(backend_of_key("eu-1/http/8080"), "eu-1");
     }
 }

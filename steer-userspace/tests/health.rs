@@ -2,6 +2,8 @@
 //!
 //! Every server is a tokio task owned by a guard that aborts it on drop, and
 //! every wait is bounded, so a failing test never hangs or leaks a listener.
+//! Tests wait for events (a server seeing its n-th connection, a status
+//! published on the watch channel), not for fixed sleeps.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -11,7 +13,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use steer::config::{CheckKind, HealthCheck};
-use steer::health::{probe, HealthMonitor, ProbeOutcome, Target, TargetStatus};
+use steer::health::{
+    probe, FailureKind, HealthMonitor, ProbeOutcome, Target, TargetStatus, TlsConfigs,
+};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -52,16 +56,37 @@ impl Drop for Task {
     }
 }
 
-/// A reply: raw bytes, optionally after a delay.
+/// A reply: raw bytes, optionally after a delay. `close`: how the server
+/// ends the connection after it.
 #[derive(Clone)]
 struct Reply {
     delay: Duration,
     raw: Vec<u8>,
+    close: Close,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Close {
+    /// `shutdown` (a TLS server sends `close_notify` first), then close.
+    Clean,
+    /// Just drop the connection: for TLS, no `close_notify`.
+    Abrupt,
+    /// Close with a reset (`SO_LINGER` 0), without answering.
+    Reset,
+}
+
+fn raw_reply(raw: &[u8]) -> Reply {
+    Reply {
+        delay: Duration::ZERO,
+        raw: raw.to_vec(),
+        close: Close::Clean,
+    }
 }
 
 fn reply(status: u16, body: &str) -> Reply {
     Reply {
         delay: Duration::ZERO,
+        close: Close::Clean,
         raw: format!(
             "HTTP/1.1 {status} Whatever\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
             body.len()
@@ -73,6 +98,7 @@ fn reply(status: u16, body: &str) -> Reply {
 fn json(status: u16, body: &str) -> Reply {
     Reply {
         delay: Duration::ZERO,
+        close: Close::Clean,
         raw: format!(
             "HTTP/1.1 {status} Whatever\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
             body.len()
@@ -83,10 +109,31 @@ fn json(status: u16, body: &str) -> Reply {
 
 type Handler = Arc<dyn Fn(u64, &str) -> Reply + Send + Sync>;
 
+/// Waits until `rx` counts at least `n`; panics after [`WAIT`].
+async fn wait_count(rx: &mut watch::Receiver<u64>, n: u64, what: &str) {
+    match tokio::time::timeout(WAIT, rx.wait_for(|c| *c >= n)).await {
+        Ok(Ok(_)) => return,
+        Ok(Err(_)) => panic!("server gone waiting for {n} {what}"),
+        Err(_) => {}
+    }
+    panic!("timed out waiting for {n} {what} (saw {})", *rx.borrow());
+}
+
 struct Server {
     addr: SocketAddr,
-    requests: Arc<AtomicU64>,
+    /// Requests received (for TLS: connections past the handshake).
+    requests: watch::Receiver<u64>,
     _task: Task,
+}
+
+impl Server {
+    fn requests(&self) -> u64 {
+        *self.requests.borrow()
+    }
+
+    async fn wait_requests(&mut self, n: u64) {
+        wait_count(&mut self.requests, n, "requests").await;
+    }
 }
 
 /// Reads a request head (up to the blank line, 16 KiB at most).
@@ -102,14 +149,31 @@ async fn read_head<S: AsyncRead + Unpin>(s: &mut S) -> String {
     String::from_utf8_lossy(&buf).into_owned()
 }
 
-async fn serve_one<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, n: u64, handler: Handler) {
+async fn serve_one<S: AsyncRead + AsyncWrite + Unpin>(
+    mut s: S,
+    n: u64,
+    handler: Handler,
+    tcp: impl FnOnce(S) -> Option<tokio::net::TcpStream>,
+) {
     let head = read_head(&mut s).await;
     let reply = handler(n, &head);
     if !reply.delay.is_zero() {
         tokio::time::sleep(reply.delay).await;
     }
     let _ = s.write_all(&reply.raw).await;
-    let _ = s.shutdown().await;
+    match reply.close {
+        Close::Clean => {
+            let _ = s.shutdown().await;
+        }
+        Close::Abrupt => {
+            let _ = s.flush().await;
+        }
+        Close::Reset => {
+            if let Some(tcp) = tcp(s) {
+                let _ = tcp.set_zero_linger();
+            }
+        }
+    }
 }
 
 /// An HTTP (or, with `tls`, HTTPS) server answering each request with
@@ -117,8 +181,8 @@ async fn serve_one<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, n: u64, handler:
 async fn http_server(tls: Option<TlsAcceptor>, handler: Handler) -> Server {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
-    let requests = Arc::new(AtomicU64::new(0));
-    let count = requests.clone();
+    let (count, requests) = watch::channel(0u64);
+    let count = Arc::new(count);
     let task = tokio::spawn(async move {
         let mut conns = tokio::task::JoinSet::new();
         loop {
@@ -128,16 +192,20 @@ async fn http_server(tls: Option<TlsAcceptor>, handler: Handler) -> Server {
             let handler = handler.clone();
             let count = count.clone();
             let tls = tls.clone();
+            let next = move || {
+                let mut n = 0;
+                count.send_modify(|c| {
+                    n = *c;
+                    *c += 1;
+                });
+                n
+            };
             conns.spawn(async move {
                 match tls {
-                    None => {
-                        let n = count.fetch_add(1, Ordering::SeqCst);
-                        serve_one(stream, n, handler).await;
-                    }
+                    None => serve_one(stream, next(), handler, Some).await,
                     Some(acceptor) => {
                         if let Ok(s) = acceptor.accept(stream).await {
-                            let n = count.fetch_add(1, Ordering::SeqCst);
-                            serve_one(s, n, handler).await;
+                            serve_one(s, next(), handler, |s| Some(s.into_inner().0)).await;
                         }
                     }
                 }
@@ -157,20 +225,59 @@ async fn fixed_server(r: Reply) -> Server {
 }
 
 /// A TCP listener accepting and dropping connections, recording when.
-async fn tcp_server() -> (SocketAddr, Arc<Mutex<Vec<Instant>>>, Task) {
+struct TcpServer {
+    addr: SocketAddr,
+    accepted: Arc<Mutex<Vec<Instant>>>,
+    count: watch::Receiver<u64>,
+    _task: Task,
+}
+
+impl TcpServer {
+    fn accepts(&self) -> u64 {
+        *self.count.borrow()
+    }
+
+    async fn wait_accepts(&mut self, n: u64) {
+        wait_count(&mut self.count, n, "connections").await;
+    }
+}
+
+async fn tcp_server() -> TcpServer {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let accepted = Arc::new(Mutex::new(Vec::new()));
+    let (tx, count) = watch::channel(0u64);
     let log = accepted.clone();
     let task = tokio::spawn(async move {
         loop {
             if let Ok((s, _)) = listener.accept().await {
                 log.lock().expect("lock").push(Instant::now());
+                tx.send_modify(|c| *c += 1);
                 drop(s);
             }
         }
     });
-    (addr, accepted, Task(task))
+    TcpServer {
+        addr,
+        accepted,
+        count,
+        _task: Task(task),
+    }
+}
+
+/// A port nothing listens on.
+async fn closed_port() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    drop(listener);
+    addr
+}
+
+/// Probes `t` once, with its TLS configuration loaded off the runtime
+/// first (as the monitor does).
+async fn probe1(t: &Target) -> ProbeOutcome {
+    let tls = TlsConfigs::load([&t.check]).await;
+    probe(t, &tls).await
 }
 
 fn fail_reason(o: &ProbeOutcome) -> &str {
@@ -180,19 +287,17 @@ fn fail_reason(o: &ProbeOutcome) -> &str {
     }
 }
 
+fn fail_kind(o: &ProbeOutcome) -> FailureKind {
+    match o {
+        ProbeOutcome::Fail { kind, .. } => *kind,
+        ProbeOutcome::Pass { .. } => panic!("expected a failure, got {o:?}"),
+    }
+}
+
 fn assert_pass(o: &ProbeOutcome, degraded: bool) {
     match o {
         ProbeOutcome::Pass { degraded: d, .. } => assert_eq!(*d, degraded, "{o:?}"),
         ProbeOutcome::Fail { reason, .. } => panic!("expected a pass, got failure: {reason}"),
-    }
-}
-
-/// Polls `f` every 5 ms until it holds; panics after [`WAIT`].
-async fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + WAIT;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 
@@ -215,20 +320,19 @@ async fn wait_published(
 
 #[tokio::test]
 async fn tcp_connect_passes() {
-    let (addr, accepted, _server) = tcp_server().await;
-    let outcome = probe(&target("b", addr, check(CheckKind::Tcp))).await;
+    let mut server = tcp_server().await;
+    let outcome = probe1(&target("b", server.addr, check(CheckKind::Tcp))).await;
     assert_pass(&outcome, false);
     assert!(outcome.latency() < Duration::from_millis(500));
-    wait_until("the accept", || accepted.lock().expect("lock").len() == 1).await;
+    server.wait_accepts(1).await;
+    assert_eq!(server.accepted.lock().expect("lock").len(), 1);
 }
 
 #[tokio::test]
 async fn tcp_closed_port_is_refused() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    drop(listener);
-    let outcome = probe(&target("b", addr, check(CheckKind::Tcp))).await;
+    let outcome = probe1(&target("b", closed_port().await, check(CheckKind::Tcp))).await;
     assert_eq!(fail_reason(&outcome), "connection refused");
+    assert_eq!(fail_kind(&outcome), FailureKind::Refused);
 }
 
 // ---------------------------------------------------------------------------
@@ -247,7 +351,7 @@ async fn http_200_passes_and_sends_a_proper_request() {
         }),
     )
     .await;
-    let outcome = probe(&target("b", server.addr, check(CheckKind::Http))).await;
+    let outcome = probe1(&target("b", server.addr, check(CheckKind::Http))).await;
     assert_pass(&outcome, false);
     let heads = heads.lock().expect("lock").clone();
     assert_eq!(heads.len(), 1);
@@ -262,12 +366,13 @@ async fn http_200_passes_and_sends_a_proper_request() {
 #[tokio::test]
 async fn http_503_fails_with_the_status() {
     let server = fixed_server(reply(503, "maintenance")).await;
-    let outcome = probe(&target("b", server.addr, check(CheckKind::Http))).await;
+    let outcome = probe1(&target("b", server.addr, check(CheckKind::Http))).await;
     assert_eq!(fail_reason(&outcome), "status 503 (expected 200)");
+    assert_eq!(fail_kind(&outcome), FailureKind::Status);
 
     let mut c = check(CheckKind::Http);
     c.expected_status = vec![200, 503];
-    assert_pass(&probe(&target("b", server.addr, c)).await, false);
+    assert_pass(&probe1(&target("b", server.addr, c)).await, false);
 }
 
 #[tokio::test]
@@ -275,29 +380,24 @@ async fn http_body_must_contain_the_text() {
     let server = fixed_server(reply(200, "status: fine")).await;
     let mut c = check(CheckKind::Http);
     c.body_contains = Some("ok".into());
-    let outcome = probe(&target("b", server.addr, c.clone())).await;
+    let outcome = probe1(&target("b", server.addr, c.clone())).await;
     assert_eq!(fail_reason(&outcome), "body does not contain \"ok\"");
+    assert_eq!(fail_kind(&outcome), FailureKind::Body);
     c.body_contains = Some("fine".into());
-    assert_pass(&probe(&target("b", server.addr, c)).await, false);
+    assert_pass(&probe1(&target("b", server.addr, c)).await, false);
 }
 
 #[tokio::test]
 async fn http_chunked_and_eof_delimited_bodies() {
-    let chunked = fixed_server(Reply {
-        delay: Duration::ZERO,
-        raw: b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nall\r\n4\r\n ok!\r\n0\r\n\r\n"
-            .to_vec(),
-    })
+    let chunked = fixed_server(raw_reply(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nall\r\n4\r\n ok!\r\n0\r\n\r\n",
+    ))
     .await;
-    let eof = fixed_server(Reply {
-        delay: Duration::ZERO,
-        raw: b"HTTP/1.0 200 OK\r\n\r\nall ok!".to_vec(),
-    })
-    .await;
+    let eof = fixed_server(raw_reply(b"HTTP/1.0 200 OK\r\n\r\nall ok!")).await;
     let mut c = check(CheckKind::Http);
     c.body_contains = Some("all ok".into());
-    assert_pass(&probe(&target("b", chunked.addr, c.clone())).await, false);
-    assert_pass(&probe(&target("b", eof.addr, c)).await, false);
+    assert_pass(&probe1(&target("b", chunked.addr, c.clone())).await, false);
+    assert_pass(&probe1(&target("b", eof.addr, c)).await, false);
 }
 
 #[tokio::test]
@@ -307,8 +407,9 @@ async fn http_slow_response_times_out() {
     let server = fixed_server(slow).await;
     let mut c = check(CheckKind::Http);
     c.timeout = Duration::from_millis(200);
-    let outcome = probe(&target("b", server.addr, c)).await;
+    let outcome = probe1(&target("b", server.addr, c)).await;
     assert_eq!(fail_reason(&outcome), "timeout after 200ms");
+    assert_eq!(fail_kind(&outcome), FailureKind::Timeout);
     assert!(
         outcome.latency() >= Duration::from_millis(200),
         "{outcome:?}"
@@ -318,16 +419,74 @@ async fn http_slow_response_times_out() {
 
 #[tokio::test]
 async fn http_server_closing_without_answer() {
-    let server = fixed_server(Reply {
-        delay: Duration::ZERO,
-        raw: Vec::new(),
-    })
-    .await;
-    let outcome = probe(&target("b", server.addr, check(CheckKind::Http))).await;
+    let server = fixed_server(raw_reply(b"")).await;
+    let outcome = probe1(&target("b", server.addr, check(CheckKind::Http))).await;
     assert_eq!(
         fail_reason(&outcome),
         "connection closed without a response"
     );
+    assert_eq!(fail_kind(&outcome), FailureKind::Closed);
+}
+
+#[tokio::test]
+async fn http_server_resetting_the_connection() {
+    let mut reset = raw_reply(b"");
+    reset.close = Close::Reset;
+    let server = fixed_server(reset).await;
+    let outcome = probe1(&target("b", server.addr, check(CheckKind::Http))).await;
+    assert_eq!(fail_reason(&outcome), "connection reset");
+    assert_eq!(fail_kind(&outcome), FailureKind::Reset);
+}
+
+#[tokio::test]
+async fn http_server_answering_something_else() {
+    let server = fixed_server(raw_reply(b"SSH-2.0-OpenSSH_9.2\r\n")).await;
+    let outcome = probe1(&target("b", server.addr, check(CheckKind::Http))).await;
+    assert_eq!(
+        fail_reason(&outcome),
+        "invalid response: invalid HTTP version parsed"
+    );
+    assert_eq!(fail_kind(&outcome), FailureKind::Protocol);
+    // A body cut short of its Content-Length.
+    let server = fixed_server(raw_reply(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly this",
+    ))
+    .await;
+    let outcome = probe1(&target("b", server.addr, check(CheckKind::Http))).await;
+    assert_eq!(
+        fail_reason(&outcome),
+        "connection closed in the middle of the body"
+    );
+    assert_eq!(fail_kind(&outcome), FailureKind::Closed);
+}
+
+/// Bodies past 64 KiB: the first 64 KiB are judged, the rest is not read.
+#[tokio::test]
+async fn http_large_bodies_are_cut_at_64_kib() {
+    let big = |tail: &str| {
+        let mut body = "x".repeat(64 * 1024 - 2);
+        body.push_str(tail);
+        body.push_str(&"y".repeat(100 * 1024));
+        reply(200, &body)
+    };
+    let inside = fixed_server(big("ok")).await;
+    let outside = fixed_server(big("_x")).await;
+    let mut c = check(CheckKind::Http);
+    c.body_contains = Some("ok".into());
+    assert_pass(&probe1(&target("b", inside.addr, c.clone())).await, false);
+    let outcome = probe1(&target("b", outside.addr, c)).await;
+    assert_eq!(
+        fail_reason(&outcome),
+        "body does not contain \"ok\" (in its first 64 KiB)"
+    );
+    let mut deep = check(CheckKind::Http);
+    deep.deep_health = true;
+    let outcome = probe1(&target("b", inside.addr, deep)).await;
+    assert_eq!(
+        fail_reason(&outcome),
+        "deep health: body larger than 64 KiB"
+    );
+    assert_eq!(fail_kind(&outcome), FailureKind::DeepHealth);
 }
 
 #[tokio::test]
@@ -340,18 +499,17 @@ async fn deep_health_states() {
     let mut c = check(CheckKind::Http);
     c.deep_health = true;
     let t = |s: &Server| target("b", s.addr, c.clone());
-    assert_pass(&probe(&t(&healthy)).await, false);
-    assert_pass(&probe(&t(&degraded)).await, true);
+    assert_pass(&probe1(&t(&healthy)).await, false);
+    assert_pass(&probe1(&t(&degraded)).await, true);
+    let outcome = probe1(&t(&unhealthy)).await;
+    assert_eq!(fail_reason(&outcome), "deep health: status \"unhealthy\"");
+    assert_eq!(fail_kind(&outcome), FailureKind::DeepHealth);
     assert_eq!(
-        fail_reason(&probe(&t(&unhealthy)).await),
-        "deep health: status \"unhealthy\""
-    );
-    assert_eq!(
-        fail_reason(&probe(&t(&invalid)).await),
+        fail_reason(&probe1(&t(&invalid)).await),
         "deep health: invalid JSON (expected value at line 1 column 1)"
     );
     assert_eq!(
-        fail_reason(&probe(&t(&missing)).await),
+        fail_reason(&probe1(&t(&missing)).await),
         "deep health: no top-level \"status\" field"
     );
 }
@@ -408,11 +566,24 @@ async fn https_with_ca_file_passes() {
     let mut c = check(CheckKind::Https);
     c.ca_file = Some(ca.0.clone());
     c.body_contains = Some("ok".into());
-    assert_pass(&probe(&target("b", server.addr, c.clone())).await, false);
+    assert_pass(&probe1(&target("b", server.addr, c.clone())).await, false);
     // SNI naming a name the certificate has.
     c.sni = Some("localhost".into());
-    assert_pass(&probe(&target("b", server.addr, c)).await, false);
-    assert_eq!(server.requests.load(Ordering::SeqCst), 2);
+    assert_pass(&probe1(&target("b", server.addr, c)).await, false);
+    assert_eq!(server.requests(), 2);
+}
+
+/// A TLS server that closes without `close_notify` after a body delimited
+/// by the end of the connection: the body is complete all the same.
+#[tokio::test]
+async fn https_eof_delimited_body_without_close_notify() {
+    let mut r = raw_reply(b"HTTP/1.0 200 OK\r\n\r\nall ok!");
+    r.close = Close::Abrupt;
+    let (server, ca) = https_server(r).await;
+    let mut c = check(CheckKind::Https);
+    c.ca_file = Some(ca.0.clone());
+    c.body_contains = Some("all ok".into());
+    assert_pass(&probe1(&target("b", server.addr, c)).await, false);
 }
 
 #[tokio::test]
@@ -421,28 +592,47 @@ async fn https_ca_file_changes_are_picked_up() {
     let (_other, other_ca) = https_server(reply(200, "ok")).await;
     let mut c = check(CheckKind::Https);
     c.ca_file = Some(ca.0.clone());
-    assert_pass(&probe(&target("b", server.addr, c.clone())).await, false);
+    let t = target("b", server.addr, c.clone());
+    let tls = TlsConfigs::load([&c]).await;
+    assert_pass(&probe(&t, &tls).await, false);
     // Replace the bundle with another CA: the server's certificate is no
-    // longer trusted.
-    tokio::time::sleep(Duration::from_millis(20)).await;
-    let other = std::fs::read_to_string(&other_ca.0).expect("read");
-    std::fs::write(&ca.0, format!("{other}\n")).expect("rewrite");
-    let outcome = probe(&target("b", server.addr, c)).await;
+    // longer trusted once the configurations are refreshed.
+    replace_ca(&ca, &other_ca);
+    assert_pass(&probe(&t, &tls).await, false); // not refreshed yet
+    let refresher = tls.clone();
+    tokio::task::spawn_blocking(move || refresher.refresh())
+        .await
+        .expect("refresh");
+    let outcome = probe(&t, &tls).await;
     assert_eq!(
         fail_reason(&outcome),
         "TLS: invalid peer certificate: BadSignature"
     );
+    assert_eq!(fail_kind(&outcome), FailureKind::Tls);
+}
+
+/// Overwrites `ca` with the certificate of `other`, one byte longer than
+/// before at least, so the change shows in the size whatever the
+/// file system's timestamp granularity.
+fn replace_ca(ca: &TempFile, other: &TempFile) {
+    let before = std::fs::metadata(&ca.0).map_or(0, |m| m.len() as usize);
+    let mut pem = std::fs::read_to_string(&other.0).expect("read");
+    while pem.len() <= before {
+        pem.push('\n');
+    }
+    std::fs::write(&ca.0, pem).expect("rewrite");
 }
 
 #[tokio::test]
 async fn https_without_ca_file_is_an_unknown_issuer() {
     let (server, _ca) = https_server(reply(200, "ok")).await;
-    let outcome = probe(&target("b", server.addr, check(CheckKind::Https))).await;
+    let outcome = probe1(&target("b", server.addr, check(CheckKind::Https))).await;
     assert_eq!(
         fail_reason(&outcome),
         "TLS: invalid peer certificate: UnknownIssuer"
     );
-    assert_eq!(server.requests.load(Ordering::SeqCst), 0);
+    assert_eq!(fail_kind(&outcome), FailureKind::Tls);
+    assert_eq!(server.requests(), 0);
 }
 
 #[tokio::test]
@@ -453,7 +643,7 @@ async fn https_insecure_accepts_any_certificate() {
     c.deep_health = true;
     // Even for a name the certificate does not have.
     c.sni = Some("other.example".into());
-    assert_pass(&probe(&target("b", server.addr, c)).await, true);
+    assert_pass(&probe1(&target("b", server.addr, c)).await, true);
 }
 
 #[tokio::test]
@@ -462,7 +652,7 @@ async fn https_sni_mismatch_fails() {
     let mut c = check(CheckKind::Https);
     c.ca_file = Some(ca.0.clone());
     c.sni = Some("wrong.example".into());
-    let outcome = probe(&target("b", server.addr, c)).await;
+    let outcome = probe1(&target("b", server.addr, c)).await;
     let reason = fail_reason(&outcome);
     assert!(
         reason.starts_with(
@@ -489,10 +679,73 @@ async fn https_against_plain_http_fails_in_the_handshake() {
     }));
     let mut c = check(CheckKind::Https);
     c.insecure = true;
-    let outcome = probe(&target("b", addr, c)).await;
+    let outcome = probe1(&target("b", addr, c)).await;
     assert_eq!(
         fail_reason(&outcome),
         "TLS: received corrupt message of type InvalidContentType"
+    );
+}
+
+/// Sockets in TIME_WAIT (state 06 of /proc/net/tcp) with `port` at either
+/// end.
+fn time_wait_on(port: u16) -> usize {
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("read /proc/net/tcp");
+    let port_of = |addr: &str| {
+        addr.rsplit(':')
+            .next()
+            .and_then(|p| u16::from_str_radix(p, 16).ok())
+    };
+    table
+        .lines()
+        .skip(1)
+        .filter(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            f.len() > 3
+                && f[3] == "06"
+                && (port_of(f[1]) == Some(port) || port_of(f[2]) == Some(port))
+        })
+        .count()
+}
+
+/// Probes close with a reset: even against servers that close first
+/// (the side that would keep TIME_WAIT), none is left on either side.
+#[tokio::test]
+async fn probes_leave_no_time_wait() {
+    let mut http = fixed_server(reply(200, "ok")).await;
+    let (mut https, ca) = https_server(reply(200, "ok")).await;
+    let h = target("b", http.addr, check(CheckKind::Http));
+    let mut c = check(CheckKind::Https);
+    c.ca_file = Some(ca.0.clone());
+    let s = target("b", https.addr, c.clone());
+    let tls = TlsConfigs::load([&c]).await;
+    // Sockets of earlier users of these port numbers may linger.
+    let before = (
+        time_wait_on(http.addr.port()),
+        time_wait_on(https.addr.port()),
+    );
+    for _ in 0..20 {
+        assert_pass(&probe(&h, &tls).await, false);
+    }
+    for _ in 0..5 {
+        assert_pass(&probe(&s, &tls).await, false);
+    }
+    http.wait_requests(20).await;
+    https.wait_requests(5).await;
+    let after = (
+        time_wait_on(http.addr.port()),
+        time_wait_on(https.addr.port()),
+    );
+    assert!(
+        after.0 <= before.0,
+        "http: {} TIME_WAIT, {} before",
+        after.0,
+        before.0
+    );
+    assert!(
+        after.1 <= before.1,
+        "https: {} TIME_WAIT, {} before",
+        after.1,
+        before.1
     );
 }
 
@@ -531,7 +784,7 @@ async fn rise_and_fall_exact_counts() {
             }
         })
     };
-    let server = http_server(None, handler).await;
+    let mut server = http_server(None, handler).await;
 
     let mut c = check(CheckKind::Http);
     c.rise = 2;
@@ -555,7 +808,9 @@ async fn rise_and_fall_exact_counts() {
             .expect("monitor")
     };
 
-    wait_until("two healthy probes", || snapshot().probes >= 2).await;
+    // The 3rd request comes after the 2nd probe was recorded.
+    server.wait_requests(3).await;
+    assert!(snapshot().probes >= 2);
     assert!(snapshot().up);
     healthy.store(false, Ordering::SeqCst);
     let down = wait_published(&mut rx, "down", |m| m.get("flip").is_some_and(|s| !s.up)).await;
@@ -640,11 +895,176 @@ async fn degraded_is_surfaced_and_published() {
     monitor.stop();
 }
 
+/// A backend with two checks has target keys `m/deep` and `m/tcp`, none
+/// named `m`: `backend_degraded` finds its degraded target all the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn degraded_backend_with_two_checks() {
+    let deep_server = fixed_server(json(200, r#"{"status":"degraded"}"#)).await;
+    let tcp = tcp_server().await;
+    let mut deep = check(CheckKind::Http);
+    deep.deep_health = true;
+    deep.interval = Duration::from_millis(100);
+    deep.timeout = Duration::from_millis(80);
+    let mut plain = check(CheckKind::Tcp);
+    plain.interval = Duration::from_millis(100);
+    plain.timeout = Duration::from_millis(80);
+    let (tx, mut rx) = watch::channel(BTreeMap::new());
+    let monitor = HealthMonitor::start(
+        vec![
+            target("m/deep", deep_server.addr, deep),
+            target("m/tcp", tcp.addr, plain),
+        ],
+        tx,
+    );
+    let m = wait_published(&mut rx, "m/deep degraded", |m| {
+        m.get("m/deep").is_some_and(|s| s.degraded)
+    })
+    .await;
+    assert!(!m.contains_key("m"), "no target is keyed by the bare name");
+    assert!(!m["m/tcp"].degraded);
+    assert!(steer::health::backend_up(&m, "m"));
+    assert!(steer::health::backend_degraded(&m, "m"));
+    monitor.stop();
+}
+
+/// Failed probes are counted per backend and kind, against real servers
+/// failing in different ways; counts never go down on a reload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probe_failures_by_backend_and_reason() {
+    let refused = closed_port().await;
+    let status = fixed_server(reply(503, "no")).await;
+    let unhealthy = fixed_server(json(200, r#"{"status":"unhealthy"}"#)).await;
+    let closing = fixed_server(raw_reply(b"")).await;
+    let fine = tcp_server().await;
+    let with = |kind: CheckKind, deep: bool| {
+        let mut c = check(kind);
+        c.deep_health = deep;
+        c.fall = 1;
+        c.interval = Duration::from_millis(200);
+        c.timeout = Duration::from_millis(150);
+        c
+    };
+    let targets = vec![
+        target("refused", refused, with(CheckKind::Tcp, false)),
+        target("multi/http", status.addr, with(CheckKind::Http, false)),
+        target("multi/deep", unhealthy.addr, with(CheckKind::Http, true)),
+        target("closed", closing.addr, with(CheckKind::Http, false)),
+        target("ok", fine.addr, with(CheckKind::Tcp, false)),
+    ];
+    let (tx, mut rx) = watch::channel(BTreeMap::new());
+    let mut monitor = HealthMonitor::start(targets.clone(), tx);
+    let failing = ["refused", "multi/http", "multi/deep", "closed"];
+    wait_published(&mut rx, "the failing targets down", |m| {
+        failing.iter().all(|k| m.get(*k).is_some_and(|s| !s.up))
+    })
+    .await;
+
+    let before = monitor.probe_failures();
+    let snapshot = monitor.snapshot();
+    let after = monitor.probe_failures();
+    assert_eq!(
+        before.keys().collect::<Vec<_>>(),
+        ["closed", "multi", "ok", "refused"]
+    );
+    let all: Vec<&str> = FailureKind::ALL.iter().map(|k| k.as_str()).collect();
+    for (backend, counts) in &before {
+        assert_eq!(counts.keys().copied().collect::<Vec<_>>().len(), all.len());
+        assert!(all.iter().all(|k| counts.contains_key(k)), "{backend}");
+    }
+    let expected: [(&str, &[&str]); 4] = [
+        ("refused", &["refused"]),
+        ("multi", &["status", "deep_health"]),
+        ("closed", &["closed"]),
+        ("ok", &[]),
+    ];
+    for (backend, kinds) in expected {
+        for (kind, n) in &before[backend] {
+            if kinds.contains(kind) {
+                assert!(*n >= 1, "{backend} {kind}: {n}");
+            } else {
+                assert_eq!(*n, 0, "{backend} {kind}");
+            }
+        }
+        // The same failures as the statuses count, between two reads.
+        let total = |m: &BTreeMap<String, BTreeMap<&str, u64>>| m[backend].values().sum::<u64>();
+        let status_total: u64 = snapshot
+            .iter()
+            .filter(|(k, _)| steer::health::backend_of_key(k) == backend)
+            .map(|(_, s)| s.failures)
+            .sum();
+        assert!(
+            total(&before) <= status_total && status_total <= total(&after),
+            "{backend}: {} <= {status_total} <= {}",
+            total(&before),
+            total(&after)
+        );
+    }
+
+    // A reload that restarts multi/http (changed check) and removes
+    // refused: multi keeps its counts, refused is gone.
+    let mut reload = targets.clone();
+    reload.retain(|t| t.key != "refused");
+    for t in &mut reload {
+        if t.key == "multi/http" {
+            t.check.fall = 2;
+        }
+    }
+    monitor.set_targets(reload);
+    assert_eq!(monitor.snapshot()["multi/http"].failures, 0, "restarted");
+    let reloaded = monitor.probe_failures();
+    assert_eq!(
+        reloaded.keys().collect::<Vec<_>>(),
+        ["closed", "multi", "ok"]
+    );
+    for (kind, n) in &after["multi"] {
+        assert!(reloaded["multi"][kind] >= *n, "multi {kind} went down");
+    }
+    monitor.stop();
+}
+
+/// The monitor builds TLS configurations off the probes: once loaded, the
+/// CA file can even be removed and probes go on passing (they read no
+/// file). A new CA file is picked up at the next `set_targets`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn monitor_https_probes_use_cached_tls_configs() {
+    let (mut server, ca) = https_server(reply(200, "ok")).await;
+    let (_other, other_ca) = https_server(reply(200, "ok")).await;
+    let mut c = check(CheckKind::Https);
+    c.ca_file = Some(ca.0.clone());
+    c.rise = 1;
+    c.fall = 1;
+    c.interval = Duration::from_millis(100);
+    c.timeout = Duration::from_millis(80);
+    let targets = vec![target("s", server.addr, c)];
+    let (tx, mut rx) = watch::channel(BTreeMap::new());
+    let mut monitor = HealthMonitor::start(targets.clone(), tx);
+    // The 2nd request comes after the 1st probe was recorded.
+    server.wait_requests(2).await;
+    assert_eq!(monitor.snapshot()["s"].failures, 0);
+
+    std::fs::remove_file(&ca.0).expect("remove the CA file");
+    let n = server.requests();
+    server.wait_requests(n + 4).await;
+    let s = monitor.snapshot()["s"].clone();
+    assert!(s.up, "{s:?}");
+    assert_eq!(s.failures, 0, "a probe read the removed CA file: {s:?}");
+    assert!(s.probes >= 4, "{s:?}");
+
+    // Another CA: the server's certificate is no longer trusted.
+    replace_ca(&ca, &other_ca);
+    monitor.set_targets(targets);
+    let down = wait_published(&mut rx, "down", |m| m.get("s").is_some_and(|s| !s.up)).await;
+    assert_eq!(
+        down["s"].last_failure.as_deref(),
+        Some("TLS: invalid peer certificate: BadSignature")
+    );
+    assert!(monitor.probe_failures()["s"]["tls"] >= 1);
+    monitor.stop();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn initial_state_is_up_until_fall_failures() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let closed = listener.local_addr().expect("addr");
-    drop(listener);
+    let closed = closed_port().await;
     let mut c = check(CheckKind::Tcp);
     c.fall = 3;
     c.interval = Duration::from_millis(250);
@@ -666,9 +1086,10 @@ async fn initial_state_is_up_until_fall_failures() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reload_keeps_unchanged_targets_and_stops_removed_ones() {
-    let (a_addr, _a_log, _a) = tcp_server().await;
-    let (b_addr, b_log, _b) = tcp_server().await;
-    let (c_addr, _c_log, _c) = tcp_server().await;
+    let mut a = tcp_server().await;
+    let mut b = tcp_server().await;
+    let c = tcp_server().await;
+    let (a_addr, b_addr, c_addr) = (a.addr, b.addr, c.addr);
     let mut chk = check(CheckKind::Tcp);
     chk.interval = Duration::from_millis(50);
     chk.timeout = Duration::from_millis(40);
@@ -681,11 +1102,12 @@ async fn reload_keeps_unchanged_targets_and_stops_removed_ones() {
         ],
         tx,
     );
-    wait_until("probes of a and b", || {
-        let s = monitor.snapshot();
-        s["a"].probes >= 3 && s["b"].probes >= 3
-    })
-    .await;
+    // The 4th connection of a target comes after its 3rd probe was
+    // recorded.
+    a.wait_accepts(4).await;
+    b.wait_accepts(4).await;
+    let s = monitor.snapshot();
+    assert!(s["a"].probes >= 3 && s["b"].probes >= 3, "{s:?}");
     assert_eq!(monitor.snapshot().len(), 2);
 
     let a_before = monitor.snapshot()["a"].probes;
@@ -703,17 +1125,23 @@ async fn reload_keeps_unchanged_targets_and_stops_removed_ones() {
     .await;
     assert_eq!(published.len(), 2);
 
-    // b is no longer probed.
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let b_count = b_log.lock().expect("lock").len();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(b_log.lock().expect("lock").len(), b_count, "b still probed");
+    // b is no longer probed, while a (same interval) goes on: after two
+    // more probes of a (a connection of b in flight at the reload has
+    // landed by then), six more of a and none of b.
+    let a_now = a.accepts();
+    a.wait_accepts(a_now + 2).await;
+    let b_count = b.accepts();
+    a.wait_accepts(a_now + 8).await;
+    assert_eq!(b.accepts(), b_count, "b still probed");
+    assert_eq!(
+        b.accepted.lock().expect("lock").len() as u64,
+        b_count,
+        "b still probed"
+    );
 
     // Changing a's check restarts it from the initial state.
-    wait_until("more probes of a", || {
-        monitor.snapshot()["a"].probes >= a_before + 3
-    })
-    .await;
+    a.wait_accepts(a_before + 4).await;
+    assert!(monitor.snapshot()["a"].probes >= a_before + 3);
     let mut chk2 = chk.clone();
     chk2.fall = 5;
     monitor.set_targets(vec![
@@ -726,21 +1154,30 @@ async fn reload_keeps_unchanged_targets_and_stops_removed_ones() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stop_cancels_all_probes() {
-    let (addr, accepted, _server) = tcp_server().await;
+    let mut server = tcp_server().await;
+    // A second monitor, left running, is the clock: its probes show time
+    // passing on the same runtime while the stopped one stays silent.
+    let mut clock = tcp_server().await;
     let mut c = check(CheckKind::Tcp);
     c.interval = Duration::from_millis(20);
     c.timeout = Duration::from_millis(15);
     let (tx, _rx) = watch::channel(BTreeMap::new());
     let targets = (0..10)
-        .map(|i| target(&format!("t{i}"), addr, c.clone()))
+        .map(|i| target(&format!("t{i}"), server.addr, c.clone()))
         .collect();
     let monitor = HealthMonitor::start(targets, tx);
-    wait_until("probes", || accepted.lock().expect("lock").len() >= 30).await;
+    let (clock_tx, _clock_rx) = watch::channel(BTreeMap::new());
+    let witness = HealthMonitor::start(vec![target("clock", clock.addr, c.clone())], clock_tx);
+    server.wait_accepts(30).await;
     monitor.stop();
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    let n = accepted.lock().expect("lock").len();
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(accepted.lock().expect("lock").len(), n);
+    // Connections in flight at the stop land within a few intervals.
+    let t0 = clock.accepts();
+    clock.wait_accepts(t0 + 3).await;
+    let n = server.accepted.lock().expect("lock").len();
+    // Ten more intervals: ~100 probes if the monitor were still running.
+    clock.wait_accepts(t0 + 13).await;
+    assert_eq!(server.accepted.lock().expect("lock").len(), n);
+    witness.stop();
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -761,20 +1198,24 @@ async fn jitter_spreads_phases_without_drift() {
     let mut servers = Vec::new();
     let mut targets = Vec::new();
     for i in 0..TARGETS {
-        let (addr, log, task) = tcp_server().await;
-        targets.push(target(&format!("t{i}"), addr, c.clone()));
-        servers.push((log, task));
+        let server = tcp_server().await;
+        targets.push(target(&format!("t{i}"), server.addr, c.clone()));
+        servers.push(server);
     }
     let (tx, _rx) = watch::channel(BTreeMap::new());
     let start = Instant::now();
     let monitor = HealthMonitor::start(targets, tx);
-    tokio::time::sleep(Duration::from_millis(1600)).await;
+    // About 1.5 s of probes: 30 per target.
+    for server in &mut servers {
+        server.wait_accepts(30).await;
+    }
     monitor.stop();
 
     let iv = interval.as_secs_f64();
     let mut phases = Vec::new();
-    for (i, (log, _)) in servers.iter().enumerate() {
-        let times: Vec<f64> = log
+    for (i, server) in servers.iter().enumerate() {
+        let times: Vec<f64> = server
+            .accepted
             .lock()
             .expect("lock")
             .iter()

@@ -98,8 +98,8 @@ fn open_and_attach(
 struct View {
     published: watch::Receiver<Arc<Published>>,
     counters: Arc<CounterReader>,
-    /// The health probes' latency histogram.
-    latency: Arc<dyn Fn() -> health::Histogram + Send + Sync>,
+    /// The health probes' statistics.
+    health: health::HealthStats,
 }
 
 impl View {
@@ -111,7 +111,7 @@ impl View {
     fn metrics(&self) -> Arc<api::MetricsSnapshot> {
         let p = self.published.borrow().clone();
         let s = status::report(&p, Some(&self.counters));
-        let h = (self.latency)();
+        let h = self.health.latency_histogram();
         Arc::new(api::MetricsSnapshot {
             report: s.report,
             drops: s.drops,
@@ -121,7 +121,17 @@ impl View {
                 sum: h.sum,
                 count: h.count,
             }),
-            probe_failures: Default::default(),
+            probe_failures: self
+                .health
+                .probe_failures()
+                .into_iter()
+                .map(|(b, kinds)| {
+                    (
+                        b,
+                        kinds.into_iter().map(|(k, n)| (k.to_string(), n)).collect(),
+                    )
+                })
+                .collect(),
             last_reload_successful: p.last_reload.as_ref().is_none_or(|o| o.ok),
             last_reload_success_timestamp_seconds: p
                 .last_load
@@ -245,7 +255,7 @@ async fn run_async(
     // Health checks: the monitor's targets belong to the owner.
     let (health_tx, mut health_rx) = watch::channel(Default::default());
     let monitor = HealthMonitor::start(health::targets_from_config(&cfg), health_tx);
-    let latency = Arc::new(monitor.latency_source());
+    let health_stats = monitor.stats();
     owner.set_monitor(monitor);
 
     let (events, rx) = mpsc::channel::<Event>(EVENT_QUEUE);
@@ -269,7 +279,7 @@ async fn run_async(
     let view = View {
         published,
         counters: Arc::new(counters),
-        latency,
+        health: health_stats,
     };
     let (shutdown_tx, mut shutdown_rx) = watch::channel::<Option<bool>>(None);
 

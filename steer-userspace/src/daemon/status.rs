@@ -1,14 +1,14 @@
 //! `steer status` and the metrics, built from the owner's published
 //! snapshot and the counter maps. Nothing here waits for the owner.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
 use steer_common::Counters;
 
 use crate::api::{BackendStatus, Health, ServiceStatus, StatusReport};
 use crate::config::Protocol;
 use crate::dataplane::CounterReader;
-use crate::health::{self, TargetStatus};
+use crate::health;
 
 use super::owner::Published;
 
@@ -19,20 +19,6 @@ pub struct Status {
     pub drops: Vec<(&'static str, u64)>,
     /// New flows whose conntrack insert failed.
     pub ct_insert_failures: u64,
-}
-
-/// The health targets of a backend: key `backend` or `backend/...`.
-fn targets_of<'a>(
-    health: &'a BTreeMap<String, TargetStatus>,
-    backend: &'a str,
-) -> impl Iterator<Item = &'a TargetStatus> + 'a {
-    let prefix = format!("{backend}/");
-    health.get(backend).into_iter().chain(
-        health
-            .range(prefix.clone()..)
-            .take_while(move |(k, _)| k.starts_with(&prefix))
-            .map(|(_, s)| s),
-    )
 }
 
 /// Builds the status report. Counters are read through `counters` (none:
@@ -76,7 +62,7 @@ pub fn report(p: &Published, counters: Option<&CounterReader>) -> Status {
                                 .and_then(|id| c.real(*id).ok())
                         });
                         let is_down = p.down.contains(&b.name);
-                        let degraded = targets_of(&p.health, &b.name).any(|s| s.degraded);
+                        let degraded = health::backend_degraded(&p.health, &b.name);
                         let health = if !checked.contains(&b.name) {
                             Health::Unchecked
                         } else if is_down {
@@ -95,7 +81,7 @@ pub fn report(p: &Published, counters: Option<&CounterReader>) -> Status {
                             effective_weight: if is_down || is_drained { 0 } else { b.weight },
                             health,
                             drained: is_drained,
-                            last_failure: targets_of(&p.health, &b.name)
+                            last_failure: health::backend_targets(&p.health, &b.name)
                                 .find_map(|s| s.last_failure.clone()),
                             packets: c.packets,
                             bytes: c.bytes,

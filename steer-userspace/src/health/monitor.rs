@@ -1,7 +1,7 @@
 //! [`HealthMonitor`]: one tokio task per target, probing on a fixed grid.
 
 use std::collections::hash_map::RandomState;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -12,9 +12,13 @@ use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use super::probe::{probe, ProbeOutcome};
+use super::probe::{probe, FailureKind, ProbeOutcome};
 use super::tracker::{Tracker, Transition};
-use super::{Target, TargetStatus};
+use super::{backend_of_key, Target, TargetStatus, TlsConfigs};
+
+/// How often the CA files of https checks are checked for changes (besides
+/// every [`HealthMonitor::set_targets`]).
+pub const TLS_REFRESH_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Upper bounds (seconds) of the probe latency histogram buckets; a final
 /// `+Inf` bucket follows.
@@ -107,8 +111,32 @@ struct Slot {
     last_lag: Duration,
 }
 
+/// Failed probes of one backend (all its targets), by kind.
+struct FailureCounts([AtomicU64; FailureKind::ALL.len()]);
+
+impl FailureCounts {
+    fn new() -> FailureCounts {
+        FailureCounts(std::array::from_fn(|_| AtomicU64::new(0)))
+    }
+
+    fn add(&self, kind: FailureKind) {
+        self.0[kind.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn snapshot(&self) -> BTreeMap<&'static str, u64> {
+        FailureKind::ALL
+            .iter()
+            .map(|k| (k.as_str(), self.0[k.index()].load(Ordering::Relaxed)))
+            .collect()
+    }
+}
+
 struct Shared {
     slots: Mutex<BTreeMap<String, Slot>>,
+    /// By backend name. Kept across `set_targets` while the backend has a
+    /// target, so the counts never go down.
+    failures: Mutex<BTreeMap<String, Arc<FailureCounts>>>,
+    tls: TlsConfigs,
     /// Wakes the publisher when some target's `up`/`degraded` (or the set of
     /// targets) changed.
     changed: Notify,
@@ -120,6 +148,10 @@ struct Shared {
 impl Shared {
     fn slots(&self) -> MutexGuard<'_, BTreeMap<String, Slot>> {
         self.slots.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn failures(&self) -> MutexGuard<'_, BTreeMap<String, Arc<FailureCounts>>> {
+        self.failures.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn snapshot(&self) -> BTreeMap<String, TargetStatus> {
@@ -148,15 +180,50 @@ struct Running {
 /// the previous probe ends is that tick skipped (counted by
 /// [`missed_ticks`](HealthMonitor::missed_ticks)), keeping the grid.
 ///
+/// The TLS client configurations of https checks are built off the async
+/// workers, on tokio's blocking pool, when targets are set, and their CA
+/// files are checked for changes at every [`set_targets`] and every
+/// [`TLS_REFRESH_INTERVAL`]; a probe does no file I/O (see [`TlsConfigs`]).
+///
 /// Dropping the monitor (or [`stop`](HealthMonitor::stop)) cancels every
 /// probe task.
+///
+/// [`set_targets`]: HealthMonitor::set_targets
 pub struct HealthMonitor {
     shared: Arc<Shared>,
     running: HashMap<String, Running>,
     publisher: JoinHandle<()>,
+    tls_refresher: JoinHandle<()>,
+    tls_wake: Arc<Notify>,
     runtime: Handle,
     seed: RandomState,
     next_generation: u64,
+}
+
+/// Read-only probe statistics of a [`HealthMonitor`], for metrics.
+#[derive(Clone)]
+pub struct HealthStats {
+    shared: Arc<Shared>,
+}
+
+impl HealthStats {
+    /// See [`HealthMonitor::latency_histogram`].
+    pub fn latency_histogram(&self) -> Histogram {
+        self.shared.latency.snapshot()
+    }
+
+    /// Failed probes by backend and failure kind (every kind listed); the
+    /// counts never go down while a backend keeps a target.
+    pub fn probe_failures(&self) -> BTreeMap<String, BTreeMap<&'static str, u64>> {
+        // Counts are added under the slots lock, with the target's status:
+        // read under it too, for a cut consistent with the statuses.
+        let _slots = self.shared.slots();
+        self.shared
+            .failures()
+            .iter()
+            .map(|(backend, counts)| (backend.clone(), counts.snapshot()))
+            .collect()
+    }
 }
 
 impl HealthMonitor {
@@ -176,16 +243,27 @@ impl HealthMonitor {
         let runtime = Handle::current();
         let shared = Arc::new(Shared {
             slots: Mutex::new(BTreeMap::new()),
+            failures: Mutex::new(BTreeMap::new()),
+            tls: TlsConfigs::new(),
             changed: Notify::new(),
             latency: AtomicHistogram::new(&LATENCY_BUCKETS),
             lag: AtomicHistogram::new(&LAG_BUCKETS),
             missed: AtomicU64::new(0),
         });
         let publisher = runtime.spawn(publish(shared.clone(), on_change));
+        let tls_wake = Arc::new(Notify::new());
+        let tls_refresher = runtime.spawn(
+            shared
+                .tls
+                .clone()
+                .refresh_periodically(tls_wake.clone(), TLS_REFRESH_INTERVAL),
+        );
         let mut monitor = HealthMonitor {
             shared,
             running: HashMap::new(),
             publisher,
+            tls_refresher,
+            tls_wake,
             runtime,
             seed: RandomState::new(),
             next_generation: 0,
@@ -204,6 +282,11 @@ impl HealthMonitor {
     /// port and check are all unchanged keeps its task, schedule and state; a
     /// target that changed starts over (unknown, so up); removed targets are
     /// cancelled and new ones started.
+    ///
+    /// Also (re)loads the TLS configurations of the https checks on the
+    /// blocking pool: new ones, and those whose CA file changed. Probes
+    /// that need a configuration not loaded yet wait for it (within their
+    /// timeout). No file I/O happens on the calling thread.
     pub fn set_targets(&mut self, targets: Vec<Target>) {
         let mut wanted: HashMap<String, Target> = HashMap::with_capacity(targets.len());
         let mut order = Vec::with_capacity(targets.len());
@@ -215,6 +298,10 @@ impl HealthMonitor {
             order.push(t.key.clone());
             wanted.insert(t.key.clone(), t);
         }
+        self.shared
+            .tls
+            .set_wanted(wanted.values().map(|t| &t.check));
+        self.tls_wake.notify_one();
         let mut changed = false;
         // Removed or changed targets.
         let stale: Vec<String> = self
@@ -250,15 +337,26 @@ impl HealthMonitor {
                 },
             );
             let first = now + phase(&self.seed, &key, target.check.interval, target.check.jitter);
+            let failures = self
+                .shared
+                .failures()
+                .entry(backend_of_key(&key).to_string())
+                .or_insert_with(|| Arc::new(FailureCounts::new()))
+                .clone();
             let handle = self.runtime.spawn(run_target(
                 self.shared.clone(),
                 target.clone(),
                 generation,
                 first,
+                failures,
             ));
             self.running.insert(key, Running { target, handle });
             changed = true;
         }
+        let backends: HashSet<&str> = self.running.keys().map(|k| backend_of_key(k)).collect();
+        self.shared
+            .failures()
+            .retain(|backend, _| backends.contains(backend.as_str()));
         if changed {
             self.shared.changed.notify_one();
         }
@@ -269,6 +367,17 @@ impl HealthMonitor {
         drop(self);
     }
 
+    /// Failed probes so far, by backend name (the backend of target `name`
+    /// or `name/...`) and [`FailureKind::as_str`], for a
+    /// `steer_probe_failures_total{backend,reason}` counter. Every backend
+    /// with a target is listed, with every kind (zeros included). A backend's
+    /// counts survive [`set_targets`](HealthMonitor::set_targets) as long as
+    /// it keeps a target, so they never decrease; they are dropped with its
+    /// last target.
+    pub fn probe_failures(&self) -> BTreeMap<String, BTreeMap<&'static str, u64>> {
+        self.stats().probe_failures()
+    }
+
     /// Latency of every probe completed so far, over all targets (failed
     /// probes included; a timed-out probe counts its timeout). Buckets:
     /// [`LATENCY_BUCKETS`] and `+Inf`.
@@ -276,12 +385,13 @@ impl HealthMonitor {
         self.shared.latency.snapshot()
     }
 
-    /// A reader of [`latency_histogram`](Self::latency_histogram) that
-    /// needs no access to the monitor (for metrics, while the monitor
-    /// itself belongs to the daemon's owner thread).
-    pub fn latency_source(&self) -> impl Fn() -> Histogram + Send + Sync + 'static {
-        let shared = self.shared.clone();
-        move || shared.latency.snapshot()
+    /// A reader of the probe statistics that needs no access to the
+    /// monitor (for metrics, while the monitor itself belongs to the
+    /// daemon's owner thread).
+    pub fn stats(&self) -> HealthStats {
+        HealthStats {
+            shared: self.shared.clone(),
+        }
     }
 
     /// How late every probe so far started relative to its scheduled time.
@@ -315,6 +425,7 @@ impl Drop for HealthMonitor {
             r.handle.abort();
         }
         self.publisher.abort();
+        self.tls_refresher.abort();
     }
 }
 
@@ -344,7 +455,13 @@ async fn publish(shared: Arc<Shared>, tx: watch::Sender<BTreeMap<String, TargetS
     }
 }
 
-async fn run_target(shared: Arc<Shared>, target: Target, generation: u64, first: Instant) {
+async fn run_target(
+    shared: Arc<Shared>,
+    target: Target,
+    generation: u64,
+    first: Instant,
+    failures: Arc<FailureCounts>,
+) {
     let check = &target.check;
     let interval = check.interval.max(Duration::from_millis(1));
     let mut tracker = Tracker::new(check.rise, check.fall);
@@ -353,7 +470,7 @@ async fn run_target(shared: Arc<Shared>, target: Target, generation: u64, first:
         tokio::time::sleep_until(scheduled).await;
         let lag = Instant::now().saturating_duration_since(scheduled);
         shared.lag.observe(lag);
-        let outcome = probe(&target).await;
+        let outcome = probe(&target, &shared.tls).await;
         shared.latency.observe(outcome.latency());
         let before = (tracker.is_up(), tracker.degraded());
         let transition = tracker.record(&outcome);
@@ -372,8 +489,9 @@ async fn run_target(shared: Arc<Shared>, target: Target, generation: u64, first:
             status.last_latency = Some(outcome.latency());
             status.probes = tracker.probes();
             status.failures = tracker.failures();
-            if let ProbeOutcome::Fail { reason, .. } = &outcome {
+            if let ProbeOutcome::Fail { reason, kind, .. } = &outcome {
                 status.last_failure = Some(reason.clone());
+                failures.add(*kind);
             }
             slot.last_lag = lag;
         }

@@ -1,17 +1,109 @@
 //! One probe of one target: TCP connect, or an HTTP(S) `GET` judged by
 //! status, body text and (optionally) a deep-health JSON document.
 
+use std::fmt;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
 
-use super::http::{self, describe_io, shorten, Response, BODY_CAP};
-use super::{tls, Target};
+use super::http::{self, io_failure, shorten, Response, BODY_CAP};
+use super::{tls, Target, TlsConfigs};
 use crate::config::{format_duration, CheckKind, HealthCheck};
+
+/// Why a probe failed, as one of a small fixed set: the `reason` label of
+/// probe failure metrics. The failure's text ([`ProbeOutcome::reason`]) has
+/// the details.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum FailureKind {
+    /// The probe ran past the check's `timeout`.
+    Timeout,
+    /// The connection was refused (nothing listening).
+    Refused,
+    /// The connection was reset or aborted by the peer.
+    Reset,
+    /// No route to the backend, or no local address to reach it from.
+    Unreachable,
+    /// The backend closed the connection before a complete response.
+    Closed,
+    /// The TLS handshake failed (certificate, protocol, `ca_file`, `sni`).
+    Tls,
+    /// The answer is not a valid HTTP/1.x response.
+    Protocol,
+    /// The response status is not in `expected_status`.
+    Status,
+    /// The body does not contain `body_contains`.
+    Body,
+    /// The deep-health document is missing, invalid or not healthy.
+    DeepHealth,
+    /// Anything else.
+    Other,
+}
+
+impl FailureKind {
+    /// Every kind, in a stable order.
+    pub const ALL: [FailureKind; 11] = [
+        FailureKind::Timeout,
+        FailureKind::Refused,
+        FailureKind::Reset,
+        FailureKind::Unreachable,
+        FailureKind::Closed,
+        FailureKind::Tls,
+        FailureKind::Protocol,
+        FailureKind::Status,
+        FailureKind::Body,
+        FailureKind::DeepHealth,
+        FailureKind::Other,
+    ];
+
+    /// The metric label value: `"timeout"`, `"refused"`, `"reset"`,
+    /// `"unreachable"`, `"closed"`, `"tls"`, `"protocol"`, `"status"`,
+    /// `"body"`, `"deep_health"` or `"other"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureKind::Timeout => "timeout",
+            FailureKind::Refused => "refused",
+            FailureKind::Reset => "reset",
+            FailureKind::Unreachable => "unreachable",
+            FailureKind::Closed => "closed",
+            FailureKind::Tls => "tls",
+            FailureKind::Protocol => "protocol",
+            FailureKind::Status => "status",
+            FailureKind::Body => "body",
+            FailureKind::DeepHealth => "deep_health",
+            FailureKind::Other => "other",
+        }
+    }
+
+    /// Position in [`FailureKind::ALL`].
+    pub(crate) fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl fmt::Display for FailureKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A failed probe step: its kind and the reason text.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Failure {
+    pub kind: FailureKind,
+    pub reason: String,
+}
+
+impl Failure {
+    pub(crate) fn new(kind: FailureKind, reason: impl Into<String>) -> Failure {
+        Failure {
+            kind,
+            reason: reason.into(),
+        }
+    }
+}
 
 /// The result of one probe.
 #[derive(Clone, Debug, PartialEq)]
@@ -20,8 +112,13 @@ pub enum ProbeOutcome {
     /// `"degraded"` (healthy enough to keep, but worth surfacing).
     Pass { latency: Duration, degraded: bool },
     /// The target is not healthy, for `reason` (`"connection refused"`,
-    /// `"timeout after 500ms"`, `"status 503 (expected 200)"`, ...).
-    Fail { latency: Duration, reason: String },
+    /// `"timeout after 500ms"`, `"status 503 (expected 200)"`, ...), of
+    /// kind `kind`.
+    Fail {
+        latency: Duration,
+        kind: FailureKind,
+        reason: String,
+    },
 }
 
 impl ProbeOutcome {
@@ -44,88 +141,101 @@ impl ProbeOutcome {
             ProbeOutcome::Fail { reason, .. } => Some(reason),
         }
     }
+
+    /// The kind of failure; `None` for a pass.
+    pub fn failure_kind(&self) -> Option<FailureKind> {
+        match self {
+            ProbeOutcome::Pass { .. } => None,
+            ProbeOutcome::Fail { kind, .. } => Some(*kind),
+        }
+    }
 }
 
 /// Probes `target` once. The whole probe — connect, TLS handshake, request
 /// and response — is bounded by `check.timeout`; past it the probe fails with
 /// `"timeout after <timeout>"`.
-pub async fn probe(target: &Target) -> ProbeOutcome {
+///
+/// An https probe takes its TLS client configuration from `tls`, where it
+/// must have been registered ([`TlsConfigs::set_wanted`]); it waits (within
+/// the timeout) for a pending [`TlsConfigs::refresh`] to load it. A probe
+/// itself does no file I/O.
+pub async fn probe(target: &Target, tls: &TlsConfigs) -> ProbeOutcome {
     let start = Instant::now();
     let timeout = target.check.timeout;
-    let result = tokio::time::timeout(timeout, run(target)).await;
+    let result = tokio::time::timeout(timeout, run(target, tls)).await;
     let latency = start.elapsed();
     match result {
         Ok(Ok(degraded)) => ProbeOutcome::Pass { latency, degraded },
-        Ok(Err(reason)) => ProbeOutcome::Fail { latency, reason },
+        Ok(Err(Failure { kind, reason })) => ProbeOutcome::Fail {
+            latency,
+            kind,
+            reason,
+        },
         Err(_) => ProbeOutcome::Fail {
             latency,
+            kind: FailureKind::Timeout,
             reason: format!("timeout after {}", format_duration(timeout)),
         },
     }
 }
 
-/// `Ok(degraded)` or `Err(reason)`.
-async fn run(target: &Target) -> Result<bool, String> {
+/// `Ok(degraded)` or the failure.
+async fn run(target: &Target, tls_configs: &TlsConfigs) -> Result<bool, Failure> {
     let check = &target.check;
-    // TLS settings first: a broken ca_file is reported without touching the
-    // network.
+    // TLS settings first: a broken ca_file or sni is reported without
+    // touching the network.
     let tls = match check.kind {
-        CheckKind::Https => Some((
-            tls::client_config(check)?,
-            tls::server_name(check, target.address)?,
-        )),
+        CheckKind::Https => {
+            let tls_err = |reason| Failure::new(FailureKind::Tls, reason);
+            let config = tls_configs.config(check).await.map_err(tls_err)?;
+            let name = tls::server_name(check, target.address).map_err(tls_err)?;
+            Some((config, name))
+        }
         CheckKind::Tcp | CheckKind::Http => None,
     };
+    let request = match check.kind {
+        CheckKind::Http | CheckKind::Https => {
+            Some(http::request(check, target.address, target.port)?)
+        }
+        CheckKind::Tcp => None,
+    };
     let addr = SocketAddr::new(target.address, target.port);
-    let tcp = TcpStream::connect(addr)
-        .await
-        .map_err(|e| describe_io(&e))?;
+    let tcp = TcpStream::connect(addr).await.map_err(|e| io_failure(&e))?;
     // Close with a reset rather than FIN, so that thousands of probes a
     // second leave no TIME_WAIT sockets behind (on either side).
     let _ = tcp.set_zero_linger();
-    match tls {
-        None if check.kind == CheckKind::Tcp => Ok(false),
-        None => http_check(tcp, target).await,
+    let Some(request) = request else {
+        return Ok(false); // tcp: connected
+    };
+    let response = match tls {
+        None => http::exchange(tcp, request, BODY_CAP).await?,
         Some((config, name)) => {
             let _ = tcp.set_nodelay(true);
             let stream = TlsConnector::from(config)
                 .connect(name, tcp)
                 .await
-                .map_err(|e| tls::describe_handshake_error(&e))?;
-            http_check(stream, target).await
+                .map_err(|e| Failure::new(FailureKind::Tls, tls::describe_handshake_error(&e)))?;
+            http::exchange(stream, request, BODY_CAP).await?
         }
-    }
-}
-
-async fn http_check<S: AsyncRead + AsyncWrite + Unpin>(
-    mut stream: S,
-    target: &Target,
-) -> Result<bool, String> {
-    let request = http::request(&target.check, target.address, target.port);
-    stream
-        .write_all(request.as_bytes())
-        .await
-        .map_err(|e| format!("write: {}", describe_io(&e)))?;
-    stream
-        .flush()
-        .await
-        .map_err(|e| format!("write: {}", describe_io(&e)))?;
-    let response = http::read_response(&mut stream, BODY_CAP).await?;
-    evaluate(&target.check, &response)
+    };
+    evaluate(check, &response)
 }
 
 /// Judges a response: status, then `body_contains`, then deep health.
-pub(crate) fn evaluate(check: &HealthCheck, response: &Response) -> Result<bool, String> {
+pub(crate) fn evaluate(check: &HealthCheck, response: &Response) -> Result<bool, Failure> {
     if !check.expected_status.contains(&response.status) {
         let expected: Vec<String> = check
             .expected_status
             .iter()
             .map(|s| s.to_string())
             .collect();
-        return Err(format!(
-            "status {} (expected {})",
-            response.status,
-            expected.join(", ")
+        return Err(Failure::new(
+            FailureKind::Status,
+            format!(
+                "status {} (expected {})",
+                response.status,
+                expected.join(", ")
+            ),
         ));
     }
     if let Some(needle) = &check.body_contains {
@@ -138,11 +248,11 @@ pub(crate) fn evaluate(check: &HealthCheck, response: &Response) -> Result<bool,
             if response.truncated {
                 reason.push_str(" (in its first 64 KiB)");
             }
-            return Err(reason);
+            return Err(Failure::new(FailureKind::Body, reason));
         }
     }
     if check.deep_health {
-        return deep_health(response);
+        return deep_health(response).map_err(|r| Failure::new(FailureKind::DeepHealth, r));
     }
     Ok(false)
 }
@@ -188,19 +298,24 @@ mod tests {
         }
     }
 
+    /// `evaluate` with the failure as `"[kind] reason"`.
+    fn eval(c: &HealthCheck, r: &Response) -> Result<bool, String> {
+        evaluate(c, r).map_err(|f| format!("[{}] {}", f.kind, f.reason))
+    }
+
     #[test]
     fn status_codes() {
         let mut c = check();
-        assert_eq!(evaluate(&c, &resp(200, "")), Ok(false));
+        assert_eq!(eval(&c, &resp(200, "")), Ok(false));
         assert_eq!(
-            evaluate(&c, &resp(503, "")),
-            Err("status 503 (expected 200)".into())
+            eval(&c, &resp(503, "")),
+            Err("[status] status 503 (expected 200)".into())
         );
         c.expected_status = vec![200, 204];
-        assert_eq!(evaluate(&c, &resp(204, "")), Ok(false));
+        assert_eq!(eval(&c, &resp(204, "")), Ok(false));
         assert_eq!(
-            evaluate(&c, &resp(301, "")),
-            Err("status 301 (expected 200, 204)".into())
+            eval(&c, &resp(301, "")),
+            Err("[status] status 301 (expected 200, 204)".into())
         );
     }
 
@@ -208,21 +323,21 @@ mod tests {
     fn body_contains() {
         let mut c = check();
         c.body_contains = Some("ok".into());
-        assert_eq!(evaluate(&c, &resp(200, "all ok here")), Ok(false));
+        assert_eq!(eval(&c, &resp(200, "all ok here")), Ok(false));
         assert_eq!(
-            evaluate(&c, &resp(200, "nope")),
-            Err("body does not contain \"ok\"".into())
+            eval(&c, &resp(200, "nope")),
+            Err("[body] body does not contain \"ok\"".into())
         );
         assert_eq!(
-            evaluate(&c, &resp(503, "ok")),
-            Err("status 503 (expected 200)".into()),
+            eval(&c, &resp(503, "ok")),
+            Err("[status] status 503 (expected 200)".into()),
             "status is judged first"
         );
         let mut r = resp(200, "nope");
         r.truncated = true;
         assert_eq!(
-            evaluate(&c, &r),
-            Err("body does not contain \"ok\" (in its first 64 KiB)".into())
+            eval(&c, &r),
+            Err("[body] body does not contain \"ok\" (in its first 64 KiB)".into())
         );
     }
 
@@ -235,36 +350,36 @@ mod tests {
             (r#"{"status":"degraded","checks":{"db":"slow"}}"#, Ok(true)),
             (
                 r#"{"status":"unhealthy"}"#,
-                Err("deep health: status \"unhealthy\""),
+                Err("[deep_health] deep health: status \"unhealthy\""),
             ),
             (
                 r#"{"status":"HEALTHY"}"#,
-                Err("deep health: status \"HEALTHY\""),
+                Err("[deep_health] deep health: status \"HEALTHY\""),
             ),
             (
                 r#"{"status":1}"#,
-                Err("deep health: \"status\" is not a string (\"1\")"),
+                Err("[deep_health] deep health: \"status\" is not a string (\"1\")"),
             ),
             (
                 r#"{"state":"healthy"}"#,
-                Err("deep health: no top-level \"status\" field"),
+                Err("[deep_health] deep health: no top-level \"status\" field"),
             ),
             (
                 r#"["healthy"]"#,
-                Err("deep health: no top-level \"status\" field"),
+                Err("[deep_health] deep health: no top-level \"status\" field"),
             ),
             (
                 "ok",
-                Err("deep health: invalid JSON (expected value at line 1 column 1)"),
+                Err("[deep_health] deep health: invalid JSON (expected value at line 1 column 1)"),
             ),
             (
                 "",
-                Err("deep health: invalid JSON (EOF while parsing a value at line 1 column 0)"),
+                Err("[deep_health] deep health: invalid JSON (EOF while parsing a value at line 1 column 0)"),
             ),
         ];
         for (body, want) in cases {
             assert_eq!(
-                evaluate(&c, &resp(200, body)),
+                eval(&c, &resp(200, body)),
                 want.map_err(String::from),
                 "{body}"
             );
@@ -272,8 +387,8 @@ mod tests {
         let mut r = resp(200, r#"{"status":"healthy"}"#);
         r.truncated = true;
         assert_eq!(
-            evaluate(&c, &r),
-            Err("deep health: body larger than 64 KiB".into())
+            eval(&c, &r),
+            Err("[deep_health] deep health: body larger than 64 KiB".into())
         );
     }
 
@@ -285,11 +400,31 @@ mod tests {
         };
         let f = ProbeOutcome::Fail {
             latency: Duration::from_millis(5),
+            kind: FailureKind::Refused,
             reason: "connection refused".into(),
         };
         assert!(p.is_pass() && !f.is_pass());
         assert_eq!(p.latency(), Duration::from_millis(3));
         assert_eq!(f.latency(), Duration::from_millis(5));
         assert_eq!((p.reason(), f.reason()), (None, Some("connection refused")));
+        assert_eq!(
+            (p.failure_kind(), f.failure_kind()),
+            (None, Some(FailureKind::Refused))
+        );
+    }
+
+    #[test]
+    fn failure_kinds_are_distinct_and_indexed() {
+        let names: std::collections::BTreeSet<&str> =
+            FailureKind::ALL.iter().map(|k| k.as_str()).collect();
+        assert_eq!(names.len(), FailureKind::ALL.len());
+        for (i, k) in FailureKind::ALL.iter().enumerate() {
+            assert_eq!(k.index(), i, "{k}");
+            // Prometheus label values: lower-case words.
+            assert!(k
+                .as_str()
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b == b'_'));
+        }
     }
 }

@@ -154,6 +154,7 @@ mod tests {
     fn fail(reason: &str) -> ProbeOutcome {
         ProbeOutcome::Fail {
             latency: Duration::from_millis(1),
+            kind: crate::health::FailureKind::Other,
             reason: reason.to_string(),
         }
     }
