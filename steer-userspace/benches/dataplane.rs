@@ -27,8 +27,8 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use steer::config::Config;
-use steer::dataplane::{BenchProgram, Dataplane, Verdict};
-use steer_common::{path, BENCH_VARY_NONE, BENCH_VARY_V4_SRC};
+use steer::dataplane::{BenchProgram, Dataplane, Limits, Verdict};
+use steer_common::{Branch, BENCH_VARY_NONE, BENCH_VARY_V4_SRC};
 
 /// Method A: iterations per BPF_PROG_TEST_RUN call, and calls per branch.
 const REPEAT: u32 = 50_000;
@@ -170,23 +170,23 @@ fn median(mut v: Vec<Duration>) -> f64 {
 /// grew at all.
 fn check_branches(
     dp: &Dataplane,
-    before: &[u64; path::COUNT as usize],
-    branch: Option<u32>,
+    before: &[u64; Branch::COUNT],
+    branch: Option<Branch>,
     n: u64,
     what: &str,
 ) {
     let after = dp.path_counts().expect("counters");
-    for b in 0..path::COUNT as usize {
+    for b in 0..Branch::COUNT {
         let delta = after[b] - before[b];
         let expect = match branch {
-            Some(x) if x as usize == b => n,
+            Some(x) if x.index() as usize == b => n,
             _ => 0,
         };
         assert_eq!(
             delta,
             expect,
             "{what}: branch counter {} grew by {delta}, expected {expect}",
-            path::NAMES[b]
+            Branch::ALL[b].name()
         );
     }
 }
@@ -198,7 +198,7 @@ fn timed(
     frames: &[Vec<u8>],
     floor: bool,
     want: Verdict,
-    branch: Option<u32>,
+    branch: Option<Branch>,
 ) -> f64 {
     let before = dp.path_counts().expect("counters");
     let mut d = Vec::with_capacity(frames.len());
@@ -236,16 +236,16 @@ fn method_b(dp: &mut Dataplane, cfg: &Config) {
             &pass_frames,
             false,
             Verdict::Pass,
-            Some(path::PASS),
+            Some(Branch::Pass),
         ));
         let fresh = new_v4_flows(trial, [203, 0, 113, 10]);
-        results[2].push(timed(dp, &fresh, false, Verdict::Tx, Some(path::NEW_FLOW)));
+        results[2].push(timed(dp, &fresh, false, Verdict::Tx, Some(Branch::NewFlow)));
         results[3].push(timed(
             dp,
             &est_frames,
             false,
             Verdict::Tx,
-            Some(path::CT_HIT),
+            Some(Branch::CtHit),
         ));
         let v6: Vec<Vec<u8>> = (0..CALLS)
             .map(|i| {
@@ -255,7 +255,7 @@ fn method_b(dp: &mut Dataplane, cfg: &Config) {
                 )
             })
             .collect();
-        results[4].push(timed(dp, &v6, false, Verdict::Tx, Some(path::NEW_FLOW)));
+        results[4].push(timed(dp, &v6, false, Verdict::Tx, Some(Branch::NewFlow)));
 
         // Pin CALLS flows to dn-a (dn-b drained), then take dn-a down and
         // bring dn-b in: every timed packet finds a stale entry.
@@ -274,7 +274,7 @@ fn method_b(dp: &mut Dataplane, cfg: &Config) {
             &pinned_acks,
             false,
             Verdict::Tx,
-            Some(path::RESELECT),
+            Some(Branch::Reselect),
         ));
         dp.apply(&cfg, &BTreeSet::new()).expect("apply");
     }
@@ -304,7 +304,7 @@ fn batch(
     frame: &[u8],
     vary: u32,
     want: Verdict,
-    branch: Option<u32>,
+    branch: Option<Branch>,
 ) -> f64 {
     let before = dp.path_counts().expect("counters");
     let out = dp.bench_run(prog, frame, REPEAT, vary).expect("test run");
@@ -352,7 +352,7 @@ fn method_a(dp: &mut Dataplane, cfg: &mut Config) -> bool {
             &pass_pkt,
             BENCH_VARY_NONE,
             Verdict::Pass,
-            Some(path::PASS),
+            Some(Branch::Pass),
         ));
         // The original SYN, restored before every iteration. A SYN always
         // opens a new connection (port reuse included): every iteration
@@ -365,7 +365,7 @@ fn method_a(dp: &mut Dataplane, cfg: &mut Config) -> bool {
             &syn,
             BENCH_VARY_NONE,
             Verdict::Tx,
-            Some(path::NEW_FLOW),
+            Some(Branch::NewFlow),
         ));
         r[EST].push(batch(
             dp,
@@ -373,7 +373,7 @@ fn method_a(dp: &mut Dataplane, cfg: &mut Config) -> bool {
             &est_pkt,
             BENCH_VARY_NONE,
             Verdict::Tx,
-            Some(path::CT_HIT),
+            Some(Branch::CtHit),
         ));
         let v6 = v6_syn((trial as u32 + 1) << 20, 1024);
         r[NEW6].push(batch(
@@ -382,7 +382,7 @@ fn method_a(dp: &mut Dataplane, cfg: &mut Config) -> bool {
             &v6,
             BENCH_VARY_NONE,
             Verdict::Tx,
-            Some(path::NEW_FLOW),
+            Some(Branch::NewFlow),
         ));
         // Source 100.<100 + trial>.0.0 upwards, one more per iteration: a
         // conntrack entry the table has never held, every iteration.
@@ -393,7 +393,7 @@ fn method_a(dp: &mut Dataplane, cfg: &mut Config) -> bool {
             &fresh,
             BENCH_VARY_V4_SRC,
             Verdict::Tx,
-            Some(path::NEW_FLOW),
+            Some(Branch::NewFlow),
         ));
         // Pin REPEAT flows to dn-a (dn-b drained), take dn-a down, replay
         // the same flows: each iteration finds a stale conntrack entry.
@@ -406,7 +406,7 @@ fn method_a(dp: &mut Dataplane, cfg: &mut Config) -> bool {
             &pinned,
             BENCH_VARY_V4_SRC,
             Verdict::Tx,
-            Some(path::NEW_FLOW),
+            Some(Branch::NewFlow),
         );
         set_weights(cfg, 100, 100);
         let down: BTreeSet<String> = ["dn-a".to_string()].into();
@@ -419,7 +419,7 @@ fn method_a(dp: &mut Dataplane, cfg: &mut Config) -> bool {
             &pinned_ack,
             BENCH_VARY_V4_SRC,
             Verdict::Tx,
-            Some(path::RESELECT),
+            Some(Branch::Reselect),
         ));
         dp.apply(cfg, &BTreeSet::new()).expect("apply");
         r[RESTORE].push(batch(
@@ -486,7 +486,8 @@ fn main() {
         std::process::exit(1);
     }
     let mut cfg = Config::parse(CFG).expect("bench config");
-    let mut dp = Dataplane::load(&cfg.dataplane).expect("load");
+    let mut dp = Dataplane::load_bench(Limits::from_config(&cfg.dataplane))
+        .expect("load the benchmark object");
     dp.apply(&cfg, &BTreeSet::new()).expect("apply");
     println!("steer data-plane benchmark (ns/packet as measured by the kernel)\n");
     let ok = method_a(&mut dp, &mut cfg);

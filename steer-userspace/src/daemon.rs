@@ -217,14 +217,13 @@ fn serve_jobs(dp: &mut Dataplane, rx: mpsc::Receiver<Job>, persist: &Persist) {
                     snap.services.insert(svc.name.clone(), (total, per_backend));
                 }
                 if let Ok(d) = dp.drop_counts() {
-                    snap.drops = steer_common::drop::NAMES
+                    snap.drops = steer_common::DropReason::ALL
                         .iter()
-                        .zip(d)
-                        .map(|(n, v)| (*n, v))
+                        .map(|r| (r.name(), d[*r as usize]))
                         .collect();
                 }
                 if let Ok(p) = dp.path_counts() {
-                    snap.ct_insert_failures = p[steer_common::path::CT_INSERT_FAILED as usize];
+                    snap.ct_insert_failures = p[steer_common::Branch::CtInsertFailed as usize];
                 }
                 let _ = reply.send(snap);
             }

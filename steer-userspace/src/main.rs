@@ -10,7 +10,7 @@ use steer::api::{self, Request, Response};
 use steer::config::Config;
 use steer::dataplane::{Dataplane, Verdict};
 use steer::pcap;
-use steer_common::{drop, path};
+use steer_common::{Branch, DropReason};
 
 #[derive(Parser)]
 #[command(name = "steer", version, about = "XDP traffic steerer")]
@@ -363,28 +363,26 @@ fn replay(
         println!("  SKIPPED  {too_short} (shorter than an Ethernet header; XDP never sees these)");
     }
     let drops = dp.drop_counts()?;
-    for (i, n) in drops.iter().enumerate() {
-        if *n > 0 {
-            println!("  drop {:<16} {n}", drop::NAMES[i]);
+    for r in DropReason::ALL {
+        let n = drops[r as usize];
+        if n > 0 {
+            println!("  drop {:<16} {n}", r.name());
         }
     }
     let paths = dp.path_counts()?;
     let flows: Vec<String> = [
-        path::NEW_FLOW,
-        path::CT_HIT,
-        path::RESELECT,
-        path::ICMP_ERROR,
+        Branch::NewFlow,
+        Branch::CtHit,
+        Branch::Reselect,
+        Branch::IcmpError,
     ]
     .iter()
-    .map(|&p| format!("{} {}", path::NAMES[p as usize], paths[p as usize]))
+    .map(|&p| format!("{} {}", p.name(), paths[p as usize]))
     .collect();
     println!("  paths: {}", flows.join(", "));
-    let ct_insert_failed = paths[path::CT_INSERT_FAILED as usize];
+    let ct_insert_failed = paths[Branch::CtInsertFailed as usize];
     if ct_insert_failed > 0 {
-        println!(
-            "  {} {ct_insert_failed}",
-            path::NAMES[path::CT_INSERT_FAILED as usize]
-        );
+        println!("  {} {ct_insert_failed}", Branch::CtInsertFailed.name());
     }
     for svc in &cfg.services {
         let c = dp.service_counters(&svc.name)?;
