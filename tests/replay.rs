@@ -465,18 +465,50 @@ fn ipv6_more_than_four_extension_headers_dropped() {
 }
 
 #[test]
-fn ethernet_trailer_is_kept_and_not_counted_as_ip() {
+fn ethernet_trailer_is_trimmed_before_encapsulation() {
     if !steer_tests::require_root() {
         return;
     }
     let mut rig = Rig::new(BASIC);
     // A short UDP packet padded to the 60-byte Ethernet minimum: the outer
-    // length counts the IP packet only; the padding rides along unchanged.
+    // length counts the IP packet only, and the padding is not sent on.
     let p = udp4(CLIENT, 5353, VIP_WEB, 53)
         .payload_len(2)
         .trailer(vec![0; 16]);
     assert_eq!(p.build().len(), 60);
-    rig.expect_tx("padded frame", &p, &ipip(&p, EU1));
+    let got = rig.expect_tx("padded frame", &p, &ipip(&p, EU1));
+    assert_eq!(
+        got.len(),
+        14 + 20 + 30,
+        "Ethernet + outer IPv4 + inner IPv4/UDP"
+    );
+
+    // The MTU bounds the whole frame, not only the IP length: a 1,480-byte
+    // IPv4 packet with a 20-byte trailer leaves as 14 + 1,500 bytes (with
+    // the trailer it would be a 1,520-byte IP payload on a 1,500 MTU link).
+    // Also behind VLAN tags, and in IPv6 (6in6, 4in6).
+    let full = tcp4(CLIENT, 40000, VIP_WEB, 80)
+        .payload_len(1480 - 40)
+        .trailer(pattern(20));
+    assert_eq!((full.ip_len(), full.build().len()), (1480, 1514));
+    let got = rig.expect_tx("1480-byte IPv4 + 20-byte trailer", &full, &ipip(&full, EU1));
+    assert_eq!(got.len(), 14 + 1500);
+    let tagged = tcp4(CLIENT, 40001, VIP_WEB, 80)
+        .payload_len(1480 - 40)
+        .vlan(Vlan::dot1q(7))
+        .trailer(pattern(3));
+    let got = rig.expect_tx("tagged, 3-byte trailer", &tagged, &ipip(&tagged, EU1));
+    assert_eq!(got.len(), 18 + 1500);
+    let full6 = tcp6(CLIENT6, 40000, VIP6, 443)
+        .payload_len(1460 - 60)
+        .trailer(pattern(40));
+    let got = rig.expect_tx("6in6 + 40-byte trailer", &full6, &ip6(&full6, V6_1));
+    assert_eq!(got.len(), 14 + 1500);
+    let full46 = tcp4(CLIENT, 40000, VIP_MIXED, 443)
+        .payload_len(1460 - 40)
+        .trailer(pattern(1));
+    let got = rig.expect_tx("4in6 + 1-byte trailer", &full46, &ip6(&full46, V6_1));
+    assert_eq!(got.len(), 14 + 1500);
 }
 
 // ---------------------------------------------------------------------------

@@ -1,7 +1,10 @@
 //! Encapsulation toward the selected backend: IPIP, IPv6-in-IPv6 and
 //! IPv4-in-IPv6, with the Ethernet header (and VLAN tags) rebuilt in front.
 
-use aya_ebpf::{helpers::generated::bpf_xdp_adjust_head, programs::XdpContext};
+use aya_ebpf::{
+    helpers::generated::{bpf_xdp_adjust_head, bpf_xdp_adjust_tail},
+    programs::XdpContext,
+};
 use steer_common::{
     csum::ipv4_header_checksum, DropReason, Real, Settings, FAMILY_V4, FAMILY_V6, OUTER_V4_LEN,
     OUTER_V6_LEN, PROTO_IPIP, PROTO_IPV6,
@@ -39,6 +42,26 @@ pub fn encap(
         return Err(DropReason::TruncatedL3);
     };
     let next = if inner_v4 { PROTO_IPIP } else { PROTO_IPV6 };
+
+    // Bytes after the IP packet (Ethernet padding, a trailer) are not sent
+    // on: the MTU check above counts the IP packet only, so with them the
+    // frame could exceed the MTU.
+    let l2 = match ip.nvlan {
+        0 => ETH_LEN,
+        1 => ETH_LEN + 4,
+        _ => ETH_LEN + 8,
+    };
+    let keep = l2 + ip.ip_len as usize;
+    let frame = ctx.data_end() - ctx.data();
+    if frame > keep {
+        // SAFETY: plain helper call on our own context; the kernel checks
+        // the new length (here at least an Ethernet and an IP header).
+        if unsafe { bpf_xdp_adjust_tail(ctx.ctx, -((frame - keep) as i32)) } != 0 {
+            // Unreachable: parsing checked that the IP packet fits in the
+            // frame, so the shrink leaves at least l2 + 20 bytes.
+            return Err(DropReason::TruncatedL3);
+        }
+    }
 
     // SAFETY: plain helper call on our own context; the kernel checks the
     // headroom and returns an error instead of moving past it.

@@ -306,13 +306,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn short_names_round_trip_and_name_distinct_programs() {
-        for v in XdpVerdict::ALL {
-            assert_eq!(XdpVerdict::from_short(v.short()), Some(v));
-        }
+    fn command_line_names_parse() {
+        assert_eq!(XdpVerdict::from_short("pass"), Some(XdpVerdict::Pass));
+        assert_eq!(XdpVerdict::from_short("tx"), Some(XdpVerdict::Tx));
+        assert_eq!(XdpVerdict::from_short("drop"), Some(XdpVerdict::Drop));
         assert_eq!(XdpVerdict::from_short("PASS"), None);
-        let mut names: Vec<_> = XdpVerdict::ALL.iter().map(|v| v.program()).collect();
-        names.dedup();
-        assert_eq!(names.len(), 3);
+        assert_eq!(XdpVerdict::from_short("none"), None);
     }
 }
