@@ -761,7 +761,9 @@ pub fn expect_ipip(
     );
     let frame = input.build();
     let l2 = input.l2_len();
-    let inner = &frame[l2..];
+    // The IP packet only: bytes after it (Ethernet padding, a trailer) are
+    // not sent on (docs/architecture.md, step 8).
+    let inner = &frame[l2..l2 + input.ip_len()];
     let inner_len = input.ip_len();
     let mut bytes = input.l2_bytes(enc.next_hop_mac, input.dst_mac, ETH_IPV4);
     let mut h = Ipv4Header::new(
@@ -800,7 +802,9 @@ pub fn expect_ip6_encap(
 ) -> Expected {
     let frame = input.build();
     let l2 = input.l2_len();
-    let inner = &frame[l2..];
+    // The IP packet only: bytes after it (Ethernet padding, a trailer) are
+    // not sent on (docs/architecture.md, step 8).
+    let inner = &frame[l2..l2 + input.ip_len()];
     let inner_len = input.ip_len();
     let mut bytes = input.l2_bytes(enc.next_hop_mac, input.dst_mac, ETH_IPV6);
     let next = if input.is_v6() {

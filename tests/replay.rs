@@ -15,7 +15,7 @@ use steer::config::Config;
 use steer::dataplane::{Dataplane, RunOutput, Verdict};
 use steer::policy::ApplyConfig as _;
 use steer_common::hash::flow_hash;
-use steer_common::{drop, path, Counters};
+use steer_common::{Branch, Counters, DropReason};
 use steer_tests::*;
 
 const BASIC: &str = include_str!("fixtures/basic.toml");
@@ -95,8 +95,8 @@ fn client6_n(i: u16) -> Ipv6Addr {
     Ipv6Addr::new(0x2001, 0xdb8, 0xc, 0, 0, 0, 0, 0x100 + i)
 }
 
-type Drops = [u64; drop::COUNT as usize];
-type Paths = [u64; path::COUNT as usize];
+type Drops = [u64; DropReason::COUNT];
+type Paths = [u64; Branch::COUNT];
 
 fn parse(text: &str) -> Config {
     match Config::parse(text) {
@@ -223,7 +223,7 @@ impl Rig {
     /// Expects `XDP_DROP` with exactly one of `reasons` counted once (and no
     /// other reason); returns the reason that was counted.
     #[track_caller]
-    fn expect_drop_any(&mut self, what: &str, frame: &[u8], reasons: &[u32]) -> u32 {
+    fn expect_drop_any(&mut self, what: &str, frame: &[u8], reasons: &[DropReason]) -> DropReason {
         let before = self.drops();
         let out = self.run(frame);
         let after = self.drops();
@@ -231,7 +231,7 @@ impl Rig {
             .filter(|&i| after[i] != before[i])
             .map(|i| (i, after[i] - before[i]))
             .collect();
-        let names: Vec<&str> = reasons.iter().map(|&r| drop::NAMES[r as usize]).collect();
+        let names: Vec<&str> = reasons.iter().map(|r| r.name()).collect();
         assert!(
             matches!(out.verdict, Verdict::Drop),
             "{what}: expected Drop ({names:?}), got {:?}; drop counters moved: {}",
@@ -239,7 +239,7 @@ impl Rig {
             drop_delta_text(&before, &after)
         );
         match delta.as_slice() {
-            [(i, 1)] if reasons.contains(&(*i as u32)) => *i as u32,
+            [(i, 1)] if reasons.iter().any(|r| *r as usize == *i) => DropReason::ALL[*i],
             _ => panic!(
                 "{what}: dropped, but expected one of {names:?} to count 1 and nothing else; moved: {}",
                 drop_delta_text(&before, &after)
@@ -248,7 +248,7 @@ impl Rig {
     }
 
     #[track_caller]
-    fn expect_drop(&mut self, what: &str, frame: &[u8], reason: u32) {
+    fn expect_drop(&mut self, what: &str, frame: &[u8], reason: DropReason) {
         self.expect_drop_any(what, frame, &[reason]);
     }
 }
@@ -256,7 +256,13 @@ impl Rig {
 fn drop_delta_text(before: &Drops, after: &Drops) -> String {
     let moved: Vec<String> = (0..before.len())
         .filter(|&i| after[i] != before[i])
-        .map(|i| format!("{} +{}", drop::NAMES[i], after[i].wrapping_sub(before[i])))
+        .map(|i| {
+            format!(
+                "{} +{}",
+                DropReason::ALL[i].name(),
+                after[i].wrapping_sub(before[i])
+            )
+        })
         .collect();
     if moved.is_empty() {
         "none".into()
@@ -454,24 +460,56 @@ fn ipv6_more_than_four_extension_headers_dropped() {
     rig.expect_drop(
         "five extension headers to a VIP",
         &five(VIP6).build(),
-        drop::IPV6_EXT,
+        DropReason::Ipv6Ext,
     );
     rig.expect_pass("five extension headers, not a VIP", &five(OTHER6).build());
 }
 
 #[test]
-fn ethernet_trailer_is_kept_and_not_counted_as_ip() {
+fn ethernet_trailer_is_trimmed_before_encapsulation() {
     if !steer_tests::require_root() {
         return;
     }
     let mut rig = Rig::new(BASIC);
     // A short UDP packet padded to the 60-byte Ethernet minimum: the outer
-    // length counts the IP packet only; the padding rides along unchanged.
+    // length counts the IP packet only, and the padding is not sent on.
     let p = udp4(CLIENT, 5353, VIP_WEB, 53)
         .payload_len(2)
         .trailer(vec![0; 16]);
     assert_eq!(p.build().len(), 60);
-    rig.expect_tx("padded frame", &p, &ipip(&p, EU1));
+    let got = rig.expect_tx("padded frame", &p, &ipip(&p, EU1));
+    assert_eq!(
+        got.len(),
+        14 + 20 + 30,
+        "Ethernet + outer IPv4 + inner IPv4/UDP"
+    );
+
+    // The MTU bounds the whole frame, not only the IP length: a 1,480-byte
+    // IPv4 packet with a 20-byte trailer leaves as 14 + 1,500 bytes (with
+    // the trailer it would be a 1,520-byte IP payload on a 1,500 MTU link).
+    // Also behind VLAN tags, and in IPv6 (6in6, 4in6).
+    let full = tcp4(CLIENT, 40000, VIP_WEB, 80)
+        .payload_len(1480 - 40)
+        .trailer(pattern(20));
+    assert_eq!((full.ip_len(), full.build().len()), (1480, 1514));
+    let got = rig.expect_tx("1480-byte IPv4 + 20-byte trailer", &full, &ipip(&full, EU1));
+    assert_eq!(got.len(), 14 + 1500);
+    let tagged = tcp4(CLIENT, 40001, VIP_WEB, 80)
+        .payload_len(1480 - 40)
+        .vlan(Vlan::dot1q(7))
+        .trailer(pattern(3));
+    let got = rig.expect_tx("tagged, 3-byte trailer", &tagged, &ipip(&tagged, EU1));
+    assert_eq!(got.len(), 18 + 1500);
+    let full6 = tcp6(CLIENT6, 40000, VIP6, 443)
+        .payload_len(1460 - 60)
+        .trailer(pattern(40));
+    let got = rig.expect_tx("6in6 + 40-byte trailer", &full6, &ip6(&full6, V6_1));
+    assert_eq!(got.len(), 14 + 1500);
+    let full46 = tcp4(CLIENT, 40000, VIP_MIXED, 443)
+        .payload_len(1460 - 40)
+        .trailer(pattern(1));
+    let got = rig.expect_tx("4in6 + 1-byte trailer", &full46, &ip6(&full46, V6_1));
+    assert_eq!(got.len(), 14 + 1500);
 }
 
 // ---------------------------------------------------------------------------
@@ -530,17 +568,12 @@ fn non_vip_traffic_passes_unchanged() {
     }
     let paths1 = rig.paths();
     assert_eq!(
-        paths1[path::PASS as usize] - paths0[path::PASS as usize],
+        paths1[Branch::Pass as usize] - paths0[Branch::Pass as usize],
         cases.len() as u64,
         "path counter `pass`"
     );
-    for i in [path::NEW_FLOW, path::CT_HIT, path::DROP] {
-        assert_eq!(
-            paths1[i as usize],
-            paths0[i as usize],
-            "path {}",
-            path::NAMES[i as usize]
-        );
+    for i in [Branch::NewFlow, Branch::CtHit, Branch::Drop] {
+        assert_eq!(paths1[i as usize], paths0[i as usize], "path {}", i.name());
     }
     for s in ["web", "dns", "web6", "dns6", "anyport"] {
         assert_eq!(rig.service(s), Counters::default(), "counters of {s}");
@@ -679,7 +712,7 @@ fn truncated_ipv4_header_after_destination_dropped_for_vip() {
             if dst == VIP_WEB {
                 // The total length (what is left) is below IHL*4: the header
                 // contradicts itself.
-                rig.expect_drop(&what, &f, drop::MALFORMED_L3);
+                rig.expect_drop(&what, &f, DropReason::MalformedL3);
             } else {
                 rig.expect_pass(&what, &f);
             }
@@ -710,9 +743,9 @@ fn ipv4_ihl_beyond_frame_dropped_for_vip() {
                     // (malformed); a consistent header that the frame does
                     // not hold is truncated (see steer_common::drop).
                     let want = if usize::from(total) < usize::from(ihl) * 4 {
-                        drop::MALFORMED_L3
+                        DropReason::MalformedL3
                     } else {
-                        drop::TRUNCATED_L3
+                        DropReason::TruncatedL3
                     };
                     rig.expect_drop(&what, &f, want);
                 } else {
@@ -735,7 +768,7 @@ fn ipv4_total_length_beyond_frame_dropped_for_vip() {
         set_ipv4_total_len(&mut f, 14, (p.ip_len() + 1) as u16);
         let what = format!("IPv4 total length 1 beyond the frame, to {dst}");
         if dst == VIP_WEB {
-            rig.expect_drop(&what, &f, drop::TRUNCATED_L3);
+            rig.expect_drop(&what, &f, DropReason::TruncatedL3);
         } else {
             rig.expect_pass(&what, &f);
         }
@@ -743,7 +776,7 @@ fn ipv4_total_length_beyond_frame_dropped_for_vip() {
         set_ipv4_total_len(&mut g, 14, 1500);
         let what = format!("IPv4 total length 1500 in a short frame, to {dst}");
         if dst == VIP_WEB {
-            rig.expect_drop(&what, &g, drop::TRUNCATED_L3);
+            rig.expect_drop(&what, &g, DropReason::TruncatedL3);
         } else {
             rig.expect_pass(&what, &g);
         }
@@ -773,7 +806,7 @@ fn ipv4_bad_version_ihl_or_length_dropped_for_vip() {
         for (what, f) in bad {
             let what = format!("{what}, to {dst}");
             if dst == VIP_WEB {
-                rig.expect_drop(&what, &f, drop::MALFORMED_L3);
+                rig.expect_drop(&what, &f, DropReason::MalformedL3);
             } else {
                 rig.expect_pass(&what, &f);
             }
@@ -800,7 +833,7 @@ fn truncated_transport_header_dropped_for_vip() {
     for (p, keeps) in cases {
         for keep in keeps {
             let what = format!("{:?} cut to {keep} IP bytes", p.transport);
-            rig.expect_drop(&what, &cut_ip(&p, keep), drop::TRUNCATED_L4);
+            rig.expect_drop(&what, &cut_ip(&p, keep), DropReason::TruncatedL4);
             // The same packet to an address without VIPs passes.
             let mut q = p.clone();
             match &mut q.net {
@@ -841,7 +874,7 @@ fn truncated_ipv6_extension_header_dropped_for_vip() {
             let f = cut_ip(&p, keep);
             let what = format!("IPv6 extension header cut at {keep} bytes, to {dst}");
             if dst == VIP6 {
-                rig.expect_drop(&what, &f, drop::IPV6_EXT);
+                rig.expect_drop(&what, &f, DropReason::Ipv6Ext);
             } else {
                 rig.expect_pass(&what, &f);
             }
@@ -861,7 +894,7 @@ fn ipv6_payload_length_beyond_frame_dropped_for_vip() {
         set_ipv6_payload_len(&mut f, 14, (p.ip_len() - 40 + 1) as u16);
         let what = format!("IPv6 payload length 1 beyond the frame, to {dst}");
         if dst == VIP6 {
-            rig.expect_drop(&what, &f, drop::TRUNCATED_L3);
+            rig.expect_drop(&what, &f, DropReason::TruncatedL3);
         } else {
             rig.expect_pass(&what, &f);
         }
@@ -880,38 +913,42 @@ fn ipv4_fragments_to_vip_dropped() {
     let first = tcp4(CLIENT, 40000, VIP_WEB, 80)
         .payload_len(1000)
         .v4_fragment(true, 0);
-    rig.expect_drop("first fragment (MF)", &first.build(), drop::FRAGMENT);
+    rig.expect_drop("first fragment (MF)", &first.build(), DropReason::Fragment);
     let udp_first = udp4(CLIENT, 5353, VIP_WEB, 53)
         .payload_len(600)
         .v4_fragment(true, 0);
     rig.expect_drop(
         "first UDP fragment (MF)",
         &udp_first.build(),
-        drop::FRAGMENT,
+        DropReason::Fragment,
     );
     // A later fragment: offset 1480 bytes, no MF; its payload is not a TCP
     // header, but a header-shaped one must not fool the program either.
     let later = tcp4(CLIENT, 40000, VIP_WEB, 80)
         .payload_len(400)
         .v4_fragment(false, 185);
-    rig.expect_drop("last fragment (offset 185)", &later.build(), drop::FRAGMENT);
+    rig.expect_drop(
+        "last fragment (offset 185)",
+        &later.build(),
+        DropReason::Fragment,
+    );
     let middle = tcp4(CLIENT, 40000, VIP_WEB, 80)
         .payload_len(400)
         .v4_fragment(true, 185);
-    rig.expect_drop("middle fragment", &middle.build(), drop::FRAGMENT);
+    rig.expect_drop("middle fragment", &middle.build(), DropReason::Fragment);
     // To a VIP address on a port without a service: still a VIP address.
     let other_port = tcp4(CLIENT, 40000, VIP_WEB, 8080).v4_fragment(true, 0);
     rig.expect_drop(
         "fragment, VIP address, other port",
         &other_port.build(),
-        drop::FRAGMENT,
+        DropReason::Fragment,
     );
     // Not a VIP address: passed.
     let not_vip = tcp4(CLIENT, 40000, OTHER4, 80).v4_fragment(true, 0);
     rig.expect_pass("fragment to a non-VIP", &not_vip.build());
     let p = rig.paths();
     assert_eq!(
-        p[path::NEW_FLOW as usize] + p[path::CT_HIT as usize],
+        p[Branch::NewFlow as usize] + p[Branch::CtHit as usize],
         0,
         "no fragment may reach selection"
     );
@@ -935,12 +972,12 @@ fn ipv6_fragments_to_vip_dropped() {
     rig.expect_drop(
         "IPv6 first fragment",
         &frag(VIP6, 0, true).build(),
-        drop::FRAGMENT,
+        DropReason::Fragment,
     );
     rig.expect_drop(
         "IPv6 later fragment",
         &frag(VIP6, 181, false).build(),
-        drop::FRAGMENT,
+        DropReason::Fragment,
     );
     let after_hbh = tcp6(CLIENT6, 40000, VIP6, 443)
         .ext(Ext::hop_by_hop())
@@ -952,12 +989,12 @@ fn ipv6_fragments_to_vip_dropped() {
     rig.expect_drop(
         "IPv6 fragment after hop-by-hop",
         &after_hbh.build(),
-        drop::FRAGMENT,
+        DropReason::Fragment,
     );
     rig.expect_pass("IPv6 fragment to a non-VIP", &frag(OTHER6, 0, true).build());
     let p = rig.paths();
     assert_eq!(
-        p[path::NEW_FLOW as usize] + p[path::CT_HIT as usize],
+        p[Branch::NewFlow as usize] + p[Branch::CtHit as usize],
         0,
         "no fragment may reach selection"
     );
@@ -984,7 +1021,7 @@ fn icmp_frag_needed_goes_to_the_flows_backend() {
     }
     let mut rig = Rig::new(BASIC);
     let mut seen = BTreeSet::new();
-    let icmp0 = rig.paths()[path::ICMP_ERROR as usize];
+    let icmp0 = rig.paths()[Branch::IcmpError as usize];
     let n = 64u16;
     for i in 0..n {
         let port = 30000 + i * 7;
@@ -1011,7 +1048,7 @@ fn icmp_frag_needed_goes_to_the_flows_backend() {
         "all flows went to {seen:?}: the test proves nothing"
     );
     assert_eq!(
-        rig.paths()[path::ICMP_ERROR as usize] - icmp0,
+        rig.paths()[Branch::IcmpError as usize] - icmp0,
         u64::from(n),
         "path counter icmp_error"
     );
@@ -1115,7 +1152,7 @@ fn icmp_error_with_unusable_quote_dropped() {
     rig.expect_drop(
         "frag-needed quoting 12 bytes",
         &icmp.build(),
-        drop::BAD_ICMP,
+        DropReason::BadIcmp,
     );
     let mut q6 = quoted_v6(VIP6_POOL, 80, CLIENT6, 40000);
     q6.truncate(30);
@@ -1123,7 +1160,7 @@ fn icmp_error_with_unusable_quote_dropped() {
     rig.expect_drop(
         "packet-too-big quoting 30 bytes",
         &ptb.build(),
-        drop::BAD_ICMP,
+        DropReason::BadIcmp,
     );
 }
 
@@ -1152,7 +1189,7 @@ fn drained_backend_keeps_established_flows() {
     assert_ne!(drained, BASIC, "fixture marker {marker:?} not found");
     rig.reapply(&drained);
 
-    let hits0 = rig.paths()[path::CT_HIT as usize];
+    let hits0 = rig.paths()[Branch::CtHit as usize];
     let a0 = rig.backend("pool", a_name);
     for _ in 0..3 {
         rig.expect_tx(
@@ -1162,7 +1199,7 @@ fn drained_backend_keeps_established_flows() {
         );
     }
     assert_eq!(
-        rig.paths()[path::CT_HIT as usize] - hits0,
+        rig.paths()[Branch::CtHit as usize] - hits0,
         3,
         "conntrack hits"
     );
@@ -1201,7 +1238,7 @@ fn backend_marked_down_forces_reselection() {
         .map(|b| (*b, rig.backend("pool", b)))
         .collect();
     let svc0 = rig.service("pool");
-    let reselect0 = rig.paths()[path::RESELECT as usize];
+    let reselect0 = rig.paths()[Branch::Reselect as usize];
     rig.dp
         .set_backend_down(a_name, true)
         .expect("set_backend_down");
@@ -1212,7 +1249,7 @@ fn backend_marked_down_forces_reselection() {
     assert_frame_eq("flow after its backend went down", &got, &ipip(&flow, b));
     let b_name = backend_name(b.into());
     assert_eq!(
-        rig.paths()[path::RESELECT as usize] - reselect0,
+        rig.paths()[Branch::Reselect as usize] - reselect0,
         1,
         "path counter reselect"
     );
@@ -1299,7 +1336,7 @@ fn removed_backend_reselects_established_flows() {
         .filter(|b| *b != a_name)
         .collect();
     rig.reapply(&with_pool_backends(&rest));
-    let reselect0 = rig.paths()[path::RESELECT as usize];
+    let reselect0 = rig.paths()[Branch::Reselect as usize];
     let (o, got) = rig.outer("flow after its backend left the service", &flow);
     let b = v4(o.dst());
     assert_ne!(
@@ -1313,7 +1350,7 @@ fn removed_backend_reselects_established_flows() {
         &ipip(&flow, b),
     );
     assert_eq!(
-        rig.paths()[path::RESELECT as usize] - reselect0,
+        rig.paths()[Branch::Reselect as usize] - reselect0,
         1,
         "path counter reselect"
     );
@@ -1353,12 +1390,12 @@ fn replaced_backend_does_not_inherit_flows() {
     }
     let p1 = rig.paths();
     assert_eq!(
-        p1[path::RESELECT as usize] - p0[path::RESELECT as usize],
+        p1[Branch::Reselect as usize] - p0[Branch::Reselect as usize],
         on_a,
         "every flow of {a_name} is re-selected (and only those)"
     );
     assert_eq!(
-        p1[path::CT_HIT as usize] - p0[path::CT_HIT as usize],
+        p1[Branch::CtHit as usize] - p0[Branch::CtHit as usize],
         flows.len() as u64 - on_a,
         "conntrack hits"
     );
@@ -1374,7 +1411,7 @@ fn empty_table_drops_no_backend() {
     rig.expect_drop(
         "service whose only backend is down",
         &p.build(),
-        drop::NO_BACKEND,
+        DropReason::NoBackend,
     );
     // Up again: the flow is served.
     rig.dp
@@ -1481,18 +1518,30 @@ fn packets_too_big_after_encapsulation_dropped() {
     assert_eq!(fits.ip_len(), 1480);
     rig.expect_tx("IPIP, exactly the MTU", &fits, &ipip(&fits, EU1));
     let big = tcp4(CLIENT, 40000, VIP_WEB, 80).payload_len(1481 - 40);
-    rig.expect_drop("IPIP, 1 byte over the MTU", &big.build(), drop::TOO_BIG);
+    rig.expect_drop(
+        "IPIP, 1 byte over the MTU",
+        &big.build(),
+        DropReason::TooBig,
+    );
 
     let fits6 = tcp6(CLIENT6, 40000, VIP6, 443).payload_len(1460 - 60);
     assert_eq!(fits6.ip_len(), 1460);
     rig.expect_tx("6in6, exactly the MTU", &fits6, &ip6(&fits6, V6_1));
     let big6 = tcp6(CLIENT6, 40000, VIP6, 443).payload_len(1461 - 60);
-    rig.expect_drop("6in6, 1 byte over the MTU", &big6.build(), drop::TOO_BIG);
+    rig.expect_drop(
+        "6in6, 1 byte over the MTU",
+        &big6.build(),
+        DropReason::TooBig,
+    );
 
     let fits46 = tcp4(CLIENT, 40000, VIP_MIXED, 443).payload_len(1460 - 40);
     rig.expect_tx("4in6, exactly the MTU", &fits46, &ip6(&fits46, V6_1));
     let big46 = tcp4(CLIENT, 40000, VIP_MIXED, 443).payload_len(1461 - 40);
-    rig.expect_drop("4in6, 1 byte over the MTU", &big46.build(), drop::TOO_BIG);
+    rig.expect_drop(
+        "4in6, 1 byte over the MTU",
+        &big46.build(),
+        DropReason::TooBig,
+    );
 
     // VLAN tags are not part of the IP MTU.
     let tagged = tcp4(CLIENT, 40001, VIP_WEB, 80)
@@ -1507,7 +1556,7 @@ fn packets_too_big_after_encapsulation_dropped() {
 
     // A full 1500-byte client packet.
     let full = udp4(CLIENT, 5353, VIP_WEB, 53).payload_len(1500 - 28);
-    rig.expect_drop("a 1500-byte packet", &full.build(), drop::TOO_BIG);
+    rig.expect_drop("a 1500-byte packet", &full.build(), DropReason::TooBig);
 }
 
 #[test]
@@ -1528,13 +1577,13 @@ fn configured_mtu_and_ttl_are_used() {
     rig.expect_drop(
         "IPIP, 1 byte over the configured MTU",
         &big.build(),
-        drop::TOO_BIG,
+        DropReason::TooBig,
     );
     let big6 = tcp6(CLIENT6, 40000, VIP6, 443).payload_len(1361 - 60);
     rig.expect_drop(
         "6in6, 1 byte over the configured MTU",
         &big6.build(),
-        drop::TOO_BIG,
+        DropReason::TooBig,
     );
 }
 
@@ -1688,11 +1737,11 @@ fn counters_match_the_traffic() {
     assert_eq!(rig.backend("dns", "eu-1").packets, 1);
 
     let paths1 = rig.paths();
-    let dp = |i: u32| paths1[i as usize] - paths0[i as usize];
-    assert_eq!(dp(path::NEW_FLOW), 6, "path new_flow");
-    assert_eq!(dp(path::CT_HIT), 10, "path ct_hit");
-    assert_eq!(dp(path::PASS), 1, "path pass");
-    assert_eq!(dp(path::DROP), 0, "path drop");
+    let dp = |i: Branch| paths1[i as usize] - paths0[i as usize];
+    assert_eq!(dp(Branch::NewFlow), 6, "path new_flow");
+    assert_eq!(dp(Branch::CtHit), 10, "path ct_hit");
+    assert_eq!(dp(Branch::Pass), 1, "path pass");
+    assert_eq!(dp(Branch::Drop), 0, "path drop");
 }
 
 #[test]

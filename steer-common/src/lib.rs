@@ -5,6 +5,7 @@
 //! byte. Multi-byte addresses and ports are kept exactly as they appear on the
 //! wire (network byte order); see [`port_to_wire`] and [`port_from_wire`].
 #![no_std]
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 #[cfg(feature = "std")]
 extern crate std;

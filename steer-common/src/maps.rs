@@ -185,77 +185,103 @@ pub struct Counters {
     pub new_flows: u64,
 }
 
-/// Why a packet was dropped: indexes of `DROP_STATS`.
-pub mod drop {
-    /// A header that contradicts itself: bad IP version, IPv4 IHL below 5,
-    /// or an IPv4 total length shorter than the header it covers.
-    pub const MALFORMED_L3: u32 = 0;
-    /// The frame ends before the IP packet does: inside the IP header or
-    /// its options, or before the IPv4 total length / IPv6 payload length.
-    pub const TRUNCATED_L3: u32 = 1;
-    /// The frame ends inside the TCP/UDP header.
-    pub const TRUNCATED_L4: u32 = 2;
-    /// An IP fragment for a VIP address (fragments are never forwarded).
-    pub const FRAGMENT: u32 = 3;
-    /// The service's table has no backend.
-    pub const NO_BACKEND: u32 = 4;
-    /// The encapsulated packet would exceed the configured MTU.
-    pub const TOO_BIG: u32 = 5;
-    /// `bpf_xdp_adjust_head` failed (no headroom).
-    pub const NO_HEADROOM: u32 = 6;
-    /// An IPv6 packet would need an IPv4 backend.
-    pub const FAMILY_MISMATCH: u32 = 7;
-    /// An ICMP error for a VIP address whose quoted header is unusable.
-    pub const BAD_ICMP: u32 = 8;
-    /// More than four IPv6 extension headers, or one that runs past the
-    /// end of the packet.
-    pub const IPV6_EXT: u32 = 9;
-    /// Settings not written yet.
-    pub const NOT_READY: u32 = 10;
-    pub const COUNT: u32 = 11;
+/// Defines a `#[repr(u32)]` counter index: the enum, `COUNT`, `ALL` (in
+/// index order) and `name()`, so each variant's value and metric name are
+/// written once. The discriminants must be 0, 1, 2, ... in order; a
+/// compile-time check enforces it.
+macro_rules! counter_index {
+    (
+        $(#[$meta:meta])*
+        pub enum $ty:ident {
+            $( $(#[$vmeta:meta])* $var:ident = $val:literal => $name:literal, )+
+        }
+    ) => {
+        $(#[$meta])*
+        #[repr(u32)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub enum $ty {
+            $( $(#[$vmeta])* $var = $val, )+
+        }
 
-    /// Names for metrics and the replay summary, by index.
-    pub const NAMES: [&str; COUNT as usize] = [
-        "malformed_l3",
-        "truncated_l3",
-        "truncated_l4",
-        "fragment",
-        "no_backend",
-        "too_big",
-        "no_headroom",
-        "family_mismatch",
-        "bad_icmp",
-        "ipv6_ext",
-        "not_ready",
-    ];
+        impl $ty {
+            /// Every value, in index order (`ALL[i] as usize == i`).
+            pub const ALL: [$ty; [$($val),+].len()] = [$($ty::$var),+];
+            /// The number of values: the size of the map it indexes.
+            pub const COUNT: usize = Self::ALL.len();
+
+            /// The name used in metrics and summaries.
+            pub const fn name(self) -> &'static str {
+                match self {
+                    $( $ty::$var => $name, )+
+                }
+            }
+
+            /// The map index.
+            #[inline(always)]
+            pub const fn index(self) -> u32 {
+                self as u32
+            }
+        }
+
+        const _: () = {
+            let mut i = 0;
+            while i < $ty::COUNT {
+                assert!($ty::ALL[i] as usize == i, "discriminants must be 0, 1, 2, ...");
+                i += 1;
+            }
+        };
+    };
 }
 
-/// Which branch a packet took: indexes of `PATH_STATS`, plus one event
-/// counter (`CT_INSERT_FAILED`). The benchmark checks these against its
-/// iteration counts.
-pub mod path {
-    pub const PASS: u32 = 0;
-    pub const CT_HIT: u32 = 1;
-    pub const NEW_FLOW: u32 = 2;
-    /// Conntrack pointed at a backend that is down (or gone): re-selected.
-    pub const RESELECT: u32 = 3;
-    pub const ICMP_ERROR: u32 = 4;
-    pub const DROP: u32 = 5;
-    /// Not a branch: a new or re-selected flow whose conntrack insert
-    /// failed. The packet is still forwarded; the flow's next packet is
-    /// selected again (same backend while the table is unchanged). Should
-    /// stay zero; the benchmark checks that it does.
-    pub const CT_INSERT_FAILED: u32 = 6;
-    pub const COUNT: u32 = 7;
-    pub const NAMES: [&str; COUNT as usize] = [
-        "pass",
-        "ct_hit",
-        "new_flow",
-        "reselect",
-        "icmp_error",
-        "drop",
-        "ct_insert_failed",
-    ];
+counter_index! {
+    /// Why a packet was dropped: indexes of `DROP_STATS`.
+    pub enum DropReason {
+        /// A header that contradicts itself: bad IP version, IPv4 IHL below 5,
+        /// or an IPv4 total length shorter than the header it covers.
+        MalformedL3 = 0 => "malformed_l3",
+        /// The frame ends before the IP packet does: inside the IP header or
+        /// its options, or before the IPv4 total length / IPv6 payload length.
+        TruncatedL3 = 1 => "truncated_l3",
+        /// The frame ends inside the TCP/UDP header.
+        TruncatedL4 = 2 => "truncated_l4",
+        /// An IP fragment for a VIP address (fragments are never forwarded).
+        Fragment = 3 => "fragment",
+        /// The service's table has no backend.
+        NoBackend = 4 => "no_backend",
+        /// The encapsulated packet would exceed the configured MTU.
+        TooBig = 5 => "too_big",
+        /// `bpf_xdp_adjust_head` failed (no headroom).
+        NoHeadroom = 6 => "no_headroom",
+        /// An IPv6 packet would need an IPv4 backend.
+        FamilyMismatch = 7 => "family_mismatch",
+        /// An ICMP error for a VIP address whose quoted header is unusable.
+        BadIcmp = 8 => "bad_icmp",
+        /// More than four IPv6 extension headers, or one that runs past the
+        /// end of the packet.
+        Ipv6Ext = 9 => "ipv6_ext",
+        /// Settings not written yet.
+        NotReady = 10 => "not_ready",
+    }
+}
+
+counter_index! {
+    /// Which branch a packet took: indexes of `PATH_STATS`, plus one event
+    /// counter (`CtInsertFailed`). The benchmark checks these against its
+    /// iteration counts.
+    pub enum Branch {
+        Pass = 0 => "pass",
+        CtHit = 1 => "ct_hit",
+        NewFlow = 2 => "new_flow",
+        /// Conntrack pointed at a backend that is down (or gone): re-selected.
+        Reselect = 3 => "reselect",
+        IcmpError = 4 => "icmp_error",
+        Drop = 5 => "drop",
+        /// Not a branch: a new or re-selected flow whose conntrack insert
+        /// failed. The packet is still forwarded; the flow's next packet is
+        /// selected again (same backend while the table is unchanged). Should
+        /// stay zero; the benchmark checks that it does.
+        CtInsertFailed = 6 => "ct_insert_failed",
+    }
 }
 
 /// Benchmark-only state (`BENCH[0]`), used by `steer_bench` so that every
@@ -300,18 +326,20 @@ pub const OUTER_V6_LEN: usize = 40;
 #[cfg(feature = "user")]
 mod pod {
     use super::*;
-    // SAFETY: all of these are repr(C), contain only integers and byte arrays,
-    // and have explicit padding fields, so every bit pattern is valid and
-    // there are no implicit padding bytes.
-    unsafe impl aya::Pod for VipKey {}
-    unsafe impl aya::Pod for VipInfo {}
-    unsafe impl aya::Pod for AddrKey {}
-    unsafe impl aya::Pod for Real {}
-    unsafe impl aya::Pod for FlowKey {}
-    unsafe impl aya::Pod for CtValue {}
-    unsafe impl aya::Pod for Settings {}
-    unsafe impl aya::Pod for Counters {}
-    unsafe impl aya::Pod for BenchState {}
+    // All of these are repr(C), contain only integers and byte arrays, and
+    // have explicit padding fields, so every bit pattern is valid and there
+    // are no implicit padding bytes (`layouts_have_no_implicit_padding`
+    // checks the sizes).
+    macro_rules! pod {
+        ($($t:ty),+) => {
+            $(
+                // SAFETY: see above: repr(C), integer and byte-array fields
+                // only, padding explicit.
+                unsafe impl aya::Pod for $t {}
+            )+
+        };
+    }
+    pod!(VipKey, VipInfo, AddrKey, Real, FlowKey, CtValue, Settings, Counters, BenchState);
 }
 
 #[cfg(test)]
@@ -332,6 +360,46 @@ mod tests {
             4 + 4 + 16 + 4 + 4 + 4 + 6 + 1 + 1 + 4
         );
         assert_eq!(size_of::<Counters>(), 24);
+    }
+
+    #[test]
+    fn counter_names_are_the_published_metric_labels() {
+        // These names are part of the metrics interface (docs/operations.md)
+        // and of `steer replay`'s summary: renaming one is a breaking change.
+        let drops = DropReason::ALL.map(DropReason::name);
+        assert_eq!(
+            drops,
+            [
+                "malformed_l3",
+                "truncated_l3",
+                "truncated_l4",
+                "fragment",
+                "no_backend",
+                "too_big",
+                "no_headroom",
+                "family_mismatch",
+                "bad_icmp",
+                "ipv6_ext",
+                "not_ready"
+            ]
+        );
+        assert_eq!(DropReason::NotReady.index(), 10);
+        assert_eq!(DropReason::COUNT, 11);
+        let branches = Branch::ALL.map(Branch::name);
+        assert_eq!(
+            branches,
+            [
+                "pass",
+                "ct_hit",
+                "new_flow",
+                "reselect",
+                "icmp_error",
+                "drop",
+                "ct_insert_failed"
+            ]
+        );
+        assert_eq!(Branch::CtInsertFailed.index(), 6);
+        assert_eq!(Branch::COUNT, 7);
     }
 
     #[test]

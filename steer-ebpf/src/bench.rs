@@ -1,4 +1,6 @@
-//! Benchmark-only entry points. They are loaded but never attached.
+//! Benchmark-only entry points, compiled only with feature `bench` (the
+//! benchmark object; the production object has none of this). They are
+//! loaded by the benchmarks but never attached.
 //!
 //! With BPF_PROG_TEST_RUN and `repeat > 1` the kernel runs the program on
 //! the same buffer again and again, so after one encapsulation the next
@@ -8,13 +10,16 @@
 //! the connection table has never held, by bumping the IPv4 source address.
 //! Its cost is measured on its own by `steer_bench_restore`.
 
-use aya_ebpf::{helpers::generated::bpf_xdp_adjust_head, programs::XdpContext};
+use aya_ebpf::{
+    helpers::generated::bpf_xdp_adjust_head, macros::map, maps::Array, programs::XdpContext,
+};
 use steer_common::{BenchState, BENCH_VARY_V4_SRC, OUTER_V4_LEN, OUTER_V6_LEN};
 
-use crate::{
-    maps::{BENCH, SETTINGS},
-    parse::read,
-};
+use crate::{maps::SETTINGS, parse::read};
+
+/// Benchmark-only scratch state (one entry).
+#[map]
+pub static BENCH: Array<BenchState> = Array::with_max_entries(1, 0);
 
 /// Writes `v` at byte `off` of the packet if it fits.
 #[inline(always)]

@@ -1,9 +1,12 @@
 //! Encapsulation toward the selected backend: IPIP, IPv6-in-IPv6 and
 //! IPv4-in-IPv6, with the Ethernet header (and VLAN tags) rebuilt in front.
 
-use aya_ebpf::{helpers::generated::bpf_xdp_adjust_head, programs::XdpContext};
+use aya_ebpf::{
+    helpers::generated::{bpf_xdp_adjust_head, bpf_xdp_adjust_tail},
+    programs::XdpContext,
+};
 use steer_common::{
-    csum::ipv4_header_checksum, drop, Real, Settings, FAMILY_V4, FAMILY_V6, OUTER_V4_LEN,
+    csum::ipv4_header_checksum, DropReason, Real, Settings, FAMILY_V4, FAMILY_V6, OUTER_V4_LEN,
     OUTER_V6_LEN, PROTO_IPIP, PROTO_IPV6,
 };
 
@@ -20,30 +23,50 @@ pub fn encap(
     real: &Real,
     settings: &Settings,
     hash: u32,
-) -> Result<(), u32> {
+) -> Result<(), DropReason> {
     let inner_v4 = ip.key.family == FAMILY_V4;
     if !inner_v4 && real.family != FAMILY_V6 {
-        return Err(drop::FAMILY_MISMATCH);
+        return Err(DropReason::FamilyMismatch);
     }
     let outer_v4 = real.family == FAMILY_V4;
     let outer_len = if outer_v4 { OUTER_V4_LEN } else { OUTER_V6_LEN };
     if ip.ip_len as u64 + outer_len as u64 > settings.mtu as u64 {
-        return Err(drop::TOO_BIG);
+        return Err(DropReason::TooBig);
     }
     // The old destination MAC (ours) becomes the new source; VLAN tags are
     // carried over. Read them before the head moves.
     let Some(our_mac) = read::<[u8; 6]>(ctx, 0) else {
-        return Err(drop::TRUNCATED_L3);
+        return Err(DropReason::TruncatedL3);
     };
     let Some(tags) = read::<[u8; 8]>(ctx, 12) else {
-        return Err(drop::TRUNCATED_L3);
+        return Err(DropReason::TruncatedL3);
     };
     let next = if inner_v4 { PROTO_IPIP } else { PROTO_IPV6 };
+
+    // Bytes after the IP packet (Ethernet padding, a trailer) are not sent
+    // on: the MTU check above counts the IP packet only, so with them the
+    // frame could exceed the MTU.
+    let l2 = match ip.nvlan {
+        0 => ETH_LEN,
+        1 => ETH_LEN + 4,
+        _ => ETH_LEN + 8,
+    };
+    let keep = l2 + ip.ip_len as usize;
+    let frame = ctx.data_end() - ctx.data();
+    if frame > keep {
+        // SAFETY: plain helper call on our own context; the kernel checks
+        // the new length (here at least an Ethernet and an IP header).
+        if unsafe { bpf_xdp_adjust_tail(ctx.ctx, -((frame - keep) as i32)) } != 0 {
+            // Unreachable: parsing checked that the IP packet fits in the
+            // frame, so the shrink leaves at least l2 + 20 bytes.
+            return Err(DropReason::TruncatedL3);
+        }
+    }
 
     // SAFETY: plain helper call on our own context; the kernel checks the
     // headroom and returns an error instead of moving past it.
     if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(outer_len as i32)) } != 0 {
-        return Err(drop::NO_HEADROOM);
+        return Err(DropReason::NoHeadroom);
     }
     // Every packet pointer is invalid after adjust_head; the writers below
     // re-read data/data_end and check bounds again.
@@ -121,9 +144,9 @@ fn write_v4<const L3: usize>(
     h: &Head,
     real: &Real,
     s: &Settings,
-) -> Result<(), u32> {
+) -> Result<(), DropReason> {
     let Some(p) = head(ctx, L3 + OUTER_V4_LEN) else {
-        return Err(drop::NO_HEADROOM);
+        return Err(DropReason::NoHeadroom);
     };
     let src = (u32::from_be_bytes(s.src4_base) | (h.hash & s.src4_mask)).to_be_bytes();
     let dst = [real.addr[0], real.addr[1], real.addr[2], real.addr[3]];
@@ -163,9 +186,9 @@ fn write_v6<const L3: usize>(
     h: &Head,
     real: &Real,
     s: &Settings,
-) -> Result<(), u32> {
+) -> Result<(), DropReason> {
     let Some(p) = head(ctx, L3 + OUTER_V6_LEN) else {
-        return Err(drop::NO_HEADROOM);
+        return Err(DropReason::NoHeadroom);
     };
     let label = h.hash & 0x000f_ffff;
     let low = u32::from_be_bytes([

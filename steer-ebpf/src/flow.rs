@@ -1,6 +1,6 @@
 //! Flow keys and the connection table.
 
-use steer_common::{path, CtValue, FlowKey, Real, REAL_F_DOWN, REAL_F_PRESENT};
+use steer_common::{Branch, CtValue, FlowKey, Real, REAL_F_DOWN, REAL_F_PRESENT};
 
 use crate::{
     maps::{CONNTRACK, REALS},
@@ -59,6 +59,6 @@ pub fn remember(key: &FlowKey, real_id: u32, real: &Real, vip_id: u32, hash: u32
     // means the next packet of the flow is selected again by hash, which
     // picks the same backend while the table is unchanged; it is counted.
     if CONNTRACK.insert(key, v, 0).is_err() {
-        stats::branch(path::CT_INSERT_FAILED);
+        stats::branch(Branch::CtInsertFailed);
     }
 }

@@ -2,7 +2,9 @@
 //! flows with Maglev, encapsulate and transmit. See docs/architecture.md.
 #![no_std]
 #![no_main]
+#![deny(clippy::undocumented_unsafe_blocks)]
 
+#[cfg(feature = "bench")]
 mod bench;
 mod encap;
 mod flow;
@@ -13,7 +15,7 @@ mod stats;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use steer_common::{
-    drop, hash::flow_hash, path, CtValue, FlowKey, Real, Settings, VipInfo, VipKey,
+    hash::flow_hash, Branch, CtValue, DropReason, FlowKey, Real, Settings, VipInfo, VipKey,
     SETTINGS_F_READY, VIP_F_CLIENT_AFFINITY,
 };
 
@@ -28,7 +30,9 @@ pub fn steer_xdp(ctx: XdpContext) -> u32 {
     steer(&ctx)
 }
 
-/// The benchmark floor: does nothing but bounce the frame.
+/// The benchmark floor: does nothing but bounce the frame. Only in the
+/// benchmark build (feature `bench`), like the other `steer_bench*` entries.
+#[cfg(feature = "bench")]
 #[xdp]
 pub fn steer_floor(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_TX
@@ -36,6 +40,7 @@ pub fn steer_floor(_ctx: XdpContext) -> u32 {
 
 /// Benchmark-only entry: restores the original packet (see `bench.rs`),
 /// then runs the real program. Never attached to an interface.
+#[cfg(feature = "bench")]
 #[xdp]
 pub fn steer_bench(ctx: XdpContext) -> u32 {
     if bench::prepare(&ctx).is_none() {
@@ -45,6 +50,7 @@ pub fn steer_bench(ctx: XdpContext) -> u32 {
 }
 
 /// Benchmark-only: the cost of `steer_bench`'s restore step on its own.
+#[cfg(feature = "bench")]
 #[xdp]
 pub fn steer_bench_restore(ctx: XdpContext) -> u32 {
     match bench::restore_only(&ctx) {
@@ -55,14 +61,14 @@ pub fn steer_bench_restore(ctx: XdpContext) -> u32 {
 
 #[inline(always)]
 fn pass() -> u32 {
-    stats::branch(path::PASS);
+    stats::branch(Branch::Pass);
     xdp_action::XDP_PASS
 }
 
 /// A packet we could not use: ours to drop if it was meant for a VIP
 /// address, the kernel's otherwise.
 #[inline(always)]
-fn bad(reason: u32, family: u8, dst: &[u8; 16]) -> u32 {
+fn bad(reason: DropReason, family: u8, dst: &[u8; 16]) -> u32 {
     if select::is_vip_addr(family, dst) {
         stats::dropped(reason)
     } else {
@@ -87,7 +93,7 @@ fn steer(ctx: &XdpContext) -> u32 {
     };
     if parse::is_l4(ip.key.proto) {
         if !parse::ports(ctx, &mut ip) {
-            return bad(drop::TRUNCATED_L4, ip.key.family, &ip.key.dst);
+            return bad(DropReason::TruncatedL4, ip.key.family, &ip.key.dst);
         }
         // A TCP SYN opens a new connection even if its 5-tuple was used
         // before (port reuse): it is selected afresh from the current table,
@@ -98,7 +104,7 @@ fn steer(ctx: &XdpContext) -> u32 {
         } else {
             match flow::lookup(&ip.key) {
                 Lookup::Hit { ct, real } => {
-                    return transmit(ctx, &ip, settings, &ct, &real, path::CT_HIT, false)
+                    return transmit(ctx, &ip, settings, &ct, &real, Branch::CtHit, false)
                 }
                 Lookup::Stale => true,
                 Lookup::Miss => false,
@@ -120,7 +126,7 @@ fn steer(ctx: &XdpContext) -> u32 {
             key.dport = vk.port;
             let stale = match flow::lookup(&key) {
                 Lookup::Hit { ct, real } => {
-                    return transmit(ctx, &ip, settings, &ct, &real, path::CT_HIT, false)
+                    return transmit(ctx, &ip, settings, &ct, &real, Branch::CtHit, false)
                 }
                 Lookup::Stale => true,
                 Lookup::Miss => false,
@@ -134,7 +140,7 @@ fn steer(ctx: &XdpContext) -> u32 {
         match parse::parse_icmp(ctx, &ip, &mut key) {
             Icmp::Error => {}
             Icmp::NotOurs => return pass(),
-            Icmp::Broken => return bad(drop::BAD_ICMP, ip.key.family, &ip.key.dst),
+            Icmp::Broken => return bad(DropReason::BadIcmp, ip.key.family, &ip.key.dst),
         }
         // Only errors addressed to the VIP the quote came from are ours.
         if !parse::is_l4(key.proto) || key.dst != ip.key.dst {
@@ -143,7 +149,7 @@ fn steer(ctx: &XdpContext) -> u32 {
         // `key` is the quoted flow turned around into the client's
         // direction; follow it without creating conntrack state.
         if let Lookup::Hit { ct, real } = flow::lookup(&key) {
-            return transmit(ctx, &ip, settings, &ct, &real, path::ICMP_ERROR, false);
+            return transmit(ctx, &ip, settings, &ct, &real, Branch::IcmpError, false);
         }
         let mut vk = VipKey {
             addr: key.dst,
@@ -158,7 +164,7 @@ fn steer(ctx: &XdpContext) -> u32 {
             key.sport = 0;
             key.dport = vk.port;
             if let Lookup::Hit { ct, real } = flow::lookup(&key) {
-                return transmit(ctx, &ip, settings, &ct, &real, path::ICMP_ERROR, false);
+                return transmit(ctx, &ip, settings, &ct, &real, Branch::IcmpError, false);
             }
         }
         select_new(ctx, &ip, settings, &vip, &key, false, false)
@@ -181,11 +187,11 @@ fn select_new(
     track: bool,
 ) -> u32 {
     if settings.flags & SETTINGS_F_READY == 0 {
-        return stats::dropped(drop::NOT_READY);
+        return stats::dropped(DropReason::NotReady);
     }
     let hash = flow_hash(key);
     let Some((real_id, real)) = select::pick(settings, vip, hash) else {
-        return stats::dropped(drop::NO_BACKEND);
+        return stats::dropped(DropReason::NoBackend);
     };
     if track {
         flow::remember(key, real_id, &real, vip.vip_id, hash);
@@ -197,11 +203,11 @@ fn select_new(
         hash,
     };
     let branch = if !track {
-        path::ICMP_ERROR
+        Branch::IcmpError
     } else if stale {
-        path::RESELECT
+        Branch::Reselect
     } else {
-        path::NEW_FLOW
+        Branch::NewFlow
     };
     transmit(ctx, ip, settings, &ct, &real, branch, track)
 }
@@ -214,7 +220,7 @@ fn transmit(
     settings: &Settings,
     ct: &CtValue,
     real: &Real,
-    branch: u32,
+    branch: Branch,
     new_flow: bool,
 ) -> u32 {
     let bytes = (ctx.data_end() - ctx.data()) as u64;

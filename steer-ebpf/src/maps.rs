@@ -8,8 +8,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use steer_common::{
-    capacity, drop, path, ring_values, AddrKey, BenchState, Counters, CtValue, FlowKey, Real,
-    Settings, VipInfo, VipKey, RING_LANES, VIP_FILTER_WORDS,
+    capacity, ring_values, AddrKey, Branch, Counters, CtValue, DropReason, FlowKey, Real, Settings,
+    VipInfo, VipKey, RING_LANES, VIP_FILTER_WORDS,
 };
 
 #[map]
@@ -47,11 +47,8 @@ pub static VIP_STATS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(capa
 pub static REAL_STATS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(capacity::REALS, 0);
 
 #[map]
-pub static DROP_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(drop::COUNT, 0);
+pub static DROP_STATS: PerCpuArray<u64> =
+    PerCpuArray::with_max_entries(DropReason::COUNT as u32, 0);
 
 #[map]
-pub static PATH_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(path::COUNT, 0);
-
-/// Benchmark-only scratch state; see `bench.rs`.
-#[map]
-pub static BENCH: Array<BenchState> = Array::with_max_entries(1, 0);
+pub static PATH_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Branch::COUNT as u32, 0);

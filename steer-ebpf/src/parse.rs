@@ -6,7 +6,7 @@
 
 use aya_ebpf::programs::XdpContext;
 use steer_common::{
-    drop, FlowKey, FAMILY_V4, FAMILY_V6, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP,
+    DropReason, FlowKey, FAMILY_V4, FAMILY_V6, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP,
 };
 
 pub const ETH_LEN: usize = 14;
@@ -81,7 +81,7 @@ pub enum L3 {
     Pass,
     /// Broken or a fragment: dropped with this reason if `key.dst` carries a
     /// VIP, passed otherwise. `key.dst` and `key.family` are valid.
-    Bad(u32),
+    Bad(DropReason),
 }
 
 /// Parses Ethernet (up to two VLAN tags) and the IP header into `ip`.
@@ -129,20 +129,20 @@ fn parse_v4(ctx: &XdpContext, l3: usize, ip: &mut Ip) -> L3 {
     ip.key.family = FAMILY_V4;
     set_v4(&mut ip.key.dst, dst);
     if h[0] >> 4 != 4 || (h[0] & 0x0f) < 5 {
-        return L3::Bad(drop::MALFORMED_L3);
+        return L3::Bad(DropReason::MalformedL3);
     }
     let hdr_len = ((h[0] & 0x0f) as usize) * 4;
     let total = be16([h[2], h[3]]) as usize;
     if total < hdr_len {
-        return L3::Bad(drop::MALFORMED_L3);
+        return L3::Bad(DropReason::MalformedL3);
     }
     let frame_len = ctx.data_end() - ctx.data();
     if l3 + total > frame_len {
-        return L3::Bad(drop::TRUNCATED_L3);
+        return L3::Bad(DropReason::TruncatedL3);
     }
     // MF set or a non-zero offset: a fragment.
     if be16([h[6], h[7]]) & 0x3fff != 0 {
-        return L3::Bad(drop::FRAGMENT);
+        return L3::Bad(DropReason::Fragment);
     }
     let Some(src) = read::<[u8; 4]>(ctx, l3 + 12) else {
         return L3::Pass;
@@ -167,13 +167,13 @@ fn parse_v6(ctx: &XdpContext, l3: usize, ip: &mut Ip) -> L3 {
     ip.key.family = FAMILY_V6;
     ip.key.dst = dst;
     if h[0] >> 4 != 6 {
-        return L3::Bad(drop::MALFORMED_L3);
+        return L3::Bad(DropReason::MalformedL3);
     }
     let payload = be16([h[4], h[5]]) as usize;
     let frame_len = ctx.data_end() - ctx.data();
     let ip_end = l3 + 40 + payload;
     if ip_end > frame_len {
-        return L3::Bad(drop::TRUNCATED_L3);
+        return L3::Bad(DropReason::TruncatedL3);
     }
     let mut next = h[6];
     let mut off = l3 + 40;
@@ -182,15 +182,15 @@ fn parse_v6(ctx: &XdpContext, l3: usize, ip: &mut Ip) -> L3 {
         match next {
             IPV6_HOPOPTS | IPV6_ROUTING | IPV6_DSTOPTS => {
                 let Some(ext) = read::<[u8; 2]>(ctx, off) else {
-                    return L3::Bad(drop::IPV6_EXT);
+                    return L3::Bad(DropReason::Ipv6Ext);
                 };
                 next = ext[0];
                 off += (ext[1] as usize + 1) * 8;
                 if off > ip_end {
-                    return L3::Bad(drop::IPV6_EXT);
+                    return L3::Bad(DropReason::Ipv6Ext);
                 }
             }
-            IPV6_FRAGMENT => return L3::Bad(drop::FRAGMENT),
+            IPV6_FRAGMENT => return L3::Bad(DropReason::Fragment),
             _ => break,
         }
         walked += 1;
@@ -201,7 +201,7 @@ fn parse_v6(ctx: &XdpContext, l3: usize, ip: &mut Ip) -> L3 {
             IPV6_HOPOPTS | IPV6_ROUTING | IPV6_DSTOPTS | IPV6_FRAGMENT
         )
     {
-        return L3::Bad(drop::IPV6_EXT);
+        return L3::Bad(DropReason::Ipv6Ext);
     }
     let Some(src) = read::<[u8; 16]>(ctx, l3 + 8) else {
         return L3::Pass;

@@ -1,6 +1,6 @@
 //! Per-CPU counters. The only per-packet bookkeeping: no logging.
 
-use steer_common::path;
+use steer_common::{Branch, DropReason};
 
 use crate::maps::{DROP_STATS, PATH_STATS, REAL_STATS, VIP_STATS};
 
@@ -14,14 +14,14 @@ fn bump(map: &aya_ebpf::maps::PerCpuArray<u64>, idx: u32) {
 }
 
 #[inline(always)]
-pub fn branch(which: u32) {
-    bump(&PATH_STATS, which);
+pub fn branch(which: Branch) {
+    bump(&PATH_STATS, which.index());
 }
 
 #[inline(always)]
-pub fn dropped(reason: u32) -> u32 {
-    bump(&DROP_STATS, reason);
-    bump(&PATH_STATS, path::DROP);
+pub fn dropped(reason: DropReason) -> u32 {
+    bump(&DROP_STATS, reason.index());
+    bump(&PATH_STATS, Branch::Drop.index());
     aya_ebpf::bindings::xdp_action::XDP_DROP
 }
 

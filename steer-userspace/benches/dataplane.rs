@@ -27,9 +27,9 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use steer::config::Config;
-use steer::dataplane::{BenchProgram, Dataplane, Verdict};
+use steer::dataplane::{BenchProgram, Dataplane, Limits, Verdict};
 use steer::policy::ApplyConfig as _;
-use steer_common::{path, BENCH_VARY_NONE, BENCH_VARY_V4_SRC};
+use steer_common::{Branch, BENCH_VARY_NONE, BENCH_VARY_V4_SRC};
 
 /// Method A: iterations per BPF_PROG_TEST_RUN call, and calls per branch.
 const REPEAT: u32 = 50_000;
@@ -154,23 +154,23 @@ fn median(mut v: Vec<Duration>) -> f64 {
 /// grew at all.
 fn check_branches(
     dp: &Dataplane,
-    before: &[u64; path::COUNT as usize],
-    branch: Option<u32>,
+    before: &[u64; Branch::COUNT],
+    branch: Option<Branch>,
     n: u64,
     what: &str,
 ) {
     let after = dp.path_counts().expect("counters");
-    for b in 0..path::COUNT as usize {
+    for b in 0..Branch::COUNT {
         let delta = after[b] - before[b];
         let expect = match branch {
-            Some(x) if x as usize == b => n,
+            Some(x) if x.index() as usize == b => n,
             _ => 0,
         };
         assert_eq!(
             delta,
             expect,
             "{what}: branch counter {} grew by {delta}, expected {expect}",
-            path::NAMES[b]
+            Branch::ALL[b].name()
         );
     }
 }
@@ -182,7 +182,7 @@ fn timed(
     frames: &[Vec<u8>],
     floor: bool,
     want: Verdict,
-    branch: Option<u32>,
+    branch: Option<Branch>,
 ) -> f64 {
     let before = dp.path_counts().expect("counters");
     let mut d = Vec::with_capacity(frames.len());
@@ -220,16 +220,16 @@ fn method_b(dp: &mut Dataplane, cfg: &Config) {
             &pass_frames,
             false,
             Verdict::Pass,
-            Some(path::PASS),
+            Some(Branch::Pass),
         ));
         let fresh = new_v4_flows(trial, [203, 0, 113, 10]);
-        results[2].push(timed(dp, &fresh, false, Verdict::Tx, Some(path::NEW_FLOW)));
+        results[2].push(timed(dp, &fresh, false, Verdict::Tx, Some(Branch::NewFlow)));
         results[3].push(timed(
             dp,
             &est_frames,
             false,
             Verdict::Tx,
-            Some(path::CT_HIT),
+            Some(Branch::CtHit),
         ));
         let v6: Vec<Vec<u8>> = (0..CALLS)
             .map(|i| {
@@ -239,7 +239,7 @@ fn method_b(dp: &mut Dataplane, cfg: &Config) {
                 )
             })
             .collect();
-        results[4].push(timed(dp, &v6, false, Verdict::Tx, Some(path::NEW_FLOW)));
+        results[4].push(timed(dp, &v6, false, Verdict::Tx, Some(Branch::NewFlow)));
 
         // Pin CALLS flows to dn-a (dn-b drained), then take dn-a down and
         // bring dn-b in: every timed packet finds a stale entry.
@@ -258,7 +258,7 @@ fn method_b(dp: &mut Dataplane, cfg: &Config) {
             &pinned_acks,
             false,
             Verdict::Tx,
-            Some(path::RESELECT),
+            Some(Branch::Reselect),
         ));
         dp.apply(&cfg, &BTreeSet::new()).expect("apply");
     }
@@ -288,7 +288,7 @@ fn batch(
     frame: &[u8],
     vary: u32,
     want: Verdict,
-    branch: Option<u32>,
+    branch: Option<Branch>,
 ) -> f64 {
     let before = dp.path_counts().expect("counters");
     let out = dp.bench_run(prog, frame, REPEAT, vary).expect("test run");
@@ -336,7 +336,7 @@ fn method_a(dp: &mut Dataplane, cfg: &mut Config) -> bool {
             &pass_pkt,
             BENCH_VARY_NONE,
             Verdict::Pass,
-            Some(path::PASS),
+            Some(Branch::Pass),
         ));
         // The original SYN, restored before every iteration. A SYN always
         // opens a new connection (port reuse included): every iteration
@@ -349,7 +349,7 @@ fn method_a(dp: &mut Dataplane, cfg: &mut Config) -> bool {
             &syn,
             BENCH_VARY_NONE,
             Verdict::Tx,
-            Some(path::NEW_FLOW),
+            Some(Branch::NewFlow),
         ));
         r[EST].push(batch(
             dp,
@@ -357,7 +357,7 @@ fn method_a(dp: &mut Dataplane, cfg: &mut Config) -> bool {
             &est_pkt,
             BENCH_VARY_NONE,
             Verdict::Tx,
-            Some(path::CT_HIT),
+            Some(Branch::CtHit),
         ));
         let v6 = v6_syn((trial as u32 + 1) << 20, 1024);
         r[NEW6].push(batch(
@@ -366,7 +366,7 @@ fn method_a(dp: &mut Dataplane, cfg: &mut Config) -> bool {
             &v6,
             BENCH_VARY_NONE,
             Verdict::Tx,
-            Some(path::NEW_FLOW),
+            Some(Branch::NewFlow),
         ));
         // Source 100.<100 + trial>.0.0 upwards, one more per iteration: a
         // conntrack entry the table has never held, every iteration.
@@ -377,7 +377,7 @@ fn method_a(dp: &mut Dataplane, cfg: &mut Config) -> bool {
             &fresh,
             BENCH_VARY_V4_SRC,
             Verdict::Tx,
-            Some(path::NEW_FLOW),
+            Some(Branch::NewFlow),
         ));
         // Pin REPEAT flows to dn-a (dn-b drained), take dn-a down, replay
         // the same flows: each iteration finds a stale conntrack entry.
@@ -390,7 +390,7 @@ fn method_a(dp: &mut Dataplane, cfg: &mut Config) -> bool {
             &pinned,
             BENCH_VARY_V4_SRC,
             Verdict::Tx,
-            Some(path::NEW_FLOW),
+            Some(Branch::NewFlow),
         );
         set_weights(cfg, 100, 100);
         let down: BTreeSet<String> = ["dn-a".to_string()].into();
@@ -403,7 +403,7 @@ fn method_a(dp: &mut Dataplane, cfg: &mut Config) -> bool {
             &pinned_ack,
             BENCH_VARY_V4_SRC,
             Verdict::Tx,
-            Some(path::RESELECT),
+            Some(Branch::Reselect),
         ));
         dp.apply(cfg, &BTreeSet::new()).expect("apply");
         r[RESTORE].push(batch(
@@ -470,7 +470,8 @@ fn main() {
         std::process::exit(1);
     }
     let mut cfg = bench_config();
-    let mut dp = Dataplane::load(&cfg.dataplane).expect("load");
+    let mut dp =
+        Dataplane::load_bench(Limits::from(&cfg.dataplane)).expect("load the benchmark object");
     dp.apply(&cfg, &BTreeSet::new()).expect("apply");
     println!("steer data-plane benchmark (ns/packet as measured by the kernel)\n");
     let ok = method_a(&mut dp, &mut cfg);

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use steer::config::{AttachMode, Config};
 use steer::dataplane::{Attached, Dataplane, Persist};
 use steer::policy::ApplyConfig as _;
-use steer_common::path;
+use steer_common::Branch;
 
 /// Runs `ip args...`, panics on failure, returns stdout.
 fn ip(args: &[&str]) -> String {
@@ -457,7 +457,7 @@ fn a_packet_to_the_vip_comes_back_encapsulated() {
     );
     let after = dp.path_counts().expect("counters");
     assert!(
-        after[path::NEW_FLOW as usize] > before[path::NEW_FLOW as usize],
+        after[Branch::NewFlow as usize] > before[Branch::NewFlow as usize],
         "the attached program counted the new flow"
     );
 }

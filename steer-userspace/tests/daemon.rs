@@ -8,7 +8,7 @@
 //!   netns stdt-peer-<pid>-<n>            netns stdt-edge-<pid>-<n>
 //!   ┌────────────────────────┐           ┌──────────────────────────────┐
 //!   │ test: AF_PACKET on sd1 │──veth────▶│ sd0: steer_xdp (driver mode) │
-//!   │ (dummy XDP_PASS prog)  │◀──XDP_TX──│ steer run --config F         │
+//!   │ (steer_pass: XDP_PASS) │◀──XDP_TX──│ steer run --config F         │
 //!   └────────────────────────┘           └──────────────────────────────┘
 //! ```
 //!
@@ -16,7 +16,8 @@
 //! IPIP-encapsulated frames the program sends back out of sd0 (XDP_TX): the
 //! outer IPv4 destination is the backend the flow was given.
 //!
-//! The peer end carries a trivial XDP_PASS program. That is a property of
+//! The peer end carries `steer_pass`, a program that returns XDP_PASS
+//! (`steer::dataplane::verdict`). That is a property of
 //! veth, not of steer: frames an XDP program sends with XDP_TX are queued
 //! on the peer's XDP ring, and the kernel only kicks the peer's NAPI poll
 //! for them if the peer has an XDP program itself; without one they sit in
@@ -42,6 +43,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use steer::api::StatusReport;
+use steer::dataplane::verdict::{VerdictProgram, XdpVerdict};
 
 const STEER: &str = env!("CARGO_BIN_EXE_steer");
 
@@ -161,93 +163,12 @@ fn mac(m: [u8; 6]) -> String {
 // The peer side: an AF_PACKET socket on sd1 in the peer namespace
 // ---------------------------------------------------------------------------
 
-/// `BPF_PROG_LOAD` attributes (the prefix of `union bpf_attr` we use).
-#[repr(C)]
-struct ProgLoadAttr {
-    prog_type: u32,
-    insn_cnt: u32,
-    insns: u64,
-    license: u64,
-    log_level: u32,
-    log_size: u32,
-    log_buf: u64,
-    kern_version: u32,
-    prog_flags: u32,
-    prog_name: [u8; 16],
-    prog_ifindex: u32,
-    expected_attach_type: u32,
-}
-
-/// `BPF_LINK_CREATE` attributes.
-#[repr(C)]
-struct LinkCreateAttr {
-    prog_fd: u32,
-    target_ifindex: u32,
-    attach_type: u32,
-    flags: u32,
-}
-
-const BPF_PROG_LOAD: libc::c_long = 5;
-const BPF_LINK_CREATE: libc::c_long = 28;
-const BPF_PROG_TYPE_XDP: u32 = 6;
-const BPF_XDP: u32 = 37;
-
-fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> Result<OwnedFd, String> {
-    // SAFETY: `attr` is a valid, initialised bpf_attr prefix of the given
-    // size; the kernel zero-extends the rest.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            cmd,
-            attr as *mut T as *mut libc::c_void,
-            std::mem::size_of::<T>() as libc::c_uint,
-        )
-    };
-    if fd < 0 {
-        return Err(format!("bpf({cmd}): {}", std::io::Error::last_os_error()));
-    }
-    // SAFETY: the kernel returned a new file descriptor (O_CLOEXEC) we own.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
-}
-
-/// Attaches `r0 = XDP_PASS; exit` to `ifindex` (driver mode) with a bpf
-/// link that lives as long as the returned fds.
-fn attach_xdp_pass(ifindex: u32) -> Result<(OwnedFd, OwnedFd), String> {
-    // BPF_MOV64_IMM(BPF_REG_0, XDP_PASS); BPF_EXIT_INSN()
-    let insns: [u64; 2] = [0x0000_0002_0000_00b7, 0x0000_0000_0000_0095];
-    let license = c"GPL";
-    let mut name = [0u8; 16];
-    name[..8].copy_from_slice(b"stdtpass");
-    let mut load = ProgLoadAttr {
-        prog_type: BPF_PROG_TYPE_XDP,
-        insn_cnt: insns.len() as u32,
-        insns: insns.as_ptr() as u64,
-        license: license.as_ptr() as u64,
-        log_level: 0,
-        log_size: 0,
-        log_buf: 0,
-        kern_version: 0,
-        prog_flags: 0,
-        prog_name: name,
-        prog_ifindex: 0,
-        expected_attach_type: BPF_XDP,
-    };
-    let prog = bpf(BPF_PROG_LOAD, &mut load)?;
-    let mut link = LinkCreateAttr {
-        prog_fd: prog.as_raw_fd() as u32,
-        target_ifindex: ifindex,
-        attach_type: BPF_XDP,
-        flags: 0,
-    };
-    let link = bpf(BPF_LINK_CREATE, &mut link)?;
-    Ok((prog, link))
-}
-
 /// The test's end of the wire.
 struct Peer {
     sock: OwnedFd,
-    _xdp_prog: OwnedFd,
-    _xdp_link: OwnedFd,
+    /// `steer_pass`, attached to the peer's veth with a bpf link that lasts
+    /// as long as this.
+    _xdp_pass: VerdictProgram,
 }
 
 impl Peer {
@@ -324,11 +245,13 @@ impl Peer {
             if rc != 0 {
                 return Err(format!("SO_RCVTIMEO: {}", std::io::Error::last_os_error()));
             }
-            let (prog, link) = attach_xdp_pass(ifindex)?;
+            let mut pass = VerdictProgram::load(XdpVerdict::Pass)
+                .map_err(|e| format!("loading steer_pass: {e}"))?;
+            pass.attach(ifindex)
+                .map_err(|e| format!("attaching steer_pass to {iface:?}: {e}"))?;
             Ok(Peer {
                 sock,
-                _xdp_prog: prog,
-                _xdp_link: link,
+                _xdp_pass: pass,
             })
         })
         .join()

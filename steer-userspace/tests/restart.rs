@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use steer::config::Config;
 use steer::dataplane::{Dataplane, DataplaneError, Persist, Verdict};
 use steer::policy::ApplyConfig as _;
-use steer_common::path;
+use steer_common::Branch;
 
 /// A unique pin directory and state file, removed (with every pin) on drop.
 struct Scratch {
@@ -170,15 +170,16 @@ fn run_all(dp: &Dataplane, frames: &[Vec<u8>]) -> Vec<Ipv4Addr> {
 }
 
 /// Path counters grown between `before` and now, by name.
-fn path_delta(dp: &Dataplane, before: &[u64; path::COUNT as usize]) -> BTreeMap<&'static str, u64> {
+fn path_delta(dp: &Dataplane, before: &[u64; Branch::COUNT]) -> BTreeMap<&'static str, u64> {
     let after = dp.path_counts().expect("path counters");
-    (0..path::COUNT as usize)
-        .map(|i| (path::NAMES[i], after[i] - before[i]))
+    (0..Branch::COUNT)
+        .map(|i| (Branch::ALL[i].name(), after[i] - before[i]))
         .collect()
 }
 
 fn expect_delta(got: &BTreeMap<&'static str, u64>, want: &[(&'static str, u64)], what: &str) {
-    let mut expected: BTreeMap<&'static str, u64> = path::NAMES.iter().map(|n| (*n, 0)).collect();
+    let mut expected: BTreeMap<&'static str, u64> =
+        Branch::ALL.iter().map(|b| (b.name(), 0)).collect();
     for (k, v) in want {
         expected.insert(k, *v);
     }
@@ -266,9 +267,9 @@ fn restart_adopts_pins_and_every_flow_keeps_its_backend() {
     // The pinned counters carry over: the first run's packets are there.
     let before = dp.path_counts().expect("counters");
     assert!(
-        before[path::NEW_FLOW as usize] >= N as u64,
+        before[Branch::NewFlow as usize] >= N as u64,
         "pinned PATH_STATS must carry the first run's {N} new flows, has {}",
-        before[path::NEW_FLOW as usize]
+        before[Branch::NewFlow as usize]
     );
     dp.apply(&cfg, &BTreeSet::new())
         .expect("apply after adoption");
@@ -554,7 +555,7 @@ fn remove_pins_leaves_nothing_behind() {
     dp.apply(&cfg, &BTreeSet::new()).expect("apply");
     let before = dp.path_counts().expect("counters");
     assert_eq!(
-        before[path::NEW_FLOW as usize],
+        before[Branch::NewFlow as usize],
         0,
         "counters start at zero after remove_pins"
     );

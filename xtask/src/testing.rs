@@ -59,6 +59,8 @@ fn ebpf_clippy() -> Command {
             "-Z",
             "build-std=core",
             "--release",
+            // The benchmark entry points too (feature `bench`).
+            "--all-features",
             "--",
             "-D",
             "warnings",

@@ -26,11 +26,11 @@
 //!    `XDP_PASS`: frames are counted at the peer and go no further, so the
 //!    router and the backends burn no CPU (from the client, and from
 //!    `stl-pe`).
-//! 2. steer stopped; a two-instruction `r0 = XDP_TX; exit` program on
-//!    `stl-e0` (loaded with bpf(2), attached over rtnetlink in driver mode,
-//!    as steer attaches), the same drop on the peer (both senders). Runs 1
-//!    and 2 are the like-for-like pairs; their ratios are the headline.
-//! 3. `r0 = XDP_DROP; exit` on `stl-e0`: what the senders and the path to
+//! 2. steer stopped; `steer_tx` (a program that only returns XDP_TX) on
+//!    `stl-e0` (attached over rtnetlink in driver mode, as steer attaches),
+//!    the same drop on the peer (both senders). Runs 1 and 2 are the
+//!    like-for-like pairs; their ratios are the headline.
+//! 3. `steer_drop` (only XDP_DROP) on `stl-e0`: what the senders and the path to
 //!    the edge deliver at all (the ceiling of the other runs).
 //!
 //! Then once, last (it leaves the router and the backends busy for a few
@@ -60,7 +60,7 @@ use serde::Deserialize;
 use crate::{
     lab::{
         self, sys, topo,
-        xdp_pass::{attach_verdict, detach as detach_xdp, XDP_DROP, XDP_PASS, XDP_TX},
+        xdp_pass::{attach_verdict, detach as detach_xdp, XdpVerdict},
         Lab, UpOptions,
     },
     util::{describe, is_root, workspace_root},
@@ -682,11 +682,11 @@ pub fn run() -> Result<()> {
     );
     let _ = fs::remove_file(dir.join("steer.log"));
     let mut runs = Vec::new();
-    attach_verdict(topo::NS_NET, topo::EDGE_PORT, XDP_DROP, "stl_xdp_drop")?;
+    attach_verdict(topo::NS_NET, topo::EDGE_PORT, XdpVerdict::Drop)?;
     // The first seconds after `lab up` run slower whatever the program;
     // a round of XDP_TX that is not counted gets past them.
     println!("warm-up (not counted):");
-    attach_verdict(topo::NS_EDGE, topo::EDGE_IF, XDP_TX, "stl_xdp_tx")?;
+    attach_verdict(topo::NS_EDGE, topo::EDGE_IF, XdpVerdict::Tx)?;
     bench.measure(Sender::Client, TX, false, false)?;
     bench.measure(Sender::Peer, TX, false, false)?;
     detach_xdp(topo::NS_EDGE, topo::EDGE_IF)?;
@@ -702,10 +702,10 @@ pub fn run() -> Result<()> {
         if let Some((mode, id)) = lab::xdp_on_edge() {
             bail!("an XDP program ({mode}, id {id}) is still on the edge after steer stopped");
         }
-        attach_verdict(topo::NS_EDGE, topo::EDGE_IF, XDP_TX, "stl_xdp_tx")?;
+        attach_verdict(topo::NS_EDGE, topo::EDGE_IF, XdpVerdict::Tx)?;
         runs.push(bench.measure(Sender::Client, TX, false, false)?);
         runs.push(bench.measure(Sender::Peer, TX, false, false)?);
-        attach_verdict(topo::NS_EDGE, topo::EDGE_IF, XDP_DROP, "stl_xdp_drop")?;
+        attach_verdict(topo::NS_EDGE, topo::EDGE_IF, XdpVerdict::Drop)?;
         runs.push(bench.measure(Sender::Client, DROP, false, false)?);
         runs.push(bench.measure(Sender::Peer, DROP, false, false)?);
         detach_xdp(topo::NS_EDGE, topo::EDGE_IF)?;
@@ -716,7 +716,7 @@ pub fn run() -> Result<()> {
         "full path (the lab's XDP_PASS back on {}):",
         topo::EDGE_PORT
     );
-    attach_verdict(topo::NS_NET, topo::EDGE_PORT, XDP_PASS, "stl_xdp_pass")?;
+    attach_verdict(topo::NS_NET, topo::EDGE_PORT, XdpVerdict::Pass)?;
     bench.start_steer()?;
     runs.push(bench.measure(Sender::Client, STEER_FULL, true, true)?);
 

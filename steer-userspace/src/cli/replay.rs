@@ -8,7 +8,7 @@ use anyhow::{bail, Context as _, Result};
 use steer::dataplane::{Dataplane, DataplaneError, Verdict};
 use steer::pcap;
 use steer::policy::ApplyConfig as _;
-use steer_common::{drop, path};
+use steer_common::{Branch, DropReason};
 
 use super::{load_config, outln};
 
@@ -197,28 +197,26 @@ fn print_counters(
     down: &BTreeSet<String>,
 ) -> Result<()> {
     let drops = dp.drop_counts()?;
-    for (i, n) in drops.iter().enumerate() {
-        if *n > 0 {
-            outln!("  drop {:<16} {n}", drop::NAMES[i])?;
+    for r in DropReason::ALL {
+        let n = drops[r as usize];
+        if n > 0 {
+            outln!("  drop {:<16} {n}", r.name())?;
         }
     }
     let paths = dp.path_counts()?;
     let flows: Vec<String> = [
-        path::NEW_FLOW,
-        path::CT_HIT,
-        path::RESELECT,
-        path::ICMP_ERROR,
+        Branch::NewFlow,
+        Branch::CtHit,
+        Branch::Reselect,
+        Branch::IcmpError,
     ]
     .iter()
-    .map(|&p| format!("{} {}", path::NAMES[p as usize], paths[p as usize]))
+    .map(|&p| format!("{} {}", p.name(), paths[p as usize]))
     .collect();
     outln!("  paths: {}", flows.join(", "))?;
-    let ct_insert_failed = paths[path::CT_INSERT_FAILED as usize];
+    let ct_insert_failed = paths[Branch::CtInsertFailed as usize];
     if ct_insert_failed > 0 {
-        outln!(
-            "  {} {ct_insert_failed}",
-            path::NAMES[path::CT_INSERT_FAILED as usize]
-        )?;
+        outln!("  {} {ct_insert_failed}", Branch::CtInsertFailed.name())?;
     }
     for svc in &cfg.services {
         let c = dp.service_counters(&svc.name)?;

@@ -94,11 +94,16 @@ pub fn report(p: &Published, counters: Option<&CounterReader>) -> Status {
         .collect();
     let drops = counters
         .and_then(|c| c.drops().ok())
-        .map(|d| steer_common::drop::NAMES.iter().copied().zip(d).collect())
+        .map(|d| {
+            steer_common::DropReason::ALL
+                .iter()
+                .map(|r| (r.name(), d[*r as usize]))
+                .collect()
+        })
         .unwrap_or_default();
     let ct_insert_failures = counters
         .and_then(|c| c.paths().ok())
-        .map(|p| p[steer_common::path::CT_INSERT_FAILED as usize])
+        .map(|p| p[steer_common::Branch::CtInsertFailed as usize])
         .unwrap_or_default();
     Status {
         report: StatusReport {

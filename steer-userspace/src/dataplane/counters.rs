@@ -11,7 +11,7 @@ use std::os::fd::AsFd;
 
 use aya::maps::{Map, MapData, PerCpuArray};
 use aya::Ebpf;
-use steer_common::{drop, names, path, Counters};
+use steer_common::{names, Branch, Counters, DropReason};
 
 use super::{map_err, DataplaneError, Result};
 
@@ -93,18 +93,22 @@ impl CounterReader {
             .collect()
     }
 
-    /// Drops by reason (`steer_common::drop`), summed over CPUs.
-    pub fn drops(&self) -> Result<[u64; drop::COUNT as usize]> {
-        let v = Self::sum_u64(&self.drop_stats, names::DROP_STATS, drop::COUNT)?;
-        let mut out = [0; drop::COUNT as usize];
+    /// Drops by reason, indexed by `DropReason as usize`, summed over CPUs.
+    pub fn drops(&self) -> Result<[u64; DropReason::COUNT]> {
+        let v = Self::sum_u64(
+            &self.drop_stats,
+            names::DROP_STATS,
+            DropReason::COUNT as u32,
+        )?;
+        let mut out = [0; DropReason::COUNT];
         out.copy_from_slice(&v);
         Ok(out)
     }
 
-    /// Packets by branch (`steer_common::path`), summed over CPUs.
-    pub fn paths(&self) -> Result<[u64; path::COUNT as usize]> {
-        let v = Self::sum_u64(&self.path_stats, names::PATH_STATS, path::COUNT)?;
-        let mut out = [0; path::COUNT as usize];
+    /// Packets by branch, indexed by `Branch as usize`, summed over CPUs.
+    pub fn paths(&self) -> Result<[u64; Branch::COUNT]> {
+        let v = Self::sum_u64(&self.path_stats, names::PATH_STATS, Branch::COUNT as u32)?;
+        let mut out = [0; Branch::COUNT];
         out.copy_from_slice(&v);
         Ok(out)
     }

@@ -12,14 +12,17 @@ use aya::maps::{Array, HashMap, Map, MapData};
 use aya::programs::{ProgramError, TestRun, TestRunOptions, Xdp};
 use aya::{Ebpf, EbpfLoader};
 use steer_common::{
-    drop, names, path, ring_index, ring_values, AddrKey, BenchState, Counters, Real, Settings,
-    VipInfo, VipKey, VIP_FILTER_WORDS,
+    names, ring_index, ring_values, AddrKey, Branch, Counters, DropReason, Real, Settings, VipInfo,
+    VipKey, VIP_FILTER_WORDS,
 };
 
+mod bench;
 mod counters;
 pub mod persist;
 pub mod plan;
+pub mod verdict;
 
+pub use bench::BenchProgram;
 pub use counters::CounterReader;
 use plan::{addr_bytes, RealSlot, ServiceSlot};
 pub use plan::{DesiredBackend, DesiredService, Globals, IdLedger, PlanError, Write};
@@ -29,8 +32,11 @@ use std::path::{Path, PathBuf};
 use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::xdp::{XdpLink, XdpMode};
 
-/// The compiled XDP program, built by build.rs.
+/// The compiled XDP program, built by build.rs (production object: no
+/// benchmark entries; see `bench.rs`).
 static PROGRAM: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/steer"));
+/// The programs `load` loads from `PROGRAM`.
+const PROGRAMS: [&str; 1] = [names::PROG_STEER];
 
 #[derive(Debug, thiserror::Error)]
 pub enum DataplaneError {
@@ -156,19 +162,6 @@ pub struct RunOutput {
     pub data: Vec<u8>,
     /// What the kernel measured for this run.
     pub duration: Duration,
-}
-
-/// Programs `Dataplane::bench_run` can time.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum BenchProgram {
-    /// The production entry point.
-    Steer,
-    /// Returns XDP_TX and nothing else.
-    Floor,
-    /// Restores the original packet, then the production code.
-    SteerWithRestore,
-    /// The restore step alone.
-    RestoreOnly,
 }
 
 /// A shared, writable mapping of an mmapable BPF array.
@@ -317,7 +310,7 @@ pub enum Attached {
 }
 
 /// All the maps the program declares, for pinning.
-const ALL_MAPS: [&str; 13] = [
+const ALL_MAPS: [&str; 12] = [
     names::SETTINGS,
     names::VIPS,
     names::VIP_ADDRS,
@@ -330,7 +323,6 @@ const ALL_MAPS: [&str; 13] = [
     names::REAL_STATS,
     names::DROP_STATS,
     names::PATH_STATS,
-    names::BENCH,
 ];
 
 fn link_pin(pin_dir: &Path, iface: &str) -> PathBuf {
@@ -396,10 +388,17 @@ impl Dataplane {
     }
 
     pub fn load_with(limits: Limits) -> Result<Self> {
-        Self::load_inner(limits, &[])
+        Self::load_inner(PROGRAM, &PROGRAMS, limits, &[])
     }
 
-    fn load_inner(limits: Limits, pins: &[(&'static str, PathBuf)]) -> Result<Self> {
+    /// Loads `programs` of `object` (the production one, or the benchmark
+    /// one in `bench.rs`).
+    fn load_inner(
+        object: &[u8],
+        programs: &[&'static str],
+        limits: Limits,
+        pins: &[(&'static str, PathBuf)],
+    ) -> Result<Self> {
         let mut loader = EbpfLoader::new();
         for (name, path) in pins {
             loader.map_pin_path(name, path.as_path());
@@ -416,13 +415,8 @@ impl Dataplane {
             .map_max_entries(names::VIP_STATS, limits.max_tables)
             .map_max_entries(names::REALS, limits.max_reals)
             .map_max_entries(names::REAL_STATS, limits.max_reals);
-        let mut ebpf = loader.load(PROGRAM).map_err(DataplaneError::Load)?;
-        for name in [
-            names::PROG_STEER,
-            names::PROG_FLOOR,
-            names::PROG_BENCH,
-            names::PROG_BENCH_RESTORE,
-        ] {
+        let mut ebpf = loader.load(object).map_err(DataplaneError::Load)?;
+        for &name in programs {
             let prog: &mut Xdp = ebpf
                 .program_mut(name)
                 .ok_or(DataplaneError::MissingProgram { name })?
@@ -489,7 +483,7 @@ impl Dataplane {
         let existed = dir.join(names::RINGS).exists();
         let pins: Vec<(&'static str, PathBuf)> =
             ALL_MAPS.iter().map(|n| (*n, dir.join(n))).collect();
-        let mut dp = Self::load_inner(limits, &pins)?;
+        let mut dp = Self::load_inner(PROGRAM, &PROGRAMS, limits, &pins)?;
         dp.check_pinned_sizes()?;
         dp.persist = Some(persist.clone());
         let saved = if existed {
@@ -1133,42 +1127,6 @@ impl Dataplane {
         self.run_program(names::PROG_STEER, frame)
     }
 
-    /// Runs one frame through the trivial XDP_TX program (benchmark floor).
-    pub fn run_floor(&self, frame: &[u8]) -> Result<RunOutput> {
-        self.run_program(names::PROG_FLOOR, frame)
-    }
-
-    /// Benchmark support: runs `frame` through program `which` with
-    /// `repeat` iterations in one BPF_PROG_TEST_RUN and returns the verdict
-    /// of the last iteration and the kernel's mean time per iteration.
-    /// `vary` (`steer_common::BENCH_VARY_*`) applies to the `steer_bench`
-    /// programs, which restore the original packet before each iteration.
-    pub fn bench_run(
-        &mut self,
-        which: BenchProgram,
-        frame: &[u8],
-        repeat: u32,
-        vary: u32,
-    ) -> Result<RunOutput> {
-        let mut st: Array<_, BenchState> = typed(&mut self.ebpf, names::BENCH)?;
-        st.set(
-            0,
-            BenchState {
-                vary,
-                ..Default::default()
-            },
-            0,
-        )
-        .map_err(map_err(names::BENCH))?;
-        let name = match which {
-            BenchProgram::Steer => names::PROG_STEER,
-            BenchProgram::Floor => names::PROG_FLOOR,
-            BenchProgram::SteerWithRestore => names::PROG_BENCH,
-            BenchProgram::RestoreOnly => names::PROG_BENCH_RESTORE,
-        };
-        self.run_program_repeat(name, frame, repeat)
-    }
-
     fn run_program(&self, name: &'static str, frame: &[u8]) -> Result<RunOutput> {
         self.run_program_repeat(name, frame, 1)
     }
@@ -1205,13 +1163,13 @@ impl Dataplane {
         })
     }
 
-    /// Drops by reason (`steer_common::drop`), summed over CPUs.
-    pub fn drop_counts(&self) -> Result<[u64; drop::COUNT as usize]> {
+    /// Drops by reason, indexed by `DropReason as usize`, summed over CPUs.
+    pub fn drop_counts(&self) -> Result<[u64; DropReason::COUNT]> {
         self.counters.drops()
     }
 
-    /// Packets by branch (`steer_common::path`), summed over CPUs.
-    pub fn path_counts(&self) -> Result<[u64; path::COUNT as usize]> {
+    /// Packets by branch, indexed by `Branch as usize`, summed over CPUs.
+    pub fn path_counts(&self) -> Result<[u64; Branch::COUNT]> {
         self.counters.paths()
     }
 
