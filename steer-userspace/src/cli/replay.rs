@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context as _, Result};
+use steer::dataplane::verdict::{VerdictProgram, XdpVerdict};
 use steer::dataplane::{Dataplane, DataplaneError, Verdict};
 use steer::pcap;
 use steer::policy::ApplyConfig as _;
@@ -43,13 +44,17 @@ struct TooLarge {
 }
 
 /// The largest frame BPF_PROG_TEST_RUN accepts, between `ok` (known to
-/// run) and `bad` (refused). Probes with the `steer_floor` program, which
-/// returns XDP_TX and touches no map or counter.
-fn test_run_limit(dp: &Dataplane, mut ok: usize, mut bad: usize) -> usize {
+/// run) and `bad` (refused). Probes with the `steer_tx` verdict program,
+/// which returns XDP_TX and has no maps, so the replay's counters are not
+/// touched. If that program cannot be loaded, `ok` is the answer.
+fn test_run_limit(mut ok: usize, mut bad: usize) -> usize {
+    let Ok(prog) = VerdictProgram::load(XdpVerdict::Tx) else {
+        return ok;
+    };
     let buf = vec![0u8; bad];
     while bad - ok > 1 {
         let mid = ok + (bad - ok) / 2;
-        if dp.run_floor(&buf[..mid]).is_ok() {
+        if prog.test_run(&buf[..mid]).is_ok() {
             ok = mid;
         } else {
             bad = mid;
@@ -125,7 +130,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
                 if enomem && len > largest_run {
                     let limit = *too_large
                         .limit
-                        .get_or_insert_with(|| test_run_limit(&dp, largest_run.max(14), len));
+                        .get_or_insert_with(|| test_run_limit(largest_run.max(14), len));
                     if len > limit {
                         too_large.records.push((number, len));
                         continue;
