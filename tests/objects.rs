@@ -33,6 +33,7 @@ fn tcp_frame() -> Vec<u8> {
 }
 
 #[test]
+#[ignore = "needs root: BPF or network namespaces (cargo xtask test runs it)"]
 fn production_object_has_no_benchmark_programs() {
     if !require_root() {
         return;
@@ -58,6 +59,7 @@ fn production_object_has_no_benchmark_programs() {
 }
 
 #[test]
+#[ignore = "needs root: BPF or network namespaces (cargo xtask test runs it)"]
 fn pinned_maps_are_the_production_maps_only() {
     if !require_root() {
         return;
@@ -110,6 +112,7 @@ fn pinned_maps_are_the_production_maps_only() {
 }
 
 #[test]
+#[ignore = "needs root: BPF or network namespaces (cargo xtask test runs it)"]
 fn benchmark_object_runs_the_benchmark_programs() {
     if !require_root() {
         return;
@@ -144,6 +147,7 @@ fn benchmark_object_runs_the_benchmark_programs() {
 }
 
 #[test]
+#[ignore = "needs root: BPF or network namespaces (cargo xtask test runs it)"]
 fn verdict_programs_return_their_verdict() {
     if !require_root() {
         return;

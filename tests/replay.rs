@@ -303,6 +303,7 @@ fn ip6(p: &Packet, backend: Ipv6Addr) -> Expected {
 // Encapsulation, byte for byte.
 
 #[test]
+#[ignore = "needs root: BPF or network namespaces (cargo xtask test runs it)"]
 fn ipv4_tcp_is_ipip_encapsulated() {
     if !steer_tests::require_root() {
         return;
@@ -320,6 +321,7 @@ fn ipv4_tcp_is_ipip_encapsulated() {
 }
 
 #[test]
+#[ignore = "needs root: BPF or network namespaces (cargo xtask test runs it)"]
 fn ipv4_udp_is_ipip_encapsulated() {
     if !steer_tests::require_root() {
         return;
@@ -332,6 +334,7 @@ fn ipv4_udp_is_ipip_encapsulated() {
 }
 
 #[test]
+#[ignore = "needs root: BPF or network namespaces (cargo xtask test runs it)"]
 fn ipv6_vip_is_6in6_encapsulated() {
     if !steer_tests::require_root() {
         return;
@@ -350,6 +353,7 @@ fn ipv6_vip_is_6in6_encapsulated() {
 }
 
 #[test]
+#[ignore = "needs root: BPF or network namespaces (cargo xtask test runs it)"]
 fn ipv4_vip_with_ipv6_backend_is_4in6() {
     if !steer_tests::require_root() {
         return;
@@ -366,6 +370,7 @@ fn ipv4_vip_with_ipv6_backend_is_4in6() {
 }
 
 #[test]
+#[ignore = "needs root: BPF or network namespaces (cargo xtask test runs it)"]
 fn single_vlan_tag_is_kept() {
     if !steer_tests::require_root() {
         return;
@@ -380,6 +385,7 @@ fn single_vlan_tag_is_kept() {
 }
 
 #[test]
+#[ignore = "needs root: BPF or network namespaces (cargo xtask test runs it)"]
 fn double_vlan_tag_is_kept() {
     if !steer_tests::require_root() {
         return;
@@ -400,6 +406,7 @@ fn double_vlan_tag_is_kept() {
 }
 
 #[test]
+#[ignore = "needs root: BPF or network namespaces (cargo xtask test runs it)"]
 fn ipv4_options_are_skipped_and_kept() {
     if !steer_tests::require_root() {
         return;
@@ -423,6 +430,7 @@ fn ipv4_options_are_skipped_and_kept() {
 }
 
 #[test]
+#[ignore = "needs root: BPF or network namespaces (cargo xtask test runs it)"]
 fn ipv6_extension_headers_are_skipped_and_kept() {
     if !steer_tests::require_root() {
         return;
@@ -444,6 +452,7 @@ fn ipv6_extension_headers_are_skipped_and_kept() {
 }
 
 #[test]
+#[ignore = "needs root: BPF or network namespaces (cargo xtask test runs it)"]
 fn ipv6_more_than_four_extension_headers_dropped() {
     if !steer_tests::require_root() {
         return;
@@ -466,6 +475,7 @@ fn ipv6_more_than_four_extension_headers_dropped() {
 }
 
 #[test]
+#[ignore = "needs root: BPF or network namespaces (cargo xtask test runs it)"]
 fn ethernet_trailer_is_trimmed_before_encapsulation() {
     if !steer_tests::require_root() {
         return;
@@ -516,6 +526,7 @@ fn ethernet_trailer_is_trimmed_before_encapsulation() {
 // What is not for us passes untouched.
 
 #[test]
+#[ignore = "needs root: BPF or network namespaces (cargo xtask test runs it)"]
 fn non_vip_traffic_passes_unchanged() {
     if !steer_tests::require_root() {
         return;
@@ -589,6 +600,7 @@ fn other_proto(p: Packet, proto: u8) -> Vec<u8> {
 }
 
 #[test]
+#[ignore = "needs root: BPF or network namespaces (cargo xtask test runs it)"]
 fn port_zero_vip_matches_any_port() {
     if !steer_tests::require_root() {
         return;
@@ -606,6 +618,7 @@ fn port_zero_vip_matches_any_port() {
 }
 
 #[test]
+#[ignore = "needs root: BPF or network namespaces (cargo xtask test runs it)"]
 fn service_by_region_uses_region_backends() {
     if !steer_tests::require_root() {
         return;
@@ -627,6 +640,7 @@ fn service_by_region_uses_region_backends() {
 // Truncated and malformed packets.
 
 #[test]
+#[ignore = "needs root: BPF or network namespaces (cargo xtask test runs it)"]
 fn truncated_ethernet_passes() {
     if !steer_tests::require_root() {
         return;
@@ -660,6 +674,7 @@ fn truncated_ethernet_passes() {
 }
 
 #[test]
+#[ignore = "needs root: BPF or network namespaces (cargo xtask test runs it)"]
 fn truncated_vlan_tag_passes() {
     if !steer_tests::require_root() {
         return;
@@ -682,6 +697,7 @@ fn truncated_vlan_tag_passes() {
 }
 
 #[test]
+#[ignore = "needs root: BPF or network namespaces (cargo xtask test runs it)"]
 fn truncated_ipv4_header_before_destination_passes() {
     if !steer_tests::require_root() {
         return;
@@ -696,6 +712,7 @@ fn truncated_ipv4_header_before_destination_passes() {
 }
 
 #[test]
+#[ignore = "needs root: BPF or network namespaces (cargo xtask test runs it)"]
 fn truncated_ipv4_header_after_destination_dropped_for_vip() {
     if !steer_tests::require_root() {
         return;
@@ -721,6 +738,7 @@ fn truncated_ipv4_header_after_destination_dropped_for_vip() {
 }
 
 #[test]
+#[ignore = "needs root: BPF or network namespaces (cargo xtask test runs it)"]
 fn ipv4_ihl_beyond_frame_dropped_for_vip() {
     if !steer_tests::require_root() {
         return;
@@ -757,6 +775,7 @@ fn ipv4_ihl_beyond_frame_dropped_for_vip() {
 }
 
 #[test]
+#[ignore = "needs root: BPF or network namespaces (cargo xtask test runs it)"]
 fn ipv4_total_length_beyond_frame_dropped_for_vip() {
     if !steer_tests::require_root() {
         return;
@@ -784,6 +803,7 @@ fn ipv4_total_length_beyond_frame_dropped_for_vip() {
 }
 
 #[test]
+#[ignore = "needs root: BPF or network namespaces (cargo xtask test runs it)"]
 fn ipv4_bad_version_ihl_or_length_dropped_for_vip() {
     if !steer_tests::require_root() {
         return;
@@ -815,6 +835,7 @@ fn ipv4_bad_version_ihl_or_length_dropped_for_vip() {
 }
 
 #[test]
+#[ignore = "needs root: BPF or network namespaces (cargo xtask test runs it)"]
 fn truncated_transport_header_dropped_for_vip() {
     if !steer_tests::require_root() {
         return;
@@ -846,6 +867,7 @@ fn truncated_transport_header_dropped_for_vip() {
 }
 
 #[test]
+#[ignore = "needs root: BPF or network namespaces (cargo xtask test runs it)"]
 fn truncated_ipv6_header_passes() {
     if !steer_tests::require_root() {
         return;
@@ -860,6 +882,7 @@ fn truncated_ipv6_header_passes() {
 }
 
 #[test]
+#[ignore = "needs root: BPF or network namespaces (cargo xtask test runs it)"]
 fn truncated_ipv6_extension_header_dropped_for_vip() {
     if !steer_tests::require_root() {
         return;
@@ -883,6 +906,7 @@ fn truncated_ipv6_extension_header_dropped_for_vip() {
 }
 
 #[test]
+#[ignore = "needs root: BPF or network namespaces (cargo xtask test runs it)"]
 fn ipv6_payload_length_beyond_frame_dropped_for_vip() {
     if !steer_tests::require_root() {
         return;
@@ -905,6 +929,7 @@ fn ipv6_payload_length_beyond_frame_dropped_for_vip() {
 // Fragments.
 
 #[test]
+#[ignore = "needs root: BPF or network namespaces (cargo xtask test runs it)"]
 fn ipv4_fragments_to_vip_dropped() {
     if !steer_tests::require_root() {
         return;
@@ -957,6 +982,7 @@ fn ipv4_fragments_to_vip_dropped() {
 }
 
 #[test]
+#[ignore = "needs root: BPF or network namespaces (cargo xtask test runs it)"]
 fn ipv6_fragments_to_vip_dropped() {
     if !steer_tests::require_root() {
         return;
@@ -1015,6 +1041,7 @@ fn quoted_v6(src: Ipv6Addr, sport: u16, dst: Ipv6Addr, dport: u16) -> Vec<u8> {
 }
 
 #[test]
+#[ignore = "needs root: BPF or network namespaces (cargo xtask test runs it)"]
 fn icmp_frag_needed_goes_to_the_flows_backend() {
     if !steer_tests::require_root() {
         return;
@@ -1075,6 +1102,7 @@ fn icmp_frag_needed_goes_to_the_flows_backend() {
 }
 
 #[test]
+#[ignore = "needs root: BPF or network namespaces (cargo xtask test runs it)"]
 fn icmp_frag_needed_for_a_client_affinity_vip() {
     if !steer_tests::require_root() {
         return;
@@ -1104,6 +1132,7 @@ fn icmp_frag_needed_for_a_client_affinity_vip() {
 }
 
 #[test]
+#[ignore = "needs root: BPF or network namespaces (cargo xtask test runs it)"]
 fn icmpv6_packet_too_big_goes_to_the_flows_backend() {
     if !steer_tests::require_root() {
         return;
@@ -1140,6 +1169,7 @@ fn icmpv6_packet_too_big_goes_to_the_flows_backend() {
 }
 
 #[test]
+#[ignore = "needs root: BPF or network namespaces (cargo xtask test runs it)"]
 fn icmp_error_with_unusable_quote_dropped() {
     if !steer_tests::require_root() {
         return;
@@ -1177,6 +1207,7 @@ fn pool_flow(rig: &mut Rig, port: u16) -> (Packet, Ipv4Addr) {
 }
 
 #[test]
+#[ignore = "needs root: BPF or network namespaces (cargo xtask test runs it)"]
 fn drained_backend_keeps_established_flows() {
     if !steer_tests::require_root() {
         return;
@@ -1224,6 +1255,7 @@ fn drained_backend_keeps_established_flows() {
 }
 
 #[test]
+#[ignore = "needs root: BPF or network namespaces (cargo xtask test runs it)"]
 fn backend_marked_down_forces_reselection() {
     if !steer_tests::require_root() {
         return;
@@ -1290,6 +1322,7 @@ fn backend_marked_down_forces_reselection() {
 }
 
 #[test]
+#[ignore = "needs root: BPF or network namespaces (cargo xtask test runs it)"]
 fn backend_down_through_apply_forces_reselection() {
     if !steer_tests::require_root() {
         return;
@@ -1323,6 +1356,7 @@ fn with_pool_backends(list: &[&str]) -> String {
 }
 
 #[test]
+#[ignore = "needs root: BPF or network namespaces (cargo xtask test runs it)"]
 fn removed_backend_reselects_established_flows() {
     if !steer_tests::require_root() {
         return;
@@ -1357,6 +1391,7 @@ fn removed_backend_reselects_established_flows() {
 }
 
 #[test]
+#[ignore = "needs root: BPF or network namespaces (cargo xtask test runs it)"]
 fn replaced_backend_does_not_inherit_flows() {
     if !steer_tests::require_root() {
         return;
@@ -1402,6 +1437,7 @@ fn replaced_backend_does_not_inherit_flows() {
 }
 
 #[test]
+#[ignore = "needs root: BPF or network namespaces (cargo xtask test runs it)"]
 fn empty_table_drops_no_backend() {
     if !steer_tests::require_root() {
         return;
@@ -1428,6 +1464,7 @@ fn empty_table_drops_no_backend() {
 // Client affinity.
 
 #[test]
+#[ignore = "needs root: BPF or network namespaces (cargo xtask test runs it)"]
 fn client_affinity_keeps_a_client_on_one_backend() {
     if !steer_tests::require_root() {
         return;
@@ -1474,6 +1511,7 @@ fn client_affinity_keeps_a_client_on_one_backend() {
 }
 
 #[test]
+#[ignore = "needs root: BPF or network namespaces (cargo xtask test runs it)"]
 fn client_affinity_ipv6_uses_the_client_key() {
     if !steer_tests::require_root() {
         return;
@@ -1507,6 +1545,7 @@ fn client_affinity_ipv6_uses_the_client_key() {
 // MTU.
 
 #[test]
+#[ignore = "needs root: BPF or network namespaces (cargo xtask test runs it)"]
 fn packets_too_big_after_encapsulation_dropped() {
     if !steer_tests::require_root() {
         return;
@@ -1560,6 +1599,7 @@ fn packets_too_big_after_encapsulation_dropped() {
 }
 
 #[test]
+#[ignore = "needs root: BPF or network namespaces (cargo xtask test runs it)"]
 fn configured_mtu_and_ttl_are_used() {
     if !steer_tests::require_root() {
         return;
@@ -1591,6 +1631,7 @@ fn configured_mtu_and_ttl_are_used() {
 // Outer source ranges.
 
 #[test]
+#[ignore = "needs root: BPF or network namespaces (cargo xtask test runs it)"]
 fn outer_source_varies_per_flow_within_the_range() {
     if !steer_tests::require_root() {
         return;
@@ -1660,6 +1701,7 @@ fn outer_source_varies_per_flow_within_the_range() {
 }
 
 #[test]
+#[ignore = "needs root: BPF or network namespaces (cargo xtask test runs it)"]
 fn outer_source_of_client_affinity_follows_the_client() {
     if !steer_tests::require_root() {
         return;
@@ -1696,6 +1738,7 @@ fn outer_source_of_client_affinity_follows_the_client() {
 // Counters.
 
 #[test]
+#[ignore = "needs root: BPF or network namespaces (cargo xtask test runs it)"]
 fn counters_match_the_traffic() {
     if !steer_tests::require_root() {
         return;
@@ -1745,6 +1788,7 @@ fn counters_match_the_traffic() {
 }
 
 #[test]
+#[ignore = "needs root: BPF or network namespaces (cargo xtask test runs it)"]
 fn counters_split_over_backends() {
     if !steer_tests::require_root() {
         return;

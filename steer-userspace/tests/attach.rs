@@ -242,6 +242,7 @@ fn link_pin(s: &Scratch) -> PathBuf {
 }
 
 #[test]
+#[ignore = "needs root: BPF or network namespaces (cargo xtask test runs it)"]
 fn driver_mode_attaches_to_veth_and_pins_the_link() {
     if !require_root() {
         return;
@@ -264,6 +265,7 @@ fn driver_mode_attaches_to_veth_and_pins_the_link() {
 }
 
 #[test]
+#[ignore = "needs root: BPF or network namespaces (cargo xtask test runs it)"]
 fn second_open_replaces_the_program_without_a_gap() {
     if !require_root() {
         return;
@@ -338,6 +340,7 @@ fn second_open_replaces_the_program_without_a_gap() {
 }
 
 #[test]
+#[ignore = "needs root: BPF or network namespaces (cargo xtask test runs it)"]
 fn remove_pins_detaches() {
     if !require_root() {
         return;
@@ -364,6 +367,7 @@ fn remove_pins_detaches() {
 }
 
 #[test]
+#[ignore = "needs root: BPF or network namespaces (cargo xtask test runs it)"]
 fn skb_mode_attaches() {
     if !require_root() {
         return;
@@ -386,6 +390,7 @@ fn skb_mode_attaches() {
 }
 
 #[test]
+#[ignore = "needs root: BPF or network namespaces (cargo xtask test runs it)"]
 fn auto_mode_attaches() {
     if !require_root() {
         return;
@@ -413,6 +418,7 @@ fn auto_mode_attaches() {
 /// encapsulates it and bounces it with XDP_TX back out of stt0, so it
 /// arrives on stt1, where a raw AF_PACKET socket captures it.
 #[test]
+#[ignore = "needs root: BPF or network namespaces (cargo xtask test runs it)"]
 fn a_packet_to_the_vip_comes_back_encapsulated() {
     if !require_root() {
         return;

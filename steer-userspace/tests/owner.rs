@@ -148,6 +148,7 @@ impl Lcg {
 }
 
 #[test]
+#[ignore = "needs root: BPF or network namespaces (cargo xtask test runs it)"]
 fn interleaved_health_drains_and_reloads_leave_the_maps_equal_to_the_final_state() {
     if !require_root() {
         return;
@@ -328,6 +329,7 @@ name = "eu"
 }
 
 #[test]
+#[ignore = "needs root: BPF or network namespaces (cargo xtask test runs it)"]
 fn a_failed_reload_restores_the_config_and_the_drains() {
     if !require_root() {
         return;
@@ -454,6 +456,7 @@ fn reopen_with_state(name: &str, corrupt: impl Fn(&str) -> String) -> (Dataplane
 }
 
 #[test]
+#[ignore = "needs root: BPF or network namespaces (cargo xtask test runs it)"]
 fn an_unparsable_state_file_gives_a_fresh_start_that_says_why() {
     if !require_root() {
         return;
@@ -471,6 +474,7 @@ fn an_unparsable_state_file_gives_a_fresh_start_that_says_why() {
 }
 
 #[test]
+#[ignore = "needs root: BPF or network namespaces (cargo xtask test runs it)"]
 fn a_state_file_with_out_of_range_ids_is_discarded_not_a_panic() {
     if !require_root() {
         return;
@@ -493,6 +497,7 @@ fn a_state_file_with_out_of_range_ids_is_discarded_not_a_panic() {
 }
 
 #[test]
+#[ignore = "needs root: BPF or network namespaces (cargo xtask test runs it)"]
 fn a_state_file_from_other_sizes_is_discarded_with_the_sizes_named() {
     if !require_root() {
         return;

@@ -149,6 +149,7 @@ fn replay_ok(dir: &Scratch, input: &Path, extra: &[&str]) -> String {
 }
 
 #[test]
+#[ignore = "needs root: BPF or network namespaces (cargo xtask test runs it)"]
 fn replays_a_capture_and_writes_what_was_transmitted() {
     if !require_root() {
         return;
@@ -192,6 +193,7 @@ fn replays_a_capture_and_writes_what_was_transmitted() {
 }
 
 #[test]
+#[ignore = "needs root: BPF or network namespaces (cargo xtask test runs it)"]
 fn bad_inputs_give_clear_errors() {
     if !require_root() {
         return;
@@ -237,6 +239,7 @@ fn one_line_error(out: &std::process::Output) -> String {
 }
 
 #[test]
+#[ignore = "needs root: BPF or network namespaces (cargo xtask test runs it)"]
 fn a_truncated_header_is_called_truncated() {
     if !require_root() {
         return;
@@ -262,6 +265,7 @@ fn a_truncated_header_is_called_truncated() {
 }
 
 #[test]
+#[ignore = "needs root: BPF or network namespaces (cargo xtask test runs it)"]
 fn pcapng_captures_replay_like_pcap() {
     if !require_root() {
         return;
@@ -285,6 +289,7 @@ fn pcapng_captures_replay_like_pcap() {
 /// pages) are skipped, counted and named with the limit; the rest of the
 /// capture is replayed.
 #[test]
+#[ignore = "needs root: BPF or network namespaces (cargo xtask test runs it)"]
 fn records_too_large_for_the_kernel_are_skipped_and_named() {
     if !require_root() {
         return;
@@ -328,6 +333,7 @@ fn records_too_large_for_the_kernel_are_skipped_and_named() {
 /// runs, plus the encapsulation) is written whole, under a snap length
 /// that covers it.
 #[test]
+#[ignore = "needs root: BPF or network namespaces (cargo xtask test runs it)"]
 fn the_output_snap_length_fits_every_record() {
     if !require_root() {
         return;

@@ -247,6 +247,7 @@ fn first_run(s: &Scratch, cfg: &Config, frames: &[Vec<u8>]) -> Vec<Ipv4Addr> {
 }
 
 #[test]
+#[ignore = "needs root: BPF or network namespaces (cargo xtask test runs it)"]
 fn restart_adopts_pins_and_every_flow_keeps_its_backend() {
     if !require_root() {
         return;
@@ -285,6 +286,7 @@ fn restart_adopts_pins_and_every_flow_keeps_its_backend() {
 }
 
 #[test]
+#[ignore = "needs root: BPF or network namespaces (cargo xtask test runs it)"]
 fn adopted_flows_stay_when_weights_change() {
     if !require_root() {
         return;
@@ -346,6 +348,7 @@ fn adopted_flows_stay_when_weights_change() {
 }
 
 #[test]
+#[ignore = "needs root: BPF or network namespaces (cargo xtask test runs it)"]
 fn pinned_size_mismatch_is_an_error_and_leaves_pins_alone() {
     if !require_root() {
         return;
@@ -390,6 +393,7 @@ fn pinned_size_mismatch_is_an_error_and_leaves_pins_alone() {
 /// weight 0: a conntrack entry that followed its real id would land on one
 /// of them. The only weighted backend is n1, so every flow must go there.
 #[test]
+#[ignore = "needs root: BPF or network namespaces (cargo xtask test runs it)"]
 fn missing_state_file_reselects_instead_of_following_reused_ids() {
     if !require_root() {
         return;
@@ -483,6 +487,7 @@ fn missing_state_file_reselects_instead_of_following_reused_ids() {
 /// the state file says it is still free. On restart id 1 goes to another
 /// service's backend; web's flows must not follow it there.
 #[test]
+#[ignore = "needs root: BPF or network namespaces (cargo xtask test runs it)"]
 fn stale_state_file_does_not_let_flows_follow_reused_ids() {
     if !require_root() {
         return;
@@ -529,6 +534,7 @@ fn stale_state_file_does_not_let_flows_follow_reused_ids() {
 }
 
 #[test]
+#[ignore = "needs root: BPF or network namespaces (cargo xtask test runs it)"]
 fn remove_pins_leaves_nothing_behind() {
     if !require_root() {
         return;
@@ -575,6 +581,7 @@ fn remove_pins_leaves_nothing_behind() {
 /// readdresses every backend still fits: the service reuses the ids it
 /// gives up (under new generations), and flows follow the new addresses.
 #[test]
+#[ignore = "needs root: BPF or network namespaces (cargo xtask test runs it)"]
 fn readdressing_every_backend_at_full_capacity() {
     if !require_root() {
         return;

@@ -72,9 +72,23 @@ fn secs(d: Duration) -> String {
     format!("{:.1}s", d.as_secs_f64())
 }
 
+/// The arguments after `cargo test --workspace ...`: the caller's, with
+/// `--include-ignored` added for the test binaries. The privileged tests
+/// (BPF, network namespaces) are `#[ignore]`d so that a plain `cargo test`
+/// shows them as not run; this runs them, and under CI=true they fail
+/// loudly if they cannot.
+fn test_args(extra: &[String]) -> Vec<String> {
+    let mut args = extra.to_vec();
+    if !args.iter().any(|a| a == "--") {
+        args.push("--".into());
+    }
+    args.push("--include-ignored".into());
+    args
+}
+
 pub fn test(extra: &[String]) -> Result<()> {
     let mut tests = cargo(&["test", "--workspace", "--exclude", "steer-ebpf"]);
-    tests.args(extra);
+    tests.args(test_args(extra));
     let steps = [
         Step {
             name: "fmt",
@@ -148,4 +162,26 @@ pub fn test(extra: &[String]) -> Result<()> {
         secs(start.elapsed())
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_args;
+
+    #[test]
+    fn ignored_tests_are_included_after_the_callers_arguments() {
+        assert_eq!(test_args(&[]), ["--", "--include-ignored"]);
+        let filter = ["conntrack".to_string()];
+        assert_eq!(test_args(&filter), ["conntrack", "--", "--include-ignored"]);
+        let harness = [
+            "-p".to_string(),
+            "x".into(),
+            "--".into(),
+            "--nocapture".into(),
+        ];
+        assert_eq!(
+            test_args(&harness),
+            ["-p", "x", "--", "--nocapture", "--include-ignored"]
+        );
+    }
 }
