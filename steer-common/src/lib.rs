@@ -13,11 +13,13 @@ extern crate std;
 pub mod csum;
 pub mod hash;
 pub mod maps;
+pub mod verdict;
 
 #[cfg(feature = "user")]
 pub mod maglev;
 
 pub use maps::*;
+pub use verdict::XdpVerdict;
 
 /// Converts a host-order port into the representation stored in map keys:
 /// the two wire bytes reinterpreted as a native `u16`.

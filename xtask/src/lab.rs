@@ -97,36 +97,6 @@ fn preflight() -> Result<()> {
     Ok(())
 }
 
-fn is_bpffs(path: &Path) -> bool {
-    use std::os::unix::ffi::OsStrExt as _;
-    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
-        return false;
-    };
-    // SAFETY: statfs writes into the zeroed struct we pass; `c` is a valid
-    // NUL-terminated path.
-    unsafe {
-        let mut st: libc::statfs = std::mem::zeroed();
-        libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as i64 == 0xcafe_4a11
-    }
-}
-
-/// steer pins its maps under /sys/fs/bpf (`pin_path`); most systems mount
-/// bpffs there at boot, minimal ones (containers, VMs) may not.
-fn ensure_bpffs() -> Result<()> {
-    let dir = Path::new("/sys/fs/bpf");
-    if is_bpffs(dir) {
-        return Ok(());
-    }
-    println!(
-        "lab up: /sys/fs/bpf is not a BPF filesystem; mounting one (steer pins its maps there)"
-    );
-    sys::checked(
-        Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]),
-        Duration::from_secs(10),
-    )?;
-    Ok(())
-}
-
 /// Builds steer-lab-backend and returns its path.
 pub fn build_backend() -> Result<PathBuf> {
     crate::util::run(Command::new("cargo").current_dir(workspace_root()).args([
@@ -200,7 +170,8 @@ impl Lab {
             None => build_backend()?,
         };
         let result = (|| {
-            ensure_bpffs()?;
+            // No bpffs set-up here: `steer run` mounts /sys/fs/bpf itself
+            // when its pin_path lies there and nothing is mounted.
             let bin = procs::bin_path();
             fs::create_dir_all(bin.parent().unwrap_or(Path::new("/")))?;
             fs::copy(&src, &bin)

@@ -24,7 +24,7 @@ use anyhow::{anyhow, bail, Context as _, Result};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{error, info, warn};
 
-pub use owner::{down_set, Event, Owner, Published, ReloadOutcome, EVENT_QUEUE};
+pub use owner::{down_set, Event, Owner, Published, ReloadOutcome, State, EVENT_QUEUE};
 pub use reload::restart_only_changes;
 pub use status::{report as status_report, Status};
 

@@ -57,10 +57,9 @@ pub struct ReloadOutcome {
     pub ok: bool,
 }
 
-/// What the owner last applied: an immutable snapshot for status and
-/// metrics.
+/// The daemon's state, as the owner applies events to it.
 #[derive(Clone, Debug)]
-pub struct Published {
+pub struct State {
     pub config_path: PathBuf,
     pub cfg: Arc<Config>,
     pub health: BTreeMap<String, TargetStatus>,
@@ -77,28 +76,30 @@ pub struct Published {
     pub last_load: SystemTime,
     /// Successful programmings of the data plane so far.
     pub programmed: u64,
+    pub started: SystemTime,
+}
+
+/// What the owner last applied: an immutable snapshot for status and
+/// metrics (the state's fields are reachable directly: `published.cfg`).
+#[derive(Clone, Debug)]
+pub struct Published {
+    pub state: State,
     /// Service and backend ids, for reading counters.
     pub ledger: Ledger,
-    pub started: SystemTime,
+}
+
+impl std::ops::Deref for Published {
+    type Target = State;
+    fn deref(&self) -> &State {
+        &self.state
+    }
 }
 
 /// The daemon's state and the data plane, owned by one thread.
 pub struct Owner {
-    config_path: PathBuf,
     dp: Dataplane,
     monitor: Option<HealthMonitor>,
-    cfg: Arc<Config>,
-    health: BTreeMap<String, TargetStatus>,
-    drained: BTreeSet<String>,
-    down: BTreeSet<String>,
-    generation: u64,
-    reloads: u64,
-    reload_failures: u64,
-    last_reload_error: Option<String>,
-    last_reload: Option<ReloadOutcome>,
-    last_load: SystemTime,
-    programmed: u64,
-    started: SystemTime,
+    state: State,
     publish: watch::Sender<Arc<Published>>,
 }
 
@@ -125,30 +126,10 @@ impl Owner {
             .into_iter()
             .filter(|b| cfg.backend(b).is_some())
             .collect();
-        let cfg = Arc::new(cfg);
         let started = SystemTime::now();
-        let first = Published {
-            config_path: config_path.clone(),
-            cfg: cfg.clone(),
-            health: BTreeMap::new(),
-            drained: BTreeSet::new(),
-            down: BTreeSet::new(),
-            generation: 1,
-            reloads: 0,
-            reload_failures: 0,
-            last_reload_error: None,
-            last_reload: None,
-            last_load: started,
-            programmed: 0,
-            ledger: dp.ledger(),
-            started,
-        };
-        let (publish, rx) = watch::channel(Arc::new(first));
-        let owner = Owner {
+        let state = State {
             config_path,
-            dp,
-            monitor: None,
-            cfg,
+            cfg: Arc::new(cfg),
             health: BTreeMap::new(),
             drained,
             down: BTreeSet::new(),
@@ -160,6 +141,15 @@ impl Owner {
             last_load: started,
             programmed: 0,
             started,
+        };
+        let (publish, rx) = watch::channel(Arc::new(Published {
+            state: state.clone(),
+            ledger: dp.ledger(),
+        }));
+        let owner = Owner {
+            dp,
+            monitor: None,
+            state,
             publish,
         };
         (owner, rx)
@@ -183,29 +173,16 @@ impl Owner {
 
     fn backend_state(&self) -> BackendState {
         BackendState {
-            down: down_set(&self.cfg, &self.health),
-            drained: self.drained.clone(),
+            down: down_set(&self.state.cfg, &self.state.health),
+            drained: self.state.drained.clone(),
         }
     }
 
     fn publish(&self) {
-        let p = Published {
-            config_path: self.config_path.clone(),
-            cfg: self.cfg.clone(),
-            health: self.health.clone(),
-            drained: self.drained.clone(),
-            down: self.down.clone(),
-            generation: self.generation,
-            reloads: self.reloads,
-            reload_failures: self.reload_failures,
-            last_reload_error: self.last_reload_error.clone(),
-            last_reload: self.last_reload.clone(),
-            last_load: self.last_load,
-            programmed: self.programmed,
+        self.publish.send_replace(Arc::new(Published {
+            state: self.state.clone(),
             ledger: self.dp.ledger(),
-            started: self.started,
-        };
-        self.publish.send_replace(Arc::new(p));
+        }));
     }
 
     /// Programs the data plane from the current config, health and drains,
@@ -216,11 +193,11 @@ impl Owner {
         let started = Instant::now();
         let r = self
             .dp
-            .apply_state(&self.cfg, state)
+            .apply_state(&self.state.cfg, state)
             .map_err(|e| format!("{e:#}"));
         if r.is_ok() {
-            self.down = down;
-            self.programmed = self.programmed.wrapping_add(1);
+            self.state.down = down;
+            self.state.programmed = self.state.programmed.wrapping_add(1);
             info!(
                 elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
                 "data plane programmed"
@@ -271,8 +248,8 @@ impl Owner {
     }
 
     fn on_health(&mut self, status: BTreeMap<String, TargetStatus>) {
-        self.health = status;
-        if down_set(&self.cfg, &self.health) != self.down {
+        self.state.health = status;
+        if down_set(&self.state.cfg, &self.state.health) != self.state.down {
             if let Err(e) = self.program() {
                 error!(error = %e, "programming the data plane after a health change failed");
             }
@@ -283,18 +260,24 @@ impl Owner {
     }
 
     fn drain(&mut self, backend: &str, undo: bool) -> Response {
-        if self.cfg.backend(backend).is_none() {
-            let known: Vec<&str> = self.cfg.backends.iter().map(|b| b.name.as_str()).collect();
+        if self.state.cfg.backend(backend).is_none() {
+            let known: Vec<&str> = self
+                .state
+                .cfg
+                .backends
+                .iter()
+                .map(|b| b.name.as_str())
+                .collect();
             return Response::error(format!(
                 "unknown backend {backend:?} (backends: {})",
                 known.join(", ")
             ));
         }
-        let before = self.drained.clone();
+        let before = self.state.drained.clone();
         if undo {
-            self.drained.remove(backend);
+            self.state.drained.remove(backend);
         } else {
-            self.drained.insert(backend.to_string());
+            self.state.drained.insert(backend.to_string());
         }
         match self.program() {
             Ok(()) => {
@@ -309,7 +292,7 @@ impl Owner {
                 ))
             }
             Err(e) => {
-                self.drained = before;
+                self.state.drained = before;
                 let rollback = self.roll_back();
                 Response::error(format!(
                     "programming the data plane failed, the drain was not applied: {e}{rollback}"
@@ -334,9 +317,9 @@ impl Owner {
     }
 
     fn reload_failed(&mut self, msg: &str) {
-        self.reload_failures = self.reload_failures.wrapping_add(1);
-        self.last_reload_error = Some(msg.to_string());
-        self.last_reload = Some(ReloadOutcome {
+        self.state.reload_failures = self.state.reload_failures.wrapping_add(1);
+        self.state.last_reload_error = Some(msg.to_string());
+        self.state.last_reload = Some(ReloadOutcome {
             at: SystemTime::now(),
             ok: false,
         });
@@ -348,7 +331,7 @@ impl Owner {
     /// keeps serving. If programming the new one fails, the config, the
     /// health targets and the drains are restored and re-programmed.
     fn reload(&mut self) -> Response {
-        let new = match Config::load(&self.config_path) {
+        let new = match Config::load(&self.state.config_path) {
             Ok(c) => c,
             Err(errs) => {
                 let details: Vec<String> = errs.0.iter().map(|e| e.to_string()).collect();
@@ -357,14 +340,14 @@ impl Owner {
                 }
                 let msg = format!(
                     "{} has {} error(s); the running config keeps serving",
-                    self.config_path.display(),
+                    self.state.config_path.display(),
                     details.len()
                 );
                 self.reload_failed(&msg);
                 return Response::error_with_details(msg, details);
             }
         };
-        let restart_only = reload::restart_only_changes(&self.cfg, &new);
+        let restart_only = reload::restart_only_changes(&self.state.cfg, &new);
         if !restart_only.is_empty() {
             let msg = format!(
                 "these settings cannot change on reload: {} (restart steer to change them); \
@@ -375,39 +358,39 @@ impl Owner {
             self.reload_failed(&msg);
             return Response::error(msg);
         }
-        let old_cfg = std::mem::replace(&mut self.cfg, Arc::new(new));
-        let old_drained = self.drained.clone();
-        let cfg = self.cfg.clone();
-        self.drained.retain(|b| cfg.backend(b).is_some());
+        let old_cfg = std::mem::replace(&mut self.state.cfg, Arc::new(new));
+        let old_drained = self.state.drained.clone();
+        let cfg = self.state.cfg.clone();
+        self.state.drained.retain(|b| cfg.backend(b).is_some());
         // Probe the new targets (the state of unchanged ones is kept).
         if let Some(m) = self.monitor.as_mut() {
-            m.set_targets(health::targets_from_config(&self.cfg));
+            m.set_targets(health::targets_from_config(&self.state.cfg));
         }
         match self.program() {
             Ok(()) => {
-                self.reloads = self.reloads.wrapping_add(1);
-                self.generation = self.generation.wrapping_add(1);
-                self.last_reload_error = None;
+                self.state.reloads = self.state.reloads.wrapping_add(1);
+                self.state.generation = self.state.generation.wrapping_add(1);
+                self.state.last_reload_error = None;
                 let now = SystemTime::now();
-                self.last_reload = Some(ReloadOutcome { at: now, ok: true });
-                self.last_load = now;
+                self.state.last_reload = Some(ReloadOutcome { at: now, ok: true });
+                self.state.last_load = now;
                 self.publish();
                 info!(
-                    generation = self.generation,
+                    generation = self.state.generation,
                     "reloaded {}",
-                    self.config_path.display()
+                    self.state.config_path.display()
                 );
                 Response::ok(format!(
                     "reloaded {} (generation {})",
-                    self.config_path.display(),
-                    self.generation
+                    self.state.config_path.display(),
+                    self.state.generation
                 ))
             }
             Err(e) => {
-                self.cfg = old_cfg;
-                self.drained = old_drained;
+                self.state.cfg = old_cfg;
+                self.state.drained = old_drained;
                 if let Some(m) = self.monitor.as_mut() {
-                    m.set_targets(health::targets_from_config(&self.cfg));
+                    m.set_targets(health::targets_from_config(&self.state.cfg));
                 }
                 let rollback = self.roll_back();
                 let msg =

@@ -60,14 +60,10 @@ pub enum DataplaneError {
         #[source]
         source: std::io::Error,
     },
-    #[error("too many {what}: the data plane holds at most {max} (raise dataplane.{knob})")]
-    Capacity {
-        what: &'static str,
-        max: u32,
-        knob: &'static str,
-    },
-    #[error("service {service}: IPv6 VIP cannot be sent to IPv4 backend {backend}")]
-    FamilyMismatch { service: String, backend: String },
+    /// Capacity or address-family problems found by the plan; nothing was
+    /// written.
+    #[error(transparent)]
+    Plan(#[from] PlanError),
     #[error("unknown service {0:?}")]
     UnknownService(String),
     #[error("unknown backend {0:?}")]
@@ -114,17 +110,6 @@ pub enum DataplaneError {
 }
 
 type Result<T, E = DataplaneError> = std::result::Result<T, E>;
-
-impl From<PlanError> for DataplaneError {
-    fn from(e: PlanError) -> Self {
-        match e {
-            PlanError::Capacity { what, max, knob } => DataplaneError::Capacity { what, max, knob },
-            PlanError::FamilyMismatch { service, backend } => {
-                DataplaneError::FamilyMismatch { service, backend }
-            }
-        }
-    }
-}
 
 fn map_err(name: &'static str) -> impl Fn(aya::maps::MapError) -> DataplaneError {
     move |source| DataplaneError::Map { name, source }

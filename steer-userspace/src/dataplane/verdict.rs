@@ -27,49 +27,7 @@ use aya::{Ebpf, EbpfLoader};
 /// The verdict programs' object, built by build.rs.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/steer-verdicts"));
 
-/// Which fixed verdict.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum XdpVerdict {
-    Pass,
-    Tx,
-    Drop,
-}
-
-impl XdpVerdict {
-    pub const ALL: [XdpVerdict; 3] = [XdpVerdict::Pass, XdpVerdict::Tx, XdpVerdict::Drop];
-
-    /// The program's name in the object, in `ip link` and in `bpftool prog`.
-    pub const fn program(self) -> &'static str {
-        match self {
-            XdpVerdict::Pass => "steer_pass",
-            XdpVerdict::Tx => "steer_tx",
-            XdpVerdict::Drop => "steer_drop",
-        }
-    }
-
-    /// The short name used on command lines: `pass`, `tx`, `drop`.
-    pub const fn short(self) -> &'static str {
-        match self {
-            XdpVerdict::Pass => "pass",
-            XdpVerdict::Tx => "tx",
-            XdpVerdict::Drop => "drop",
-        }
-    }
-
-    /// The XDP action the program returns (`XDP_PASS` = 2, ...).
-    pub const fn action(self) -> u32 {
-        match self {
-            XdpVerdict::Pass => 2,
-            XdpVerdict::Tx => 3,
-            XdpVerdict::Drop => 1,
-        }
-    }
-
-    /// Parses [`short`](Self::short).
-    pub fn from_short(s: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|v| v.short() == s)
-    }
-}
+pub use steer_common::XdpVerdict;
 
 #[derive(Debug, thiserror::Error)]
 pub enum VerdictError {

@@ -23,33 +23,7 @@ use anyhow::{anyhow, bail, Context as _, Result};
 use super::sys;
 use crate::util::workspace_root;
 
-/// A fixed XDP verdict.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum XdpVerdict {
-    Pass,
-    Tx,
-    Drop,
-}
-
-impl XdpVerdict {
-    /// The program's name, as `ip link` and `bpftool prog` show it.
-    pub const fn program(self) -> &'static str {
-        match self {
-            XdpVerdict::Pass => "steer_pass",
-            XdpVerdict::Tx => "steer_tx",
-            XdpVerdict::Drop => "steer_drop",
-        }
-    }
-
-    /// `steer-xdp-verdict`'s argument.
-    const fn arg(self) -> &'static str {
-        match self {
-            XdpVerdict::Pass => "pass",
-            XdpVerdict::Tx => "tx",
-            XdpVerdict::Drop => "drop",
-        }
-    }
-}
+pub use steer_common::XdpVerdict;
 
 /// The name the pass program shows in `ip link` and `bpftool prog`.
 pub const PROG_NAME: &str = XdpVerdict::Pass.program();
@@ -102,7 +76,7 @@ fn run_tool(ns: &str, ifname: &str, arg: &str) -> Result<()> {
 /// Attaches the program for `verdict` to `ifname` in namespace `ns`
 /// (driver mode), replacing any netlink-attached program.
 pub fn attach_verdict(ns: &str, ifname: &str, verdict: XdpVerdict) -> Result<()> {
-    run_tool(ns, ifname, verdict.arg())
+    run_tool(ns, ifname, verdict.short())
         .with_context(|| format!("attaching {} to {ifname} in {ns}", verdict.program()))
 }
 
