@@ -464,13 +464,15 @@ fn stop_removes_only_what_steer_pinned() {
     let mut lab = Lab::new();
     let a = lab.instance("a", "a", "pins", 1);
     let ka = lab.start(&a, &[]);
-    let foreign = a.pin_dir.join("other_tool_map");
-    pin_foreign_map(&foreign);
+    pin_foreign_map(&a.pin_dir.join("other_tool_map"));
+    // Named like a link of steer's, but a map.
+    pin_foreign_map(&a.pin_dir.join("link-fake0"));
+    let foreign = vec!["link-fake0".to_string(), "other_tool_map".to_string()];
     lab.stop(ka, &a, &[]);
     assert!(!lab.xdp("sd0"), "sd0 still has XDP after stop");
     assert_eq!(
         Lab::pins(&a),
-        vec!["other_tool_map".to_string()],
+        foreign,
         "stop must remove steer's pins and only those"
     );
     let log = lab.log(ka);
@@ -491,11 +493,12 @@ fn stop_removes_only_what_steer_pinned() {
     let said = text(&out.stdout);
     assert!(said.contains("detached from sd0"), "{said}");
     assert!(
-        said.contains("other_tool_map: not pinned by steer"),
+        said.contains("other_tool_map: not pinned by steer")
+            && said.contains("link-fake0: not a BPF link"),
         "stop does not say what it left:\n{said}"
     );
     assert!(!lab.xdp("sd0"));
-    assert_eq!(Lab::pins(&a), vec!["other_tool_map".to_string()]);
+    assert_eq!(Lab::pins(&a), foreign);
 }
 
 #[test]

@@ -298,6 +298,12 @@ async fn run_async(
     interfaces: Vec<String>,
     mode: AttachMode,
 ) -> Result<()> {
+    // Signals first: a SIGTERM during the start is handled once it is
+    // complete (a clean stop), instead of killing the process half-way.
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
+    let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
     // One instance per pin directory, before anything else: a second
     // `steer run` on the same pins touches nothing (see InstanceLock).
     let persist = persist_for(&cfg);
@@ -396,11 +402,6 @@ async fn run_async(
         })
     };
 
-    // Signals.
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut hup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
-    let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
     let detach = loop {
         tokio::select! {
             _ = hup.recv() => {

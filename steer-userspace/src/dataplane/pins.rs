@@ -244,6 +244,11 @@ pub struct Removal {
 /// Unpins `link-<iface>` at `path` if it is an XDP link; dropping the last
 /// reference detaches it. Err(reason) if it is not one.
 fn unpin_xdp_link(path: &Path) -> std::result::Result<(), String> {
+    match pinned_kind(path) {
+        Ok(kind) if kind == "bpf-link" => {}
+        Ok(kind) => return Err(format!("not a BPF link (a {kind})")),
+        Err(e) => return Err(format!("not a BPF link ({e})")),
+    }
     let link = PinnedLink::from_pin(path).map_err(|e| format!("not a BPF link ({e})"))?;
     let fd = FdLink::from(link);
     match fd.info().map(|i| i.link_type()) {
@@ -255,6 +260,33 @@ fn unpin_xdp_link(path: &Path) -> std::result::Result<(), String> {
     // `fd` was the last reference besides the pin: dropping it detaches.
     drop(fd);
     Ok(())
+}
+
+/// What kind of BPF object is pinned at `path`: `bpf-link`, `bpf-map`,
+/// `bpf-prog` (the name of the anonymous inode behind an fd of it).
+fn pinned_kind(path: &Path) -> std::io::Result<String> {
+    use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+    use std::os::unix::ffi::OsStrExt as _;
+    const BPF_OBJ_GET: libc::c_long = 7;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
+    // union bpf_attr for BPF_OBJ_GET: pathname (u64 pointer), bpf_fd,
+    // file_flags (u32 each); the rest zero.
+    let mut attr = [0u8; 16];
+    attr[..8].copy_from_slice(&(c.as_ptr() as u64).to_ne_bytes());
+    // SAFETY: BPF_OBJ_GET reads `attr.len()` bytes of a valid buffer whose
+    // pathname points to a NUL-terminated string that outlives the call.
+    let fd = unsafe { libc::syscall(libc::SYS_bpf, BPF_OBJ_GET, attr.as_ptr(), attr.len()) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: BPF_OBJ_GET returned a new descriptor that we own.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    let target = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))?;
+    let name = target.to_string_lossy();
+    Ok(name
+        .strip_prefix("anon_inode:")
+        .unwrap_or(&name)
+        .to_string())
 }
 
 /// Removes what steer pins under `persist.pin_dir`: its maps (by name) and
