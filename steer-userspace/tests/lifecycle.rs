@@ -453,6 +453,21 @@ fn the_old_shared_state_file_is_migrated_once() {
     assert!(log.contains("migrated the state file"), "{log}");
     assert!(keyed.exists(), "no per-instance state file after migration");
     assert!(!legacy.exists(), "the old state file was used but kept");
+
+    // An old file that does not match the pinned maps (another instance's,
+    // with other sizes) is neither used nor removed.
+    lab.kill(k);
+    let mut other = steer::dataplane::persist::load(&keyed)
+        .expect("read state")
+        .expect("state file");
+    other.max_reals *= 2;
+    steer::dataplane::persist::save(&legacy, &other).expect("write old file");
+    std::fs::remove_file(&keyed).expect("remove keyed file");
+    let k = lab.start(&a, &[]);
+    let log = lab.log(k);
+    assert!(!log.contains("adopted the data plane"), "{log}");
+    assert!(log.contains("left an old state file alone"), "{log}");
+    assert!(legacy.exists(), "a foreign old state file was removed");
 }
 
 #[test]

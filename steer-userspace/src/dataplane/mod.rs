@@ -478,6 +478,12 @@ impl Dataplane {
     /// a previous run left pinned maps (and its state file), they are
     /// adopted: established flows, tables and counters carry on. Returns
     /// whether state was adopted.
+    ///
+    /// A missing pin directory is created with mode 0700. If the state file
+    /// is missing but an old shared one ([`persist::LEGACY_STATE_FILE`]) is
+    /// next to it and matches the pinned maps, that one is adopted, written
+    /// under the new name and removed. The caller holds the pin
+    /// directory's [`InstanceLock`] (the daemon does).
     pub fn open(limits: impl Into<Limits>, persist: Persist) -> Result<(Self, bool)> {
         let limits: Limits = limits.into();
         let dir = &persist.pin_dir;
@@ -516,7 +522,11 @@ impl Dataplane {
         let legacy = persist
             .state_file
             .with_file_name(persist::LEGACY_STATE_FILE);
-        if existed && saved.is_none() && legacy != persist.state_file {
+        let keyed_missing = matches!(
+            std::fs::symlink_metadata(&persist.state_file),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound
+        );
+        if existed && keyed_missing && legacy != persist.state_file {
             if let Ok(Some(old)) = persist::load(&legacy) {
                 match dp.adopt(&old) {
                     Ok(()) => {
