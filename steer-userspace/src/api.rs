@@ -20,7 +20,10 @@ pub mod control;
 pub mod metrics;
 pub mod protocol;
 
-pub use control::{serve_control, ControlHandler, HandlerFuture, MAX_CONNECTIONS};
+pub use control::{
+    bind_control_socket, serve_control, serve_control_on, ControlHandler, ControlListener,
+    HandlerFuture, MAX_CONNECTIONS,
+};
 pub use metrics::{
     bind_metrics, render_metrics, serve_metrics, HistogramSnapshot, MetricsListener,
     MetricsSnapshot, MetricsSource, CONTENT_TYPE, MAX_METRICS_CONNECTIONS,

@@ -425,7 +425,9 @@ impl Lab {
             config: dir.join("steer.toml"),
             cleanup_config: dir.join("cleanup.toml"),
             socket: dir.join("control.sock"),
-            state_file: dir.join("dataplane-state.json"),
+            state_file: dir.join(steer::dataplane::persist::state_file_name(
+                std::path::Path::new(&format!("/sys/fs/bpf/steer-dt-{id}")),
+            )),
             pin_dir: PathBuf::from(format!("/sys/fs/bpf/steer-dt-{id}")),
             // A fresh namespace: any port is free on its loopback.
             metrics: format!("127.0.0.{}:{}", 2 + n % 250, 20_000 + n % 10_000),

@@ -85,9 +85,34 @@ pub trait ControlHandler: Send + Sync + 'static {
 pub async fn serve_control(
     path: &Path,
     handler: Arc<dyn ControlHandler>,
+    shutdown: watch::Receiver<bool>,
+) -> io::Result<()> {
+    let bound = bind_control_socket(path).await?;
+    serve_control_on(bound, path, handler, shutdown).await
+}
+
+/// A control socket bound by [`bind_control_socket`] and not yet served:
+/// the daemon binds it before it touches the kernel, so a bad socket path
+/// fails the start with nothing to undo. Dropping it removes the socket.
+pub struct ControlListener {
+    listener: UnixListener,
+    guard: SocketGuard,
+}
+
+/// Binds the control socket as [`serve_control`] does, without serving it.
+pub async fn bind_control_socket(path: &Path) -> io::Result<ControlListener> {
+    let (listener, guard) = bind_control(path).await?;
+    Ok(ControlListener { listener, guard })
+}
+
+/// [`serve_control`] on a socket bound by [`bind_control_socket`].
+pub async fn serve_control_on(
+    bound: ControlListener,
+    path: &Path,
+    handler: Arc<dyn ControlHandler>,
     mut shutdown: watch::Receiver<bool>,
 ) -> io::Result<()> {
-    let (listener, guard) = bind_control(path).await?;
+    let ControlListener { listener, guard } = bound;
     info!(socket = %path.display(), "control socket listening");
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let mut conns = JoinSet::new();

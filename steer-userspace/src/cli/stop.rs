@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Result};
 use steer::api::{self, Request};
-use steer::dataplane::Dataplane;
+use steer::dataplane::{Dataplane, InstanceLock};
 
 use super::{load_config, outln, print_response, Target};
 
@@ -51,18 +51,33 @@ pub fn run(args: Args) -> Result<ExitCode> {
             };
             let cfg = load_config(config)?;
             let persist = steer::daemon::persist_for(&cfg);
-            let ifaces = Dataplane::remove_pins(&persist)?;
-            if ifaces.is_empty() {
+            // A daemon whose socket is gone still holds the lock: then
+            // this must not pull its pins away.
+            let _lock = if persist.pin_dir.exists() {
+                Some(InstanceLock::acquire(&persist)?)
+            } else {
+                None
+            };
+            let r = Dataplane::remove_pins_report(&persist)?;
+            if !r.detached.is_empty() {
                 outln!(
-                    "no daemon running and nothing pinned under {}",
+                    "no daemon running; detached from {} and removed steer's pins from {}",
+                    r.detached.join(", "),
+                    persist.pin_dir.display()
+                )?;
+            } else if !r.removed.is_empty() {
+                outln!(
+                    "no daemon running; removed steer's pins from {}",
                     persist.pin_dir.display()
                 )?;
             } else {
                 outln!(
-                    "no daemon running; detached from {} and removed {}",
-                    ifaces.join(", "),
+                    "no daemon running and nothing pinned under {}",
                     persist.pin_dir.display()
                 )?;
+            }
+            for (name, why) in &r.left {
+                outln!("left {}: {why}", persist.pin_dir.join(name).display())?;
             }
             Ok(ExitCode::SUCCESS)
         }

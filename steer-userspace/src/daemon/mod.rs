@@ -30,7 +30,9 @@ pub use status::{report as status_report, Status};
 
 use crate::api::{self, ControlHandler, HandlerFuture, Request, Response};
 use crate::config::{AttachMode, Config};
-use crate::dataplane::{Attached, CounterReader, Dataplane, Persist};
+use crate::dataplane::{
+    persist, pin_entries, Attached, CounterReader, Dataplane, InstanceLock, Persist,
+};
 use crate::health::{self, HealthMonitor};
 use crate::policy::ApplyConfig as _;
 
@@ -42,7 +44,10 @@ pub struct RunOptions {
     pub mode: Option<AttachMode>,
 }
 
-/// Where the daemon keeps what survives a restart.
+/// Where the daemon keeps what survives a restart: the pins under
+/// `dataplane.pin_path`, and the state file next to the control socket,
+/// named after the pin path (`persist::state_file_name`) so instances
+/// whose sockets share a directory keep separate files.
 pub fn persist_for(cfg: &Config) -> Persist {
     let state_dir = cfg
         .control
@@ -52,7 +57,7 @@ pub fn persist_for(cfg: &Config) -> Persist {
         .unwrap_or_else(|| PathBuf::from("/run/steer"));
     Persist {
         pin_dir: cfg.dataplane.pin_path.clone(),
-        state_file: state_dir.join("dataplane-state.json"),
+        state_file: state_dir.join(persist::state_file_name(&cfg.dataplane.pin_path)),
     }
 }
 
@@ -86,6 +91,12 @@ fn open_and_attach(
                 iface,
                 %driver_error,
                 "driver-mode XDP failed; attached in generic (skb) mode instead (mode = \"auto\")"
+            ),
+            Attached::ModeChanged { from, to } => info!(
+                iface,
+                from,
+                to,
+                "the pinned XDP link was in another mode: detached it and attached XDP anew"
             ),
         }
     }
@@ -222,33 +233,113 @@ pub fn run(opts: RunOptions) -> Result<()> {
     rt.block_on(run_async(opts.config_path, cfg, interfaces, mode))
 }
 
+/// What a successful start hands to the running daemon.
+type Started = (
+    api::MetricsListener,
+    api::ControlListener,
+    Owner,
+    watch::Receiver<Arc<Published>>,
+    CounterReader,
+);
+
+/// The start: the listeners (bound before anything touches the kernel, so
+/// a taken port or a bad socket path fails with nothing to undo), then the
+/// data plane opened, attached and programmed, then the pinned links of
+/// interfaces no longer configured detached. On error the caller undoes
+/// what this did in the kernel.
+async fn start(
+    config_path: &Path,
+    cfg: &Config,
+    persist: Persist,
+    interfaces: Vec<String>,
+    mode: AttachMode,
+) -> Result<Started> {
+    let metrics_listener = api::bind_metrics(cfg.metrics.listen).await?;
+    let control_listener = api::bind_control_socket(&cfg.control.socket)
+        .await
+        .with_context(|| format!("control socket {}", cfg.control.socket.display()))?;
+    // Open, attach and program on a blocking thread: the owner is created
+    // there and later runs on its own thread.
+    let cfg = cfg.clone();
+    let config_path = config_path.to_path_buf();
+    let (owner, published, counters) = tokio::task::spawn_blocking(move || -> Result<_> {
+        let dp = open_and_attach(&cfg.dataplane, persist.clone(), &interfaces, mode)?;
+        let counters = dp.counter_reader()?;
+        let drained = dp.backend_state().drained.clone();
+        let (mut owner, published) = Owner::new(config_path, cfg, dp, drained);
+        owner.warn_discarded();
+        owner
+            .program()
+            .map_err(|e| anyhow!("programming the data plane: {e}"))?;
+        // Only now, when nothing can fail any more: a restart with another
+        // interface set leaves no old interface attached.
+        for iface in Dataplane::detach_links_except(&persist, &interfaces) {
+            info!(
+                iface,
+                "detached XDP from an interface a previous run attached and this one does not"
+            );
+        }
+        Ok((owner, published, counters))
+    })
+    .await
+    .context("data-plane start")??;
+    Ok((
+        metrics_listener,
+        control_listener,
+        owner,
+        published,
+        counters,
+    ))
+}
+
 async fn run_async(
     config_path: PathBuf,
     cfg: Config,
     interfaces: Vec<String>,
     mode: AttachMode,
 ) -> Result<()> {
-    // Bound before anything touches the kernel: a taken port fails the
-    // start with nothing to undo.
-    let metrics_listener = api::bind_metrics(cfg.metrics.listen).await?;
-    // Open, attach and program on a blocking thread: the owner is created
-    // there and later runs on its own thread.
-    let (mut owner, published, counters) = {
-        let cfg = cfg.clone();
-        let config_path = config_path.clone();
-        tokio::task::spawn_blocking(move || -> Result<_> {
-            let dp = open_and_attach(&cfg.dataplane, persist_for(&cfg), &interfaces, mode)?;
-            let counters = dp.counter_reader()?;
-            let drained = dp.backend_state().drained.clone();
-            let (mut owner, published) = Owner::new(config_path, cfg, dp, drained);
-            owner.warn_discarded();
-            owner
-                .program()
-                .map_err(|e| anyhow!("programming the data plane: {e}"))?;
-            Ok((owner, published, counters))
-        })
-        .await
-        .context("data-plane start")??
+    // Signals first: a SIGTERM during the start is handled once it is
+    // complete (a clean stop), instead of killing the process half-way.
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
+    let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
+    // One instance per pin directory, before anything else: a second
+    // `steer run` on the same pins touches nothing (see InstanceLock).
+    let persist = persist_for(&cfg);
+    let lock = InstanceLock::acquire(&persist).context("taking the single-instance lock")?;
+    let before = pin_entries(&persist.pin_dir);
+    let started = start(&config_path, &cfg, persist.clone(), interfaces, mode).await;
+    let (metrics_listener, control_listener, mut owner, published, counters) = match started {
+        Ok(s) => s,
+        Err(e) => {
+            // Undo what this start did; a previous run's pins stay as found.
+            let removed = tokio::task::spawn_blocking({
+                let persist = persist.clone();
+                let created = lock.created_dir();
+                let before = before.clone();
+                move || Dataplane::remove_created(&persist, &before, created)
+            })
+            .await
+            .unwrap_or_default();
+            let mut undone = if removed.is_empty() {
+                "nothing to undo in the kernel".to_string()
+            } else {
+                format!(
+                    "undone: removed {} from {}",
+                    removed.join(", "),
+                    persist.pin_dir.display()
+                )
+            };
+            if !before.is_empty() {
+                undone += &format!(
+                    "; the {} pins a previous run left in {} were kept as found",
+                    before.len(),
+                    persist.pin_dir.display()
+                );
+            }
+            return Err(e.context(format!("steer did not start ({undone})")));
+        }
     };
     info!(config = %config_path.display(), "steer is forwarding");
 
@@ -294,7 +385,7 @@ async fn run_async(
         });
         let rx = stop_servers_rx.clone();
         tokio::spawn(async move {
-            if let Err(e) = api::serve_control(&path, handler, rx).await {
+            if let Err(e) = api::serve_control_on(control_listener, &path, handler, rx).await {
                 error!(socket = %path.display(), error = %e, "control socket failed");
             }
         })
@@ -311,11 +402,6 @@ async fn run_async(
         })
     };
 
-    // Signals.
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut hup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
-    let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
     let detach = loop {
         tokio::select! {
             _ = hup.recv() => {
@@ -349,5 +435,8 @@ async fn run_async(
         Ok(_) => info!("exited; XDP stays attached on the last programmed state"),
         Err(e) => bail!("cleaning up: {e}"),
     }
+    // Held until the pins are gone, so no new instance starts on them
+    // while this one removes them.
+    drop(lock);
     Ok(())
 }

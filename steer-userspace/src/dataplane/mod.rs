@@ -19,11 +19,13 @@ use steer_common::{
 mod bench;
 mod counters;
 pub mod persist;
+mod pins;
 pub mod plan;
 pub mod verdict;
 
 pub use bench::BenchProgram;
 pub use counters::CounterReader;
+pub use pins::{kernel_xdp_mode, pid_file, pin_entries, InstanceLock, KernelXdpMode, Removal};
 use plan::{addr_bytes, RealSlot, ServiceSlot};
 pub use plan::{DesiredBackend, DesiredService, Globals, IdLedger, PlanError, Write};
 
@@ -106,6 +108,16 @@ pub enum DataplaneError {
         iface: String,
         #[source]
         source: aya::pin::PinError,
+    },
+    #[error(
+        "another steer is running on pin directory {pin_dir}{}: stop it first (`steer stop`), \
+         or give this instance its own dataplane.pin_path",
+        holder.map(|p| format!(" (pid {p})")).unwrap_or_default()
+    )]
+    Locked {
+        pin_dir: PathBuf,
+        /// The pid the running instance recorded, if readable.
+        holder: Option<u32>,
     },
 }
 
@@ -292,6 +304,12 @@ pub enum Attached {
     /// A pinned link from a previous run was taken over: the program was
     /// replaced atomically, without a moment of no program.
     Replaced,
+    /// A pinned link from a previous run was in another mode than the one
+    /// asked for: it was detached and the program attached anew (`to`).
+    ModeChanged {
+        from: &'static str,
+        to: &'static str,
+    },
 }
 
 /// All the maps the program declares, for pinning.
@@ -445,26 +463,16 @@ impl Dataplane {
     /// a previous run left pinned maps (and its state file), they are
     /// adopted: established flows, tables and counters carry on. Returns
     /// whether state was adopted.
+    ///
+    /// A missing pin directory is created with mode 0700. If the state file
+    /// is missing but an old shared one ([`persist::LEGACY_STATE_FILE`]) is
+    /// next to it and matches the pinned maps, that one is adopted, written
+    /// under the new name and removed. The caller holds the pin
+    /// directory's [`InstanceLock`] (the daemon does).
     pub fn open(limits: impl Into<Limits>, persist: Persist) -> Result<(Self, bool)> {
         let limits: Limits = limits.into();
         let dir = &persist.pin_dir;
-        let parent = dir.parent().unwrap_or(Path::new("/"));
-        if !dir.exists() && parent == Path::new(BPFFS) {
-            ensure_bpffs()?;
-        }
-        if !dir.exists() && !is_bpffs(parent) {
-            return Err(DataplaneError::NotBpffs {
-                path: parent.to_path_buf(),
-            });
-        }
-        std::fs::create_dir_all(dir).map_err(|source| DataplaneError::Io {
-            what: "creating pin directory",
-            path: dir.clone(),
-            source,
-        })?;
-        if !is_bpffs(dir) {
-            return Err(DataplaneError::NotBpffs { path: dir.clone() });
-        }
+        pins::prepare_pin_dir(dir)?;
         let existed = dir.join(names::RINGS).exists();
         let pins: Vec<(&'static str, PathBuf)> =
             ALL_MAPS.iter().map(|n| (*n, dir.join(n))).collect();
@@ -493,6 +501,41 @@ impl Dataplane {
         } else {
             None
         };
+        // Migration: the state file of a steer that named it
+        // `dataplane-state.json` whatever the pin path. Used once, and
+        // only if it matches the pinned maps.
+        let legacy = persist
+            .state_file
+            .with_file_name(persist::LEGACY_STATE_FILE);
+        let keyed_missing = matches!(
+            std::fs::symlink_metadata(&persist.state_file),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound
+        );
+        if existed && keyed_missing && legacy != persist.state_file {
+            if let Ok(Some(old)) = persist::load(&legacy) {
+                match dp.adopt(&old) {
+                    Ok(()) => {
+                        dp.reconcile_adopted()?;
+                        // Keyed from now on: write it, then retire the old.
+                        dp.save_state()?;
+                        if let Err(e) = std::fs::remove_file(&legacy) {
+                            tracing::warn!(file = %legacy.display(), error = %e, "cannot remove the migrated state file");
+                        }
+                        tracing::info!(
+                            from = %legacy.display(),
+                            to = %persist.state_file.display(),
+                            "migrated the state file to its per-instance name"
+                        );
+                        return Ok((dp, true));
+                    }
+                    Err(problems) => tracing::info!(
+                        file = %legacy.display(),
+                        problems = %problems.join("; "),
+                        "left an old state file alone: it does not match this instance's pinned maps"
+                    ),
+                }
+            }
+        }
         let adopted = match saved.map(|s| dp.adopt(&s)) {
             Some(Ok(())) => {
                 dp.reconcile_adopted()?;
@@ -807,9 +850,43 @@ impl Dataplane {
     /// Attaches the program to `iface`, or takes over the link a previous
     /// run pinned (replacing its program atomically). The link is pinned,
     /// so forwarding continues if this process dies.
+    ///
+    /// A pinned link whose attach mode (read from the kernel) is not the
+    /// one asked for is detached first and the program attached anew
+    /// ([`Attached::ModeChanged`]); `auto` accepts either mode.
     pub fn attach(&mut self, iface: &str, mode: impl Into<AttachMode>) -> Result<Attached> {
         let mode: AttachMode = mode.into();
         let pin = self.persist.as_ref().map(|p| link_pin(&p.pin_dir, iface));
+        let mut changed_from = None;
+        if let Some(pin) = pin.as_ref().filter(|p| p.exists()) {
+            let now = kernel_xdp_mode(iface).map_err(|source| DataplaneError::Io {
+                what: "reading the XDP attach mode of",
+                path: PathBuf::from(iface),
+                source,
+            })?;
+            let fits = matches!(
+                (mode, now),
+                (AttachMode::Driver, KernelXdpMode::Driver)
+                    | (AttachMode::Skb, KernelXdpMode::Skb)
+                    | (AttachMode::Auto, KernelXdpMode::Driver | KernelXdpMode::Skb)
+                    | (_, KernelXdpMode::None)
+            );
+            if !fits {
+                // The kernel allows one mode at a time: detach, then attach.
+                let link = PinnedLink::from_pin(pin).map_err(|e| DataplaneError::Io {
+                    what: "opening pinned link",
+                    path: pin.clone(),
+                    source: std::io::Error::other(e),
+                })?;
+                let fd = link.unpin().map_err(|source| DataplaneError::Io {
+                    what: "unpinning link",
+                    path: pin.clone(),
+                    source,
+                })?;
+                drop(fd);
+                changed_from = Some(now.name());
+            }
+        }
         let prog: &mut Xdp = self
             .ebpf
             .program_mut(names::PROG_STEER)
@@ -861,6 +938,11 @@ impl Dataplane {
                 ),
             },
         };
+        let outcome = match (changed_from, outcome) {
+            (Some(from), Attached::New(to)) => Attached::ModeChanged { from, to },
+            (Some(from), Attached::FellBack { .. }) => Attached::ModeChanged { from, to: "skb" },
+            (_, o) => o,
+        };
         if let Some(pin) = pin {
             let link = prog.take_link(id).map_err(DataplaneError::Program)?;
             let fd = FdLink::try_from(link).map_err(|e| DataplaneError::Io {
@@ -876,55 +958,48 @@ impl Dataplane {
         Ok(outcome)
     }
 
-    /// Detaches from every interface that has a pinned link and removes
-    /// every pin and the state file: nothing of steer stays in the kernel.
+    /// Detaches from every interface that has a pinned XDP link and removes
+    /// the maps steer pinned, the directory if that leaves it empty, and
+    /// the state file. Anything else in the pin directory (a map another
+    /// tool pinned there) is left, and logged as a warning; see
+    /// [`Dataplane::remove_pins_report`]. Returns the interfaces detached.
     /// Works without a loaded program, for cleaning up after a killed
     /// daemon.
     pub fn remove_pins(persist: &Persist) -> Result<Vec<String>> {
-        let mut detached = Vec::new();
-        let dir = &persist.pin_dir;
-        let entries = match std::fs::read_dir(dir) {
-            Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(detached),
-            Err(source) => {
-                return Err(DataplaneError::Io {
-                    what: "reading pin directory",
-                    path: dir.clone(),
-                    source,
-                })
-            }
-        };
-        for entry in entries.flatten() {
-            let path = entry.path();
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if let Some(iface) = name.strip_prefix("link-") {
-                // Unpinning drops the last reference: the link detaches.
-                if let Ok(link) = PinnedLink::from_pin(&path) {
-                    let _ = link.unpin();
-                }
-                detached.push(iface.to_string());
-            }
-            if path.exists() {
-                std::fs::remove_file(&path).map_err(|source| DataplaneError::Io {
-                    what: "removing pin",
-                    path: path.clone(),
-                    source,
-                })?;
-            }
+        let r = Self::remove_pins_report(persist)?;
+        for (name, why) in &r.left {
+            tracing::warn!(
+                pin = %persist.pin_dir.join(name).display(),
+                reason = %why,
+                "left in the pin directory"
+            );
         }
-        let _ = std::fs::remove_dir(dir);
-        match std::fs::remove_file(&persist.state_file) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(source) => {
-                return Err(DataplaneError::Io {
-                    what: "removing state file",
-                    path: persist.state_file.clone(),
-                    source,
-                })
-            }
-        }
-        Ok(detached)
+        Ok(r.detached)
+    }
+
+    /// [`Dataplane::remove_pins`], returning also what was left and why.
+    pub fn remove_pins_report(persist: &Persist) -> Result<Removal> {
+        pins::remove_steer_pins(persist)
+    }
+
+    /// Detaches (unpins) the pinned XDP links of the interfaces not in
+    /// `keep`: after a restart with another interface set. Returns the
+    /// interfaces detached.
+    pub fn detach_links_except(persist: &Persist, keep: &[String]) -> Vec<String> {
+        pins::detach_links_except(persist, keep)
+    }
+
+    /// Undoes a failed start: removes the steer pins that are not in
+    /// `before` (the pin directory's entries before the start; links
+    /// detach), and the directory if `created_dir` and it is then empty.
+    /// A previous run's pins (in `before`) are left as found. Returns what
+    /// was removed.
+    pub fn remove_created(
+        persist: &Persist,
+        before: &BTreeSet<String>,
+        created_dir: bool,
+    ) -> Vec<String> {
+        pins::remove_created(persist, before, created_dir)
     }
 
     /// Where this data plane keeps its pins and state file, if it does.

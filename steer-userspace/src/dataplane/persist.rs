@@ -11,6 +11,38 @@ use serde::{Deserialize, Serialize};
 
 pub const STATE_VERSION: u32 = 1;
 
+/// The name every instance's state file had before it was keyed to the
+/// pin path; a start that finds only this file migrates it once.
+pub const LEGACY_STATE_FILE: &str = "dataplane-state.json";
+
+/// The state file's name for the instance pinned at `pin_path`:
+/// `dataplane-state-<pin path>.json`, with the path's components joined by
+/// `-`, so two instances whose control sockets share a directory keep
+/// separate files. Characters other than ASCII letters, digits, `.` and
+/// `_` are escaped as `%XX` (a `-` inside a component too), which keeps
+/// distinct paths distinct; `/a/b/` and `/a//b` are the same directory and
+/// get the same name.
+pub fn state_file_name(pin_path: &Path) -> String {
+    use std::os::unix::ffi::OsStrExt as _;
+    let mut key = String::new();
+    for c in pin_path.components() {
+        let std::path::Component::Normal(part) = c else {
+            continue;
+        };
+        if !key.is_empty() {
+            key.push('-');
+        }
+        for &b in part.as_bytes() {
+            if b.is_ascii_alphanumeric() || b == b'.' || b == b'_' {
+                key.push(b as char);
+            } else {
+                key.push_str(&format!("%{b:02x}"));
+            }
+        }
+    }
+    format!("dataplane-state-{key}.json")
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct SavedReal {
     pub id: u32,
@@ -278,6 +310,37 @@ mod tests {
         let mut s = state();
         s.free_reals.push(3);
         fails_with(&s, "free twice");
+    }
+
+    #[test]
+    fn state_file_names_follow_the_pin_path() {
+        assert_eq!(
+            state_file_name(Path::new("/sys/fs/bpf/steer")),
+            "dataplane-state-sys-fs-bpf-steer.json"
+        );
+        // The same directory spelled differently: the same file.
+        assert_eq!(
+            state_file_name(Path::new("/sys/fs/bpf//steer/")),
+            "dataplane-state-sys-fs-bpf-steer.json"
+        );
+        // Two instances, two files.
+        assert_ne!(
+            state_file_name(Path::new("/sys/fs/bpf/steer-a")),
+            state_file_name(Path::new("/sys/fs/bpf/steer-b"))
+        );
+        // `a-b` and `a/b` are different directories.
+        assert_eq!(
+            state_file_name(Path::new("/sys/fs/bpf/a-b")),
+            "dataplane-state-sys-fs-bpf-a%2db.json"
+        );
+        assert_eq!(
+            state_file_name(Path::new("/sys/fs/bpf/a/b")),
+            "dataplane-state-sys-fs-bpf-a-b.json"
+        );
+        // Nothing that could leave the state directory.
+        let odd = state_file_name(Path::new("/sys/fs/bpf/x y/../ü"));
+        assert!(!odd.contains('/') && !odd.contains(' '), "{odd}");
+        assert_eq!(odd, "dataplane-state-sys-fs-bpf-x%20y-%c3%bc.json");
     }
 
     #[test]
