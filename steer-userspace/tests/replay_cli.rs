@@ -28,9 +28,8 @@ fn tcp(dst: [u8; 4], sport: u16) -> Vec<u8> {
 
 /// A TCP SYN to `dst` in a frame of 54 + `pad` bytes: the IP packet is
 /// the 40-byte SYN, the rest trailing bytes past it (as on a padded
-/// frame). XDP without multi-buffer support sees only the frame's first
-/// page, so a real 70 KB IP packet would be dropped as truncated; this one
-/// is forwarded, trailing bytes and all.
+/// frame). The kernel runs frames beyond one page as multi-buffer XDP;
+/// the trailing bytes are cut before the frame is sent.
 fn tcp_sized(dst: [u8; 4], sport: u16, pad: usize) -> Vec<u8> {
     let mut v = tcp(dst, sport);
     v.resize(v.len() + pad, 0x5a);
@@ -121,8 +120,13 @@ fn read_pcap(path: &Path) -> Vec<Vec<u8>> {
 }
 
 fn replay(dir: &Scratch, input: &Path, extra: &[&str]) -> std::process::Output {
+    replay_with(dir, CFG, input, extra)
+}
+
+/// `steer replay` with the config `text`.
+fn replay_with(dir: &Scratch, text: &str, input: &Path, extra: &[&str]) -> std::process::Output {
     let cfg = dir.path("steer.toml");
-    std::fs::write(&cfg, CFG).expect("config");
+    std::fs::write(&cfg, text).expect("config");
     Command::new(STEER)
         .arg("replay")
         .arg("--config")
@@ -358,5 +362,66 @@ fn the_output_snap_length_fits_every_record() {
     assert!(
         snaplen as usize >= largest,
         "snap length {snaplen} < {largest}"
+    );
+}
+
+/// The source MAC of transmitted frames: `--source-mac`, else
+/// `dataplane.source_mac`; with neither, replay refuses to run rather than
+/// drop every frame for a VIP (BPF_PROG_TEST_RUN has no interface MAC).
+#[test]
+#[ignore = "needs root: BPF or network namespaces (cargo xtask test runs it)"]
+fn the_source_mac_comes_from_the_flag_or_the_config() {
+    if !require_root() {
+        return;
+    }
+    let dir = Scratch::new("replay-source-mac");
+    // The destination MAC is broadcast: it must never become the source.
+    let mut frame = tcp([203, 0, 113, 10], 1);
+    frame[..6].copy_from_slice(&[0xff; 6]);
+    let input = dir.path("in.pcap");
+    write_pcap(&input, &[frame]);
+
+    // The fixture's dataplane.source_mac.
+    replay_ok(&dir, &input, &[]);
+    let sent = read_pcap(&dir.path("out.pcap"));
+    assert_eq!(&sent[0][6..12], &[2, 0, 0, 0, 0, 0x5e]);
+
+    // --source-mac overrides it.
+    replay_ok(&dir, &input, &["--source-mac", "02:00:00:00:00:77"]);
+    let sent = read_pcap(&dir.path("out.pcap"));
+    assert_eq!(&sent[0][6..12], &[2, 0, 0, 0, 0, 0x77]);
+
+    // Without dataplane.source_mac, the flag alone.
+    let bare: String = CFG
+        .lines()
+        .filter(|l| !l.starts_with("source_mac"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert_ne!(bare.len(), CFG.len(), "the fixture sets source_mac");
+    let out = replay_with(&dir, &bare, &input, &["--source-mac", "02:00:00:00:00:78"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let sent = read_pcap(&dir.path("out.pcap"));
+    assert_eq!(&sent[0][6..12], &[2, 0, 0, 0, 0, 0x78]);
+
+    // Neither: a clear error that says what to do.
+    let out = replay_with(&dir, &bare, &input, &[]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no source MAC") && err.contains("--source-mac"),
+        "{err}"
+    );
+
+    // Not a unicast MAC: refused by the argument parser.
+    let out = replay(&dir, &input, &["--source-mac", "ff:ff:ff:ff:ff:ff"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--source-mac") && err.contains("unicast"),
+        "{err}"
     );
 }

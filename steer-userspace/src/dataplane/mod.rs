@@ -40,7 +40,7 @@ const PROGRAMS: [&str; 1] = [names::PROG_STEER];
 
 #[derive(Debug, thiserror::Error)]
 pub enum DataplaneError {
-    #[error("loading the XDP program failed: {0}. Is this root on Linux ≥ 5.15 with BPF enabled?")]
+    #[error("loading the XDP program failed: {0}. Is this root on Linux ≥ 5.18 (multi-buffer XDP) with BPF enabled?")]
     Load(#[source] aya::EbpfError),
     #[error("the XDP program was rejected: {0}")]
     Program(#[source] ProgramError),
