@@ -590,3 +590,23 @@ fn a_broadcast_frame_leaves_with_the_interfaces_own_mac() {
     assert_eq!(eth.destination(), [2, 0, 0, 0, 0, 0xfe], "next-hop MAC");
     assert_eq!(eth.source(), STT0_MAC, "stt0's own MAC");
 }
+
+/// Hardening item 18 on a real interface: with a jumbo MTU (9,000) on both
+/// ends of the veth, native XDP attaches. veth refuses a program that is
+/// not multi-buffer aware when the peer's MTU exceeds one page ("peer MTU
+/// is too large to set XDP").
+#[test]
+#[ignore = "needs root: BPF or network namespaces (cargo xtask test runs it)"]
+fn driver_mode_attaches_to_a_jumbo_mtu_veth() {
+    if !require_root() {
+        return;
+    }
+    let ns = veth_ns("jumbo");
+    ip(&["-n", ns.name(), "link", "set", "stt0", "mtu", "9000"]);
+    ip(&["-n", ns.name(), "link", "set", "stt1", "mtu", "9000"]);
+    let s = Scratch::new("attach-jumbo");
+    let (_dp, _, attached) = open_and_attach(&ns, &s, AttachMode::Driver);
+    assert_eq!(attached, Attached::New("driver"));
+    let st = xdp_state(ns.name(), "stt0");
+    assert_eq!(st.flag.as_deref(), Some("xdp"), "{st:?}");
+}
