@@ -40,6 +40,10 @@ fn effective_uid() -> Option<u32> {
 pub const ROUTER_MAC: [u8; 6] = [0x02, 0x00, 0x00, 0x00, 0x00, 0xaa];
 /// Destination MAC of the frames we feed in (the steer host's NIC).
 pub const LOCAL_MAC: [u8; 6] = [0x02, 0x00, 0x00, 0x00, 0x00, 0x01];
+/// `dataplane.source_mac` of the replay fixtures: the source of every
+/// transmitted frame (BPF_PROG_TEST_RUN has no interface MAC to use).
+/// Deliberately not `LOCAL_MAC`, so a test tells the two apart.
+pub const SOURCE_MAC: [u8; 6] = [0x02, 0x00, 0x00, 0x00, 0x00, 0x5e];
 
 pub const TPID_8021Q: u16 = 0x8100;
 pub const TPID_8021AD: u16 = 0x88a8;
@@ -353,6 +357,12 @@ pub fn arp_request(sender: Ipv4Addr, target: Ipv4Addr) -> Vec<u8> {
 }
 
 impl Packet {
+    /// Sets the destination MAC (default `LOCAL_MAC`).
+    pub fn dst_mac(mut self, mac: [u8; 6]) -> Self {
+        self.dst_mac = mac;
+        self
+    }
+
     pub fn vlan(mut self, v: Vlan) -> Self {
         self.vlans.push(v);
         self
@@ -735,6 +745,9 @@ impl Expected {
 #[derive(Clone, Copy, Debug)]
 pub struct EncapParams {
     pub next_hop_mac: [u8; 6],
+    /// The source MAC of transmitted frames (never the input's
+    /// destination MAC, which may be broadcast or multicast).
+    pub source_mac: [u8; 6],
     pub ttl: u8,
 }
 
@@ -765,7 +778,7 @@ pub fn expect_ipip(
     // not sent on (docs/architecture.md, step 8).
     let inner = &frame[l2..l2 + input.ip_len()];
     let inner_len = input.ip_len();
-    let mut bytes = input.l2_bytes(enc.next_hop_mac, input.dst_mac, ETH_IPV4);
+    let mut bytes = input.l2_bytes(enc.next_hop_mac, enc.source_mac, ETH_IPV4);
     let mut h = Ipv4Header::new(
         inner_len as u16,
         enc.ttl,
@@ -806,7 +819,7 @@ pub fn expect_ip6_encap(
     // not sent on (docs/architecture.md, step 8).
     let inner = &frame[l2..l2 + input.ip_len()];
     let inner_len = input.ip_len();
-    let mut bytes = input.l2_bytes(enc.next_hop_mac, input.dst_mac, ETH_IPV6);
+    let mut bytes = input.l2_bytes(enc.next_hop_mac, enc.source_mac, ETH_IPV6);
     let next = if input.is_v6() {
         steer_common::PROTO_IPV6
     } else {
@@ -996,6 +1009,7 @@ mod tests {
     const V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xa, 0, 0, 0, 0, 0x10);
     const ENC: EncapParams = EncapParams {
         next_hop_mac: [2, 0, 0, 0, 0, 0xfe],
+        source_mac: [2, 0, 0, 0, 0, 0x5e],
         ttl: 64,
     };
 
@@ -1097,7 +1111,7 @@ mod tests {
         let b = &e.bytes;
         assert_eq!(b.len(), inp.len() + 20);
         assert_eq!(&b[0..6], &ENC.next_hop_mac);
-        assert_eq!(&b[6..12], &LOCAL_MAC);
+        assert_eq!(&b[6..12], &[2, 0, 0, 0, 0, 0x5e]);
         assert_eq!(&b[12..16], &inp[12..16]);
         assert_eq!(&b[16..18], &[0x08, 0x00]);
         let o = &b[18..38];

@@ -103,6 +103,7 @@ fn pinned_maps_are_the_production_maps_only() {
         "REAL_STATS",
         "DROP_STATS",
         "PATH_STATS",
+        "SOURCE_MACS",
     ]
     .iter()
     .map(|s| s.to_string())

@@ -25,11 +25,13 @@ const NEXT_HOP: [u8; 6] = [0x02, 0x00, 0x00, 0x00, 0x00, 0xfe];
 /// basic.toml: default TTL.
 const ENC: EncapParams = EncapParams {
     next_hop_mac: NEXT_HOP,
+    source_mac: SOURCE_MAC,
     ttl: 64,
 };
 /// range.toml: `ttl = 32`.
 const ENC_RANGE: EncapParams = EncapParams {
     next_hop_mac: NEXT_HOP,
+    source_mac: SOURCE_MAC,
     ttl: 32,
 };
 
@@ -1821,4 +1823,207 @@ fn counters_split_over_backends() {
         assert_eq!(got, w, "counters of {b} in pool");
     }
     assert_eq!(rig.service("pool"), total, "counters of pool");
+}
+
+// ---------------------------------------------------------------------------
+// Source MAC (hardening item 17): transmitted frames carry the interface's
+// own MAC (here, with no interface, `dataplane.source_mac`), never the
+// frame's old destination, which may be broadcast or multicast.
+
+/// basic.toml without `source_mac`.
+fn without_source_mac(text: &str) -> String {
+    let out: String = text
+        .lines()
+        .filter(|l| !l.starts_with("source_mac"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert_ne!(out.len(), text.len(), "the fixture sets source_mac");
+    out
+}
+
+#[test]
+#[ignore = "needs root: BPF or network namespaces (cargo xtask test runs it)"]
+fn a_broadcast_or_multicast_destination_is_never_sent_as_the_source() {
+    if !steer_tests::require_root() {
+        return;
+    }
+    let mut rig = Rig::new(BASIC);
+    // The issue's reproducer: a SYN to a VIP sent to ff:ff:ff:ff:ff:ff.
+    let syn = tcp4(CLIENT, 40000, VIP_WEB, 80).dst_mac([0xff; 6]);
+    let got = rig.expect_tx("SYN to the broadcast MAC", &syn, &ipip(&syn, EU1));
+    assert_eq!(&got[6..12], &SOURCE_MAC);
+    // IPv4 and IPv6 multicast MACs, an all-zero one, and (IPv6 outer) a
+    // broadcast one.
+    let mc4 = udp4(CLIENT, 5353, VIP_WEB, 53).dst_mac([0x01, 0x00, 0x5e, 0, 0, 0x0a]);
+    rig.expect_tx("UDP to an IPv4 multicast MAC", &mc4, &ipip(&mc4, EU1));
+    let zero = tcp4(CLIENT, 40001, VIP_WEB, 80).dst_mac([0; 6]);
+    rig.expect_tx("TCP to the zero MAC", &zero, &ipip(&zero, EU1));
+    let mc6 = tcp6(CLIENT6, 40000, VIP6, 443).dst_mac([0x33, 0x33, 0, 0, 0, 0x10]);
+    rig.expect_tx("6in6 to an IPv6 multicast MAC", &mc6, &ip6(&mc6, V6_1));
+    let bc46 = tcp4(CLIENT, 40000, VIP_MIXED, 443).dst_mac([0xff; 6]);
+    rig.expect_tx("4in6 to the broadcast MAC", &bc46, &ip6(&bc46, V6_1));
+}
+
+#[test]
+#[ignore = "needs root: BPF or network namespaces (cargo xtask test runs it)"]
+fn without_a_known_source_mac_frames_are_dropped_not_sent() {
+    if !steer_tests::require_root() {
+        return;
+    }
+    let mut rig = Rig::new(&without_source_mac(BASIC));
+    let syn = tcp4(CLIENT, 40000, VIP_WEB, 80).dst_mac([0xff; 6]);
+    rig.expect_drop("no source MAC", &syn.build(), DropReason::NoSourceMac);
+    let p6 = tcp6(CLIENT6, 40000, VIP6, 443);
+    rig.expect_drop("no source MAC (6in6)", &p6.build(), DropReason::NoSourceMac);
+    assert_eq!(
+        rig.service("web").packets,
+        0,
+        "a dropped frame is not forwarded"
+    );
+    // Traffic that is not for a VIP still passes.
+    rig.expect_pass("not a VIP", &tcp4(CLIENT, 40000, OTHER4, 80).build());
+    // Setting it (a reload) makes the same packets go out.
+    rig.reapply(BASIC);
+    rig.expect_tx("source MAC set", &syn, &ipip(&syn, EU1));
+}
+
+// ---------------------------------------------------------------------------
+// Jumbo frames (hardening item 18): the program is multi-buffer aware, so a
+// frame larger than one page (BPF_PROG_TEST_RUN, like a driver, puts what
+// does not fit into fragments) is handled up to the configured MTU.
+
+/// basic.toml with `mtu = 9216`, the largest steer accepts.
+fn jumbo_config() -> String {
+    BASIC.replacen("[dataplane]\n", "[dataplane]\nmtu = 9216\n", 1)
+}
+
+#[test]
+#[ignore = "needs root: BPF or network namespaces (cargo xtask test runs it)"]
+fn jumbo_frames_up_to_the_mtu_are_encapsulated_whole() {
+    if !steer_tests::require_root() {
+        return;
+    }
+    let mut rig = Rig::new(&jumbo_config());
+    let mut bytes = 0u64;
+    // Just above one page's worth of packet data, then up to the MTU: an
+    // IPv4 packet of 9196 bytes + 20 outer = 9216.
+    for (i, ip_len) in [3600usize, 4096, 8000, 9196].into_iter().enumerate() {
+        let p = tcp4(CLIENT, 41000 + i as u16, VIP_WEB, 80).payload_len(ip_len - 40);
+        assert_eq!(p.ip_len(), ip_len);
+        let got = rig.expect_tx(&format!("{ip_len}-byte IPv4 packet"), &p, &ipip(&p, EU1));
+        assert_eq!(got.len(), 14 + 20 + ip_len);
+        bytes += p.build().len() as u64;
+    }
+    // Byte counters count the whole frame, not only its first buffer.
+    let web = rig.service("web");
+    assert_eq!((web.packets, web.bytes), (4, bytes));
+    assert_eq!(rig.backend("web", "eu-1").bytes, bytes);
+    // 6in6 behind a VLAN tag, and a trailer in the last fragment that is cut.
+    let p6 = tcp6(CLIENT6, 40000, VIP6, 443)
+        .vlan(Vlan::dot1q(7))
+        .payload_len(9176 - 60);
+    assert_eq!(p6.ip_len(), 9176);
+    rig.expect_tx("9176-byte IPv6 packet", &p6, &ip6(&p6, V6_1));
+    let trailer = tcp4(CLIENT, 42000, VIP_WEB, 80)
+        .payload_len(6000)
+        .trailer(pattern(20));
+    let got = rig.expect_tx("jumbo + 20-byte trailer", &trailer, &ipip(&trailer, EU1));
+    assert_eq!(got.len(), 14 + 20 + 6040);
+}
+
+#[test]
+#[ignore = "needs root: BPF or network namespaces (cargo xtask test runs it)"]
+fn jumbo_frames_above_the_mtu_are_too_big() {
+    if !steer_tests::require_root() {
+        return;
+    }
+    let mut rig = Rig::new(&jumbo_config());
+    // 9197 + 20 = 9217 > 9216.
+    let p = tcp4(CLIENT, 40000, VIP_WEB, 80).payload_len(9197 - 40);
+    rig.expect_drop(
+        "9217 bytes with the outer header",
+        &p.build(),
+        DropReason::TooBig,
+    );
+    // The default MTU (1500) with a 4000-byte frame: too big, not
+    // truncated.
+    let mut small = Rig::new(BASIC);
+    let p = tcp4(CLIENT, 40000, VIP_WEB, 80).payload_len(4000);
+    small.expect_drop("4040 bytes at MTU 1500", &p.build(), DropReason::TooBig);
+}
+
+// ---------------------------------------------------------------------------
+// Counters of a removed service do not carry over (hardening item 8).
+
+const SWAP_A: &str = r#"
+[dataplane]
+next_hop_mac = "02:00:00:00:00:fe"
+source_mac = "02:00:00:00:00:5e"
+encap_source_v4 = "198.18.0.1/32"
+maglev_table_size = 251
+conntrack_size = 4096
+max_tables = 4
+max_reals = 8
+
+[[regions]]
+name = "eu"
+
+[[backends]]
+name = "eu-1"
+address = "192.0.2.11"
+region = "eu"
+
+[[backends]]
+name = "eu-2"
+address = "192.0.2.12"
+region = "eu"
+
+[[services]]
+name = "old"
+vip = "203.0.113.10"
+port = 80
+protocol = "tcp"
+backends = ["eu-1"]
+"#;
+
+#[test]
+#[ignore = "needs root: BPF or network namespaces (cargo xtask test runs it)"]
+fn a_new_service_reusing_a_removed_ones_ids_starts_from_zero() {
+    if !steer_tests::require_root() {
+        return;
+    }
+    let mut rig = Rig::new(SWAP_A);
+    for i in 0..5 {
+        let p = tcp4(client_n(i), 40000, VIP_WEB, 80);
+        rig.expect_tx("traffic of the old service", &p, &ipip(&p, EU1));
+    }
+    assert_eq!(rig.service("old").packets, 5);
+    assert_eq!(rig.backend("old", "eu-1").packets, 5);
+    let before = rig.dp.ledger().services["old"].clone();
+
+    // "old" goes, "new" (another VIP and backend) comes in the same reload.
+    let swapped = SWAP_A
+        .replace("name = \"old\"", "name = \"new\"")
+        .replace("vip = \"203.0.113.10\"", "vip = \"203.0.113.60\"")
+        .replace("backends = [\"eu-1\"]", "backends = [\"eu-2\"]");
+    rig.reapply(&swapped);
+    let after = rig.dp.ledger().services["new"].clone();
+    assert_eq!(
+        after.vip_id, before.vip_id,
+        "the test needs the VIP id reused"
+    );
+    assert_eq!(
+        after.reals["eu-2"], before.reals["eu-1"],
+        "the test needs the real id reused"
+    );
+    assert_eq!(rig.service("new"), Counters::default());
+    assert_eq!(rig.backend("new", "eu-2"), Counters::default());
+    // And the new service counts from zero.
+    let p = tcp4(CLIENT, 40000, VIP_SOLO, 80).payload_len(10);
+    rig.expect_tx("traffic of the new service", &p, &ipip(&p, EU2));
+    let c = rig.service("new");
+    assert_eq!(
+        (c.packets, c.bytes, c.new_flows),
+        (1, p.build().len() as u64, 1)
+    );
 }

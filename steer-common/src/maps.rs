@@ -30,6 +30,7 @@ pub mod names {
     pub const REAL_STATS: &str = "REAL_STATS";
     pub const DROP_STATS: &str = "DROP_STATS";
     pub const PATH_STATS: &str = "PATH_STATS";
+    pub const SOURCE_MACS: &str = "SOURCE_MACS";
     /// The data-plane entry point.
     pub const PROG_STEER: &str = "steer_xdp";
     /// A program that only returns `XDP_TX`: the benchmark floor.
@@ -49,6 +50,9 @@ pub mod capacity {
     pub const TABLES: u32 = 128;
     pub const CONNTRACK: u32 = 1 << 20;
     pub const DEFAULT_RING_SIZE: u32 = 65537;
+    /// `SOURCE_MACS` entries: the fallback (key 0) plus one per interface
+    /// steer is attached to.
+    pub const SOURCE_MACS: u32 = 256;
 }
 
 /// Key of `VIPS`: one virtual service. `port` 0 matches every port.
@@ -170,6 +174,28 @@ pub struct Settings {
     pub _pad: [u8; 4],
 }
 
+/// Value of `SOURCE_MACS`: the source MAC of frames transmitted out of an
+/// interface. Key: the ingress ifindex (`XDP_TX` sends a frame back out of
+/// the interface it arrived on); key [`SOURCE_MAC_FALLBACK`] (0, never an
+/// ifindex): the configured `dataplane.source_mac`, used for an interface
+/// with no entry of its own (BPF_PROG_TEST_RUN runs on loopback).
+#[repr(C, align(2))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SourceMac {
+    pub mac: [u8; 6],
+    pub _pad: [u8; 2],
+}
+
+/// The `SOURCE_MACS` key of the configured fallback source MAC.
+pub const SOURCE_MAC_FALLBACK: u32 = 0;
+
+/// Whether `mac` may be a frame's source: not all-zero, not multicast or
+/// broadcast (the I/G bit, the low bit of the first byte, is clear).
+#[inline(always)]
+pub const fn is_unicast_mac(mac: &[u8; 6]) -> bool {
+    mac[0] & 1 == 0 && (mac[0] | mac[1] | mac[2] | mac[3] | mac[4] | mac[5]) != 0
+}
+
 /// `Settings::flags`: userspace has written the settings.
 pub const SETTINGS_F_READY: u8 = 1;
 /// `Settings::flags`: at least one VIP uses port 0 (all ports), so a miss on
@@ -261,6 +287,11 @@ counter_index! {
         Ipv6Ext = 9 => "ipv6_ext",
         /// Settings not written yet.
         NotReady = 10 => "not_ready",
+        /// No unicast source MAC is known for the interface the packet
+        /// arrived on (no `SOURCE_MACS` entry for it and no
+        /// `dataplane.source_mac`): the frame is dropped rather than sent
+        /// with a multicast, broadcast or zero source.
+        NoSourceMac = 11 => "no_source_mac",
     }
 }
 
@@ -339,7 +370,9 @@ mod pod {
             )+
         };
     }
-    pod!(VipKey, VipInfo, AddrKey, Real, FlowKey, CtValue, Settings, Counters, BenchState);
+    pod!(
+        VipKey, VipInfo, AddrKey, Real, FlowKey, CtValue, Settings, Counters, BenchState, SourceMac
+    );
 }
 
 #[cfg(test)]
@@ -360,6 +393,17 @@ mod tests {
             4 + 4 + 16 + 4 + 4 + 4 + 6 + 1 + 1 + 4
         );
         assert_eq!(size_of::<Counters>(), 24);
+        assert_eq!(size_of::<SourceMac>(), 8);
+    }
+
+    #[test]
+    fn only_unicast_macs_may_be_a_source() {
+        assert!(is_unicast_mac(&[0x02, 0, 0, 0, 0, 0x5e]));
+        assert!(is_unicast_mac(&[0, 0, 0, 0, 0, 1]));
+        assert!(!is_unicast_mac(&[0xff; 6]));
+        assert!(!is_unicast_mac(&[0; 6]));
+        assert!(!is_unicast_mac(&[0x01, 0x00, 0x5e, 0, 0, 1]));
+        assert!(!is_unicast_mac(&[0x33, 0x33, 0, 0, 0, 1]));
     }
 
     #[test]
@@ -380,11 +424,13 @@ mod tests {
                 "family_mismatch",
                 "bad_icmp",
                 "ipv6_ext",
-                "not_ready"
+                "not_ready",
+                "no_source_mac"
             ]
         );
         assert_eq!(DropReason::NotReady.index(), 10);
-        assert_eq!(DropReason::COUNT, 11);
+        assert_eq!(DropReason::NoSourceMac.index(), 11);
+        assert_eq!(DropReason::COUNT, 12);
         let branches = Branch::ALL.map(Branch::name);
         assert_eq!(
             branches,

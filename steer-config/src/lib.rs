@@ -44,6 +44,7 @@ pub use model::{
     Affinity, AttachMode, Backend, CheckKind, Config, ControlConfig, DataplaneConfig,
     Encapsulation, HealthCheck, Ipv4Prefix, Ipv6Prefix, MetricsConfig, Protocol, Region, Service,
 };
+pub use section::dataplane::source_mac as parse_source_mac;
 
 use error::{error_position, syntax_error};
 use walker::Walker;

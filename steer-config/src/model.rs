@@ -32,6 +32,10 @@ model! {
         pub mode: AttachMode,
         /// Destination MAC of every encapsulated packet. Required.
         pub next_hop_mac: [u8; 6],
+        /// Source MAC of encapsulated packets when the interface's own MAC is
+        /// not known (attached interfaces' MACs are read at attach; `steer
+        /// replay` has none). Unicast only.
+        pub source_mac: Option<[u8; 6]>,
         /// Outer source range for IPv4 encapsulation. Required if any backend is IPv4.
         pub encap_source_v4: Option<Ipv4Prefix>,
         /// Outer source range for IPv6 encapsulation (length >= 96). Required if

@@ -133,6 +133,16 @@ pub(crate) fn mac_address(v: &Value) -> Result<[u8; 6], String> {
             describe(v)
         )
     })?;
+    unicast_mac(
+        s,
+        "set the MAC of the next-hop router",
+        "the next hop must be a unicast MAC",
+    )
+}
+
+/// A unicast MAC address `"02:00:00:00:00:01"`; `zero` and `multicast` are
+/// the advice for an all-zero and a multicast/broadcast one.
+pub(crate) fn unicast_mac(s: &str, zero: &str, multicast: &str) -> Result<[u8; 6], String> {
     let bad = || {
         format!("{s:?} is not a MAC address (expected six hex pairs like \"02:00:00:00:00:01\")")
     };
@@ -150,13 +160,11 @@ pub(crate) fn mac_address(v: &Value) -> Result<[u8; 6], String> {
         return Err(bad());
     }
     if mac == [0; 6] {
-        return Err(format!(
-            "{s:?} is the all-zero MAC address (set the MAC of the next-hop router)"
-        ));
+        return Err(format!("{s:?} is the all-zero MAC address ({zero})"));
     }
     if mac[0] & 1 != 0 {
         return Err(format!(
-            "{s:?} is a multicast or broadcast MAC address (the next hop must be a unicast MAC)"
+            "{s:?} is a multicast or broadcast MAC address ({multicast})"
         ));
     }
     Ok(mac)

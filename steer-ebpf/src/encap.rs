@@ -6,11 +6,32 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use steer_common::{
-    csum::ipv4_header_checksum, DropReason, Real, Settings, FAMILY_V4, FAMILY_V6, OUTER_V4_LEN,
-    OUTER_V6_LEN, PROTO_IPIP, PROTO_IPV6,
+    csum::ipv4_header_checksum, is_unicast_mac, DropReason, Real, Settings, FAMILY_V4, FAMILY_V6,
+    OUTER_V4_LEN, OUTER_V6_LEN, PROTO_IPIP, PROTO_IPV6, SOURCE_MAC_FALLBACK,
 };
 
-use crate::parse::{read, Ip, ETH_LEN};
+use crate::{
+    maps::SOURCE_MACS,
+    parse::{frame_len, read, Ip, ETH_LEN},
+};
+
+/// The source MAC for a frame sent back out of the interface it arrived
+/// on: that interface's own MAC (written by userspace at attach), else the
+/// configured fallback. Never a multicast, broadcast or zero MAC: `None`
+/// then, and the packet is dropped.
+#[inline(always)]
+fn source_mac(ctx: &XdpContext) -> Option<[u8; 6]> {
+    let ifindex = ctx.ingress_ifindex() as u32;
+    // SAFETY: the value is copied out at once.
+    let own = unsafe { SOURCE_MACS.get(ifindex) }.map(|m| m.mac);
+    if let Some(mac) = own.filter(is_unicast_mac) {
+        return Some(mac);
+    }
+    // SAFETY: as above.
+    unsafe { SOURCE_MACS.get(SOURCE_MAC_FALLBACK) }
+        .map(|m| m.mac)
+        .filter(is_unicast_mac)
+}
 
 const ETH_P_IPV4: [u8; 2] = [0x08, 0x00];
 const ETH_P_IPV6: [u8; 2] = [0x86, 0xdd];
@@ -33,10 +54,11 @@ pub fn encap(
     if ip.ip_len as u64 + outer_len as u64 > settings.mtu as u64 {
         return Err(DropReason::TooBig);
     }
-    // The old destination MAC (ours) becomes the new source; VLAN tags are
-    // carried over. Read them before the head moves.
-    let Some(our_mac) = read::<[u8; 6]>(ctx, 0) else {
-        return Err(DropReason::TruncatedL3);
+    // The source is the interface's own MAC, never the frame's old
+    // destination (which may be broadcast or multicast). VLAN tags are
+    // carried over: read them before the head moves.
+    let Some(our_mac) = source_mac(ctx) else {
+        return Err(DropReason::NoSourceMac);
     };
     let Some(tags) = read::<[u8; 8]>(ctx, 12) else {
         return Err(DropReason::TruncatedL3);
@@ -52,10 +74,12 @@ pub fn encap(
         _ => ETH_LEN + 8,
     };
     let keep = l2 + ip.ip_len as usize;
-    let frame = ctx.data_end() - ctx.data();
+    // The whole frame, fragments of a multi-buffer frame included.
+    let frame = frame_len(ctx);
     if frame > keep {
         // SAFETY: plain helper call on our own context; the kernel checks
-        // the new length (here at least an Ethernet and an IP header).
+        // the new length (here at least an Ethernet and an IP header) and
+        // trims a multi-buffer frame's fragments first.
         if unsafe { bpf_xdp_adjust_tail(ctx.ctx, -((frame - keep) as i32)) } != 0 {
             // Unreachable: parsing checked that the IP packet fits in the
             // frame, so the shrink leaves at least l2 + 20 bytes.

@@ -25,7 +25,9 @@ use crate::{
     parse::{Icmp, Ip, L3},
 };
 
-#[xdp]
+/// Multi-buffer aware (`xdp.frags`, BPF_F_XDP_HAS_FRAGS): frames up to the
+/// configured MTU (jumbo frames) are handled whole; see `parse::frame_len`.
+#[xdp(frags)]
 pub fn steer_xdp(ctx: XdpContext) -> u32 {
     steer(&ctx)
 }
@@ -223,7 +225,8 @@ fn transmit(
     branch: Branch,
     new_flow: bool,
 ) -> u32 {
-    let bytes = (ctx.data_end() - ctx.data()) as u64;
+    // The whole frame as received, fragments included.
+    let bytes = parse::frame_len(ctx) as u64;
     if let Err(reason) = encap::encap(ctx, ip, real, settings, ct.hash) {
         return stats::dropped(reason);
     }

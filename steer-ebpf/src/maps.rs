@@ -9,7 +9,7 @@ use aya_ebpf::{
 };
 use steer_common::{
     capacity, ring_values, AddrKey, Branch, Counters, CtValue, DropReason, FlowKey, Real, Settings,
-    VipInfo, VipKey, RING_LANES, VIP_FILTER_WORDS,
+    SourceMac, VipInfo, VipKey, RING_LANES, VIP_FILTER_WORDS,
 };
 
 #[map]
@@ -52,3 +52,9 @@ pub static DROP_STATS: PerCpuArray<u64> =
 
 #[map]
 pub static PATH_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Branch::COUNT as u32, 0);
+
+/// Ingress ifindex (or `SOURCE_MAC_FALLBACK`) -> source MAC of transmitted
+/// frames. Written by userspace at attach and from the config.
+#[map]
+pub static SOURCE_MACS: HashMap<u32, SourceMac> =
+    HashMap::with_max_entries(capacity::SOURCE_MACS, 0);

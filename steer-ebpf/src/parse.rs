@@ -4,7 +4,7 @@
 //! inside the packet before touching it, so the verifier accepts it and a
 //! truncated packet can never be read past its end.
 
-use aya_ebpf::programs::XdpContext;
+use aya_ebpf::{helpers::generated::bpf_xdp_get_buff_len, programs::XdpContext};
 use steer_common::{
     DropReason, FlowKey, FAMILY_V4, FAMILY_V6, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP,
 };
@@ -36,6 +36,16 @@ pub fn read<T: Copy>(ctx: &XdpContext, off: usize) -> Option<T> {
     // SAFETY: the bounds check above proves [start+off, start+off+size)
     // lies inside the packet; `read_unaligned` needs no alignment.
     Some(unsafe { core::ptr::read_unaligned((start + off) as *const T) })
+}
+
+/// The length of the whole frame. The program is built for multi-buffer
+/// XDP (`xdp.frags`): a frame larger than one buffer (jumbo frames) has
+/// fragments after `data_end`. Headers are read from the first buffer
+/// only; the fragments hold payload steer never reads.
+#[inline(always)]
+pub fn frame_len(ctx: &XdpContext) -> usize {
+    // SAFETY: plain helper call on our own context; it only reads it.
+    unsafe { bpf_xdp_get_buff_len(ctx.ctx) as usize }
 }
 
 #[inline(always)]
@@ -136,8 +146,8 @@ fn parse_v4(ctx: &XdpContext, l3: usize, ip: &mut Ip) -> L3 {
     if total < hdr_len {
         return L3::Bad(DropReason::MalformedL3);
     }
-    let frame_len = ctx.data_end() - ctx.data();
-    if l3 + total > frame_len {
+    let frame = frame_len(ctx);
+    if l3 + total > frame {
         return L3::Bad(DropReason::TruncatedL3);
     }
     // MF set or a non-zero offset: a fragment.
@@ -170,9 +180,9 @@ fn parse_v6(ctx: &XdpContext, l3: usize, ip: &mut Ip) -> L3 {
         return L3::Bad(DropReason::MalformedL3);
     }
     let payload = be16([h[4], h[5]]) as usize;
-    let frame_len = ctx.data_end() - ctx.data();
+    let frame = frame_len(ctx);
     let ip_end = l3 + 40 + payload;
-    if ip_end > frame_len {
+    if ip_end > frame {
         return L3::Bad(DropReason::TruncatedL3);
     }
     let mut next = h[6];

@@ -7,6 +7,10 @@
 //! then). The lab's bridge port and the daemon tests' peers use it.
 //! `steer_tx` and `steer_drop` are the throughput bench's references.
 //! Userspace loads them with `steer::dataplane::verdict`.
+//!
+//! All three are multi-buffer aware (`xdp.frags`): they never read the
+//! frame, so they are correct for jumbo frames, and a veth whose MTU is
+//! above one page accepts them.
 #![no_std]
 #![no_main]
 #![deny(clippy::undocumented_unsafe_blocks)]
@@ -14,19 +18,19 @@
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 
 /// Hands every frame to the kernel's stack unchanged.
-#[xdp]
+#[xdp(frags)]
 pub fn steer_pass(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
 }
 
 /// Sends every frame back out of the interface it came in on, unchanged.
-#[xdp]
+#[xdp(frags)]
 pub fn steer_tx(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_TX
 }
 
 /// Drops every frame.
-#[xdp]
+#[xdp(frags)]
 pub fn steer_drop(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_DROP
 }

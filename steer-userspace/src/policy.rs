@@ -81,6 +81,7 @@ pub fn globals(cfg: &DataplaneConfig) -> Globals {
         ttl: cfg.ttl,
         encap_source_v4: cfg.encap_source_v4.map(|p| (p.addr.octets(), p.len)),
         encap_source_v6: cfg.encap_source_v6.map(|p| (p.addr.octets(), p.len)),
+        source_mac: cfg.source_mac,
     }
 }
 

@@ -558,3 +558,55 @@ fn send_and_capture(dev: &str, frame: &[u8]) -> Result<Vec<u8>, String> {
         "no IP-in-IP frame came back on {dev} within 5 s ({seen} frames seen)"
     ))
 }
+
+/// Hardening item 17 on a real interface: a frame to the VIP sent to the
+/// broadcast MAC leaves with stt0's own MAC as its source (read at
+/// attach), not the broadcast MAC and not the config's fallback
+/// `dataplane.source_mac` (02:00:00:00:00:5e in the fixture).
+#[test]
+#[ignore = "needs root: BPF or network namespaces (cargo xtask test runs it)"]
+fn a_broadcast_frame_leaves_with_the_interfaces_own_mac() {
+    if !require_root() {
+        return;
+    }
+    let ns = veth_ns("bcast");
+    let peer = Netns::new("bcast-peer");
+    ip(&["-n", ns.name(), "link", "set", "stt1", "netns", peer.name()]);
+    ip(&["-n", peer.name(), "link", "set", "stt1", "up"]);
+    let s = Scratch::new("attach-bcast");
+    let (_dp, _, attached) = open_and_attach(&ns, &s, AttachMode::Skb);
+    assert_eq!(attached, Attached::New("skb"));
+    let frame = {
+        let b = etherparse::PacketBuilder::ethernet2(STT1_MAC, [0xff; 6])
+            .ipv4([198, 51, 100, 7], [203, 0, 113, 10], 64)
+            .udp(40_001, 53);
+        let mut v = Vec::new();
+        b.write(&mut v, b"broadcast").expect("build");
+        v
+    };
+    let got = peer.run(move || send_and_capture("stt1", &frame));
+    let got = got.unwrap_or_else(|e| panic!("{e}"));
+    let eth = etherparse::Ethernet2HeaderSlice::from_slice(&got).expect("ethernet");
+    assert_eq!(eth.destination(), [2, 0, 0, 0, 0, 0xfe], "next-hop MAC");
+    assert_eq!(eth.source(), STT0_MAC, "stt0's own MAC");
+}
+
+/// Hardening item 18 on a real interface: with a jumbo MTU (9,000) on both
+/// ends of the veth, native XDP attaches. veth refuses a program that is
+/// not multi-buffer aware when the peer's MTU exceeds one page ("peer MTU
+/// is too large to set XDP").
+#[test]
+#[ignore = "needs root: BPF or network namespaces (cargo xtask test runs it)"]
+fn driver_mode_attaches_to_a_jumbo_mtu_veth() {
+    if !require_root() {
+        return;
+    }
+    let ns = veth_ns("jumbo");
+    ip(&["-n", ns.name(), "link", "set", "stt0", "mtu", "9000"]);
+    ip(&["-n", ns.name(), "link", "set", "stt1", "mtu", "9000"]);
+    let s = Scratch::new("attach-jumbo");
+    let (_dp, _, attached) = open_and_attach(&ns, &s, AttachMode::Driver);
+    assert_eq!(attached, Attached::New("driver"));
+    let st = xdp_state(ns.name(), "stt0");
+    assert_eq!(st.flag.as_deref(), Some("xdp"), "{st:?}");
+}

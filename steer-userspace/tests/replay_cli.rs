@@ -28,9 +28,8 @@ fn tcp(dst: [u8; 4], sport: u16) -> Vec<u8> {
 
 /// A TCP SYN to `dst` in a frame of 54 + `pad` bytes: the IP packet is
 /// the 40-byte SYN, the rest trailing bytes past it (as on a padded
-/// frame). XDP without multi-buffer support sees only the frame's first
-/// page, so a real 70 KB IP packet would be dropped as truncated; this one
-/// is forwarded, trailing bytes and all.
+/// frame). The kernel runs frames beyond one page as multi-buffer XDP;
+/// the trailing bytes are cut before the frame is sent.
 fn tcp_sized(dst: [u8; 4], sport: u16, pad: usize) -> Vec<u8> {
     let mut v = tcp(dst, sport);
     v.resize(v.len() + pad, 0x5a);
@@ -121,8 +120,13 @@ fn read_pcap(path: &Path) -> Vec<Vec<u8>> {
 }
 
 fn replay(dir: &Scratch, input: &Path, extra: &[&str]) -> std::process::Output {
+    replay_with(dir, CFG, input, extra)
+}
+
+/// `steer replay` with the config `text`.
+fn replay_with(dir: &Scratch, text: &str, input: &Path, extra: &[&str]) -> std::process::Output {
     let cfg = dir.path("steer.toml");
-    std::fs::write(&cfg, CFG).expect("config");
+    std::fs::write(&cfg, text).expect("config");
     Command::new(STEER)
         .arg("replay")
         .arg("--config")
@@ -329,9 +333,12 @@ fn records_too_large_for_the_kernel_are_skipped_and_named() {
     assert_eq!(read_pcap(&dir.path("out.pcap")).len(), 3);
 }
 
-/// A transmitted frame over 65,535 bytes (a 70 KB frame the kernel still
-/// runs, plus the encapsulation) is written whole, under a snap length
-/// that covers it.
+/// Every transmitted frame is written whole, under a snap length that
+/// covers it. A 70 KB frame whose IP packet is 54 bytes (the rest, mostly
+/// in fragments beyond the first buffer, trails the packet) is sent with
+/// the trailer cut: the program is multi-buffer aware, so no byte of a
+/// frame is left unseen (no frame steer sends exceeds the MTU, 9,216 at
+/// most, plus the Ethernet header).
 #[test]
 #[ignore = "needs root: BPF or network namespaces (cargo xtask test runs it)"]
 fn the_output_snap_length_fits_every_record() {
@@ -346,9 +353,75 @@ fn the_output_snap_length_fits_every_record() {
     let stdout = replay_ok(&dir, &input, &[]);
     let (snaplen, sent) = read_pcap_with_snaplen(&dir.path("out.pcap"));
     let largest = sent.iter().map(Vec::len).max().unwrap_or(0);
-    assert!(largest > 65_535, "no large record transmitted:\n{stdout}");
+    assert_eq!(sent.len(), 2, "{stdout}");
+    assert_eq!(
+        sent[1].len(),
+        14 + 20 + (frames[1].len() - 70_000 - 14),
+        "the 70,000-byte trailer is cut:\n{stdout}"
+    );
     assert!(
         snaplen as usize >= largest,
         "snap length {snaplen} < {largest}"
+    );
+}
+
+/// The source MAC of transmitted frames: `--source-mac`, else
+/// `dataplane.source_mac`; with neither, replay refuses to run rather than
+/// drop every frame for a VIP (BPF_PROG_TEST_RUN has no interface MAC).
+#[test]
+#[ignore = "needs root: BPF or network namespaces (cargo xtask test runs it)"]
+fn the_source_mac_comes_from_the_flag_or_the_config() {
+    if !require_root() {
+        return;
+    }
+    let dir = Scratch::new("replay-source-mac");
+    // The destination MAC is broadcast: it must never become the source.
+    let mut frame = tcp([203, 0, 113, 10], 1);
+    frame[..6].copy_from_slice(&[0xff; 6]);
+    let input = dir.path("in.pcap");
+    write_pcap(&input, &[frame]);
+
+    // The fixture's dataplane.source_mac.
+    replay_ok(&dir, &input, &[]);
+    let sent = read_pcap(&dir.path("out.pcap"));
+    assert_eq!(&sent[0][6..12], &[2, 0, 0, 0, 0, 0x5e]);
+
+    // --source-mac overrides it.
+    replay_ok(&dir, &input, &["--source-mac", "02:00:00:00:00:77"]);
+    let sent = read_pcap(&dir.path("out.pcap"));
+    assert_eq!(&sent[0][6..12], &[2, 0, 0, 0, 0, 0x77]);
+
+    // Without dataplane.source_mac, the flag alone.
+    let bare: String = CFG
+        .lines()
+        .filter(|l| !l.starts_with("source_mac"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert_ne!(bare.len(), CFG.len(), "the fixture sets source_mac");
+    let out = replay_with(&dir, &bare, &input, &["--source-mac", "02:00:00:00:00:78"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let sent = read_pcap(&dir.path("out.pcap"));
+    assert_eq!(&sent[0][6..12], &[2, 0, 0, 0, 0, 0x78]);
+
+    // Neither: a clear error that says what to do.
+    let out = replay_with(&dir, &bare, &input, &[]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no source MAC") && err.contains("--source-mac"),
+        "{err}"
+    );
+
+    // Not a unicast MAC: refused by the argument parser.
+    let out = replay(&dir, &input, &["--source-mac", "ff:ff:ff:ff:ff:ff"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--source-mac") && err.contains("unicast"),
+        "{err}"
     );
 }

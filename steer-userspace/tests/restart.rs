@@ -102,6 +102,7 @@ fn config(backends: &[B<'_>], conntrack_size: u32) -> Config {
         r#"
 [dataplane]
 next_hop_mac = "02:00:00:00:00:fe"
+source_mac = "02:00:00:00:00:5e"
 encap_source_v4 = "198.18.0.1/32"
 maglev_table_size = 251
 conntrack_size = {conntrack_size}

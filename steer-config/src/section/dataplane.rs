@@ -17,7 +17,7 @@ use crate::defaults::{
 use crate::error::join;
 use crate::model::{AttachMode, Ipv4Prefix, Ipv6Prefix, PBackend, PDataplane};
 use crate::values::{
-    int_in, interface_name, keyword, mac_address, non_empty_string, string, u32_in,
+    int_in, interface_name, keyword, mac_address, non_empty_string, string, u32_in, unicast_mac,
 };
 use crate::walker::{Node, Walker};
 
@@ -32,6 +32,7 @@ pub(super) fn read(w: &mut Walker, t: &Table) -> PDataplane {
             "e.g. \"02:00:00:00:00:01\" (the MAC of the router encapsulated packets are sent to)",
             mac_address,
         ),
+        source_mac: n.optional(w, "source_mac", |v| source_mac(string(v)?.as_str())),
         encap_source_v4: n.optional(w, "encap_source_v4", |v| string(v)?.parse::<Ipv4Prefix>()),
         encap_source_v6: n.optional(w, "encap_source_v6", |v| string(v)?.parse::<Ipv6Prefix>()),
         mtu: n.default(w, "mtu", DEFAULT_MTU, u32_in(MTU_MIN, MTU_MAX)),
@@ -88,6 +89,16 @@ fn interfaces(w: &mut Walker, n: &Node<'_>) -> Option<Vec<Option<String>>> {
         }
     }
     interfaces
+}
+
+/// `dataplane.source_mac` (and `steer replay --source-mac`): a unicast MAC,
+/// the source of transmitted frames.
+pub fn source_mac(s: &str) -> Result<[u8; 6], String> {
+    unicast_mac(
+        s,
+        "use the MAC of the interface steer sends from",
+        "a frame's source must be a unicast MAC: use the MAC of the interface steer sends from",
+    )
 }
 
 fn maglev_table_size(v: &Value) -> Result<u32, String> {

@@ -5,7 +5,7 @@
 
 mod backends;
 mod control_metrics;
-mod dataplane;
+pub(crate) mod dataplane;
 mod health_checks;
 mod regions;
 mod services;

@@ -20,6 +20,36 @@ fn next_hop_mac_format() {
 }
 
 #[test]
+fn source_mac_is_optional_and_unicast() {
+    let with = |line: &str| {
+        format!(
+            "[dataplane]\nnext_hop_mac = \"02:00:00:00:00:01\"\n{line}\nencap_source_v4 = \"198.18.0.0/24\"\nencap_source_v6 = \"2001:db8:ffff::/96\"\n{BASE}{WEB}"
+        )
+    };
+    let cfg = Config::parse(&with("")).expect("no source_mac is valid");
+    assert_eq!(cfg.dataplane.source_mac, None);
+    let cfg = Config::parse(&with("source_mac = \"02:00:00:00:00:5E\"")).expect("valid");
+    assert_eq!(cfg.dataplane.source_mac, Some([2, 0, 0, 0, 0, 0x5e]));
+    for (mac, needle) in [
+        (
+            "ff:ff:ff:ff:ff:ff",
+            "a frame's source must be a unicast MAC",
+        ),
+        ("01:00:5e:00:00:01", "multicast or broadcast"),
+        ("00:00:00:00:00:00", "all-zero"),
+        ("02:00:00:00:00", "is not a MAC address"),
+    ] {
+        assert_error(
+            &with(&format!("source_mac = \"{mac}\"")),
+            "dataplane.source_mac",
+            needle,
+        );
+    }
+    let err = crate::parse_source_mac("33:33:00:00:00:01").expect_err("multicast");
+    assert!(err.contains("unicast"), "{err}");
+}
+
+#[test]
 fn dataplane_ranges() {
     for (line, path, needle) in [
         ("mtu = 575", "dataplane.mtu", "575 is out of range"),

@@ -189,7 +189,7 @@ fn unknown_keys_list_the_keys_of_their_section() {
     let expected = [
         (
             "dataplane.x",
-            "interfaces, mode, next_hop_mac, encap_source_v4, encap_source_v6, mtu, \
+            "interfaces, mode, next_hop_mac, source_mac, encap_source_v4, encap_source_v6, mtu, \
              conntrack_size, maglev_table_size, ttl, pin_path, max_tables, max_reals",
         ),
         ("regions[2].x", "name, description"),

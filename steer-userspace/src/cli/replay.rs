@@ -28,6 +28,11 @@ pub struct Args {
     /// would (repeatable).
     #[arg(long, value_name = "BACKEND")]
     down: Vec<String>,
+    /// The source MAC of transmitted frames (overrides dataplane.source_mac).
+    /// BPF_PROG_TEST_RUN runs on loopback, which has no MAC to send from:
+    /// one of the two is required.
+    #[arg(long, value_name = "MAC", value_parser = steer_config::parse_source_mac)]
+    source_mac: Option<[u8; 6]>,
 }
 
 /// Records the kernel would not run because they are too large
@@ -82,8 +87,20 @@ pub fn run(args: Args) -> Result<ExitCode> {
         input,
         output,
         down,
+        source_mac,
     } = args;
-    let cfg = load_config(&config)?;
+    let mut cfg = load_config(&config)?;
+    if source_mac.is_some() {
+        cfg.dataplane.source_mac = source_mac;
+    }
+    if cfg.dataplane.source_mac.is_none() {
+        bail!(
+            "no source MAC for the transmitted frames: {} sets no dataplane.source_mac and \
+             --source-mac was not given (BPF_PROG_TEST_RUN runs on loopback, which has no MAC \
+             to send from); pass --source-mac 02:00:00:00:00:01 or set dataplane.source_mac",
+            config.display()
+        );
+    }
     for b in &down {
         if cfg.backend(b).is_none() {
             let known: Vec<&str> = cfg.backends.iter().map(|b| b.name.as_str()).collect();

@@ -18,6 +18,7 @@ pub fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
         interfaces,
         mode,
         next_hop_mac: _,
+        source_mac: _,
         encap_source_v4: _,
         encap_source_v6: _,
         mtu: _,

@@ -8,12 +8,12 @@ use std::os::fd::{AsFd, AsRawFd};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use aya::maps::{Array, HashMap, Map, MapData};
+use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray, PerCpuValues};
 use aya::programs::{ProgramError, TestRun, TestRunOptions, Xdp};
 use aya::{Ebpf, EbpfLoader};
 use steer_common::{
-    names, ring_index, ring_values, AddrKey, Branch, Counters, DropReason, Real, Settings, VipInfo,
-    VipKey, VIP_FILTER_WORDS,
+    is_unicast_mac, names, ring_index, ring_values, AddrKey, Branch, Counters, DropReason, Real,
+    Settings, SourceMac, VipInfo, VipKey, SOURCE_MAC_FALLBACK, VIP_FILTER_WORDS,
 };
 
 mod bench;
@@ -42,7 +42,7 @@ const PROGRAMS: [&str; 1] = [names::PROG_STEER];
 
 #[derive(Debug, thiserror::Error)]
 pub enum DataplaneError {
-    #[error("loading the XDP program failed: {0}. Is this root on Linux ≥ 5.15 with BPF enabled?")]
+    #[error("loading the XDP program failed: {0}. Is this root on Linux ≥ 5.18 (multi-buffer XDP) with BPF enabled?")]
     Load(#[source] aya::EbpfError),
     #[error("the XDP program was rejected: {0}")]
     Program(#[source] ProgramError),
@@ -103,6 +103,11 @@ pub enum DataplaneError {
         #[source]
         source: ProgramError,
     },
+    #[error(
+        "interface {iface}: {reason}; steer needs it to read the interface's MAC, the source \
+         MAC of every frame it sends back out (check dataplane.interfaces)"
+    )]
+    InterfaceMac { iface: String, reason: String },
     #[error("pinning the XDP link of {iface}: {source}")]
     PinLink {
         iface: String,
@@ -313,7 +318,7 @@ pub enum Attached {
 }
 
 /// All the maps the program declares, for pinning.
-const ALL_MAPS: [&str; 12] = [
+const ALL_MAPS: [&str; 13] = [
     names::SETTINGS,
     names::VIPS,
     names::VIP_ADDRS,
@@ -326,6 +331,7 @@ const ALL_MAPS: [&str; 12] = [
     names::REAL_STATS,
     names::DROP_STATS,
     names::PATH_STATS,
+    names::SOURCE_MACS,
 ];
 
 fn link_pin(pin_dir: &Path, iface: &str) -> PathBuf {
@@ -855,6 +861,7 @@ impl Dataplane {
     /// one asked for is detached first and the program attached anew
     /// ([`Attached::ModeChanged`]); `auto` accepts either mode.
     pub fn attach(&mut self, iface: &str, mode: impl Into<AttachMode>) -> Result<Attached> {
+        self.write_interface_mac(iface)?;
         let mode: AttachMode = mode.into();
         let pin = self.persist.as_ref().map(|p| link_pin(&p.pin_dir, iface));
         let mut changed_from = None;
@@ -1097,12 +1104,20 @@ impl Dataplane {
                     let mut map: Array<_, Settings> = typed(&mut self.ebpf, names::SETTINGS)?;
                     map.set(0, v, 0).map_err(map_err(names::SETTINGS))?;
                 }
+                Write::FallbackSourceMac(mac) => {
+                    self.write_source_mac(SOURCE_MAC_FALLBACK, *mac)?
+                }
+                Write::ZeroStats { vip, real } => {
+                    if let Some(id) = vip {
+                        self.zero_stats(names::VIP_STATS, *id)?;
+                    }
+                    if let Some(id) = real {
+                        self.zero_stats(names::REAL_STATS, *id)?;
+                    }
+                }
                 Write::RemoveVip(key) => {
                     let mut vips: HashMap<_, VipKey, VipInfo> = typed(&mut self.ebpf, names::VIPS)?;
-                    match vips.remove(key) {
-                        Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
-                        Err(e) => return Err(map_err(names::VIPS)(e)),
-                    }
+                    absent_ok(vips.remove(key)).map_err(map_err(names::VIPS))?;
                     self.vips_written.remove(key);
                 }
                 Write::Real { id, real } => self.write_real_value(*id, *real)?,
@@ -1149,6 +1164,57 @@ impl Dataplane {
             }
         }
         Ok(())
+    }
+
+    /// Sets (or, `None`, removes) the `SOURCE_MACS` entry `key`: an ingress
+    /// ifindex or `SOURCE_MAC_FALLBACK`.
+    fn write_source_mac(&mut self, key: u32, mac: Option<[u8; 6]>) -> Result<()> {
+        let mut map: HashMap<_, u32, SourceMac> = typed(&mut self.ebpf, names::SOURCE_MACS)?;
+        match mac {
+            Some(mac) => map
+                .insert(key, SourceMac { mac, _pad: [0; 2] }, 0)
+                .map_err(map_err(names::SOURCE_MACS)),
+            None => absent_ok(map.remove(&key)).map_err(map_err(names::SOURCE_MACS)),
+        }
+    }
+
+    /// Gives the program `iface`'s own MAC as the source of the frames it
+    /// sends back out of `iface` (`SOURCE_MACS[ifindex]`). An interface
+    /// whose MAC is not unicast (none, all-zero, multicast) gets no entry:
+    /// its frames use `dataplane.source_mac`, or are dropped
+    /// (`no_source_mac`) if that is not set.
+    fn write_interface_mac(&mut self, iface: &str) -> Result<()> {
+        let (ifindex, mac) = interface_mac(iface)?;
+        match mac.filter(is_unicast_mac) {
+            Some(mac) => self.write_source_mac(ifindex, Some(mac)),
+            None => {
+                tracing::warn!(
+                    iface,
+                    mac = ?mac,
+                    "the interface has no unicast MAC: frames sent out of it use \
+                     dataplane.source_mac, and are dropped (no_source_mac) if that is not set"
+                );
+                self.write_source_mac(ifindex, None)
+            }
+        }
+    }
+
+    /// Zeroes `map[id]` (a per-CPU `Counters` array) on every CPU.
+    fn zero_stats(&mut self, name: &'static str, id: u32) -> Result<()> {
+        let cpus = aya::util::nr_cpus().map_err(|(path, source)| DataplaneError::Io {
+            what: "reading the possible CPUs from",
+            path: PathBuf::from(path),
+            source,
+        })?;
+        let zeros = PerCpuValues::try_from(vec![Counters::default(); cpus]).map_err(|source| {
+            DataplaneError::Io {
+                what: "building zero counters for map",
+                path: PathBuf::from(name),
+                source,
+            }
+        })?;
+        let mut map: PerCpuArray<_, Counters> = typed(&mut self.ebpf, name)?;
+        map.set(id, zeros, 0).map_err(map_err(name))
     }
 
     /// Writes real `id` (absent, or present up or down) under its current
@@ -1314,6 +1380,46 @@ impl Dataplane {
                 .find(|(_, r)| r.id == real_id)
                 .map(|(n, _)| n.as_str())
         })
+    }
+}
+
+/// The ifindex of `iface` in this network namespace and its link-layer
+/// address (`None` if it has no 6-byte one). Read over netlink
+/// (getifaddrs), so it is right inside a network namespace entered with
+/// `nsenter`, where /sys/class/net may still show another one.
+pub fn interface_mac(iface: &str) -> Result<(u32, Option<[u8; 6]>)> {
+    let err = |reason: String| DataplaneError::InterfaceMac {
+        iface: iface.to_string(),
+        reason,
+    };
+    let addrs = nix::ifaddrs::getifaddrs()
+        .map_err(|e| err(format!("listing the interfaces failed ({e})")))?;
+    for a in addrs.filter(|a| a.interface_name == iface) {
+        if let Some(link) = a.address.as_ref().and_then(|s| s.as_link_addr()) {
+            let ifindex = u32::try_from(link.ifindex())
+                .map_err(|_| err(format!("ifindex {} out of range", link.ifindex())))?;
+            return Ok((ifindex, link.addr()));
+        }
+    }
+    Err(err(
+        "no such interface in this network namespace".to_string()
+    ))
+}
+
+/// A hash-map removal that also succeeds when the key was not there
+/// (aya reports the kernel's ENOENT as a syscall error, not as
+/// `KeyNotFound`).
+fn absent_ok(
+    r: std::result::Result<(), aya::maps::MapError>,
+) -> std::result::Result<(), aya::maps::MapError> {
+    match r {
+        Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+        Err(aya::maps::MapError::SyscallError(e))
+            if e.io_error.raw_os_error() == Some(libc::ENOENT) =>
+        {
+            Ok(())
+        }
+        other => other,
     }
 }
 

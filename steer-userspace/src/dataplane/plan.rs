@@ -3,9 +3,13 @@
 //! No BPF object here: the writer (`super::Dataplane`) executes the writes.
 //!
 //! Order of the writes (each step is safe for packets in flight):
+//! 0. `SETTINGS` and the fallback source MAC.
 //! 1. VIPs of removed services go, then their reals are cleared.
 //! 2. The VIP filter gains the bits of every wanted VIP (old bits kept).
-//! 3. Reals that are up are present before any table points at them.
+//! 3. Every id the plan allocates (a new service's VIP id, a new backend's
+//!    real id) has its counters zeroed, so a service or backend never
+//!    inherits the counters of one that held the id before. Then reals
+//!    that are up are present before any table points at them.
 //! 4. After a grace period for rings that flipped recently, every changed
 //!    table is written to its shadow ring and flipped in.
 //! 5. Each service's VIP entry; reals that are down, and reals no table
@@ -64,6 +68,10 @@ pub struct Globals {
     pub encap_source_v4: Option<([u8; 4], u8)>,
     /// Outer IPv6 source range (address, prefix length).
     pub encap_source_v6: Option<([u8; 16], u8)>,
+    /// Source MAC of transmitted frames when the ingress interface's own
+    /// MAC is not known (`dataplane.source_mac`, `steer replay
+    /// --source-mac`); `None`: such frames are dropped (`no_source_mac`).
+    pub source_mac: Option<[u8; 6]>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -124,6 +132,16 @@ pub struct IdLedger {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Write {
     Settings(Settings),
+    /// Set (or, `None`, remove) the fallback source MAC: key
+    /// `SOURCE_MAC_FALLBACK` of `SOURCE_MACS`.
+    FallbackSourceMac(Option<[u8; 6]>),
+    /// Zero `VIP_STATS[vip]` and/or `REAL_STATS[real]` on every CPU: the id
+    /// was just allocated and may have counted for a service or backend
+    /// that held it before. Emitted before anything references the id.
+    ZeroStats {
+        vip: Option<u32>,
+        real: Option<u32>,
+    },
     /// Remove a VIP from `VIPS`.
     RemoveVip(VipKey),
     Real {
@@ -230,6 +248,11 @@ struct Prepared {
     reals: BTreeMap<String, RealSlot>,
     retired: Vec<u32>,
     inputs: Vec<(u32, String, u32)>,
+    /// The VIP id, if this plan allocated it.
+    new_vip: Option<u32>,
+    /// Real ids this plan allocated (fresh, freed by another service, or a
+    /// spare of this one given to another backend).
+    new_reals: Vec<u32>,
 }
 
 impl IdLedger {
@@ -276,12 +299,15 @@ impl IdLedger {
 
     /// Allocates the service's slot and real ids; nothing is written yet.
     fn prepare_service(&mut self, d: &DesiredService) -> Result<Prepared, PlanError> {
+        let mut new_vip = None;
+        let mut new_reals = Vec::new();
         if !self.services.contains_key(&d.name) {
             let vip_id = self.free_vips.pop().ok_or(PlanError::Capacity {
                 what: "services",
                 max: self.limits.max_tables,
                 knob: "max_tables",
             })?;
+            new_vip = Some(vip_id);
             self.services.insert(
                 d.name.clone(),
                 ServiceSlot {
@@ -313,16 +339,20 @@ impl IdLedger {
         for b in &d.backends {
             let id = match old_reals.get(&b.name) {
                 Some(r) if r.address == b.address => r.id,
-                _ => match self.alloc_real() {
-                    Ok(id) => id,
-                    Err(e) => {
-                        // Reuse a spare id under a new generation: flows
-                        // pinned to its old backend re-select.
-                        let id = spare.pop().ok_or(e)?;
-                        self.bump_generation(id);
-                        id
-                    }
-                },
+                _ => {
+                    let id = match self.alloc_real() {
+                        Ok(id) => id,
+                        Err(e) => {
+                            // Reuse a spare id under a new generation: flows
+                            // pinned to its old backend re-select.
+                            let id = spare.pop().ok_or(e)?;
+                            self.bump_generation(id);
+                            id
+                        }
+                    };
+                    new_reals.push(id);
+                    id
+                }
             };
             reals.insert(
                 b.name.clone(),
@@ -354,6 +384,8 @@ impl IdLedger {
             reals,
             retired,
             inputs,
+            new_vip,
+            new_reals,
         })
     }
 
@@ -391,7 +423,10 @@ impl IdLedger {
             }
         }
         let mut next = self.clone();
-        let mut writes = vec![Write::Settings(settings(&self.limits, globals, desired))];
+        let mut writes = vec![
+            Write::Settings(settings(&self.limits, globals, desired)),
+            Write::FallbackSourceMac(globals.source_mac),
+        ];
         // 1. Services that disappeared (or whose VIP changed) are removed.
         let wanted: BTreeMap<&str, &DesiredService> =
             desired.iter().map(|d| (d.name.as_str(), d)).collect();
@@ -422,7 +457,24 @@ impl IdLedger {
             .iter()
             .map(|d| next.prepare_service(d))
             .collect::<Result<Vec<_>, _>>()?;
-        // 3. Backends that are up are present and up before any table can
+        // 3. Counters of newly allocated ids start at zero (a removed
+        // service's or backend's counts must not carry over to the next
+        // holder of its id); nothing references these ids yet.
+        for p in &prepared {
+            if let Some(vip) = p.new_vip {
+                writes.push(Write::ZeroStats {
+                    vip: Some(vip),
+                    real: None,
+                });
+            }
+            for &real in &p.new_reals {
+                writes.push(Write::ZeroStats {
+                    vip: None,
+                    real: Some(real),
+                });
+            }
+        }
+        // Backends that are up are present and up before any table can
         // point at them.
         for (d, p) in desired.iter().zip(&prepared) {
             for b in d.backends.iter().filter(|b| b.up) {

@@ -57,6 +57,7 @@ fn globals() -> Globals {
         ttl: 64,
         encap_source_v4: Some(([198, 18, 0, 0], 24)),
         encap_source_v6: None,
+        source_mac: None,
     }
 }
 
@@ -206,7 +207,7 @@ fn a_removed_service_frees_its_ids_for_reuse_under_a_new_generation() {
     let mut d = two_services();
     d.pop();
     let (l2, writes) = l1.plan(&d, &globals(), now).expect("plan");
-    assert!(matches!(writes[1], Write::RemoveVip(_)), "{:?}", writes[1]);
+    assert!(matches!(writes[2], Write::RemoveVip(_)), "{:?}", writes[2]);
     assert!(l2.free_reals.contains(&old_dns));
     assert!(l2.free_vips.contains(&old_vip));
     // A new service takes the freed id, one generation later.
@@ -257,4 +258,138 @@ fn settings_carry_the_globals() {
     any_port[1].port = 0;
     let s = settings(&LIMITS, &globals(), &any_port);
     assert_ne!(s.flags & SETTINGS_F_PORT0_VIPS, 0);
+}
+
+/// Position of the first write matching `f`.
+fn first(writes: &[Write], f: impl Fn(&Write) -> bool) -> Option<usize> {
+    writes.iter().position(f)
+}
+
+fn zero_vip_at(writes: &[Write], id: u32) -> Option<usize> {
+    first(
+        writes,
+        |w| matches!(w, Write::ZeroStats { vip: Some(v), real: None } if *v == id),
+    )
+}
+
+fn zero_real_at(writes: &[Write], id: u32) -> Option<usize> {
+    first(
+        writes,
+        |w| matches!(w, Write::ZeroStats { vip: None, real: Some(r) } if *r == id),
+    )
+}
+
+/// Item 8 of the hardening issue: a service added in the same plan that
+/// removes another takes over its VIP id and real id; both ids' counters
+/// are zeroed after the old holder is gone and before anything refers to
+/// the ids again.
+#[test]
+fn a_reused_id_has_its_counters_zeroed_before_its_first_use() {
+    let l = IdLedger::new(LIMITS);
+    let now = Instant::now();
+    let (l1, _) = l.plan(&two_services(), &globals(), now).expect("plan");
+    let old_real = ids(&l1, "dns")["d"];
+    let old_vip = l1.services["dns"].vip_id;
+    let mut d = two_services();
+    d.pop();
+    d.push(service("ntp", 12, vec![backend("e", 5, 100, true)]));
+    let (l2, writes) = l1.plan(&d, &globals(), now).expect("plan");
+    assert_eq!(l2.services["ntp"].vip_id, old_vip, "the VIP id is reused");
+    assert_eq!(ids(&l2, "ntp")["e"], old_real, "the real id is reused");
+
+    let zero_vip = zero_vip_at(&writes, old_vip).expect("VIP_STATS of the reused id zeroed");
+    let zero_real = zero_real_at(&writes, old_real).expect("REAL_STATS of the reused id zeroed");
+    let removed = first(&writes, |w| matches!(w, Write::RemoveVip(_))).expect("old VIP removed");
+    let cleared = first(
+        &writes,
+        |w| matches!(w, Write::Real { id, real } if *id == old_real && real.flags == 0),
+    )
+    .expect("old real cleared");
+    let present = first(
+        &writes,
+        |w| matches!(w, Write::Real { id, real } if *id == old_real && real.flags == REAL_F_PRESENT),
+    )
+    .expect("new real written");
+    let table = first(
+        &writes,
+        |w| matches!(w, Write::Table { vip_id, .. } if *vip_id == old_vip),
+    )
+    .expect("new table");
+    let vip = first(
+        &writes,
+        |w| matches!(w, Write::Vip { info, .. } if info.vip_id == old_vip),
+    )
+    .expect("new VIP");
+    assert!(
+        removed < zero_vip && cleared < zero_real,
+        "zeroed after the old holder went"
+    );
+    assert!(
+        zero_vip < table && zero_vip < vip,
+        "VIP id zeroed before its first use"
+    );
+    assert!(
+        zero_real < present && zero_real < table,
+        "real id zeroed before its first use"
+    );
+    // The kept service's ids are not touched.
+    for id in ids(&l2, "web").values() {
+        assert_eq!(zero_real_at(&writes, *id), None, "kept real {id} zeroed");
+    }
+    assert_eq!(zero_vip_at(&writes, l2.services["web"].vip_id), None);
+}
+
+#[test]
+fn ids_that_stay_with_their_holder_are_never_zeroed() {
+    let l = IdLedger::new(LIMITS);
+    let now = Instant::now();
+    let (l1, first_writes) = l.plan(&two_services(), &globals(), now).expect("plan");
+    // The first plan allocates every id: all of them start from zero.
+    for svc in ["web", "dns"] {
+        assert!(zero_vip_at(&first_writes, l1.services[svc].vip_id).is_some());
+        for id in ids(&l1, svc).values() {
+            assert!(zero_real_at(&first_writes, *id).is_some());
+        }
+    }
+    // Weights, health and drains change no id.
+    let mut d = two_services();
+    d[0].backends[0].weight = 0;
+    d[0].backends[1].up = false;
+    let (_, writes) = l1
+        .plan(&d, &globals(), now + Duration::from_secs(1))
+        .expect("plan");
+    assert!(
+        !writes.iter().any(|w| matches!(w, Write::ZeroStats { .. })),
+        "{writes:?}"
+    );
+}
+
+#[test]
+fn a_readdressed_backend_gets_zeroed_counters() {
+    let l = IdLedger::new(LIMITS);
+    let now = Instant::now();
+    let (l1, _) = l.plan(&two_services(), &globals(), now).expect("plan");
+    let mut d = two_services();
+    d[1].backends[0].address = IpAddr::from([192, 0, 2, 44]);
+    let (l2, writes) = l1.plan(&d, &globals(), now).expect("plan");
+    let new_id = ids(&l2, "dns")["d"];
+    assert!(zero_real_at(&writes, new_id).is_some(), "{writes:?}");
+}
+
+#[test]
+fn the_fallback_source_mac_follows_the_globals() {
+    let l = IdLedger::new(LIMITS);
+    let (_, writes) = l
+        .plan(&two_services(), &globals(), Instant::now())
+        .expect("plan");
+    assert_eq!(writes[1], Write::FallbackSourceMac(None));
+    let g = Globals {
+        source_mac: Some([2, 0, 0, 0, 0, 0x5e]),
+        ..globals()
+    };
+    let (_, writes) = l.plan(&two_services(), &g, Instant::now()).expect("plan");
+    assert_eq!(
+        writes[1],
+        Write::FallbackSourceMac(Some([2, 0, 0, 0, 0, 0x5e]))
+    );
 }

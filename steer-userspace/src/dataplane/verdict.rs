@@ -31,7 +31,7 @@ pub use steer_common::XdpVerdict;
 
 #[derive(Debug, thiserror::Error)]
 pub enum VerdictError {
-    #[error("loading the XDP verdict object failed: {0}. Is this root on Linux ≥ 5.15 with BPF enabled?")]
+    #[error("loading the XDP verdict object failed: {0}. Is this root on Linux ≥ 5.18 (multi-buffer XDP) with BPF enabled?")]
     Load(#[source] aya::EbpfError),
     #[error("XDP program {name}: {source}")]
     Program {
