@@ -83,12 +83,16 @@ impl CounterReader {
         Ok(sum(&v))
     }
 
+    /// Entries `0..n`, each summed over CPUs. A map pinned by an older
+    /// steer may have fewer entries (a reason or branch added since): the
+    /// program cannot count those, so they read 0 instead of failing the
+    /// whole status report.
     fn sum_u64(map: &PerCpuArray<MapData, u64>, name: &'static str, n: u32) -> Result<Vec<u64>> {
         (0..n)
-            .map(|i| {
-                map.get(&i, 0)
-                    .map(|v| v.iter().copied().fold(0u64, u64::wrapping_add))
-                    .map_err(map_err(name))
+            .map(|i| match map.get(&i, 0) {
+                Ok(v) => Ok(v.iter().copied().fold(0u64, u64::wrapping_add)),
+                Err(aya::maps::MapError::OutOfBounds { .. }) => Ok(0),
+                Err(e) => Err(map_err(name)(e)),
             })
             .collect()
     }
