@@ -420,20 +420,20 @@ fn check_tx(
     ip_len: usize,
 ) -> Result<(), String> {
     if out.len() < l2 + 20 {
-        return Err(format!("output of {} bytes is too short", out.len()));
+        return Err(format!("output too short: {} bytes", out.len()));
     }
     if out[..6] != m.next_hop {
         return Err(format!(
-            "destination MAC {:02x?} is not the next hop",
+            "destination MAC not the next hop: {:02x?}",
             &out[..6]
         ));
     }
     if CHECK_UNICAST_SOURCE_MAC && out[6] & 1 != 0 {
-        return Err(format!("source MAC {:02x?} is not unicast", &out[6..12]));
+        return Err(format!("source MAC not unicast: {:02x?}", &out[6..12]));
     }
     // VLAN tags (TPID + TCI) carried over as they were.
     if out[12..l2 - 2] != input[12..l2 - 2] {
-        return Err("VLAN tags differ from the input's".into());
+        return Err("VLAN tags: differ from the input's".into());
     }
     let inner = &input[l2..l2 + ip_len];
     let inner_v6 = inner[0] >> 4 == 6;
@@ -441,41 +441,41 @@ fn check_tx(
     let (outer_len, backend) = match be16(out, l2 - 2) {
         ETH_IPV4 => {
             let h = Ipv4HeaderSlice::from_slice(&out[l2..])
-                .map_err(|e| format!("outer IPv4 header does not parse: {e}"))?;
+                .map_err(|e| format!("outer IPv4 header: does not parse ({e})"))?;
             let hdr = h.to_header();
             if h.ihl() != 5 {
-                return Err(format!("outer IPv4 IHL {}", h.ihl()));
+                return Err(format!("outer IPv4 IHL: {}", h.ihl()));
             }
             if hdr.calc_header_checksum() != h.header_checksum() {
                 return Err(format!(
-                    "outer IPv4 checksum {:#06x}, correct is {:#06x}",
+                    "outer IPv4 checksum: {:#06x}, correct is {:#06x}",
                     h.header_checksum(),
                     hdr.calc_header_checksum()
                 ));
             }
             if usize::from(h.total_len()) != out.len() - l2 {
                 return Err(format!(
-                    "outer IPv4 total length {} but {} bytes follow the Ethernet header",
+                    "outer IPv4 total length: {} but {} bytes follow the Ethernet header",
                     h.total_len(),
                     out.len() - l2
                 ));
             }
             if h.protocol().0 != want_proto {
                 return Err(format!(
-                    "outer protocol {} for an inner IPv{}",
+                    "outer protocol: {} for an inner IPv{}",
                     h.protocol().0,
                     if inner_v6 { 6 } else { 4 }
                 ));
             }
             if !h.dont_fragment() || h.more_fragments() || h.fragments_offset().value() != 0 {
-                return Err("outer IPv4 not DF or fragmented".into());
+                return Err("outer IPv4 fragmentation: not DF, or fragmented".into());
             }
             if h.ttl() != m.ttl {
-                return Err(format!("outer TTL {} (config {})", h.ttl(), m.ttl));
+                return Err(format!("outer TTL: {} (config {})", h.ttl(), m.ttl));
             }
             if !in_range4(h.source_addr(), m.src4) {
                 return Err(format!(
-                    "outer source {} outside {:?}",
+                    "outer source: {} outside {:?}",
                     h.source_addr(),
                     m.src4
                 ));
@@ -484,53 +484,53 @@ fn check_tx(
         }
         ETH_IPV6 => {
             let h = Ipv6HeaderSlice::from_slice(&out[l2..])
-                .map_err(|e| format!("outer IPv6 header does not parse: {e}"))?;
+                .map_err(|e| format!("outer IPv6 header: does not parse ({e})"))?;
             if usize::from(h.payload_length()) != out.len() - l2 - 40 {
                 return Err(format!(
-                    "outer IPv6 payload length {} but {} bytes follow the outer header",
+                    "outer IPv6 payload length: {} but {} bytes follow the outer header",
                     h.payload_length(),
                     out.len() - l2 - 40
                 ));
             }
             if h.next_header().0 != want_proto {
-                return Err(format!("outer next header {}", h.next_header().0));
+                return Err(format!("outer next header: {}", h.next_header().0));
             }
             if h.hop_limit() != m.ttl {
                 return Err(format!(
-                    "outer hop limit {} (config {})",
+                    "outer hop limit: {} (config {})",
                     h.hop_limit(),
                     m.ttl
                 ));
             }
             if !in_range6(h.source_addr(), m.src6) {
                 return Err(format!(
-                    "outer source {} outside {:?}",
+                    "outer source: {} outside {:?}",
                     h.source_addr(),
                     m.src6
                 ));
             }
             (40, IpAddr::V6(h.destination_addr()))
         }
-        t => return Err(format!("output ethertype {t:#06x}")),
+        t => return Err(format!("output ethertype: {t:#06x}")),
     };
     if inner_v6 && outer_len == 20 {
-        return Err("IPv6 inside IPv4".into());
+        return Err("IPv6 inside IPv4: not a valid encapsulation".into());
     }
     if !service.backends.contains(&backend) {
         return Err(format!(
-            "sent to {backend}, not a backend of service {} ({:?})",
+            "backend: sent to {backend}, not a backend of service {} ({:?})",
             service.name, service.backends
         ));
     }
     if out.len() - l2 > m.mtu {
         return Err(format!(
-            "outer packet of {} bytes above the MTU {}",
+            "MTU: outer packet of {} bytes above the MTU {}",
             out.len() - l2,
             m.mtu
         ));
     }
     if &out[l2 + outer_len..] != inner {
-        return Err("inner packet differs from the input's IP packet".into());
+        return Err("inner packet: differs from the input's IP packet".into());
     }
     Ok(())
 }
@@ -995,9 +995,17 @@ fn mutated_frames_through_the_xdp_program() {
                 if ip_len + svc.outer_len > model.mtu {
                     Some(("transmitted a packet above the MTU".into(), hex(&out.data)))
                 } else {
+                    // The kind is the part before the first colon; the
+                    // details go with the first frame of that kind.
                     check_tx(&model, &input, &out.data, svc, *l2, *ip_len)
                         .err()
-                        .map(|e| (format!("bad encapsulation: {e}"), hex(&out.data)))
+                        .map(|e| {
+                            let kind = e.split(':').next().unwrap_or(&e);
+                            (
+                                format!("bad encapsulation: {kind}"),
+                                format!("{e}\n{}", hex(&out.data)),
+                            )
+                        })
                 }
             }
             (Verdict::Tx, Expect::Pass(why) | Expect::NotTx(why)) => Some((
@@ -1136,12 +1144,12 @@ mod oracle {
             o[33] = 99;
             fix_ipv4_checksum(o, 14);
         })
-        .contains("not a backend"));
+        .contains("backend: sent to"));
         assert!(bad(&|o| {
             let n = o.len() - 1;
             o[n] ^= 0xff;
         })
-        .contains("inner packet differs"));
+        .contains("inner packet: differs"));
         assert!(bad(&|o| o.push(0)).contains("total length"));
         assert!(bad(&|o| o[0] = 0).contains("next hop"));
         assert!(bad(&|o| {
