@@ -551,8 +551,8 @@ async fn deep_health_default_statuses() {
 }
 
 /// `up_statuses` and `degraded_statuses` read from a config file replace the
-/// defaults: a Spring-Boot-style `"UP"` passes, `"OUT_OF_SERVICE"` is
-/// degraded, and `"healthy"` (no longer listed) fails naming the lists.
+/// defaults: a Spring-Boot-style `"UP"` passes, `"WARNING"` is degraded,
+/// and `"healthy"` (no longer listed) fails naming the lists.
 #[tokio::test]
 async fn deep_health_statuses_from_the_config() {
     let text = r#"
@@ -583,7 +583,7 @@ path = "/actuator/health"
 jitter = "0s"
 deep_health = true
 up_statuses = ["UP"]
-degraded_statuses = ["OUT_OF_SERVICE"]
+degraded_statuses = ["WARNING"]
 "#;
     let cfg = match steer::config::Config::parse(text) {
         Ok(c) => c,
@@ -591,14 +591,14 @@ degraded_statuses = ["OUT_OF_SERVICE"]
     };
     let c = cfg.health_checks[0].clone();
     let up = fixed_server(json(200, r#"{"status":"UP"}"#)).await;
-    let oos = fixed_server(json(200, r#"{"status":"OUT_OF_SERVICE"}"#)).await;
+    let warning = fixed_server(json(200, r#"{"status":"WARNING"}"#)).await;
     let healthy = fixed_server(json(200, r#"{"status":"healthy"}"#)).await;
     assert_pass(&probe1(&target("b", up.addr, c.clone())).await, false);
-    assert_pass(&probe1(&target("b", oos.addr, c.clone())).await, true);
+    assert_pass(&probe1(&target("b", warning.addr, c.clone())).await, true);
     let outcome = probe1(&target("b", healthy.addr, c)).await;
     assert_eq!(
         fail_reason(&outcome),
-        "deep health: status \"healthy\" (up: UP; degraded: OUT_OF_SERVICE)"
+        "deep health: status \"healthy\" (up: UP; degraded: WARNING)"
     );
     assert_eq!(fail_kind(&outcome), FailureKind::DeepHealth);
 }
