@@ -868,6 +868,121 @@ fn truncated_transport_header_dropped_for_vip() {
     }
 }
 
+/// Frames written as hex (whitespace ignored), for byte-exact replays.
+fn unhex(s: &str) -> Vec<u8> {
+    let digits: Vec<u8> = s.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
+    digits
+        .chunks(2)
+        .map(|d| {
+            let d = std::str::from_utf8(d).expect("ASCII hex");
+            u8::from_str_radix(d, 16).unwrap_or_else(|_| panic!("{d:?} is not a hex byte"))
+        })
+        .collect()
+}
+
+/// Frames the data-path fuzzer (tests/fuzz.rs, seed 0x574345520001) found
+/// transmitted although their TCP/UDP header contradicts the IP packet, or
+/// their IPv6 extension chain is invalid. Replayed byte for byte: each must
+/// be dropped with its reason, and the same header to a foreign address
+/// passed untouched.
+#[test]
+#[ignore = "needs root: BPF or network namespaces (cargo xtask test runs it)"]
+fn fuzzer_found_malformed_headers_are_dropped() {
+    if !steer_tests::require_root() {
+        return;
+    }
+    let mut rig = Rig::new(BASIC);
+    let cases: [(&str, &str, DropReason); 6] = [
+        (
+            "TCP data offset 0, to web (203.0.113.10:80)",
+            "0200000000010200000000aa080045000048123440003d06c536c6336407cb00
+             710a9c40005001020304111122220002faf062a500005a5d544f4679706b6265
+             1c170e0138332a2d24dfd6c9c0fbf2f5ece79e918883eeeeeeeeeeeeeeeeeeee
+             eeee",
+            DropReason::TruncatedL4,
+        ),
+        (
+            "TCP data offset 6 in a 20-byte segment, to mixed (203.0.113.20:443)",
+            "0200000000010200000000aa080045000028123440003d06c54cc6336407cb00
+             71149c4401bb01020304111122226002faf079530000",
+            DropReason::TruncatedL4,
+        ),
+        (
+            "UDP length 0 over IPv6, to dns6 ([2001:db8:a::10]:53)",
+            "0200000000010200000000aa86dd600123450034113d20010db8000c00000000
+             00000000000720010db8000a000000000000000000109c42003500000c0d1111
+             22225002faf059cd00005a5d546f4679706b62651c170e0138332a2d24dfd6c9
+             c0fbf2f5ece79e918883eeeeeeeeeeeeeeeeeeeeeeeef3e07ecc72021e9e28aa
+             beefbce60e9574d9a4dd3de85ff854d59201847ae0612b938c88d909681ac2d5
+             d15c213c16f85483c698cebe50ba3aad1ef6",
+            DropReason::TruncatedL4,
+        ),
+        (
+            "UDP length 2, to anyport (203.0.113.30:9999)",
+            "0200000000010200000000ae08004500001c123440003d11c543c6336407cb00
+             711e9c45270f0002d62f",
+            DropReason::TruncatedL4,
+        ),
+        (
+            "UDP length 44 in a 40-byte IP payload, to dns (203.0.113.10:53)",
+            "0200000000010200000000aa08004500003c123440003d11c537c6336407cb00
+             710a00280035002c5a5d546e4f7679706b62651c170e0138332a2d24acdd33ca
+             dfd6c9c0fbf2f5ece79e918883",
+            DropReason::TruncatedL4,
+        ),
+        (
+            "IPv6 hop-by-hop header after a hop-by-hop header, to web6 ([2001:db8:a::10]:443)",
+            "0200000000010200000000aa86dd60012345003c003d20010db8000c00000000
+             000000bf38ba20010db8000a0000000000000000001000000000000000990600
+             0035000001009c4e01bb0a0b0c0d111122225002faf0593800005a5d544f4679
+             706b62651c170e0138332a2d24dfd6c9c0fbf2f5ece79e918883000000000000
+             0000000000000000000000000000000000000000000000000000000000000000
+             000000000000000000000000000000",
+            DropReason::Ipv6Ext,
+        ),
+    ];
+    for (what, text, reason) in cases {
+        let f = unhex(text);
+        rig.expect_drop(what, &f, reason);
+        // The same frame to an address that carries no VIP passes.
+        let mut q = f.clone();
+        if u16::from_be_bytes([q[12], q[13]]) == ETH_IPV4 {
+            q[30..34].copy_from_slice(&OTHER4.octets());
+            fix_ipv4_checksum(&mut q, 14);
+        } else {
+            q[38..54].copy_from_slice(&OTHER6.octets());
+        }
+        rig.expect_pass(&format!("{what}, not a VIP"), &q);
+    }
+}
+
+/// The limits of the L4 checks: a TCP data offset that ends exactly at the
+/// end of the IP packet, and a UDP length equal to or shorter than the IP
+/// payload (bytes after the datagram are allowed), are transmitted as they
+/// are.
+#[test]
+#[ignore = "needs root: BPF or network namespaces (cargo xtask test runs it)"]
+fn l4_lengths_at_their_limits_are_transmitted() {
+    if !steer_tests::require_root() {
+        return;
+    }
+    let mut rig = Rig::new(BASIC);
+    // 20 + 40 bytes of TCP: data offset 15 covers the whole segment.
+    let p = tcp4(CLIENT, 40100, VIP_WEB, 80).payload_len(40);
+    let mut f = p.build();
+    f[34 + 12] = 0xf0;
+    let got = rig.tx_frame("TCP data offset 15 ending at the packet's end", &f);
+    assert_eq!(&got[34..], &f[14..], "inner packet changed");
+    assert_eq!(parse_outer(&got).map(|o| o.dst()), Some(IpAddr::V4(EU1)));
+    // UDP length 8 (header only) in a datagram with 32 bytes after it.
+    let u = udp6(CLIENT6, 5353, VIP6, 53);
+    let mut f = u.build();
+    f[54 + 4..54 + 6].copy_from_slice(&8u16.to_be_bytes());
+    let got = rig.tx_frame("UDP length 8, shorter than the IP payload", &f);
+    assert_eq!(&got[54..], &f[14..], "inner packet changed");
+    assert_eq!(parse_outer(&got).map(|o| o.dst()), Some(IpAddr::V6(V6_1)));
+}
+
 #[test]
 #[ignore = "needs root: BPF or network namespaces (cargo xtask test runs it)"]
 fn truncated_ipv6_header_passes() {

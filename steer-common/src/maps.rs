@@ -268,7 +268,9 @@ counter_index! {
         /// The frame ends before the IP packet does: inside the IP header or
         /// its options, or before the IPv4 total length / IPv6 payload length.
         TruncatedL3 = 1 => "truncated_l3",
-        /// The frame ends inside the TCP/UDP header.
+        /// The TCP/UDP header does not fit the IP packet: the packet ends
+        /// inside it, a TCP data offset below 5 or past the packet's end, or
+        /// a UDP length below 8 (0 included) or past the packet's end.
         TruncatedL4 = 2 => "truncated_l4",
         /// An IP fragment for a VIP address (fragments are never forwarded).
         Fragment = 3 => "fragment",
@@ -282,8 +284,8 @@ counter_index! {
         FamilyMismatch = 7 => "family_mismatch",
         /// An ICMP error for a VIP address whose quoted header is unusable.
         BadIcmp = 8 => "bad_icmp",
-        /// More than four IPv6 extension headers, or one that runs past the
-        /// end of the packet.
+        /// More than four IPv6 extension headers, one that runs past the
+        /// end of the packet, or a hop-by-hop header that is not the first.
         Ipv6Ext = 9 => "ipv6_ext",
         /// Settings not written yet.
         NotReady = 10 => "not_ready",

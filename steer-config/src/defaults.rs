@@ -61,6 +61,13 @@ pub(crate) const DEFAULT_RISE: u32 = 2;
 pub(crate) const DEFAULT_FALL: u32 = 3;
 pub(crate) const DEFAULT_EXPECTED_STATUS: u16 = 200;
 pub(crate) const DEFAULT_DEEP_HEALTH: bool = false;
+/// Deep-health `"status"` values that mean up: steer's own `healthy`, the
+/// common `ok` and `up`, and the health-check draft's `pass`
+/// (draft-inadarei-api-health-check).
+pub(crate) const DEFAULT_UP_STATUSES: &[&str] = &["healthy", "ok", "pass", "up"];
+/// Deep-health `"status"` values that mean up but degraded: steer's own
+/// `degraded` and the draft's `warn`.
+pub(crate) const DEFAULT_DEGRADED_STATUSES: &[&str] = &["degraded", "warn"];
 pub(crate) const DEFAULT_INSECURE: bool = false;
 
 // --- [control], [metrics] --------------------------------------------------
@@ -98,11 +105,17 @@ impl HealthCheck {
             expected_status: vec![DEFAULT_EXPECTED_STATUS],
             body_contains: None,
             deep_health: DEFAULT_DEEP_HEALTH,
+            up_statuses: strings(DEFAULT_UP_STATUSES),
+            degraded_statuses: strings(DEFAULT_DEGRADED_STATUSES),
             sni: None,
             ca_file: None,
             insecure: DEFAULT_INSECURE,
         }
     }
+}
+
+pub(crate) fn strings(list: &[&str]) -> Vec<String> {
+    list.iter().map(|s| s.to_string()).collect()
 }
 
 impl Default for ControlConfig {

@@ -179,6 +179,13 @@ model! {
         pub body_contains: Option<String>,
         /// Parse the body as JSON and require its `"status"` field to say up.
         pub deep_health: bool,
+        /// Deep health: the `"status"` values that mean up (exact,
+        /// case-sensitive). Not empty.
+        pub up_statuses: Vec<String>,
+        /// Deep health: the `"status"` values that mean up but degraded (the
+        /// backend keeps traffic; `steer status` shows it degraded). None of
+        /// them is in `up_statuses`.
+        pub degraded_statuses: Vec<String>,
         pub sni: Option<String>,
         pub ca_file: Option<PathBuf>,
         pub insecure: bool,

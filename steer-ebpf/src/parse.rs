@@ -191,6 +191,11 @@ fn parse_v6(ctx: &XdpContext, l3: usize, ip: &mut Ip) -> L3 {
     while walked < MAX_IPV6_EXT {
         match next {
             IPV6_HOPOPTS | IPV6_ROUTING | IPV6_DSTOPTS => {
+                // Hop-by-hop options may only come right after the IPv6
+                // header (RFC 8200, section 4.1).
+                if next == IPV6_HOPOPTS && walked > 0 {
+                    return L3::Bad(DropReason::Ipv6Ext);
+                }
                 let Some(ext) = read::<[u8; 2]>(ctx, off) else {
                     return L3::Bad(DropReason::Ipv6Ext);
                 };
@@ -226,14 +231,18 @@ fn parse_v6(ctx: &XdpContext, l3: usize, ip: &mut Ip) -> L3 {
 }
 
 /// Fills in the ports (wire order) of the TCP or UDP header at `l4_off`,
-/// which must end inside the IP packet. False when truncated.
+/// which must end inside the IP packet and agree with it: a TCP data offset
+/// of at least 5 words that ends inside the IP packet, a UDP length of at
+/// least 8 that ends inside it (0, a jumbogram's, is refused: steer has no
+/// jumbogram support). False otherwise (`truncated_l4`).
 #[inline(always)]
 pub fn ports(ctx: &XdpContext, ip: &mut Ip) -> bool {
-    let need = if ip.key.proto == PROTO_TCP { 20 } else { 8 };
+    let tcp = ip.key.proto == PROTO_TCP;
+    let need = if tcp { 20 } else { 8 };
     if ip.l4_off + need > ip.ip_end {
         return false;
     }
-    let Some(p) = read::<[u16; 2]>(ctx, ip.l4_off) else {
+    let Some(h) = read::<[u8; 8]>(ctx, ip.l4_off) else {
         return false;
     };
     // The end of the header must be inside the frame too (ip_end already
@@ -241,8 +250,20 @@ pub fn ports(ctx: &XdpContext, ip: &mut Ip) -> bool {
     if read::<u8>(ctx, ip.l4_off + need - 1).is_none() {
         return false;
     }
-    ip.key.sport = p[0];
-    ip.key.dport = p[1];
+    // What the header says its own length (TCP) or the datagram's (UDP) is.
+    let claimed = if tcp {
+        let Some(data_offset) = read::<u8>(ctx, ip.l4_off + 12) else {
+            return false;
+        };
+        ((data_offset >> 4) as usize) * 4
+    } else {
+        be16([h[4], h[5]]) as usize
+    };
+    if claimed < need || ip.l4_off + claimed > ip.ip_end {
+        return false;
+    }
+    ip.key.sport = u16::from_ne_bytes([h[0], h[1]]);
+    ip.key.dport = u16::from_ne_bytes([h[2], h[3]]);
     true
 }
 

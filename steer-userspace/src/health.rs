@@ -16,9 +16,10 @@
 //!   head may be up to 64 KiB too). The probe passes when the
 //!   status is in `expected_status`, the body contains `body_contains` (if
 //!   set) and, with `deep_health = true`, the body is a JSON object whose
-//!   top-level `"status"` string is `"healthy"` or `"degraded"` (a pass that
-//!   marks the target *degraded*). `"unhealthy"`, any other value, a missing
-//!   field or invalid JSON fail.
+//!   top-level `"status"` string is one of the check's `up_statuses`
+//!   (default `healthy`, `ok`, `pass`, `up`) or `degraded_statuses` (default
+//!   `degraded`, `warn`; a pass that marks the target *degraded*). Any other
+//!   value, a missing field or invalid JSON fail.
 //!
 //! Probe sockets are closed with a reset (`SO_LINGER` 0) instead of a FIN,
 //! so thousands of probes a second leave no `TIME_WAIT` sockets on the
@@ -26,7 +27,8 @@
 //!
 //! Failure reasons are short and specific: `"connection refused"`,
 //! `"timeout after 500ms"`, `"status 503 (expected 200)"`,
-//! `"body does not contain \"ok\""`, `"deep health: status \"unhealthy\""`,
+//! `"body does not contain \"ok\""`, `"deep health: status \"fail\" (up:
+//! healthy, ok, pass, up; degraded: degraded, warn)"`,
 //! `"deep health: invalid JSON (...)"`, `"TLS: invalid peer certificate:
 //! UnknownIssuer"`, `"connection closed without a response"`,
 //! `"connection reset"`, `"invalid response: invalid HTTP version

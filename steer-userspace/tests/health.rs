@@ -502,7 +502,10 @@ async fn deep_health_states() {
     assert_pass(&probe1(&t(&healthy)).await, false);
     assert_pass(&probe1(&t(&degraded)).await, true);
     let outcome = probe1(&t(&unhealthy)).await;
-    assert_eq!(fail_reason(&outcome), "deep health: status \"unhealthy\"");
+    assert_eq!(
+        fail_reason(&outcome),
+        "deep health: status \"unhealthy\" (up: healthy, ok, pass, up; degraded: degraded, warn)"
+    );
     assert_eq!(fail_kind(&outcome), FailureKind::DeepHealth);
     assert_eq!(
         fail_reason(&probe1(&t(&invalid)).await),
@@ -512,6 +515,92 @@ async fn deep_health_states() {
         fail_reason(&probe1(&t(&missing)).await),
         "deep health: no top-level \"status\" field"
     );
+}
+
+/// The default status lists: `ok`, `up` and the health-check draft's
+/// `pass` are up, its `warn` is degraded, its `fail` is down with a reason
+/// that names the value and what would have been accepted.
+#[tokio::test]
+async fn deep_health_default_statuses() {
+    let mut c = check(CheckKind::Http);
+    c.deep_health = true;
+    for (status, degraded) in [
+        ("ok", false),
+        ("pass", false),
+        ("up", false),
+        ("warn", true),
+    ] {
+        let s = fixed_server(json(200, &format!(r#"{{"status":"{status}"}}"#))).await;
+        let outcome = probe1(&target("b", s.addr, c.clone())).await;
+        match outcome {
+            ProbeOutcome::Pass { degraded: d, .. } => assert_eq!(d, degraded, "{status}"),
+            ProbeOutcome::Fail { reason, .. } => panic!("{status:?} failed: {reason}"),
+        }
+    }
+    let fail = fixed_server(json(
+        200,
+        r#"{"status":"fail","output":"db down","version":"1"}"#,
+    ))
+    .await;
+    let outcome = probe1(&target("b", fail.addr, c)).await;
+    assert_eq!(
+        fail_reason(&outcome),
+        "deep health: status \"fail\" (up: healthy, ok, pass, up; degraded: degraded, warn)"
+    );
+    assert_eq!(fail_kind(&outcome), FailureKind::DeepHealth);
+}
+
+/// `up_statuses` and `degraded_statuses` read from a config file replace the
+/// defaults: a Spring-Boot-style `"UP"` passes, `"WARNING"` is degraded,
+/// and `"healthy"` (no longer listed) fails naming the lists.
+#[tokio::test]
+async fn deep_health_statuses_from_the_config() {
+    let text = r#"
+[dataplane]
+next_hop_mac = "02:00:00:00:00:01"
+encap_source_v4 = "198.18.0.0/24"
+
+[[regions]]
+name = "eu"
+
+[[backends]]
+name = "eu-1"
+address = "192.0.2.1"
+region = "eu"
+
+[[services]]
+name = "web"
+vip = "203.0.113.10"
+port = 80
+protocol = "tcp"
+regions = ["eu"]
+health_check = "actuator"
+
+[[health_checks]]
+name = "actuator"
+kind = "http"
+path = "/actuator/health"
+jitter = "0s"
+deep_health = true
+up_statuses = ["UP"]
+degraded_statuses = ["WARNING"]
+"#;
+    let cfg = match steer::config::Config::parse(text) {
+        Ok(c) => c,
+        Err(e) => panic!("config does not parse: {e}"),
+    };
+    let c = cfg.health_checks[0].clone();
+    let up = fixed_server(json(200, r#"{"status":"UP"}"#)).await;
+    let warning = fixed_server(json(200, r#"{"status":"WARNING"}"#)).await;
+    let healthy = fixed_server(json(200, r#"{"status":"healthy"}"#)).await;
+    assert_pass(&probe1(&target("b", up.addr, c.clone())).await, false);
+    assert_pass(&probe1(&target("b", warning.addr, c.clone())).await, true);
+    let outcome = probe1(&target("b", healthy.addr, c)).await;
+    assert_eq!(
+        fail_reason(&outcome),
+        "deep health: status \"healthy\" (up: UP; degraded: WARNING)"
+    );
+    assert_eq!(fail_kind(&outcome), FailureKind::DeepHealth);
 }
 
 // ---------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 //! `.cargo/config.toml`).
 mod demo;
 mod e2e;
+mod fuzz;
 mod lab;
 mod pcap;
 mod setup;
@@ -57,6 +58,18 @@ enum Cmd {
         /// (no lab), then again with one backend down.
         #[arg(long)]
         replay: bool,
+    },
+    /// Fuzz the data path: mutated frames through the real XDP program,
+    /// every verdict and output checked (needs root). `cargo xtask test`
+    /// runs a fixed-seed run of 1,000,000 frames.
+    Fuzz {
+        /// How many frames to run.
+        #[arg(long, default_value_t = 10_000_000)]
+        frames: u64,
+        /// Mutator seed (decimal or 0x hex); default: from the clock,
+        /// printed so a failing run can be repeated.
+        #[arg(long, value_parser = fuzz::parse_seed)]
+        seed: Option<u64>,
     },
     /// End-to-end tests with real traffic through the lab (needs root);
     /// part of `cargo xtask test`. A filter runs only matching tests.
@@ -147,6 +160,10 @@ fn run(cli: Cli) -> Result<()> {
                 )
             }
         }
+        Cmd::Fuzz { frames, seed } => {
+            setup::setup(false)?;
+            fuzz::fuzz(frames, seed)
+        }
         Cmd::E2e { filter } => {
             setup::setup(false)?;
             e2e::run(filter.as_deref())
@@ -196,5 +213,22 @@ mod tests {
             test_args(&["xtask", "test", "-p", "steer-tests"]),
             ["-p", "steer-tests"]
         );
+    }
+
+    #[test]
+    fn fuzz_takes_frames_and_a_seed() {
+        match Cli::try_parse_from(["xtask", "fuzz", "--frames", "5", "--seed", "0x1f"]) {
+            Ok(Cli {
+                command: Cmd::Fuzz { frames, seed },
+            }) => assert_eq!((frames, seed), (5, Some(31))),
+            _ => panic!("did not parse as fuzz"),
+        }
+        match Cli::try_parse_from(["xtask", "fuzz"]) {
+            Ok(Cli {
+                command: Cmd::Fuzz { frames, seed },
+            }) => assert_eq!((frames, seed), (10_000_000, None)),
+            _ => panic!("did not parse as fuzz"),
+        }
+        assert!(Cli::try_parse_from(["xtask", "fuzz", "--seed", "x1"]).is_err());
     }
 }

@@ -6,8 +6,9 @@ use std::time::Duration;
 use toml::Table;
 
 use crate::defaults::{
-    DEFAULT_DEEP_HEALTH, DEFAULT_EXPECTED_STATUS, DEFAULT_FALL, DEFAULT_HC_PATH, DEFAULT_INSECURE,
-    DEFAULT_INTERVAL, DEFAULT_JITTER, DEFAULT_RISE, DEFAULT_TIMEOUT,
+    DEFAULT_DEEP_HEALTH, DEFAULT_DEGRADED_STATUSES, DEFAULT_EXPECTED_STATUS, DEFAULT_FALL,
+    DEFAULT_HC_PATH, DEFAULT_INSECURE, DEFAULT_INTERVAL, DEFAULT_JITTER, DEFAULT_RISE,
+    DEFAULT_TIMEOUT, DEFAULT_UP_STATUSES,
 };
 use crate::duration::format_duration;
 use crate::error::join;
@@ -19,7 +20,16 @@ use crate::values::{
 use crate::walker::{Node, Walker};
 
 /// Keys that only http and https checks may have.
-const HTTP_ONLY_KEYS: &[&str] = &["path", "expected_status", "body_contains", "deep_health"];
+const HTTP_ONLY_KEYS: &[&str] = &[
+    "path",
+    "expected_status",
+    "body_contains",
+    "deep_health",
+    "up_statuses",
+    "degraded_statuses",
+];
+/// Keys that only mean something with `deep_health = true`.
+const DEEP_HEALTH_KEYS: &[&str] = &["up_statuses", "degraded_statuses"];
 /// Keys that only https checks may have.
 const HTTPS_ONLY_KEYS: &[&str] = &["sni", "ca_file", "insecure"];
 
@@ -43,6 +53,8 @@ pub(super) fn read(w: &mut Walker, at: &str, t: &Table) -> PHealthCheck {
         expected_status: expected_status(w, &n),
         body_contains: n.optional(w, "body_contains", non_empty_string),
         deep_health: n.default(w, "deep_health", DEFAULT_DEEP_HEALTH, boolean),
+        up_statuses: statuses(w, &n, "up_statuses", DEFAULT_UP_STATUSES),
+        degraded_statuses: statuses(w, &n, "degraded_statuses", DEFAULT_DEGRADED_STATUSES),
         sni: n.optional(w, "sni", hostname),
         ca_file: n.optional(w, "ca_file", |v| non_empty_string(v).map(PathBuf::from)),
         insecure: n.default(w, "insecure", DEFAULT_INSECURE, boolean),
@@ -67,6 +79,37 @@ fn expected_status(w: &mut Walker, n: &Node<'_>) -> Option<Vec<Option<u16>>> {
         }
         list => list,
     }
+}
+
+/// `up_statuses` / `degraded_statuses`: deep-health `"status"` values, each
+/// a non-empty string listed once; `up_statuses` must not be empty
+/// (`degraded_statuses = []` means no value is degraded).
+fn statuses(
+    w: &mut Walker,
+    n: &Node<'_>,
+    key: &'static str,
+    default: &[&str],
+) -> Option<Vec<Option<String>>> {
+    let list = n.list(w, key, non_empty_string)?;
+    if !n.has(key) {
+        return Some(default.iter().map(|s| Some(s.to_string())).collect());
+    }
+    let path = join(n.path, key);
+    if list.is_empty() && key == "up_statuses" {
+        w.err(
+            path,
+            "must not be empty: a deep-health check needs at least one status that means up              (e.g. [\"healthy\", \"ok\", \"pass\"])",
+        );
+        return None;
+    }
+    for (i, s) in list.iter().enumerate() {
+        if let Some(s) = s {
+            if list[..i].iter().flatten().any(|earlier| earlier == s) {
+                w.err(format!("{path}[{i}]"), format!("{s:?} is listed twice"));
+            }
+        }
+    }
+    Some(list)
 }
 
 /// Checks between fields, and the `ca_file` itself when files are checked.
@@ -111,6 +154,37 @@ fn relations(w: &mut Walker, n: &Node<'_>, at: &str, h: &mut PHealthCheck) {
                         kind.as_str()
                     ),
                 );
+            }
+        }
+    }
+    // Status lists only matter when the body is parsed (a tcp check already
+    // got an error for them above).
+    if h.kind != Some(CheckKind::Tcp) && h.deep_health == Some(false) {
+        for key in DEEP_HEALTH_KEYS.iter().filter(|k| n.has(k)) {
+            w.err(
+                join(at, key),
+                "only used with deep_health = true (this check does not parse the body); \
+                 set deep_health = true or remove it",
+            );
+        }
+    }
+    if let (Some(up), Some(degraded)) = (&h.up_statuses, &h.degraded_statuses) {
+        for (i, d) in degraded.iter().enumerate() {
+            if let Some(d) = d {
+                if up.iter().flatten().any(|u| u == d) {
+                    w.err(
+                        format!("{}[{i}]", join(at, "degraded_statuses")),
+                        format!(
+                            "{d:?} is also in up_statuses{}: a status is either up or \
+                             degraded; remove it from one list",
+                            if n.has("up_statuses") {
+                                ""
+                            } else {
+                                " (by default)"
+                            }
+                        ),
+                    );
+                }
             }
         }
     }

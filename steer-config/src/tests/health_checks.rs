@@ -168,3 +168,76 @@ port = 9
     assert_eq!(hc("https").effective_port(all), Some(443));
     assert_eq!(hc("tcp9").effective_port(p8080), Some(9));
 }
+
+#[test]
+fn deep_health_status_lists() {
+    let cfg = ok(&with_check(
+        "kind = \"http\"\ndeep_health = true\nup_statuses = [\"UP\", \"pass\"]\ndegraded_statuses = []",
+    ));
+    let h = &cfg.health_checks[1];
+    assert_eq!(h.up_statuses, ["UP", "pass"]);
+    assert!(h.degraded_statuses.is_empty());
+    let cfg = ok(&with_check(
+        "kind = \"https\"\ndeep_health = true\ndegraded_statuses = [\"slow\"]",
+    ));
+    let h = &cfg.health_checks[1];
+    assert_eq!(h.up_statuses, ["healthy", "ok", "pass", "up"]);
+    assert_eq!(h.degraded_statuses, ["slow"]);
+
+    let deep = "kind = \"http\"\ndeep_health = true\n";
+    assert_error(
+        &with_check(&format!("{deep}up_statuses = []")),
+        "health_checks[1].up_statuses",
+        "must not be empty: a deep-health check needs at least one status that means up",
+    );
+    assert_error(
+        &with_check(&format!("{deep}up_statuses = [\"ok\", \"\"]")),
+        "health_checks[1].up_statuses[1]",
+        "must not be empty",
+    );
+    assert_error(
+        &with_check(&format!("{deep}up_statuses = [\"ok\", 1]")),
+        "health_checks[1].up_statuses[1]",
+        "expected a string",
+    );
+    assert_error(
+        &with_check(&format!("{deep}up_statuses = \"ok\"")),
+        "health_checks[1].up_statuses",
+        "expected an array",
+    );
+    assert_error(
+        &with_check(&format!(
+            "{deep}degraded_statuses = [\"warn\", \"slow\", \"warn\"]"
+        )),
+        "health_checks[1].degraded_statuses[2]",
+        "\"warn\" is listed twice",
+    );
+    assert_error(
+        &with_check(&format!(
+            "{deep}up_statuses = [\"ok\"]\ndegraded_statuses = [\"slow\", \"ok\"]"
+        )),
+        "health_checks[1].degraded_statuses[1]",
+        "\"ok\" is also in up_statuses: a status is either up or degraded",
+    );
+    assert_error(
+        &with_check(&format!("{deep}degraded_statuses = [\"pass\"]")),
+        "health_checks[1].degraded_statuses[0]",
+        "\"pass\" is also in up_statuses (by default)",
+    );
+    // Without deep health the lists would be ignored: an error.
+    assert_error(
+        &with_check("kind = \"http\"\nup_statuses = [\"ok\"]"),
+        "health_checks[1].up_statuses",
+        "only used with deep_health = true",
+    );
+    assert_error(
+        &with_check("kind = \"https\"\ndeep_health = false\ndegraded_statuses = [\"warn\"]"),
+        "health_checks[1].degraded_statuses",
+        "only used with deep_health = true",
+    );
+    assert_error(
+        &with_check("kind = \"tcp\"\nport = 1\nup_statuses = [\"ok\"]"),
+        "health_checks[1].up_statuses",
+        "only valid for kind \"http\" or \"https\"",
+    );
+}

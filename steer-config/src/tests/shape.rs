@@ -204,7 +204,8 @@ fn unknown_keys_list_the_keys_of_their_section() {
         (
             "health_checks[1].x",
             "name, kind, port, path, interval, timeout, rise, fall, jitter, \
-             expected_status, body_contains, deep_health, sni, ca_file, insecure",
+             expected_status, body_contains, deep_health, up_statuses, degraded_statuses, sni, \
+             ca_file, insecure",
         ),
         ("control.x", "socket"),
         ("metrics.x", "listen"),

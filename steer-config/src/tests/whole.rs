@@ -78,6 +78,8 @@ kind = "http"
     assert_eq!(h.expected_status, vec![200]);
     assert_eq!(h.body_contains, None);
     assert!(!h.deep_health);
+    assert_eq!(h.up_statuses, ["healthy", "ok", "pass", "up"]);
+    assert_eq!(h.degraded_statuses, ["degraded", "warn"]);
     assert_eq!(h.sni, None);
     assert_eq!(h.ca_file, None);
     assert!(!h.insecure);

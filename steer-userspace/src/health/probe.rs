@@ -252,31 +252,51 @@ pub(crate) fn evaluate(check: &HealthCheck, response: &Response) -> Result<bool,
         }
     }
     if check.deep_health {
-        return deep_health(response).map_err(|r| Failure::new(FailureKind::DeepHealth, r));
+        return deep_health(check, response).map_err(|r| Failure::new(FailureKind::DeepHealth, r));
     }
     Ok(false)
 }
 
-/// Deep health: the body is a JSON object whose `"status"` string is
-/// `"healthy"` (pass), `"degraded"` (pass, degraded) or anything else (fail).
-fn deep_health(response: &Response) -> Result<bool, String> {
+/// Deep health: the body is a JSON object whose `"status"` string is one of
+/// the check's `up_statuses` (pass), one of its `degraded_statuses` (pass,
+/// degraded) or anything else (fail, naming the value and the accepted
+/// ones). Values compare exactly (case-sensitive).
+fn deep_health(check: &HealthCheck, response: &Response) -> Result<bool, String> {
     if response.truncated {
         return Err("deep health: body larger than 64 KiB".into());
     }
     let doc: serde_json::Value = serde_json::from_slice(&response.body)
         .map_err(|e| format!("deep health: invalid JSON ({e})"))?;
     match doc.get("status") {
-        Some(serde_json::Value::String(s)) => match s.as_str() {
-            "healthy" => Ok(false),
-            "degraded" => Ok(true),
-            other => Err(format!("deep health: status {}", shorten(other))),
-        },
+        Some(serde_json::Value::String(s)) => {
+            if check.up_statuses.iter().any(|u| u == s) {
+                Ok(false)
+            } else if check.degraded_statuses.iter().any(|d| d == s) {
+                Ok(true)
+            } else {
+                Err(format!(
+                    "deep health: status {} ({})",
+                    shorten(s),
+                    accepted_statuses(check)
+                ))
+            }
+        }
         Some(other) => Err(format!(
             "deep health: \"status\" is not a string ({})",
             shorten(&other.to_string())
         )),
         None => Err("deep health: no top-level \"status\" field".into()),
     }
+}
+
+/// `up: healthy, ok, pass, up; degraded: degraded, warn`.
+fn accepted_statuses(check: &HealthCheck) -> String {
+    let degraded = if check.degraded_statuses.is_empty() {
+        "none".to_string()
+    } else {
+        check.degraded_statuses.join(", ")
+    };
+    format!("up: {}; degraded: {degraded}", check.up_statuses.join(", "))
 }
 
 #[cfg(test)]
@@ -347,14 +367,22 @@ mod tests {
         c.deep_health = true;
         let cases: &[(&str, Result<bool, &str>)] = &[
             (r#"{"status":"healthy"}"#, Ok(false)),
+            (r#"{"status":"ok"}"#, Ok(false)),
+            (r#"{"status":"pass","version":"1"}"#, Ok(false)),
+            (r#"{"status":"up"}"#, Ok(false)),
             (r#"{"status":"degraded","checks":{"db":"slow"}}"#, Ok(true)),
+            (r#"{"status":"warn"}"#, Ok(true)),
             (
                 r#"{"status":"unhealthy"}"#,
-                Err("[deep_health] deep health: status \"unhealthy\""),
+                Err("[deep_health] deep health: status \"unhealthy\" (up: healthy, ok, pass, up; degraded: degraded, warn)"),
+            ),
+            (
+                r#"{"status":"fail"}"#,
+                Err("[deep_health] deep health: status \"fail\" (up: healthy, ok, pass, up; degraded: degraded, warn)"),
             ),
             (
                 r#"{"status":"HEALTHY"}"#,
-                Err("[deep_health] deep health: status \"HEALTHY\""),
+                Err("[deep_health] deep health: status \"HEALTHY\" (up: healthy, ok, pass, up; degraded: degraded, warn)"),
             ),
             (
                 r#"{"status":1}"#,
@@ -390,6 +418,25 @@ mod tests {
             eval(&c, &r),
             Err("[deep_health] deep health: body larger than 64 KiB".into())
         );
+    }
+
+    #[test]
+    fn deep_health_uses_the_checks_status_lists() {
+        let mut c = check();
+        c.deep_health = true;
+        c.up_statuses = vec!["UP".into()];
+        c.degraded_statuses = vec![];
+        assert_eq!(eval(&c, &resp(200, r#"{"status":"UP"}"#)), Ok(false));
+        for s in ["healthy", "degraded", "up"] {
+            assert_eq!(
+                eval(&c, &resp(200, &format!(r#"{{"status":"{s}"}}"#))),
+                Err(format!(
+                    "[deep_health] deep health: status \"{s}\" (up: UP; degraded: none)"
+                ))
+            );
+        }
+        c.degraded_statuses = vec!["slow".into(), "warn".into()];
+        assert_eq!(eval(&c, &resp(200, r#"{"status":"slow"}"#)), Ok(true));
     }
 
     #[test]
