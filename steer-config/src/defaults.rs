@@ -109,6 +109,7 @@ impl Default for ControlConfig {
     fn default() -> Self {
         ControlConfig {
             socket: PathBuf::from(DEFAULT_CONTROL_SOCKET),
+            group: None,
         }
     }
 }

@@ -206,7 +206,7 @@ fn unknown_keys_list_the_keys_of_their_section() {
             "name, kind, port, path, interval, timeout, rise, fall, jitter, \
              expected_status, body_contains, deep_health, sni, ca_file, insecure",
         ),
-        ("control.x", "socket"),
+        ("control.x", "socket, group"),
         ("metrics.x", "listen"),
     ];
     let got: Vec<(String, String)> = errs
