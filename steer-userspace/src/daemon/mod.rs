@@ -231,6 +231,17 @@ async fn run_async(
     // Bound before anything touches the kernel: a taken port fails the
     // start with nothing to undo.
     let metrics_listener = api::bind_metrics(cfg.metrics.listen).await?;
+    // So is the control socket: its directory is checked (root's, writable
+    // by no one else) before the state file is written there.
+    let control_socket = api::ControlSocket::bind(
+        &cfg.control.socket,
+        cfg.control.group.as_ref().map(|g| api::ReadOnlyGroup {
+            name: g.name.clone(),
+            gid: g.gid,
+        }),
+    )
+    .await
+    .with_context(|| format!("control socket {}", cfg.control.socket.display()))?;
     // Open, attach and program on a blocking thread: the owner is created
     // there and later runs on its own thread.
     let (mut owner, published, counters) = {
@@ -294,7 +305,7 @@ async fn run_async(
         });
         let rx = stop_servers_rx.clone();
         tokio::spawn(async move {
-            if let Err(e) = api::serve_control(&path, handler, rx).await {
+            if let Err(e) = control_socket.serve(handler, rx).await {
                 error!(socket = %path.display(), error = %e, "control socket failed");
             }
         })
