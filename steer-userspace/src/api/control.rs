@@ -373,8 +373,9 @@ fn make_dir(dir: &Path, mode: u32, gid: Option<u32>) -> io::Result<()> {
 }
 
 /// The socket's directory must be owned by root or `euid` and writable by
-/// no one else; each directory above it must be owned by root or `euid`,
-/// and may be writable by others only with the sticky bit. (Whoever can
+/// no one else; each directory above it (on its resolved path and on the
+/// path as written) must be owned by root or `euid`, and may be writable by
+/// others only with the sticky bit. (Whoever can
 /// write a directory can replace what is in it: the socket, the state file
 /// kept next to it, or the directory itself.)
 fn check_socket_dir(dir: &Path, euid: u32) -> io::Result<()> {
@@ -415,7 +416,18 @@ fn check_socket_dir(dir: &Path, euid: u32) -> io::Result<()> {
             real.display(),
         )));
     }
-    for above in real.ancestors().skip(1) {
+    // The directories above it, as resolved and as written: a link on the
+    // way (`/home/bob/link` -> `/run/steer`) is only as safe as the
+    // directory that holds it.
+    let written = std::path::absolute(dir)
+        .map_err(|e| with_context(e, format_args!("resolving {}", dir.display())))?;
+    let mut aboves: Vec<&Path> = real.ancestors().skip(1).collect();
+    for above in written.ancestors().skip(1) {
+        if !aboves.contains(&above) {
+            aboves.push(above);
+        }
+    }
+    for above in aboves {
         let meta = std::fs::metadata(above)
             .map_err(|e| with_context(e, format_args!("inspecting {}", above.display())))?;
         if !owner_ok(meta.uid()) {
@@ -1197,6 +1209,25 @@ mod tests {
                     run.display(),
                     dir.0.display(),
                     dir.0.display()
+                )
+            );
+            // Reached through a link that others may replace.
+            chmod(&dir.0, 0o755);
+            let open = dir.0.join("open");
+            std::fs::create_dir(&open).unwrap();
+            chmod(&open, 0o777);
+            std::os::unix::fs::symlink(&run, open.join("link")).unwrap();
+            assert_eq!(
+                refused_dir(&open.join("link")).await,
+                format!(
+                    "refusing the control socket directory {} (which is {}): it is inside {}, \
+                     which is writable by everyone without the sticky bit (mode 0777); other \
+                     users could put another directory in its place. Remove those write bits \
+                     or set the sticky bit (`chmod +t {}`), {fix}",
+                    open.join("link").display(),
+                    run.display(),
+                    open.display(),
+                    open.display()
                 )
             );
             chmod(&dir.0, 0o1777);
