@@ -3,10 +3,17 @@
 //! [`request`] connects to the daemon's Unix socket, writes one request line,
 //! reads one response line and closes the connection, all within
 //! [`timeout_for`] the request. It needs no async runtime.
+//!
+//! Before it sends anything it checks whom it is talking to: the socket
+//! file must be owned by root or by the caller's effective uid, and so must
+//! the process listening on it (`SO_PEERCRED`). Anything else is refused
+//! with [`ClientError::Untrusted`]: a socket of another user may be a
+//! stand-in that answers "stopping" while the real daemon keeps running.
 
 use std::error::Error;
 use std::fmt;
 use std::io::{self, BufRead, BufReader, Read, Write};
+use std::os::unix::fs::MetadataExt as _;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
@@ -31,6 +38,13 @@ pub enum ClientError {
     Stale { path: PathBuf },
     /// The socket is not ours to use.
     PermissionDenied { path: PathBuf },
+    /// The socket file, or the process listening on it, belongs to a user
+    /// other than root and the caller: nothing was sent.
+    Untrusted {
+        path: PathBuf,
+        who: Untrusted,
+        uid: u32,
+    },
     /// No complete answer within the timeout.
     Timeout { path: PathBuf, after: Duration },
     /// Any other failure to connect, write or read.
@@ -52,8 +66,30 @@ impl fmt::Display for ClientError {
                 "steer is not running (stale control socket at {}: nothing is listening on it)",
                 path.display()
             ),
-            ClientError::PermissionDenied { path } => {
-                write!(f, "permission denied on {}: run as root", path.display())
+            ClientError::PermissionDenied { path } => write!(
+                f,
+                "permission denied on {}: run as root (members of the daemon's \
+                 [control] group may run `steer status`)",
+                path.display()
+            ),
+            ClientError::Untrusted { path, who, uid } => {
+                let shown = path.display();
+                let owner = match who {
+                    Untrusted::SocketFile => "the socket file is owned by",
+                    Untrusted::Listener => "the process listening on it runs as",
+                };
+                write!(
+                    f,
+                    "refusing to use the control socket {shown}: {owner} {}, not root{}; \
+                     it may be another user's stand-in for steer, so nothing was sent. \
+                     Check `ls -ln {shown}` and the owner of its directory (steer only \
+                     uses a socket directory that is root's and writable by no one else)",
+                    describe_uid(*uid),
+                    match nix::unistd::geteuid().as_raw() {
+                        0 => String::new(),
+                        me => format!(" or you (uid {me})"),
+                    }
+                )
             }
             ClientError::Timeout { path, after } => write!(
                 f,
@@ -68,6 +104,29 @@ impl fmt::Display for ClientError {
             }
         }
     }
+}
+
+/// What [`ClientError::Untrusted`] found to belong to another user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Untrusted {
+    /// The socket file (its owner, from `stat`).
+    SocketFile,
+    /// The process that listens on the socket (`SO_PEERCRED`).
+    Listener,
+}
+
+/// `uid 65534 (nobody)`, or `uid 4242` for a uid without a name.
+pub fn describe_uid(uid: u32) -> String {
+    match nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)) {
+        Ok(Some(user)) => format!("uid {uid} ({})", user.name),
+        _ => format!("uid {uid}"),
+    }
+}
+
+/// Whether the client talks to a socket owned by (or served by) `uid`:
+/// root's, or the caller's own (a daemon the caller started itself).
+pub fn trusted_uid(uid: u32) -> bool {
+    uid == 0 || uid == nix::unistd::geteuid().as_raw()
 }
 
 impl Error for ClientError {
@@ -90,6 +149,10 @@ pub fn timeout_for(req: &Request) -> Duration {
 
 /// Sends `req` to the daemon listening on the Unix socket `path` and returns
 /// its response, within [`timeout_for`]`(req)`. Blocks the calling thread.
+///
+/// The socket file and the process listening on it must belong to root or
+/// to the caller ([`trusted_uid`]); otherwise nothing is sent and the error
+/// is [`ClientError::Untrusted`].
 pub fn request(path: &Path, req: &Request) -> Result<Response, ClientError> {
     request_with_timeout(path, req, timeout_for(req))
 }
@@ -118,7 +181,9 @@ pub fn request_with_timeout(
         detail,
     };
 
+    check_socket_file(path)?;
     let stream = connect(path, limit)?;
+    check_listener(path, &stream)?;
     let mut line = serde_json::to_vec(req).map_err(|e| protocol(format!("cannot encode: {e}")))?;
     line.push(b'\n');
     let written = remaining(deadline)
@@ -155,6 +220,41 @@ fn remaining(deadline: Instant) -> io::Result<Duration> {
         return Err(io::ErrorKind::TimedOut.into());
     }
     Ok(left)
+}
+
+/// The socket file at `path` must be owned by a [`trusted_uid`]. (`stat`
+/// follows a symbolic link, as `connect` does.)
+fn check_socket_file(path: &Path) -> Result<(), ClientError> {
+    let meta = std::fs::metadata(path).map_err(|e| connect_error(path, e))?;
+    if trusted_uid(meta.uid()) {
+        return Ok(());
+    }
+    Err(ClientError::Untrusted {
+        path: path.to_path_buf(),
+        who: Untrusted::SocketFile,
+        uid: meta.uid(),
+    })
+}
+
+/// The process listening on the connected socket must run as a
+/// [`trusted_uid`]: the file may have been swapped after the `stat`, or
+/// chowned by its owner to look like root's.
+fn check_listener(path: &Path, stream: &UnixStream) -> Result<(), ClientError> {
+    let cred = nix::sys::socket::getsockopt(stream, nix::sys::socket::sockopt::PeerCredentials)
+        .map_err(|e| ClientError::Io {
+            path: path.to_path_buf(),
+            source: io::Error::other(format!(
+                "cannot tell who listens on the socket (SO_PEERCRED): {e}"
+            )),
+        })?;
+    if trusted_uid(cred.uid()) {
+        return Ok(());
+    }
+    Err(ClientError::Untrusted {
+        path: path.to_path_buf(),
+        who: Untrusted::Listener,
+        uid: cred.uid(),
+    })
 }
 
 /// Connects within `limit`. Connecting to a Unix socket blocks while the
@@ -388,6 +488,119 @@ mod tests {
         }
     }
 
+    /// True when running as root. Not root: skips locally, but fails
+    /// loudly under CI=true, where the privileged tests must run.
+    fn require_root() -> bool {
+        if nix::unistd::geteuid().is_root() {
+            return true;
+        }
+        assert_ne!(
+            std::env::var("CI").as_deref(),
+            Ok("true"),
+            "this test needs root; CI must run as root"
+        );
+        eprintln!("SKIP: not root");
+        false
+    }
+
+    /// The uid and gid of `nobody` on Debian; no such user need exist.
+    const NOBODY: u32 = 65534;
+
+    /// Binds and listens on `path` from a thread that runs as `NOBODY`, as
+    /// another local user's stand-in server would. The raw setresuid
+    /// syscall changes only the calling thread's credentials (libc's
+    /// setuid changes every thread's), and they end with the thread; the
+    /// socket file is `NOBODY`'s and `SO_PEERCRED` reports `NOBODY`.
+    fn listen_as_nobody(path: &Path) -> UnixListener {
+        let path = path.to_path_buf();
+        thread::spawn(move || {
+            let id = libc::c_long::from(NOBODY);
+            // SAFETY: raw setresgid/setresuid with integer arguments; they
+            // change only this thread's credentials.
+            let rc = unsafe { libc::syscall(libc::SYS_setresgid, id, id, id) };
+            assert_eq!(rc, 0, "setresgid: {}", io::Error::last_os_error());
+            // SAFETY: as above.
+            let rc = unsafe { libc::syscall(libc::SYS_setresuid, id, id, id) };
+            assert_eq!(rc, 0, "setresuid: {}", io::Error::last_os_error());
+            UnixListener::bind(&path).unwrap()
+        })
+        .join()
+        .expect("listener thread")
+    }
+
+    #[test]
+    #[ignore = "needs root: listens as another user"]
+    fn sockets_of_another_user_are_refused_before_sending() {
+        if !require_root() {
+            return;
+        }
+        let dir = TempDir::new("untrusted");
+        // The attack's premise: the socket's directory is another user's.
+        std::os::unix::fs::chown(&dir.0, Some(NOBODY), Some(NOBODY)).unwrap();
+        let path = dir.socket();
+        let listener = listen_as_nobody(&path);
+        listener.set_nonblocking(true).unwrap();
+        let stop = Request::Stop { detach: true };
+
+        // The file is nobody's: refused before connecting.
+        let err = request(&path, &stop).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ClientError::Untrusted {
+                    who: Untrusted::SocketFile,
+                    uid: NOBODY,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        let shown = path.display();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "refusing to use the control socket {shown}: the socket file is owned by \
+                 {}, not root; it may be another user's stand-in for steer, so nothing was \
+                 sent. Check `ls -ln {shown}` and the owner of its directory (steer only uses \
+                 a socket directory that is root's and writable by no one else)",
+                describe_uid(NOBODY)
+            )
+        );
+        assert_eq!(
+            listener.accept().unwrap_err().kind(),
+            io::ErrorKind::WouldBlock,
+            "the client connected"
+        );
+
+        // Made to look like root's: the listener's credentials give it away.
+        std::os::unix::fs::chown(&path, Some(0), Some(0)).unwrap();
+        let err = request(&path, &stop).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ClientError::Untrusted {
+                    who: Untrusted::Listener,
+                    uid: NOBODY,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert!(
+            err.to_string().contains(&format!(
+                "the process listening on it runs as {}, not root;",
+                describe_uid(NOBODY)
+            )),
+            "{err}"
+        );
+        // The client connected but wrote nothing before hanging up.
+        let (conn, _) = listener.accept().unwrap();
+        conn.set_nonblocking(false).unwrap();
+        let mut got = Vec::new();
+        (&conn).read_to_end(&mut got).unwrap();
+        assert!(got.is_empty(), "the client sent {got:?}");
+    }
+
     #[test]
     fn connect_errors_say_what_to_do() {
         let dir = TempDir::new("connect");
@@ -414,7 +627,8 @@ mod tests {
         };
         assert_eq!(
             msg(io::ErrorKind::PermissionDenied),
-            "permission denied on /run/steer/control.sock: run as root"
+            "permission denied on /run/steer/control.sock: run as root (members of the \
+             daemon's [control] group may run `steer status`)"
         );
         assert_eq!(timeout_for(&Request::Reload), Duration::from_secs(30));
         assert_eq!(timeout_for(&Request::Status), Duration::from_secs(10));

@@ -1,5 +1,6 @@
 //! steer's control protocol, shared by the daemon (`steer run`), the CLI
 //! (`steer status|drain|reload|stop`) and the developer tools (xtask).
+//! Depends on serde, serde_json and nix (for the socket owner's checks).
 //!
 //! - [`protocol`]: the messages ([`Request`], [`Response`], [`StatusReport`]
 //!   with its [`ServiceStatus`], [`BackendStatus`], [`Health`] and
@@ -7,7 +8,8 @@
 //!   client writes one request line and reads one response line; a
 //!   connection may carry several requests in turn.
 //! - [`client`]: a blocking client ([`request`]) with the timeouts of
-//!   [`timeout_for`].
+//!   [`timeout_for`]; it talks only to a socket that root (or the caller)
+//!   owns and serves ([`trusted_uid`]).
 //! - [`table`]: the human rendering of a status report
 //!   ([`render_status_table`]).
 //!
@@ -18,8 +20,8 @@ pub mod protocol;
 pub mod table;
 
 pub use client::{
-    request, request_with_timeout, timeout_for, ClientError, MAX_RESPONSE_BYTES, RELOAD_TIMEOUT,
-    REQUEST_TIMEOUT,
+    request, request_with_timeout, timeout_for, trusted_uid, ClientError, Untrusted,
+    MAX_RESPONSE_BYTES, RELOAD_TIMEOUT, REQUEST_TIMEOUT,
 };
 pub use protocol::{
     Affinity, BackendStatus, Health, Request, Response, ServiceStatus, StatusReport,

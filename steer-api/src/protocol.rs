@@ -49,6 +49,25 @@ pub enum Request {
     Stop { detach: bool },
 }
 
+impl Request {
+    /// The request's `cmd` word on the wire (`"status"`, `"drain"`,
+    /// `"reload"`, `"stop"`).
+    pub const fn cmd(&self) -> &'static str {
+        match self {
+            Request::Status => "status",
+            Request::Drain { .. } => "drain",
+            Request::Reload => "reload",
+            Request::Stop { .. } => "stop",
+        }
+    }
+
+    /// Whether the request only reads (`status`): the one a read-only
+    /// client (a member of `[control] group`) may send.
+    pub const fn is_read_only(&self) -> bool {
+        matches!(self, Request::Status)
+    }
+}
+
 /// How a [`Request`] is read: the same shape, with the unit variants as empty
 /// struct variants, because serde's `deny_unknown_fields` does not reject
 /// extra fields next to the tag of a unit variant (`{"cmd":"status","x":1}`).
@@ -299,6 +318,23 @@ mod tests {
             &Request::Stop { detach: false },
             r#"{"cmd":"stop","detach":false}"#,
         );
+    }
+
+    #[test]
+    fn cmd_is_the_wire_word() {
+        for req in [
+            Request::Status,
+            Request::Drain {
+                backend: "b".into(),
+                undo: true,
+            },
+            Request::Reload,
+            Request::Stop { detach: false },
+        ] {
+            let wire: serde_json::Value = serde_json::to_value(&req).unwrap();
+            assert_eq!(wire["cmd"], req.cmd(), "{req:?}");
+            assert_eq!(req.is_read_only(), wire["cmd"] == "status", "{req:?}");
+        }
     }
 
     #[test]

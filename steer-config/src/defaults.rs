@@ -122,6 +122,7 @@ impl Default for ControlConfig {
     fn default() -> Self {
         ControlConfig {
             socket: PathBuf::from(DEFAULT_CONTROL_SOCKET),
+            group: None,
         }
     }
 }

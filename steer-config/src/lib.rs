@@ -8,8 +8,9 @@
 //! hand with a path-tracking walker, so that it can report *every* problem at
 //! once — unknown keys, wrong types, bad values and broken cross-references —
 //! each with the path of the offending value (`services[2].vip`,
-//! `dataplane.mtu`, ...). [`Config::parse`] is pure; [`Config::load`] also
-//! reads the files the config refers to (`ca_file`).
+//! `dataplane.mtu`, ...). [`Config::parse`] reads no file (its one look-up
+//! outside the text is `control.group` in the system's group database);
+//! [`Config::load`] also reads the files the config refers to (`ca_file`).
 //!
 //! Layout: `model.rs` declares the types (and, through `partial.rs`, the
 //! partial twins the readers fill in); `defaults.rs` holds every default and
@@ -41,7 +42,7 @@ pub use defaults::{MAX_FILE_BYTES, MAX_REALS_LIMIT, MAX_TABLES_LIMIT, RINGS_MAX_
 pub use duration::{format_duration, parse_duration};
 pub use error::{ConfigError, ConfigErrors};
 pub use model::{
-    Affinity, AttachMode, Backend, CheckKind, Config, ControlConfig, DataplaneConfig,
+    Affinity, AttachMode, Backend, CheckKind, Config, ControlConfig, ControlGroup, DataplaneConfig,
     Encapsulation, HealthCheck, Ipv4Prefix, Ipv6Prefix, MetricsConfig, Protocol, Region, Service,
 };
 pub use section::dataplane::source_mac as parse_source_mac;
@@ -50,8 +51,9 @@ use error::{error_position, syntax_error};
 use walker::Walker;
 
 impl Config {
-    /// Parses and validates a config, collecting every error. Pure: files
-    /// the config names (`ca_file`) are not read; [`Config::load`] does.
+    /// Parses and validates a config, collecting every error. Files the
+    /// config names (`ca_file`) are not read; [`Config::load`] does. A
+    /// `control.group` is looked up in the system's group database.
     pub fn parse(text: &str) -> Result<Config, ConfigErrors> {
         Config::parse_with(text, false)
     }

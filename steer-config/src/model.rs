@@ -205,6 +205,18 @@ pub enum CheckKind {
 pub struct ControlConfig {
     /// Unix socket of the control API.
     pub socket: PathBuf,
+    /// A group whose members may run `steer status` (read-only); every
+    /// other request still needs root. `None`: root only.
+    pub group: Option<ControlGroup>,
+}
+
+/// `[control] group`: resolved when the config is read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ControlGroup {
+    /// The group's name, or its number if it has no name in the system's
+    /// group database (a numeric `group` need not have one).
+    pub name: String,
+    pub gid: u32,
 }
 
 /// `[metrics]`.

@@ -5,8 +5,8 @@
 //!   object per line over a Unix stream socket: the client writes one
 //!   request line and reads one response line; a connection may carry
 //!   several requests in turn.
-//! - [`control`]: the control socket's server ([`serve_control`], driven by a
-//!   [`ControlHandler`]). The client ([`request`], blocking) and the human
+//! - [`control`]: the control socket's server ([`ControlSocket`], driven by
+//!   a [`ControlHandler`]). The client ([`request`], blocking) and the human
 //!   rendering of a status report ([`render_status_table`]) are steer-api's,
 //!   re-exported here.
 //! - [`metrics`]: steer's Prometheus metrics, encoded from a
@@ -21,8 +21,7 @@ pub mod metrics;
 pub mod protocol;
 
 pub use control::{
-    bind_control_socket, serve_control, serve_control_on, ControlHandler, ControlListener,
-    HandlerFuture, MAX_CONNECTIONS,
+    serve_control, ControlHandler, ControlSocket, HandlerFuture, ReadOnlyGroup, MAX_CONNECTIONS,
 };
 pub use metrics::{
     bind_metrics, render_metrics, serve_metrics, HistogramSnapshot, MetricsListener,

@@ -207,7 +207,7 @@ fn unknown_keys_list_the_keys_of_their_section() {
              expected_status, body_contains, deep_health, up_statuses, degraded_statuses, sni, \
              ca_file, insecure",
         ),
-        ("control.x", "socket"),
+        ("control.x", "socket, group"),
         ("metrics.x", "listen"),
     ];
     let got: Vec<(String, String)> = errs

@@ -1,11 +1,16 @@
-//! The control socket's server ([`serve_control`]). The client is
-//! [`steer_api::request`].
+//! The control socket's server ([`ControlSocket`], or [`serve_control`] for
+//! both steps at once). The client is [`steer_api::request`].
 //!
-//! The socket is a Unix stream socket, mode 0600, in a directory created with
-//! mode 0755 if missing. Each line a client writes is one JSON [`Request`];
-//! the server answers each with one JSON [`Response`] line. Requests on
-//! different connections are handled concurrently; requests on one
-//! connection are handled in order.
+//! The socket is a Unix stream socket in a directory that must be root's
+//! (or the daemon's user's) and writable by no one else; see
+//! [`ControlSocket::bind`]. It is mode 0600, or 0660 and in the read-only
+//! group when one is configured (`[control] group`): root (and the daemon's
+//! own user) may send every request; members of that group may send
+//! `status` only, and get "permission denied: only root may ..." for the
+//! others; anyone else is refused. Each line a client writes is one JSON
+//! [`Request`]; the server answers each with one JSON [`Response`] line.
+//! Requests on different connections are handled concurrently; requests on
+//! one connection are handled in order.
 //!
 //! Resources are bounded: lines are framed by `tokio-util`'s [`LinesCodec`]
 //! with a maximum of [`MAX_REQUEST_BYTES`] (a longer request, or one that is
@@ -13,8 +18,11 @@
 //! most [`MAX_CONNECTIONS`] connections are served at once (a further one is
 //! answered with a "too many connections" error line and closed at once,
 //! without waiting); a connection that sends no complete request for 60 s
-//! is closed, and so is one that does not read its answer within 60 s.
+//! is closed, and so is one that does not read its answer within 60 s. A
+//! request whose client has closed the connection by the time it is read
+//! (a client that gave up waiting) is dropped, not carried out.
 
+use std::ffi::CString;
 use std::fmt;
 use std::future::Future;
 use std::io::{self, Write as _};
@@ -25,7 +33,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt as _;
+use steer_api::client::describe_uid;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::net::unix::UCred;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
@@ -48,6 +58,27 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 /// After shutdown, how long requests in progress may take to finish.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
+/// Mode of a socket directory steer creates without a read-only group.
+pub const DIR_MODE: u32 = 0o700;
+/// Mode of a socket directory steer creates for a read-only group (which
+/// becomes the directory's group, so that its members reach the socket).
+pub const GROUP_DIR_MODE: u32 = 0o750;
+/// Mode of the missing directories above the socket directory that steer
+/// creates.
+pub const PARENT_DIR_MODE: u32 = 0o755;
+/// Mode of the socket without a read-only group.
+pub const SOCKET_MODE: u32 = 0o600;
+/// Mode of the socket with a read-only group (its group).
+pub const GROUP_SOCKET_MODE: u32 = 0o660;
+
+/// A group whose members may send `status` requests, and no others
+/// (`[control] group`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReadOnlyGroup {
+    pub name: String,
+    pub gid: u32,
+}
+
 /// What [`ControlHandler::handle`] returns.
 pub type HandlerFuture<'a> = Pin<Box<dyn Future<Output = Response> + Send + 'a>>;
 
@@ -56,8 +87,9 @@ pub type HandlerFuture<'a> = Pin<Box<dyn Future<Output = Response> + Send + 'a>>
 /// `handle` is called once per request, concurrently for requests on
 /// different connections. A handler that makes the daemon stop (on
 /// [`Request::Stop`]) should trigger the shutdown signal given to
-/// [`serve_control`] and still return its response: the server writes it
-/// before closing the connection.
+/// [`ControlSocket::serve`] and still return its response: the server writes
+/// it before closing the connection. Requests a client is not allowed to
+/// make never reach the handler.
 pub trait ControlHandler: Send + Sync + 'static {
     fn handle(&self, req: Request) -> HandlerFuture<'_>;
 }
@@ -66,100 +98,131 @@ pub trait ControlHandler: Send + Sync + 'static {
 // Server
 // ---------------------------------------------------------------------------
 
-/// Serves the control protocol on the Unix socket `path` until `shutdown`
-/// becomes `true` (or its sender is dropped), then removes the socket file
-/// and returns after the requests in progress have finished (at most 5 s).
-///
-/// Before binding, it creates the parent directory if missing (mode 0755).
-/// An existing socket file is replaced only if it is stale (connecting to it
-/// is refused); if a live daemon accepts the connection, this fails with
-/// "another steer is running on PATH". Anything else at `path` is left alone
-/// and is an error. The bound socket is made mode 0600, and connections from
-/// a user other than root or the socket's owner are refused as well.
-///
-/// At most [`MAX_CONNECTIONS`] connections are served at once; see the
-/// module documentation for the other limits.
-///
-/// Errors are returned only for setting up the socket; a failure on one
-/// connection is logged and affects only that connection.
+/// A bound control socket, not yet served. Dropping it removes the socket
+/// file (if it is still the one bound).
+pub struct ControlSocket {
+    listener: UnixListener,
+    guard: SocketGuard,
+    access: Arc<Access>,
+}
+
+impl ControlSocket {
+    /// Binds the control socket at `path`.
+    ///
+    /// The socket's directory must be owned by root (or by the daemon's
+    /// effective user) and writable by no one else, and so must every
+    /// directory above it, except that a directory above it may be
+    /// world-writable with the sticky bit (`/tmp`); otherwise this fails
+    /// and says which directory is wrong and how to fix it. A missing
+    /// directory is created, mode 0700 (0750 with `group` as its group),
+    /// missing ones above it mode 0755, whatever the umask.
+    ///
+    /// An existing socket file is replaced only if it is stale (connecting
+    /// to it is refused); if a live daemon accepts the connection, this
+    /// fails with "another steer is running on PATH". Anything else at
+    /// `path` is left alone and is an error.
+    ///
+    /// The bound socket is mode 0600; with `group`, it is 0660 and in that
+    /// group, whose members may then send `status` (and nothing else).
+    pub async fn bind(path: &Path, group: Option<ReadOnlyGroup>) -> io::Result<ControlSocket> {
+        let euid = nix::unistd::geteuid().as_raw();
+        let (listener, guard) = bind_control(path, group.as_ref(), euid).await?;
+        Ok(ControlSocket {
+            listener,
+            guard,
+            access: Arc::new(Access { euid, group }),
+        })
+    }
+
+    /// The socket's path.
+    pub fn path(&self) -> &Path {
+        &self.guard.path
+    }
+
+    /// Serves the control protocol until `shutdown` becomes `true` (or its
+    /// sender is dropped), then removes the socket file and returns after
+    /// the requests in progress have finished (at most 5 s).
+    ///
+    /// Each connection's peer credentials (`SO_PEERCRED`) decide what it may
+    /// do: root and the daemon's own user anything; members of the
+    /// read-only group `status` only; anyone else nothing (one error line,
+    /// then the connection is closed).
+    ///
+    /// At most [`MAX_CONNECTIONS`] connections are served at once; see the
+    /// module documentation for the other limits. A failure on one
+    /// connection is logged and affects only that connection.
+    pub async fn serve(
+        self,
+        handler: Arc<dyn ControlHandler>,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> io::Result<()> {
+        let ControlSocket {
+            listener,
+            guard,
+            access,
+        } = self;
+        let path = guard.path.clone();
+        info!(socket = %path.display(), "control socket listening");
+        let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+        let mut conns = JoinSet::new();
+        loop {
+            tokio::select! {
+                () = wait_shutdown(&mut shutdown) => break,
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, _)) => match Arc::clone(&slots).try_acquire_owned() {
+                        Ok(slot) => {
+                            let serve = serve_connection(
+                                stream,
+                                Arc::clone(&handler),
+                                shutdown.clone(),
+                                Arc::clone(&access),
+                            );
+                            conns.spawn(async move {
+                                serve.await;
+                                drop(slot);
+                            });
+                        }
+                        Err(_) => turn_away(stream),
+                    },
+                    Err(e) => {
+                        // EMFILE and the like: keep serving, but do not spin.
+                        warn!(socket = %path.display(), error = %e, "control socket accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                },
+                Some(done) = conns.join_next(), if !conns.is_empty() => log_join(done),
+            }
+        }
+        drop(listener);
+        drop(guard);
+        debug!(socket = %path.display(), "control socket removed");
+        let finish = async {
+            while let Some(done) = conns.join_next().await {
+                log_join(done);
+            }
+        };
+        if tokio::time::timeout(SHUTDOWN_GRACE, finish).await.is_err() {
+            warn!(
+                pending = conns.len(),
+                "control requests still running at shutdown were abandoned"
+            );
+            conns.abort_all();
+        }
+        Ok(())
+    }
+}
+
+/// [`ControlSocket::bind`] without a read-only group, then
+/// [`ControlSocket::serve`].
 pub async fn serve_control(
     path: &Path,
     handler: Arc<dyn ControlHandler>,
     shutdown: watch::Receiver<bool>,
 ) -> io::Result<()> {
-    let bound = bind_control_socket(path).await?;
-    serve_control_on(bound, path, handler, shutdown).await
-}
-
-/// A control socket bound by [`bind_control_socket`] and not yet served:
-/// the daemon binds it before it touches the kernel, so a bad socket path
-/// fails the start with nothing to undo. Dropping it removes the socket.
-pub struct ControlListener {
-    listener: UnixListener,
-    guard: SocketGuard,
-}
-
-/// Binds the control socket as [`serve_control`] does, without serving it.
-pub async fn bind_control_socket(path: &Path) -> io::Result<ControlListener> {
-    let (listener, guard) = bind_control(path).await?;
-    Ok(ControlListener { listener, guard })
-}
-
-/// [`serve_control`] on a socket bound by [`bind_control_socket`].
-pub async fn serve_control_on(
-    bound: ControlListener,
-    path: &Path,
-    handler: Arc<dyn ControlHandler>,
-    mut shutdown: watch::Receiver<bool>,
-) -> io::Result<()> {
-    let ControlListener { listener, guard } = bound;
-    info!(socket = %path.display(), "control socket listening");
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    let mut conns = JoinSet::new();
-    loop {
-        tokio::select! {
-            () = wait_shutdown(&mut shutdown) => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => match Arc::clone(&slots).try_acquire_owned() {
-                    Ok(slot) => {
-                        let serve = serve_connection(
-                            stream,
-                            Arc::clone(&handler),
-                            shutdown.clone(),
-                            guard.owner_uid,
-                        );
-                        conns.spawn(async move {
-                            serve.await;
-                            drop(slot);
-                        });
-                    }
-                    Err(_) => turn_away(stream),
-                },
-                Err(e) => {
-                    // EMFILE and the like: keep serving, but do not spin.
-                    warn!(socket = %path.display(), error = %e, "control socket accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            },
-            Some(done) = conns.join_next(), if !conns.is_empty() => log_join(done),
-        }
-    }
-    drop(listener);
-    drop(guard);
-    debug!(socket = %path.display(), "control socket removed");
-    let finish = async {
-        while let Some(done) = conns.join_next().await {
-            log_join(done);
-        }
-    };
-    if tokio::time::timeout(SHUTDOWN_GRACE, finish).await.is_err() {
-        warn!(
-            pending = conns.len(),
-            "control requests still running at shutdown were abandoned"
-        );
-        conns.abort_all();
-    }
-    Ok(())
+    ControlSocket::bind(path, None)
+        .await?
+        .serve(handler, shutdown)
+        .await
 }
 
 /// Answers a connection beyond [`MAX_CONNECTIONS`] with an error line and
@@ -204,7 +267,6 @@ struct SocketGuard {
     path: PathBuf,
     dev: u64,
     ino: u64,
-    owner_uid: u32,
 }
 
 impl Drop for SocketGuard {
@@ -225,7 +287,203 @@ fn with_context(e: io::Error, what: impl fmt::Display) -> io::Error {
     io::Error::new(e.kind(), format!("{what}: {e}"))
 }
 
-async fn bind_control(path: &Path) -> io::Result<(UnixListener, SocketGuard)> {
+// ---------------------------------------------------------------------------
+// The socket's directory
+// ---------------------------------------------------------------------------
+
+/// Who may own the socket's directory, in words.
+fn owners(euid: u32) -> String {
+    if euid == 0 {
+        "root".to_string()
+    } else {
+        format!("root or steer's own user (uid {euid})")
+    }
+}
+
+fn refused(message: String) -> io::Error {
+    io::Error::new(io::ErrorKind::PermissionDenied, message)
+}
+
+/// Who the write bits of `mode` let in, if anyone but the owner.
+fn writers(mode: u32) -> Option<&'static str> {
+    match (mode & 0o020 != 0, mode & 0o002 != 0) {
+        (_, true) => Some("everyone"),
+        (true, false) => Some("its group"),
+        (false, false) => None,
+    }
+}
+
+/// Creates the socket's directory if missing, then checks it (see
+/// [`ControlSocket::bind`]).
+fn prepare_socket_dir(dir: &Path, group: Option<&ReadOnlyGroup>, euid: u32) -> io::Result<()> {
+    match std::fs::symlink_metadata(dir) {
+        Ok(_) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => create_socket_dir(dir, group)?,
+        Err(e) => {
+            return Err(with_context(
+                e,
+                format_args!("inspecting {}", dir.display()),
+            ))
+        }
+    }
+    check_socket_dir(dir, euid)?;
+    if let Some(g) = group {
+        warn_if_unreachable(dir, g);
+    }
+    Ok(())
+}
+
+/// Creates `dir` (mode [`DIR_MODE`], or [`GROUP_DIR_MODE`] in `group`) and
+/// any missing directory above it (mode [`PARENT_DIR_MODE`]).
+fn create_socket_dir(dir: &Path, group: Option<&ReadOnlyGroup>) -> io::Result<()> {
+    let mut missing = Vec::new();
+    let mut above = dir.parent();
+    while let Some(a) = above.filter(|a| !a.as_os_str().is_empty()) {
+        if std::fs::symlink_metadata(a).is_ok() {
+            break;
+        }
+        missing.push(a);
+        above = a.parent();
+    }
+    for a in missing.into_iter().rev() {
+        make_dir(a, PARENT_DIR_MODE, None)?;
+    }
+    match group {
+        Some(g) => make_dir(dir, GROUP_DIR_MODE, Some(g.gid)),
+        None => make_dir(dir, DIR_MODE, None),
+    }
+}
+
+/// Creates `dir` with exactly `mode`, whatever the umask, in group `gid`:
+/// mode 0700 first, so that it is never more open than asked. One that
+/// appeared meanwhile is left to [`check_socket_dir`].
+fn make_dir(dir: &Path, mode: u32, gid: Option<u32>) -> io::Result<()> {
+    let shown = dir.display();
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(()),
+        Err(e) => return Err(with_context(e, format_args!("creating {shown}"))),
+    }
+    if let Some(gid) = gid {
+        std::os::unix::fs::chown(dir, None, Some(gid))
+            .map_err(|e| with_context(e, format_args!("chgrp {gid} {shown}")))?;
+    }
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| with_context(e, format_args!("chmod {mode:04o} {shown}")))
+}
+
+/// The socket's directory must be owned by root or `euid` and writable by
+/// no one else; each directory above it (on its resolved path and on the
+/// path as written) must be owned by root or `euid`, and may be writable by
+/// others only with the sticky bit. (Whoever can
+/// write a directory can replace what is in it: the socket, the state file
+/// kept next to it, or the directory itself.)
+fn check_socket_dir(dir: &Path, euid: u32) -> io::Result<()> {
+    let real = std::fs::canonicalize(dir)
+        .map_err(|e| with_context(e, format_args!("resolving {}", dir.display())))?;
+    let shown = if real == dir {
+        dir.display().to_string()
+    } else {
+        format!("{} (which is {})", dir.display(), real.display())
+    };
+    let fix = "or set control.socket to a path in a directory only root can write";
+    let owner_ok = |uid: u32| uid == 0 || uid == euid;
+    let meta = std::fs::metadata(&real)
+        .map_err(|e| with_context(e, format_args!("inspecting {shown}")))?;
+    if !meta.is_dir() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("the control socket's directory {shown} is not a directory"),
+        ));
+    }
+    if !owner_ok(meta.uid()) {
+        return Err(refused(format!(
+            "refusing the control socket directory {shown}: it is owned by {}, not {}; \
+             that user could replace the control socket or the state file kept there. \
+             Make it root's (`chown root: {}; chmod 0750 {}`), {fix}",
+            describe_uid(meta.uid()),
+            owners(euid),
+            real.display(),
+            real.display(),
+        )));
+    }
+    let mode = meta.mode() & 0o7777;
+    if let Some(who) = writers(mode) {
+        return Err(refused(format!(
+            "refusing the control socket directory {shown}: it is writable by {who} \
+             (mode {mode:04o}); other users could replace the control socket or the state \
+             file kept there. Remove those write bits (`chmod go-w {}`), {fix}",
+            real.display(),
+        )));
+    }
+    // The directories above it, as resolved and as written: a link on the
+    // way (`/home/bob/link` -> `/run/steer`) is only as safe as the
+    // directory that holds it.
+    let written = std::path::absolute(dir)
+        .map_err(|e| with_context(e, format_args!("resolving {}", dir.display())))?;
+    let mut aboves: Vec<&Path> = real.ancestors().skip(1).collect();
+    for above in written.ancestors().skip(1) {
+        if !aboves.contains(&above) {
+            aboves.push(above);
+        }
+    }
+    for above in aboves {
+        let meta = std::fs::metadata(above)
+            .map_err(|e| with_context(e, format_args!("inspecting {}", above.display())))?;
+        if !owner_ok(meta.uid()) {
+            return Err(refused(format!(
+                "refusing the control socket directory {shown}: it is inside {}, which is \
+                 owned by {}, not {}; that user could put another directory in its place. \
+                 Make {} root's, {fix}",
+                above.display(),
+                describe_uid(meta.uid()),
+                owners(euid),
+                above.display(),
+            )));
+        }
+        let mode = meta.mode() & 0o7777;
+        if let (Some(who), false) = (writers(mode), mode & 0o1000 != 0) {
+            return Err(refused(format!(
+                "refusing the control socket directory {shown}: it is inside {}, which is \
+                 writable by {who} without the sticky bit (mode {mode:04o}); other users \
+                 could put another directory in its place. Remove those write bits or set \
+                 the sticky bit (`chmod +t {}`), {fix}",
+                above.display(),
+                above.display(),
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Logs a warning if members of `group` cannot reach a socket in `dir`
+/// (a directory that existed before `[control] group` was set, say).
+fn warn_if_unreachable(dir: &Path, group: &ReadOnlyGroup) {
+    let Ok(meta) = std::fs::metadata(dir) else {
+        return;
+    };
+    let mode = meta.mode();
+    let reachable = mode & 0o001 != 0 || (meta.gid() == group.gid && mode & 0o010 != 0);
+    if !reachable {
+        warn!(
+            dir = %dir.display(),
+            mode = format_args!("{:04o}", mode & 0o7777),
+            gid = meta.gid(),
+            "members of group {} cannot reach the control socket through its directory; \
+             run `chgrp {} {}` and `chmod 0750 {}`",
+            group.name,
+            group.name,
+            dir.display(),
+            dir.display(),
+        );
+    }
+}
+
+async fn bind_control(
+    path: &Path,
+    group: Option<&ReadOnlyGroup>,
+    euid: u32,
+) -> io::Result<(UnixListener, SocketGuard)> {
     let shown = path.display();
     let len = path.as_os_str().len();
     if len == 0 {
@@ -242,18 +500,11 @@ async fn bind_control(path: &Path) -> io::Result<(UnixListener, SocketGuard)> {
             ),
         ));
     }
-    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        if !parent.exists() {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o755)
-                .create(parent)
-                .map_err(|e| with_context(e, format_args!("creating {}", parent.display())))?;
-            // The umask may have taken bits away; 0755 is what was asked for.
-            std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o755))
-                .map_err(|e| with_context(e, format_args!("chmod {}", parent.display())))?;
-        }
-    }
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    prepare_socket_dir(dir, group, euid)?;
     match std::fs::symlink_metadata(path) {
         Ok(meta) => {
             if !meta.file_type().is_socket() {
@@ -310,13 +561,94 @@ async fn bind_control(path: &Path) -> io::Result<(UnixListener, SocketGuard)> {
         path: path.to_path_buf(),
         dev: meta.dev(),
         ino: meta.ino(),
-        owner_uid: meta.uid(),
     };
-    // Between bind and chmod the socket has the umask's mode; the peer
-    // credential check in `serve_connection` covers that window.
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-        .map_err(|e| with_context(e, format_args!("chmod 0600 {shown}")))?;
+    // Between bind and chmod the socket has the umask's mode; the directory
+    // (root's, writable by no one else) and the peer credential check in
+    // `serve_connection` cover that window.
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(SOCKET_MODE))
+        .map_err(|e| with_context(e, format_args!("chmod {SOCKET_MODE:04o} {shown}")))?;
+    if let Some(g) = group {
+        std::os::unix::fs::chown(path, None, Some(g.gid))
+            .map_err(|e| with_context(e, format_args!("chgrp {} {shown}", g.name)))?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(GROUP_SOCKET_MODE))
+            .map_err(|e| with_context(e, format_args!("chmod {GROUP_SOCKET_MODE:04o} {shown}")))?;
+    }
     Ok((listener, guard))
+}
+
+// ---------------------------------------------------------------------------
+// Who may do what
+// ---------------------------------------------------------------------------
+
+/// What a connection may do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Level {
+    /// Every request: root, or the daemon's own user.
+    Full,
+    /// `status` only: a member of the read-only group.
+    ReadOnly,
+}
+
+struct Access {
+    /// The daemon's effective uid.
+    euid: u32,
+    group: Option<ReadOnlyGroup>,
+}
+
+impl Access {
+    /// What the peer `cred` may do; `None`: nothing.
+    async fn level(&self, cred: UCred) -> Option<Level> {
+        if cred.uid() == 0 || cred.uid() == self.euid {
+            return Some(Level::Full);
+        }
+        let group = self.group.as_ref()?;
+        if cred.gid() == group.gid {
+            return Some(Level::ReadOnly);
+        }
+        // A supplementary group: from the group database (NSS may block).
+        let (uid, gid) = (cred.uid(), group.gid);
+        let member = tokio::task::spawn_blocking(move || user_in_group(uid, gid))
+            .await
+            .unwrap_or(false);
+        member.then_some(Level::ReadOnly)
+    }
+
+    /// The answer to a connection that may do nothing.
+    fn refusal(&self) -> Response {
+        match &self.group {
+            Some(g) => Response::error(format!(
+                "permission denied: only root may use steer's control socket; members of \
+                 group {} may run status",
+                g.name
+            )),
+            None => Response::error("permission denied: run as root"),
+        }
+    }
+
+    /// The answer to a read-only client's request that changes something.
+    fn denied(&self, req: &Request) -> Response {
+        let group = self.group.as_ref().map_or("", |g| g.name.as_str());
+        Response::error(format!(
+            "permission denied: only root may {}; members of group {group} may run status",
+            req.cmd()
+        ))
+    }
+}
+
+/// Whether the user `uid` is in group `gid`, as its primary group or a
+/// supplementary one, per the system's user and group databases.
+fn user_in_group(uid: u32, gid: u32) -> bool {
+    use nix::unistd::{getgrouplist, Gid, Uid, User};
+    let Ok(Some(user)) = User::from_uid(Uid::from_raw(uid)) else {
+        return false;
+    };
+    if user.gid.as_raw() == gid {
+        return true;
+    }
+    let Ok(name) = CString::new(user.name) else {
+        return false;
+    };
+    getgrouplist(&name, user.gid).is_ok_and(|groups| groups.contains(&Gid::from_raw(gid)))
 }
 
 /// One JSON line listing every request, for "malformed request" errors.
@@ -346,24 +678,30 @@ async fn serve_connection(
     stream: UnixStream,
     handler: Arc<dyn ControlHandler>,
     mut shutdown: watch::Receiver<bool>,
-    owner_uid: u32,
+    access: Arc<Access>,
 ) {
     let cred = stream.peer_cred();
     let (rd, mut wr) = stream.into_split();
-    match cred {
-        Ok(cred) if cred.uid() == 0 || cred.uid() == owner_uid => {}
-        Ok(cred) => {
-            warn!(
-                uid = cred.uid(),
-                "control connection from another user refused"
-            );
-            let resp = Response::error("permission denied: run as root");
-            let _ = write_response(&mut wr, &resp).await;
+    let level = match cred {
+        Ok(cred) => match access.level(cred).await {
+            Some(level) => level,
+            None => {
+                warn!(
+                    uid = cred.uid(),
+                    gid = cred.gid(),
+                    "control connection from another user refused"
+                );
+                let _ = write_response(&mut wr, &access.refusal()).await;
+                return;
+            }
+        },
+        // Should not happen on Linux; without knowing who it is, refuse.
+        Err(e) => {
+            warn!(error = %e, "control connection refused: cannot read its peer credentials");
+            let _ = write_response(&mut wr, &access.refusal()).await;
             return;
         }
-        // Should not happen on Linux; the socket's mode still protects it.
-        Err(e) => debug!(error = %e, "cannot read control peer credentials"),
-    }
+    };
     let mut lines = FramedRead::new(rd, LinesCodec::new_with_max_length(MAX_REQUEST_BYTES));
     loop {
         let next = tokio::select! {
@@ -395,6 +733,20 @@ async fn serve_connection(
                 return;
             }
             Ok(Some(Ok(line))) => match parse_request(&line) {
+                // A client that gave up waiting (a daemon that was stopped
+                // with SIGSTOP and continued, say) was told that nothing
+                // happened: keep it that way.
+                Ok(req) if hung_up(lines.get_ref().as_ref()) => {
+                    warn!(
+                        cmd = req.cmd(),
+                        "control request dropped: its client hung up before it was handled"
+                    );
+                    return;
+                }
+                Ok(req) if level == Level::ReadOnly && !req.is_read_only() => {
+                    warn!(cmd = req.cmd(), "control request refused: read-only client");
+                    access.denied(&req)
+                }
                 Ok(req) => {
                     debug!(?req, "control request");
                     handler.handle(req).await
@@ -407,6 +759,18 @@ async fn serve_connection(
             return;
         }
     }
+}
+
+/// Whether the client closed its connection completely (not just its
+/// writing side, which a client may do after its request): `POLLHUP`.
+fn hung_up(stream: &UnixStream) -> bool {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use std::os::fd::AsFd as _;
+    let mut fds = [PollFd::new(stream.as_fd(), PollFlags::empty())];
+    matches!(poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0)
+        && fds[0]
+            .revents()
+            .is_some_and(|r| r.contains(PollFlags::POLLHUP))
 }
 
 /// `resp` as one JSON line.
@@ -569,6 +933,11 @@ mod tests {
     impl Server {
         /// Starts a server on `path` and waits until it answers.
         async fn start(path: &Path) -> Server {
+            Server::start_with(path, None).await
+        }
+
+        /// [`Server::start`] with a read-only group.
+        async fn start_with(path: &Path, group: Option<ReadOnlyGroup>) -> Server {
             let (tx, rx) = watch::channel(false);
             let stop = Arc::new(tx);
             let fake = Arc::new(Fake {
@@ -577,7 +946,12 @@ mod tests {
             });
             let handler: Arc<dyn ControlHandler> = fake.clone();
             let owned = path.to_path_buf();
-            let task = tokio::spawn(async move { serve_control(&owned, handler, rx).await });
+            let task = tokio::spawn(async move {
+                ControlSocket::bind(&owned, group)
+                    .await?
+                    .serve(handler, rx)
+                    .await
+            });
             for _ in 0..200 {
                 if let Ok(Response::Status(_)) = request(path, &Request::Status).await {
                     return Server {
@@ -771,8 +1145,245 @@ mod tests {
             let meta = std::fs::symlink_metadata(&path).unwrap();
             assert!(meta.file_type().is_socket());
             assert_eq!(meta.permissions().mode() & 0o7777, 0o600);
-            let parent = std::fs::metadata(path.parent().unwrap()).unwrap();
-            assert_eq!(parent.permissions().mode() & 0o7777, 0o755);
+            // Both directories were missing: the socket's is private, the
+            // one above it only holds directories.
+            let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+            assert_eq!(mode(path.parent().unwrap()), 0o700);
+            assert_eq!(mode(&dir.0), 0o755);
+            server.stop().await;
+        })
+        .await;
+    }
+
+    /// Binding in `dir` fails with PermissionDenied; returns the message.
+    async fn refused_dir(dir: &Path) -> String {
+        let path = dir.join("control.sock");
+        let err = ControlSocket::bind(&path, None)
+            .await
+            .map(|_| ())
+            .expect_err("an unsafe directory was accepted");
+        assert_eq!(err.kind(), io::ErrorKind::PermissionDenied, "{err}");
+        assert!(!path.exists(), "a socket was bound");
+        err.to_string()
+    }
+
+    #[tokio::test]
+    async fn directories_others_can_write_are_refused() {
+        bounded(async {
+            let dir = TempDir::new("writable");
+            let run = dir.0.join("run");
+            std::fs::create_dir_all(&run).unwrap();
+            let chmod = |p: &Path, mode: u32| {
+                std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap()
+            };
+            let fix = "or set control.socket to a path in a directory only root can write";
+            for (mode, who) in [
+                (0o770, "its group"),
+                (0o757, "everyone"),
+                (0o1777, "everyone"),
+            ] {
+                chmod(&run, mode);
+                assert_eq!(
+                    refused_dir(&run).await,
+                    format!(
+                        "refusing the control socket directory {}: it is writable by {who} \
+                         (mode {mode:04o}); other users could replace the control socket or \
+                         the state file kept there. Remove those write bits (`chmod go-w {}`), \
+                         {fix}",
+                        run.display(),
+                        run.display()
+                    )
+                );
+            }
+            // A directory above it: writable by others only with the
+            // sticky bit (like /tmp).
+            chmod(&run, 0o750);
+            chmod(&dir.0, 0o777);
+            assert_eq!(
+                refused_dir(&run).await,
+                format!(
+                    "refusing the control socket directory {}: it is inside {}, which is \
+                     writable by everyone without the sticky bit (mode 0777); other users \
+                     could put another directory in its place. Remove those write bits or set \
+                     the sticky bit (`chmod +t {}`), {fix}",
+                    run.display(),
+                    dir.0.display(),
+                    dir.0.display()
+                )
+            );
+            // Reached through a link that others may replace.
+            chmod(&dir.0, 0o755);
+            let open = dir.0.join("open");
+            std::fs::create_dir(&open).unwrap();
+            chmod(&open, 0o777);
+            std::os::unix::fs::symlink(&run, open.join("link")).unwrap();
+            assert_eq!(
+                refused_dir(&open.join("link")).await,
+                format!(
+                    "refusing the control socket directory {} (which is {}): it is inside {}, \
+                     which is writable by everyone without the sticky bit (mode 0777); other \
+                     users could put another directory in its place. Remove those write bits \
+                     or set the sticky bit (`chmod +t {}`), {fix}",
+                    open.join("link").display(),
+                    run.display(),
+                    open.display(),
+                    open.display()
+                )
+            );
+            chmod(&dir.0, 0o1777);
+            let server = Server::start(&run.join("control.sock")).await;
+            server.stop().await;
+            // An existing directory keeps its mode.
+            let mode = std::fs::metadata(&run).unwrap().permissions().mode() & 0o7777;
+            assert_eq!(mode, 0o750);
+            chmod(&dir.0, 0o755);
+        })
+        .await;
+    }
+
+    /// The uid and gid of `nobody` on Debian; no such user need exist.
+    const NOBODY: u32 = 65534;
+
+    /// Connects to `path` from a thread that runs as uid and gid `NOBODY`
+    /// (a raw setresuid changes only the calling thread's credentials, and
+    /// they end with it). The connection keeps them as its peer's.
+    fn connect_as_nobody(path: &Path) -> io::Result<std::os::unix::net::UnixStream> {
+        let path = path.to_path_buf();
+        std::thread::spawn(move || {
+            let id = libc::c_long::from(NOBODY);
+            // SAFETY: raw setgroups/setresgid/setresuid with valid
+            // arguments; they change only this thread's credentials.
+            let rc = unsafe {
+                libc::syscall(
+                    libc::SYS_setgroups,
+                    0 as libc::c_long,
+                    std::ptr::null::<libc::gid_t>(),
+                )
+            };
+            assert_eq!(rc, 0, "setgroups: {}", io::Error::last_os_error());
+            // SAFETY: as above.
+            let rc = unsafe { libc::syscall(libc::SYS_setresgid, id, id, id) };
+            assert_eq!(rc, 0, "setresgid: {}", io::Error::last_os_error());
+            // SAFETY: as above.
+            let rc = unsafe { libc::syscall(libc::SYS_setresuid, id, id, id) };
+            assert_eq!(rc, 0, "setresuid: {}", io::Error::last_os_error());
+            std::os::unix::net::UnixStream::connect(&path)
+        })
+        .join()
+        .expect("client thread")
+    }
+
+    /// Writes `line` on `conn` and reads one response line (blocking).
+    fn exchange(conn: &std::os::unix::net::UnixStream, line: &str) -> Response {
+        use std::io::BufRead as _;
+        (&*conn).write_all(line.as_bytes()).unwrap();
+        let mut answer = String::new();
+        std::io::BufReader::new(conn)
+            .read_line(&mut answer)
+            .unwrap();
+        serde_json::from_str(&answer).unwrap_or_else(|e| panic!("{e}: {answer:?}"))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "needs root: connects as another user"]
+    async fn a_read_only_group_may_run_status_only() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            assert_ne!(std::env::var("CI").as_deref(), Ok("true"), "needs root");
+            eprintln!("SKIP: not root");
+            return;
+        }
+        bounded(async {
+            let dir = TempDir::new("group");
+            let path = dir.socket();
+            let group = ReadOnlyGroup {
+                name: "the-readers".into(),
+                gid: NOBODY,
+            };
+            let server = Server::start_with(&path, Some(group)).await;
+            let meta = std::fs::symlink_metadata(&path).unwrap();
+            assert_eq!(
+                (meta.permissions().mode() & 0o7777, meta.uid(), meta.gid()),
+                (0o660, 0, NOBODY)
+            );
+            let run = std::fs::metadata(path.parent().unwrap()).unwrap();
+            assert_eq!(
+                (run.permissions().mode() & 0o7777, run.uid(), run.gid()),
+                (0o750, 0, NOBODY)
+            );
+            let p = path.clone();
+            let answers = tokio::task::spawn_blocking(move || {
+                let conn = connect_as_nobody(&p).expect("a member connects");
+                [
+                    r#"{"cmd":"status"}"#,
+                    r#"{"cmd":"reload"}"#,
+                    r#"{"cmd":"drain","backend":"web-1","undo":false}"#,
+                    r#"{"cmd":"stop","detach":true}"#,
+                    r#"{"cmd":"status"}"#,
+                ]
+                .map(|req| exchange(&conn, &format!("{req}\n")))
+            })
+            .await
+            .unwrap();
+            let denied = |cmd: &str| {
+                Response::error(format!(
+                    "permission denied: only root may {cmd}; members of group the-readers may \
+                     run status"
+                ))
+            };
+            assert_eq!(
+                answers,
+                [
+                    Response::Status(sample_report()),
+                    denied("reload"),
+                    denied("drain"),
+                    denied("stop"),
+                    Response::Status(sample_report()),
+                ]
+            );
+            // None of them reached the daemon: it still runs.
+            assert_eq!(
+                request(&path, &Request::Status).await.unwrap(),
+                Response::Status(sample_report())
+            );
+            server.stop().await;
+
+            // Without the group, nobody may not even connect (mode 0600).
+            let server = Server::start(&path).await;
+            let p = path.clone();
+            let err = tokio::task::spawn_blocking(move || connect_as_nobody(&p))
+                .await
+                .unwrap()
+                .expect_err("nobody connected to a 0600 socket");
+            assert_eq!(err.kind(), io::ErrorKind::PermissionDenied);
+            server.stop().await;
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn requests_of_clients_that_hung_up_are_dropped() {
+        bounded(async {
+            let dir = TempDir::new("hungup");
+            let path = dir.socket();
+            let server = Server::start(&path).await;
+            // On this (current-thread) runtime the server cannot run until
+            // the test awaits: the client connects (the kernel completes
+            // it), writes a stop and closes before the server reads it, as
+            // a client that gave up waiting on a stopped daemon does.
+            {
+                let conn = std::os::unix::net::UnixStream::connect(&path).unwrap();
+                (&conn)
+                    .write_all(b"{\"cmd\":\"stop\",\"detach\":true}\n")
+                    .unwrap();
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            // The stop was not carried out: the server still answers.
+            assert!(!*server.stop.borrow(), "the stop was carried out");
+            assert_eq!(
+                request(&path, &Request::Status).await.unwrap(),
+                Response::Status(sample_report())
+            );
             server.stop().await;
         })
         .await;

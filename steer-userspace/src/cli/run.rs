@@ -32,8 +32,11 @@ pub struct Args {
 /// default), so a reader of the daemon's output going away cannot kill
 /// it; its log writer drops lines it cannot write (see `main`).
 pub fn run(args: Args) -> Result<ExitCode> {
+    // Absolute, so that the status report's `config_path` names the file
+    // from any directory (`steer reload --config` compares with it).
+    let config_path = std::path::absolute(&args.config).unwrap_or(args.config);
     steer::daemon::run(steer::daemon::RunOptions {
-        config_path: args.config,
+        config_path,
         interfaces: args.iface,
         mode: args.mode.map(|m| match m {
             Mode::Driver => steer::config::AttachMode::Driver,

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use anyhow::{bail, Result};
-use steer::api::{self, Request};
+use steer::api::{self, ClientError, Request, Response};
 use steer::dataplane::{Dataplane, InstanceLock};
 
 use super::{load_config, outln, print_response, Target};
@@ -13,7 +13,9 @@ pub struct Args {
     #[command(flatten)]
     target: Target,
     /// Detach and remove pins even if no daemon is running (needs
-    /// --config to know the interfaces and the pin directory).
+    /// --config to know the interfaces and the pin directory). Only when
+    /// there is no control socket, or nothing listens on it: a daemon that
+    /// does not answer is left alone, and nothing is removed.
     #[arg(long, conflicts_with = "keep_forwarding")]
     detach: bool,
     /// Exit but leave XDP attached, forwarding on the last programmed
@@ -34,18 +36,20 @@ pub fn run(args: Args) -> Result<ExitCode> {
     };
     match api::request(&socket, &req) {
         Ok(resp) => {
+            let stopping = matches!(resp, Response::Ok { .. });
             let code = print_response(resp, false);
             // Wait (bounded) for the daemon to finish and remove its socket.
             for _ in 0..100 {
-                if !socket.exists() {
+                if !stopping || !socket.exists() {
                     break;
                 }
                 std::thread::sleep(std::time::Duration::from_millis(100));
             }
             code
         }
-        Err(e) if detach => {
-            // No daemon: clean up what a killed one left behind.
+        // Only a socket that is absent or that nobody listens on means no
+        // daemon: clean up what a killed one left behind.
+        Err(e @ (ClientError::NotRunning { .. } | ClientError::Stale { .. })) if detach => {
             let Some(config) = &target.config else {
                 bail!("{e}; to clean up pinned state without a daemon, pass --config FILE");
             };
@@ -81,6 +85,14 @@ pub fn run(args: Args) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        // A daemon that does not answer may still be running (stopped,
+        // stuck, busy): its pins are not ours to remove.
+        Err(e @ ClientError::Timeout { .. }) if detach => bail!(
+            "{e}: a daemon may still be running there (stopped with SIGSTOP, or stuck), so \
+             nothing was removed; find it (`pgrep -a steer`), then let it finish, or kill it \
+             and run `steer stop --detach --config FILE` again"
+        ),
+        Err(e) if detach => bail!("{e}; nothing was removed"),
         Err(e) => Err(e.into()),
     }
 }

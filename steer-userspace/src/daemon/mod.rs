@@ -236,7 +236,7 @@ pub fn run(opts: RunOptions) -> Result<()> {
 /// What a successful start hands to the running daemon.
 type Started = (
     api::MetricsListener,
-    api::ControlListener,
+    api::ControlSocket,
     Owner,
     watch::Receiver<Arc<Published>>,
     CounterReader,
@@ -255,9 +255,17 @@ async fn start(
     mode: AttachMode,
 ) -> Result<Started> {
     let metrics_listener = api::bind_metrics(cfg.metrics.listen).await?;
-    let control_listener = api::bind_control_socket(&cfg.control.socket)
-        .await
-        .with_context(|| format!("control socket {}", cfg.control.socket.display()))?;
+    // So is the control socket: its directory is checked (root's, writable
+    // by no one else) before the state file is written there.
+    let control_listener = api::ControlSocket::bind(
+        &cfg.control.socket,
+        cfg.control.group.as_ref().map(|g| api::ReadOnlyGroup {
+            name: g.name.clone(),
+            gid: g.gid,
+        }),
+    )
+    .await
+    .with_context(|| format!("control socket {}", cfg.control.socket.display()))?;
     // Open, attach and program on a blocking thread: the owner is created
     // there and later runs on its own thread.
     let cfg = cfg.clone();
@@ -385,7 +393,7 @@ async fn run_async(
         });
         let rx = stop_servers_rx.clone();
         tokio::spawn(async move {
-            if let Err(e) = api::serve_control_on(control_listener, &path, handler, rx).await {
+            if let Err(e) = control_listener.serve(handler, rx).await {
                 error!(socket = %path.display(), error = %e, "control socket failed");
             }
         })

@@ -2,8 +2,8 @@
 //!
 //! Most of the config applies on reload. A few settings are fixed while
 //! steer runs: map sizes (they are the sizes of the pinned maps), where the
-//! pins live, the interfaces and attach mode, and the control socket and
-//! metrics listener (they are bound once). A reload that changes any of them
+//! pins live, the interfaces and attach mode, and the control socket (and
+//! its read-only group) and metrics listener (they are bound once). A reload that changes any of them
 //! is rejected as a whole, naming every such key, and the running config
 //! keeps serving.
 
@@ -54,6 +54,9 @@ pub fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     }
     if old.control.socket != new.control.socket {
         d.push("control.socket");
+    }
+    if old.control.group != new.control.group {
+        d.push("control.group");
     }
     if old.metrics.listen != new.metrics.listen {
         d.push("metrics.listen");
@@ -110,7 +113,7 @@ regions = ["eu"]
     #[test]
     fn every_restart_only_key_is_rejected_alone() {
         let base = parse(BASE);
-        let cases: [(&str, &str); 9] = [
+        let cases: [(&str, &str); 10] = [
             ("dataplane.interfaces", "interfaces = [\"eth1\"]"),
             ("dataplane.mode", "mode = \"skb\""),
             ("dataplane.conntrack_size", "conntrack_size = 2048"),
@@ -122,6 +125,7 @@ regions = ["eu"]
                 "control.socket",
                 "[control]\nsocket = \"/run/other/control.sock\"",
             ),
+            ("control.group", "[control]\ngroup = \"root\""),
             ("metrics.listen", "[metrics]\nlisten = \"127.0.0.1:9999\""),
         ];
         for (key, line) in cases {

@@ -1,7 +1,8 @@
 //! What survives a restart: the userspace bookkeeping that pairs with the
 //! pinned maps (which real id belongs to which backend of which service).
 //! The maps themselves live on bpffs; this file lives next to the control
-//! socket. Written atomically (temp file + rename) after every change.
+//! socket. Written atomically (temp file + rename) after every change, mode
+//! 0600, never through a symbolic link ([`save`]).
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -77,13 +78,58 @@ pub struct SavedState {
     pub drained: Vec<String>,
 }
 
+/// Mode of the state file, whatever the umask.
+pub const STATE_FILE_MODE: u32 = 0o600;
+/// Mode of the state file's directory when `save` has to create it.
+pub const STATE_DIR_MODE: u32 = 0o700;
+
+/// Writes `state` to `path` atomically: to `path` with the extension `tmp`,
+/// then renamed over `path`. The file is mode 0600 whatever the umask.
+///
+/// Nothing at the temporary path is followed or reused: whatever is there
+/// (a stale temp file from a crash, or a symbolic link someone planted) is
+/// unlinked, and the new file is created with `O_CREAT|O_EXCL|O_NOFOLLOW`,
+/// so a link put back in between makes the save fail instead of writing
+/// through it. The rename replaces `path` itself, never what a link at
+/// `path` points to. A missing directory is created mode 0700. (The daemon
+/// keeps the file next to its control socket, in a directory it has
+/// checked is root's and writable by no one else.)
 pub fn save(path: &Path, state: &SavedState) -> std::io::Result<()> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
+    use std::io::Write as _;
+    use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _};
+
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if !dir.exists() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(STATE_DIR_MODE)
+                .create(dir)?;
+        }
     }
     let tmp = path.with_extension("tmp");
     let data = serde_json::to_vec(state).map_err(std::io::Error::other)?;
-    std::fs::write(&tmp, data)?;
+    match std::fs::remove_file(&tmp) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            return Err(std::io::Error::new(
+                e.kind(),
+                format!("removing the stale {}: {e}", tmp.display()),
+            ))
+        }
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(STATE_FILE_MODE)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(&tmp)
+        .map_err(|e| std::io::Error::new(e.kind(), format!("creating {}: {e}", tmp.display())))?;
+    // The umask may have taken bits from the owner too; 0600 is what is
+    // asked for.
+    file.set_permissions(std::fs::Permissions::from_mode(STATE_FILE_MODE))?;
+    file.write_all(&data)?;
+    drop(file);
     std::fs::rename(&tmp, path)
 }
 
@@ -310,6 +356,79 @@ mod tests {
         let mut s = state();
         s.free_reals.push(3);
         fails_with(&s, "free twice");
+    }
+
+    /// A unique scratch directory, removed on drop.
+    struct Scratch(std::path::PathBuf);
+
+    impl Scratch {
+        fn new(tag: &str) -> Scratch {
+            let dir =
+                std::env::temp_dir().join(format!("steer-persist-{tag}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).expect("temp dir");
+            Scratch(dir)
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn mode(path: &Path) -> u32 {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::symlink_metadata(path)
+            .expect("stat")
+            .permissions()
+            .mode()
+            & 0o7777
+    }
+
+    #[test]
+    fn save_writes_a_private_file_and_load_reads_it() {
+        let dir = Scratch::new("save");
+        let path = dir.0.join("sub").join("dataplane-state.json");
+        save(&path, &state()).expect("save");
+        assert_eq!(load(&path).expect("load"), Some(state()));
+        assert_eq!(mode(&path), 0o600);
+        assert_eq!(mode(path.parent().expect("parent")), 0o700);
+        assert!(!path.with_extension("tmp").exists());
+        // Again, over the first one.
+        let mut s = state();
+        s.next_real = 3;
+        s.free_reals.clear();
+        save(&path, &s).expect("save again");
+        assert_eq!(load(&path).expect("load"), Some(s));
+    }
+
+    #[test]
+    fn save_never_writes_through_a_link() {
+        use std::os::unix::fs::symlink;
+        let dir = Scratch::new("link");
+        let victim = dir.0.join("victim");
+        std::fs::write(&victim, "precious").expect("victim");
+        let path = dir.0.join("dataplane-state.json");
+        let tmp = path.with_extension("tmp");
+        // A link at the temp name: unlinked, not followed.
+        symlink(&victim, &tmp).expect("symlink");
+        save(&path, &state()).expect("save");
+        assert_eq!(std::fs::read_to_string(&victim).expect("read"), "precious");
+        assert!(std::fs::symlink_metadata(&tmp).is_err(), "temp file left");
+        assert!(std::fs::symlink_metadata(&path).expect("stat").is_file());
+        // A dangling link at the temp name (it would create the victim).
+        let absent = dir.0.join("absent");
+        symlink(&absent, &tmp).expect("symlink");
+        save(&path, &state()).expect("save");
+        assert!(!absent.exists(), "the save created the link's target");
+        // A link at the file's own name is replaced, its target untouched.
+        std::fs::remove_file(&path).expect("remove");
+        symlink(&victim, &path).expect("symlink");
+        save(&path, &state()).expect("save");
+        assert_eq!(std::fs::read_to_string(&victim).expect("read"), "precious");
+        assert!(std::fs::symlink_metadata(&path).expect("stat").is_file());
+        assert_eq!(load(&path).expect("load"), Some(state()));
     }
 
     #[test]
