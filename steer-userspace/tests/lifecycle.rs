@@ -23,8 +23,10 @@ const STEER: &str = env!("CARGO_BIN_EXE_steer");
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long a start that must fail may take.
 const FAIL_TIMEOUT: Duration = Duration::from_secs(20);
-/// The map pins steer makes.
-const MAPS: usize = 12;
+/// The map pins steer makes (docs/architecture.md, "Maps"): SETTINGS, VIPS,
+/// VIP_ADDRS, VIP_FILTER, REALS, RINGS, TABLE_GEN, CONNTRACK, VIP_STATS,
+/// REAL_STATS, DROP_STATS, PATH_STATS and SOURCE_MACS.
+const MAPS: usize = 13;
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
@@ -536,7 +538,7 @@ fn a_failed_fresh_start_leaves_nothing_in_the_kernel() {
     );
     // A control socket path that cannot be bound: under a regular file;
     // and a regular file itself, in a usable directory (so only the bind
-    // fails, after the lock and the pid file).
+    // fails, after the lock).
     std::fs::write(lab.dir.join("file"), "").expect("file");
     std::fs::create_dir_all(lab.dir.join("s")).expect("dir");
     std::fs::write(lab.dir.join("s").join("a.sock"), "").expect("file");
@@ -657,4 +659,33 @@ fn the_pin_directory_is_0700_whatever_the_umask() {
         .mode()
         & 0o7777;
     assert_eq!(mode, 0o700, "pin directory mode {mode:o}");
+}
+
+#[test]
+#[ignore = "needs root: BPF and network namespaces"]
+fn a_taken_metrics_address_fails_the_start_before_the_kernel_is_touched() {
+    if !require_root() {
+        return;
+    }
+    let mut lab = Lab::new();
+    let a = lab.instance("a", "a", "pins-a", 1);
+    lab.start(&a, &[]);
+    // Another instance (own pins, socket and interface) whose metrics
+    // address is the one `a` already serves.
+    let mut b = lab.instance("b", "b", "pins-b", 2);
+    b.metrics = a.metrics.clone();
+    lab.write_config(&b, &["sd2"], "driver");
+    let out = lab.run_failing(&b, &[]);
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("metrics.listen") && err.contains(&a.metrics),
+        "the error does not name metrics.listen and the address:\n{err}"
+    );
+    assert!(!lab.xdp("sd2"), "sd2 was attached by a start that failed");
+    assert!(
+        !b.pin_dir.exists(),
+        "pins were left by a start that failed: {:?}",
+        Lab::pins(&b)
+    );
+    assert!(lab.xdp("sd0"), "the running instance lost its attachment");
 }

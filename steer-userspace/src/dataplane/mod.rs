@@ -25,7 +25,7 @@ pub mod verdict;
 
 pub use bench::BenchProgram;
 pub use counters::CounterReader;
-pub use pins::{kernel_xdp_mode, pid_file, pin_entries, InstanceLock, KernelXdpMode, Removal};
+pub use pins::{kernel_xdp_mode, pin_entries, InstanceLock, KernelXdpMode, Removal};
 use plan::{addr_bytes, RealSlot, ServiceSlot};
 pub use plan::{DesiredBackend, DesiredService, Globals, IdLedger, PlanError, Write};
 

@@ -66,26 +66,20 @@ pub(super) fn prepare_pin_dir(dir: &Path) -> Result<bool> {
     Ok(created)
 }
 
-/// The file next to the state file that names the process holding the
-/// instance lock (informational: the lock itself is the `flock`).
-pub fn pid_file(persist: &Persist) -> PathBuf {
-    persist.state_file.with_extension("pid")
-}
-
 /// The single-instance lock of a pin directory: an exclusive `flock` on
 /// the directory itself, held as long as this value lives (and released by
 /// the kernel if the process dies, even by SIGKILL).
 #[derive(Debug)]
 pub struct InstanceLock {
     _dir: File,
-    pid_file: PathBuf,
     created_dir: bool,
     pin_dir: PathBuf,
 }
 
 impl InstanceLock {
     /// Takes the lock of `persist.pin_dir`, creating the directory (0700)
-    /// if needed, and writes this process's id next to the state file.
+    /// if needed. Nothing is written anywhere else: the control socket's
+    /// directory is checked (ownership, modes) only after this.
     /// Fails with [`DataplaneError::Locked`], touching nothing, if another
     /// process holds it.
     pub fn acquire(persist: &Persist) -> Result<InstanceLock> {
@@ -105,7 +99,7 @@ impl InstanceLock {
                 Err(std::fs::TryLockError::WouldBlock) => {
                     return Err(DataplaneError::Locked {
                         pin_dir: dir.clone(),
-                        holder: holder(persist, &f),
+                        holder: holder(&f),
                     })
                 }
                 Err(std::fs::TryLockError::Error(source)) => {
@@ -123,24 +117,8 @@ impl InstanceLock {
             if !same {
                 continue;
             }
-            let pid_file = pid_file(persist);
-            let written = pid_file
-                .parent()
-                .map_or(Ok(()), std::fs::create_dir_all)
-                .and_then(|()| std::fs::write(&pid_file, format!("{}\n", std::process::id())));
-            if let Err(source) = written {
-                if created_dir {
-                    let _ = std::fs::remove_dir(dir);
-                }
-                return Err(DataplaneError::Io {
-                    what: "writing the pid file (kept in the control socket's directory)",
-                    path: pid_file,
-                    source,
-                });
-            }
             return Ok(InstanceLock {
                 _dir: f,
-                pid_file,
                 created_dir,
                 pin_dir: dir.clone(),
             });
@@ -163,24 +141,11 @@ impl InstanceLock {
     }
 }
 
-impl Drop for InstanceLock {
-    fn drop(&mut self) {
-        // Only our own pid file (a successor may have written its own).
-        let ours = std::fs::read_to_string(&self.pid_file)
-            .ok()
-            .and_then(|s| s.trim().parse::<u32>().ok())
-            == Some(std::process::id());
-        if ours {
-            let _ = std::fs::remove_file(&self.pid_file);
-        }
-    }
-}
-
-/// The pid of the process holding the lock on `dir`: from the kernel's
-/// lock table (`/proc/locks`), which works whichever state directory the
-/// holder uses, else from the pid file next to the state file.
-fn holder(persist: &Persist, dir: &File) -> Option<u32> {
-    let from_kernel = dir.metadata().ok().and_then(|m| {
+/// The pid of the process holding the lock on `dir`, from the kernel's
+/// lock table (`/proc/locks`): it works whichever state directory the
+/// holder uses, and needs no file of ours that could be stale or forged.
+fn holder(dir: &File) -> Option<u32> {
+    dir.metadata().ok().and_then(|m| {
         let dev = m.dev();
         let key = format!(
             "{:02x}:{:02x}:{}",
@@ -190,13 +155,6 @@ fn holder(persist: &Persist, dir: &File) -> Option<u32> {
         );
         let locks = std::fs::read_to_string("/proc/locks").ok()?;
         lock_holder(&locks, &key)
-    });
-    from_kernel.or_else(|| {
-        std::fs::read_to_string(pid_file(persist))
-            .ok()?
-            .trim()
-            .parse()
-            .ok()
     })
 }
 
@@ -291,7 +249,7 @@ fn pinned_kind(path: &Path) -> std::io::Result<String> {
 
 /// Removes what steer pins under `persist.pin_dir`: its maps (by name) and
 /// its `link-<iface>` XDP links (which detaches them), then the directory
-/// if it is empty, the state file and the pid file. Anything else (a map
+/// if it is empty, and the state file. Anything else (a map
 /// another tool pinned there, a `link-*` pin that is not an XDP link) is
 /// left and reported.
 pub(super) fn remove_steer_pins(persist: &Persist) -> Result<Removal> {
@@ -339,10 +297,7 @@ pub(super) fn remove_steer_pins(persist: &Persist) -> Result<Removal> {
         }
         Err(_) => {}
     }
-    for (what, path) in [
-        ("removing state file", persist.state_file.clone()),
-        ("removing pid file", pid_file(persist)),
-    ] {
+    for (what, path) in [("removing state file", persist.state_file.clone())] {
         match std::fs::remove_file(&path) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
