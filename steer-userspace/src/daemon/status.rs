@@ -2,10 +2,11 @@
 //! snapshot and the counter maps. Nothing here waits for the owner.
 
 use std::collections::BTreeSet;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use steer_common::Counters;
 
-use crate::api::{BackendStatus, Health, ServiceStatus, StatusReport};
+use crate::api::{BackendStatus, Health, InterfaceStatus, ServiceStatus, StatusReport};
 use crate::config::Protocol;
 use crate::dataplane::CounterReader;
 use crate::health;
@@ -24,6 +25,16 @@ pub struct Status {
 /// Builds the status report. Counters are read through `counters` (none:
 /// all zero, e.g. in tests without a data plane).
 pub fn report(p: &Published, counters: Option<&CounterReader>) -> Status {
+    report_at(p, counters, SystemTime::now())
+}
+
+/// Seconds since the Unix epoch (0 for a time before it).
+fn unix(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// [`report`] as of `now`.
+pub fn report_at(p: &Published, counters: Option<&CounterReader>, now: SystemTime) -> Status {
     let cfg = &p.cfg;
     let checked: BTreeSet<String> = health::targets_from_config(cfg)
         .into_iter()
@@ -73,6 +84,7 @@ pub fn report(p: &Published, counters: Option<&CounterReader>) -> Status {
                             Health::Up
                         };
                         let is_drained = p.drained.contains(&b.name);
+                        let tr = p.transitions.get(&b.name).copied().unwrap_or_default();
                         BackendStatus {
                             name: b.name.clone(),
                             address: b.address.to_string(),
@@ -83,6 +95,8 @@ pub fn report(p: &Published, counters: Option<&CounterReader>) -> Status {
                             drained: is_drained,
                             last_failure: health::backend_targets(&p.health, &b.name)
                                 .find_map(|s| s.last_failure.clone()),
+                            last_up_at: tr.last_up.map(unix),
+                            last_down_at: tr.last_down.map(unix),
                             packets: c.packets,
                             bytes: c.bytes,
                             new_flows: c.new_flows,
@@ -92,7 +106,7 @@ pub fn report(p: &Published, counters: Option<&CounterReader>) -> Status {
             }
         })
         .collect();
-    let drops = counters
+    let drops: Vec<(&str, u64)> = counters
         .and_then(|c| c.drops().ok())
         .map(|d| {
             steer_common::DropReason::ALL
@@ -113,6 +127,20 @@ pub fn report(p: &Published, counters: Option<&CounterReader>) -> Status {
             reload_failures: p.reload_failures,
             last_reload_error: p.last_reload_error.clone(),
             services,
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            time: unix(now),
+            uptime_seconds: now.duration_since(p.started).map_or(0, |d| d.as_secs()),
+            interfaces: p
+                .interfaces
+                .iter()
+                .map(|i| InterfaceStatus {
+                    name: i.name.clone(),
+                    mode: i.mode.clone(),
+                    adopted: i.adopted,
+                })
+                .collect(),
+            drops: drops.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+            ct_insert_failures,
         },
         drops,
         ct_insert_failures,
