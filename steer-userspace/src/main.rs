@@ -80,7 +80,10 @@ fn init_logging(filter: EnvFilter, format: LogFormat) {
         .log_internal_errors(false);
     match format {
         LogFormat::Text => builder
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .with_ansi(
+                std::io::IsTerminal::is_terminal(&std::io::stderr())
+                    && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
+            )
             .init(),
         LogFormat::Json => builder
             .json()

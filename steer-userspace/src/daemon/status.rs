@@ -146,3 +146,95 @@ pub fn report_at(p: &Published, counters: Option<&CounterReader>, now: SystemTim
         ct_insert_failures,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use std::collections::BTreeMap;
+    use std::path::PathBuf;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::super::owner::{Interface, Transitions};
+
+    const CFG: &str = r#"
+[dataplane]
+interfaces = ["eth0"]
+next_hop_mac = "02:00:00:00:00:01"
+encap_source_v4 = "198.18.0.0/24"
+
+[[regions]]
+name = "eu"
+
+[[backends]]
+name = "b1"
+address = "10.0.0.1"
+region = "eu"
+
+[[backends]]
+name = "b2"
+address = "10.0.0.2"
+region = "eu"
+
+[[services]]
+name = "web"
+vip = "203.0.113.10"
+port = 80
+protocol = "tcp"
+regions = ["eu"]
+"#;
+
+    #[test]
+    fn daemon_fields_and_transition_times() {
+        let started = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let now = started + Duration::from_secs(3725);
+        let down_at = started + Duration::from_secs(3600);
+        let p = Published {
+            config_path: PathBuf::from("/etc/steer/steer.toml"),
+            cfg: Arc::new(Config::parse(CFG).unwrap()),
+            health: BTreeMap::new(),
+            drained: BTreeSet::new(),
+            down: BTreeSet::new(),
+            generation: 1,
+            reloads: 0,
+            reload_failures: 0,
+            last_reload_error: None,
+            last_reload: None,
+            last_load: started,
+            programmed: 1,
+            ledger: Default::default(),
+            started,
+            transitions: BTreeMap::from([(
+                "b2".to_string(),
+                Transitions {
+                    last_up: None,
+                    last_down: Some(down_at),
+                },
+            )]),
+            interfaces: vec![Interface {
+                name: "eth0".into(),
+                mode: "skb".into(),
+                adopted: true,
+            }],
+        };
+        let r = report_at(&p, None, now).report;
+        assert_eq!(r.version, env!("CARGO_PKG_VERSION"));
+        assert_eq!(r.time, 1_700_003_725);
+        assert_eq!(r.uptime_seconds, 3725);
+        assert_eq!(
+            r.interfaces,
+            [InterfaceStatus {
+                name: "eth0".into(),
+                mode: "skb".into(),
+                adopted: true,
+            }]
+        );
+        let b = &r.services[0].backends;
+        assert_eq!((b[0].name.as_str(), b[0].last_down_at), ("b1", None));
+        assert_eq!(
+            (b[1].name.as_str(), b[1].last_up_at, b[1].last_down_at),
+            ("b2", None, Some(1_700_003_600))
+        );
+    }
+}
