@@ -14,12 +14,15 @@ use common::require_root;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use steer::api::StatusReport;
 
 const STEER: &str = env!("CARGO_BIN_EXE_steer");
 const UNIT: &str = include_str!("../../dist/steer.service");
+
+static NEXT_LAB: AtomicU32 = AtomicU32::new(0);
 
 /// How long start-up may take, and a reload.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -89,7 +92,11 @@ struct Lab {
 
 impl Lab {
     fn new() -> Lab {
-        let id = std::process::id();
+        let id = format!(
+            "{}-{}",
+            std::process::id(),
+            NEXT_LAB.fetch_add(1, Ordering::SeqCst)
+        );
         let dir = std::env::temp_dir().join(format!("steer-sd-{id}"));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("temp dir");
@@ -172,6 +179,12 @@ listen = "127.0.0.1:9477"
     /// set, logging JSON.
     fn start(&mut self) {
         let cmd = unit_command("ExecStart", &self.config);
+        self.start_cmd(&cmd);
+    }
+
+    /// Starts `cmd` (`steer run ...`) in the namespace, with
+    /// `NOTIFY_SOCKET` set, logging JSON.
+    fn start_cmd(&mut self, cmd: &[String]) {
         let f = std::fs::File::create(&self.log).expect("log file");
         let child = Command::new("nsenter")
             .arg(format!("--net=/var/run/netns/{}", self.ns))
@@ -376,4 +389,32 @@ fn unit_commands_notify_reload_and_restart_keeps_forwarding() {
     let st = lab.status();
     assert!(st.interfaces[0].adopted, "{:?}", st.interfaces);
     assert_eq!(st.generation, 1);
+}
+
+/// Without --on-sigterm, SIGTERM still detaches and removes the pins (as
+/// before the unit existed), and says so to systemd.
+#[test]
+#[ignore = "needs root: BPF or network namespaces (cargo xtask test runs it)"]
+fn sigterm_detaches_by_default() {
+    if !require_root() {
+        return;
+    }
+    let mut lab = Lab::new();
+    let cmd: Vec<String> = [STEER, "run", "--config", lab.config.to_str().unwrap()]
+        .map(String::from)
+        .to_vec();
+    lab.start_cmd(&cmd);
+    let ready = lab.notification(READY_TIMEOUT);
+    assert!(ready.lines().any(|l| l == "READY=1"), "{ready:?}");
+    assert!(lab.xdp_attached());
+    let pid = lab.daemon.as_ref().expect("daemon").id().to_string();
+    let out = run(Command::new("kill").args(["-TERM", &pid]));
+    assert!(out.status.success(), "kill: {}", text(&out.stderr));
+    let stopping = lab.notification(READY_TIMEOUT);
+    assert!(stopping.lines().any(|l| l == "STOPPING=1"), "{stopping:?}");
+    assert!(stopping.contains("detaching"), "{stopping:?}");
+    let st = lab.wait_exit();
+    assert!(st.success(), "steer run exited with {st}:\n{}", lab.log());
+    assert!(!lab.xdp_attached(), "SIGTERM left XDP attached");
+    assert!(!lab.pin_dir.exists(), "SIGTERM left the pins");
 }
