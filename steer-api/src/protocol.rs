@@ -149,6 +149,32 @@ pub struct StatusReport {
     /// Why the last reload failed, if the last reload failed.
     pub last_reload_error: Option<String>,
     pub services: Vec<ServiceStatus>,
+    /// The daemon's version (`steer --version`); empty from an older daemon.
+    pub version: String,
+    /// When this report was made, in seconds since the Unix epoch (UTC);
+    /// the reference for the other timestamps.
+    pub time: u64,
+    /// Seconds since the daemon started.
+    pub uptime_seconds: u64,
+    /// The interfaces XDP is attached to.
+    pub interfaces: Vec<InterfaceStatus>,
+    /// Packets the program dropped, by reason (every reason, zeros included).
+    pub drops: std::collections::BTreeMap<String, u64>,
+    /// New flows whose conntrack insert failed (they were still forwarded).
+    pub ct_insert_failures: u64,
+}
+
+/// One interface the daemon attached XDP to.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
+#[serde(default)]
+pub struct InterfaceStatus {
+    pub name: String,
+    /// `"driver"` or `"skb"`. For a link taken over from a previous run
+    /// (`adopted`), the mode the config asks for.
+    pub mode: String,
+    /// The pinned XDP link of a previous run was taken over (the program
+    /// was replaced in place) rather than attached anew.
+    pub adopted: bool,
 }
 
 /// One service (VIP, port, protocol) and its backends.
@@ -182,6 +208,12 @@ pub struct BackendStatus {
     pub drained: bool,
     /// Why the last failed check failed.
     pub last_failure: Option<String>,
+    /// When the health checks last brought it up (from down), in seconds
+    /// since the Unix epoch; none if that has not happened since start.
+    pub last_up_at: Option<u64>,
+    /// When the health checks last took it down, in seconds since the Unix
+    /// epoch; none if that has not happened since start.
+    pub last_down_at: Option<u64>,
     pub packets: u64,
     pub bytes: u64,
     pub new_flows: u64,
@@ -407,9 +439,13 @@ mod tests {
                     packets: 9,
                     bytes: 900,
                     new_flows: 2,
+                    ..BackendStatus::default()
                 }],
             }],
+            ..StatusReport::default()
         };
+        // The report of a daemon before version, uptime, interfaces,
+        // drops and health transitions were added.
         let json = concat!(
             r#"{"result":"status","generation":7,"config_path":"/etc/steer/steer.toml","#,
             r#""reloads":2,"reload_failures":1,"last_reload_error":"bad\nline","#,
@@ -419,13 +455,47 @@ mod tests {
             r#""health":"down","drained":false,"last_failure":"connection refused","#,
             r#""packets":9,"bytes":900,"new_flows":2}]}]}"#
         );
-        round_trip(&Response::Status(report), json);
+        let old: Response = serde_json::from_str(json).unwrap();
+        assert_eq!(old, Response::Status(report.clone()));
+
+        // The fields added later: a report without them (from an older
+        // daemon) still reads, with defaults.
+        let mut full = report.clone();
+        full.version = "0.1.0".into();
+        full.time = 1_700_000_300;
+        full.uptime_seconds = 300;
+        full.interfaces = vec![InterfaceStatus {
+            name: "eth0".into(),
+            mode: "driver".into(),
+            adopted: true,
+        }];
+        full.drops = [("fragment".to_string(), 2)].into_iter().collect();
+        full.ct_insert_failures = 1;
+        full.services[0].backends[0].last_up_at = Some(1_700_000_010);
+        full.services[0].backends[0].last_down_at = Some(1_700_000_200);
+        let text = serde_json::to_string(&Response::Status(full.clone())).unwrap();
+        for field in [
+            r#""version":"0.1.0""#,
+            r#""time":1700000300"#,
+            r#""uptime_seconds":300"#,
+            r#""interfaces":[{"name":"eth0","mode":"driver","adopted":true}]"#,
+            r#""drops":{"fragment":2}"#,
+            r#""ct_insert_failures":1"#,
+            r#""last_up_at":1700000010,"last_down_at":1700000200"#,
+        ] {
+            assert!(text.contains(field), "{field} missing from {text}");
+        }
+        assert_eq!(
+            serde_json::from_str::<Response>(&text).unwrap(),
+            Response::Status(full)
+        );
 
         round_trip(
             &Response::Status(StatusReport::default()),
             concat!(
                 r#"{"result":"status","generation":0,"config_path":"","reloads":0,"#,
-                r#""reload_failures":0,"last_reload_error":null,"services":[]}"#
+                r#""reload_failures":0,"last_reload_error":null,"services":[],"version":"","#,
+                r#""time":0,"uptime_seconds":0,"interfaces":[],"drops":{},"ct_insert_failures":0}"#
             ),
         );
     }

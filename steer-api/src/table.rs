@@ -1,22 +1,28 @@
 //! `steer status` for people: a fixed-width table.
 //!
 //! ```text
+//! steer 0.1.0  up 2h05m  interfaces eth0 (driver), eth1 (skb, adopted)
+//! drops: fragment 3, no_backend 1
 //! generation 7  config /etc/steer/steer.toml  reloads 2  reload failures 1
 //! last reload error: services[0].vip: "x" is not an IP address
 //!
 //! service web  vip 203.0.113.10:80/tcp  affinity flow  packets 1234  bytes 98765  new flows 56
-//!   BACKEND  REGION  ADDRESS   HEALTH  WEIGHT         PACKETS  NEW FLOWS  LAST FAILURE
-//!   web-1    eu      10.0.0.1  up      100/100           1000         40
-//!   web-2    us      10.0.0.2  down    0/100                0          0  connection refused
-//!   web-3    us      10.0.0.3  up      0/100 drained      234         16
+//!   BACKEND  REGION  ADDRESS   HEALTH  WEIGHT         PACKETS  NEW FLOWS  LAST UP   LAST DOWN  LAST FAILURE
+//!   web-1    eu      10.0.0.1  up      100/100           1000         40  -         -
+//!   web-2    us      10.0.0.2  down    0/100                0          0  1h02m ago  3m12s ago  connection refused
+//!   web-3    us      10.0.0.3  up      0/100 drained      234         16  -         -
 //! ```
 //!
-//! WEIGHT is effective/configured. The last failure is shown for backends
-//! that are down or degraded, last so that a long reason does not widen the
-//! other columns. Columns have the same widths in every service's block.
-//! Text is shown on one line: control characters (newlines in an error)
-//! become spaces, and a failure reason is cut at 80 characters (`--json` has
-//! it whole).
+//! WEIGHT is effective/configured. LAST UP and LAST DOWN say how long ago
+//! the health checks last brought the backend up or took it down ("-": not
+//! since the daemon started); `--json` has the Unix timestamps. The drops
+//! line lists the reasons with packets only ("drops: none"). A report from
+//! a daemon too old to send its version starts at the generation line. The
+//! last failure is shown for backends that are down or degraded, last so
+//! that a long reason does not widen the other columns. Columns have the
+//! same widths in every service's block. Text is shown on one line: control
+//! characters (newlines in an error) become spaces, and a failure reason is
+//! cut at 80 characters (`--json` has it whole).
 
 use std::fmt::Write as _;
 
@@ -25,7 +31,7 @@ use crate::protocol::StatusReport;
 /// Longest failure reason shown in the HEALTH column.
 const MAX_REASON_CHARS: usize = 80;
 
-const COLUMNS: usize = 8;
+const COLUMNS: usize = 10;
 const HEADER: [&str; COLUMNS] = [
     "BACKEND",
     "REGION",
@@ -34,15 +40,61 @@ const HEADER: [&str; COLUMNS] = [
     "WEIGHT",
     "PACKETS",
     "NEW FLOWS",
+    "LAST UP",
+    "LAST DOWN",
     "LAST FAILURE",
 ];
 /// Which columns are right-aligned (the numbers).
-const RIGHT: [bool; COLUMNS] = [false, false, false, false, false, true, true, false];
+const RIGHT: [bool; COLUMNS] = [
+    false, false, false, false, false, true, true, false, false, false,
+];
 
 /// Renders `r` as a table for a terminal (see the module documentation).
 /// The text ends with a newline.
 pub fn render_status_table(r: &StatusReport) -> String {
     let mut out = String::new();
+    if !r.version.is_empty() {
+        let ifaces: Vec<String> = r
+            .interfaces
+            .iter()
+            .map(|i| {
+                let adopted = if i.adopted { ", adopted" } else { "" };
+                format!("{} ({}{adopted})", one_line(&i.name), one_line(&i.mode))
+            })
+            .collect();
+        let _ = writeln!(
+            out,
+            "steer {}  up {}  interfaces {}",
+            one_line(&r.version),
+            duration(r.uptime_seconds),
+            if ifaces.is_empty() {
+                "none".to_string()
+            } else {
+                ifaces.join(", ")
+            }
+        );
+        let mut drops: Vec<String> = r
+            .drops
+            .iter()
+            .filter(|(_, &n)| n > 0)
+            .map(|(reason, n)| format!("{} {n}", one_line(reason)))
+            .collect();
+        if r.ct_insert_failures > 0 {
+            drops.push(format!(
+                "(conntrack inserts failed: {})",
+                r.ct_insert_failures
+            ));
+        }
+        let _ = writeln!(
+            out,
+            "drops: {}",
+            if drops.is_empty() {
+                "none".to_string()
+            } else {
+                drops.join(", ")
+            }
+        );
+    }
     let _ = writeln!(
         out,
         "generation {}  config {}  reloads {}  reload failures {}",
@@ -83,6 +135,8 @@ pub fn render_status_table(r: &StatusReport) -> String {
                         weight,
                         b.packets.to_string(),
                         b.new_flows.to_string(),
+                        ago(r.time, b.last_up_at),
+                        ago(r.time, b.last_down_at),
                         reason,
                     ]
                 })
@@ -137,6 +191,29 @@ fn push_row(out: &mut String, cells: &[String; COLUMNS], widths: &[usize; COLUMN
     out.push('\n');
 }
 
+/// How long before `now` the Unix time `at` was: `"3m12s ago"`, or `"-"`
+/// for none.
+fn ago(now: u64, at: Option<u64>) -> String {
+    match at {
+        Some(at) => format!("{} ago", duration(now.saturating_sub(at))),
+        None => "-".to_string(),
+    }
+}
+
+/// A duration for people, to two units: `45s`, `3m12s`, `2h05m`, `3d04h`.
+fn duration(secs: u64) -> String {
+    let (d, h, m, s) = (secs / 86_400, secs / 3600 % 24, secs / 60 % 60, secs % 60);
+    if d > 0 {
+        format!("{d}d{h:02}h")
+    } else if h > 0 {
+        format!("{h}h{m:02}m")
+    } else if m > 0 {
+        format!("{m}m{s:02}s")
+    } else {
+        format!("{s}s")
+    }
+}
+
 /// `s` with every control character (newline, tab, escape) replaced by a space.
 fn one_line(s: &str) -> String {
     s.chars()
@@ -156,7 +233,7 @@ fn truncate(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::{Affinity, BackendStatus, Health, ServiceStatus};
+    use crate::protocol::{Affinity, BackendStatus, Health, InterfaceStatus, ServiceStatus};
 
     fn backend(name: &str, region: &str, address: &str, health: Health) -> BackendStatus {
         BackendStatus {
@@ -217,6 +294,7 @@ mod tests {
                     ..ServiceStatus::default()
                 },
             ],
+            ..StatusReport::default()
         }
     }
 
@@ -254,12 +332,14 @@ mod tests {
                 "WEIGHT",
                 "PACKETS",
                 "NEW FLOWS",
+                "LAST UP",
+                "LAST DOWN",
                 "LAST FAILURE"
             ]
         );
         assert_eq!(
             cells(lines[5]),
-            ["web-1", "eu", "10.0.0.1", "up", "100/100", "1000", "40"]
+            ["web-1", "eu", "10.0.0.1", "up", "100/100", "1000", "40", "-", "-"]
         );
         assert_eq!(
             cells(lines[6]),
@@ -271,6 +351,8 @@ mod tests {
                 "0/100",
                 "0",
                 "0",
+                "-",
+                "-",
                 "connection refused"
             ]
         );
@@ -283,7 +365,9 @@ mod tests {
                 "up",
                 "0/100 drained",
                 "234",
-                "16"
+                "16",
+                "-",
+                "-"
             ]
         );
         assert_eq!(lines[8], "");
@@ -294,7 +378,7 @@ mod tests {
         let reason = format!("{}…", "x".repeat(79));
         assert_eq!(
             cells(lines[11]),
-            ["dns-1", "eu", "10.0.1.1", "degraded", "5/5", "0", "0", &reason]
+            ["dns-1", "eu", "10.0.1.1", "degraded", "5/5", "0", "0", "-", "-", &reason]
         );
         assert_eq!(
             lines[13],
@@ -332,6 +416,77 @@ mod tests {
         assert_eq!(chars(lines[11], packets_end - 2), " 0");
         assert!(lines[5].starts_with("  web-1  "));
         assert!(lines.iter().all(|l| !l.ends_with(' ')));
+    }
+
+    #[test]
+    fn daemon_lines_and_health_transitions() {
+        let mut r = report();
+        r.version = "0.1.0".into();
+        r.time = 1_000_000;
+        r.uptime_seconds = 2 * 3600 + 5 * 60 + 9;
+        r.interfaces = vec![
+            InterfaceStatus {
+                name: "eth0".into(),
+                mode: "driver".into(),
+                adopted: false,
+            },
+            InterfaceStatus {
+                name: "eth1".into(),
+                mode: "skb".into(),
+                adopted: true,
+            },
+        ];
+        r.drops = [("fragment", 3), ("no_backend", 1), ("too_big", 0)]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
+        r.ct_insert_failures = 2;
+        // web-2 came up 62 minutes ago and went down 192 s ago.
+        let web2 = &mut r.services[0].backends[1];
+        web2.last_up_at = Some(1_000_000 - 62 * 60);
+        web2.last_down_at = Some(1_000_000 - 192);
+        let text = render_status_table(&r);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines[0],
+            "steer 0.1.0  up 2h05m  interfaces eth0 (driver), eth1 (skb, adopted)"
+        );
+        assert_eq!(
+            lines[1],
+            "drops: fragment 3, no_backend 1, (conntrack inserts failed: 2)"
+        );
+        assert!(lines[2].starts_with("generation 7  "), "{}", lines[2]);
+        let header = lines[6];
+        let up_at = header.find("LAST UP").unwrap();
+        let down_at = header.find("LAST DOWN").unwrap();
+        let web2 = lines[8];
+        assert!(web2.starts_with("  web-2 "), "{web2}");
+        assert_eq!(web2[up_at..].split("  ").next(), Some("1h02m ago"));
+        assert_eq!(web2[down_at..].split("  ").next(), Some("3m12s ago"));
+        assert_eq!(lines[7][up_at..].split("  ").next(), Some("-"));
+
+        r.drops.values_mut().for_each(|n| *n = 0);
+        r.ct_insert_failures = 0;
+        r.interfaces.clear();
+        let text = render_status_table(&r);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], "steer 0.1.0  up 2h05m  interfaces none");
+        assert_eq!(lines[1], "drops: none");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(duration(0), "0s");
+        assert_eq!(duration(59), "59s");
+        assert_eq!(duration(60), "1m00s");
+        assert_eq!(duration(3599), "59m59s");
+        assert_eq!(duration(3600), "1h00m");
+        assert_eq!(duration(86_399), "23h59m");
+        assert_eq!(duration(86_400 + 4 * 3600 + 59), "1d04h");
+        assert_eq!(ago(100, Some(40)), "1m00s ago");
+        // A clock that went back shows "0s ago", not a wrapped number.
+        assert_eq!(ago(100, Some(140)), "0s ago");
+        assert_eq!(ago(100, None), "-");
     }
 
     #[test]

@@ -6,6 +6,7 @@ pub mod api;
 pub use steer_config as config;
 pub mod daemon;
 pub mod dataplane;
+pub mod errors;
 pub mod health;
 pub mod pcap;
 pub mod policy;

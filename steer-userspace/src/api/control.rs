@@ -664,14 +664,16 @@ fn malformed(what: impl fmt::Display) -> Response {
     Response::error_with_details(format!("malformed request: {what}"), EXPECTED)
 }
 
-fn parse_request(text: &str) -> Result<Request, Response> {
+/// The request on `text`, or the error response to send back (boxed: a
+/// `Response` is as large as a status report).
+fn parse_request(text: &str) -> Result<Request, Box<Response>> {
     if text.trim().is_empty() {
-        return Err(malformed("empty line"));
+        return Err(Box::new(malformed("empty line")));
     }
     if !text.trim_start().starts_with('{') {
-        return Err(malformed("not a JSON object"));
+        return Err(Box::new(malformed("not a JSON object")));
     }
-    serde_json::from_str(text).map_err(malformed)
+    serde_json::from_str(text).map_err(|e| Box::new(malformed(e)))
 }
 
 async fn serve_connection(
@@ -751,7 +753,7 @@ async fn serve_connection(
                     debug!(?req, "control request");
                     handler.handle(req).await
                 }
-                Err(resp) => resp,
+                Err(resp) => *resp,
             },
         };
         if let Err(e) = write_response(&mut wr, &resp).await {
@@ -882,6 +884,7 @@ mod tests {
                     ..BackendStatus::default()
                 }],
             }],
+            ..StatusReport::default()
         }
     }
 

@@ -727,6 +727,7 @@ mod tests {
                     ],
                 },
             ],
+            ..StatusReport::default()
         }
     }
 }

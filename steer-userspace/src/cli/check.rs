@@ -1,18 +1,26 @@
 //! `steer check`: validate a configuration file.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Result;
 use steer::config::Config;
 
-use super::{errln, outln};
+use super::{errln, outln, DEFAULT_CONFIG};
 
 #[derive(clap::Args)]
 pub struct Args {
     /// The configuration file to check.
-    #[arg(long, short, value_name = "FILE")]
+    #[arg(long, short, value_name = "FILE", default_value = DEFAULT_CONFIG)]
     config: PathBuf,
+}
+
+impl Args {
+    /// The configuration file.
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub fn config_path(&self) -> &Path {
+        &self.config
+    }
 }
 
 pub fn run(args: Args) -> Result<ExitCode> {

@@ -43,6 +43,10 @@ impl Target {
     }
 }
 
+/// The config file `steer run` and `steer check` read unless given
+/// `--config`.
+pub const DEFAULT_CONFIG: &str = "/etc/steer/steer.toml";
+
 const DEFAULT_SOCKET: &str = "/run/steer/control.sock";
 
 /// The control socket named by a config file. Only `[control] socket` is

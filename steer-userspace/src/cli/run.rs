@@ -1,9 +1,11 @@
 //! `steer run`: the daemon.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Result;
+
+use super::DEFAULT_CONFIG;
 
 #[derive(Clone, Copy, clap::ValueEnum)]
 pub enum Mode {
@@ -15,10 +17,23 @@ pub enum Mode {
     Auto,
 }
 
+/// What SIGTERM and SIGINT do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum OnSigterm {
+    /// Detach XDP and remove the pinned state (traffic stops being
+    /// steered), like `steer stop`.
+    Detach,
+    /// Exit, leaving XDP attached and forwarding on the last programmed
+    /// state for the next `steer run` to adopt, like
+    /// `steer stop --keep-forwarding` (what the systemd unit uses, so that
+    /// `systemctl restart` keeps established flows).
+    KeepForwarding,
+}
+
 #[derive(clap::Args)]
 pub struct Args {
     /// The configuration file (docs/config.md).
-    #[arg(long, short, value_name = "FILE")]
+    #[arg(long, short, value_name = "FILE", default_value = DEFAULT_CONFIG)]
     config: PathBuf,
     /// Interface to attach to (repeatable); overrides dataplane.interfaces.
     #[arg(long = "iface", value_name = "IFACE")]
@@ -26,6 +41,17 @@ pub struct Args {
     /// XDP attach mode; overrides dataplane.mode.
     #[arg(long, value_enum)]
     mode: Option<Mode>,
+    /// What SIGTERM and SIGINT do (`steer stop` says it itself).
+    #[arg(long, value_enum, default_value_t = OnSigterm::Detach)]
+    on_sigterm: OnSigterm,
+}
+
+impl Args {
+    /// The configuration file.
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub fn config_path(&self) -> &Path {
+        &self.config
+    }
 }
 
 /// Runs until SIGTERM or `steer stop`. SIGPIPE stays ignored (Rust's
@@ -43,6 +69,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
             Mode::Skb => steer::config::AttachMode::Skb,
             Mode::Auto => steer::config::AttachMode::Auto,
         }),
+        detach_on_sigterm: args.on_sigterm == OnSigterm::Detach,
     })?;
     Ok(ExitCode::SUCCESS)
 }

@@ -13,6 +13,8 @@
 //! socket's `status` and the metrics endpoint read it (status.rs) and never
 //! wait for the owner.
 
+mod changes;
+mod notify;
 mod owner;
 mod reload;
 mod status;
@@ -24,7 +26,11 @@ use anyhow::{anyhow, bail, Context as _, Result};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{error, info, warn};
 
-pub use owner::{down_set, Event, Owner, Published, ReloadOutcome, State, EVENT_QUEUE};
+pub use changes::{config_changes, Change};
+pub use owner::{
+    down_set, record_transitions, Event, Interface, Owner, Published, ReloadOutcome, State,
+    Transitions, EVENT_QUEUE,
+};
 pub use reload::restart_only_changes;
 pub use status::{report as status_report, Status};
 
@@ -42,6 +48,10 @@ pub struct RunOptions {
     pub config_path: PathBuf,
     pub interfaces: Vec<String>,
     pub mode: Option<AttachMode>,
+    /// SIGTERM and SIGINT detach XDP and remove the pins (else they leave
+    /// XDP forwarding for the next run to adopt, like
+    /// `steer stop --keep-forwarding`).
+    pub detach_on_sigterm: bool,
 }
 
 /// Where the daemon keeps what survives a restart: the pins under
@@ -66,7 +76,7 @@ fn open_and_attach(
     persist: Persist,
     interfaces: &[String],
     mode: AttachMode,
-) -> Result<Dataplane> {
+) -> Result<(Dataplane, Vec<Interface>)> {
     let (mut dp, adopted) = Dataplane::open(cfg, persist.clone()).with_context(|| {
         format!(
             "opening the data plane (pins in {})",
@@ -78,29 +88,72 @@ fn open_and_attach(
     } else {
         info!(pins = %persist.pin_dir.display(), "started a fresh data plane");
     }
+    let mut attached = Vec::new();
     for iface in interfaces {
-        match dp.attach(iface, mode)? {
-            Attached::New(m) => info!(iface, mode = m, "attached XDP"),
+        let (shown, adopted) = match dp.attach(iface, mode)? {
+            Attached::New(m) => {
+                info!(iface, mode = m, "attached XDP");
+                (m, false)
+            }
             Attached::Replaced => {
                 info!(
                     iface,
                     "took over the pinned XDP link: program replaced atomically"
-                )
+                );
+                // The mode the kernel has it in (with `auto`, either).
+                let shown = match crate::dataplane::kernel_xdp_mode(iface) {
+                    Ok(crate::dataplane::KernelXdpMode::Driver) => "driver",
+                    Ok(crate::dataplane::KernelXdpMode::Skb) => "skb",
+                    _ => mode_name(mode),
+                };
+                (shown, true)
             }
-            Attached::FellBack { driver_error } => warn!(
-                iface,
-                %driver_error,
-                "driver-mode XDP failed; attached in generic (skb) mode instead (mode = \"auto\")"
-            ),
-            Attached::ModeChanged { from, to } => info!(
-                iface,
-                from,
-                to,
-                "the pinned XDP link was in another mode: detached it and attached XDP anew"
-            ),
-        }
+            Attached::FellBack { driver_error } => {
+                warn!(
+                    iface,
+                    %driver_error,
+                    "driver-mode XDP failed; attached in generic (skb) mode instead (mode = \"auto\")"
+                );
+                ("skb", false)
+            }
+            Attached::ModeChanged { from, to } => {
+                info!(
+                    iface,
+                    from,
+                    to,
+                    "the pinned XDP link was in another mode: detached it and attached XDP anew"
+                );
+                (to, false)
+            }
+        };
+        attached.push(Interface {
+            name: iface.clone(),
+            mode: shown.to_string(),
+            adopted,
+        });
     }
-    Ok(dp)
+    Ok((dp, attached))
+}
+
+/// The config word of an attach mode.
+fn mode_name(mode: AttachMode) -> &'static str {
+    match mode {
+        AttachMode::Driver => "driver",
+        AttachMode::Skb => "skb",
+        AttachMode::Auto => "auto",
+    }
+}
+
+/// Waits (at most 5 s) until the control socket accepts a connection.
+async fn wait_for_control(path: &Path) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    while tokio::time::Instant::now() < deadline {
+        if tokio::net::UnixStream::connect(path).await.is_ok() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    warn!(socket = %path.display(), "the control socket does not answer; announcing readiness anyway");
 }
 
 /// What the control socket and the metrics endpoint read: the owner's
@@ -230,7 +283,13 @@ pub fn run(opts: RunOptions) -> Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    rt.block_on(run_async(opts.config_path, cfg, interfaces, mode))
+    rt.block_on(run_async(
+        opts.config_path,
+        cfg,
+        interfaces,
+        mode,
+        opts.detach_on_sigterm,
+    ))
 }
 
 /// What a successful start hands to the running daemon.
@@ -271,10 +330,11 @@ async fn start(
     let cfg = cfg.clone();
     let config_path = config_path.to_path_buf();
     let (owner, published, counters) = tokio::task::spawn_blocking(move || -> Result<_> {
-        let dp = open_and_attach(&cfg.dataplane, persist.clone(), &interfaces, mode)?;
+        let (dp, attached) = open_and_attach(&cfg.dataplane, persist.clone(), &interfaces, mode)?;
         let counters = dp.counter_reader()?;
         let drained = dp.backend_state().drained.clone();
         let (mut owner, published) = Owner::new(config_path, cfg, dp, drained);
+        owner.set_interfaces(attached);
         owner.warn_discarded();
         owner
             .program()
@@ -305,6 +365,7 @@ async fn run_async(
     cfg: Config,
     interfaces: Vec<String>,
     mode: AttachMode,
+    detach_on_sigterm: bool,
 ) -> Result<()> {
     // Signals first: a SIGTERM during the start is handled once it is
     // complete (a clean stop), instead of killing the process half-way.
@@ -410,20 +471,32 @@ async fn run_async(
         })
     };
 
+    // Ready: forwarding, and `steer reload` (systemd's ExecReload) can
+    // reach the control socket.
+    wait_for_control(&cfg.control.socket).await;
+    notify::ready(view.published.borrow().generation);
+
+    let on_signal = if detach_on_sigterm {
+        "detaching XDP"
+    } else {
+        "XDP stays attached and keeps forwarding"
+    };
     let detach = loop {
         tokio::select! {
             _ = hup.recv() => {
                 info!("SIGHUP: reloading");
                 let _ = events.send(Event::Reload { reply: None }).await;
             }
-            _ = term.recv() => { info!("SIGTERM: stopping"); break true; }
-            _ = int.recv() => { info!("SIGINT: stopping"); break true; }
+            _ = term.recv() => { info!("SIGTERM: stopping; {on_signal}"); break detach_on_sigterm; }
+            _ = int.recv() => { info!("SIGINT: stopping; {on_signal}"); break detach_on_sigterm; }
             r = shutdown_rx.changed() => {
                 if r.is_err() { break true; }
                 if let Some(detach) = *shutdown_rx.borrow() { break detach; }
             }
         }
     };
+
+    notify::stopping(!detach);
 
     let _ = stop_servers_tx.send(true);
     let _ = tokio::time::timeout(std::time::Duration::from_secs(6), control).await;

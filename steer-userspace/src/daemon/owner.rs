@@ -25,6 +25,7 @@ use crate::dataplane::{Dataplane, Ledger};
 use crate::health::{self, HealthMonitor, TargetStatus};
 use crate::policy::{ApplyConfig as _, BackendState};
 
+use super::changes::config_changes;
 use super::reload;
 
 /// How many events may wait for the owner. Producers wait (async) when the
@@ -57,6 +58,48 @@ pub struct ReloadOutcome {
     pub ok: bool,
 }
 
+/// When the health checks last brought a backend up and took it down.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Transitions {
+    pub last_up: Option<SystemTime>,
+    pub last_down: Option<SystemTime>,
+}
+
+/// An interface XDP is attached to, as start-up attached it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Interface {
+    pub name: String,
+    /// `"driver"` or `"skb"` (for an adopted link: the mode asked for).
+    pub mode: String,
+    /// A pinned link of a previous run was taken over.
+    pub adopted: bool,
+}
+
+/// Records, at `now`, the backends of `cfg` whose up/down state differs
+/// between `old` and `new` health.
+pub fn record_transitions(
+    transitions: &mut BTreeMap<String, Transitions>,
+    cfg: &Config,
+    old: &BTreeMap<String, TargetStatus>,
+    new: &BTreeMap<String, TargetStatus>,
+    now: SystemTime,
+) {
+    for b in &cfg.backends {
+        let (was, is) = (
+            health::backend_up(old, &b.name),
+            health::backend_up(new, &b.name),
+        );
+        if was != is {
+            let t = transitions.entry(b.name.clone()).or_default();
+            if is {
+                t.last_up = Some(now);
+            } else {
+                t.last_down = Some(now);
+            }
+        }
+    }
+}
+
 /// The daemon's state, as the owner applies events to it.
 #[derive(Clone, Debug)]
 pub struct State {
@@ -77,6 +120,11 @@ pub struct State {
     /// Successful programmings of the data plane so far.
     pub programmed: u64,
     pub started: SystemTime,
+    /// Per backend, its last health transitions since start.
+    pub transitions: BTreeMap<String, Transitions>,
+    /// The interfaces XDP is attached to (empty until
+    /// [`Owner::set_interfaces`]).
+    pub interfaces: Vec<Interface>,
 }
 
 /// What the owner last applied: an immutable snapshot for status and
@@ -141,6 +189,8 @@ impl Owner {
             last_load: started,
             programmed: 0,
             started,
+            transitions: BTreeMap::new(),
+            interfaces: Vec::new(),
         };
         let (publish, rx) = watch::channel(Arc::new(Published {
             state: state.clone(),
@@ -159,6 +209,12 @@ impl Owner {
     /// with the config.
     pub fn set_monitor(&mut self, monitor: HealthMonitor) {
         self.monitor = Some(monitor);
+    }
+
+    /// Records the interfaces start-up attached, for `steer status`.
+    pub fn set_interfaces(&mut self, interfaces: Vec<Interface>) {
+        self.state.interfaces = interfaces;
+        self.publish();
     }
 
     /// The data plane (for tests that read the maps back).
@@ -194,7 +250,7 @@ impl Owner {
         let r = self
             .dp
             .apply_state(&self.state.cfg, state)
-            .map_err(|e| format!("{e:#}"));
+            .map_err(|e| crate::errors::chain(&e));
         if r.is_ok() {
             self.state.down = down;
             self.state.programmed = self.state.programmed.wrapping_add(1);
@@ -238,7 +294,9 @@ impl Owner {
                 }
             }
             Event::Reload { reply } => {
+                super::notify::reloading();
                 let r = self.reload();
+                super::notify::ready(self.state.generation);
                 if let Some(reply) = reply {
                     let _ = reply.send(r);
                 }
@@ -248,6 +306,13 @@ impl Owner {
     }
 
     fn on_health(&mut self, status: BTreeMap<String, TargetStatus>) {
+        record_transitions(
+            &mut self.state.transitions,
+            &self.state.cfg,
+            &self.state.health,
+            &status,
+            SystemTime::now(),
+        );
         self.state.health = status;
         if down_set(&self.state.cfg, &self.state.health) != self.state.down {
             if let Err(e) = self.program() {
@@ -375,16 +440,30 @@ impl Owner {
                 self.state.last_reload = Some(ReloadOutcome { at: now, ok: true });
                 self.state.last_load = now;
                 self.publish();
+                let changes = config_changes(&old_cfg, &self.state.cfg);
                 info!(
                     generation = self.state.generation,
+                    changes = changes.len(),
                     "reloaded {}",
                     self.state.config_path.display()
                 );
-                Response::ok(format!(
-                    "reloaded {} (generation {})",
+                for c in &changes {
+                    info!(generation = self.state.generation, change = %c, "reload changed");
+                }
+                let mut msg = format!(
+                    "reloaded {} (generation {}): ",
                     self.state.config_path.display(),
                     self.state.generation
-                ))
+                );
+                if changes.is_empty() {
+                    msg.push_str("nothing changed");
+                } else {
+                    msg.push_str(&format!("{} change(s)", changes.len()));
+                    for c in &changes {
+                        msg.push_str(&format!("\n  {c}"));
+                    }
+                }
+                Response::ok(msg)
             }
             Err(e) => {
                 self.state.cfg = old_cfg;
@@ -409,7 +488,7 @@ impl Owner {
         let persist = self.dp.persist().cloned();
         drop(self.dp);
         match (detach, persist) {
-            (true, Some(p)) => Dataplane::remove_pins(&p).map_err(|e| format!("{e:#}")),
+            (true, Some(p)) => Dataplane::remove_pins(&p).map_err(|e| crate::errors::chain(&e)),
             _ => Ok(Vec::new()),
         }
     }
@@ -423,5 +502,92 @@ impl Owner {
                  re-select their backends and earlier drains are forgotten"
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    const CFG: &str = r#"
+[dataplane]
+interfaces = ["eth0"]
+next_hop_mac = "02:00:00:00:00:01"
+encap_source_v4 = "198.18.0.0/24"
+
+[[regions]]
+name = "eu"
+
+[[backends]]
+name = "b1"
+address = "10.0.0.1"
+region = "eu"
+
+[[backends]]
+name = "b2"
+address = "10.0.0.2"
+region = "eu"
+
+[[services]]
+name = "web"
+vip = "203.0.113.10"
+port = 80
+protocol = "tcp"
+regions = ["eu"]
+"#;
+
+    fn status(up: &[(&str, bool)]) -> BTreeMap<String, TargetStatus> {
+        up.iter()
+            .map(|(k, up)| {
+                (
+                    k.to_string(),
+                    TargetStatus {
+                        up: *up,
+                        degraded: false,
+                        last_failure: None,
+                        last_latency: None,
+                        probes: 1,
+                        failures: 0,
+                    },
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn health_transitions_are_timestamped_per_backend() {
+        let cfg = Config::parse(CFG).unwrap();
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
+        let t1 = t0 + Duration::from_secs(10);
+        let t2 = t0 + Duration::from_secs(20);
+        let mut tr = BTreeMap::new();
+        let all_up = status(&[("b1/web", true), ("b2/web", true)]);
+        // No probe yet counts as up: the first report changes nothing.
+        record_transitions(&mut tr, &cfg, &BTreeMap::new(), &all_up, t0);
+        assert!(tr.is_empty(), "{tr:?}");
+        let b2_down = status(&[("b1/web", true), ("b2/web", false)]);
+        record_transitions(&mut tr, &cfg, &all_up, &b2_down, t1);
+        // Still down: the time of going down stays.
+        record_transitions(&mut tr, &cfg, &b2_down, &b2_down, t2);
+        assert_eq!(
+            tr,
+            BTreeMap::from([(
+                "b2".to_string(),
+                Transitions {
+                    last_up: None,
+                    last_down: Some(t1),
+                }
+            )])
+        );
+        record_transitions(&mut tr, &cfg, &b2_down, &all_up, t2);
+        assert_eq!(
+            tr["b2"],
+            Transitions {
+                last_up: Some(t2),
+                last_down: Some(t1),
+            }
+        );
+        assert!(!tr.contains_key("b1"));
     }
 }

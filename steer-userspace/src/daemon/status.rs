@@ -2,10 +2,11 @@
 //! snapshot and the counter maps. Nothing here waits for the owner.
 
 use std::collections::BTreeSet;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use steer_common::Counters;
 
-use crate::api::{BackendStatus, Health, ServiceStatus, StatusReport};
+use crate::api::{BackendStatus, Health, InterfaceStatus, ServiceStatus, StatusReport};
 use crate::config::Protocol;
 use crate::dataplane::CounterReader;
 use crate::health;
@@ -24,6 +25,16 @@ pub struct Status {
 /// Builds the status report. Counters are read through `counters` (none:
 /// all zero, e.g. in tests without a data plane).
 pub fn report(p: &Published, counters: Option<&CounterReader>) -> Status {
+    report_at(p, counters, SystemTime::now())
+}
+
+/// Seconds since the Unix epoch (0 for a time before it).
+fn unix(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// [`report`] as of `now`.
+pub fn report_at(p: &Published, counters: Option<&CounterReader>, now: SystemTime) -> Status {
     let cfg = &p.cfg;
     let checked: BTreeSet<String> = health::targets_from_config(cfg)
         .into_iter()
@@ -73,6 +84,7 @@ pub fn report(p: &Published, counters: Option<&CounterReader>) -> Status {
                             Health::Up
                         };
                         let is_drained = p.drained.contains(&b.name);
+                        let tr = p.transitions.get(&b.name).copied().unwrap_or_default();
                         BackendStatus {
                             name: b.name.clone(),
                             address: b.address.to_string(),
@@ -83,6 +95,8 @@ pub fn report(p: &Published, counters: Option<&CounterReader>) -> Status {
                             drained: is_drained,
                             last_failure: health::backend_targets(&p.health, &b.name)
                                 .find_map(|s| s.last_failure.clone()),
+                            last_up_at: tr.last_up.map(unix),
+                            last_down_at: tr.last_down.map(unix),
                             packets: c.packets,
                             bytes: c.bytes,
                             new_flows: c.new_flows,
@@ -92,7 +106,7 @@ pub fn report(p: &Published, counters: Option<&CounterReader>) -> Status {
             }
         })
         .collect();
-    let drops = counters
+    let drops: Vec<(&str, u64)> = counters
         .and_then(|c| c.drops().ok())
         .map(|d| {
             steer_common::DropReason::ALL
@@ -113,8 +127,116 @@ pub fn report(p: &Published, counters: Option<&CounterReader>) -> Status {
             reload_failures: p.reload_failures,
             last_reload_error: p.last_reload_error.clone(),
             services,
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            time: unix(now),
+            uptime_seconds: now.duration_since(p.started).map_or(0, |d| d.as_secs()),
+            interfaces: p
+                .interfaces
+                .iter()
+                .map(|i| InterfaceStatus {
+                    name: i.name.clone(),
+                    mode: i.mode.clone(),
+                    adopted: i.adopted,
+                })
+                .collect(),
+            drops: drops.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+            ct_insert_failures,
         },
         drops,
         ct_insert_failures,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use std::collections::BTreeMap;
+    use std::path::PathBuf;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::super::owner::{Interface, State, Transitions};
+
+    const CFG: &str = r#"
+[dataplane]
+interfaces = ["eth0"]
+next_hop_mac = "02:00:00:00:00:01"
+encap_source_v4 = "198.18.0.0/24"
+
+[[regions]]
+name = "eu"
+
+[[backends]]
+name = "b1"
+address = "10.0.0.1"
+region = "eu"
+
+[[backends]]
+name = "b2"
+address = "10.0.0.2"
+region = "eu"
+
+[[services]]
+name = "web"
+vip = "203.0.113.10"
+port = 80
+protocol = "tcp"
+regions = ["eu"]
+"#;
+
+    #[test]
+    fn daemon_fields_and_transition_times() {
+        let started = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let now = started + Duration::from_secs(3725);
+        let down_at = started + Duration::from_secs(3600);
+        let p = Published {
+            state: State {
+                config_path: PathBuf::from("/etc/steer/steer.toml"),
+                cfg: Arc::new(Config::parse(CFG).unwrap()),
+                health: BTreeMap::new(),
+                drained: BTreeSet::new(),
+                down: BTreeSet::new(),
+                generation: 1,
+                reloads: 0,
+                reload_failures: 0,
+                last_reload_error: None,
+                last_reload: None,
+                last_load: started,
+                programmed: 1,
+                started,
+                transitions: BTreeMap::from([(
+                    "b2".to_string(),
+                    Transitions {
+                        last_up: None,
+                        last_down: Some(down_at),
+                    },
+                )]),
+                interfaces: vec![Interface {
+                    name: "eth0".into(),
+                    mode: "skb".into(),
+                    adopted: true,
+                }],
+            },
+            ledger: Default::default(),
+        };
+        let r = report_at(&p, None, now).report;
+        assert_eq!(r.version, env!("CARGO_PKG_VERSION"));
+        assert_eq!(r.time, 1_700_003_725);
+        assert_eq!(r.uptime_seconds, 3725);
+        assert_eq!(
+            r.interfaces,
+            [InterfaceStatus {
+                name: "eth0".into(),
+                mode: "skb".into(),
+                adopted: true,
+            }]
+        );
+        let b = &r.services[0].backends;
+        assert_eq!((b[0].name.as_str(), b[0].last_down_at), ("b1", None));
+        assert_eq!(
+            (b[1].name.as_str(), b[1].last_up_at, b[1].last_down_at),
+            ("b2", None, Some(1_700_003_600))
+        );
     }
 }
