@@ -42,6 +42,7 @@ fn config_text() -> String {
         r#"
 [dataplane]
 next_hop_mac = "02:00:00:00:00:fe"
+source_mac = "02:00:00:00:00:aa"
 encap_source_v4 = "192.0.2.0/24"
 maglev_table_size = 65537
 max_tables = 128

@@ -202,6 +202,18 @@ impl Mmap {
         })
     }
 
+    /// The `n` 32-bit words from byte offset `off`.
+    fn words(&self, off: usize, n: usize) -> &[AtomicU32] {
+        assert!(
+            off.is_multiple_of(4) && off + 4 * n <= self.len,
+            "mmap range {off}+{n} words out of range"
+        );
+        // SAFETY: in bounds and aligned (checked above); AtomicU32 has the
+        // layout of u32, and the kernel and BPF programs access these words
+        // concurrently, hence atomics.
+        unsafe { std::slice::from_raw_parts(self.ptr.add(off).cast::<AtomicU32>(), n) }
+    }
+
     /// The 32-bit word at byte offset `off`.
     fn word(&self, off: usize) -> &AtomicU32 {
         assert!(
@@ -1097,8 +1109,21 @@ impl Dataplane {
 
     /// Executes a plan's writes in order.
     fn execute(&mut self, writes: &[Write]) -> Result<()> {
-        let size = self.ledger.limits.ring_size;
-        for w in writes {
+        let mut i = 0;
+        while i < writes.len() {
+            // A run of table writes (the plan puts them together): written
+            // on several threads, each ring then flipped by its thread.
+            let run = writes[i..]
+                .iter()
+                .take_while(|w| matches!(w, Write::Table { .. }))
+                .count();
+            if run > 0 {
+                self.write_tables(&writes[i..i + run]);
+                i += run;
+                continue;
+            }
+            let w = &writes[i];
+            i += 1;
             match w {
                 Write::Settings(v) => {
                     let mut map: Array<_, Settings> = typed(&mut self.ebpf, names::SETTINGS)?;
@@ -1123,21 +1148,7 @@ impl Dataplane {
                 Write::Real { id, real } => self.write_real_value(*id, *real)?,
                 Write::Filter(bits) => self.write_filter(bits)?,
                 Write::Wait(d) => std::thread::sleep(*d),
-                Write::Table {
-                    vip_id,
-                    generation,
-                    table,
-                } => {
-                    for (i, real) in table.iter().enumerate() {
-                        let flat = ring_index(*vip_id, *generation, size, i as u32) as usize;
-                        self.rings.word(flat * 4).store(*real, Ordering::Relaxed);
-                    }
-                    // The flip: one aligned word; Release orders the ring
-                    // writes before it.
-                    self.gens
-                        .word(*vip_id as usize * 8)
-                        .store(*generation, Ordering::Release);
-                }
+                Write::Table { .. } => unreachable!("handled as a run above"),
                 Write::Vip { key, info } => {
                     if self.vips_written.get(key) != Some(info) {
                         let mut vips: HashMap<_, VipKey, VipInfo> =
@@ -1215,6 +1226,42 @@ impl Dataplane {
         })?;
         let mut map: PerCpuArray<_, Counters> = typed(&mut self.ebpf, name)?;
         map.set(id, zeros, 0).map_err(map_err(name))
+    }
+
+    /// Writes each table to its shadow ring and flips its generation word
+    /// to it, spread over the available cores (each ring is written by one
+    /// thread, then flipped by it: Release orders the ring before the flip).
+    fn write_tables(&self, tables: &[Write]) {
+        let size = self.ledger.limits.ring_size;
+        let threads = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+            .clamp(1, 8);
+        let chunk = tables.len().div_ceil(threads).max(1);
+        let (rings, gens) = (&self.rings, &self.gens);
+        std::thread::scope(|scope| {
+            for part in tables.chunks(chunk) {
+                scope.spawn(move || {
+                    for w in part {
+                        let Write::Table {
+                            vip_id,
+                            generation,
+                            table,
+                        } = w
+                        else {
+                            continue;
+                        };
+                        let first = ring_index(*vip_id, *generation, size, 0) as usize;
+                        let ring = rings.words(first * 4, table.len());
+                        for (slot, real) in ring.iter().zip(table.iter()) {
+                            slot.store(*real, Ordering::Relaxed);
+                        }
+                        gens.word(*vip_id as usize * 8)
+                            .store(*generation, Ordering::Release);
+                    }
+                });
+            }
+        });
     }
 
     /// Writes real `id` (absent, or present up or down) under its current

@@ -16,7 +16,7 @@
 //!    points at any more, are written after the flip.
 //! 6. `VIP_ADDRS` and the exact filter bitmap.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -322,18 +322,27 @@ impl IdLedger {
                 },
             );
         }
-        // Reals: keep ids of backends whose address is unchanged.
-        let old_reals = self.services[&d.name].reals.clone();
+        // Reals: keep ids of backends whose address is unchanged. (Taken
+        // out of the slot: the plan works on a copy of the ledger, and the
+        // slot gets the new reals when the plan finishes.)
+        let old_reals = std::mem::take(
+            &mut self
+                .services
+                .get_mut(&d.name)
+                .expect("inserted above")
+                .reals,
+        );
+        let wanted: HashMap<&str, &IpAddr> = d
+            .backends
+            .iter()
+            .map(|b| (b.name.as_str(), &b.address))
+            .collect();
         let mut reals = BTreeMap::new();
         // Ids this service gives up (backend removed or readdressed): they
         // may be reused for its new backends when the pool is exhausted.
         let mut spare: Vec<u32> = old_reals
             .iter()
-            .filter(|(n, r)| {
-                !d.backends
-                    .iter()
-                    .any(|b| &b.name == *n && b.address == r.address)
-            })
+            .filter(|(n, r)| wanted.get(n.as_str()) != Some(&&r.address))
             .map(|(_, r)| r.id)
             .collect();
         for b in &d.backends {
@@ -363,9 +372,10 @@ impl IdLedger {
             );
         }
         // Ids of the old reals that no new real kept or reused.
+        let kept: HashSet<u32> = reals.values().map(|n: &RealSlot| n.id).collect();
         let retired = old_reals
             .values()
-            .filter(|r| !reals.values().any(|n: &RealSlot| n.id == r.id))
+            .filter(|r| !kept.contains(&r.id))
             .map(|r| r.id)
             .collect();
         // Down and zero-weight backends get no slots.
@@ -509,7 +519,6 @@ impl IdLedger {
         let mut late = Vec::new();
         for (i, (d, p)) in desired.iter().zip(prepared).enumerate() {
             let slot = next.services.get_mut(&d.name).expect("prepared above");
-            slot.reals = p.reals.clone();
             slot.inputs = Some(p.inputs);
             if let Some(table) = tables.remove(&i) {
                 let generation = slot.generation.wrapping_add(1) & 1;
@@ -546,6 +555,10 @@ impl IdLedger {
                 late.push(next.real(id, None));
                 next.free_reals.push_back(id);
             }
+            next.services
+                .get_mut(&d.name)
+                .expect("prepared above")
+                .reals = p.reals;
         }
         writes.append(&mut late);
         // 6. The exact VIP addresses and filter.
