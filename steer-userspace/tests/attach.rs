@@ -12,7 +12,7 @@
 //! (which detaches) and the state directory.
 
 mod common;
-use common::require_root;
+use common::{ip, require_root};
 use std::collections::BTreeSet;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
@@ -25,20 +25,6 @@ use steer::config::{AttachMode, Config};
 use steer::dataplane::{Attached, Dataplane, Persist};
 use steer::policy::ApplyConfig as _;
 use steer_common::Branch;
-
-/// Runs `ip args...`, panics on failure, returns stdout.
-fn ip(args: &[&str]) -> String {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("running ip {args:?}: {e} (is iproute2 installed?)"));
-    assert!(
-        out.status.success(),
-        "ip {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 /// A network namespace, deleted on drop (with every interface in it).
 struct Netns(String);

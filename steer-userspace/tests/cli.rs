@@ -2,7 +2,7 @@
 //! default paths, logging flags and error messages.
 
 mod common;
-use common::Scratch;
+use common::{text, Scratch};
 
 use std::process::{Command, Output};
 
@@ -22,10 +22,6 @@ fn steer(args: &[&str]) -> Output {
         .env_remove("RUST_LOG")
         .output()
         .expect("run steer")
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
 }
 
 /// An error whose source is also printed in its own message (thiserror's

@@ -16,7 +16,7 @@
 //! [`listen_as_nobody`]).
 
 mod common;
-use common::require_root;
+use common::{ip, require_root, run_bounded, text, try_run_bounded, wait_bounded};
 
 use std::io::Read as _;
 use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
@@ -42,74 +42,6 @@ static NEXT_LAB: AtomicU32 = AtomicU32::new(0);
 // ---------------------------------------------------------------------------
 // Commands
 // ---------------------------------------------------------------------------
-
-/// Runs `cmd` to completion, killing it after `timeout`.
-fn try_run_bounded(cmd: &mut Command, timeout: Duration) -> Result<Output, String> {
-    let shown = format!("{cmd:?}");
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("spawning {shown}: {e}"))?;
-    let mut out = child.stdout.take().expect("piped stdout");
-    let mut err = child.stderr.take().expect("piped stderr");
-    let out_t = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = out.read_to_end(&mut v);
-        v
-    });
-    let err_t = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = err.read_to_end(&mut v);
-        v
-    });
-    let Some(status) = wait_bounded(&mut child, timeout) else {
-        let _ = child.kill();
-        let _ = child.wait();
-        return Err(format!("{shown} did not finish within {timeout:?}"));
-    };
-    Ok(Output {
-        status,
-        stdout: out_t.join().unwrap_or_default(),
-        stderr: err_t.join().unwrap_or_default(),
-    })
-}
-
-fn run_bounded(cmd: &mut Command, timeout: Duration) -> Output {
-    try_run_bounded(cmd, timeout).unwrap_or_else(|e| panic!("{e}"))
-}
-
-/// Waits for `child` to exit, at most `timeout`.
-fn wait_bounded(child: &mut Child, timeout: Duration) -> Option<std::process::ExitStatus> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        match child.try_wait() {
-            Ok(Some(s)) => return Some(s),
-            Ok(None) => {}
-            Err(_) => return None,
-        }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-fn ip(args: &[&str]) -> String {
-    let out = run_bounded(Command::new("ip").args(args), Duration::from_secs(10));
-    assert!(
-        out.status.success(),
-        "ip {} failed: {}",
-        args.join(" "),
-        text(&out.stderr)
-    );
-    text(&out.stdout)
-}
 
 /// `steer ARGS` as root.
 fn steer(args: &[&str]) -> Output {

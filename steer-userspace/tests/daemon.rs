@@ -31,9 +31,8 @@
 //! files, also when a test fails.
 
 mod common;
-use common::require_root;
+use common::{ip, require_root, run_bounded, text, try_run_bounded, wait_bounded};
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Read as _;
 use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::PathBuf;
@@ -73,84 +72,6 @@ static NEXT_LAB: AtomicU32 = AtomicU32::new(0);
 // ---------------------------------------------------------------------------
 // Commands
 // ---------------------------------------------------------------------------
-
-/// Runs `cmd` to completion, killing it after `timeout`; panics if it
-/// cannot be run or does not finish.
-fn run_bounded(cmd: &mut Command, timeout: Duration) -> Output {
-    try_run_bounded(cmd, timeout).unwrap_or_else(|e| panic!("{e}"))
-}
-
-/// [`run_bounded`] without panicking, for cleanup code (a panic in `Drop`
-/// during a failing test would abort the whole test binary).
-fn try_run_bounded(cmd: &mut Command, timeout: Duration) -> Result<Output, String> {
-    let shown = format!("{cmd:?}");
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("spawning {shown}: {e}"))?;
-    // Read both pipes on threads so a chatty child cannot block on a full
-    // pipe while we wait for it.
-    let mut out = child.stdout.take().expect("piped stdout");
-    let mut err = child.stderr.take().expect("piped stderr");
-    let out_t = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = out.read_to_end(&mut v);
-        v
-    });
-    let err_t = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = err.read_to_end(&mut v);
-        v
-    });
-    let Some(status) = wait_bounded(&mut child, timeout) else {
-        let _ = child.kill();
-        let _ = child.wait();
-        return Err(format!("{shown} did not finish within {timeout:?}"));
-    };
-    Ok(Output {
-        status,
-        stdout: out_t.join().unwrap_or_default(),
-        stderr: err_t.join().unwrap_or_default(),
-    })
-}
-
-/// Waits for `child` to exit, at most `timeout` (None if it is still
-/// running, or cannot be waited for).
-fn wait_bounded(child: &mut Child, timeout: Duration) -> Option<std::process::ExitStatus> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        match child.try_wait() {
-            Ok(Some(s)) => return Some(s),
-            Ok(None) => {}
-            Err(e) => {
-                eprintln!("waiting for pid {}: {e}", child.id());
-                return None;
-            }
-        }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-/// Runs `ip ARGS`, panicking with its stderr if it fails.
-fn ip(args: &[&str]) -> String {
-    let out = run_bounded(Command::new("ip").args(args), Duration::from_secs(10));
-    assert!(
-        out.status.success(),
-        "ip {} failed: {}",
-        args.join(" "),
-        text(&out.stderr)
-    );
-    text(&out.stdout)
-}
 
 fn mac(m: [u8; 6]) -> String {
     m.iter()

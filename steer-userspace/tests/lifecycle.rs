@@ -11,7 +11,7 @@
 //! the namespace, also when a test fails.
 
 mod common;
-use common::{require_root, text, try_run_bounded, wait_bounded};
+use common::{ip, require_root, text, try_run_bounded, wait_bounded};
 
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
@@ -29,18 +29,6 @@ const FAIL_TIMEOUT: Duration = Duration::from_secs(20);
 const MAPS: usize = 13;
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
-
-fn ip(args: &[&str]) -> String {
-    let out = try_run_bounded(Command::new("ip").args(args), Duration::from_secs(10))
-        .unwrap_or_else(|e| panic!("{e}"));
-    assert!(
-        out.status.success(),
-        "ip {} failed: {}",
-        args.join(" "),
-        text(&out.stderr)
-    );
-    text(&out.stdout)
-}
 
 /// One instance's paths.
 #[derive(Clone)]

@@ -9,7 +9,7 @@
 //! fails.
 
 mod common;
-use common::require_root;
+use common::{ip, require_root, run_bounded, text};
 
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
@@ -27,39 +27,9 @@ static NEXT_LAB: AtomicU32 = AtomicU32::new(0);
 /// How long start-up may take, and a reload.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
 /// Runs `cmd`, killing it after 40 s.
 fn run(cmd: &mut Command) -> Output {
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
-    let deadline = Instant::now() + Duration::from_secs(40);
-    while child.try_wait().expect("try_wait").is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{cmd:?} did not finish within 40 s");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child.wait_with_output().expect("output")
-}
-
-fn ip(args: &[&str]) -> String {
-    let out = run(Command::new("ip").args(args));
-    assert!(
-        out.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        text(&out.stderr)
-    );
-    text(&out.stdout)
+    run_bounded(cmd, Duration::from_secs(40))
 }
 
 /// The value of `key=` in the unit's [Service] section, with the

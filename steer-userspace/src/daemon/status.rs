@@ -158,32 +158,7 @@ mod tests {
 
     use super::super::owner::{Interface, State, Transitions};
 
-    const CFG: &str = r#"
-[dataplane]
-interfaces = ["eth0"]
-next_hop_mac = "02:00:00:00:00:01"
-encap_source_v4 = "198.18.0.0/24"
-
-[[regions]]
-name = "eu"
-
-[[backends]]
-name = "b1"
-address = "10.0.0.1"
-region = "eu"
-
-[[backends]]
-name = "b2"
-address = "10.0.0.2"
-region = "eu"
-
-[[services]]
-name = "web"
-vip = "203.0.113.10"
-port = 80
-protocol = "tcp"
-regions = ["eu"]
-"#;
+    const CFG: &str = include_str!("testdata/two_backends.toml");
 
     #[test]
     fn daemon_fields_and_transition_times() {

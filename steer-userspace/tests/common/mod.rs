@@ -107,3 +107,27 @@ pub fn wait_bounded(
 pub fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
+
+/// [`try_run_bounded`], panicking if the command cannot be run or does not
+/// finish.
+pub fn run_bounded(
+    cmd: &mut std::process::Command,
+    timeout: std::time::Duration,
+) -> std::process::Output {
+    try_run_bounded(cmd, timeout).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Runs `ip ARGS` (bounded), panicking with its stderr if it fails.
+pub fn ip(args: &[&str]) -> String {
+    let out = run_bounded(
+        std::process::Command::new("ip").args(args),
+        std::time::Duration::from_secs(10),
+    );
+    assert!(
+        out.status.success(),
+        "ip {} failed: {}",
+        args.join(" "),
+        text(&out.stderr)
+    );
+    text(&out.stdout)
+}
