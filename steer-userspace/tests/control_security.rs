@@ -16,7 +16,9 @@
 //! [`listen_as_nobody`]).
 
 mod common;
-use common::{ip, require_root, run_bounded, text, try_run_bounded, wait_bounded};
+use common::{
+    ip, require_root, run_bounded, text, try_run_bounded, veth_config, wait_bounded, VethConfig,
+};
 
 use std::io::Read as _;
 use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
@@ -156,49 +158,16 @@ impl Lab {
         let group = group
             .map(|g| format!("group = \"{g}\"\n"))
             .unwrap_or_default();
-        format!(
-            r#"
-[dataplane]
-interfaces = ["sd0"]
-mode = "skb"
-next_hop_mac = "02:00:00:00:00:fe"
-encap_source_v4 = "198.18.0.1/32"
-maglev_table_size = 251
-conntrack_size = 4096
-max_tables = 8
-max_reals = 64
-pin_path = "{}"
-
-[[regions]]
-name = "lab"
-
-[[services]]
-name = "web"
-vip = "203.0.113.10"
-port = 80
-protocol = "tcp"
-regions = ["lab"]
-
-[[backends]]
-name = "b1"
-address = "192.0.2.11"
-region = "lab"
-weight = {weight}
-
-[[backends]]
-name = "b2"
-address = "192.0.2.12"
-region = "lab"
-
-[control]
-socket = "{}"
-{group}
-[metrics]
-listen = "127.0.0.1:9477"
-"#,
-            self.pin_dir.display(),
-            self.socket.display(),
-        )
+        veth_config(&VethConfig {
+            interfaces: &["sd0"],
+            mode: "skb",
+            pin_dir: &self.pin_dir,
+            socket: &self.socket,
+            metrics: "127.0.0.1:9477",
+            b1_weight: weight,
+            two_backends: true,
+            control_extra: &group,
+        })
     }
 
     fn socket_str(&self) -> String {

@@ -11,7 +11,7 @@
 //! the namespace, also when a test fails.
 
 mod common;
-use common::{ip, require_root, text, try_run_bounded, wait_bounded};
+use common::{ip, require_root, text, try_run_bounded, veth_config, wait_bounded, VethConfig};
 
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
@@ -104,49 +104,16 @@ impl Lab {
     }
 
     fn write_config(&self, i: &Instance, ifaces: &[&str], mode: &str) {
-        let ifaces = ifaces
-            .iter()
-            .map(|s| format!("\"{s}\""))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let t = format!(
-            r#"
-[dataplane]
-interfaces = [{ifaces}]
-mode = "{mode}"
-next_hop_mac = "02:00:00:00:00:fe"
-encap_source_v4 = "198.18.0.1/32"
-maglev_table_size = 251
-conntrack_size = 4096
-max_tables = 8
-max_reals = 64
-pin_path = "{}"
-
-[[regions]]
-name = "lab"
-
-[[services]]
-name = "web"
-vip = "203.0.113.10"
-port = 80
-protocol = "tcp"
-regions = ["lab"]
-
-[[backends]]
-name = "b1"
-address = "192.0.2.11"
-region = "lab"
-
-[control]
-socket = "{}"
-
-[metrics]
-listen = "{}"
-"#,
-            i.pin_dir.display(),
-            i.socket.display(),
-            i.metrics,
-        );
+        let t = veth_config(&VethConfig {
+            interfaces: ifaces,
+            mode,
+            pin_dir: &i.pin_dir,
+            socket: &i.socket,
+            metrics: &i.metrics,
+            b1_weight: 100,
+            two_backends: false,
+            control_extra: "",
+        });
         std::fs::write(&i.config, t).expect("write config");
     }
 

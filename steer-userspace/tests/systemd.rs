@@ -9,7 +9,7 @@
 //! fails.
 
 mod common;
-use common::{ip, require_root, run_bounded, text};
+use common::{ip, require_root, run_bounded, text, veth_config, VethConfig};
 
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
@@ -97,49 +97,16 @@ impl Lab {
     }
 
     fn write_config(&self, b1_weight: u32) {
-        let text = format!(
-            r#"
-[dataplane]
-interfaces = ["sd0"]
-mode = "driver"
-next_hop_mac = "02:00:00:00:00:fe"
-encap_source_v4 = "198.18.0.1/32"
-maglev_table_size = 251
-conntrack_size = 4096
-max_tables = 8
-max_reals = 64
-pin_path = "{}"
-
-[[regions]]
-name = "lab"
-
-[[services]]
-name = "web"
-vip = "203.0.113.10"
-port = 80
-protocol = "tcp"
-regions = ["lab"]
-
-[[backends]]
-name = "b1"
-address = "192.0.2.11"
-region = "lab"
-weight = {b1_weight}
-
-[[backends]]
-name = "b2"
-address = "192.0.2.12"
-region = "lab"
-
-[control]
-socket = "{}"
-
-[metrics]
-listen = "127.0.0.1:9477"
-"#,
-            self.pin_dir.display(),
-            self.socket.display()
-        );
+        let text = veth_config(&VethConfig {
+            interfaces: &["sd0"],
+            mode: "driver",
+            pin_dir: &self.pin_dir,
+            socket: &self.socket,
+            metrics: "127.0.0.1:9477",
+            b1_weight,
+            two_backends: true,
+            control_extra: "",
+        });
         let tmp = self.dir.join("steer.toml.tmp");
         std::fs::write(&tmp, text).expect("write config");
         std::fs::rename(&tmp, &self.config).expect("rename config");

@@ -131,3 +131,77 @@ pub fn ip(args: &[&str]) -> String {
     );
     text(&out.stdout)
 }
+
+/// What [`veth_config`] varies.
+pub struct VethConfig<'a> {
+    pub interfaces: &'a [&'a str],
+    pub mode: &'a str,
+    pub pin_dir: &'a std::path::Path,
+    pub socket: &'a std::path::Path,
+    pub metrics: &'a str,
+    /// Weight of b1; b2 (when present) has the default.
+    pub b1_weight: u32,
+    /// b2 as well as b1.
+    pub two_backends: bool,
+    /// More lines for `[control]` (e.g. `group = "..."`).
+    pub control_extra: &'a str,
+}
+
+/// The config of the tests that run `steer run` on a veth in a namespace
+/// of their own: service "web" (203.0.113.10:80/tcp) over region "lab",
+/// backend b1 (192.0.2.11) and optionally b2 (192.0.2.12), small maps.
+pub fn veth_config(c: &VethConfig<'_>) -> String {
+    let interfaces = c
+        .interfaces
+        .iter()
+        .map(|s| format!("\"{s}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let b2 = if c.two_backends {
+        "\n[[backends]]\nname = \"b2\"\naddress = \"192.0.2.12\"\nregion = \"lab\"\n"
+    } else {
+        ""
+    };
+    format!(
+        r#"
+[dataplane]
+interfaces = [{interfaces}]
+mode = "{mode}"
+next_hop_mac = "02:00:00:00:00:fe"
+encap_source_v4 = "198.18.0.1/32"
+maglev_table_size = 251
+conntrack_size = 4096
+max_tables = 8
+max_reals = 64
+pin_path = "{pin_dir}"
+
+[[regions]]
+name = "lab"
+
+[[services]]
+name = "web"
+vip = "203.0.113.10"
+port = 80
+protocol = "tcp"
+regions = ["lab"]
+
+[[backends]]
+name = "b1"
+address = "192.0.2.11"
+region = "lab"
+weight = {b1_weight}
+{b2}
+[control]
+socket = "{socket}"
+{control_extra}
+[metrics]
+listen = "{metrics}"
+"#,
+        mode = c.mode,
+        pin_dir = c.pin_dir.display(),
+        b1_weight = c.b1_weight,
+        socket = c.socket.display(),
+        control_extra = c.control_extra,
+        metrics = c.metrics,
+    )
+}
