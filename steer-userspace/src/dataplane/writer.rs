@@ -1,0 +1,212 @@
+//! The writer: executes a plan's map writes (see `plan.rs` for their
+//! order), skipping what the maps already hold.
+
+use super::*;
+
+impl Dataplane {
+    /// After a failed write: nothing this process believes it wrote can be
+    /// trusted, so the next `program` rewrites every real, VIP, filter word
+    /// and table (to the shadow ring of the generation the kernel holds).
+    pub(super) fn forget_written(&mut self) {
+        self.written.clear();
+        self.vips_written.clear();
+        self.filter_written = vec![u64::MAX; VIP_FILTER_WORDS as usize];
+        for slot in self.ledger.services.values_mut() {
+            slot.inputs = None;
+            slot.table = std::sync::Arc::new(Vec::new());
+            slot.generation = self
+                .gens
+                .word(slot.vip_id as usize * 8)
+                .load(Ordering::Acquire)
+                & 1;
+        }
+    }
+
+    /// Executes a plan's writes in order.
+    pub(super) fn execute(&mut self, writes: &[Write]) -> Result<()> {
+        let mut i = 0;
+        while i < writes.len() {
+            // A run of table writes (the plan puts them together): written
+            // on several threads, each ring then flipped by its thread.
+            let run = writes[i..]
+                .iter()
+                .take_while(|w| matches!(w, Write::Table { .. }))
+                .count();
+            if run > 0 {
+                self.write_tables(&writes[i..i + run]);
+                i += run;
+                continue;
+            }
+            let w = &writes[i];
+            i += 1;
+            match w {
+                Write::Settings(v) => {
+                    let mut map: Array<_, Settings> = typed(&mut self.ebpf, names::SETTINGS)?;
+                    map.set(0, v, 0).map_err(map_err(names::SETTINGS))?;
+                }
+                Write::FallbackSourceMac(mac) => {
+                    self.write_source_mac(SOURCE_MAC_FALLBACK, *mac)?
+                }
+                Write::ZeroStats { vip, real } => {
+                    if let Some(id) = vip {
+                        self.zero_stats(names::VIP_STATS, *id)?;
+                    }
+                    if let Some(id) = real {
+                        self.zero_stats(names::REAL_STATS, *id)?;
+                    }
+                }
+                Write::RemoveVip(key) => {
+                    let mut vips: HashMap<_, VipKey, VipInfo> = typed(&mut self.ebpf, names::VIPS)?;
+                    absent_ok(vips.remove(key)).map_err(map_err(names::VIPS))?;
+                    self.vips_written.remove(key);
+                }
+                Write::Real { id, real } => self.write_real_value(*id, *real)?,
+                Write::Filter(bits) => self.write_filter(bits)?,
+                Write::Wait(d) => std::thread::sleep(*d),
+                Write::Table { .. } => unreachable!("handled as a run above"),
+                Write::Vip { key, info } => {
+                    if self.vips_written.get(key) != Some(info) {
+                        let mut vips: HashMap<_, VipKey, VipInfo> =
+                            typed(&mut self.ebpf, names::VIPS)?;
+                        vips.insert(key, info, 0).map_err(map_err(names::VIPS))?;
+                        self.vips_written.insert(*key, *info);
+                    }
+                }
+                Write::VipAddrs(wanted) => {
+                    let mut map: HashMap<_, AddrKey, u32> =
+                        typed(&mut self.ebpf, names::VIP_ADDRS)?;
+                    let present: Vec<AddrKey> = map.keys().filter_map(|k| k.ok()).collect();
+                    for k in &present {
+                        if !wanted.contains(k) {
+                            let _ = map.remove(k);
+                        }
+                    }
+                    for k in wanted {
+                        if !present.contains(k) {
+                            map.insert(k, 1, 0).map_err(map_err(names::VIP_ADDRS))?;
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Sets (or, `None`, removes) the `SOURCE_MACS` entry `key`: an ingress
+    /// ifindex or `SOURCE_MAC_FALLBACK`.
+    pub(super) fn write_source_mac(&mut self, key: u32, mac: Option<[u8; 6]>) -> Result<()> {
+        let mut map: HashMap<_, u32, SourceMac> = typed(&mut self.ebpf, names::SOURCE_MACS)?;
+        match mac {
+            Some(mac) => map
+                .insert(key, SourceMac { mac, _pad: [0; 2] }, 0)
+                .map_err(map_err(names::SOURCE_MACS)),
+            None => absent_ok(map.remove(&key)).map_err(map_err(names::SOURCE_MACS)),
+        }
+    }
+
+    /// Gives the program `iface`'s own MAC as the source of the frames it
+    /// sends back out of `iface` (`SOURCE_MACS[ifindex]`). An interface
+    /// whose MAC is not unicast (none, all-zero, multicast) gets no entry:
+    /// its frames use `dataplane.source_mac`, or are dropped
+    /// (`no_source_mac`) if that is not set.
+    pub(super) fn write_interface_mac(&mut self, iface: &str) -> Result<()> {
+        let (ifindex, mac) = interface_mac(iface)?;
+        match mac.filter(is_unicast_mac) {
+            Some(mac) => self.write_source_mac(ifindex, Some(mac)),
+            None => {
+                tracing::warn!(
+                    iface,
+                    mac = ?mac,
+                    "the interface has no unicast MAC: frames sent out of it use \
+                     dataplane.source_mac, and are dropped (no_source_mac) if that is not set"
+                );
+                self.write_source_mac(ifindex, None)
+            }
+        }
+    }
+
+    /// Zeroes `map[id]` (a per-CPU `Counters` array) on every CPU.
+    pub(super) fn zero_stats(&mut self, name: &'static str, id: u32) -> Result<()> {
+        let cpus = aya::util::nr_cpus().map_err(|(path, source)| DataplaneError::Io {
+            what: "reading the possible CPUs from",
+            path: PathBuf::from(path),
+            source,
+        })?;
+        let zeros = PerCpuValues::try_from(vec![Counters::default(); cpus]).map_err(|source| {
+            DataplaneError::Io {
+                what: "building zero counters for map",
+                path: PathBuf::from(name),
+                source,
+            }
+        })?;
+        let mut map: PerCpuArray<_, Counters> = typed(&mut self.ebpf, name)?;
+        map.set(id, zeros, 0).map_err(map_err(name))
+    }
+
+    /// Writes each table to its shadow ring and flips its generation word
+    /// to it, spread over the available cores (each ring is written by one
+    /// thread, then flipped by it: Release orders the ring before the flip).
+    pub(super) fn write_tables(&self, tables: &[Write]) {
+        let size = self.ledger.limits.ring_size;
+        let threads = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+            .clamp(1, 8);
+        let chunk = tables.len().div_ceil(threads).max(1);
+        let (rings, gens) = (&self.rings, &self.gens);
+        std::thread::scope(|scope| {
+            for part in tables.chunks(chunk) {
+                scope.spawn(move || {
+                    for w in part {
+                        let Write::Table {
+                            vip_id,
+                            generation,
+                            table,
+                        } = w
+                        else {
+                            continue;
+                        };
+                        let first = ring_index(*vip_id, *generation, size, 0) as usize;
+                        let ring = rings.words(first * 4, table.len());
+                        for (slot, real) in ring.iter().zip(table.iter()) {
+                            slot.store(*real, Ordering::Relaxed);
+                        }
+                        gens.word(*vip_id as usize * 8)
+                            .store(*generation, Ordering::Release);
+                    }
+                });
+            }
+        });
+    }
+
+    /// Writes real `id` (absent, or present up or down) under its current
+    /// generation.
+    pub(super) fn write_real(&mut self, id: u32, value: Option<(&IpAddr, bool)>) -> Result<()> {
+        let real = plan::real_value(self.ledger.real_generation[id as usize], value);
+        self.write_real_value(id, real)
+    }
+
+    pub(super) fn write_real_value(&mut self, id: u32, real: Real) -> Result<()> {
+        if self.written.get(&id) == Some(&real) {
+            return Ok(());
+        }
+        let mut reals: Array<_, Real> = typed(&mut self.ebpf, names::REALS)?;
+        reals.set(id, real, 0).map_err(map_err(names::REALS))?;
+        self.written.insert(id, real);
+        Ok(())
+    }
+
+    /// Writes the words of the `VIP_FILTER` bitmap that differ from what
+    /// was last written.
+    pub(super) fn write_filter(&mut self, filter: &[u64]) -> Result<()> {
+        let mut bits: Array<_, u64> = typed(&mut self.ebpf, names::VIP_FILTER)?;
+        for (i, (new, old)) in filter.iter().zip(&self.filter_written).enumerate() {
+            if new != old {
+                bits.set(i as u32, new, 0)
+                    .map_err(map_err(names::VIP_FILTER))?;
+            }
+        }
+        self.filter_written = filter.to_vec();
+        Ok(())
+    }
+}
