@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use crate::config::{Backend, Config, HealthCheck, Protocol, Region, Service};
+use crate::config::{Backend, Config, HealthCheck, Region, Service};
 
 /// One change between two configs.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -161,23 +161,12 @@ fn opt(s: &Option<String>) -> &str {
     s.as_deref().unwrap_or("none")
 }
 
-fn proto(p: Protocol) -> &'static str {
-    match p {
-        Protocol::Tcp => "tcp",
-        Protocol::Udp => "udp",
-    }
-}
-
 fn service_changes(old_cfg: &Config, a: &Service, new_cfg: &Config, b: &Service) -> Vec<String> {
     let mut what: Vec<String> = [
         field("vip", &a.vip, &b.vip),
         field("port", &a.port, &b.port),
-        field("protocol", proto(a.protocol), proto(b.protocol)),
-        field(
-            "affinity",
-            crate::api::protocol::affinity(a.affinity).as_str(),
-            crate::api::protocol::affinity(b.affinity).as_str(),
-        ),
+        field("protocol", &a.protocol, &b.protocol),
+        field("affinity", &a.affinity, &b.affinity),
         field("health check", opt(&a.health_check), opt(&b.health_check)),
     ]
     .into_iter()

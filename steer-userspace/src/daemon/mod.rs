@@ -104,7 +104,7 @@ fn open_and_attach(
                 let shown = match crate::dataplane::kernel_xdp_mode(iface) {
                     Ok(crate::dataplane::KernelXdpMode::Driver) => "driver",
                     Ok(crate::dataplane::KernelXdpMode::Skb) => "skb",
-                    _ => mode_name(mode),
+                    _ => mode.as_str(),
                 };
                 (shown, true)
             }
@@ -133,15 +133,6 @@ fn open_and_attach(
         });
     }
     Ok((dp, attached))
-}
-
-/// The config word of an attach mode.
-fn mode_name(mode: AttachMode) -> &'static str {
-    match mode {
-        AttachMode::Driver => "driver",
-        AttachMode::Skb => "skb",
-        AttachMode::Auto => "auto",
-    }
 }
 
 /// Waits (at most 5 s) until the control socket accepts a connection.

@@ -7,7 +7,6 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use steer_common::Counters;
 
 use crate::api::{BackendStatus, Health, InterfaceStatus, ServiceStatus, StatusReport};
-use crate::config::Protocol;
 use crate::dataplane::CounterReader;
 use crate::health;
 
@@ -38,7 +37,7 @@ pub fn report_at(p: &Published, counters: Option<&CounterReader>, now: SystemTim
     let cfg = &p.cfg;
     let checked: BTreeSet<String> = health::targets_from_config(cfg)
         .into_iter()
-        .map(|t| t.key.split('/').next().unwrap_or_default().to_string())
+        .map(|t| health::backend_of_key(&t.key).to_string())
         .collect();
     let read = |f: &dyn Fn(&CounterReader) -> Option<Counters>| -> Counters {
         counters.and_then(f).unwrap_or_default()
@@ -49,10 +48,7 @@ pub fn report_at(p: &Published, counters: Option<&CounterReader>, now: SystemTim
         .map(|svc| {
             let ids = p.ledger.services.get(&svc.name);
             let total = read(&|c| ids.and_then(|i| c.service(i.vip_id).ok()));
-            let proto = match svc.protocol {
-                Protocol::Tcp => "tcp",
-                Protocol::Udp => "udp",
-            };
+            let proto = svc.protocol.as_str();
             let vip = match svc.vip {
                 std::net::IpAddr::V6(a) => format!("[{a}]:{}/{proto}", svc.port),
                 a => format!("{a}:{}/{proto}", svc.port),
