@@ -53,7 +53,7 @@ enum Cmd {
     Check(cli::check::Args),
     /// Run every packet of a capture through the real XDP program
     /// (BPF_PROG_TEST_RUN; needs root, no NIC) and write what it transmitted.
-    Replay(cli::replay::Args),
+    Replay(Box<cli::replay::Args>),
 }
 
 /// The log filter: `--log-level`, else `RUST_LOG`, else `info`.
@@ -114,7 +114,7 @@ fn main() -> ExitCode {
         Cmd::Status(args) => cli::status::run(args),
         Cmd::Drain(args) => cli::drain::run(args),
         Cmd::Check(args) => cli::check::run(args),
-        Cmd::Replay(args) => cli::replay::run(args),
+        Cmd::Replay(args) => cli::replay::run(*args),
     };
     match result {
         Ok(code) => code,

@@ -2,7 +2,8 @@
 //! backend set each service should have in the data plane. It touches no
 //! BPF object; `dataplane` applies what it returns.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::Duration;
 
 use crate::config::{Affinity, AttachMode, Config, DataplaneConfig, Protocol};
 use crate::dataplane::{
@@ -18,8 +19,35 @@ pub struct BackendState {
     pub drained: BTreeSet<String>,
 }
 
+/// Everything besides the configuration that decides where new flows go:
+/// backend health and drains, region drains, and the measurements the
+/// latency and capacity policies use. The daemon's owner keeps one; `steer
+/// replay` and `steer explain` build one from flags or a state file.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Runtime {
+    pub backends: BackendState,
+    /// Regions drained by an operator: no new flows.
+    pub drained_regions: BTreeSet<String>,
+    /// Measured round-trip time from this host to each region.
+    pub rtt: BTreeMap<String, Duration>,
+    /// Measured new flows per second arriving at each region.
+    pub rate: BTreeMap<String, f64>,
+}
+
 /// Computes every service's desired backend set.
 pub fn desired(cfg: &Config, state: &BackendState) -> Vec<DesiredService> {
+    desired_runtime(
+        cfg,
+        &Runtime {
+            backends: state.clone(),
+            ..Default::default()
+        },
+    )
+}
+
+/// Computes every service's desired backend set and tables for `rt`.
+pub fn desired_runtime(cfg: &Config, rt: &Runtime) -> Vec<DesiredService> {
+    let state = &rt.backends;
     // Index the backends once: the same selection as
     // `Config::service_backends` (explicit names plus whole regions, in
     // config order, without duplicates) without scanning every backend for
@@ -61,7 +89,9 @@ pub fn desired(cfg: &Config, state: &BackendState) -> Vec<DesiredService> {
                 .map(|b| DesiredBackend {
                     name: b.name.clone(),
                     address: b.address,
-                    weight: if state.drained.contains(&b.name) {
+                    weight: if state.drained.contains(&b.name)
+                        || rt.drained_regions.contains(&b.region)
+                    {
                         0
                     } else {
                         b.weight
@@ -117,6 +147,8 @@ pub trait ApplyConfig {
     /// The backend state last programmed (or the drains adopted from a
     /// previous run).
     fn backend_state(&self) -> BackendState;
+    /// Programs every map from `cfg` and the runtime inputs `rt`.
+    fn apply_runtime(&mut self, cfg: &Config, rt: &Runtime) -> Result<(), DataplaneError>;
 }
 
 impl ApplyConfig for Dataplane {
@@ -134,6 +166,14 @@ impl ApplyConfig for Dataplane {
             drained: self.drained().clone(),
         };
         self.apply_state(cfg, state)
+    }
+
+    fn apply_runtime(&mut self, cfg: &Config, rt: &Runtime) -> Result<(), DataplaneError> {
+        self.program(
+            desired_runtime(cfg, rt),
+            globals(&cfg.dataplane),
+            &rt.backends.drained,
+        )
     }
 
     fn backend_state(&self) -> BackendState {

@@ -425,3 +425,183 @@ fn the_source_mac_comes_from_the_flag_or_the_config() {
         "{err}"
     );
 }
+
+/// A TCP packet of an established flow from `client`: an ACK, no SYN.
+fn tcp_ack(client: [u8; 4], sport: u16) -> Vec<u8> {
+    let b = etherparse::PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+        .ipv4(client, [203, 0, 113, 10], 64)
+        .tcp(sport, 80, 2, 1024)
+        .ack(1);
+    let mut v = Vec::new();
+    b.write(&mut v, b"data").expect("build");
+    v
+}
+
+/// A SYN from `client`.
+fn tcp_syn_from(client: [u8; 4], sport: u16) -> Vec<u8> {
+    let b = etherparse::PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+        .ipv4(client, [203, 0, 113, 10], 64)
+        .tcp(sport, 80, 1, 1024)
+        .syn();
+    let mut v = Vec::new();
+    b.write(&mut v, &[]).expect("build");
+    v
+}
+
+/// Two regions: eu (eu-1, eu-2) and us (us-1).
+const TWO_REGIONS: &str = concat!(
+    include_str!("fixtures/eu.toml"),
+    r#"regions = ["eu", "us"]
+
+[[regions]]
+name = "us"
+
+[[backends]]
+name = "us-1"
+address = "192.0.2.21"
+region = "us"
+"#
+);
+
+/// Outer IPv4 destinations of the transmitted frames, in order.
+fn backends_sent(dir: &Scratch) -> Vec<[u8; 4]> {
+    read_pcap(&dir.path("out.pcap"))
+        .iter()
+        .map(|tx| {
+            etherparse::Ipv4Header::from_slice(&tx[14..])
+                .expect("outer")
+                .0
+                .destination
+        })
+        .collect()
+}
+
+#[test]
+#[ignore = "needs root: BPF or network namespaces (cargo xtask test runs it)"]
+fn a_drained_region_gets_no_new_flows() {
+    if !require_root() {
+        return;
+    }
+    let dir = Scratch::new("replay-drain-region");
+    let frames: Vec<Vec<u8>> = (0..300)
+        .map(|i| tcp_syn_from([198, 51, 100, (i % 250) as u8], 20_000 + i))
+        .collect();
+    let input = dir.path("in.pcap");
+    write_pcap(&input, &frames);
+    // Without the drain us-1 takes about a third of 300 flows.
+    let stdout =
+        String::from_utf8_lossy(&replay_with(&dir, TWO_REGIONS, &input, &[]).stdout).into_owned();
+    let to_us = backends_sent(&dir)
+        .iter()
+        .filter(|b| **b == [192, 0, 2, 21])
+        .count();
+    assert!((60..140).contains(&to_us), "{to_us} of 300\n{stdout}");
+    let out = replay_with(&dir, TWO_REGIONS, &input, &["--drain-region", "us"]);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{stdout}");
+    let sent = backends_sent(&dir);
+    assert_eq!(sent.len(), 300);
+    assert!(sent.iter().all(|b| *b != [192, 0, 2, 21]), "{stdout}");
+    assert!(
+        stdout.contains("region us              new flows     0 (0.0%) (drained)"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("region eu              new flows   300 (100.0%)"),
+        "{stdout}"
+    );
+}
+
+#[test]
+#[ignore = "needs root: BPF or network namespaces (cargo xtask test runs it)"]
+fn what_if_keeps_established_flows_and_moves_new_ones() {
+    if !require_root() {
+        return;
+    }
+    let dir = Scratch::new("replay-what-if");
+    // 200 flows open before the switch; after it, each sends data, and
+    // 200 new flows open.
+    let client = |i: u16| [198, 51, 100, (i % 250) as u8];
+    let mut frames: Vec<Vec<u8>> = (0..200)
+        .map(|i| tcp_syn_from(client(i), 30_000 + i))
+        .collect();
+    frames.extend((0..200).map(|i| tcp_ack(client(i), 30_000 + i)));
+    frames.extend((200..400).map(|i| tcp_syn_from(client(i), 30_000 + i)));
+    let input = dir.path("in.pcap");
+    write_pcap(&input, &frames);
+    let state = dir.path("then.toml");
+    std::fs::write(&state, "drained_regions = [\"eu\"]\n").expect("state");
+    let at = "201";
+    let out = replay_with(
+        &dir,
+        TWO_REGIONS,
+        &input,
+        &["--at", at, "--then-state", state.to_str().expect("utf-8")],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let sent = backends_sent(&dir);
+    assert_eq!(sent.len(), 600);
+    // Each established flow's data went where its SYN went.
+    for i in 0..200 {
+        assert_eq!(sent[i], sent[200 + i], "flow {i} moved");
+    }
+    let eu_before = sent[..200]
+        .iter()
+        .filter(|b| **b != [192, 0, 2, 21])
+        .count();
+    assert!(
+        eu_before > 100,
+        "eu had {eu_before} of 200 before the switch"
+    );
+    // Every new flow after the switch avoids the drained region.
+    assert!(sent[400..].iter().all(|b| *b == [192, 0, 2, 21]));
+    assert!(stdout.contains("phase 1: packets 1 to 200"), "{stdout}");
+    assert!(stdout.contains("phase 2: packets 201 to 600"), "{stdout}");
+    assert!(
+        stdout.contains(
+            "what-if at packet 201: 200 flows forwarded before and after the switch, 0 of them \
+             moved to another backend; 200 new flows after it"
+        ),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("region us              new flows   200 (100.0%)"),
+        "{stdout}"
+    );
+
+    // A switch to a config with other data-plane sizes is refused up front.
+    let other = dir.path("other.toml");
+    std::fs::write(
+        &other,
+        TWO_REGIONS.replace("conntrack_size = 4096", "conntrack_size = 8192"),
+    )
+    .expect("config");
+    let out = replay_with(
+        &dir,
+        TWO_REGIONS,
+        &input,
+        &["--at", "5", "--then-config", other.to_str().expect("utf-8")],
+    );
+    let err = one_line_error(&out);
+    assert!(err.contains("changes the data plane's sizes"), "{err}");
+    // --at past the end, and --at without a switch.
+    let out = replay_with(
+        &dir,
+        TWO_REGIONS,
+        &input,
+        &[
+            "--at",
+            "601",
+            "--then-state",
+            state.to_str().expect("utf-8"),
+        ],
+    );
+    assert!(one_line_error(&out).contains("has only 600 packets"));
+    let out = replay_with(&dir, TWO_REGIONS, &input, &["--at", "5"]);
+    assert!(!out.status.success());
+}

@@ -1,19 +1,27 @@
-//! `steer replay`: run a capture through the real XDP program.
+//! `steer replay`: run a capture through the real XDP program, optionally
+//! switching to a second configuration and runtime at a given packet
+//! (what-if), with conntrack kept across the switch.
 
-use std::collections::{BTreeMap, BTreeSet};
+mod inputs;
+mod moves;
+
+pub use inputs::InputArgs;
+
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context as _, Result};
 use steer::dataplane::verdict::{VerdictProgram, XdpVerdict};
-use steer::dataplane::{Dataplane, DataplaneError, Verdict};
+use steer::dataplane::{Dataplane, DataplaneError, Limits, Verdict};
 use steer::pcap;
-use steer::policy::ApplyConfig as _;
-use steer_common::{Branch, DropReason};
+use steer::policy::{ApplyConfig as _, Runtime};
+use steer_common::{Branch, Counters, DropReason};
 
 use super::{load_config, outln};
 
 #[derive(clap::Args)]
+#[command(group(clap::ArgGroup::new("then").multiple(true)))]
 pub struct Args {
     /// The configuration file; its services and backends program the maps.
     #[arg(long, short, value_name = "FILE")]
@@ -24,10 +32,21 @@ pub struct Args {
     /// Where to write the frames the program transmitted (XDP_TX), as pcap.
     #[arg(long = "out", value_name = "OUT.pcap")]
     output: PathBuf,
-    /// Mark a backend down before replaying, as a failed health check
-    /// would (repeatable).
-    #[arg(long, value_name = "BACKEND")]
-    down: Vec<String>,
+    #[command(flatten)]
+    inputs: InputArgs,
+    /// What-if: before packet number N (1-based), switch to `--then-config`
+    /// and/or `--then-state`, keeping conntrack, and report which flows
+    /// moved.
+    #[arg(long, value_name = "N", requires = "then")]
+    at: Option<usize>,
+    /// What-if: the configuration to switch to at `--at` (default: the
+    /// same). Its `[dataplane]` sizes must match `--config`'s.
+    #[arg(long, value_name = "FILE", requires = "at", group = "then")]
+    then_config: Option<PathBuf>,
+    /// What-if: the runtime inputs to switch to at `--at` (default: the
+    /// same as before the switch); see `--state`.
+    #[arg(long, value_name = "FILE", requires = "at", group = "then")]
+    then_state: Option<PathBuf>,
     /// The source MAC of transmitted frames (overrides dataplane.source_mac).
     /// BPF_PROG_TEST_RUN runs on loopback, which has no MAC to send from:
     /// one of the two is required.
@@ -86,7 +105,10 @@ pub fn run(args: Args) -> Result<ExitCode> {
         config,
         input,
         output,
-        down,
+        inputs,
+        at,
+        then_config,
+        then_state,
         source_mac,
     } = args;
     let mut cfg = load_config(&config)?;
@@ -101,37 +123,93 @@ pub fn run(args: Args) -> Result<ExitCode> {
             config.display()
         );
     }
-    for b in &down {
-        if cfg.backend(b).is_none() {
-            let known: Vec<&str> = cfg.backends.iter().map(|b| b.name.as_str()).collect();
-            bail!(
-                "--down {b:?}: no such backend in {} (backends: {})",
-                config.display(),
-                known.join(", ")
+    let runtime = inputs.runtime(&cfg, &config)?;
+    // The what-if switch: the second config and runtime, checked before
+    // anything runs.
+    let then = match at {
+        None => None,
+        Some(0) => bail!("--at 0: packet numbers start at 1"),
+        Some(n) => {
+            let (then_cfg, then_path) = match &then_config {
+                None => (cfg.clone(), config.clone()),
+                Some(p) => {
+                    let mut c = load_config(p)?;
+                    if source_mac.is_some() || c.dataplane.source_mac.is_none() {
+                        c.dataplane.source_mac = cfg.dataplane.source_mac;
+                    }
+                    (c, p.clone())
+                }
+            };
+            let (a, b) = (
+                Limits::from(&cfg.dataplane),
+                Limits::from(&then_cfg.dataplane),
             );
+            if a != b {
+                bail!(
+                    "--then-config {} changes the data plane's sizes (conntrack_size, \
+                     maglev_table_size, max_tables or max_reals: {b:?} instead of {a:?}); \
+                     replay keeps one loaded program across the switch, so these must \
+                     match {}",
+                    then_path.display(),
+                    config.display()
+                );
+            }
+            let then_inputs = InputArgs {
+                state: then_state.clone(),
+                ..Default::default()
+            };
+            let then_runtime = if then_state.is_some() {
+                then_inputs.runtime(&then_cfg, &then_path)?
+            } else {
+                runtime.clone()
+            };
+            Some((n, then_cfg, then_runtime))
         }
-    }
+    };
     let file = std::fs::File::open(&input)
         .with_context(|| format!("cannot open input capture {}", input.display()))?;
     let records = pcap::read_all(std::io::BufReader::new(file))
         .with_context(|| format!("{} is not a usable capture", input.display()))?;
+    if let Some((n, ..)) = &then {
+        if *n > records.len() {
+            bail!(
+                "--at {n}: {} has only {} packets",
+                input.display(),
+                records.len()
+            );
+        }
+    }
     let mut dp = Dataplane::load(&cfg.dataplane).context("loading the XDP program")?;
-    let down: BTreeSet<String> = down.into_iter().collect();
-    dp.apply(&cfg, &down).context("programming the maps")?;
+    dp.apply_runtime(&cfg, &runtime)
+        .context("programming the maps")?;
 
     let mut tx = Vec::new();
     let mut verdicts = BTreeMap::<Verdict, u64>::new();
     let mut too_short = 0u64;
     let mut too_large = TooLarge::default();
     let mut largest_run = 0usize;
+    let mut moves = moves::Moves::default();
+    // (counters at the switch, the config and runtime switched to)
+    let mut switched: Option<(Snapshot, steer::config::Config, Runtime)> = None;
+    let mut then = then;
     for (i, r) in records.iter().enumerate() {
         let number = i + 1;
+        if let Some((_, then_cfg, then_runtime)) = then.take_if(|(n, ..)| *n == number) {
+            let snap = snapshot(&cfg, &dp)?;
+            outln!("phase 1: packets 1 to {}", number - 1)?;
+            print_counters(&cfg, &dp, &runtime, None)?;
+            dp.apply_runtime(&then_cfg, &then_runtime)
+                .context("programming the maps for the what-if switch")?;
+            moves.switch();
+            switched = Some((snap, then_cfg, then_runtime));
+        }
         let len = r.data.len();
         match dp.run(&r.data) {
             Ok(out) => {
                 largest_run = largest_run.max(len);
                 *verdicts.entry(out.verdict).or_default() += 1;
                 if out.verdict == Verdict::Tx {
+                    moves.forwarded(&r.data, &out.data);
                     tx.push(pcap::Record {
                         data: out.data,
                         ..r.clone()
@@ -184,7 +262,40 @@ pub fn run(args: Args) -> Result<ExitCode> {
     if let (Some(limit), false) = (too_large.limit, too_large.records.is_empty()) {
         outln!("{}", too_large_line(limit, &too_large.records))?;
     }
-    print_counters(&cfg, &dp, &down)?;
+    match &switched {
+        None => print_counters(&cfg, &dp, &runtime, None)?,
+        Some((snap, then_cfg, then_runtime)) => {
+            outln!(
+                "phase 2: packets {} to {} (after the switch)",
+                at.unwrap_or_default(),
+                records.len()
+            )?;
+            print_counters(then_cfg, &dp, then_runtime, Some(snap))?;
+            let s = moves.summary();
+            outln!(
+                "what-if at packet {}: {} flows forwarded before and after the switch, {} of \
+                 them moved to another backend; {} new flows after it",
+                at.unwrap_or_default(),
+                s.continuing,
+                s.moved.len(),
+                s.new_after
+            )?;
+            let name = |a: &std::net::IpAddr| {
+                then_cfg
+                    .backends
+                    .iter()
+                    .chain(&cfg.backends)
+                    .find(|b| b.address == *a)
+                    .map_or_else(|| a.to_string(), |b| b.name.clone())
+            };
+            for (flow, before, after) in s.moved.iter().take(5) {
+                outln!("  moved {flow}: {} -> {}", name(before), name(after))?;
+            }
+            if s.moved.len() > 5 {
+                outln!("  ... and {} more", s.moved.len() - 5)?;
+            }
+        }
+    }
     outln!(
         "wrote {} transmitted packets to {}",
         tx.len(),
@@ -213,10 +324,31 @@ fn too_large_line(limit: usize, records: &[(usize, usize)]) -> String {
     )
 }
 
+/// Per-service and per-backend counters at one moment, by name.
+type Snapshot = BTreeMap<(String, Option<String>), Counters>;
+
+fn snapshot(cfg: &steer::config::Config, dp: &Dataplane) -> Result<Snapshot> {
+    let mut snap = Snapshot::new();
+    for svc in &cfg.services {
+        snap.insert((svc.name.clone(), None), dp.service_counters(&svc.name)?);
+        for b in cfg.service_backends(svc) {
+            snap.insert(
+                (svc.name.clone(), Some(b.name.clone())),
+                dp.backend_counters(&svc.name, &b.name)?,
+            );
+        }
+    }
+    Ok(snap)
+}
+
+/// Prints the drop and path counters (all packets so far) and the service,
+/// region and backend counters, less `since` when given (the counters of a
+/// what-if phase).
 fn print_counters(
     cfg: &steer::config::Config,
     dp: &Dataplane,
-    down: &BTreeSet<String>,
+    runtime: &Runtime,
+    since: Option<&Snapshot>,
 ) -> Result<()> {
     let drops = dp.drop_counts()?;
     for r in DropReason::ALL {
@@ -240,8 +372,16 @@ fn print_counters(
     if ct_insert_failed > 0 {
         outln!("  {} {ct_insert_failed}", Branch::CtInsertFailed.name())?;
     }
+    let less = |c: Counters, key: (String, Option<String>)| match since.and_then(|s| s.get(&key)) {
+        None => c,
+        Some(b) => Counters {
+            packets: c.packets.saturating_sub(b.packets),
+            bytes: c.bytes.saturating_sub(b.bytes),
+            new_flows: c.new_flows.saturating_sub(b.new_flows),
+        },
+    };
     for svc in &cfg.services {
-        let c = dp.service_counters(&svc.name)?;
+        let c = less(dp.service_counters(&svc.name)?, (svc.name.clone(), None));
         outln!(
             "  service {:<12} packets {:>6} bytes {:>8} new flows {:>5}",
             svc.name,
@@ -249,19 +389,43 @@ fn print_counters(
             c.bytes,
             c.new_flows
         )?;
+        let mut regions: BTreeMap<&str, u64> = BTreeMap::new();
+        let mut lines = Vec::new();
         for b in cfg.service_backends(svc) {
-            let c = dp.backend_counters(&svc.name, &b.name)?;
-            let mark = if down.contains(&b.name) {
+            let c = less(
+                dp.backend_counters(&svc.name, &b.name)?,
+                (svc.name.clone(), Some(b.name.clone())),
+            );
+            *regions.entry(b.region.as_str()).or_default() += c.new_flows;
+            let mark = if runtime.backends.down.contains(&b.name) {
                 " (down)"
+            } else if runtime.backends.drained.contains(&b.name) {
+                " (drained)"
             } else {
                 ""
             };
-            outln!(
+            lines.push(format!(
                 "    backend {:<14} packets {:>6} new flows {:>5}{mark}",
-                b.name,
-                c.packets,
-                c.new_flows
-            )?;
+                b.name, c.packets, c.new_flows
+            ));
+        }
+        // New flows per region, with their share of the service's.
+        let total: u64 = regions.values().sum();
+        for (r, n) in &regions {
+            let pct = if total == 0 {
+                0.0
+            } else {
+                100.0 * *n as f64 / total as f64
+            };
+            let mark = if runtime.drained_regions.contains(*r) {
+                " (drained)"
+            } else {
+                ""
+            };
+            outln!("    region {r:<15} new flows {n:>5} ({pct:.1}%){mark}")?;
+        }
+        for l in lines {
+            outln!("{l}")?;
         }
     }
     Ok(())
