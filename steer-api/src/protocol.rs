@@ -8,6 +8,7 @@
 //! → {"cmd":"status"}
 //! ← {"result":"status","generation":3,"config_path":"/etc/steer/steer.toml",...}
 //! → {"cmd":"drain","backend":"web-2","undo":false}
+//! → {"cmd":"drain_region","region":"eu-west","undo":false}
 //! ← {"result":"ok","message":"web-2 drained"}
 //! → {"cmd":"reload"}
 //! ← {"result":"error","message":"config has 2 errors","details":["services[0].vip: ...","..."]}
@@ -42,6 +43,9 @@ pub enum Request {
     /// Stop sending new flows to a backend (in every service), or with
     /// `undo`, resume.
     Drain { backend: String, undo: bool },
+    /// Stop sending new flows to every backend of a region (in every
+    /// service), or with `undo`, resume.
+    DrainRegion { region: String, undo: bool },
     /// Re-read the config file and apply it.
     Reload,
     /// Stop the daemon. With `detach`, leave the XDP program attached and its
@@ -56,6 +60,7 @@ impl Request {
         match self {
             Request::Status => "status",
             Request::Drain { .. } => "drain",
+            Request::DrainRegion { .. } => "drain_region",
             Request::Reload => "reload",
             Request::Stop { .. } => "stop",
         }
@@ -76,6 +81,7 @@ impl Request {
 enum RequestWire {
     Status {},
     Drain { backend: String, undo: bool },
+    DrainRegion { region: String, undo: bool },
     Reload {},
     Stop { detach: bool },
 }
@@ -85,6 +91,7 @@ impl From<RequestWire> for Request {
         match wire {
             RequestWire::Status {} => Request::Status,
             RequestWire::Drain { backend, undo } => Request::Drain { backend, undo },
+            RequestWire::DrainRegion { region, undo } => Request::DrainRegion { region, undo },
             RequestWire::Reload {} => Request::Reload,
             RequestWire::Stop { detach } => Request::Stop { detach },
         }
@@ -341,6 +348,13 @@ mod tests {
             },
             r#"{"cmd":"drain","backend":"web-2","undo":true}"#,
         );
+        round_trip(
+            &Request::DrainRegion {
+                region: "eu-west".into(),
+                undo: false,
+            },
+            r#"{"cmd":"drain_region","region":"eu-west","undo":false}"#,
+        );
         round_trip(&Request::Reload, r#"{"cmd":"reload"}"#);
         round_trip(
             &Request::Stop { detach: true },
@@ -359,6 +373,10 @@ mod tests {
             Request::Drain {
                 backend: "b".into(),
                 undo: true,
+            },
+            Request::DrainRegion {
+                region: "r".into(),
+                undo: false,
             },
             Request::Reload,
             Request::Stop { detach: false },
@@ -380,6 +398,8 @@ mod tests {
             r#"{"cmd":"stop","detach":true,"now":1}"#,
             r#"{"cmd":"drain","backend":"x","undo":false,"all":true}"#,
             r#"{"cmd":"drain","backend":7,"undo":false}"#,
+            r#"{"cmd":"drain_region","backend":"x","undo":false}"#,
+            r#"{"cmd":"drain_region","region":"x"}"#,
             r#"{"cmd":"restart"}"#,
             r#"{"backend":"x"}"#,
         ] {

@@ -396,6 +396,66 @@ fn a_failed_reload_restores_the_config_and_the_drains() {
     );
 }
 
+#[test]
+#[ignore = "needs root: BPF or network namespaces (cargo xtask test runs it)"]
+fn a_region_drain_empties_the_region_from_every_table_and_undoes() {
+    if !require_root() {
+        return;
+    }
+    let dir = TempDir::new("drain-region");
+    let path = dir.0.join("steer.toml");
+    write_atomic(&path, &config(0));
+    let cfg = Config::load(&path).expect("valid config");
+    let dp = Dataplane::load(&cfg.dataplane).expect("load");
+    let (mut owner, _published) = Owner::new(path.clone(), cfg.clone(), dp, BTreeSet::new());
+    owner.program().expect("first programming");
+    let us: BTreeSet<String> = (4..8).map(|i| format!("b{i}")).collect();
+    let uses_us = |t: &Vec<Option<String>>| t.iter().flatten().any(|b| us.contains(b));
+    let before = tables(owner.dataplane(), &cfg);
+    assert!(uses_us(&before["web"]), "web is served by us before");
+
+    let drain = |owner: &mut Owner, region: &str, undo: bool| {
+        let (tx, rx) = oneshot::channel();
+        owner.handle(Event::DrainRegion {
+            region: region.into(),
+            undo,
+            reply: Some(tx),
+        });
+        rx.blocking_recv().expect("answer")
+    };
+    let r = drain(&mut owner, "us", false);
+    assert!(
+        matches!(&r, Response::Ok { message } if message.contains("region us drained")),
+        "{r:?}"
+    );
+    let t = tables(owner.dataplane(), &cfg);
+    assert!(
+        !uses_us(&t["web"]) && !uses_us(&t["mixed"]),
+        "no us backend takes new flows"
+    );
+    assert_eq!(t["eu-only"], before["eu-only"], "eu-only is untouched");
+    // The same tables as draining each us backend one by one.
+    let state = BackendState {
+        down: BTreeSet::new(),
+        drained: us.clone(),
+    };
+    assert_eq!(t, expected_tables(&cfg, state));
+    assert_eq!(
+        owner.published().drained_regions,
+        BTreeSet::from(["us".to_string()])
+    );
+
+    let r = drain(&mut owner, "ap", false);
+    assert!(
+        matches!(&r, Response::Error { message, .. } if message.contains("unknown region \"ap\" (regions: eu, us)")),
+        "{r:?}"
+    );
+    let r = drain(&mut owner, "us", true);
+    assert!(matches!(r, Response::Ok { .. }), "{r:?}");
+    assert_eq!(tables(owner.dataplane(), &cfg), before, "undrained");
+    assert!(owner.published().drained_regions.is_empty());
+}
+
 /// A pin directory and state file that are removed (with every pin) on
 /// drop.
 struct Pins(Persist);

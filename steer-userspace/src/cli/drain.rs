@@ -1,4 +1,4 @@
-//! `steer drain`: stop sending new flows to a backend.
+//! `steer drain`: stop sending new flows to a backend or a whole region.
 
 use std::process::ExitCode;
 
@@ -8,9 +8,14 @@ use steer::api::Request;
 use super::Target;
 
 #[derive(clap::Args)]
+#[command(group(clap::ArgGroup::new("what").required(true)))]
 pub struct Args {
     /// The backend's name, as in the config's [[backends]].
-    backend: String,
+    #[arg(group = "what")]
+    backend: Option<String>,
+    /// Drain every backend of this region instead (a [[regions]] name).
+    #[arg(long, value_name = "REGION", group = "what")]
+    region: Option<String>,
     /// Send new flows to it again.
     #[arg(long)]
     undo: bool,
@@ -19,9 +24,16 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<ExitCode> {
-    let req = Request::Drain {
-        backend: args.backend,
-        undo: args.undo,
+    let req = match (args.backend, args.region) {
+        (_, Some(region)) => Request::DrainRegion {
+            region,
+            undo: args.undo,
+        },
+        (Some(backend), None) => Request::Drain {
+            backend,
+            undo: args.undo,
+        },
+        (None, None) => anyhow::bail!("name a backend, or a region with --region REGION"),
     };
     super::control(&args.target, req, false)
 }

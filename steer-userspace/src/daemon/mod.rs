@@ -235,6 +235,14 @@ impl ControlHandler for Handler {
                     })
                     .await
                 }
+                Request::DrainRegion { region, undo } => {
+                    self.ask(|reply| Event::DrainRegion {
+                        region,
+                        undo,
+                        reply: Some(reply),
+                    })
+                    .await
+                }
                 Request::Stop { detach } => {
                     let _ = self.shutdown.send(Some(detach));
                     Response::ok(if detach {

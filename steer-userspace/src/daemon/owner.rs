@@ -23,7 +23,7 @@ use crate::api::Response;
 use crate::config::Config;
 use crate::dataplane::{Dataplane, Ledger};
 use crate::health::{self, HealthMonitor, TargetStatus};
-use crate::policy::{ApplyConfig as _, BackendState};
+use crate::policy::{ApplyConfig as _, BackendState, Runtime};
 
 use super::changes::config_changes;
 use super::reload;
@@ -40,6 +40,12 @@ pub enum Event {
     /// An operator drain (or undrain) of a backend.
     Drain {
         backend: String,
+        undo: bool,
+        reply: Option<oneshot::Sender<Response>>,
+    },
+    /// An operator drain (or undrain) of every backend of a region.
+    DrainRegion {
+        region: String,
         undo: bool,
         reply: Option<oneshot::Sender<Response>>,
     },
@@ -107,6 +113,8 @@ pub struct State {
     pub cfg: Arc<Config>,
     pub health: BTreeMap<String, TargetStatus>,
     pub drained: BTreeSet<String>,
+    /// Regions drained by an operator.
+    pub drained_regions: BTreeSet<String>,
     /// The backends programmed as down.
     pub down: BTreeSet<String>,
     /// Starts at 1; one more for every successful reload (wrapping).
@@ -180,6 +188,7 @@ impl Owner {
             cfg: Arc::new(cfg),
             health: BTreeMap::new(),
             drained,
+            drained_regions: BTreeSet::new(),
             down: BTreeSet::new(),
             generation: 1,
             reloads: 0,
@@ -234,6 +243,15 @@ impl Owner {
         }
     }
 
+    /// Everything the policy needs besides the config.
+    fn runtime(&self) -> Runtime {
+        Runtime {
+            backends: self.backend_state(),
+            drained_regions: self.state.drained_regions.clone(),
+            ..Default::default()
+        }
+    }
+
     fn publish(&self) {
         self.publish.send_replace(Arc::new(Published {
             state: self.state.clone(),
@@ -244,12 +262,12 @@ impl Owner {
     /// Programs the data plane from the current config, health and drains,
     /// then publishes.
     pub fn program(&mut self) -> Result<(), String> {
-        let state = self.backend_state();
-        let down = state.down.clone();
+        let rt = self.runtime();
+        let down = rt.backends.down.clone();
         let started = Instant::now();
         let r = self
             .dp
-            .apply_state(&self.state.cfg, state)
+            .apply_runtime(&self.state.cfg, &rt)
             .map_err(|e| crate::errors::chain(&e));
         if r.is_ok() {
             self.state.down = down;
@@ -289,6 +307,16 @@ impl Owner {
                 reply,
             } => {
                 let r = self.drain(&backend, undo);
+                if let Some(reply) = reply {
+                    let _ = reply.send(r);
+                }
+            }
+            Event::DrainRegion {
+                region,
+                undo,
+                reply,
+            } => {
+                let r = self.drain_region(&region, undo);
                 if let Some(reply) = reply {
                     let _ = reply.send(r);
                 }
@@ -366,6 +394,49 @@ impl Owner {
         }
     }
 
+    fn drain_region(&mut self, region: &str, undo: bool) -> Response {
+        if !self.state.cfg.regions.iter().any(|r| r.name == region) {
+            let known: Vec<&str> = self
+                .state
+                .cfg
+                .regions
+                .iter()
+                .map(|r| r.name.as_str())
+                .collect();
+            return Response::error(format!(
+                "unknown region {region:?} (regions: {})",
+                known.join(", ")
+            ));
+        }
+        let before = self.state.drained_regions.clone();
+        if undo {
+            self.state.drained_regions.remove(region);
+        } else {
+            self.state.drained_regions.insert(region.to_string());
+        }
+        match self.program() {
+            Ok(()) => {
+                info!(region, undo, "region drain changed");
+                Response::ok(format!(
+                    "region {region} {}",
+                    if undo {
+                        "undrained: receives new flows again"
+                    } else {
+                        "drained: no new flows; established flows continue"
+                    }
+                ))
+            }
+            Err(e) => {
+                self.state.drained_regions = before;
+                let rollback = self.roll_back();
+                Response::error(format!(
+                    "programming the data plane failed, the region drain was not applied: \
+                     {e}{rollback}"
+                ))
+            }
+        }
+    }
+
     /// Re-programs the state as it was before a failed apply. Returns ""
     /// when that worked, or a sentence for the operator when it did not.
     fn roll_back(&mut self) -> String {
@@ -425,8 +496,12 @@ impl Owner {
         }
         let old_cfg = std::mem::replace(&mut self.state.cfg, Arc::new(new));
         let old_drained = self.state.drained.clone();
+        let old_drained_regions = self.state.drained_regions.clone();
         let cfg = self.state.cfg.clone();
         self.state.drained.retain(|b| cfg.backend(b).is_some());
+        self.state
+            .drained_regions
+            .retain(|r| cfg.regions.iter().any(|x| x.name == *r));
         // Probe the new targets (the state of unchanged ones is kept).
         if let Some(m) = self.monitor.as_mut() {
             m.set_targets(health::targets_from_config(&self.state.cfg));
@@ -468,6 +543,7 @@ impl Owner {
             Err(e) => {
                 self.state.cfg = old_cfg;
                 self.state.drained = old_drained;
+                self.state.drained_regions = old_drained_regions;
                 if let Some(m) = self.monitor.as_mut() {
                     m.set_targets(health::targets_from_config(&self.state.cfg));
                 }

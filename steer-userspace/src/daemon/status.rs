@@ -79,7 +79,8 @@ pub fn report_at(p: &Published, counters: Option<&CounterReader>, now: SystemTim
                         } else {
                             Health::Up
                         };
-                        let is_drained = p.drained.contains(&b.name);
+                        let is_drained =
+                            p.drained.contains(&b.name) || p.drained_regions.contains(&b.region);
                         let tr = p.transitions.get(&b.name).copied().unwrap_or_default();
                         BackendStatus {
                             name: b.name.clone(),
