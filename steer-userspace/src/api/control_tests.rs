@@ -102,6 +102,9 @@ impl ControlHandler for Fake {
                 Request::Drain { backend, .. } => {
                     Response::error(format!("no backend named {backend:?}"))
                 }
+                Request::DrainRegion { region, .. } => {
+                    Response::error(format!("no region named {region:?}"))
+                }
                 Request::Reload => match self.reload_gate.acquire().await {
                     Ok(_permit) => Response::ok("reloaded"),
                     Err(_) => {

@@ -168,6 +168,7 @@ mod tests {
                 cfg: Arc::new(Config::parse(CFG).unwrap()),
                 health: BTreeMap::new(),
                 drained: BTreeSet::new(),
+                drained_regions: BTreeSet::new(),
                 down: BTreeSet::new(),
                 generation: 1,
                 reloads: 0,
