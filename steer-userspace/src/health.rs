@@ -127,10 +127,29 @@ pub struct TargetStatus {
     pub last_failure: Option<String>,
     /// Duration of the most recent probe.
     pub last_latency: Option<Duration>,
+    /// Smoothed duration of passing probes (an exponentially weighted
+    /// moving average, weight [`RTT_EWMA_WEIGHT`] for each new probe): a
+    /// tcp check's connect time, an http(s) check's connect, request and
+    /// response. The latency policy ranks regions by it. `None` until a
+    /// probe passes.
+    pub rtt: Option<Duration>,
     /// Probes completed.
     pub probes: u64,
     /// Probes failed.
     pub failures: u64,
+}
+
+/// The weight of each new passing probe in [`TargetStatus::rtt`].
+pub const RTT_EWMA_WEIGHT: f64 = 0.3;
+
+/// `rtt` after a passing probe that took `sample`.
+pub fn rtt_update(rtt: Option<Duration>, sample: Duration) -> Duration {
+    match rtt {
+        None => sample,
+        Some(old) => Duration::from_secs_f64(
+            old.as_secs_f64() + RTT_EWMA_WEIGHT * (sample.as_secs_f64() - old.as_secs_f64()),
+        ),
+    }
 }
 
 impl TargetStatus {
@@ -141,6 +160,7 @@ impl TargetStatus {
             degraded: false,
             last_failure: None,
             last_latency: None,
+            rtt: None,
             probes: 0,
             failures: 0,
         }

@@ -487,6 +487,9 @@ async fn run_target(
             status.up = tracker.is_up();
             status.degraded = tracker.degraded();
             status.last_latency = Some(outcome.latency());
+            if outcome.is_pass() {
+                status.rtt = Some(super::rtt_update(status.rtt, outcome.latency()));
+            }
             status.probes = tracker.probes();
             status.failures = tracker.failures();
             if let ProbeOutcome::Fail { reason, kind, .. } = &outcome {
