@@ -419,6 +419,19 @@ backends = ["a"]
         assert!(backend_up(&BTreeMap::new(), "a"));
     }
 
+    #[test]
+    fn rtt_is_an_ewma_of_passing_probes() {
+        let ms = Duration::from_millis;
+        let r = rtt_update(None, ms(100));
+        assert_eq!(r, ms(100), "the first sample is the estimate");
+        // 100 + 0.3 * (200 - 100) = 130
+        let r = rtt_update(Some(r), ms(200));
+        assert!((r.as_secs_f64() - 0.130).abs() < 1e-9, "{r:?}");
+        // Converges to a steady sample: 30 more probes of 10 ms.
+        let r = (0..30).fold(r, |r, _| rtt_update(Some(r), ms(10)));
+        assert!(r < ms(11) && r >= ms(10), "{r:?}");
+    }
+
     fn st_deg(up: bool, degraded: bool) -> TargetStatus {
         TargetStatus {
             up,

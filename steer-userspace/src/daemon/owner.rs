@@ -598,6 +598,7 @@ mod tests {
                         degraded: false,
                         last_failure: None,
                         last_latency: None,
+                        rtt: None,
                         probes: 1,
                         failures: 0,
                     },
