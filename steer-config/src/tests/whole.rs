@@ -51,7 +51,10 @@ kind = "http"
         cfg.regions,
         vec![Region {
             name: "r".into(),
-            description: None
+            description: None,
+            dial: 100,
+            max_new_flows_per_second: None,
+            capacity_scaler: Milli(1000),
         }]
     );
     let b = &cfg.backends[0];
@@ -65,6 +68,21 @@ kind = "http"
     assert_eq!(s.affinity, Affinity::Flow);
     assert!(s.regions.is_empty());
     assert_eq!(s.health_check, None);
+    assert_eq!(s.policy, Policy::Maglev);
+    assert_eq!(s.overprovisioning_factor, Milli(1400));
+    assert_eq!(s.panic_threshold, 50);
+    assert_eq!(s.on_no_healthy, OnNoHealthy::FailOpen);
+    assert_eq!(s.max_ejection_percent, 100);
+    assert_eq!(
+        s.latency,
+        LatencyTuning {
+            margin_percent: 20,
+            margin_min: Duration::from_millis(5),
+            dwell: Duration::from_secs(30),
+        }
+    );
+    assert!(cfg.client_classes.is_empty());
+    assert_eq!(cfg.geoip, None);
 
     let h = &cfg.health_checks[0];
     assert_eq!(h.kind, CheckKind::Http);
