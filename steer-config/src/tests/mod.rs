@@ -9,6 +9,7 @@ mod files;
 mod health_checks;
 mod lookups;
 mod messages;
+mod policies;
 mod references;
 mod shape;
 mod whole;
