@@ -187,3 +187,16 @@ listen = "[::1]:9100"
     assert_eq!(cfg.control.socket, PathBuf::from("/tmp/steer.sock"));
     assert_eq!(cfg.metrics.listen.port(), 9100);
 }
+
+#[test]
+fn every_example_parses() {
+    // Every new key is optional: the examples written before client
+    // classes and region policies still parse, with today's behaviour.
+    // (Text only: steer.toml names a ca_file of the host it is meant for.)
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    for name in ["steer.toml", "lab.toml", "replay.toml"] {
+        let text = std::fs::read_to_string(dir.join(name)).expect("example");
+        let cfg = Config::parse(&text).unwrap_or_else(|e| panic!("{name}:\n{e}"));
+        assert!(!cfg.services.is_empty(), "{name}");
+    }
+}
