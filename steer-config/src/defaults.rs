@@ -70,6 +70,8 @@ pub const CLIENT_PREFIX_V6_MAX: u8 = 48;
 pub(crate) const CONTINENTS: &[&str] = &["AF", "AN", "AS", "EU", "NA", "OC", "SA"];
 /// Largest `[geoip] database` read (GeoLite2-City is about 70 MiB).
 pub(crate) const MAX_GEOIP_BYTES: u64 = 512 << 20;
+/// `prefix_files` per class.
+pub(crate) const MAX_PREFIX_FILES: usize = 1024;
 /// Bad lines reported per prefix file (the rest are counted).
 pub(crate) const MAX_FILE_ERRORS: usize = 10;
 

@@ -10,7 +10,9 @@ use toml::{Table, Value};
 
 use super::services::check_name_list;
 use super::{quoted, Defined};
-use crate::defaults::{CONTINENTS, MAX_CLIENT_CLASSES, MAX_FILE_ERRORS, MAX_GEOIP_BYTES};
+use crate::defaults::{
+    CONTINENTS, MAX_CLIENT_CLASSES, MAX_FILE_ERRORS, MAX_GEOIP_BYTES, MAX_PREFIX_FILES,
+};
 use crate::error::join;
 use crate::files::{read_limited, read_up_to};
 use crate::geoip::{self, Wanted};
@@ -39,7 +41,7 @@ pub(crate) struct Sourced {
 
 pub(super) fn read_geoip(w: &mut Walker, t: &Table) -> PGeoIp {
     let n = Node::new(w, "geoip", t);
-    let geoip = PGeoIp {
+    let mut geoip = PGeoIp {
         database: n.required(
             w,
             "database",
@@ -49,7 +51,6 @@ pub(super) fn read_geoip(w: &mut Walker, t: &Table) -> PGeoIp {
         at: "geoip".to_string(),
     };
     n.done(w);
-    let mut geoip = geoip;
     if let Some(db) = geoip.database.take() {
         geoip.database = Some(w.resolve(&db).unwrap_or(db));
     }
@@ -89,6 +90,20 @@ pub(super) fn read(w: &mut Walker, at: &str, t: &Table) -> PClientClass {
         }
         prefixes = all;
     }
+    let files = files.filter(|files| {
+        let ok = files.len() <= MAX_PREFIX_FILES;
+        if !ok {
+            w.err(
+                join(at, "prefix_files"),
+                format!(
+                    "{} files are more than a class may list ({MAX_PREFIX_FILES}); \
+                     concatenate some",
+                    files.len()
+                ),
+            );
+        }
+        ok
+    });
     // Resolved file paths; the files' prefixes join `prefixes`.
     let prefix_files = files.as_ref().map(|files| {
         let mut resolved_all = Vec::with_capacity(files.len());

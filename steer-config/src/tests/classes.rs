@@ -425,6 +425,13 @@ fn prefix_file_errors_name_the_file_and_line() {
     assert!(errs[10]
         .message
         .ends_with("15 more bad lines not shown (25 in all)"));
+    // At most 1024 files per class.
+    let list = vec!["\"eu.txt\""; 1025].join(", ");
+    assert_error(
+        &doc("", &class("eu", &format!("prefix_files = [{list}]"))),
+        "client_classes[0].prefix_files",
+        "1025 files are more than a class may list (1024)",
+    );
     // Without a config file there is no directory to read them from.
     assert_error(
         &doc("", &class("eu", "prefix_files = [\"eu.txt\"]")),
