@@ -18,8 +18,10 @@
 //! partial twins the readers fill in); `defaults.rs` holds every default and
 //! limit; `duration.rs` and `prefix.rs` parse those value kinds;
 //! `walker.rs` and `values.rs` read TOML values with paths; `section/` reads
-//! and checks each section; `files.rs` reads files with size and type
-//! limits.
+//! and checks each section (`section/classes.rs`: client classes, their
+//! prefix files and `[geoip]`); `geoip.rs` turns country and continent codes
+//! into prefixes through a MaxMind database; `files.rs` reads files with
+//! size and type limits.
 
 mod defaults;
 mod duration;
