@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use steer_common::capacity;
 
-use crate::model::{CheckKind, ControlConfig, HealthCheck, MetricsConfig};
+use crate::model::{CheckKind, ControlConfig, HealthCheck, LatencyTuning, MetricsConfig, Milli};
 
 // --- [dataplane] -----------------------------------------------------------
 
@@ -45,6 +45,58 @@ pub const MAX_REALS_LIMIT: u32 = 1 << 20;
 pub const RINGS_MAX_BYTES: u64 = 1 << 30;
 /// Bytes per ring slot (a `u32` backend index).
 pub(crate) const RING_SLOT_BYTES: u64 = 4;
+
+// --- [[regions]] -----------------------------------------------------------
+
+pub(crate) const DEFAULT_DIAL: u8 = 100;
+pub(crate) const DIAL_MAX: u8 = 100;
+/// `max_new_flows_per_second`: 1..=this (per host).
+pub(crate) const MAX_NEW_FLOWS_PER_SECOND: u32 = 1_000_000_000;
+/// `capacity_scaler`: 0, or between these (thousandths), as Google Cloud.
+pub(crate) const DEFAULT_CAPACITY_SCALER: Milli = Milli(1000);
+pub(crate) const CAPACITY_SCALER_MIN_NONZERO: Milli = Milli(100);
+pub(crate) const CAPACITY_SCALER_MAX: Milli = Milli(1000);
+
+// --- [[client_classes]], [geoip] -------------------------------------------
+
+/// Classes: ids 1..=255 in the data plane's class lookup (0 = no class).
+pub const MAX_CLIENT_CLASSES: usize = 255;
+/// Longest client prefix accepted: Route 53's limits for IP-based routing,
+/// which the data plane's class lookup relies on (a flat array indexed by
+/// the top 24 bits for IPv4; the top 64 bits for IPv6).
+pub const CLIENT_PREFIX_V4_MAX: u8 = 24;
+pub const CLIENT_PREFIX_V6_MAX: u8 = 48;
+/// Continent codes of MaxMind databases (`continent.code`).
+pub(crate) const CONTINENTS: &[&str] = &["AF", "AN", "AS", "EU", "NA", "OC", "SA"];
+/// Largest `[geoip] database` read (GeoLite2-City is about 70 MiB).
+pub(crate) const MAX_GEOIP_BYTES: u64 = 512 << 20;
+/// `prefix_files` per class.
+pub(crate) const MAX_PREFIX_FILES: usize = 1024;
+/// Bad lines reported per prefix file (the rest are counted).
+pub(crate) const MAX_FILE_ERRORS: usize = 10;
+
+// --- [[services]] policies -------------------------------------------------
+
+pub(crate) const DEFAULT_OVERPROVISIONING: Milli = Milli(1400);
+pub(crate) const OVERPROVISIONING_MIN: Milli = Milli(1000);
+pub(crate) const OVERPROVISIONING_MAX: Milli = Milli(100_000);
+pub(crate) const DEFAULT_PANIC_THRESHOLD: u8 = 50;
+pub(crate) const DEFAULT_MAX_EJECTION_PERCENT: u8 = 100;
+pub(crate) const DEFAULT_LATENCY_MARGIN: u8 = 20;
+pub(crate) const DEFAULT_LATENCY_MARGIN_MIN: Duration = Duration::from_millis(5);
+pub(crate) const LATENCY_MARGIN_MIN_MAX: Duration = Duration::from_secs(10);
+pub(crate) const DEFAULT_LATENCY_DWELL: Duration = Duration::from_secs(30);
+pub(crate) const LATENCY_DWELL_MAX: Duration = Duration::from_secs(3600);
+
+impl Default for LatencyTuning {
+    fn default() -> Self {
+        LatencyTuning {
+            margin_percent: DEFAULT_LATENCY_MARGIN,
+            margin_min: DEFAULT_LATENCY_MARGIN_MIN,
+            dwell: DEFAULT_LATENCY_DWELL,
+        }
+    }
+}
 
 // --- [[backends]] ----------------------------------------------------------
 

@@ -28,8 +28,8 @@ impl fmt::Display for ConfigError {
 impl std::error::Error for ConfigError {}
 
 /// Every problem found in a config, grouped by section (in the order
-/// `dataplane`, `regions`, `backends`, `services`, `health_checks`, `control`,
-/// `metrics`) and by entry.
+/// `dataplane`, `regions`, `backends`, `services`, `health_checks`,
+/// `client_classes`, `geoip`, `control`, `metrics`) and by entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigErrors(pub Vec<ConfigError>);
 
@@ -55,6 +55,8 @@ pub(crate) const ROOT_KEYS: &[&str] = &[
     "backends",
     "services",
     "health_checks",
+    "client_classes",
+    "geoip",
     "control",
     "metrics",
 ];

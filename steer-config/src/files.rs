@@ -16,6 +16,11 @@ use crate::defaults::MAX_FILE_BYTES;
 /// Reads a regular file of at most [`MAX_FILE_BYTES`]. The message says
 /// what is wrong, for "cannot read <what>: ...".
 pub(crate) fn read_limited(path: &Path) -> Result<Vec<u8>, String> {
+    read_up_to(path, MAX_FILE_BYTES)
+}
+
+/// Reads a regular file of at most `limit` bytes, as [`read_limited`].
+pub(crate) fn read_up_to(path: &Path, limit: u64) -> Result<Vec<u8>, String> {
     // O_NONBLOCK: opening a FIFO does not wait for a writer; the file type
     // is checked on the open descriptor (no race with a rename).
     let file = std::fs::OpenOptions::new()
@@ -50,13 +55,13 @@ pub(crate) fn read_limited(path: &Path) -> Result<Vec<u8>, String> {
     let too_big = || {
         format!(
             "it is larger than {} MiB, the most steer reads (is this the right file?)",
-            MAX_FILE_BYTES >> 20
+            limit >> 20
         )
     };
-    if meta.len() > MAX_FILE_BYTES {
+    if meta.len() > limit {
         return Err(too_big());
     }
-    read_at_most(file, MAX_FILE_BYTES).ok_or_else(too_big)?
+    read_at_most(file, limit).ok_or_else(too_big)?
 }
 
 /// Reads to the end, `None` if there is more than `limit` (the file may grow

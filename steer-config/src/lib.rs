@@ -1,8 +1,9 @@
 //! The configuration model and its validation (`steer check`).
 //!
 //! A config is TOML with the sections `[dataplane]`, `[[regions]]`,
-//! `[[backends]]`, `[[services]]`, `[[health_checks]]`, `[control]` and
-//! `[metrics]` (field reference: `docs/config.md`).
+//! `[[backends]]`, `[[services]]`, `[[health_checks]]`,
+//! `[[client_classes]]`, `[geoip]`, `[control]` and `[metrics]` (field
+//! reference: `docs/config.md`).
 //!
 //! [`Config::parse`] reads the text into a `toml::Table` and converts it by
 //! hand with a path-tracking walker, so that it can report *every* problem at
@@ -10,19 +11,23 @@
 //! each with the path of the offending value (`services[2].vip`,
 //! `dataplane.mtu`, ...). [`Config::parse`] reads no file (its one look-up
 //! outside the text is `control.group` in the system's group database);
-//! [`Config::load`] also reads the files the config refers to (`ca_file`).
+//! [`Config::load`] also reads the files the config refers to (`ca_file`,
+//! `prefix_files`, `[geoip] database`).
 //!
 //! Layout: `model.rs` declares the types (and, through `partial.rs`, the
 //! partial twins the readers fill in); `defaults.rs` holds every default and
 //! limit; `duration.rs` and `prefix.rs` parse those value kinds;
 //! `walker.rs` and `values.rs` read TOML values with paths; `section/` reads
-//! and checks each section; `files.rs` reads files with size and type
-//! limits.
+//! and checks each section (`section/classes.rs`: client classes, their
+//! prefix files and `[geoip]`); `geoip.rs` turns country and continent codes
+//! into prefixes through a MaxMind database; `files.rs` reads files with
+//! size and type limits.
 
 mod defaults;
 mod duration;
 mod error;
 mod files;
+mod geoip;
 mod model;
 mod partial;
 mod prefix;
@@ -38,12 +43,17 @@ use std::path::Path;
 
 use toml::Table;
 
-pub use defaults::{MAX_FILE_BYTES, MAX_REALS_LIMIT, MAX_TABLES_LIMIT, RINGS_MAX_BYTES};
+pub use defaults::{
+    CLIENT_PREFIX_V4_MAX, CLIENT_PREFIX_V6_MAX, MAX_CLIENT_CLASSES, MAX_FILE_BYTES,
+    MAX_REALS_LIMIT, MAX_TABLES_LIMIT, RINGS_MAX_BYTES,
+};
 pub use duration::{format_duration, parse_duration};
 pub use error::{ConfigError, ConfigErrors};
 pub use model::{
-    Affinity, AttachMode, Backend, CheckKind, Config, ControlConfig, ControlGroup, DataplaneConfig,
-    Encapsulation, HealthCheck, Ipv4Prefix, Ipv6Prefix, MetricsConfig, Protocol, Region, Service,
+    Affinity, AttachMode, Backend, CheckKind, ClientClass, ClientPrefix, Config, ControlConfig,
+    ControlGroup, DataplaneConfig, Encapsulation, GeoIpConfig, HealthCheck, Ipv4Prefix, Ipv6Prefix,
+    LatencyTuning, MetricsConfig, Milli, OnNoHealthy, Policy, PolicyKind, Protocol, Region,
+    Service,
 };
 pub use section::dataplane::source_mac as parse_source_mac;
 
@@ -53,9 +63,19 @@ use walker::Walker;
 impl Config {
     /// Parses and validates a config, collecting every error. Files the
     /// config names (`ca_file`) are not read; [`Config::load`] does. A
-    /// `control.group` is looked up in the system's group database.
+    /// `control.group` is looked up in the system's group database. A
+    /// client class with `prefix_files`, `countries` or `continents` is an
+    /// error here (those files are read relative to the config file): use
+    /// [`Config::load`] or [`Config::parse_in`].
     pub fn parse(text: &str) -> Result<Config, ConfigErrors> {
-        Config::parse_with(text, false)
+        Config::parse_with(text, None)
+    }
+
+    /// As [`Config::load`] for a config whose text is already read: the
+    /// files it names (`ca_file`, `prefix_files`, `[geoip] database`) are
+    /// read, relative paths against `dir` (the config file's directory).
+    pub fn parse_in(text: &str, dir: &Path) -> Result<Config, ConfigErrors> {
+        Config::parse_with(text, Some(dir))
     }
 
     /// Reads, parses and validates a config file, and checks the files it
@@ -64,7 +84,15 @@ impl Config {
     /// as one [`ConfigError`] whose path is the file path.
     pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
         match files::read_config(path) {
-            Ok(text) => Config::parse_with(&text, true),
+            Ok(text) => {
+                let dir = path.parent().unwrap_or(Path::new("."));
+                let dir = if dir.as_os_str().is_empty() {
+                    Path::new(".")
+                } else {
+                    dir
+                };
+                Config::parse_with(&text, Some(dir))
+            }
             Err(message) => Err(ConfigErrors(vec![ConfigError::new(
                 path.display().to_string(),
                 message,
@@ -72,12 +100,13 @@ impl Config {
         }
     }
 
-    fn parse_with(text: &str, check_files: bool) -> Result<Config, ConfigErrors> {
+    fn parse_with(text: &str, dir: Option<&Path>) -> Result<Config, ConfigErrors> {
         let root: Table = match text.parse::<Table>() {
             Ok(t) => t,
             Err(e) => return Err(ConfigErrors(vec![syntax_error(text, &e)])),
         };
-        let mut w = Walker::new(check_files);
+        let mut w = Walker::new(dir.is_some());
+        w.base = dir.map(Path::to_path_buf);
         let partial = section::read(&mut w, &root);
         section::validate(&mut w, &partial);
         if !w.errors.is_empty() {
@@ -113,6 +142,36 @@ impl Config {
             .as_deref()
             .or(service.health_check.as_deref())?;
         self.health_check(name)
+    }
+
+    /// The regions serving `service`, in its default order: its `regions`,
+    /// then the regions of its explicit `backends` in `[[backends]]` order,
+    /// each once.
+    pub fn service_regions<'a>(&'a self, service: &'a Service) -> Vec<&'a str> {
+        let mut out: Vec<&str> = Vec::new();
+        for r in &service.regions {
+            if !out.contains(&r.as_str()) {
+                out.push(r);
+            }
+        }
+        let names: HashSet<&str> = service.backends.iter().map(String::as_str).collect();
+        for b in &self.backends {
+            if names.contains(b.name.as_str()) && !out.contains(&b.region.as_str()) {
+                out.push(&b.region);
+            }
+        }
+        out
+    }
+
+    /// The client class named `name`. Its data-plane class id is its index
+    /// in [`Config::client_classes`] plus 1.
+    pub fn class(&self, name: &str) -> Option<&ClientClass> {
+        self.client_classes.iter().find(|c| c.name == name)
+    }
+
+    /// The region named `name`.
+    pub fn region(&self, name: &str) -> Option<&Region> {
+        self.regions.iter().find(|r| r.name == name)
     }
 
     /// The service named `name`.

@@ -18,6 +18,10 @@ pub struct Config {
     pub backends: Vec<Backend>,
     pub services: Vec<Service>,
     pub health_checks: Vec<HealthCheck>,
+    /// `[[client_classes]]`, in config order; class id = index + 1.
+    pub client_classes: Vec<ClientClass>,
+    /// `[geoip]`, if present.
+    pub geoip: Option<GeoIpConfig>,
     pub control: ControlConfig,
     pub metrics: MetricsConfig,
 }
@@ -91,6 +95,91 @@ model! {
     pub struct Region (partial PRegion) {
         pub name: String,
         pub description: Option<String>,
+        /// Traffic dial, 0..=100 (Global Accelerator): the percentage of the
+        /// new flows reaching the region that it keeps; the rest spill on.
+        pub dial: u8,
+        /// Per-host limit of new flows per second (Google Cloud RATE
+        /// balancing mode); `None` = no limit.
+        pub max_new_flows_per_second: Option<u32>,
+        /// Scales `max_new_flows_per_second` (Google Cloud capacity scaler):
+        /// 0 or 0.1..=1.0. Effective capacity = max × scaler.
+        pub capacity_scaler: Milli,
+    }
+}
+
+/// A non-negative decimal with three fractional digits, held exactly as
+/// thousandths so that configs stay `Eq` (`capacity_scaler = 0.5` is
+/// `Milli(500)`). Written in TOML as a float or an integer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct Milli(pub u32);
+
+impl Milli {
+    /// The value as thousandths (`0.5` → 500).
+    pub fn thousandths(self) -> u32 {
+        self.0
+    }
+
+    /// The value as a float (`Milli(500)` → 0.5).
+    pub fn get(self) -> f64 {
+        f64::from(self.0) / 1000.0
+    }
+}
+
+impl fmt::Display for Milli {
+    /// `1.4`, `1`, `0.125`: as short as exact.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (whole, frac) = (self.0 / 1000, self.0 % 1000);
+        if frac == 0 {
+            return write!(f, "{whole}");
+        }
+        let digits = format!("{frac:03}");
+        write!(f, "{whole}.{}", digits.trim_end_matches('0'))
+    }
+}
+
+/// A client prefix of a [`ClientClass`]: host bits zero; IPv4 length
+/// 1..=24, IPv6 length 1..=48 (Route 53's limits for IP-based routing).
+/// Ordered by family (IPv4 first), then address, then length, so that a
+/// prefix sorts before the prefixes it contains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ClientPrefix {
+    pub addr: IpAddr,
+    pub len: u8,
+}
+
+model! {
+    /// `[[client_classes]]`: a named set of client prefixes with a preferred
+    /// region order and, optionally, the only regions its flows may use.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct ClientClass (partial PClientClass) {
+        pub name: String,
+        /// Every prefix of the class, from `prefixes`, `prefix_files` and
+        /// (through `[geoip]`) `countries` and `continents`: sorted
+        /// ([`ClientPrefix`] order), each once. No prefix is in two classes.
+        pub prefixes: Vec<ClientPrefix>,
+        /// The prefix files read, resolved against the config file's
+        /// directory.
+        pub prefix_files: Vec<PathBuf>,
+        /// ISO 3166 alpha-2 country codes, upper case, resolved through `[geoip]`.
+        pub countries: Vec<String>,
+        /// Continent codes (`AF AN AS EU NA OC SA`), resolved through `[geoip]`.
+        pub continents: Vec<String>,
+        /// Preferred region order (used by `policy = "geo"` services that
+        /// list the class). May be empty for a residency-only class.
+        pub regions: Vec<String>,
+        /// Data residency: the only regions a new flow of this class may
+        /// land in, whatever the service. `None` = no constraint. Not empty.
+        pub allowed_regions: Option<Vec<String>>,
+    }
+}
+
+model! {
+    /// `[geoip]`: the MaxMind-format database that resolves `countries` and
+    /// `continents` of client classes.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct GeoIpConfig (partial PGeoIp) {
+        /// Resolved against the config file's directory.
+        pub database: PathBuf,
     }
 }
 
@@ -134,7 +223,90 @@ model! {
         pub regions: Vec<String>,
         /// Name of a `[[health_checks]]` entry.
         pub health_check: Option<String>,
+        /// How each client's region order is decided.
+        pub policy: Policy,
+        /// Envoy's overprovisioning factor, >= 1: health(region) =
+        /// min(1, factor × healthy weight / total weight).
+        pub overprovisioning_factor: Milli,
+        /// Percent 0..=100; a region whose healthy fraction is below it
+        /// panics when the regions together lack healthy capacity. 0
+        /// disables panic mode.
+        pub panic_threshold: u8,
+        /// What happens to a new flow when no region of its order has a
+        /// healthy backend.
+        pub on_no_healthy: OnNoHealthy,
+        /// Percent 0..=100 of the service's backends that health checks may
+        /// mark down at once; 100 = no cap.
+        pub max_ejection_percent: u8,
+        /// Hysteresis of `policy = "latency"` (defaults otherwise).
+        pub latency: LatencyTuning,
     }
+}
+
+/// `[[services]] policy` with its policy-specific keys.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Policy {
+    /// One Maglev ring over every backend of the service, no region logic
+    /// (the behaviour before region policies).
+    #[default]
+    Maglev,
+    /// Regions by weight (`region_weights`): one entry per region of the
+    /// service, sorted by region name; weights 0..=255.
+    Weighted { weights: Vec<(String, u8)> },
+    /// Ordered tiers of regions (`tiers`); every region of the service is in
+    /// exactly one tier.
+    Failover { tiers: Vec<Vec<String>> },
+    /// The client's class gives the order (`classes`, at least one);
+    /// unmatched clients use the service's default order.
+    Geo { classes: Vec<String> },
+    /// Regions ranked by measured round-trip time.
+    Latency,
+}
+
+impl Policy {
+    /// The keyword `policy = "..."` selects.
+    pub fn kind(&self) -> PolicyKind {
+        match self {
+            Policy::Maglev => PolicyKind::Maglev,
+            Policy::Weighted { .. } => PolicyKind::Weighted,
+            Policy::Failover { .. } => PolicyKind::Failover,
+            Policy::Geo { .. } => PolicyKind::Geo,
+            Policy::Latency => PolicyKind::Latency,
+        }
+    }
+}
+
+/// The policy keyword alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum PolicyKind {
+    #[default]
+    Maglev,
+    Weighted,
+    Failover,
+    Geo,
+    Latency,
+}
+
+/// `[[services]] on_no_healthy`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum OnNoHealthy {
+    /// Send the flows anyway: to the first region of the order (`weighted`:
+    /// every region by weight), over all its backends.
+    #[default]
+    FailOpen,
+    /// Drop them.
+    Drop,
+}
+
+/// `[[services]] latency_margin`, `latency_margin_min`, `latency_dwell`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct LatencyTuning {
+    /// A new ranking must be better by this percentage...
+    pub margin_percent: u8,
+    /// ...and by at least this much...
+    pub margin_min: Duration,
+    /// ...continuously for this long before it applies.
+    pub dwell: Duration,
 }
 
 /// Transport protocol of a service.
@@ -261,6 +433,23 @@ impl Keyword for Affinity {
     const ALL: &'static [(&'static str, Self)] =
         &[("flow", Affinity::Flow), ("client", Affinity::Client)];
 }
+impl Keyword for PolicyKind {
+    const WHAT: &'static str = "policy";
+    const ALL: &'static [(&'static str, Self)] = &[
+        ("maglev", PolicyKind::Maglev),
+        ("weighted", PolicyKind::Weighted),
+        ("failover", PolicyKind::Failover),
+        ("geo", PolicyKind::Geo),
+        ("latency", PolicyKind::Latency),
+    ];
+}
+impl Keyword for OnNoHealthy {
+    const WHAT: &'static str = "on_no_healthy action";
+    const ALL: &'static [(&'static str, Self)] = &[
+        ("fail-open", OnNoHealthy::FailOpen),
+        ("drop", OnNoHealthy::Drop),
+    ];
+}
 impl Keyword for CheckKind {
     const WHAT: &'static str = "health check kind";
     const ALL: &'static [(&'static str, Self)] = &[
@@ -285,7 +474,15 @@ macro_rules! keyword_api {
         }
     )*};
 }
-keyword_api!(AttachMode, Encapsulation, Protocol, Affinity, CheckKind);
+keyword_api!(
+    AttachMode,
+    Encapsulation,
+    Protocol,
+    Affinity,
+    CheckKind,
+    PolicyKind,
+    OnNoHealthy
+);
 
 impl Protocol {
     /// IP protocol number (6 or 17).

@@ -15,8 +15,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::model::{
-    Affinity, AttachMode, CheckKind, Encapsulation, Ipv4Prefix, Ipv6Prefix, Protocol,
+    Affinity, AttachMode, CheckKind, ClientPrefix, Encapsulation, Ipv4Prefix, Ipv6Prefix,
+    LatencyTuning, Milli, OnNoHealthy, Policy, PolicyKind, Protocol,
 };
+use crate::section::classes::Sourced;
 
 /// How a field of the model is held while it may still be invalid.
 pub(crate) trait Field: Sized {
@@ -59,6 +61,11 @@ plain!(
     CheckKind,
     Ipv4Prefix,
     Ipv6Prefix,
+    Milli,
+    Policy,
+    PolicyKind,
+    OnNoHealthy,
+    LatencyTuning,
 );
 
 /// An optional key: `Some(None)` when absent.
@@ -74,6 +81,26 @@ impl<T: Plain> Field for Vec<T> {
     type Partial = Option<Vec<Option<T>>>;
     fn finish(partial: Self::Partial) -> Option<Self> {
         partial?.into_iter().collect()
+    }
+}
+
+/// A class's prefixes: each with where it came from (for error paths),
+/// sorted and deduplicated by the reader; `None` if a source was rejected.
+impl Field for Vec<ClientPrefix> {
+    type Partial = Option<Vec<Sourced>>;
+    fn finish(partial: Self::Partial) -> Option<Self> {
+        Some(partial?.into_iter().map(|s| s.prefix).collect())
+    }
+}
+
+/// An optional list (`allowed_regions`): `Some(None)` when absent.
+impl Field for Option<Vec<String>> {
+    type Partial = Option<Option<Vec<Option<String>>>>;
+    fn finish(partial: Self::Partial) -> Option<Self> {
+        match partial? {
+            None => Some(None),
+            Some(list) => Some(Some(list.into_iter().collect::<Option<Vec<_>>>()?)),
+        }
     }
 }
 

@@ -8,7 +8,7 @@ use toml::Value;
 
 use crate::defaults::{MAX_IFNAME_LEN, MAX_NAME_LEN};
 use crate::duration::parse_duration;
-use crate::model::{keyword_list, Keyword};
+use crate::model::{keyword_list, Keyword, Milli};
 use crate::walker::describe;
 
 pub(crate) fn string(v: &Value) -> Result<String, String> {
@@ -210,4 +210,28 @@ pub(crate) fn hostname(v: &Value) -> Result<String, String> {
         return Err(format!("{s:?} is not a host name"));
     }
     Ok(s)
+}
+
+/// A non-negative decimal with at most three fractional digits, as a float
+/// (`1.4`) or an integer (`1`).
+pub(crate) fn milli(v: &Value) -> Result<Milli, String> {
+    let x = match v {
+        Value::Float(f) => *f,
+        Value::Integer(i) => *i as f64,
+        _ => return Err(format!("expected a number, found {}", describe(v))),
+    };
+    let thousandths = x * 1000.0;
+    let rounded = thousandths.round();
+    if !x.is_finite() || x < 0.0 || rounded > f64::from(u32::MAX) {
+        return Err(format!(
+            "{x} is out of range (must be a non-negative number)"
+        ));
+    }
+    if (thousandths - rounded).abs() > 1e-6 {
+        return Err(format!(
+            "{x} has more than three decimals (write e.g. {:.3})",
+            rounded / 1000.0
+        ));
+    }
+    Ok(Milli(rounded as u32))
 }

@@ -3,6 +3,7 @@
 
 use std::cell::RefCell;
 use std::collections::HashSet;
+use std::path::{Path, PathBuf};
 
 use toml::{Table, Value};
 
@@ -16,6 +17,10 @@ pub(crate) struct Walker {
     seen: HashSet<(String, String)>,
     /// Also check the files the config refers to (`ca_file`).
     pub(crate) check_files: bool,
+    /// The config file's directory: relative `prefix_files` and `[geoip]
+    /// database` resolve against it. `None` when the config is text only
+    /// ([`crate::Config::parse`]): such files are then not read.
+    pub(crate) base: Option<PathBuf>,
 }
 
 impl Walker {
@@ -24,6 +29,12 @@ impl Walker {
             check_files,
             ..Walker::default()
         }
+    }
+
+    /// `path` resolved against the config's directory, or `None` when the
+    /// config has none (text only).
+    pub(crate) fn resolve(&self, path: &Path) -> Option<PathBuf> {
+        self.base.as_ref().map(|b| b.join(path))
     }
 
     pub(crate) fn err(&mut self, path: impl Into<String>, message: impl Into<String>) {

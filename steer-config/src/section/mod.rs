@@ -4,6 +4,7 @@
 //! [`read`] and [`validate`] run them in order.
 
 mod backends;
+pub(crate) mod classes;
 mod control_metrics;
 pub(crate) mod dataplane;
 mod health_checks;
@@ -16,7 +17,8 @@ use toml::Table;
 
 use crate::error::join;
 use crate::model::{
-    Config, ControlConfig, MetricsConfig, PBackend, PDataplane, PHealthCheck, PRegion, PService,
+    Config, ControlConfig, MetricsConfig, PBackend, PClientClass, PDataplane, PGeoIp, PHealthCheck,
+    PRegion, PService,
 };
 use crate::walker::{Node, Walker};
 
@@ -27,6 +29,9 @@ pub(crate) struct Partial {
     backends: Vec<PBackend>,
     services: Vec<PService>,
     health_checks: Vec<PHealthCheck>,
+    client_classes: Vec<PClientClass>,
+    /// `None` if absent (or not a table: recorded).
+    geoip: Option<PGeoIp>,
     control: Option<ControlConfig>,
     metrics: Option<MetricsConfig>,
 }
@@ -61,6 +66,16 @@ pub(crate) fn read(w: &mut Walker, root: &Table) -> Partial {
         .into_iter()
         .map(|(path, t)| health_checks::read(w, &path, t))
         .collect();
+    let mut client_classes: Vec<PClientClass> = n
+        .tables(w, "client_classes")
+        .into_iter()
+        .map(|(path, t)| classes::read(w, &path, t))
+        .collect();
+    let geoip = match n.table(w, "geoip") {
+        Ok(Some(t)) => Some(classes::read_geoip(w, t)),
+        _ => None,
+    };
+    classes::resolve(w, &mut client_classes, geoip.as_ref());
     let control = match n.table(w, "control") {
         Ok(t) => control_metrics::read_control(w, t.unwrap_or(&empty)),
         Err(()) => None,
@@ -76,6 +91,8 @@ pub(crate) fn read(w: &mut Walker, root: &Table) -> Partial {
         backends,
         services,
         health_checks,
+        client_classes,
+        geoip,
         control,
         metrics,
     }
@@ -93,6 +110,11 @@ impl Partial {
             backends: all(self.backends, PBackend::finish)?,
             services: all(self.services, PService::finish)?,
             health_checks: all(self.health_checks, PHealthCheck::finish)?,
+            client_classes: all(self.client_classes, PClientClass::finish)?,
+            geoip: match self.geoip {
+                Some(g) => Some(g.finish()?),
+                None => None,
+            },
             control: self.control?,
             metrics: self.metrics?,
         })
@@ -107,6 +129,7 @@ pub(crate) struct Defined<'a> {
     pub(crate) regions: Names<'a>,
     pub(crate) backends: Names<'a>,
     pub(crate) health_checks: Names<'a>,
+    pub(crate) classes: Names<'a>,
 }
 
 /// Cross-reference checks, section by section.
@@ -133,13 +156,28 @@ pub(crate) fn validate(w: &mut Walker, p: &Partial) {
             .iter()
             .map(|h| (h.at.as_str(), h.name.as_deref())),
     );
+    let classes = unique_names(
+        w,
+        p.client_classes
+            .iter()
+            .map(|c| (c.at.as_str(), c.name.as_deref())),
+    );
     let names = Defined {
         regions,
         backends,
         health_checks,
+        classes,
     };
     backends::validate(w, &p.backends, &p.services, &names);
-    let total_reals = services::validate(w, &p.services, &p.backends, &p.health_checks, &names);
+    let total_reals = services::validate(
+        w,
+        &p.services,
+        &p.backends,
+        &p.health_checks,
+        &p.client_classes,
+        &names,
+    );
+    classes::validate(w, &p.client_classes, &names);
     dataplane::validate(w, &p.dataplane, &p.backends, p.services.len(), total_reals);
 }
 

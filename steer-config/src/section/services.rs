@@ -4,13 +4,32 @@ use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 
 use steer_common::capacity;
-use toml::Table;
+use toml::{Table, Value};
 
 use super::{check_health_check_ref, defined, quoted, Defined};
+use crate::defaults::{
+    DEFAULT_LATENCY_DWELL, DEFAULT_LATENCY_MARGIN, DEFAULT_LATENCY_MARGIN_MIN,
+    DEFAULT_MAX_EJECTION_PERCENT, DEFAULT_OVERPROVISIONING, DEFAULT_PANIC_THRESHOLD,
+    LATENCY_DWELL_MAX, LATENCY_MARGIN_MIN_MAX, OVERPROVISIONING_MAX, OVERPROVISIONING_MIN,
+};
+use crate::duration::format_duration;
 use crate::error::join;
-use crate::model::{keyword_list, Affinity, CheckKind, PBackend, PHealthCheck, PService, Protocol};
-use crate::values::{int_in, keyword, name, non_empty_string, unicast_address};
-use crate::walker::{Node, Walker};
+use crate::model::{
+    keyword_list, Affinity, CheckKind, LatencyTuning, Milli, OnNoHealthy, PBackend, PClientClass,
+    PHealthCheck, PService, Policy, PolicyKind, Protocol,
+};
+use crate::values::{duration, int_in, keyword, milli, name, non_empty_string, unicast_address};
+use crate::walker::{describe, Node, Walker};
+
+/// Keys that belong to one policy only.
+const POLICY_KEYS: &[(&str, PolicyKind)] = &[
+    ("region_weights", PolicyKind::Weighted),
+    ("tiers", PolicyKind::Failover),
+    ("classes", PolicyKind::Geo),
+    ("latency_margin", PolicyKind::Latency),
+    ("latency_margin_min", PolicyKind::Latency),
+    ("latency_dwell", PolicyKind::Latency),
+];
 
 pub(super) fn read(w: &mut Walker, at: &str, t: &Table) -> PService {
     let n = Node::new(w, at, t);
@@ -30,10 +49,225 @@ pub(super) fn read(w: &mut Walker, at: &str, t: &Table) -> PService {
         backends: n.list(w, "backends", non_empty_string),
         regions: n.list(w, "regions", non_empty_string),
         health_check: n.optional(w, "health_check", non_empty_string),
+        policy: read_policy(w, &n),
+        overprovisioning_factor: n.default(
+            w,
+            "overprovisioning_factor",
+            DEFAULT_OVERPROVISIONING,
+            overprovisioning,
+        ),
+        panic_threshold: n.default(w, "panic_threshold", DEFAULT_PANIC_THRESHOLD, |v| {
+            int_in(v, 0, 100)
+        }),
+        on_no_healthy: n.default(w, "on_no_healthy", OnNoHealthy::default(), keyword),
+        max_ejection_percent: n.default(
+            w,
+            "max_ejection_percent",
+            DEFAULT_MAX_EJECTION_PERCENT,
+            |v| int_in(v, 0, 100),
+        ),
+        latency: read_latency(w, &n),
         at: at.to_string(),
     };
     n.done(w);
     service
+}
+
+/// `policy` and its policy-specific keys (`region_weights`, `tiers`,
+/// `classes`): `None` if any is invalid or one is missing.
+fn read_policy(w: &mut Walker, n: &Node<'_>) -> Option<Policy> {
+    let kind = n.default(w, "policy", PolicyKind::default(), keyword);
+    let classes = n.list(w, "classes", non_empty_string);
+    let weights = region_weights(w, n);
+    let tiers = tiers(w, n);
+    let kind = kind?;
+    let mut ok = true;
+    for (key, owner) in POLICY_KEYS {
+        if n.has(key) && *owner != kind {
+            w.err(
+                join(n.path, key),
+                format!(
+                    "{key} is only for policy = \"{owner}\" (this service's policy is \
+                     \"{kind}\"): remove it, or set policy = \"{owner}\""
+                ),
+            );
+            ok = false;
+        }
+    }
+    let missing = |w: &mut Walker, key: &str, example: &str| {
+        w.err(
+            join(n.path, key),
+            format!("missing (required with policy = \"{kind}\"), e.g. {key} = {example}"),
+        );
+    };
+    let policy = match kind {
+        PolicyKind::Maglev => Policy::Maglev,
+        PolicyKind::Latency => Policy::Latency,
+        PolicyKind::Weighted => match weights? {
+            Some(weights) => Policy::Weighted { weights },
+            None => {
+                missing(w, "region_weights", "{ \"us-east\" = 2, \"eu-west\" = 1 }");
+                return None;
+            }
+        },
+        PolicyKind::Failover => match tiers? {
+            Some(tiers) => Policy::Failover { tiers },
+            None => {
+                missing(w, "tiers", "[[\"us-east\"], [\"eu-west\"]]");
+                return None;
+            }
+        },
+        PolicyKind::Geo => {
+            let classes: Vec<String> = classes?.into_iter().collect::<Option<_>>()?;
+            if classes.is_empty() {
+                if n.has("classes") {
+                    w.err(
+                        join(n.path, "classes"),
+                        "is empty: policy = \"geo\" needs at least one client class \
+                         (the name of a [[client_classes]] entry)",
+                    );
+                } else {
+                    missing(
+                        w,
+                        "classes",
+                        "[\"eu\"] (names of [[client_classes]] entries)",
+                    );
+                }
+                return None;
+            }
+            Policy::Geo { classes }
+        }
+    };
+    ok.then_some(policy)
+}
+
+/// `region_weights = { "us-east" = 2 }`: `Some(None)` if absent.
+fn region_weights(w: &mut Walker, n: &Node<'_>) -> Option<Option<Vec<(String, u8)>>> {
+    let path = join(n.path, "region_weights");
+    let table = match n.optional(w, "region_weights", |v| match v {
+        Value::Table(t) => Ok(t.clone()),
+        _ => Err(format!(
+            "expected a table of region weights such as {{ \"us-east\" = 2, \"eu-west\" = 1 }}, \
+             found {}",
+            describe(v)
+        )),
+    })? {
+        None => return Some(None),
+        Some(t) => t,
+    };
+    if table.is_empty() {
+        w.err(
+            path,
+            "is empty: give every region of the service a weight 0..=255 (0 = used only when \
+             every other region is unhealthy)",
+        );
+        return None;
+    }
+    let mut weights = Vec::with_capacity(table.len());
+    let mut ok = true;
+    for (region, v) in &table {
+        match int_in::<u8>(v, 0, 255) {
+            Ok(weight) => weights.push((region.clone(), weight)),
+            Err(m) => {
+                w.err(join(&path, region), m);
+                ok = false;
+            }
+        }
+    }
+    ok.then_some(Some(weights))
+}
+
+/// `tiers = [["us-east"], ["eu-west", "ap-south"]]`: `Some(None)` if absent.
+fn tiers(w: &mut Walker, n: &Node<'_>) -> Option<Option<Vec<Vec<String>>>> {
+    let path = join(n.path, "tiers");
+    let present = n.has("tiers");
+    let tiers = n.list(w, "tiers", |v| match v {
+        Value::Array(items) => Ok(items.clone()),
+        _ => Err(format!(
+            "expected a tier: an array of region names such as [\"eu-west\"], found {}",
+            describe(v)
+        )),
+    })?;
+    if !present {
+        return Some(None);
+    }
+    if tiers.is_empty() {
+        w.err(
+            path,
+            "is empty: list the tiers of regions, first tier first",
+        );
+        return None;
+    }
+    let mut out = Vec::with_capacity(tiers.len());
+    let mut ok = true;
+    for (i, tier) in tiers.into_iter().enumerate() {
+        let Some(tier) = tier else {
+            ok = false;
+            continue;
+        };
+        if tier.is_empty() {
+            w.err(format!("{path}[{i}]"), "is an empty tier: remove it");
+            ok = false;
+            continue;
+        }
+        let mut names = Vec::with_capacity(tier.len());
+        for (j, v) in tier.iter().enumerate() {
+            match non_empty_string(v) {
+                Ok(s) => names.push(s),
+                Err(m) => {
+                    w.err(format!("{path}[{i}][{j}]"), m);
+                    ok = false;
+                }
+            }
+        }
+        out.push(names);
+    }
+    ok.then_some(Some(out))
+}
+
+fn overprovisioning(v: &Value) -> Result<Milli, String> {
+    let m = milli(v)?;
+    if (OVERPROVISIONING_MIN..=OVERPROVISIONING_MAX).contains(&m) {
+        Ok(m)
+    } else {
+        Err(format!(
+            "{m} is out of range (must be between {OVERPROVISIONING_MIN} and \
+             {OVERPROVISIONING_MAX}; Envoy's default is 1.4)"
+        ))
+    }
+}
+
+/// `latency_margin`, `latency_margin_min`, `latency_dwell`.
+fn read_latency(w: &mut Walker, n: &Node<'_>) -> Option<LatencyTuning> {
+    let margin_percent = n.default(w, "latency_margin", DEFAULT_LATENCY_MARGIN, |v| {
+        int_in(v, 0, 100)
+    });
+    let margin_min = n.default(w, "latency_margin_min", DEFAULT_LATENCY_MARGIN_MIN, |v| {
+        at_most(duration(v)?, LATENCY_MARGIN_MIN_MAX)
+    });
+    let dwell = n.default(w, "latency_dwell", DEFAULT_LATENCY_DWELL, |v| {
+        at_most(duration(v)?, LATENCY_DWELL_MAX)
+    });
+    Some(LatencyTuning {
+        margin_percent: margin_percent?,
+        margin_min: margin_min?,
+        dwell: dwell?,
+    })
+}
+
+fn at_most(
+    d: std::time::Duration,
+    max: std::time::Duration,
+) -> Result<std::time::Duration, String> {
+    if d > max {
+        Err(format!(
+            "{} is too long (at most {})",
+            format_duration(d),
+            format_duration(max)
+        ))
+    } else {
+        Ok(d)
+    }
 }
 
 /// References, duplicate VIPs, address families and tcp checks on
@@ -43,6 +277,7 @@ pub(super) fn validate(
     services: &[PService],
     backends: &[PBackend],
     checks: &[PHealthCheck],
+    classes: &[PClientClass],
     names: &Defined<'_>,
 ) -> u64 {
     let mut vip_keys: HashMap<(IpAddr, u16, Protocol), &PService> = HashMap::new();
@@ -80,6 +315,7 @@ pub(super) fn validate(
                 vip_keys.insert((vip, port, proto), s);
             }
         }
+        check_policy(w, s, backends, classes, names);
         let served = resolve(s, backends);
         total_reals += served.len() as u64;
         check_served(w, s, &served, checks, names);
@@ -175,9 +411,182 @@ fn listed(list: &Option<Vec<Option<String>>>) -> HashSet<&str> {
         .collect()
 }
 
+/// The regions serving `s`: its `regions`, then the regions of its
+/// explicit backends in `[[backends]]` order, each once (the same order as
+/// [`crate::Config::service_regions`]).
+fn service_regions<'a>(s: &'a PService, backends: &'a [PBackend]) -> Vec<&'a str> {
+    let mut out: Vec<&str> = Vec::new();
+    for r in s.regions.iter().flatten().flatten() {
+        if !out.contains(&r.as_str()) {
+            out.push(r);
+        }
+    }
+    let names = listed(&s.backends);
+    for b in backends {
+        if let (Some(n), Some(r)) = (&b.name, &b.region) {
+            if names.contains(n.as_str()) && !out.contains(&r.as_str()) {
+                out.push(r);
+            }
+        }
+    }
+    out
+}
+
+/// The policy's references: weights and tiers name exactly the service's
+/// regions; geo classes exist and prefer only the service's regions.
+fn check_policy(
+    w: &mut Walker,
+    s: &PService,
+    backends: &[PBackend],
+    classes: &[PClientClass],
+    names: &Defined<'_>,
+) {
+    let Some(policy) = &s.policy else { return };
+    let served = service_regions(s, backends);
+    let shown = served
+        .iter()
+        .map(|r| format!("{r:?}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    // A region named by a policy key that does not serve this service.
+    let stranger = |w: &mut Walker, path: String, region: &str| {
+        if names.regions.contains_key(region) {
+            w.err(
+                path,
+                format!(
+                    "region {region:?} does not serve this service (its regions: [{shown}], \
+                     from regions and the regions of its backends); add it to regions or \
+                     remove it here"
+                ),
+            );
+        } else {
+            w.err(
+                path,
+                format!(
+                    "unknown region {region:?} {}",
+                    defined("regions", &names.regions)
+                ),
+            );
+        }
+    };
+    let uncovered = |w: &mut Walker, path: String, seen: &HashSet<&str>, what: &str| {
+        let missing: Vec<String> = served
+            .iter()
+            .filter(|r| !seen.contains(**r))
+            .map(|r| format!("{r:?}"))
+            .collect();
+        if !missing.is_empty() {
+            w.err(
+                path,
+                format!(
+                    "region{} {} of this service {} not {what}: every region of the \
+                     service must be",
+                    if missing.len() > 1 { "s" } else { "" },
+                    missing.join(", "),
+                    if missing.len() > 1 { "are" } else { "is" },
+                ),
+            );
+        }
+    };
+    match policy {
+        Policy::Maglev | Policy::Latency => {}
+        Policy::Weighted { weights } => {
+            let path = join(&s.at, "region_weights");
+            let mut seen = HashSet::new();
+            for (region, _) in weights {
+                if served.contains(&region.as_str()) {
+                    seen.insert(region.as_str());
+                } else {
+                    stranger(w, join(&path, region), region);
+                }
+            }
+            uncovered(w, path, &seen, "given a weight (0 = standby)");
+        }
+        Policy::Failover { tiers } => {
+            let path = join(&s.at, "tiers");
+            let mut seen: HashMap<&str, (usize, usize)> = HashMap::new();
+            for (i, tier) in tiers.iter().enumerate() {
+                for (j, region) in tier.iter().enumerate() {
+                    let at = format!("{path}[{i}][{j}]");
+                    if let Some((fi, fj)) = seen.get(region.as_str()) {
+                        w.err(
+                            at,
+                            format!(
+                                "region {region:?} is listed twice (also tiers[{fi}][{fj}]); \
+                                 each region is in exactly one tier"
+                            ),
+                        );
+                    } else if served.contains(&region.as_str()) {
+                        seen.insert(region, (i, j));
+                    } else {
+                        stranger(w, at, region);
+                    }
+                }
+            }
+            let seen: HashSet<&str> = seen.keys().copied().collect();
+            uncovered(w, path, &seen, "in a tier");
+        }
+        Policy::Geo {
+            classes: listed_classes,
+        } => {
+            let path = join(&s.at, "classes");
+            let mut seen: HashMap<&str, usize> = HashMap::new();
+            for (i, class) in listed_classes.iter().enumerate() {
+                let at = format!("{path}[{i}]");
+                if let Some(first) = seen.get(class.as_str()) {
+                    w.err(
+                        at,
+                        format!("class {class:?} is listed twice (also [{first}]); remove one"),
+                    );
+                    continue;
+                }
+                seen.insert(class, i);
+                let Some((ci, _)) = names.classes.get(class.as_str()) else {
+                    w.err(
+                        at,
+                        format!(
+                            "unknown client class {class:?} {}",
+                            defined("client classes", &names.classes)
+                        ),
+                    );
+                    continue;
+                };
+                let c = &classes[*ci];
+                let Some(regions) = &c.regions else { continue };
+                if regions.is_empty() {
+                    w.err(
+                        at.clone(),
+                        format!(
+                            "class {class:?} ({}) has no regions, so it cannot order this \
+                             geo service's regions: give it regions = [...] or remove it here",
+                            c.at
+                        ),
+                    );
+                }
+                for (k, region) in regions.iter().enumerate() {
+                    let Some(region) = region else { continue };
+                    if names.regions.contains_key(region.as_str())
+                        && !served.contains(&region.as_str())
+                    {
+                        w.err(
+                            at.clone(),
+                            format!(
+                                "class {class:?} prefers region {region:?} ({}.regions[{k}]), \
+                                 which does not serve this service (its regions: [{shown}]); \
+                                 add the region to the service or use another class",
+                                c.at
+                            ),
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// Records duplicates within a service's `backends` or `regions` list and
 /// references to undefined names.
-fn check_name_list<T>(
+pub(super) fn check_name_list<T>(
     w: &mut Walker,
     list_path: &str,
     (what, what_plural): (&str, &str),

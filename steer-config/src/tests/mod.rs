@@ -2,6 +2,7 @@
 //! here build configs from a shared base and assert on the errors.
 
 mod addresses;
+mod classes;
 mod control_metrics;
 mod dataplane;
 mod durations;
@@ -9,6 +10,8 @@ mod files;
 mod health_checks;
 mod lookups;
 mod messages;
+mod mmdb;
+mod policies;
 mod references;
 mod shape;
 mod whole;

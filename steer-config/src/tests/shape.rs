@@ -28,7 +28,10 @@ regions = ["eu-west"]
     assert_error(
         &text,
         "services[0].prot",
-        "unknown key (expected one of: name, vip, port, protocol, affinity, backends, regions, health_check)",
+        "unknown key (expected one of: name, vip, port, protocol, affinity, backends, regions, \
+         health_check, policy, classes, region_weights, tiers, overprovisioning_factor, \
+         panic_threshold, on_no_healthy, max_ejection_percent, latency_margin, \
+         latency_margin_min, latency_dwell)",
     );
 }
 
@@ -182,7 +185,7 @@ fn invalid_names() {
 fn unknown_keys_list_the_keys_of_their_section() {
     // The lists are those of the tables in docs/config.md, in their order.
     let text = format!(
-        "{}\n[[regions]]\nname = \"r9\"\nx = 1\n[[backends]]\nname = \"b9\"\naddress = \"192.0.2.99\"\nregion = \"r9\"\nx = 1\n{WEB}x = 1\n[[health_checks]]\nname = \"h9\"\nkind = \"tcp\"\nport = 1\nx = 1\n[control]\nx = 1\n[metrics]\nx = 1\n",
+        "{}\n[[regions]]\nname = \"r9\"\nx = 1\n[[backends]]\nname = \"b9\"\naddress = \"192.0.2.99\"\nregion = \"r9\"\nx = 1\n{WEB}x = 1\n[[health_checks]]\nname = \"h9\"\nkind = \"tcp\"\nport = 1\nx = 1\n[[client_classes]]\nname = \"c\"\nprefixes = [\"192.0.2.0/24\"]\nx = 1\n[geoip]\ndatabase = \"x.mmdb\"\nx = 1\n[control]\nx = 1\n[metrics]\nx = 1\n",
         doc("x = 1\n", "")
     );
     let errs = errors(&text);
@@ -192,14 +195,20 @@ fn unknown_keys_list_the_keys_of_their_section() {
             "interfaces, mode, next_hop_mac, source_mac, encap_source_v4, encap_source_v6, mtu, \
              conntrack_size, maglev_table_size, ttl, pin_path, max_tables, max_reals",
         ),
-        ("regions[2].x", "name, description"),
+        (
+            "regions[2].x",
+            "name, description, dial, max_new_flows_per_second, capacity_scaler",
+        ),
         (
             "backends[3].x",
             "name, address, region, weight, encapsulation, health_check",
         ),
         (
             "services[0].x",
-            "name, vip, port, protocol, affinity, backends, regions, health_check",
+            "name, vip, port, protocol, affinity, backends, regions, health_check, policy, \
+             classes, region_weights, tiers, overprovisioning_factor, panic_threshold, \
+             on_no_healthy, max_ejection_percent, latency_margin, latency_margin_min, \
+             latency_dwell",
         ),
         (
             "health_checks[1].x",
@@ -207,6 +216,11 @@ fn unknown_keys_list_the_keys_of_their_section() {
              expected_status, body_contains, deep_health, up_statuses, degraded_statuses, sni, \
              ca_file, insecure",
         ),
+        (
+            "client_classes[0].x",
+            "name, prefixes, prefix_files, countries, continents, regions, allowed_regions",
+        ),
+        ("geoip.x", "database"),
         ("control.x", "socket, group"),
         ("metrics.x", "listen"),
     ];

@@ -51,7 +51,10 @@ kind = "http"
         cfg.regions,
         vec![Region {
             name: "r".into(),
-            description: None
+            description: None,
+            dial: 100,
+            max_new_flows_per_second: None,
+            capacity_scaler: Milli(1000),
         }]
     );
     let b = &cfg.backends[0];
@@ -65,6 +68,21 @@ kind = "http"
     assert_eq!(s.affinity, Affinity::Flow);
     assert!(s.regions.is_empty());
     assert_eq!(s.health_check, None);
+    assert_eq!(s.policy, Policy::Maglev);
+    assert_eq!(s.overprovisioning_factor, Milli(1400));
+    assert_eq!(s.panic_threshold, 50);
+    assert_eq!(s.on_no_healthy, OnNoHealthy::FailOpen);
+    assert_eq!(s.max_ejection_percent, 100);
+    assert_eq!(
+        s.latency,
+        LatencyTuning {
+            margin_percent: 20,
+            margin_min: Duration::from_millis(5),
+            dwell: Duration::from_secs(30),
+        }
+    );
+    assert!(cfg.client_classes.is_empty());
+    assert_eq!(cfg.geoip, None);
 
     let h = &cfg.health_checks[0];
     assert_eq!(h.kind, CheckKind::Http);
@@ -168,4 +186,17 @@ listen = "[::1]:9100"
     assert_eq!(s.health_check.as_deref(), Some("hc"));
     assert_eq!(cfg.control.socket, PathBuf::from("/tmp/steer.sock"));
     assert_eq!(cfg.metrics.listen.port(), 9100);
+}
+
+#[test]
+fn every_example_parses() {
+    // Every new key is optional: the examples written before client
+    // classes and region policies still parse, with today's behaviour.
+    // (Text only: steer.toml names a ca_file of the host it is meant for.)
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    for name in ["steer.toml", "lab.toml", "replay.toml"] {
+        let text = std::fs::read_to_string(dir.join(name)).expect("example");
+        let cfg = Config::parse(&text).unwrap_or_else(|e| panic!("{name}:\n{e}"));
+        assert!(!cfg.services.is_empty(), "{name}");
+    }
 }
