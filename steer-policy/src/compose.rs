@@ -1,0 +1,388 @@
+//! `compose`: a decision turned into a selection table, slot by slot.
+//!
+//! Every slot of the table is one sample of the new-flow hash space. A slot
+//! goes through the same steps as a flow:
+//! 1. step 1 gives it a region: the slots, sorted by a per-slot hash, are cut
+//!    into consecutive runs whose lengths are the regions' step-1 loads
+//!    (largest remainder), so the shares are exact to a slot;
+//! 2. each region of the order, in turn, keeps `dial%` of the slots that
+//!    reach it (the ones with the lowest per-slot, per-region hash), then
+//!    `capacity_keep` of those (another hash); the rest spill to the next
+//!    region; what spills past the last region is cut by the step-1 loads
+//!    again;
+//! 3. inside the final region, a Maglev ring over the region's backends picks
+//!    the backend.
+//!
+//! The hashes are seeded by the slot index and the region's name (never by
+//! an id or a position), so two hosts with equal inputs build byte-identical
+//! tables, and a rank-based keep means a dial change only moves the slots
+//! between the old and the new rank.
+
+use steer_common::hash::murmur3_32;
+use steer_common::maglev::{build, Entry};
+use steer_common::NO_REAL;
+
+use crate::model::{Decision, Outcome, PolicyIn, RegionIn, ServiceIn, RESIDENCY_DROP};
+
+const SEED_STEP1: u32 = 0x7374_6570; // "step"
+const SEED_DIAL: u32 = 0x6469_616c; // "dial"
+const SEED_CAPACITY: u32 = 0x6361_7061; // "capa"
+const SEED_FALLBACK: u32 = 0x6261_636b; // "back"
+
+fn seed(name: &str, purpose: u32) -> u32 {
+    murmur3_32(name.as_bytes(), purpose)
+}
+
+fn slot_hash(slot: u32, seed: u32) -> u32 {
+    murmur3_32(&slot.to_le_bytes(), seed)
+}
+
+/// What happened to a slot at one region of the order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HopAction {
+    /// The region kept the slot.
+    Kept,
+    /// The region's dial spilled it to the next region.
+    DialSpill,
+    /// The region's capacity keep spilled it to the next region.
+    CapacitySpill,
+    /// The region has no backend that may serve: passed on.
+    NotServing,
+}
+
+/// One region a slot reached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Hop {
+    /// Index into [`ServiceIn::regions`].
+    pub region: usize,
+    pub action: HopAction,
+}
+
+/// The path of one slot through the steps, for `steer explain`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SlotPath {
+    pub slot: u32,
+    pub outcome: Outcome,
+    /// The region step 1 (health spill, weights) gave the slot.
+    pub step1: Option<usize>,
+    /// Each region the slot reached, in order, and what it did.
+    pub hops: Vec<Hop>,
+    /// The slot spilled past the last region and went back by step-1 load.
+    pub fallback: bool,
+    /// The final region.
+    pub region: Option<usize>,
+    /// The table value: a `BackendIn::index`, `NO_REAL` or
+    /// [`RESIDENCY_DROP`].
+    pub backend: u32,
+}
+
+/// Builds the selection table of one (service, class): `ring_size` slots
+/// (a prime, as for `steer_common::maglev::build`), each a
+/// `BackendIn::index`, `steer_common::NO_REAL` (dropped: no healthy backend)
+/// or [`RESIDENCY_DROP`].
+///
+/// # Panics
+/// If `ring_size` is not a prime.
+pub fn compose(svc: &ServiceIn, d: &Decision, ring_size: u32) -> Vec<u32> {
+    run(svc, d, ring_size, None).0
+}
+
+/// The path of `slot` (a flow's `hash % ring_size`) through the steps of
+/// [`compose`] for the same inputs.
+///
+/// # Panics
+/// If `ring_size` is not a prime or `slot >= ring_size`.
+pub fn explain_slot(svc: &ServiceIn, d: &Decision, ring_size: u32, slot: u32) -> SlotPath {
+    assert!(
+        slot < ring_size,
+        "slot {slot} is outside a table of {ring_size}"
+    );
+    run(svc, d, ring_size, Some(slot))
+        .1
+        .expect("a watched slot always has a path")
+}
+
+/// A region's Maglev rings: over all its backends with weight > 0, and
+/// over the healthy ones. A slot uses the full ring's backend while it is
+/// healthy (or the region spreads over all), else the healthy ring's, so a
+/// backend going down moves only its own slots.
+struct Rings<'a> {
+    region: &'a RegionIn,
+    full: Vec<u32>,
+    healthy: Vec<u32>,
+    spread_all: bool,
+}
+
+impl<'a> Rings<'a> {
+    fn new(region: &'a RegionIn, spread_all: bool, size: u32) -> Self {
+        let entries = |healthy_only: bool| -> Vec<Entry<'a>> {
+            region
+                .backends
+                .iter()
+                .enumerate()
+                .filter(|(_, b)| !healthy_only || b.healthy)
+                .map(|(i, b)| Entry {
+                    id: i as u32,
+                    key: b.name.as_bytes(),
+                    weight: b.weight,
+                })
+                .collect()
+        };
+        Rings {
+            region,
+            full: build(&entries(false), size),
+            healthy: if spread_all {
+                Vec::new()
+            } else {
+                build(&entries(true), size)
+            },
+            spread_all,
+        }
+    }
+
+    /// Whether the full ring's backend at `slot` may take the slot.
+    fn full_ok(&self, slot: usize) -> bool {
+        let f = self.full[slot];
+        f != NO_REAL && (self.spread_all || self.region.backends[f as usize].healthy)
+    }
+
+    fn backend(&self, slot: usize) -> u32 {
+        let local = if self.full_ok(slot) {
+            self.full[slot]
+        } else if self.spread_all {
+            NO_REAL
+        } else {
+            self.healthy[slot]
+        };
+        if local == NO_REAL {
+            NO_REAL
+        } else {
+            self.region.backends[local as usize].index
+        }
+    }
+}
+
+/// Splits `n` items by `weights` (largest remainder; ties to the earlier
+/// entry). The counts add up to `n` when any weight is positive.
+fn apportion(weights: &[f64], n: usize) -> Vec<usize> {
+    let sum: f64 = weights.iter().filter(|w| **w > 0.0).sum();
+    if sum <= 0.0 || n == 0 {
+        return vec![0; weights.len()];
+    }
+    let exact: Vec<f64> = weights
+        .iter()
+        .map(|&w| if w > 0.0 { w / sum * n as f64 } else { 0.0 })
+        .collect();
+    let mut counts: Vec<usize> = exact.iter().map(|&x| x.floor() as usize).collect();
+    let mut left = n.saturating_sub(counts.iter().sum());
+    let mut by_rest: Vec<usize> = (0..weights.len()).filter(|&k| exact[k] > 0.0).collect();
+    by_rest.sort_by(|&a, &b| {
+        let (ra, rb) = (exact[a] - exact[a].floor(), exact[b] - exact[b].floor());
+        rb.total_cmp(&ra).then(a.cmp(&b))
+    });
+    for &k in by_rest.iter().cycle() {
+        if left == 0 {
+            break;
+        }
+        counts[k] += 1;
+        left -= 1;
+    }
+    counts
+}
+
+/// Sorts slots by a per-slot hash (ties by slot).
+fn sort_by_hash(slots: &mut [u32], seed: u32) {
+    slots.sort_by_cached_key(|&s| (slot_hash(s, seed), s));
+}
+
+fn run(
+    svc: &ServiceIn,
+    d: &Decision,
+    size: u32,
+    watch: Option<u32>,
+) -> (Vec<u32>, Option<SlotPath>) {
+    let n = size as usize;
+    let mut path = watch.map(|slot| SlotPath {
+        slot,
+        outcome: d.outcome,
+        step1: None,
+        hops: Vec::new(),
+        fallback: false,
+        region: None,
+        backend: NO_REAL,
+    });
+    let fill = match d.outcome {
+        Outcome::DropNoHealthy => Some(NO_REAL),
+        Outcome::DropResidency => Some(RESIDENCY_DROP),
+        Outcome::Serve | Outcome::FailOpen => None,
+    };
+    if let Some(v) = fill {
+        if let Some(p) = path.as_mut() {
+            p.backend = v;
+        }
+        return (vec![v; n], path);
+    }
+    if svc.policy == PolicyIn::Maglev {
+        return maglev(svc, d, size, path);
+    }
+    let m = d.regions.len();
+    let rings: Vec<Option<Rings<'_>>> = d
+        .regions
+        .iter()
+        .map(|r| {
+            r.serving
+                .then(|| Rings::new(&svc.regions[r.region], r.spread_all, size))
+        })
+        .collect();
+    let loads: Vec<f64> = d.regions.iter().map(|r| r.load).collect();
+
+    // Step 1. The slots whose backend in the first loaded region's full
+    // ring is healthy come first, so when that region spills (its health
+    // below 1/overprovisioning) it keeps the slots of its healthy backends.
+    let first = d.regions.iter().position(|r| r.load > 0.0);
+    let mut order: Vec<u32> = (0..size).collect();
+    order.sort_by_cached_key(|&s| {
+        let unhealthy = first
+            .and_then(|k| rings[k].as_ref())
+            .is_some_and(|r| !r.full_ok(s as usize));
+        (unhealthy, slot_hash(s, SEED_STEP1), s)
+    });
+    let mut step1 = vec![0usize; n];
+    let mut at = 0;
+    for (k, c) in apportion(&loads, n).into_iter().enumerate() {
+        for &s in &order[at..at + c] {
+            step1[s as usize] = k;
+        }
+        at += c;
+    }
+    if let Some(p) = path.as_mut() {
+        p.step1 = Some(d.regions[step1[p.slot as usize]].region);
+    }
+    let mut by_region: Vec<Vec<u32>> = vec![Vec::new(); m];
+    for (s, &k) in step1.iter().enumerate() {
+        by_region[k].push(s as u32);
+    }
+
+    // Steps 2 and 3: dial, then capacity keep, down the order.
+    let mut fin = vec![usize::MAX; n];
+    let mut incoming: Vec<u32> = Vec::new();
+    let fail_open = d.outcome == Outcome::FailOpen;
+    for (k, r) in d.regions.iter().enumerate() {
+        let mut reach = std::mem::take(&mut by_region[k]);
+        reach.append(&mut incoming);
+        let name = &svc.regions[r.region].name;
+        let (kept, dial_spill, cap_spill) = if fail_open {
+            (reach, Vec::new(), Vec::new())
+        } else if !r.serving {
+            (Vec::new(), reach, Vec::new())
+        } else {
+            sort_by_hash(&mut reach, seed(name, SEED_DIAL));
+            let k1 = (r.dial as f64 / 100.0 * reach.len() as f64).round() as usize;
+            let dial_spill = reach.split_off(k1.min(reach.len()));
+            sort_by_hash(&mut reach, seed(name, SEED_CAPACITY));
+            let k2 = (r.capacity_keep * reach.len() as f64).round() as usize;
+            let cap_spill = reach.split_off(k2.min(reach.len()));
+            (reach, dial_spill, cap_spill)
+        };
+        if let Some(p) = path.as_mut() {
+            let action = if kept.contains(&p.slot) {
+                Some(HopAction::Kept)
+            } else if dial_spill.contains(&p.slot) {
+                Some(if r.serving {
+                    HopAction::DialSpill
+                } else {
+                    HopAction::NotServing
+                })
+            } else if cap_spill.contains(&p.slot) {
+                Some(HopAction::CapacitySpill)
+            } else {
+                None
+            };
+            if let Some(action) = action {
+                p.hops.push(Hop {
+                    region: r.region,
+                    action,
+                });
+            }
+        }
+        for &s in &kept {
+            fin[s as usize] = k;
+        }
+        incoming = dial_spill;
+        incoming.extend(cap_spill);
+    }
+    // Past the last region: back to the order's regions by step-1 load.
+    if !incoming.is_empty() {
+        sort_by_hash(&mut incoming, SEED_FALLBACK);
+        let mut at = 0;
+        for (k, c) in apportion(&loads, incoming.len()).into_iter().enumerate() {
+            for &s in &incoming[at..at + c] {
+                fin[s as usize] = k;
+            }
+            at += c;
+        }
+        if let Some(p) = path.as_mut() {
+            p.fallback = incoming.contains(&p.slot);
+        }
+    }
+    let table: Vec<u32> = (0..n)
+        .map(|s| match fin[s] {
+            usize::MAX => NO_REAL,
+            k => rings[k].as_ref().map_or(NO_REAL, |r| r.backend(s)),
+        })
+        .collect();
+    if let Some(p) = path.as_mut() {
+        let s = p.slot as usize;
+        p.region = (fin[s] != usize::MAX).then(|| d.regions[fin[s]].region);
+        p.backend = table[s];
+    }
+    (table, path)
+}
+
+/// The maglev policy: one ring over the serving backends of every region
+/// of the order (healthy ones; in fail-open all with weight > 0).
+fn maglev(
+    svc: &ServiceIn,
+    d: &Decision,
+    size: u32,
+    mut path: Option<SlotPath>,
+) -> (Vec<u32>, Option<SlotPath>) {
+    let all = d.outcome == Outcome::FailOpen;
+    let mut ids: Vec<(usize, u32)> = Vec::new();
+    let mut entries: Vec<Entry<'_>> = Vec::new();
+    for &ri in &d.order {
+        for b in svc.regions[ri].backends.iter().filter(|b| all || b.healthy) {
+            entries.push(Entry {
+                id: ids.len() as u32,
+                key: b.name.as_bytes(),
+                weight: b.weight,
+            });
+            ids.push((ri, b.index));
+        }
+    }
+    let ring = build(&entries, size);
+    let table: Vec<u32> = ring
+        .iter()
+        .map(|&e| {
+            if e == NO_REAL {
+                NO_REAL
+            } else {
+                ids[e as usize].1
+            }
+        })
+        .collect();
+    if let Some(p) = path.as_mut() {
+        let e = ring[p.slot as usize];
+        if e != NO_REAL {
+            let region = ids[e as usize].0;
+            p.step1 = Some(region);
+            p.region = Some(region);
+            p.hops.push(Hop {
+                region,
+                action: HopAction::Kept,
+            });
+        }
+        p.backend = table[p.slot as usize];
+    }
+    (table, path)
+}
