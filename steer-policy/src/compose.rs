@@ -236,10 +236,19 @@ fn run(
         .collect();
     let loads: Vec<f64> = d.regions.iter().map(|r| r.load).collect();
 
-    // Step 1. The slots whose backend in the first loaded region's full
-    // ring is healthy come first, so when that region spills (its health
+    // Step 1. When the first loaded region is a priority level of its own
+    // (geo, latency, a one-region failover tier), the slots whose backend in
+    // its full ring is healthy come first, so when it spills (its health
     // below 1/overprovisioning) it keeps the slots of its healthy backends.
-    let first = d.regions.iter().position(|r| r.load > 0.0);
+    // While it is saturated it takes every slot and the order does not
+    // matter, so the switch costs nothing. Not for weighted regions or
+    // multi-region tiers: there the region splits slots with others at any
+    // health, and the bias would move a down backend's slots across regions.
+    let first = d
+        .regions
+        .iter()
+        .position(|r| r.load > 0.0)
+        .filter(|&k| first_is_own_level(svc, d, k) && !d.regions[k].spread_all);
     let mut order: Vec<u32> = (0..size).collect();
     order.sort_by_cached_key(|&s| {
         let unhealthy = first
@@ -337,6 +346,20 @@ fn run(
         p.backend = table[s];
     }
     (table, path)
+}
+
+/// Whether order position `k` is a priority level by itself.
+fn first_is_own_level(svc: &ServiceIn, d: &Decision, k: usize) -> bool {
+    match &svc.policy {
+        PolicyIn::Ordered => true,
+        PolicyIn::Failover(tiers) => {
+            let region = d.regions[k].region;
+            tiers.iter().any(|t| {
+                t.contains(&region) && t.iter().filter(|i| d.order.contains(i)).count() == 1
+            })
+        }
+        PolicyIn::Weighted(_) | PolicyIn::Maglev => false,
+    }
 }
 
 /// The maglev policy: one ring over the serving backends of every region
