@@ -22,7 +22,7 @@ use steer_common::hash::murmur3_32;
 use steer_common::maglev::{build, Entry};
 use steer_common::NO_REAL;
 
-use crate::model::{Decision, Outcome, PolicyIn, RegionIn, ServiceIn, RESIDENCY_DROP};
+use crate::model::{BackendIn, Decision, Outcome, PolicyIn, RegionIn, ServiceIn, RESIDENCY_DROP};
 
 const SEED_STEP1: u32 = 0x7374_6570; // "step"
 const SEED_DIAL: u32 = 0x6469_616c; // "dial"
@@ -102,26 +102,31 @@ pub fn explain_slot(svc: &ServiceIn, d: &Decision, ring_size: u32, slot: u32) ->
         .expect("a watched slot always has a path")
 }
 
-/// A region's Maglev rings: over all its backends with weight > 0, and
-/// over the healthy ones. A slot uses the full ring's backend while it is
-/// healthy (or the region spreads over all), else the healthy ring's, so a
-/// backend going down moves only its own slots.
+/// Maglev rings over a set of backends (one region, or every region of a
+/// failover tier): over all of them with weight > 0, and over the healthy
+/// ones. A slot uses the full ring's backend while it is healthy (or the
+/// set spreads over all), else the healthy ring's, so a backend going down
+/// moves only its own slots.
 struct Rings<'a> {
-    region: &'a RegionIn,
+    /// (order position, backend) per ring entry id.
+    members: Vec<(usize, &'a BackendIn)>,
     full: Vec<u32>,
     healthy: Vec<u32>,
     spread_all: bool,
 }
 
 impl<'a> Rings<'a> {
-    fn new(region: &'a RegionIn, spread_all: bool, size: u32) -> Self {
+    fn new(regions: &[(usize, &'a RegionIn)], spread_all: bool, size: u32) -> Self {
+        let members: Vec<(usize, &'a BackendIn)> = regions
+            .iter()
+            .flat_map(|&(k, r)| r.backends.iter().map(move |b| (k, b)))
+            .collect();
         let entries = |healthy_only: bool| -> Vec<Entry<'a>> {
-            region
-                .backends
+            members
                 .iter()
                 .enumerate()
-                .filter(|(_, b)| !healthy_only || b.healthy)
-                .map(|(i, b)| Entry {
+                .filter(|(_, (_, b))| !healthy_only || b.healthy)
+                .map(|(i, (_, b))| Entry {
                     id: i as u32,
                     key: b.name.as_bytes(),
                     weight: b.weight,
@@ -129,13 +134,13 @@ impl<'a> Rings<'a> {
                 .collect()
         };
         Rings {
-            region,
             full: build(&entries(false), size),
             healthy: if spread_all {
                 Vec::new()
             } else {
                 build(&entries(true), size)
             },
+            members,
             spread_all,
         }
     }
@@ -143,22 +148,26 @@ impl<'a> Rings<'a> {
     /// Whether the full ring's backend at `slot` may take the slot.
     fn full_ok(&self, slot: usize) -> bool {
         let f = self.full[slot];
-        f != NO_REAL && (self.spread_all || self.region.backends[f as usize].healthy)
+        f != NO_REAL && (self.spread_all || self.members[f as usize].1.healthy)
     }
 
-    fn backend(&self, slot: usize) -> u32 {
-        let local = if self.full_ok(slot) {
+    /// The (order position, backend index) of `slot`.
+    fn pick(&self, slot: usize) -> Option<(usize, u32)> {
+        let e = if self.full_ok(slot) {
             self.full[slot]
         } else if self.spread_all {
             NO_REAL
         } else {
             self.healthy[slot]
         };
-        if local == NO_REAL {
-            NO_REAL
-        } else {
-            self.region.backends[local as usize].index
-        }
+        (e != NO_REAL).then(|| {
+            let (k, b) = self.members[e as usize];
+            (k, b.index)
+        })
+    }
+
+    fn backend(&self, slot: usize) -> u32 {
+        self.pick(slot).map_or(NO_REAL, |(_, i)| i)
     }
 }
 
@@ -229,26 +238,54 @@ fn run(
     let rings: Vec<Option<Rings<'_>>> = d
         .regions
         .iter()
-        .map(|r| {
+        .enumerate()
+        .map(|(k, r)| {
             r.serving
-                .then(|| Rings::new(&svc.regions[r.region], r.spread_all, size))
+                .then(|| Rings::new(&[(k, &svc.regions[r.region])], r.spread_all, size))
         })
+        .collect();
+    // Step-1 levels: one per region, except a failover tier of several
+    // regions, where one ring over all the tier's backends picks the region
+    // (the tier's load splits by healthy weight, or in panic by weight,
+    // exactly what such a ring does), so a backend going down moves only
+    // its own slots.
+    let levels = step1_levels(svc, d);
+    let level_rings: Vec<Option<Rings<'_>>> = levels
+        .iter()
+        .map(|l| {
+            (l.len() > 1).then(|| {
+                let members: Vec<(usize, &RegionIn)> = l
+                    .iter()
+                    .filter(|&&k| d.regions[k].serving)
+                    .map(|&k| (k, &svc.regions[d.regions[k].region]))
+                    .collect();
+                Rings::new(&members, d.regions[l[0]].spread_all, size)
+            })
+        })
+        .collect();
+    let level_loads: Vec<f64> = levels
+        .iter()
+        .map(|l| l.iter().map(|&k| d.regions[k].load).sum())
         .collect();
     let loads: Vec<f64> = d.regions.iter().map(|r| r.load).collect();
 
-    // Step 1. When the first loaded region is a priority level of its own
-    // (geo, latency, a one-region failover tier), the slots whose backend in
-    // its full ring is healthy come first, so when it spills (its health
-    // below 1/overprovisioning) it keeps the slots of its healthy backends.
-    // While it is saturated it takes every slot and the order does not
-    // matter, so the switch costs nothing. Not for weighted regions or
-    // multi-region tiers: there the region splits slots with others at any
-    // health, and the bias would move a down backend's slots across regions.
-    let first = d
-        .regions
+    // Step 1. When the first loaded level is one region (geo, latency, a
+    // one-region failover tier), the slots whose backend in its full ring
+    // is healthy come first, so when it spills (its health below
+    // 1/overprovisioning) it keeps the slots of its healthy backends. While
+    // it is saturated it takes every slot and the order does not matter,
+    // so the switch costs nothing. Not for weighted regions: there a region
+    // splits slots with others at any health, and the bias would move a
+    // down backend's slots across regions.
+    let first = levels
         .iter()
-        .position(|r| r.load > 0.0)
-        .filter(|&k| first_is_own_level(svc, d, k) && !d.regions[k].spread_all);
+        .position(|l| l.iter().any(|&k| d.regions[k].load > 0.0))
+        .filter(|&l| {
+            levels[l].len() == 1
+                && matches!(svc.policy, PolicyIn::Ordered | PolicyIn::Failover(_))
+                && !d.regions[levels[l][0]].spread_all
+        })
+        .map(|l| levels[l][0]);
     let mut order: Vec<u32> = (0..size).collect();
     order.sort_by_cached_key(|&s| {
         let unhealthy = first
@@ -258,9 +295,12 @@ fn run(
     });
     let mut step1 = vec![0usize; n];
     let mut at = 0;
-    for (k, c) in apportion(&loads, n).into_iter().enumerate() {
+    for (l, c) in apportion(&level_loads, n).into_iter().enumerate() {
         for &s in &order[at..at + c] {
-            step1[s as usize] = k;
+            step1[s as usize] = match &level_rings[l] {
+                None => levels[l][0],
+                Some(ring) => ring.pick(s as usize).map_or(levels[l][0], |(k, _)| k),
+            };
         }
         at += c;
     }
@@ -334,9 +374,23 @@ fn run(
             p.fallback = incoming.contains(&p.slot);
         }
     }
+    let level_of: Vec<usize> = {
+        let mut v = vec![0; m];
+        for (l, ks) in levels.iter().enumerate() {
+            for &k in ks {
+                v[k] = l;
+            }
+        }
+        v
+    };
     let table: Vec<u32> = (0..n)
         .map(|s| match fin[s] {
             usize::MAX => NO_REAL,
+            // Kept where step 1 put it, inside a multi-region tier: the
+            // tier ring's backend.
+            k if k == step1[s] && level_rings[level_of[k]].is_some() => level_rings[level_of[k]]
+                .as_ref()
+                .map_or(NO_REAL, |r| r.backend(s)),
             k => rings[k].as_ref().map_or(NO_REAL, |r| r.backend(s)),
         })
         .collect();
@@ -348,17 +402,20 @@ fn run(
     (table, path)
 }
 
-/// Whether order position `k` is a priority level by itself.
-fn first_is_own_level(svc: &ServiceIn, d: &Decision, k: usize) -> bool {
+/// The step-1 priority levels as order positions: a failover tier's
+/// regions (those left in the order) together, every other region alone.
+fn step1_levels(svc: &ServiceIn, d: &Decision) -> Vec<Vec<usize>> {
     match &svc.policy {
-        PolicyIn::Ordered => true,
-        PolicyIn::Failover(tiers) => {
-            let region = d.regions[k].region;
-            tiers.iter().any(|t| {
-                t.contains(&region) && t.iter().filter(|i| d.order.contains(i)).count() == 1
+        PolicyIn::Failover(tiers) => tiers
+            .iter()
+            .map(|t| {
+                t.iter()
+                    .filter_map(|i| d.order.iter().position(|o| o == i))
+                    .collect::<Vec<usize>>()
             })
-        }
-        PolicyIn::Weighted(_) | PolicyIn::Maglev => false,
+            .filter(|t| !t.is_empty())
+            .collect(),
+        _ => (0..d.order.len()).map(|k| vec![k]).collect(),
     }
 }
 

@@ -33,7 +33,12 @@ fn shares_within_half_a_point_of_decide() {
         for (i, g) in got.iter().enumerate() {
             let err = (g - d.share(i)).abs();
             worst = worst.max(err);
-            assert!(err <= 0.005, "{}: region {i} table {g:.5} vs decide {:.5}", c.name, d.share(i));
+            assert!(
+                err <= 0.005,
+                "{}: region {i} table {g:.5} vs decide {:.5}",
+                c.name,
+                d.share(i)
+            );
         }
     }
     println!("worst share error: {:.4} points", worst * 100.0);
@@ -51,7 +56,9 @@ fn unhealthy_backends_only_in_panic_or_fail_open() {
         let t = compose(&c.svc, &d, 4099);
         for (ri, reg) in c.svc.regions.iter().enumerate() {
             let spread = d.region(ri).is_some_and(|r| r.spread_all);
-            let in_region = t.iter().filter(|&&v| reg.backends.iter().any(|b| b.index == v));
+            let in_region = t
+                .iter()
+                .filter(|&&v| reg.backends.iter().any(|b| b.index == v));
             let on_down = in_region
                 .clone()
                 .filter(|&&v| reg.backends.iter().any(|b| b.index == v && !b.healthy))
@@ -62,10 +69,18 @@ fn unhealthy_backends_only_in_panic_or_fail_open() {
                 // Spread by weight (all 1 here): the down fraction of the
                 // region's slots is about the down fraction of its backends.
                 let total = in_region.count();
-                let down = reg.backends.iter().filter(|b| !b.healthy && b.weight > 0).count() as f64
+                let down = reg
+                    .backends
+                    .iter()
+                    .filter(|b| !b.healthy && b.weight > 0)
+                    .count() as f64
                     / reg.backends.len() as f64;
                 let f = on_down as f64 / total as f64;
-                assert!((f - down).abs() < 0.05, "{}: region {ri}: {f:.3} of its slots on down backends, want {down:.3}", c.name);
+                assert!(
+                    (f - down).abs() < 0.05,
+                    "{}: region {ri}: {f:.3} of its slots on down backends, want {down:.3}",
+                    c.name
+                );
             }
         }
     }
@@ -76,9 +91,24 @@ fn unhealthy_backends_only_in_panic_or_fail_open() {
 #[test]
 fn dial_change_moves_at_most_its_share() {
     let scenarios: Vec<(&str, ServiceIn, usize, u8)> = vec![
-        ("first region 100->70", ordered(&[r("A", 8, 8), r("B", 8, 8), r("C", 8, 8)]), 0, 70),
-        ("first region 100->0", ordered(&[r("A", 8, 8), r("B", 8, 8)]), 0, 0),
-        ("spill target 100->40", ordered(&[r("A", 10, 5), r("B", 10, 10), r("C", 10, 10)]), 1, 40),
+        (
+            "first region 100->70",
+            ordered(&[r("A", 8, 8), r("B", 8, 8), r("C", 8, 8)]),
+            0,
+            70,
+        ),
+        (
+            "first region 100->0",
+            ordered(&[r("A", 8, 8), r("B", 8, 8)]),
+            0,
+            0,
+        ),
+        (
+            "spill target 100->40",
+            ordered(&[r("A", 10, 5), r("B", 10, 10), r("C", 10, 10)]),
+            1,
+            40,
+        ),
         (
             "cascade 100->20",
             ordered(&[r("A", 8, 8).dial(50), r("B", 8, 8), r("C", 8, 8)]),
@@ -97,10 +127,18 @@ fn dial_change_moves_at_most_its_share() {
             0,
             50,
         ),
-        ("weighted 100->60", weighted(&[1, 1, 2], &[r("A", 8, 8), r("B", 8, 8), r("C", 8, 8)]), 1, 60),
+        (
+            "weighted 100->60",
+            weighted(&[1, 1, 2], &[r("A", 8, 8), r("B", 8, 8), r("C", 8, 8)]),
+            1,
+            60,
+        ),
         (
             "failover tier 100->30",
-            svc(PolicyIn::Failover(vec![vec![0, 1], vec![2]]), &[r("A", 8, 8), r("B", 8, 8), r("C", 8, 8)]),
+            svc(
+                PolicyIn::Failover(vec![vec![0, 1], vec![2]]),
+                &[r("A", 8, 8), r("B", 8, 8), r("C", 8, 8)],
+            ),
             0,
             30,
         ),
@@ -114,14 +152,22 @@ fn dial_change_moves_at_most_its_share() {
             let tx = compose(x, &dx, RING);
             let ty = compose(y, &dy, RING);
             let reach = dx.region(region).unwrap().reach;
-            let delta = (x.regions[region].dial as f64 - y.regions[region].dial as f64).abs() / 100.0;
+            let delta =
+                (x.regions[region].dial as f64 - y.regions[region].dial as f64).abs() / 100.0;
             let bound = delta * reach + 0.01;
             let m = moved(&tx, &ty);
-            println!("{name}: moved {:.2}% (bound {:.2}%)", m * 100.0, bound * 100.0);
+            println!(
+                "{name}: moved {:.2}% (bound {:.2}%)",
+                m * 100.0,
+                bound * 100.0
+            );
             assert!(m <= bound, "{name}: moved {m:.4} > {bound:.4}");
             // And it moved at least the change of the region's share.
             let change = (dx.share(region) - dy.share(region)).abs();
-            assert!(change > 0.05 && m >= change - 0.001, "{name}: moved {m:.4}, share changed {change:.4}");
+            assert!(
+                change > 0.05 && m >= change - 0.001,
+                "{name}: moved {m:.4}, share changed {change:.4}"
+            );
         }
     }
 }
@@ -142,16 +188,39 @@ fn backend_down(s: &ServiceIn, region: usize, backend: usize) -> ServiceIn {
 #[test]
 fn backend_down_moves_at_most_its_share_when_saturated() {
     let scenarios: Vec<(&str, ServiceIn, ClassIn)> = vec![
-        ("ordered", ordered(&[r("A", 10, 10), r("B", 10, 10)]), ClassIn::default()),
-        ("ordered, dial", ordered(&[r("A", 10, 10).dial(60), r("B", 10, 10)]), ClassIn::default()),
-        ("weighted", weighted(&[1, 1], &[r("A", 10, 10), r("B", 10, 10)]), ClassIn::default()),
         (
-            "failover tier",
-            svc(PolicyIn::Failover(vec![vec![0, 1]]), &[r("A", 10, 10), r("B", 10, 10)]),
+            "ordered",
+            ordered(&[r("A", 10, 10), r("B", 10, 10)]),
             ClassIn::default(),
         ),
-        ("capacity", ordered(&[r("A", 10, 10).keep(0.7), r("B", 10, 10)]), ClassIn::default()),
-        ("maglev", svc(PolicyIn::Maglev, &[r("A", 10, 10), r("B", 10, 10)]), ClassIn::default()),
+        (
+            "ordered, dial",
+            ordered(&[r("A", 10, 10).dial(60), r("B", 10, 10)]),
+            ClassIn::default(),
+        ),
+        (
+            "weighted",
+            weighted(&[1, 1], &[r("A", 10, 10), r("B", 10, 10)]),
+            ClassIn::default(),
+        ),
+        (
+            "failover tier",
+            svc(
+                PolicyIn::Failover(vec![vec![0, 1]]),
+                &[r("A", 10, 10), r("B", 10, 10)],
+            ),
+            ClassIn::default(),
+        ),
+        (
+            "capacity",
+            ordered(&[r("A", 10, 10).keep(0.7), r("B", 10, 10)]),
+            ClassIn::default(),
+        ),
+        (
+            "maglev",
+            svc(PolicyIn::Maglev, &[r("A", 10, 10), r("B", 10, 10)]),
+            ClassIn::default(),
+        ),
     ];
     for (name, before, class) in scenarios {
         for backend in [0usize, 3, 9] {
@@ -162,7 +231,11 @@ fn backend_down_moves_at_most_its_share_when_saturated() {
             let ta = compose(&after, &da, RING);
             let own = own_share(&tb, before.regions[0].backends[backend].index);
             let m = moved(&tb, &ta);
-            println!("{name}, backend {backend}: moved {:.2}%, its share {:.2}%", m * 100.0, own * 100.0);
+            println!(
+                "{name}, backend {backend}: moved {:.2}%, its share {:.2}%",
+                m * 100.0,
+                own * 100.0
+            );
             assert!(m <= own + 0.01, "{name}: moved {m:.4} > own {own:.4} + 1%");
             assert!(m >= own, "{name}: its own slots must move");
         }
@@ -203,7 +276,11 @@ fn backend_down_in_the_spill_regime_measured() {
 /// regions in another order (same class order by name) gives the same table.
 #[test]
 fn identical_inputs_identical_bytes() {
-    let s = ordered(&[r("eu", 6, 4).dial(70), r("us", 8, 8).keep(0.8), r("ap", 5, 5)]);
+    let s = ordered(&[
+        r("eu", 6, 4).dial(70),
+        r("us", 8, 8).keep(0.8),
+        r("ap", 5, 5),
+    ]);
     let class = ClassIn {
         order: Some(vec![0, 1, 2]),
         allowed: None,
@@ -213,7 +290,11 @@ fn identical_inputs_identical_bytes() {
     assert_eq!(t1, t2);
     // The same service with its regions listed as [ap, eu, us].
     let mut p = s.clone();
-    p.regions = vec![s.regions[2].clone(), s.regions[0].clone(), s.regions[1].clone()];
+    p.regions = vec![
+        s.regions[2].clone(),
+        s.regions[0].clone(),
+        s.regions[1].clone(),
+    ];
     let pclass = ClassIn {
         order: Some(vec![1, 2, 0]),
         allowed: None,
@@ -239,7 +320,10 @@ fn explain_agrees_with_compose() {
         r("D", 6, 6).keep(0.5),
     ]);
     let d = decide(&s, &ClassIn::default());
-    assert!(d.fallback > 0.0, "the scenario must spill past the last region");
+    assert!(
+        d.fallback > 0.0,
+        "the scenario must spill past the last region"
+    );
     let t = compose(&s, &d, size);
     let mut seen = [0usize; 4];
     for slot in 0..size {
@@ -262,9 +346,15 @@ fn explain_agrees_with_compose() {
             }] += 1;
         }
         let region = p.region.unwrap();
-        assert!(s.regions[region].backends.iter().any(|b| b.index == p.backend));
+        assert!(s.regions[region]
+            .backends
+            .iter()
+            .any(|b| b.index == p.backend));
     }
-    assert!(seen.iter().all(|&n| n > 0), "every hop kind appears: {seen:?}");
+    assert!(
+        seen.iter().all(|&n| n > 0),
+        "every hop kind appears: {seen:?}"
+    );
 }
 
 /// `explain_slot` for drop outcomes names the drop value.
@@ -275,7 +365,13 @@ fn explain_drops() {
     let p = explain_slot(&s, &d, 13, 5);
     assert_eq!(p.outcome, Outcome::DropNoHealthy);
     assert_eq!(p.backend, NO_REAL);
-    let d = decide(&s, &ClassIn { order: None, allowed: Some(vec![0]) });
+    let d = decide(
+        &s,
+        &ClassIn {
+            order: None,
+            allowed: Some(vec![0]),
+        },
+    );
     let p = explain_slot(&s, &d, 13, 5);
     assert_eq!(p.outcome, Outcome::DropResidency);
     assert_eq!(p.backend, steer_policy::RESIDENCY_DROP);

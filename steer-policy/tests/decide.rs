@@ -14,20 +14,31 @@ fn decide_table() {
     for c in cases() {
         let d = decide(&c.svc, &c.class);
         if d.outcome != c.outcome {
-            failures.push(format!("{}: outcome {:?}, want {:?}", c.name, d.outcome, c.outcome));
+            failures.push(format!(
+                "{}: outcome {:?}, want {:?}",
+                c.name, d.outcome, c.outcome
+            ));
             continue;
         }
         for (i, &want) in c.shares.iter().enumerate() {
             let got = d.share(i);
             if (got - want).abs() > 1e-9 {
-                failures.push(format!("{}: region {i} share {got:.6}, want {want:.6}", c.name));
+                failures.push(format!(
+                    "{}: region {i} share {got:.6}, want {want:.6}",
+                    c.name
+                ));
             }
         }
         let total: f64 = d.regions.iter().map(|r| r.share).sum();
         if matches!(c.outcome, Serve | FailOpen) && (total - 1.0).abs() > 1e-9 {
             failures.push(format!("{}: shares add up to {total}", c.name));
         }
-        let panic: Vec<usize> = d.regions.iter().filter(|r| r.panic).map(|r| r.region).collect();
+        let panic: Vec<usize> = d
+            .regions
+            .iter()
+            .filter(|r| r.panic)
+            .map(|r| r.region)
+            .collect();
         if panic != c.panic {
             failures.push(format!("{}: panic {panic:?}, want {:?}", c.name, c.panic));
         }

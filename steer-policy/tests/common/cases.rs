@@ -18,7 +18,13 @@ pub struct Case {
     pub panic: Vec<usize>,
 }
 
-pub fn case(name: &'static str, svc: ServiceIn, class: ClassIn, outcome: Outcome, shares: &[f64]) -> Case {
+pub fn case(
+    name: &'static str,
+    svc: ServiceIn,
+    class: ClassIn,
+    outcome: Outcome,
+    shares: &[f64],
+) -> Case {
     Case {
         name,
         svc,
@@ -52,7 +58,6 @@ pub fn ordered(regions: &[R]) -> ServiceIn {
     svc(PolicyIn::Ordered, regions)
 }
 
-
 /// Every case: the worked values, each policy, dials, capacity, panic, all
 /// down, drain and residency under each mechanism.
 pub fn cases() -> Vec<Case> {
@@ -61,17 +66,47 @@ pub fn cases() -> Vec<Case> {
         // The worked values, [A, B], B fully healthy, 100 backends
         // each. health(A) = min(1, 1.4 × healthy fraction).
         // 100 %: health 1, NTH 1 → 100/0.
-        case("worked 100%", ordered(&[r("A", 100, 100), r("B", 100, 100)]), d(), Serve, &[1.0, 0.0]),
+        case(
+            "worked 100%",
+            ordered(&[r("A", 100, 100), r("B", 100, 100)]),
+            d(),
+            Serve,
+            &[1.0, 0.0],
+        ),
         // 72 %: 1.4 × 0.72 = 1.008 → 1 → 100/0.
-        case("worked 72%", ordered(&[r("A", 100, 72), r("B", 100, 100)]), d(), Serve, &[1.0, 0.0]),
+        case(
+            "worked 72%",
+            ordered(&[r("A", 100, 72), r("B", 100, 100)]),
+            d(),
+            Serve,
+            &[1.0, 0.0],
+        ),
         // 71 %: 1.4 × 0.71 = 0.994; NTH = min(1, 1.994) = 1; B gets 0.006.
-        case("worked 71%", ordered(&[r("A", 100, 71), r("B", 100, 100)]), d(), Serve, &[0.994, 0.006]),
+        case(
+            "worked 71%",
+            ordered(&[r("A", 100, 71), r("B", 100, 100)]),
+            d(),
+            Serve,
+            &[0.994, 0.006],
+        ),
         // 50 %: 0.7 / 0.3.
-        case("worked 50%", ordered(&[r("A", 100, 50), r("B", 100, 100)]), d(), Serve, &[0.7, 0.3]),
+        case(
+            "worked 50%",
+            ordered(&[r("A", 100, 50), r("B", 100, 100)]),
+            d(),
+            Serve,
+            &[0.7, 0.3],
+        ),
         // Both 25 %: health 0.35 each, NTH 0.7 → 0.5 each; both below the
         // panic threshold with NTH < 1 → both in panic.
         with_panic(
-            case("worked both 25%", ordered(&[r("A", 100, 25), r("B", 100, 25)]), d(), Serve, &[0.5, 0.5]),
+            case(
+                "worked both 25%",
+                ordered(&[r("A", 100, 25), r("B", 100, 25)]),
+                d(),
+                Serve,
+                &[0.5, 0.5],
+            ),
             &[0, 1],
         ),
         // Envoy's three-level example 25/25/20 %: health 0.35, 0.35, 0.28,
@@ -89,7 +124,13 @@ pub fn cases() -> Vec<Case> {
         // Envoy's panic example: P0 5 %, P1 65 %: health 0.07, 0.91, NTH
         // 0.98 → 0.0714 / 0.9286; only P0 (5 % < 50 %) panics.
         with_panic(
-            case("envoy panic 5/65", ordered(&[r("A", 100, 5), r("B", 100, 65)]), d(), Serve, &[0.07 / 0.98, 0.91 / 0.98]),
+            case(
+                "envoy panic 5/65",
+                ordered(&[r("A", 100, 5), r("B", 100, 65)]),
+                d(),
+                Serve,
+                &[0.07 / 0.98, 0.91 / 0.98],
+            ),
             &[0],
         ),
         // Panic threshold 0 disables panic: same shares, nobody panics.
@@ -101,7 +142,13 @@ pub fn cases() -> Vec<Case> {
             &[0.5, 0.5],
         ),
         // A region with no healthy backend gets nothing.
-        case("first region down", ordered(&[r("A", 10, 0), r("B", 10, 10)]), d(), Serve, &[0.0, 1.0]),
+        case(
+            "first region down",
+            ordered(&[r("A", 10, 0), r("B", 10, 10)]),
+            d(),
+            Serve,
+            &[0.0, 1.0],
+        ),
         // Geo: the class's order [C, A, B]; C healthy takes everything.
         case(
             "geo class order",
@@ -120,16 +167,40 @@ pub fn cases() -> Vec<Case> {
         ),
         // Weighted, Envoy's locality example X weight 1, Y weight 2:
         // X 100 %: 1/3, 2/3.
-        case("weighted X100", weighted(&[1, 2], &[r("X", 100, 100), r("Y", 100, 100)]), d(), Serve, &[1.0 / 3.0, 2.0 / 3.0]),
+        case(
+            "weighted X100",
+            weighted(&[1, 2], &[r("X", 100, 100), r("Y", 100, 100)]),
+            d(),
+            Serve,
+            &[1.0 / 3.0, 2.0 / 3.0],
+        ),
         // X 70 %: 0.98 / (0.98 + 2) = 0.3289.
-        case("weighted X70", weighted(&[1, 2], &[r("X", 100, 70), r("Y", 100, 100)]), d(), Serve, &[0.98 / 2.98, 2.0 / 2.98]),
+        case(
+            "weighted X70",
+            weighted(&[1, 2], &[r("X", 100, 70), r("Y", 100, 100)]),
+            d(),
+            Serve,
+            &[0.98 / 2.98, 2.0 / 2.98],
+        ),
         // X 50 %: 0.7 / 2.7 = 0.2593.
-        case("weighted X50", weighted(&[1, 2], &[r("X", 100, 50), r("Y", 100, 100)]), d(), Serve, &[0.7 / 2.7, 2.0 / 2.7]),
+        case(
+            "weighted X50",
+            weighted(&[1, 2], &[r("X", 100, 50), r("Y", 100, 100)]),
+            d(),
+            Serve,
+            &[0.7 / 2.7, 2.0 / 2.7],
+        ),
         // X 25 %: 0.35 / 2.35 = 0.1489. Over the regions in use 125 of 200
         // backends are healthy: NTH = min(1, 1.4 × 0.625) = 0.875 < 1, and
         // X (25 % < 50 %) panics.
         with_panic(
-            case("weighted X25", weighted(&[1, 2], &[r("X", 100, 25), r("Y", 100, 100)]), d(), Serve, &[0.35 / 2.35, 2.0 / 2.35]),
+            case(
+                "weighted X25",
+                weighted(&[1, 2], &[r("X", 100, 25), r("Y", 100, 100)]),
+                d(),
+                Serve,
+                &[0.35 / 2.35, 2.0 / 2.35],
+            ),
             &[0],
         ),
         // Route 53: all weights 0 → equal shares.
@@ -145,7 +216,13 @@ pub fn cases() -> Vec<Case> {
         // (A alone is in use, 1 of 4 healthy: NTH = 1.4 × 0.25 = 0.35 < 1
         // and 25 % < 50 % → A panics rather than spilling to B.)
         with_panic(
-            case("weighted standby unused", weighted(&[1, 0], &[r("A", 4, 1), r("B", 4, 4)]), d(), Serve, &[1.0, 0.0]),
+            case(
+                "weighted standby unused",
+                weighted(&[1, 0], &[r("A", 4, 1), r("B", 4, 4)]),
+                d(),
+                Serve,
+                &[1.0, 0.0],
+            ),
             &[0],
         ),
         // ...and used when none has.
@@ -169,7 +246,10 @@ pub fn cases() -> Vec<Case> {
         // split by healthy weight: B 10, C 5 → 0.2, 0.1.
         case(
             "failover tier split",
-            svc(PolicyIn::Failover(vec![vec![0], vec![1, 2]]), &[r("A", 10, 5), r("B", 10, 10), r("C", 10, 5)]),
+            svc(
+                PolicyIn::Failover(vec![vec![0], vec![1, 2]]),
+                &[r("A", 10, 5), r("B", 10, 10), r("C", 10, 5)],
+            ),
             d(),
             Serve,
             &[0.7, 0.2, 0.1],
@@ -178,7 +258,10 @@ pub fn cases() -> Vec<Case> {
         // down → tier 1 is 10/20 = 50 % healthy → 0.7 (all to A); C 0.3.
         case(
             "failover tier health",
-            svc(PolicyIn::Failover(vec![vec![0, 1], vec![2]]), &[r("A", 10, 10), r("B", 10, 0), r("C", 10, 10)]),
+            svc(
+                PolicyIn::Failover(vec![vec![0, 1], vec![2]]),
+                &[r("A", 10, 10), r("B", 10, 0), r("C", 10, 10)],
+            ),
             d(),
             Serve,
             &[0.7, 0.0, 0.3],
@@ -186,15 +269,36 @@ pub fn cases() -> Vec<Case> {
         // Tier order, not region order: [[C], [A, B]], C healthy → C.
         case(
             "failover tier order",
-            svc(PolicyIn::Failover(vec![vec![2], vec![0, 1]]), &[r("A", 10, 10), r("B", 10, 10), r("C", 10, 10)]),
+            svc(
+                PolicyIn::Failover(vec![vec![2], vec![0, 1]]),
+                &[r("A", 10, 10), r("B", 10, 10), r("C", 10, 10)],
+            ),
             d(),
             Serve,
             &[0.0, 0.0, 1.0],
         ),
         // Dials: A keeps 50 %, the rest spills to B.
-        case("dial 50", ordered(&[r("A", 4, 4).dial(50), r("B", 4, 4), r("C", 4, 4)]), d(), Serve, &[0.5, 0.5, 0.0]),
-        case("dial 100", ordered(&[r("A", 4, 4).dial(100), r("B", 4, 4)]), d(), Serve, &[1.0, 0.0]),
-        case("dial 0", ordered(&[r("A", 4, 4).dial(0), r("B", 4, 4), r("C", 4, 4)]), d(), Serve, &[0.0, 1.0, 0.0]),
+        case(
+            "dial 50",
+            ordered(&[r("A", 4, 4).dial(50), r("B", 4, 4), r("C", 4, 4)]),
+            d(),
+            Serve,
+            &[0.5, 0.5, 0.0],
+        ),
+        case(
+            "dial 100",
+            ordered(&[r("A", 4, 4).dial(100), r("B", 4, 4)]),
+            d(),
+            Serve,
+            &[1.0, 0.0],
+        ),
+        case(
+            "dial 0",
+            ordered(&[r("A", 4, 4).dial(0), r("B", 4, 4), r("C", 4, 4)]),
+            d(),
+            Serve,
+            &[0.0, 1.0, 0.0],
+        ),
         // Cascade: A = 0, B = 0 → C gets everything.
         case(
             "dial cascade",
@@ -231,9 +335,21 @@ pub fn cases() -> Vec<Case> {
             &[0.5, 0.0, 0.5],
         ),
         // Capacity: A keeps 0.6, B 0.4.
-        case("capacity", ordered(&[r("A", 4, 4).keep(0.6), r("B", 4, 4)]), d(), Serve, &[0.6, 0.4]),
+        case(
+            "capacity",
+            ordered(&[r("A", 4, 4).keep(0.6), r("B", 4, 4)]),
+            d(),
+            Serve,
+            &[0.6, 0.4],
+        ),
         // Capacity after the dial: 0.5 × 0.6 = 0.3; B 0.7.
-        case("capacity after dial", ordered(&[r("A", 4, 4).dial(50).keep(0.6), r("B", 4, 4)]), d(), Serve, &[0.3, 0.7]),
+        case(
+            "capacity after dial",
+            ordered(&[r("A", 4, 4).dial(50).keep(0.6), r("B", 4, 4)]),
+            d(),
+            Serve,
+            &[0.3, 0.7],
+        ),
         // Capacity spill past last: A keeps 0.5, B 0.25 of 0.5, 0.25 back
         // to A (step-1 load 1) → 0.75 / 0.25.
         case(
@@ -244,7 +360,13 @@ pub fn cases() -> Vec<Case> {
             &[0.75, 0.25],
         ),
         // All regions down, fail-open: first region of the order.
-        case("all down fail-open", ordered(&[r("A", 4, 0), r("B", 4, 0)]), d(), FailOpen, &[1.0, 0.0]),
+        case(
+            "all down fail-open",
+            ordered(&[r("A", 4, 0), r("B", 4, 0)]),
+            d(),
+            FailOpen,
+            &[1.0, 0.0],
+        ),
         case(
             "all down fail-open class order",
             ordered(&[r("A", 4, 0), r("B", 4, 0)]),
@@ -253,21 +375,54 @@ pub fn cases() -> Vec<Case> {
             &[0.0, 1.0],
         ),
         // Weighted fail-open: every region by weight (1 : 3).
-        case("all down fail-open weighted", weighted(&[1, 3], &[r("A", 4, 0), r("B", 4, 0)]), d(), FailOpen, &[0.25, 0.75]),
+        case(
+            "all down fail-open weighted",
+            weighted(&[1, 3], &[r("A", 4, 0), r("B", 4, 0)]),
+            d(),
+            FailOpen,
+            &[0.25, 0.75],
+        ),
         // Failover fail-open: the first tier's first region (tier order).
         case(
             "all down fail-open failover",
-            svc(PolicyIn::Failover(vec![vec![1], vec![0]]), &[r("A", 4, 0), r("B", 4, 0)]),
+            svc(
+                PolicyIn::Failover(vec![vec![1], vec![0]]),
+                &[r("A", 4, 0), r("B", 4, 0)],
+            ),
             d(),
             FailOpen,
             &[0.0, 1.0],
         ),
         // Dials do not apply in fail-open.
-        case("fail-open ignores dials", ordered(&[r("A", 4, 0).dial(0), r("B", 4, 0)]), d(), FailOpen, &[1.0, 0.0]),
-        case("all down drop", drop_mode(ordered(&[r("A", 4, 0), r("B", 4, 0)])), d(), DropNoHealthy, &[0.0, 0.0]),
+        case(
+            "fail-open ignores dials",
+            ordered(&[r("A", 4, 0).dial(0), r("B", 4, 0)]),
+            d(),
+            FailOpen,
+            &[1.0, 0.0],
+        ),
+        case(
+            "all down drop",
+            drop_mode(ordered(&[r("A", 4, 0), r("B", 4, 0)])),
+            d(),
+            DropNoHealthy,
+            &[0.0, 0.0],
+        ),
         // Region drain: A leaves the order.
-        case("drain", ordered(&[r("A", 4, 4).drained(), r("B", 4, 4)]), d(), Serve, &[0.0, 1.0]),
-        case("drain all", ordered(&[r("A", 4, 4).drained(), r("B", 4, 4).drained()]), d(), DropNoHealthy, &[0.0, 0.0]),
+        case(
+            "drain",
+            ordered(&[r("A", 4, 4).drained(), r("B", 4, 4)]),
+            d(),
+            Serve,
+            &[0.0, 1.0],
+        ),
+        case(
+            "drain all",
+            ordered(&[r("A", 4, 4).drained(), r("B", 4, 4).drained()]),
+            d(),
+            DropNoHealthy,
+            &[0.0, 0.0],
+        ),
         // Maglev policy: by healthy weight over every region, dials ignored.
         case(
             "maglev",
@@ -366,7 +521,10 @@ pub fn cases() -> Vec<Case> {
         ),
         case(
             "residency failover",
-            svc(PolicyIn::Failover(vec![vec![0], vec![1], vec![2]]), &[r("A", 4, 4), r("B", 4, 2), r("C", 4, 4)]),
+            svc(
+                PolicyIn::Failover(vec![vec![0], vec![1], vec![2]]),
+                &[r("A", 4, 4), r("B", 4, 2), r("C", 4, 4)],
+            ),
             class(None, Some(&[1, 2])),
             Serve,
             &[0.0, 0.7, 0.3],
@@ -387,4 +545,3 @@ pub fn cases() -> Vec<Case> {
         ),
     ]
 }
-
