@@ -135,7 +135,8 @@ impl<'a> Rings<'a> {
         };
         Rings {
             full: build(&entries(false), size),
-            healthy: if spread_all {
+            // Only consulted for a slot whose full-ring backend is down.
+            healthy: if spread_all || members.iter().all(|(_, b)| b.healthy || b.weight == 0) {
                 Vec::new()
             } else {
                 build(&entries(true), size)
@@ -158,7 +159,7 @@ impl<'a> Rings<'a> {
         } else if self.spread_all {
             NO_REAL
         } else {
-            self.healthy[slot]
+            self.healthy.get(slot).copied().unwrap_or(NO_REAL)
         };
         (e != NO_REAL).then(|| {
             let (k, b) = self.members[e as usize];
@@ -201,7 +202,29 @@ fn apportion(weights: &[f64], n: usize) -> Vec<usize> {
 
 /// Sorts slots by a per-slot hash (ties by slot).
 fn sort_by_hash(slots: &mut [u32], seed: u32) {
-    slots.sort_by_cached_key(|&s| (slot_hash(s, seed), s));
+    let mut keyed: Vec<u64> = slots
+        .iter()
+        .map(|&s| ((slot_hash(s, seed) as u64) << 32) | s as u64)
+        .collect();
+    keyed.sort_unstable();
+    for (slot, key) in slots.iter_mut().zip(keyed) {
+        *slot = key as u32;
+    }
+}
+
+/// Keeps in `slots` the `fraction` of them with the lowest per-slot hash
+/// and returns the others. Only the sets matter, so a keep-all or
+/// keep-none needs no sort.
+fn keep_lowest(slots: &mut Vec<u32>, fraction: f64, seed: u32) -> Vec<u32> {
+    let k = ((fraction * slots.len() as f64).round() as usize).min(slots.len());
+    if k == slots.len() {
+        return Vec::new();
+    }
+    if k == 0 {
+        return std::mem::take(slots);
+    }
+    sort_by_hash(slots, seed);
+    slots.split_off(k)
 }
 
 fn run(
@@ -235,15 +258,14 @@ fn run(
         return maglev(svc, d, size, path);
     }
     let m = d.regions.len();
-    let rings: Vec<Option<Rings<'_>>> = d
-        .regions
-        .iter()
-        .enumerate()
-        .map(|(k, r)| {
-            r.serving
-                .then(|| Rings::new(&[(k, &svc.regions[r.region])], r.spread_all, size))
-        })
-        .collect();
+    // Region rings are built when needed: a region that ends up with no
+    // slot needs none.
+    let ring_of = |k: usize| -> Option<Rings<'_>> {
+        let r = &d.regions[k];
+        r.serving
+            .then(|| Rings::new(&[(k, &svc.regions[r.region])], r.spread_all, size))
+    };
+    let mut rings: Vec<Option<Rings<'_>>> = (0..m).map(|_| None).collect();
     // Step-1 levels: one per region, except a failover tier of several
     // regions, where one ring over all the tier's backends picks the region
     // (the tier's load splits by healthy weight, or in panic by weight,
@@ -286,13 +308,17 @@ fn run(
                 && !d.regions[levels[l][0]].spread_all
         })
         .map(|l| levels[l][0]);
-    let mut order: Vec<u32> = (0..size).collect();
-    order.sort_by_cached_key(|&s| {
-        let unhealthy = first
+    if let Some(k) = first {
+        rings[k] = ring_of(k);
+    }
+    let (mut order, mut rest): (Vec<u32>, Vec<u32>) = (0..size).partition(|&s| {
+        first
             .and_then(|k| rings[k].as_ref())
-            .is_some_and(|r| !r.full_ok(s as usize));
-        (unhealthy, slot_hash(s, SEED_STEP1), s)
+            .is_none_or(|r| r.full_ok(s as usize))
     });
+    sort_by_hash(&mut order, SEED_STEP1);
+    sort_by_hash(&mut rest, SEED_STEP1);
+    order.append(&mut rest);
     let mut step1 = vec![0usize; n];
     let mut at = 0;
     for (l, c) in apportion(&level_loads, n).into_iter().enumerate() {
@@ -325,12 +351,8 @@ fn run(
         } else if !r.serving {
             (Vec::new(), reach, Vec::new())
         } else {
-            sort_by_hash(&mut reach, seed(name, SEED_DIAL));
-            let k1 = (r.dial as f64 / 100.0 * reach.len() as f64).round() as usize;
-            let dial_spill = reach.split_off(k1.min(reach.len()));
-            sort_by_hash(&mut reach, seed(name, SEED_CAPACITY));
-            let k2 = (r.capacity_keep * reach.len() as f64).round() as usize;
-            let cap_spill = reach.split_off(k2.min(reach.len()));
+            let dial_spill = keep_lowest(&mut reach, r.dial as f64 / 100.0, seed(name, SEED_DIAL));
+            let cap_spill = keep_lowest(&mut reach, r.capacity_keep, seed(name, SEED_CAPACITY));
             (reach, dial_spill, cap_spill)
         };
         if let Some(p) = path.as_mut() {
@@ -383,6 +405,15 @@ fn run(
         }
         v
     };
+    for k in 0..m {
+        let needed = fin
+            .iter()
+            .enumerate()
+            .any(|(s, &f)| f == k && !(f == step1[s] && level_rings[level_of[k]].is_some()));
+        if needed && rings[k].is_none() {
+            rings[k] = ring_of(k);
+        }
+    }
     let table: Vec<u32> = (0..n)
         .map(|s| match fin[s] {
             usize::MAX => NO_REAL,

@@ -30,7 +30,10 @@ fn fraction(healthy: f64, total: f64) -> f64 {
 fn base_order(svc: &ServiceIn, class: &ClassIn) -> Vec<usize> {
     let n = svc.regions.len();
     let raw: Vec<usize> = match &svc.policy {
-        PolicyIn::Ordered => class.order.clone().unwrap_or_else(|| (0..n).collect()),
+        // The class's preference first, then the service's other regions in
+        // the default order: a class prefers regions, it does not confine
+        // flows to them (that is `allowed`).
+        PolicyIn::Ordered => class.order.iter().flatten().copied().chain(0..n).collect(),
         PolicyIn::Failover(tiers) => tiers.iter().flatten().copied().collect(),
         PolicyIn::Maglev | PolicyIn::Weighted(_) => (0..n).collect(),
     };

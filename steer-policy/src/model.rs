@@ -77,7 +77,9 @@ pub struct ServiceIn {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ClassIn {
     /// Region indexes in preference order (geo, latency); `None` = the
-    /// service's default order. Only [`PolicyIn::Ordered`] uses it.
+    /// service's default order. Regions of the service missing from it
+    /// follow it in the default order (a class prefers regions; only
+    /// `allowed` confines flows). Only [`PolicyIn::Ordered`] uses it.
     pub order: Option<Vec<usize>>,
     /// Data residency: the only regions new flows of this class may reach.
     pub allowed: Option<Vec<usize>>,

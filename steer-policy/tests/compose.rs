@@ -223,21 +223,26 @@ fn backend_down_moves_at_most_its_share_when_saturated() {
         ),
     ];
     for (name, before, class) in scenarios {
-        for backend in [0usize, 3, 9] {
-            let after = backend_down(&before, 0, backend);
+        for (region, backend) in [(0, 0usize), (0, 3), (0, 9), (1, 4)] {
+            let after = backend_down(&before, region, backend);
             let db = decide(&before, &class);
             let da = decide(&after, &class);
             let tb = compose(&before, &db, RING);
             let ta = compose(&after, &da, RING);
-            let own = own_share(&tb, before.regions[0].backends[backend].index);
+            let own = own_share(&tb, before.regions[region].backends[backend].index);
             let m = moved(&tb, &ta);
             println!(
-                "{name}, backend {backend}: moved {:.2}%, its share {:.2}%",
+                "{name}, region {region} backend {backend}: moved {:.2}%, its share {:.2}%",
                 m * 100.0,
                 own * 100.0
             );
             assert!(m <= own + 0.01, "{name}: moved {m:.4} > own {own:.4} + 1%");
             assert!(m >= own, "{name}: its own slots must move");
+            if own == 0.0 {
+                // A backend with no slots (B idle behind a saturated A)
+                // going down moves nothing.
+                assert_eq!(m, 0.0, "{name}");
+            }
         }
     }
 }

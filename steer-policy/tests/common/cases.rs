@@ -165,6 +165,15 @@ pub fn cases() -> Vec<Case> {
             Serve,
             &[0.3, 0.0, 0.7],
         ),
+        // A class order naming only B: the other regions follow in the
+        // default order [A, C], so with B down, A takes everything.
+        case(
+            "geo partial class order",
+            ordered(&[r("A", 10, 10), r("B", 10, 0), r("C", 10, 10)]),
+            class(Some(&[1]), None),
+            Serve,
+            &[1.0, 0.0, 0.0],
+        ),
         // Weighted, Envoy's locality example X weight 1, Y weight 2:
         // X 100 %: 1/3, 2/3.
         case(
