@@ -42,16 +42,58 @@
 //!    weight; dials and capacity not applied) or [`OnNoHealthy::Drop`].
 //!
 //! A region with no healthy backend (and not chosen by fail-open) keeps
-//! nothing: what reaches it passes on.
+//! nothing: what reaches it passes on. For weighted, NTH is taken over the
+//! regions in use as one priority level (`min(1, overprovisioning ×
+//! healthy weight / total weight)`), so a weighted region panics when the
+//! regions together lack healthy capacity and its own healthy fraction is
+//! below the threshold. A class order lists preferred regions; the
+//! service's other regions follow it in the default order (only `allowed`
+//! confines flows).
 //!
-//! [`compose`] turns the [`Decision`] into slots: see [`compose`]'s module
-//! for how, and [`explain_slot`] for one slot's path. [`latency`] ranks
-//! regions by measured round-trip time with a margin and a dwell, and
-//! [`capacity`] turns measured new-flow rates into keep fractions.
+//! # The table
+//!
+//! [`compose`] turns a [`Decision`] into a selection table of `ring_size`
+//! slots (a prime), each a [`BackendIn::index`], `steer_common::NO_REAL`
+//! (`no_backend`) or [`RESIDENCY_DROP`]. Every slot is a sample of the
+//! new-flow hash space and goes through the same steps as a flow:
+//!
+//! 1. step 1: the slots, sorted by a per-slot hash, are cut into runs whose
+//!    lengths are the priority levels' loads (largest remainder, so exact to
+//!    a slot). Inside a failover tier of several regions, one Maglev ring
+//!    over all the tier's backends picks the region (that is the split by
+//!    healthy weight, or in panic by weight). When the first loaded level is
+//!    one region, the slots whose backend in that region's ring is healthy
+//!    come first, so a region that spills keeps its healthy backends' slots;
+//! 2. each region of the order keeps the `dial%` of the slots reaching it
+//!    with the lowest hash (seeded by the region's name), then
+//!    `capacity_keep` of those (another hash); the rest spills on; what
+//!    spills past the last region is cut by the step-1 loads again;
+//! 3. the final region's Maglev rings (`steer_common::maglev::build`, keyed
+//!    by backend name) pick the backend: the ring over all its backends
+//!    while that backend is healthy, else the ring over the healthy ones (in
+//!    panic and fail-open, all backends with weight > 0).
+//!
+//! Hashes are seeded by slot index and region name, never by ids or list
+//! positions: hosts with equal inputs build byte-identical tables, however
+//! they list the regions. Properties (tests/compose.rs): shares within 0.5
+//! points of [`decide`]'s; a dial change `d -> d'` moves at most
+//! `|d - d'| × reach + 1 %` of the slots; one backend going down moves
+//! exactly its own slots while its region stays saturated. In the spill
+//! regime (the region below 1/overprovisioning healthy) the region's load
+//! falls as well, and a backend going down moves about 1.4 to 1.6 times its
+//! own share (for example 19.3 % for a 13.9 % share, 5 -> 4 of 10 healthy).
+//! A 65,537-slot table over three regions of 20 backends takes about 12 ms
+//! in release.
+//!
+//! [`explain_slot`] gives one slot's path through those steps (for `steer
+//! explain`); [`latency`] ranks regions by measured round-trip time with a
+//! margin and a dwell, and [`capacity`] turns measured new-flow rates into
+//! keep fractions.
 //!
 //! [`PolicyIn::Maglev`] is today's behaviour: one Maglev over the healthy
 //! backends of every (allowed, undrained) region; dials, capacity and panic
-//! do not apply, `on_no_healthy` does.
+//! do not apply, `on_no_healthy` does (fail-open: all backends of every
+//! region by weight).
 #![forbid(unsafe_code)]
 
 pub mod capacity;

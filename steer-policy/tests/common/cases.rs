@@ -460,6 +460,16 @@ pub fn cases() -> Vec<Case> {
             ),
             &[1],
         ),
+        // Spill inside the allowed set: class order [B, A, C], allowed
+        // [B, C]: the cut order is [B, C]; B 50 % healthy → 0.7, and the
+        // 0.3 spills to C, not to A (next in the class order).
+        case(
+            "residency spill within allowed",
+            ordered(&[r("A", 10, 10), r("B", 10, 5), r("C", 10, 10)]),
+            class(Some(&[1, 0, 2]), Some(&[1, 2])),
+            Serve,
+            &[0.0, 0.7, 0.3],
+        ),
         // Dials: B dial 0 → past the last (only) region → back to B.
         case(
             "residency dial",
