@@ -66,10 +66,24 @@ impl Controller {
         self.offered
     }
 
-    /// Feeds the rate of new flows that landed in the region over the last
-    /// `dt` (while [`keep`](Self::keep) was in force) and returns the keep
-    /// for the next interval.
+    /// Feeds the rate of new flows that the capacity step kept in the
+    /// region over the last `dt` (while [`keep`](Self::keep) was in force)
+    /// and returns the keep for the next interval.
+    ///
+    /// Flows that reach the region only because they spilled past the last
+    /// region of the order (`Decision::fallback`) are not subject to the
+    /// keep: leave them out, or use [`update_offered`](Self::update_offered).
     pub fn update(&mut self, landed: f64, dt: Duration) -> f64 {
+        // keep > 0 here unless the limit is 0: a positive limit never sets
+        // it to 0.
+        let sample = landed.max(0.0) / self.keep.max(1e-3);
+        self.update_offered(sample, dt)
+    }
+
+    /// Like [`update`](Self::update), for a caller that knows the rate of
+    /// new flows reaching the region's capacity step (for example the
+    /// class's new-flow rate × `reach` × dial).
+    pub fn update_offered(&mut self, offered: f64, dt: Duration) -> f64 {
         let Some(limit) = self.limit else {
             return self.keep;
         };
@@ -77,8 +91,7 @@ impl Controller {
             self.keep = 0.0;
             return 0.0;
         }
-        // keep > 0 here: a positive limit never sets it to 0.
-        let sample = landed.max(0.0) / self.keep.max(1e-3);
+        let sample = offered.max(0.0);
         let alpha = 1.0 - (-dt.as_secs_f64() / Self::TAU.as_secs_f64()).exp();
         let est = match self.offered {
             None => sample,
@@ -238,6 +251,15 @@ mod tests {
         assert_eq!(c.update(0.0, Duration::from_millis(250)), 0.0);
         c.set_limit(None);
         assert_eq!(c.keep(), 1.0);
+    }
+
+    #[test]
+    fn offered_rate_entry_point() {
+        let mut c = Controller::new(Some(5000.0));
+        // A steady 10,000/s offered: keep 0.5 at once (first sample).
+        assert_eq!(c.update_offered(10_000.0, Duration::from_millis(250)), 0.5);
+        // The same seen through what landed (5,000/s at keep 0.5).
+        assert_eq!(c.update(5000.0, Duration::from_millis(250)), 0.5);
     }
 
     #[test]

@@ -46,6 +46,13 @@ impl Ranking {
         }
     }
 
+    /// A new configured order (config reload): in force at once, any
+    /// pending change dropped.
+    pub fn reset(&mut self, configured: Vec<usize>) {
+        self.order = configured;
+        self.beaten_since = None;
+    }
+
     /// The order in force.
     pub fn order(&self) -> &[usize] {
         &self.order
@@ -242,6 +249,19 @@ mod tests {
         r.update(&rtts, t0);
         assert!(r.update(&rtts, t0 + Duration::from_secs(30)));
         assert_eq!(r.order(), &[2, 1, 0]);
+    }
+
+    #[test]
+    fn reset_drops_a_pending_change() {
+        let t0 = Instant::now();
+        let mut r = Ranking::new(vec![0, 1], Tuning::default());
+        let rtts = [(0, ms(100)), (1, ms(50))];
+        r.update(&rtts, t0);
+        assert_eq!(r.pending_since(), Some(t0));
+        r.reset(vec![0, 1]);
+        assert_eq!(r.pending_since(), None);
+        assert!(!r.update(&rtts, t0 + Duration::from_secs(31)));
+        assert!(r.update(&rtts, t0 + Duration::from_secs(61)));
     }
 
     #[test]

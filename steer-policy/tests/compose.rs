@@ -381,3 +381,41 @@ fn explain_drops() {
     assert_eq!(p.outcome, Outcome::DropResidency);
     assert_eq!(p.backend, steer_policy::RESIDENCY_DROP);
 }
+
+/// Over every case of the table (every policy, panic, fail-open, drops,
+/// residency): `explain_slot` gives the table's value and a path that ends
+/// in the region holding that backend.
+#[test]
+fn explain_agrees_with_compose_for_every_case() {
+    let size = 1009;
+    for c in cases() {
+        let d = decide(&c.svc, &c.class);
+        let t = compose(&c.svc, &d, size);
+        let of = region_of(&c.svc);
+        for slot in (0..size).step_by(37) {
+            let p = explain_slot(&c.svc, &d, size, slot);
+            assert_eq!(p.backend, t[slot as usize], "{}: slot {slot}", c.name);
+            assert_eq!(p.outcome, d.outcome, "{}", c.name);
+            match d.outcome {
+                Outcome::Serve | Outcome::FailOpen => {
+                    assert_eq!(
+                        p.region,
+                        Some(of[p.backend as usize]),
+                        "{}: slot {slot}: {p:?}",
+                        c.name
+                    );
+                    assert_eq!(
+                        p.step1,
+                        Some(p.hops[0].region),
+                        "{}: slot {slot}: {p:?}",
+                        c.name
+                    );
+                }
+                Outcome::DropNoHealthy | Outcome::DropResidency => {
+                    assert_eq!(p.region, None, "{}", c.name);
+                    assert!(p.hops.is_empty(), "{}", c.name);
+                }
+            }
+        }
+    }
+}
