@@ -128,6 +128,16 @@ fn dial_change_moves_at_most_its_share() {
             50,
         ),
         (
+            "downstream dials and capacity 100->60",
+            ordered(&[
+                r("A", 8, 8),
+                r("B", 8, 8).dial(50).keep(0.8),
+                r("C", 8, 8).dial(70),
+            ]),
+            0,
+            60,
+        ),
+        (
             "weighted 100->60",
             weighted(&[1, 1, 2], &[r("A", 8, 8), r("B", 8, 8), r("C", 8, 8)]),
             1,
