@@ -69,6 +69,7 @@ pub fn desired(cfg: &Config, state: &BackendState) -> Vec<DesiredService> {
                     up: !state.down.contains(&b.name),
                 })
                 .collect(),
+            tables: vec![],
         })
         .collect()
 }

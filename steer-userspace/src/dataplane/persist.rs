@@ -61,6 +61,18 @@ pub struct SavedService {
     pub flags: u32,
     pub generation: u32,
     pub reals: BTreeMap<String, SavedReal>,
+    /// The service's class tables (its default table has its VIP id).
+    /// Absent in files written before client classes existed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tables: Vec<SavedTable>,
+}
+
+/// A class table of a service.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SavedTable {
+    /// The client class, 1..=255.
+    pub class: u8,
+    pub table_id: u32,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -196,6 +208,26 @@ pub fn validate(
                 svc.vip_id, svc.name
             ));
         }
+        let mut classes = BTreeSet::new();
+        for t in &svc.tables {
+            if t.class == 0 || !classes.insert(t.class) {
+                problems.push(format!(
+                    "service {:?} has a class table for class {} (classes are 1..=255, one table each)",
+                    svc.name, t.class
+                ));
+            }
+            if t.table_id >= max_tables {
+                problems.push(format!(
+                    "service {:?} has class table id {} (max_tables is {max_tables})",
+                    svc.name, t.table_id
+                ));
+            } else if !vips.insert(t.table_id) {
+                problems.push(format!(
+                    "table id {} is held twice (class {} of {:?} among them)",
+                    t.table_id, t.class, svc.name
+                ));
+            }
+        }
         if svc.family != steer_common::FAMILY_V4 && svc.family != steer_common::FAMILY_V6 {
             problems.push(format!(
                 "service {:?} has address family {}",
@@ -272,6 +304,7 @@ mod tests {
                 .iter()
                 .map(|(n, id)| (n.to_string(), real(*id)))
                 .collect(),
+            tables: vec![],
         }
     }
 
