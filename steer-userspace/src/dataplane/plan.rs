@@ -1055,3 +1055,7 @@ fn build_tables(
 #[cfg(test)]
 #[path = "plan_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "plan_class_tests.rs"]
+mod class_tests;
