@@ -342,3 +342,94 @@ fn a_service_without_tables_is_unchanged_by_classes() {
         .collect();
     assert_eq!(seen, want, "a class-1 client spread over every up backend");
 }
+
+/// A unique pin directory and state file, removed (with every pin) on
+/// drop.
+struct Pins {
+    persist: steer::dataplane::Persist,
+    state_dir: std::path::PathBuf,
+}
+
+impl Pins {
+    fn new(name: &str) -> Pins {
+        let tag = format!("steer-test-{}-{name}", std::process::id());
+        let state_dir = std::env::temp_dir().join(&tag);
+        let persist = steer::dataplane::Persist {
+            pin_dir: std::path::Path::new("/sys/fs/bpf").join(&tag),
+            state_file: state_dir.join("state.json"),
+        };
+        let _ = Dataplane::remove_pins(&persist);
+        let _ = std::fs::remove_dir_all(&state_dir);
+        std::fs::create_dir_all(&state_dir).expect("state dir");
+        Pins { persist, state_dir }
+    }
+}
+
+impl Drop for Pins {
+    fn drop(&mut self) {
+        if let Err(e) = Dataplane::remove_pins(&self.persist) {
+            eprintln!("cleanup: remove_pins: {e}");
+        }
+        let _ = std::fs::remove_dir(&self.persist.pin_dir);
+        let _ = std::fs::remove_dir_all(&self.state_dir);
+    }
+}
+
+fn open(pins: &Pins) -> (Dataplane, bool) {
+    match Dataplane::open(limits(), pins.persist.clone()) {
+        Ok(x) => x,
+        Err(e) => panic!("open: {e}"),
+    }
+}
+
+/// A restart adopts the class tables, rows and class maps: classed new
+/// flows keep their table before the first program, established flows
+/// their backend, and the next program rewrites nothing it need not.
+#[test]
+#[ignore = "needs root: BPF or network namespaces (cargo xtask test runs it)"]
+fn class_tables_and_maps_survive_a_restart() {
+    if !require_root() {
+        return;
+    }
+    let pins = Pins::new("classes-restart");
+    let c = Arc::new(classes());
+    let ids = {
+        let (mut dp, adopted) = open(&pins);
+        assert!(!adopted);
+        program(&mut dp, first_tables(), &["b3"], &c);
+        assert_eq!(send(&dp, "198.51.100.7", 40000, true), at("192.0.2.11"));
+        dp.ledger()
+    };
+    let (mut dp, adopted) = open(&pins);
+    assert!(adopted, "{:?}", dp.discarded_state());
+    assert_eq!(dp.ledger(), ids);
+    // Before any program: the pinned maps still steer.
+    assert_eq!(send(&dp, "198.51.100.7", 40000, false), at("192.0.2.11"));
+    assert_eq!(send(&dp, "198.51.100.7", 40001, true), at("192.0.2.11"));
+    assert_eq!(send(&dp, "10.2.0.1", 40001, true), Err(Verdict::Drop));
+    assert_eq!(
+        send(&dp, "2001:db8:aaaa::1", 40001, true),
+        at("2001:db8:1::11")
+    );
+    assert_eq!(
+        dp.class_table("web", 1).expect("web").expect("class 1"),
+        vec![Some("b1".to_string()); RING as usize]
+    );
+    // The first program after the restart: class 1's table moves to b2,
+    // and 198.51.100.0/24 and 2001:db8:aaaa::/48 lose their class. The
+    // plan diffs against what the adopted maps hold, so they are removed.
+    let mut t = first_tables();
+    t[1] = table(1, all(B2));
+    let mut fewer = classes();
+    fewer.v4.retain(|p| p.0 != [198, 51, 100, 0]);
+    fewer.v6.retain(|p| p.1 != 48);
+    program(&mut dp, t, &["b3"], &Arc::new(fewer));
+    assert_eq!(dp.ledger(), ids, "the adopted ids are kept");
+    assert_eq!(send(&dp, "198.51.100.7", 40002, true), at("192.0.2.10"));
+    assert_eq!(send(&dp, "10.1.0.1", 40002, true), at("192.0.2.12"));
+    assert_eq!(
+        send(&dp, "2001:db8:aaaa::1", 40002, true),
+        at("2001:db8:1::10")
+    );
+    assert_eq!(send(&dp, "198.51.100.7", 40000, false), at("192.0.2.11"));
+}
