@@ -104,6 +104,9 @@ fn pinned_maps_are_the_production_maps_only() {
         "DROP_STATS",
         "PATH_STATS",
         "SOURCE_MACS",
+        "CLASS_V4",
+        "CLASS_V6",
+        "CLASS_TABLES",
     ]
     .iter()
     .map(|s| s.to_string())

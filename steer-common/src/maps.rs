@@ -13,8 +13,14 @@ pub const PROTO_ICMPV6: u8 = 58;
 pub const PROTO_IPIP: u8 = 4;
 pub const PROTO_IPV6: u8 = 41;
 
-/// Marks a ring slot that has no backend (empty table).
+/// Marks a ring slot that has no backend (empty table): the flow is
+/// dropped as `no_backend`.
 pub const NO_REAL: u32 = u32::MAX;
+
+/// Marks a ring slot whose flows may not be served anywhere their client
+/// class allows (data residency, fail closed): the flow is dropped as
+/// `residency`, never sent elsewhere.
+pub const RESIDENCY_DROP: u32 = u32::MAX - 1;
 
 /// Map names, as the XDP program declares them.
 pub mod names {
@@ -31,6 +37,9 @@ pub mod names {
     pub const DROP_STATS: &str = "DROP_STATS";
     pub const PATH_STATS: &str = "PATH_STATS";
     pub const SOURCE_MACS: &str = "SOURCE_MACS";
+    pub const CLASS_V4: &str = "CLASS_V4";
+    pub const CLASS_V6: &str = "CLASS_V6";
+    pub const CLASS_TABLES: &str = "CLASS_TABLES";
     /// The data-plane entry point.
     pub const PROG_STEER: &str = "steer_xdp";
     /// A program that only returns `XDP_TX`: the benchmark floor.
@@ -53,6 +62,10 @@ pub mod capacity {
     /// `SOURCE_MACS` entries: the fallback (key 0) plus one per interface
     /// steer is attached to.
     pub const SOURCE_MACS: u32 = 256;
+    /// `CLASS_V4` values: one lane per IPv4 /24 (see [`crate::CLASS_V4_LANES`]).
+    pub const CLASS_V4: u32 = crate::CLASS_V4_VALUES;
+    /// `CLASS_V6` prefixes (the map allocates entries as they are added).
+    pub const CLASS_V6: u32 = 1 << 20;
 }
 
 /// Key of `VIPS`: one virtual service. `port` 0 matches every port.
@@ -69,6 +82,49 @@ pub struct VipKey {
 
 /// `VipInfo::flags`: hash on the client address only (client affinity).
 pub const VIP_F_CLIENT_AFFINITY: u32 = 1;
+/// `VipInfo::flags`: a new flow's table depends on its client's class
+/// (`CLASS_V4`/`CLASS_V6`, then `CLASS_TABLES[vip_id]`).
+pub const VIP_F_CLASSES: u32 = 2;
+
+/// Client classes are numbered 1..=255; 0 means "no class" (the VIP's
+/// default table).
+pub const CLASS_NONE: u8 = 0;
+/// Entries of a `CLASS_TABLES` row: one per class id (entry 0 unused).
+pub const CLASS_SLOTS: usize = 256;
+
+/// `CLASS_V4` stores one class id (a byte) per IPv4 /24, eight to a map
+/// value (an array map rounds each value up to 8 bytes). The class of
+/// `a.b.c.d` is lane `p % 8` of value `p / 8`, `p = a << 16 | b << 8 | c`,
+/// which is also byte `p` of the memory-mapped map.
+pub const CLASS_V4_LANES: u32 = 8;
+/// `CLASS_V4` values: 2^24 /24 prefixes, eight per value (16 MiB).
+pub const CLASS_V4_VALUES: u32 = (1 << 24) / CLASS_V4_LANES;
+
+/// The `CLASS_V4` index (the /24 prefix number) of an IPv4 address.
+#[inline(always)]
+pub const fn class_v4_index(addr: [u8; 4]) -> u32 {
+    (addr[0] as u32) << 16 | (addr[1] as u32) << 8 | addr[2] as u32
+}
+
+/// The longest IPv4 class prefix (`CLASS_V4` has one entry per /24).
+pub const CLASS_V4_MAX_LEN: u8 = 24;
+/// The longest IPv6 class prefix the data plane supports (the trie's keys
+/// hold the top 64 bits; Route 53 stops at /48).
+pub const CLASS_V6_MAX_LEN: u8 = 64;
+
+/// Key of `CLASS_V6`, an LPM trie: `prefixlen` bits (0..=64) of `addr`, the
+/// top 64 bits of the client's IPv6 address in wire order.
+#[repr(C, align(4))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ClassV6Key {
+    pub prefixlen: u32,
+    pub addr: [u8; 8],
+}
+
+/// Value of `CLASS_TABLES[vip_id]`: per class id, `table_id + 1` of the
+/// class's own table, or 0 for the VIP's default table
+/// (`VipInfo::table_id`). Entry 0 (no class) is always 0.
+pub type ClassRow = [u32; CLASS_SLOTS];
 
 /// Value of `VIPS`.
 #[repr(C, align(4))]
@@ -294,6 +350,10 @@ counter_index! {
         /// `dataplane.source_mac`): the frame is dropped rather than sent
         /// with a multicast, broadcast or zero source.
         NoSourceMac = 11 => "no_source_mac",
+        /// The table slot of the flow's client class is `RESIDENCY_DROP`:
+        /// no region the class may use has a backend that may serve
+        /// (data residency fails closed).
+        Residency = 12 => "residency",
     }
 }
 
@@ -373,7 +433,8 @@ mod pod {
         };
     }
     pod!(
-        VipKey, VipInfo, AddrKey, Real, FlowKey, CtValue, Settings, Counters, BenchState, SourceMac
+        VipKey, VipInfo, AddrKey, Real, FlowKey, CtValue, Settings, Counters, BenchState,
+        SourceMac, ClassV6Key
     );
 }
 
@@ -396,6 +457,17 @@ mod tests {
         );
         assert_eq!(size_of::<Counters>(), 24);
         assert_eq!(size_of::<SourceMac>(), 8);
+        assert_eq!(size_of::<ClassV6Key>(), 4 + 8);
+        assert_eq!(size_of::<ClassRow>(), 1024);
+    }
+
+    #[test]
+    fn class_v4_index_is_the_24_bit_prefix_number() {
+        assert_eq!(class_v4_index([0, 0, 0, 255]), 0);
+        assert_eq!(class_v4_index([192, 0, 2, 7]), 0xc0_00_02);
+        assert_eq!(class_v4_index([255, 255, 255, 0]), (1 << 24) - 1);
+        assert_eq!(CLASS_V4_VALUES * CLASS_V4_LANES, 1 << 24);
+        assert_ne!(RESIDENCY_DROP, NO_REAL);
     }
 
     #[test]
@@ -427,12 +499,14 @@ mod tests {
                 "bad_icmp",
                 "ipv6_ext",
                 "not_ready",
-                "no_source_mac"
+                "no_source_mac",
+                "residency"
             ]
         );
         assert_eq!(DropReason::NotReady.index(), 10);
         assert_eq!(DropReason::NoSourceMac.index(), 11);
-        assert_eq!(DropReason::COUNT, 12);
+        assert_eq!(DropReason::Residency.index(), 12);
+        assert_eq!(DropReason::COUNT, 13);
         let branches = Branch::ALL.map(Branch::name);
         assert_eq!(
             branches,

@@ -33,6 +33,18 @@ pub fn usable_real(real_id: u32, generation: Option<u32>) -> Option<Real> {
     }
 }
 
+/// Returns the real if `real_id` names a present backend, up or down: a
+/// table slot is trusted (panic and fail-open send new flows to backends
+/// that are down).
+#[inline(always)]
+pub fn present_real(real_id: u32) -> Option<Real> {
+    let real = *REALS.get(real_id)?;
+    if real.flags & REAL_F_PRESENT == 0 {
+        return None;
+    }
+    Some(real)
+}
+
 #[inline(always)]
 pub fn lookup(key: &FlowKey) -> Lookup {
     // SAFETY: the value is copied out immediately; an LRU entry being

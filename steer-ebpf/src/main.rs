@@ -6,6 +6,7 @@
 
 #[cfg(feature = "bench")]
 mod bench;
+mod class;
 mod encap;
 mod flow;
 mod maps;
@@ -192,8 +193,11 @@ fn select_new(
         return stats::dropped(DropReason::NotReady);
     }
     let hash = flow_hash(key);
-    let Some((real_id, real)) = select::pick(settings, vip, hash) else {
-        return stats::dropped(DropReason::NoBackend);
+    // Only here, for a flow being selected, does the client's class count.
+    let table_id = class::table_id(vip, key);
+    let (real_id, real) = match select::pick(settings, table_id, hash) {
+        Ok(picked) => picked,
+        Err(reason) => return stats::dropped(reason),
     };
     if track {
         flow::remember(key, real_id, &real, vip.vip_id, hash);

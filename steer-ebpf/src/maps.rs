@@ -5,11 +5,11 @@
 use aya_ebpf::{
     bindings::{BPF_F_MMAPABLE, BPF_F_NO_COMMON_LRU},
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use steer_common::{
-    capacity, ring_values, AddrKey, Branch, Counters, CtValue, DropReason, FlowKey, Real, Settings,
-    SourceMac, VipInfo, VipKey, RING_LANES, VIP_FILTER_WORDS,
+    capacity, ring_values, AddrKey, Branch, ClassRow, Counters, CtValue, DropReason, FlowKey, Real,
+    Settings, SourceMac, VipInfo, VipKey, CLASS_V4_LANES, RING_LANES, VIP_FILTER_WORDS,
 };
 
 #[map]
@@ -58,3 +58,20 @@ pub static PATH_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Branch::
 #[map]
 pub static SOURCE_MACS: HashMap<u32, SourceMac> =
     HashMap::with_max_entries(capacity::SOURCE_MACS, 0);
+
+/// Client class per IPv4 /24: lane `p % 8` of value `p / 8` (see
+/// `steer_common::class_v4_index`); 0 = no class. Written by userspace
+/// through a shared memory mapping.
+#[map]
+pub static CLASS_V4: Array<[u8; CLASS_V4_LANES as usize]> =
+    Array::with_max_entries(capacity::CLASS_V4, BPF_F_MMAPABLE);
+
+/// Client class per IPv6 prefix (top 64 bits of the client address),
+/// longest prefix wins. `LpmTrie` adds BPF_F_NO_PREALLOC.
+#[map]
+pub static CLASS_V6: LpmTrie<[u8; 8], u32> = LpmTrie::with_max_entries(capacity::CLASS_V6, 0);
+
+/// Per VIP id, per class id: the class's table id + 1, or 0 for the VIP's
+/// default table.
+#[map]
+pub static CLASS_TABLES: Array<ClassRow> = Array::with_max_entries(capacity::TABLES, 0);

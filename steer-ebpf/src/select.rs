@@ -1,12 +1,12 @@
 //! VIP matching and Maglev selection.
 
 use steer_common::{
-    ring_index, vip_filter_bit, AddrKey, Real, Settings, VipInfo, VipKey, NO_REAL, RING_LANES,
-    SETTINGS_F_PORT0_VIPS,
+    ring_index, vip_filter_bit, AddrKey, DropReason, Real, Settings, VipInfo, VipKey, NO_REAL,
+    RESIDENCY_DROP, RING_LANES, SETTINGS_F_PORT0_VIPS,
 };
 
 use crate::{
-    flow::usable_real,
+    flow::present_real,
     maps::{RINGS, TABLE_GEN, VIPS, VIP_ADDRS, VIP_FILTER},
 };
 
@@ -49,22 +49,34 @@ pub fn is_vip_addr(family: u8, addr: &[u8; 16]) -> bool {
     VIP_ADDRS.get_ptr(k).is_some()
 }
 
-/// Picks a backend from the VIP's active table for a flow with `hash`.
+/// Picks a backend from the active ring of table `table_id` for a flow
+/// with `hash`. The table is trusted: a slot may name a backend that is
+/// down (panic, fail-open), and it gets the flow. `NO_REAL` drops the flow
+/// as `no_backend`, `RESIDENCY_DROP` as `residency`.
 #[inline(always)]
-pub fn pick(settings: &Settings, vip: &VipInfo, hash: u32) -> Option<(u32, Real)> {
+pub fn pick(settings: &Settings, table_id: u32, hash: u32) -> Result<(u32, Real), DropReason> {
     let size = settings.ring_size;
     if size == 0 {
-        return None;
+        return Err(DropReason::NoBackend);
     }
     // One aligned word: the generation userspace flipped last.
-    let generation = *TABLE_GEN.get(vip.table_id)?;
+    let Some(generation) = TABLE_GEN.get(table_id) else {
+        return Err(DropReason::NoBackend);
+    };
     let slot = hash % size;
-    let flat = ring_index(vip.table_id, generation, size, slot);
-    let lanes = RINGS.get(flat / RING_LANES)?;
+    let flat = ring_index(table_id, *generation, size, slot);
+    let Some(lanes) = RINGS.get(flat / RING_LANES) else {
+        return Err(DropReason::NoBackend);
+    };
     let real_id = lanes[(flat % RING_LANES) as usize];
-    if real_id == NO_REAL {
-        return None;
+    if real_id == RESIDENCY_DROP {
+        return Err(DropReason::Residency);
     }
-    let real = usable_real(real_id, None)?;
-    Some((real_id, real))
+    if real_id == NO_REAL {
+        return Err(DropReason::NoBackend);
+    }
+    match present_real(real_id) {
+        Some(real) => Ok((real_id, real)),
+        None => Err(DropReason::NoBackend),
+    }
 }

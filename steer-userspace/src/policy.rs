@@ -99,6 +99,7 @@ pub fn desired_runtime(cfg: &Config, rt: &Runtime) -> Vec<DesiredService> {
                     up: !state.down.contains(&b.name),
                 })
                 .collect(),
+            tables: vec![],
         })
         .collect()
 }

@@ -13,6 +13,8 @@ impl Dataplane {
             (names::RINGS, ring_values(l.max_tables, l.ring_size)),
             (names::REALS, l.max_reals),
             (names::TABLE_GEN, l.max_tables),
+            (names::CLASS_TABLES, l.max_tables),
+            (names::CLASS_V4, steer_common::CLASS_V4_VALUES),
         ] {
             let map = self
                 .ebpf
@@ -43,14 +45,16 @@ impl Dataplane {
         let bad_gens: Vec<String> = s
             .services
             .iter()
-            .filter_map(|svc| {
-                let g = self
-                    .gens
-                    .word(svc.vip_id as usize * 8)
-                    .load(Ordering::Acquire);
+            .flat_map(|svc| {
+                std::iter::once(svc.vip_id)
+                    .chain(svc.tables.iter().map(|t| t.table_id))
+                    .map(move |id| (svc, id))
+            })
+            .filter_map(|(svc, id)| {
+                let g = self.gens.word(id as usize * 8).load(Ordering::Acquire);
                 (g > 1).then(|| {
                     format!(
-                        "service {:?}: pinned table generation {g} is neither 0 nor 1",
+                        "service {:?}: pinned generation {g} of table {id} is neither 0 nor 1",
                         svc.name
                     )
                 })
@@ -67,16 +71,32 @@ impl Dataplane {
                 proto: svc.proto,
                 family: svc.family,
             };
-            let generation = self
-                .gens
-                .word(svc.vip_id as usize * 8)
-                .load(Ordering::Acquire);
-            let table = (0..l.ring_size)
-                .map(|i| {
-                    let flat = ring_index(svc.vip_id, generation, l.ring_size, i);
-                    self.rings.word(flat as usize * 4).load(Ordering::Relaxed)
-                })
-                .collect();
+            // Each table as the kernel holds it; a packet may still hold
+            // the other ring: wait before reusing it.
+            let read = |table_id: u32| {
+                let generation = self
+                    .gens
+                    .word(table_id as usize * 8)
+                    .load(Ordering::Acquire);
+                let table = (0..l.ring_size)
+                    .map(|i| {
+                        let flat = ring_index(table_id, generation, l.ring_size, i);
+                        self.rings.word(flat as usize * 4).load(Ordering::Relaxed)
+                    })
+                    .collect();
+                plan::TableSlot {
+                    table_id,
+                    table: std::sync::Arc::new(table),
+                    inputs: None,
+                    generation,
+                    last_flip: Some(Instant::now()),
+                }
+            };
+            let mut tables = BTreeMap::from([(0u8, read(svc.vip_id))]);
+            for t in &svc.tables {
+                tables.insert(t.class, read(t.table_id));
+                used_vips.insert(t.table_id);
+            }
             used_vips.insert(svc.vip_id);
             self.ledger.services.insert(
                 svc.name.clone(),
@@ -102,12 +122,9 @@ impl Dataplane {
                             )
                         })
                         .collect(),
-                    table: std::sync::Arc::new(table),
-                    inputs: None,
-                    generation,
-                    // A packet may still hold the other ring: wait before
-                    // reusing it.
-                    last_flip: Some(Instant::now()),
+                    tables,
+                    // Unknown: the next plan writes it.
+                    row: std::sync::Arc::new([u32::MAX; steer_common::CLASS_SLOTS]),
                 },
             );
         }
@@ -198,7 +215,8 @@ impl Dataplane {
             self.ledger.filter[i as usize] = w;
             self.filter_written[i as usize] = w;
         }
-        Ok(())
+        // The class maps as they are: the next plan diffs against them.
+        self.read_classes()
     }
 
     /// Pinned maps without usable bookkeeping: forget every service, and
@@ -229,7 +247,10 @@ impl Dataplane {
         self.filter_written = vec![u64::MAX; VIP_FILTER_WORDS as usize];
         self.ledger.filter = vec![0; VIP_FILTER_WORDS as usize];
         let zeros = self.ledger.filter.clone();
-        self.write_filter(&zeros)
+        self.write_filter(&zeros)?;
+        // No VIP uses the class maps now; the next plan diffs against
+        // what they hold.
+        self.read_classes()
     }
 
     pub(super) fn save_state(&mut self) -> Result<()> {
@@ -255,7 +276,16 @@ impl Dataplane {
                     proto: s.key.proto,
                     family: s.key.family,
                     flags: s.info.flags,
-                    generation: s.generation,
+                    generation: s.default_table().generation,
+                    tables: s
+                        .tables
+                        .iter()
+                        .filter(|(c, _)| **c != 0)
+                        .map(|(c, t)| persist::SavedTable {
+                            class: *c,
+                            table_id: t.table_id,
+                        })
+                        .collect(),
                     reals: s
                         .reals
                         .iter()

@@ -8,6 +8,7 @@ use std::os::fd::{AsFd, AsRawFd};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+use aya::maps::lpm_trie::{Key as LpmKey, LpmTrie};
 use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray, PerCpuValues};
 use aya::programs::{ProgramError, TestRun, TestRunOptions, Xdp};
 use aya::{Ebpf, EbpfLoader};
@@ -29,7 +30,10 @@ pub use bench::BenchProgram;
 pub use counters::CounterReader;
 pub use pins::{kernel_xdp_mode, pin_entries, InstanceLock, KernelXdpMode, Removal};
 use plan::{addr_bytes, RealSlot, ServiceSlot};
-pub use plan::{DesiredBackend, DesiredService, Globals, IdLedger, PlanError, Write};
+pub use plan::{
+    DesiredBackend, DesiredClasses, DesiredService, DesiredTable, Globals, IdLedger, PlanError,
+    TableSlots, Write,
+};
 
 use std::path::{Path, PathBuf};
 
@@ -254,6 +258,8 @@ pub struct Dataplane {
     ebpf: Ebpf,
     rings: Mmap,
     gens: Mmap,
+    /// `CLASS_V4`, one byte per IPv4 /24.
+    class_v4: Mmap,
     /// Which ids the services and backends hold (the plan's input).
     ledger: IdLedger,
     /// Operator drains, persisted with the state so a restart keeps them.
@@ -332,7 +338,7 @@ pub enum Attached {
 }
 
 /// All the maps the program declares, for pinning.
-const ALL_MAPS: [&str; 13] = [
+const ALL_MAPS: [&str; 16] = [
     names::SETTINGS,
     names::VIPS,
     names::VIP_ADDRS,
@@ -346,6 +352,9 @@ const ALL_MAPS: [&str; 13] = [
     names::DROP_STATS,
     names::PATH_STATS,
     names::SOURCE_MACS,
+    names::CLASS_V4,
+    names::CLASS_V6,
+    names::CLASS_TABLES,
 ];
 
 fn link_pin(pin_dir: &Path, iface: &str) -> PathBuf {
@@ -433,6 +442,7 @@ impl Dataplane {
                 ring_values(limits.max_tables, limits.ring_size),
             )
             .map_max_entries(names::TABLE_GEN, limits.max_tables)
+            .map_max_entries(names::CLASS_TABLES, limits.max_tables)
             .map_max_entries(names::VIPS, limits.max_tables)
             .map_max_entries(names::VIP_ADDRS, limits.max_tables)
             .map_max_entries(names::VIP_STATS, limits.max_tables)
@@ -460,6 +470,14 @@ impl Dataplane {
             // Array values are 8-byte aligned: u32 generation i is at 8*i.
             Mmap::new(names::TABLE_GEN, data, limits.max_tables as usize * 8)?
         };
+        let class_v4 = {
+            let data = map_data(&ebpf, names::CLASS_V4)?;
+            Mmap::new(
+                names::CLASS_V4,
+                data,
+                steer_common::CLASS_V4_VALUES as usize * 8,
+            )?
+        };
         let counters = CounterReader::new(&ebpf)?;
         Ok(Dataplane {
             counters,
@@ -467,6 +485,7 @@ impl Dataplane {
             ebpf,
             rings,
             gens,
+            class_v4,
             ledger: IdLedger::new(limits),
             drained: BTreeSet::new(),
             down: BTreeSet::new(),
@@ -746,6 +765,12 @@ impl Dataplane {
         self.ledger.limits
     }
 
+    /// The client classes last programmed (none at first, or after a
+    /// restart until the first `program_with_classes`).
+    pub fn classes(&self) -> std::sync::Arc<DesiredClasses> {
+        self.ledger.classes.desired.clone().unwrap_or_default()
+    }
+
     /// The drains last programmed, or adopted from a previous run.
     pub fn drained(&self) -> &BTreeSet<String> {
         &self.drained
@@ -762,13 +787,32 @@ impl Dataplane {
     ///
     /// On a capacity or family error nothing is written. If a map write
     /// fails part-way, the next call rewrites everything.
+    ///
+    /// The client classes stay those last programmed (none at first); see
+    /// [`Dataplane::program_with_classes`].
     pub fn program(
         &mut self,
         desired: Vec<DesiredService>,
         globals: Globals,
         drained: &BTreeSet<String>,
     ) -> Result<()> {
-        let (next, writes) = self.ledger.plan(&desired, &globals, Instant::now())?;
+        let classes = self.classes();
+        self.program_with_classes(desired, globals, &classes, drained)
+    }
+
+    /// [`Dataplane::program`] with these client classes: the class maps
+    /// are brought to `classes` (only what differs is written), after the
+    /// tables and before the VIP entries that use them.
+    pub fn program_with_classes(
+        &mut self,
+        desired: Vec<DesiredService>,
+        globals: Globals,
+        classes: &std::sync::Arc<DesiredClasses>,
+        drained: &BTreeSet<String>,
+    ) -> Result<()> {
+        let (next, writes) =
+            self.ledger
+                .plan_with_classes(&desired, &globals, classes, Instant::now())?;
         let done = self.execute(&writes);
         self.ledger = next;
         if let Err(e) = done {
@@ -909,24 +953,38 @@ impl Dataplane {
     /// The active selection table of a service: backend name per slot
     /// (`None` for an empty slot).
     pub fn table(&self, service: &str) -> Result<Vec<Option<String>>> {
+        Ok(self
+            .class_table(service, 0)?
+            .expect("every service has a default table"))
+    }
+
+    /// The active selection table of class `class` of a service (0: the
+    /// default table): backend name per slot (`None` for `NO_REAL` or
+    /// `RESIDENCY_DROP`); `None` if the class has no table of its own.
+    pub fn class_table(&self, service: &str, class: u8) -> Result<Option<Vec<Option<String>>>> {
         let slot = self
             .ledger
             .services
             .get(service)
             .ok_or_else(|| DataplaneError::UnknownService(service.to_string()))?;
+        let Some(t) = slot.tables.get(&class) else {
+            return Ok(None);
+        };
         let by_id: BTreeMap<u32, &str> =
             slot.reals.iter().map(|(n, r)| (r.id, n.as_str())).collect();
         let generation = self
             .gens
-            .word(slot.vip_id as usize * 8)
+            .word(t.table_id as usize * 8)
             .load(Ordering::Acquire);
-        Ok((0..self.ledger.limits.ring_size)
-            .map(|i| {
-                let flat = ring_index(slot.vip_id, generation, self.ledger.limits.ring_size, i);
-                let id = self.rings.word(flat as usize * 4).load(Ordering::Relaxed);
-                by_id.get(&id).map(|s| s.to_string())
-            })
-            .collect())
+        Ok(Some(
+            (0..self.ledger.limits.ring_size)
+                .map(|i| {
+                    let flat = ring_index(t.table_id, generation, self.ledger.limits.ring_size, i);
+                    let id = self.rings.word(flat as usize * 4).load(Ordering::Relaxed);
+                    by_id.get(&id).map(|s| s.to_string())
+                })
+                .collect(),
+        ))
     }
 
     /// The backend names of the service's reals, by real id.

@@ -61,6 +61,18 @@ pub struct SavedService {
     pub flags: u32,
     pub generation: u32,
     pub reals: BTreeMap<String, SavedReal>,
+    /// The service's class tables (its default table has its VIP id).
+    /// Absent in files written before client classes existed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tables: Vec<SavedTable>,
+}
+
+/// A class table of a service.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SavedTable {
+    /// The client class, 1..=255.
+    pub class: u8,
+    pub table_id: u32,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -222,6 +234,29 @@ pub fn validate(
             }
         }
     }
+    // Class tables after every VIP id is known: they share the id pool.
+    for svc in &s.services {
+        let mut classes = BTreeSet::new();
+        for t in &svc.tables {
+            if t.class == 0 || !classes.insert(t.class) {
+                problems.push(format!(
+                        "service {:?} has a class table for class {} (classes are 1..=255, one table each)",
+                        svc.name, t.class
+                    ));
+            }
+            if t.table_id >= max_tables {
+                problems.push(format!(
+                    "service {:?} has class table id {} (max_tables is {max_tables})",
+                    svc.name, t.table_id
+                ));
+            } else if !vips.insert(t.table_id) {
+                problems.push(format!(
+                    "table id {} is held twice (class {} of {:?} among them)",
+                    t.table_id, t.class, svc.name
+                ));
+            }
+        }
+    }
     let mut free = BTreeSet::new();
     for id in &s.free_reals {
         if *id >= s.next_real.min(max_reals) {
@@ -272,6 +307,7 @@ mod tests {
                 .iter()
                 .map(|(n, id)| (n.to_string(), real(*id)))
                 .collect(),
+            tables: vec![],
         }
     }
 
@@ -308,6 +344,29 @@ mod tests {
     #[test]
     fn a_consistent_state_is_accepted() {
         assert_eq!(check(&state()), Ok(()));
+    }
+
+    #[test]
+    fn class_tables_must_hold_free_ids_once() {
+        let with = |class: u8, table_id: u32| {
+            let mut s = state();
+            s.services[0].tables = vec![SavedTable { class, table_id }];
+            s
+        };
+        assert_eq!(check(&with(1, 1)), Ok(()));
+        // An old file without the key reads as no class tables.
+        let mut json = serde_json::to_value(state()).expect("json");
+        assert!(json["services"][0].get("tables").is_none());
+        json["services"][0]
+            .as_object_mut()
+            .expect("object")
+            .remove("tables");
+        let old: SavedState = serde_json::from_value(json).expect("old file");
+        assert!(old.services[0].tables.is_empty());
+        fails_with(&with(1, 4), "class table id 4 (max_tables is 4)");
+        fails_with(&with(1, 3), "table id 3 is held twice");
+        fails_with(&with(1, 0), "table id 0 is held twice");
+        fails_with(&with(0, 1), "class table for class 0");
     }
 
     #[test]

@@ -10,11 +10,22 @@
 //!    real id) has its counters zeroed, so a service or backend never
 //!    inherits the counters of one that held the id before. Then reals
 //!    that are up are present before any table points at them.
+//!    A real that is down is written (present, down) this early only if
+//!    this plan allocated its id: a table may point at a backend that is
+//!    down (panic, fail-open), and must never point at an absent one.
 //! 4. After a grace period for rings that flipped recently, every changed
-//!    table is written to its shadow ring and flipped in.
-//! 5. Each service's VIP entry; reals that are down, and reals no table
-//!    points at any more, are written after the flip.
+//!    table (a service's default table and its class tables) is written to
+//!    its shadow ring and flipped in.
+//! 5. The client-class maps (`CLASS_V4` words that changed, `CLASS_V6`
+//!    prefixes removed and added), then per service its `CLASS_TABLES` row
+//!    and its VIP entry; reals that are down, and reals no table points at
+//!    any more, are written after the flip. Class tables a service no
+//!    longer has are freed only after the plan (reused by a later one).
 //! 6. `VIP_ADDRS` and the exact filter bitmap.
+//!
+//! Table ids and VIP ids come from one pool of `max_tables` ids: a
+//! service's default table has its VIP id, and each class with its own
+//! table takes one more id.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::net::IpAddr;
@@ -22,8 +33,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use steer_common::{
-    maglev, vip_filter_bit, AddrKey, Real, Settings, VipInfo, VipKey, REAL_F_DOWN, REAL_F_PRESENT,
-    SETTINGS_F_PORT0_VIPS, SETTINGS_F_READY, VIP_FILTER_WORDS, VIP_F_CLIENT_AFFINITY,
+    class_v4_index, maglev, vip_filter_bit, AddrKey, ClassRow, ClassV6Key, Real, Settings, VipInfo,
+    VipKey, CLASS_SLOTS, CLASS_V4_MAX_LEN, CLASS_V6_MAX_LEN, NO_REAL, REAL_F_DOWN, REAL_F_PRESENT,
+    RESIDENCY_DROP, SETTINGS_F_PORT0_VIPS, SETTINGS_F_READY, VIP_FILTER_WORDS, VIP_F_CLASSES,
+    VIP_F_CLIENT_AFFINITY,
 };
 
 use super::Limits;
@@ -55,6 +68,46 @@ pub struct DesiredService {
     pub protocol: u8,
     pub client_affinity: bool,
     pub backends: Vec<DesiredBackend>,
+    /// The service's selection tables. Empty: one Maglev table over the up
+    /// backends by weight (as before classes existed). An entry for class
+    /// 0 replaces that default table; an entry for class 1..=255 gives
+    /// clients of that class (see [`DesiredClasses`]) their own table.
+    pub tables: Vec<DesiredTable>,
+}
+
+/// One selection table of a service.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DesiredTable {
+    /// 0 = the service's default table (clients without a class, or of a
+    /// class without its own table); 1..=255 = that client class.
+    pub class: u8,
+    pub slots: TableSlots,
+}
+
+/// The content of a selection table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TableSlots {
+    /// Maglev over the service's up backends by weight (the table a
+    /// service without classes has).
+    Maglev,
+    /// Exactly `ring_size` slots, each an index into
+    /// [`DesiredService::backends`] (the backend gets the flows of the
+    /// slot, even if it is down: panic, fail-open), or
+    /// [`steer_common::NO_REAL`] (dropped as `no_backend`) or
+    /// [`steer_common::RESIDENCY_DROP`] (dropped as `residency`).
+    Slots(Arc<Vec<u32>>),
+}
+
+/// The client classes, global to the data plane: prefix -> class id
+/// (1..=255). The longest matching prefix wins, per family. IPv4 prefixes
+/// are at most /24 and IPv6 at most /64 (the maps' granularity); host bits
+/// are ignored. The same prefix twice is an error.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DesiredClasses {
+    /// (address, prefix length, class id).
+    pub v4: Vec<([u8; 4], u8, u8)>,
+    /// (address, prefix length, class id).
+    pub v6: Vec<([u8; 16], u8, u8)>,
 }
 
 /// Data-plane-wide settings (the `SETTINGS` map, but for the ring size,
@@ -84,6 +137,18 @@ pub enum PlanError {
     },
     #[error("service {service}: IPv6 VIP cannot be sent to IPv4 backend {backend}")]
     FamilyMismatch { service: String, backend: String },
+    /// A service's tables are inconsistent (a bug in the caller: the
+    /// policy builds them).
+    #[error("service {service}: table of class {class}: {problem}")]
+    Table {
+        service: String,
+        class: u8,
+        problem: String,
+    },
+    /// The client classes are inconsistent (a bug in the caller: config
+    /// validation rejects such classes).
+    #[error("client classes: {0}")]
+    Classes(String),
 }
 
 /// One backend's id in one service.
@@ -93,22 +158,72 @@ pub struct RealSlot {
     pub address: IpAddr,
 }
 
+/// What a table was built from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TableInputs {
+    /// Maglev over (real id, backend name, weight).
+    Maglev(Vec<(u32, String, u32)>),
+    /// The slots themselves: real ids, `NO_REAL` or `RESIDENCY_DROP`.
+    Slots(Arc<Vec<u32>>),
+}
+
+/// What the ledger holds for one selection table.
+#[derive(Clone, Debug)]
+pub struct TableSlot {
+    pub table_id: u32,
+    /// The active ring's content.
+    pub table: Arc<Vec<u32>>,
+    /// What `table` was built from; `None` forces a rebuild.
+    pub inputs: Option<TableInputs>,
+    /// The active ring (0 or 1).
+    pub generation: u32,
+    pub last_flip: Option<Instant>,
+}
+
+impl TableSlot {
+    fn new(table_id: u32) -> TableSlot {
+        TableSlot {
+            table_id,
+            table: Arc::new(Vec::new()),
+            inputs: None,
+            generation: 0,
+            last_flip: None,
+        }
+    }
+}
+
 /// What the ledger holds for one service.
 #[derive(Clone, Debug)]
 pub struct ServiceSlot {
-    /// Doubles as the table id.
+    /// Also the id of the default table (`tables[&0]`).
     pub vip_id: u32,
     pub key: VipKey,
     pub info: VipInfo,
     pub reals: BTreeMap<String, RealSlot>,
-    /// The active ring's content.
-    pub table: Arc<Vec<u32>>,
-    /// What `table` was built from: (real id, backend name, weight); `None`
-    /// forces a rebuild.
-    pub inputs: Option<Vec<(u32, String, u32)>>,
-    /// The active ring (0 or 1).
-    pub generation: u32,
-    pub last_flip: Option<Instant>,
+    /// By class: 0 is the default table (always there), 1..=255 the
+    /// classes with their own table.
+    pub tables: BTreeMap<u8, TableSlot>,
+    /// The `CLASS_TABLES` row as last written (all zero: none).
+    pub row: Arc<ClassRow>,
+}
+
+impl ServiceSlot {
+    /// The default table.
+    pub fn default_table(&self) -> &TableSlot {
+        &self.tables[&0]
+    }
+}
+
+/// What the client-class maps hold.
+#[derive(Clone, Debug, Default)]
+pub struct ClassState {
+    /// What they were programmed from; `None`: unknown (adopted from a
+    /// previous run), so the next plan compares the content.
+    pub desired: Option<Arc<DesiredClasses>>,
+    /// `CLASS_V4` as bytes, one class id per /24; empty = all zero.
+    pub v4: Arc<Vec<u8>>,
+    /// `CLASS_V6`.
+    pub v6: Arc<BTreeMap<ClassV6Key, u8>>,
 }
 
 /// Which ids the services and backends hold, and the state of the rings.
@@ -126,6 +241,8 @@ pub struct IdLedger {
     pub next_real: u32,
     /// The `VIP_FILTER` bitmap.
     pub filter: Vec<u64>,
+    /// The client-class maps.
+    pub classes: ClassState,
 }
 
 /// One write to the maps.
@@ -152,12 +269,25 @@ pub enum Write {
     Filter(Vec<u64>),
     /// Wait before the next writes (grace period of retired rings).
     Wait(Duration),
-    /// Write `table` to ring `generation` of table `vip_id`, then flip the
-    /// table's generation word to it.
+    /// Write `table` to ring `generation` of table `table_id`, then flip
+    /// the table's generation word to it.
     Table {
-        vip_id: u32,
+        table_id: u32,
         generation: u32,
         table: Arc<Vec<u32>>,
+    },
+    /// `CLASS_V4` 32-bit words that change: (word index, i.e. byte offset
+    /// / 4 of the mapped map, and the four class bytes in memory order).
+    ClassV4(Vec<(u32, [u8; 4])>),
+    /// `CLASS_V6` prefixes to remove, then to insert (or overwrite).
+    ClassV6 {
+        remove: Vec<ClassV6Key>,
+        insert: Vec<(ClassV6Key, u8)>,
+    },
+    /// `CLASS_TABLES[vip_id]`.
+    ClassRow {
+        vip_id: u32,
+        row: Arc<ClassRow>,
     },
     Vip {
         key: VipKey,
@@ -247,7 +377,11 @@ pub(super) fn real_value(generation: u32, value: Option<(&IpAddr, bool)>) -> Rea
 struct Prepared {
     reals: BTreeMap<String, RealSlot>,
     retired: Vec<u32>,
-    inputs: Vec<(u32, String, u32)>,
+    /// Per class (0 = default): what its table is built from.
+    inputs: BTreeMap<u8, TableInputs>,
+    /// Ids of class tables the service no longer has (freed after the
+    /// plan).
+    retired_tables: Vec<u32>,
     /// The VIP id, if this plan allocated it.
     new_vip: Option<u32>,
     /// Real ids this plan allocated (fresh, freed by another service, or a
@@ -266,7 +400,16 @@ impl IdLedger {
             free_reals: VecDeque::new(),
             next_real: 0,
             filter: vec![0; VIP_FILTER_WORDS as usize],
+            classes: ClassState::default(),
         }
+    }
+
+    fn alloc_table(&mut self) -> Result<u32, PlanError> {
+        self.free_vips.pop().ok_or(PlanError::Capacity {
+            what: "services and class tables",
+            max: self.limits.max_tables,
+            knob: "max_tables",
+        })
     }
 
     fn bump_generation(&mut self, id: u32) {
@@ -302,11 +445,7 @@ impl IdLedger {
         let mut new_vip = None;
         let mut new_reals = Vec::new();
         if !self.services.contains_key(&d.name) {
-            let vip_id = self.free_vips.pop().ok_or(PlanError::Capacity {
-                what: "services",
-                max: self.limits.max_tables,
-                knob: "max_tables",
-            })?;
+            let vip_id = self.alloc_table()?;
             new_vip = Some(vip_id);
             self.services.insert(
                 d.name.clone(),
@@ -315,10 +454,8 @@ impl IdLedger {
                     key: vip_key(d),
                     info: VipInfo::default(),
                     reals: BTreeMap::new(),
-                    table: Arc::new(Vec::new()),
-                    inputs: None,
-                    generation: 0,
-                    last_flip: None,
+                    tables: BTreeMap::from([(0, TableSlot::new(vip_id))]),
+                    row: Arc::new([0; CLASS_SLOTS]),
                 },
             );
         }
@@ -379,7 +516,7 @@ impl IdLedger {
             .map(|r| r.id)
             .collect();
         // Down and zero-weight backends get no slots.
-        let inputs = d
+        let maglev: Vec<(u32, String, u32)> = d
             .backends
             .iter()
             .map(|b| {
@@ -390,10 +527,51 @@ impl IdLedger {
                 )
             })
             .collect();
+        let mut inputs = BTreeMap::from([(0, TableInputs::Maglev(maglev.clone()))]);
+        for t in &d.tables {
+            let value = match &t.slots {
+                TableSlots::Maglev => TableInputs::Maglev(maglev.clone()),
+                TableSlots::Slots(slots) => TableInputs::Slots(Arc::new(
+                    slots
+                        .iter()
+                        .map(|&v| match v {
+                            NO_REAL | RESIDENCY_DROP => v,
+                            // In range: checked by `check_tables`.
+                            i => reals[&d.backends[i as usize].name].id,
+                        })
+                        .collect(),
+                )),
+            };
+            inputs.insert(t.class, value);
+        }
+        // Class tables: ids for new classes, retire the ones gone.
+        let slot = self.services.get_mut(&d.name).expect("inserted above");
+        let gone: Vec<u8> = slot
+            .tables
+            .keys()
+            .filter(|c| !inputs.contains_key(c))
+            .copied()
+            .collect();
+        let retired_tables = gone
+            .iter()
+            .filter_map(|c| slot.tables.remove(c))
+            .map(|t| t.table_id)
+            .collect();
+        for class in inputs.keys() {
+            if !self.services[&d.name].tables.contains_key(class) {
+                let id = self.alloc_table()?;
+                self.services
+                    .get_mut(&d.name)
+                    .expect("inserted above")
+                    .tables
+                    .insert(*class, TableSlot::new(id));
+            }
+        }
         Ok(Prepared {
             reals,
             retired,
             inputs,
+            retired_tables,
             new_vip,
             new_reals,
         })
@@ -410,16 +588,34 @@ impl IdLedger {
             writes.push(self.real(real.id, None));
             self.free_reals.push_back(real.id);
         }
+        // Class tables go to the back of the pool (reused last); the VIP
+        // id (its default table) is reused first, as before.
+        for t in slot.tables.values().filter(|t| t.table_id != slot.vip_id) {
+            self.free_vips.insert(0, t.table_id);
+        }
         self.free_vips.push(slot.vip_id);
     }
 
     /// Plans the writes that program `desired`, at time `now` (for the
-    /// grace period of recently flipped rings). Returns the ledger after
-    /// the writes; `self` is unchanged, so on error nothing is allocated.
+    /// grace period of recently flipped rings), with the client classes
+    /// last planned. Returns the ledger after the writes; `self` is
+    /// unchanged, so on error nothing is allocated.
     pub fn plan(
         &self,
         desired: &[DesiredService],
         globals: &Globals,
+        now: Instant,
+    ) -> Result<(IdLedger, Vec<Write>), PlanError> {
+        let classes = self.classes.desired.clone().unwrap_or_default();
+        self.plan_with_classes(desired, globals, &classes, now)
+    }
+
+    /// [`IdLedger::plan`] with these client classes.
+    pub fn plan_with_classes(
+        &self,
+        desired: &[DesiredService],
+        globals: &Globals,
+        classes: &Arc<DesiredClasses>,
         now: Instant,
     ) -> Result<(IdLedger, Vec<Write>), PlanError> {
         for d in desired {
@@ -431,8 +627,10 @@ impl IdLedger {
                     });
                 }
             }
+            check_tables(d, self.limits.ring_size)?;
         }
         let mut next = self.clone();
+        let class_writes = next.plan_classes(classes)?;
         let mut writes = vec![
             Write::Settings(settings(&self.limits, globals, desired)),
             Write::FallbackSourceMac(globals.source_mac),
@@ -485,30 +683,52 @@ impl IdLedger {
             }
         }
         // Backends that are up are present and up before any table can
-        // point at them.
+        // point at them; so are newly allocated backends that are down and
+        // that a table names (a table may send flows to a down backend,
+        // never to an absent one).
+        let mut early_down: Vec<HashSet<u32>> = Vec::with_capacity(prepared.len());
         for (d, p) in desired.iter().zip(&prepared) {
-            for b in d.backends.iter().filter(|b| b.up) {
-                writes.push(next.real(p.reals[&b.name].id, Some((&b.address, true))));
+            let named: HashSet<u32> = p
+                .inputs
+                .values()
+                .filter_map(|i| match i {
+                    TableInputs::Slots(s) => Some(s.iter().copied()),
+                    TableInputs::Maglev(_) => None,
+                })
+                .flatten()
+                .filter(|id| p.new_reals.contains(id))
+                .collect();
+            for b in &d.backends {
+                let id = p.reals[&b.name].id;
+                if b.up || named.contains(&id) {
+                    writes.push(next.real(id, Some((&b.address, b.up))));
+                }
             }
+            early_down.push(named);
         }
         // 4. Tables whose inputs changed, built in parallel.
-        let todo: Vec<usize> = desired
+        let todo: Vec<(usize, u8)> = desired
             .iter()
             .zip(&prepared)
             .enumerate()
-            .filter(|(_, (d, p))| next.services[&d.name].inputs.as_ref() != Some(&p.inputs))
-            .map(|(i, _)| i)
+            .flat_map(|(i, (d, p))| {
+                let slot = &next.services[&d.name];
+                p.inputs
+                    .iter()
+                    .filter(|(c, inputs)| slot.tables[c].inputs.as_ref() != Some(inputs))
+                    .map(move |(c, _)| (i, *c))
+            })
             .collect();
-        let mut tables: BTreeMap<usize, Vec<u32>> =
+        let mut tables: BTreeMap<(usize, u8), Arc<Vec<u32>>> =
             build_tables(&prepared, &todo, self.limits.ring_size)
                 .into_iter()
-                .filter(|(i, t)| *next.services[&desired[*i].name].table != *t)
+                .filter(|((i, c), t)| next.services[&desired[*i].name].tables[c].table != *t)
                 .collect();
         // A ring that was active within the grace period may still be read
         // by a packet: wait once for all of them, not once per table.
         let wait = tables
             .keys()
-            .filter_map(|i| next.services[&desired[*i].name].last_flip)
+            .filter_map(|(i, c)| next.services[&desired[*i].name].tables[c].last_flip)
             .map(|t| GRACE.saturating_sub(now.saturating_duration_since(t)))
             .max()
             .unwrap_or_default();
@@ -516,51 +736,87 @@ impl IdLedger {
             writes.push(Write::Wait(wait));
         }
         let flipped_at = now + wait;
+        for ((i, class), table) in std::mem::take(&mut tables) {
+            let slot = next
+                .services
+                .get_mut(&desired[i].name)
+                .expect("prepared above")
+                .tables
+                .get_mut(&class)
+                .expect("allocated by prepare_service");
+            let generation = slot.generation.wrapping_add(1) & 1;
+            writes.push(Write::Table {
+                table_id: slot.table_id,
+                generation,
+                table: table.clone(),
+            });
+            slot.generation = generation;
+            slot.table = table;
+            slot.last_flip = Some(flipped_at);
+        }
+        // 5. The class maps, then per service its class row and VIP entry,
+        // then what the new tables no longer use.
+        writes.extend(class_writes);
         let mut late = Vec::new();
-        for (i, (d, p)) in desired.iter().zip(prepared).enumerate() {
+        let mut freed_tables = Vec::new();
+        for ((d, p), early) in desired.iter().zip(prepared).zip(early_down) {
             let slot = next.services.get_mut(&d.name).expect("prepared above");
-            slot.inputs = Some(p.inputs);
-            if let Some(table) = tables.remove(&i) {
-                let generation = slot.generation.wrapping_add(1) & 1;
-                let table = Arc::new(table);
-                writes.push(Write::Table {
-                    vip_id: slot.vip_id,
-                    generation,
-                    table: table.clone(),
-                });
-                slot.generation = generation;
-                slot.table = table;
-                slot.last_flip = Some(flipped_at);
+            for (class, inputs) in p.inputs {
+                if let Some(t) = slot.tables.get_mut(&class) {
+                    t.inputs = Some(inputs);
+                }
             }
-            // 5. The VIP entry, then what the new table no longer uses.
+            let mut row: ClassRow = [0; CLASS_SLOTS];
+            for (class, t) in slot.tables.iter().filter(|(c, _)| **c != 0) {
+                row[usize::from(*class)] = t.table_id + 1;
+            }
+            if *slot.row != row {
+                slot.row = Arc::new(row);
+                writes.push(Write::ClassRow {
+                    vip_id: slot.vip_id,
+                    row: slot.row.clone(),
+                });
+            }
+            let mut flags = 0;
+            if d.client_affinity {
+                flags |= VIP_F_CLIENT_AFFINITY;
+            }
+            if slot.tables.len() > 1 {
+                flags |= VIP_F_CLASSES;
+            }
             let info = VipInfo {
                 vip_id: slot.vip_id,
                 table_id: slot.vip_id,
-                flags: if d.client_affinity {
-                    VIP_F_CLIENT_AFFINITY
-                } else {
-                    0
-                },
+                flags,
                 _pad: 0,
             };
             slot.info = info;
-            late.push(Write::Vip {
+            writes.push(Write::Vip {
                 key: vip_key(d),
                 info,
             });
             for b in d.backends.iter().filter(|b| !b.up) {
-                late.push(next.real(p.reals[&b.name].id, Some((&b.address, false))));
+                let id = p.reals[&b.name].id;
+                if !early.contains(&id) {
+                    late.push(next.real(id, Some((&b.address, false))));
+                }
             }
             for id in p.retired {
                 late.push(next.real(id, None));
                 next.free_reals.push_back(id);
             }
+            freed_tables.extend(p.retired_tables);
             next.services
                 .get_mut(&d.name)
                 .expect("prepared above")
                 .reals = p.reals;
         }
         writes.append(&mut late);
+        // Freed class tables are reused last: no row points at them any
+        // more, and a later plan's rewrite of their rings is far off.
+        for id in freed_tables {
+            next.free_vips.insert(0, id);
+        }
         // 6. The exact VIP addresses and filter.
         let addrs: BTreeSet<([u8; 16], u8)> = next
             .services
@@ -588,10 +844,175 @@ impl IdLedger {
         ));
         Ok((next, writes))
     }
+
+    /// The writes that bring the class maps from what they hold to
+    /// `classes` (none if they were programmed from equal classes), and
+    /// the new class state in `self`.
+    fn plan_classes(&mut self, classes: &Arc<DesiredClasses>) -> Result<Vec<Write>, PlanError> {
+        if self.classes.desired.as_deref() == Some(&**classes) {
+            return Ok(Vec::new());
+        }
+        let v4 = paint_v4(&classes.v4)?;
+        let v6 = trie_v6(&classes.v6)?;
+        let mut writes = Vec::new();
+        let words = diff_v4(&self.classes.v4, &v4);
+        if !words.is_empty() {
+            writes.push(Write::ClassV4(words));
+        }
+        let old = &self.classes.v6;
+        let remove: Vec<ClassV6Key> = old
+            .keys()
+            .filter(|k| !v6.contains_key(k))
+            .copied()
+            .collect();
+        let insert: Vec<(ClassV6Key, u8)> = v6
+            .iter()
+            .filter(|(k, c)| old.get(k) != Some(c))
+            .map(|(k, c)| (*k, *c))
+            .collect();
+        if !remove.is_empty() || !insert.is_empty() {
+            writes.push(Write::ClassV6 { remove, insert });
+        }
+        self.classes = ClassState {
+            desired: Some(classes.clone()),
+            v4: Arc::new(v4),
+            v6: Arc::new(v6),
+        };
+        Ok(writes)
+    }
 }
 
-/// Builds the Maglev tables of the `todo` services on several threads.
-fn build_tables(prepared: &[Prepared], todo: &[usize], size: u32) -> Vec<(usize, Vec<u32>)> {
+/// Checks a service's tables: one per class at most, slots of ring size,
+/// every slot a backend index or a marker.
+fn check_tables(d: &DesiredService, ring_size: u32) -> Result<(), PlanError> {
+    let err = |class: u8, problem: String| PlanError::Table {
+        service: d.name.clone(),
+        class,
+        problem,
+    };
+    let mut seen = BTreeSet::new();
+    for t in &d.tables {
+        if !seen.insert(t.class) {
+            return Err(err(t.class, "given twice".into()));
+        }
+        if let TableSlots::Slots(slots) = &t.slots {
+            if slots.len() != ring_size as usize {
+                return Err(err(
+                    t.class,
+                    format!("{} slots, the ring size is {ring_size}", slots.len()),
+                ));
+            }
+            if let Some(bad) = slots
+                .iter()
+                .find(|&&v| v != NO_REAL && v != RESIDENCY_DROP && v as usize >= d.backends.len())
+            {
+                return Err(err(
+                    t.class,
+                    format!(
+                        "slot value {bad} is neither a backend index (the service has {}) nor a marker",
+                        d.backends.len()
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The `CLASS_V4` bytes for these prefixes (one class id per /24), the
+/// longest prefix winning: prefixes are painted shortest first. Empty when
+/// there is no prefix (all zero).
+pub fn paint_v4(prefixes: &[([u8; 4], u8, u8)]) -> Result<Vec<u8>, PlanError> {
+    if prefixes.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut sorted: Vec<(u8, u32, u8)> = Vec::with_capacity(prefixes.len());
+    for &(addr, len, class) in prefixes {
+        if len > CLASS_V4_MAX_LEN || class == 0 {
+            return Err(PlanError::Classes(format!(
+                "{}/{len} -> class {class}: IPv4 class prefixes are /0../{CLASS_V4_MAX_LEN} and class ids 1..=255",
+                std::net::Ipv4Addr::from(addr)
+            )));
+        }
+        let keep = u32::from(CLASS_V4_MAX_LEN - len);
+        sorted.push((len, class_v4_index(addr) >> keep << keep, class));
+    }
+    sorted.sort_unstable();
+    if let Some(w) = sorted
+        .windows(2)
+        .find(|w| w[0].0 == w[1].0 && w[0].1 == w[1].1)
+    {
+        let first = w[0].1 << 8;
+        return Err(PlanError::Classes(format!(
+            "{}/{} is given twice",
+            std::net::Ipv4Addr::from(first),
+            w[0].0
+        )));
+    }
+    let mut bytes = vec![0u8; 1 << 24];
+    for (len, start, class) in sorted {
+        let n = 1usize << (CLASS_V4_MAX_LEN - len);
+        bytes[start as usize..start as usize + n].fill(class);
+    }
+    Ok(bytes)
+}
+
+/// The `CLASS_V4` words (4 bytes each) that differ between two paintings
+/// (empty = all zero).
+pub fn diff_v4(old: &[u8], new: &[u8]) -> Vec<(u32, [u8; 4])> {
+    const ZERO: [u8; 4] = [0; 4];
+    let n = old.len().max(new.len()) / 4;
+    let word = |v: &[u8], i: usize| -> [u8; 4] {
+        v.get(4 * i..4 * i + 4)
+            .map(|w| [w[0], w[1], w[2], w[3]])
+            .unwrap_or(ZERO)
+    };
+    (0..n)
+        .filter_map(|i| {
+            let (a, b) = (word(old, i), word(new, i));
+            (a != b).then_some((i as u32, b))
+        })
+        .collect()
+}
+
+/// The `CLASS_V6` entries for these prefixes (the top 64 bits).
+pub fn trie_v6(prefixes: &[([u8; 16], u8, u8)]) -> Result<BTreeMap<ClassV6Key, u8>, PlanError> {
+    let mut out = BTreeMap::new();
+    for &(addr, len, class) in prefixes {
+        if len > CLASS_V6_MAX_LEN || class == 0 {
+            return Err(PlanError::Classes(format!(
+                "{}/{len} -> class {class}: IPv6 class prefixes are /0../{CLASS_V6_MAX_LEN} and class ids 1..=255",
+                std::net::Ipv6Addr::from(addr)
+            )));
+        }
+        let top = u64::from_be_bytes([
+            addr[0], addr[1], addr[2], addr[3], addr[4], addr[5], addr[6], addr[7],
+        ]);
+        let masked = if len == 0 {
+            0
+        } else {
+            top & (u64::MAX << (64 - u32::from(len)))
+        };
+        let key = ClassV6Key {
+            prefixlen: u32::from(len),
+            addr: masked.to_be_bytes(),
+        };
+        if out.insert(key, class).is_some() {
+            return Err(PlanError::Classes(format!(
+                "{}/{len} is given twice",
+                std::net::Ipv6Addr::from(addr)
+            )));
+        }
+    }
+    Ok(out)
+}
+
+/// Builds the `todo` tables (service index, class) on several threads.
+fn build_tables(
+    prepared: &[Prepared],
+    todo: &[(usize, u8)],
+    size: u32,
+) -> Vec<((usize, u8), Arc<Vec<u32>>)> {
     let threads = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1)
@@ -603,17 +1024,22 @@ fn build_tables(prepared: &[Prepared], todo: &[usize], size: u32) -> Vec<(usize,
             .map(|ids| {
                 scope.spawn(move || {
                     ids.iter()
-                        .map(|&i| {
-                            let entries: Vec<maglev::Entry<'_>> = prepared[i]
-                                .inputs
-                                .iter()
-                                .map(|(id, name, w)| maglev::Entry {
-                                    id: *id,
-                                    key: name.as_bytes(),
-                                    weight: *w,
-                                })
-                                .collect();
-                            (i, maglev::build(&entries, size))
+                        .map(|&(i, class)| {
+                            let table = match &prepared[i].inputs[&class] {
+                                TableInputs::Slots(slots) => slots.clone(),
+                                TableInputs::Maglev(inputs) => {
+                                    let entries: Vec<maglev::Entry<'_>> = inputs
+                                        .iter()
+                                        .map(|(id, name, w)| maglev::Entry {
+                                            id: *id,
+                                            key: name.as_bytes(),
+                                            weight: *w,
+                                        })
+                                        .collect();
+                                    Arc::new(maglev::build(&entries, size))
+                                }
+                            };
+                            ((i, class), table)
                         })
                         .collect::<Vec<_>>()
                 })
@@ -629,3 +1055,7 @@ fn build_tables(prepared: &[Prepared], todo: &[usize], size: u32) -> Vec<(usize,
 #[cfg(test)]
 #[path = "plan_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "plan_class_tests.rs"]
+mod class_tests;

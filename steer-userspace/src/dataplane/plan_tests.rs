@@ -32,6 +32,7 @@ fn service(name: &str, last: u8, backends: Vec<DesiredBackend>) -> DesiredServic
         protocol: 6,
         client_affinity: false,
         backends,
+        tables: vec![],
     }
 }
 
@@ -74,7 +75,9 @@ fn tables(writes: &[Write]) -> Vec<(u32, &Vec<u32>)> {
     writes
         .iter()
         .filter_map(|w| match w {
-            Write::Table { vip_id, table, .. } => Some((*vip_id, &**table)),
+            Write::Table {
+                table_id, table, ..
+            } => Some((*table_id, &**table)),
             _ => None,
         })
         .collect()
@@ -193,7 +196,10 @@ fn a_weight_change_rebuilds_one_table_after_the_grace_period() {
     let flip_at = writes.iter().position(|w| matches!(w, Write::Table { .. }));
     assert!(wait_at < flip_at);
     // The other ring of the same table.
-    assert_ne!(l2.services["web"].generation, l1.services["web"].generation);
+    assert_ne!(
+        l2.services["web"].default_table().generation,
+        l1.services["web"].default_table().generation
+    );
     check_order(&writes);
 }
 
@@ -312,7 +318,7 @@ fn a_reused_id_has_its_counters_zeroed_before_its_first_use() {
     .expect("new real written");
     let table = first(
         &writes,
-        |w| matches!(w, Write::Table { vip_id, .. } if *vip_id == old_vip),
+        |w| matches!(w, Write::Table { table_id, .. } if *table_id == old_vip),
     )
     .expect("new table");
     let vip = first(

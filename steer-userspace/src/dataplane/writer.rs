@@ -12,14 +12,60 @@ impl Dataplane {
         self.vips_written.clear();
         self.filter_written = vec![u64::MAX; VIP_FILTER_WORDS as usize];
         for slot in self.ledger.services.values_mut() {
-            slot.inputs = None;
-            slot.table = std::sync::Arc::new(Vec::new());
-            slot.generation = self
-                .gens
-                .word(slot.vip_id as usize * 8)
-                .load(Ordering::Acquire)
-                & 1;
+            for t in slot.tables.values_mut() {
+                t.inputs = None;
+                t.table = std::sync::Arc::new(Vec::new());
+                t.generation = self
+                    .gens
+                    .word(t.table_id as usize * 8)
+                    .load(Ordering::Acquire)
+                    & 1;
+            }
+            // Never equal to a planned row: rewritten.
+            slot.row = std::sync::Arc::new([u32::MAX; steer_common::CLASS_SLOTS]);
         }
+        // The class maps are read back: the next plan diffs against them.
+        if let Err(e) = self.read_classes() {
+            tracing::warn!(error = %e, "cannot read the client-class maps back");
+            self.ledger.classes = plan::ClassState::default();
+        }
+    }
+
+    /// Sets the ledger's class state to what `CLASS_V4` and `CLASS_V6`
+    /// hold (the classes they came from unknown, so the next plan diffs).
+    pub(super) fn read_classes(&mut self) -> Result<()> {
+        let bytes = self
+            .class_v4
+            .len
+            .min(steer_common::CLASS_V4_VALUES as usize * 8);
+        let words = self.class_v4.words(0, bytes / 4);
+        let v4: Vec<u8> = if words.iter().all(|w| w.load(Ordering::Relaxed) == 0) {
+            Vec::new()
+        } else {
+            words
+                .iter()
+                .flat_map(|w| w.load(Ordering::Relaxed).to_ne_bytes())
+                .collect()
+        };
+        let trie: LpmTrie<_, [u8; 8], u32> = typed(&mut self.ebpf, names::CLASS_V6)?;
+        let mut v6 = BTreeMap::new();
+        for key in trie.keys() {
+            let key = key.map_err(map_err(names::CLASS_V6))?;
+            let class = trie.get(&key, 0).map_err(map_err(names::CLASS_V6))?;
+            v6.insert(
+                steer_common::ClassV6Key {
+                    prefixlen: key.prefix_len(),
+                    addr: key.data(),
+                },
+                (class & 0xff) as u8,
+            );
+        }
+        self.ledger.classes = plan::ClassState {
+            desired: None,
+            v4: std::sync::Arc::new(v4),
+            v6: std::sync::Arc::new(v6),
+        };
+        Ok(())
     }
 
     /// Executes a plan's writes in order.
@@ -64,6 +110,31 @@ impl Dataplane {
                 Write::Filter(bits) => self.write_filter(bits)?,
                 Write::Wait(d) => std::thread::sleep(*d),
                 Write::Table { .. } => unreachable!("handled as a run above"),
+                Write::ClassV4(words) => {
+                    for (i, bytes) in words {
+                        self.class_v4
+                            .word(*i as usize * 4)
+                            .store(u32::from_ne_bytes(*bytes), Ordering::Relaxed);
+                    }
+                }
+                Write::ClassV6 { remove, insert } => {
+                    let mut trie: LpmTrie<_, [u8; 8], u32> =
+                        typed(&mut self.ebpf, names::CLASS_V6)?;
+                    for k in remove {
+                        absent_ok(trie.remove(&LpmKey::new(k.prefixlen, k.addr)))
+                            .map_err(map_err(names::CLASS_V6))?;
+                    }
+                    for (k, class) in insert {
+                        trie.insert(&LpmKey::new(k.prefixlen, k.addr), u32::from(*class), 0)
+                            .map_err(map_err(names::CLASS_V6))?;
+                    }
+                }
+                Write::ClassRow { vip_id, row } => {
+                    let mut rows: Array<_, steer_common::ClassRow> =
+                        typed(&mut self.ebpf, names::CLASS_TABLES)?;
+                    rows.set(*vip_id, **row, 0)
+                        .map_err(map_err(names::CLASS_TABLES))?;
+                }
                 Write::Vip { key, info } => {
                     if self.vips_written.get(key) != Some(info) {
                         let mut vips: HashMap<_, VipKey, VipInfo> =
@@ -159,19 +230,19 @@ impl Dataplane {
                 scope.spawn(move || {
                     for w in part {
                         let Write::Table {
-                            vip_id,
+                            table_id,
                             generation,
                             table,
                         } = w
                         else {
                             continue;
                         };
-                        let first = ring_index(*vip_id, *generation, size, 0) as usize;
+                        let first = ring_index(*table_id, *generation, size, 0) as usize;
                         let ring = rings.words(first * 4, table.len());
                         for (slot, real) in ring.iter().zip(table.iter()) {
                             slot.store(*real, Ordering::Relaxed);
                         }
-                        gens.word(*vip_id as usize * 8)
+                        gens.word(*table_id as usize * 8)
                             .store(*generation, Ordering::Release);
                     }
                 });
