@@ -1566,15 +1566,36 @@ fn empty_table_drops_no_backend() {
         &p.build(),
         DropReason::NoBackend,
     );
-    // Up again: the flow is served.
+    // Up again (through the policy, as the daemon does): the flow is served.
     rig.dp
-        .set_backend_down("eu-4", false)
-        .expect("set_backend_down");
+        .apply(&rig.cfg, &BTreeSet::new())
+        .expect("programming eu-4 up");
     rig.expect_tx(
         "service whose only backend came back",
         &p,
         &ipip(&p, Ipv4Addr::new(192, 0, 2, 14)),
     );
+}
+
+#[test]
+#[ignore = "needs root: BPF or network namespaces (cargo xtask test runs it)"]
+fn with_no_healthy_backend_fail_open_still_forwards() {
+    if !steer_tests::require_root() {
+        return;
+    }
+    // The default on_no_healthy: one wrong health check must not blackhole
+    // the VIP (Route 53, Global Accelerator and Envoy fail open too).
+    let open = BASIC.replace("on_no_healthy = \"drop\"\n", "");
+    assert_ne!(open, BASIC, "the fixture's solo service sets drop");
+    let mut rig = Rig::with_down(&open, &["eu-4"]);
+    for port in 40000..40020 {
+        let p = tcp4(CLIENT, port, VIP_SOLO, 80);
+        rig.expect_tx(
+            "new flow to a service whose only backend is down (fail-open)",
+            &p,
+            &ipip(&p, Ipv4Addr::new(192, 0, 2, 14)),
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------

@@ -46,6 +46,14 @@ pub enum Request {
     /// Stop sending new flows to every backend of a region (in every
     /// service), or with `undo`, resume.
     DrainRegion { region: String, undo: bool },
+    /// The decision path of one flow (`steer explain`): `protocol` is
+    /// `tcp` or `udp`, `client` and `vip` are socket addresses
+    /// (`198.51.100.7:40000`, `[2001:db8::7]:40000`).
+    Explain {
+        protocol: String,
+        client: String,
+        vip: String,
+    },
     /// Re-read the config file and apply it.
     Reload,
     /// Stop the daemon. With `detach`, leave the XDP program attached and its
@@ -61,15 +69,16 @@ impl Request {
             Request::Status => "status",
             Request::Drain { .. } => "drain",
             Request::DrainRegion { .. } => "drain_region",
+            Request::Explain { .. } => "explain",
             Request::Reload => "reload",
             Request::Stop { .. } => "stop",
         }
     }
 
-    /// Whether the request only reads (`status`): the one a read-only
-    /// client (a member of `[control] group`) may send.
+    /// Whether the request only reads (`status`, `explain`): the ones a
+    /// read-only client (a member of `[control] group`) may send.
     pub const fn is_read_only(&self) -> bool {
-        matches!(self, Request::Status)
+        matches!(self, Request::Status | Request::Explain { .. })
     }
 }
 
@@ -82,6 +91,11 @@ enum RequestWire {
     Status {},
     Drain { backend: String, undo: bool },
     DrainRegion { region: String, undo: bool },
+    Explain {
+        protocol: String,
+        client: String,
+        vip: String,
+    },
     Reload {},
     Stop { detach: bool },
 }
@@ -92,6 +106,15 @@ impl From<RequestWire> for Request {
             RequestWire::Status {} => Request::Status,
             RequestWire::Drain { backend, undo } => Request::Drain { backend, undo },
             RequestWire::DrainRegion { region, undo } => Request::DrainRegion { region, undo },
+            RequestWire::Explain {
+                protocol,
+                client,
+                vip,
+            } => Request::Explain {
+                protocol,
+                client,
+                vip,
+            },
             RequestWire::Reload {} => Request::Reload,
             RequestWire::Stop { detach } => Request::Stop { detach },
         }
@@ -355,6 +378,14 @@ mod tests {
             },
             r#"{"cmd":"drain_region","region":"eu-west","undo":false}"#,
         );
+        round_trip(
+            &Request::Explain {
+                protocol: "tcp".into(),
+                client: "198.51.100.7:40000".into(),
+                vip: "203.0.113.10:443".into(),
+            },
+            r#"{"cmd":"explain","protocol":"tcp","client":"198.51.100.7:40000","vip":"203.0.113.10:443"}"#,
+        );
         round_trip(&Request::Reload, r#"{"cmd":"reload"}"#);
         round_trip(
             &Request::Stop { detach: true },
@@ -378,12 +409,21 @@ mod tests {
                 region: "r".into(),
                 undo: false,
             },
+            Request::Explain {
+                protocol: "tcp".into(),
+                client: "198.51.100.7:40000".into(),
+                vip: "203.0.113.10:443".into(),
+            },
             Request::Reload,
             Request::Stop { detach: false },
         ] {
             let wire: serde_json::Value = serde_json::to_value(&req).unwrap();
             assert_eq!(wire["cmd"], req.cmd(), "{req:?}");
-            assert_eq!(req.is_read_only(), wire["cmd"] == "status", "{req:?}");
+            assert_eq!(
+                req.is_read_only(),
+                wire["cmd"] == "status" || wire["cmd"] == "explain",
+                "{req:?}"
+            );
         }
     }
 

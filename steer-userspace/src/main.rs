@@ -49,6 +49,10 @@ enum Cmd {
     Status(cli::status::Args),
     /// Stop sending new flows to a backend (established flows continue).
     Drain(cli::drain::Args),
+    /// Why a flow goes where it goes: class, region order, health, dials,
+    /// capacity, panic, residency and the backend, from the running daemon
+    /// or offline from a config (--config).
+    Explain(Box<cli::explain::Args>),
     /// Validate a configuration file and report every error.
     Check(cli::check::Args),
     /// Run every packet of a capture through the real XDP program
@@ -115,6 +119,7 @@ fn main() -> ExitCode {
         Cmd::Drain(args) => cli::drain::run(args),
         Cmd::Check(args) => cli::check::run(args),
         Cmd::Replay(args) => cli::replay::run(*args),
+        Cmd::Explain(args) => cli::explain::run(*args),
     };
     match result {
         Ok(code) => code,

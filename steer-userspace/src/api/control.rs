@@ -652,10 +652,12 @@ fn user_in_group(uid: u32, gid: u32) -> bool {
 }
 
 /// One JSON line listing every request, for "malformed request" errors.
-const EXPECTED: [&str; 5] = [
+const EXPECTED: [&str; 7] = [
     "expected one JSON object per line, one of:",
     r#"{"cmd":"status"}"#,
     r#"{"cmd":"drain","backend":"NAME","undo":false}"#,
+    r#"{"cmd":"drain_region","region":"NAME","undo":false}"#,
+    r#"{"cmd":"explain","protocol":"tcp","client":"IP:PORT","vip":"IP:PORT"}"#,
     r#"{"cmd":"reload"}"#,
     r#"{"cmd":"stop","detach":false}"#,
 ];

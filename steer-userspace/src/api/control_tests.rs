@@ -105,6 +105,7 @@ impl ControlHandler for Fake {
                 Request::DrainRegion { region, .. } => {
                     Response::error(format!("no region named {region:?}"))
                 }
+                Request::Explain { client, .. } => Response::ok(format!("explained {client}")),
                 Request::Reload => match self.reload_gate.acquire().await {
                     Ok(_permit) => Response::ok("reloaded"),
                     Err(_) => {
@@ -276,7 +277,7 @@ async fn malformed_requests_get_errors() {
         let (message, _) = error_message(&resp);
         assert!(message.contains("unknown variant `restart`"), "{message}");
         assert!(
-            message.contains("`status`, `drain`, `reload`, `stop`"),
+            message.contains("`status`, `drain`, `drain_region`, `explain`, `reload`, `stop`"),
             "{message}"
         );
         // A missing field is named.

@@ -4,6 +4,7 @@
 
 pub mod check;
 pub mod drain;
+pub mod explain;
 pub mod reload;
 pub mod replay;
 pub mod run;

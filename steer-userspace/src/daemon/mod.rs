@@ -14,6 +14,7 @@
 //! wait for the owner.
 
 mod changes;
+pub mod measure;
 mod notify;
 mod owner;
 mod reload;
@@ -40,7 +41,7 @@ use crate::dataplane::{
     persist, pin_entries, Attached, CounterReader, Dataplane, InstanceLock, Persist,
 };
 use crate::health::{self, HealthMonitor};
-use crate::policy::ApplyConfig as _;
+use crate::policy::{explain, ApplyConfig as _};
 
 /// Options of `steer run` that override the config.
 #[derive(Clone, Debug)]
@@ -158,6 +159,31 @@ struct View {
 }
 
 impl View {
+    /// `steer explain` against the running daemon: the published plan and
+    /// the live conntrack entry.
+    fn explain(&self, protocol: &str, client: &str, vip: &str) -> Response {
+        let q = match explain::parse_query(protocol, client, vip) {
+            Ok(q) => q,
+            Err(e) => return Response::error(e),
+        };
+        let p = self.published.borrow().clone();
+        let ct = explain::conntrack_of(
+            &p.cfg,
+            &p.planned,
+            &q,
+            |key| self.counters.conntrack(key).ok().flatten(),
+            |service, real_id| {
+                p.ledger.services.get(service).and_then(|s| {
+                    s.reals
+                        .iter()
+                        .find(|(_, id)| **id == real_id)
+                        .map(|(n, _)| n.clone())
+                })
+            },
+        );
+        Response::ok(explain::explain(&p.cfg, &p.planned, q, ct).to_string())
+    }
+
     fn status(&self) -> Status {
         let p = self.published.borrow().clone();
         status::report(&p, Some(&self.counters))
@@ -242,6 +268,16 @@ impl ControlHandler for Handler {
                         reply: Some(reply),
                     })
                     .await
+                }
+                Request::Explain {
+                    protocol,
+                    client,
+                    vip,
+                } => {
+                    let view = self.view.clone();
+                    tokio::task::spawn_blocking(move || view.explain(&protocol, &client, &vip))
+                        .await
+                        .unwrap_or_else(|e| Response::error(format!("internal error: {e}")))
                 }
                 Request::Stop { detach } => {
                     let _ = self.shutdown.send(Some(detach));
@@ -430,6 +466,23 @@ async fn run_async(
                 let status = health_rx.borrow_and_update().clone();
                 if events.send(Event::Health(status)).await.is_err() {
                     break;
+                }
+            }
+        });
+    }
+
+    // The measurement timer. A tick that finds the queue full is skipped
+    // (the next one measures over the longer interval).
+    {
+        let events = events.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(measure::TICK);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                every.tick().await;
+                match events.try_send(Event::Tick) {
+                    Ok(()) | Err(mpsc::error::TrySendError::Full(_)) => {}
+                    Err(mpsc::error::TrySendError::Closed(_)) => break,
                 }
             }
         });

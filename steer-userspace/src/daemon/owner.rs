@@ -23,7 +23,10 @@ use crate::api::Response;
 use crate::config::Config;
 use crate::dataplane::{Dataplane, Ledger};
 use crate::health::{self, HealthMonitor, TargetStatus};
-use crate::policy::{ApplyConfig as _, BackendState, Runtime};
+use crate::policy::{self, ApplyConfig as _, BackendState, Planned, Runtime};
+use steer_policy::Outcome;
+
+use super::measure::{self, Measured, Measurer};
 
 use super::changes::config_changes;
 use super::reload;
@@ -49,6 +52,9 @@ pub enum Event {
         undo: bool,
         reply: Option<oneshot::Sender<Response>>,
     },
+    /// The measurement timer ([`super::measure::TICK`]): round-trip times
+    /// and new-flow rates for the latency and capacity policies.
+    Tick,
     /// Re-read the config file (control socket or SIGHUP).
     Reload {
         reply: Option<oneshot::Sender<Response>>,
@@ -115,6 +121,10 @@ pub struct State {
     pub drained: BTreeSet<String>,
     /// Regions drained by an operator.
     pub drained_regions: BTreeSet<String>,
+    /// The last plan programmed: every table and the decision behind it.
+    pub planned: Arc<Planned>,
+    /// The measurements the policy read last.
+    pub measured: Measured,
     /// The backends programmed as down.
     pub down: BTreeSet<String>,
     /// Starts at 1; one more for every successful reload (wrapping).
@@ -155,8 +165,75 @@ impl std::ops::Deref for Published {
 pub struct Owner {
     dp: Dataplane,
     monitor: Option<HealthMonitor>,
+    measurer: Measurer,
     state: State,
     publish: watch::Sender<Arc<Published>>,
+}
+
+/// Backends by the time of their latest down transition, earliest first.
+fn down_order(transitions: &BTreeMap<String, Transitions>) -> Vec<String> {
+    let mut v: Vec<(SystemTime, &String)> = transitions
+        .iter()
+        .filter_map(|(b, t)| t.last_down.map(|at| (at, b)))
+        .collect();
+    v.sort();
+    v.into_iter().map(|(_, b)| b.clone()).collect()
+}
+
+/// Logs what changed between two plans that an operator must know:
+/// regions entering or leaving panic, fail-open and residency drops.
+fn log_plan_changes(old: &Planned, new: &Planned) {
+    let states = |p: &Planned| -> BTreeMap<(String, u8), (bool, Option<Outcome>)> {
+        p.services
+            .iter()
+            .zip(&p.plans)
+            .flat_map(|(d, plan)| {
+                plan.tables.iter().filter_map(move |t| {
+                    t.engine.as_ref().map(|e| {
+                        (
+                            (d.name.clone(), t.class),
+                            (
+                                e.decision.regions.iter().any(|r| r.panic),
+                                Some(e.decision.outcome),
+                            ),
+                        )
+                    })
+                })
+            })
+            .collect()
+    };
+    let (a, b) = (states(old), states(new));
+    for (k, v) in &b {
+        let was = a.get(k).copied().unwrap_or((false, Some(Outcome::Serve)));
+        if was == *v {
+            continue;
+        }
+        let (panic, outcome) = *v;
+        let class = new
+            .service(&k.0)
+            .and_then(|(_, p)| p.tables.iter().find(|t| t.class == k.1))
+            .and_then(|t| t.class_name.clone())
+            .unwrap_or_else(|| "default".to_string());
+        match outcome {
+            Some(Outcome::DropResidency) => warn!(
+                service = %k.0, class = %class,
+                "residency: no allowed region may serve; new flows of this class are dropped (fail closed)"
+            ),
+            Some(Outcome::FailOpen) => warn!(
+                service = %k.0, class = %class,
+                "no healthy backend in the order: failing open to all backends"
+            ),
+            Some(Outcome::DropNoHealthy) => warn!(
+                service = %k.0, class = %class,
+                "no healthy backend in the order: new flows are dropped (on_no_healthy = drop)"
+            ),
+            _ if panic => warn!(
+                service = %k.0, class = %class,
+                "panic: a region below panic_threshold spreads its share over all its backends"
+            ),
+            _ => info!(service = %k.0, class = %class, "back to normal: no panic, serving healthy backends"),
+        }
+    }
 }
 
 /// The backends of `cfg` that `health` says are down.
@@ -189,6 +266,8 @@ impl Owner {
             health: BTreeMap::new(),
             drained,
             drained_regions: BTreeSet::new(),
+            planned: Arc::default(),
+            measured: Measured::default(),
             down: BTreeSet::new(),
             generation: 1,
             reloads: 0,
@@ -208,6 +287,7 @@ impl Owner {
         let owner = Owner {
             dp,
             monitor: None,
+            measurer: Measurer::default(),
             state,
             publish,
         };
@@ -245,10 +325,15 @@ impl Owner {
 
     /// Everything the policy needs besides the config.
     fn runtime(&self) -> Runtime {
+        let m = &self.state.measured;
         Runtime {
             backends: self.backend_state(),
             drained_regions: self.state.drained_regions.clone(),
-            ..Default::default()
+            rtt: m.rtt.clone(),
+            rate: m.rate.clone(),
+            down_order: down_order(&self.state.transitions),
+            ranked: m.ranked.clone(),
+            capacity_keep: m.keep.clone(),
         }
     }
 
@@ -265,11 +350,14 @@ impl Owner {
         let rt = self.runtime();
         let down = rt.backends.down.clone();
         let started = Instant::now();
+        let planned = policy::plan(&self.state.cfg, &rt);
         let r = self
             .dp
-            .apply_runtime(&self.state.cfg, &rt)
+            .apply_plan(&self.state.cfg, &planned, &rt.backends.drained)
             .map_err(|e| crate::errors::chain(&e));
         if r.is_ok() {
+            log_plan_changes(&self.state.planned, &planned);
+            self.state.planned = Arc::new(planned);
             self.state.down = down;
             self.state.programmed = self.state.programmed.wrapping_add(1);
             info!(
@@ -321,6 +409,7 @@ impl Owner {
                     let _ = reply.send(r);
                 }
             }
+            Event::Tick => self.on_tick(),
             Event::Reload { reply } => {
                 super::notify::reloading();
                 let r = self.reload();
@@ -331,6 +420,43 @@ impl Owner {
             }
             Event::Stop => {}
         }
+    }
+
+    /// Measures (when a policy needs it) and re-programs if what the
+    /// policy reads changed.
+    fn on_tick(&mut self) {
+        if !measure::needed(&self.state.cfg) {
+            return;
+        }
+        let health = match &self.monitor {
+            Some(m) => m.snapshot(),
+            None => self.state.health.clone(),
+        };
+        let counts = self.region_new_flows();
+        let changed = self
+            .measurer
+            .tick(&self.state.cfg, &health, counts, Instant::now());
+        self.state.measured = self.measurer.measured.clone();
+        if changed {
+            if let Err(e) = self.program() {
+                error!(error = %e, "programming the data plane after a measurement failed");
+            }
+        }
+    }
+
+    /// New flows counted so far per region, over every service's backends.
+    fn region_new_flows(&self) -> BTreeMap<String, u64> {
+        let cfg = &self.state.cfg;
+        let mut out: BTreeMap<String, u64> =
+            cfg.regions.iter().map(|r| (r.name.clone(), 0)).collect();
+        for svc in &cfg.services {
+            for b in cfg.service_backends(svc) {
+                if let Ok(c) = self.dp.backend_counters(&svc.name, &b.name) {
+                    *out.entry(b.region.clone()).or_default() += c.new_flows;
+                }
+            }
+        }
+        out
     }
 
     fn on_health(&mut self, status: BTreeMap<String, TargetStatus>) {

@@ -169,6 +169,8 @@ mod tests {
                 health: BTreeMap::new(),
                 drained: BTreeSet::new(),
                 drained_regions: BTreeSet::new(),
+                planned: Arc::default(),
+                measured: Default::default(),
                 down: BTreeSet::new(),
                 generation: 1,
                 reloads: 0,

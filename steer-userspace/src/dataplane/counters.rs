@@ -9,9 +9,9 @@
 
 use std::os::fd::AsFd;
 
-use aya::maps::{Map, MapData, PerCpuArray};
+use aya::maps::{HashMap, Map, MapData, PerCpuArray};
 use aya::Ebpf;
-use steer_common::{names, Branch, Counters, DropReason};
+use steer_common::{names, Branch, Counters, CtValue, DropReason, FlowKey};
 
 use super::{map_err, DataplaneError, Result};
 
@@ -21,12 +21,15 @@ pub struct CounterReader {
     real_stats: PerCpuArray<MapData, Counters>,
     drop_stats: PerCpuArray<MapData, u64>,
     path_stats: PerCpuArray<MapData, u64>,
+    /// `CONNTRACK`, read by `steer explain`.
+    conntrack: HashMap<MapData, FlowKey, CtValue>,
 }
 
 fn reopen(ebpf: &Ebpf, name: &'static str) -> Result<Map> {
     let map = ebpf.map(name).ok_or(DataplaneError::MissingMap { name })?;
-    let data = match map {
-        Map::PerCpuArray(d) => d,
+    let (data, lru) = match map {
+        Map::PerCpuArray(d) => (d, false),
+        Map::LruHashMap(d) => (d, true),
         _ => return Err(DataplaneError::MissingMap { name }),
     };
     let fd = data
@@ -38,9 +41,12 @@ fn reopen(ebpf: &Ebpf, name: &'static str) -> Result<Map> {
             path: name.into(),
             source,
         })?;
-    Ok(Map::PerCpuArray(
-        MapData::from_fd(fd).map_err(map_err(name))?,
-    ))
+    let data = MapData::from_fd(fd).map_err(map_err(name))?;
+    Ok(if lru {
+        Map::LruHashMap(data)
+    } else {
+        Map::PerCpuArray(data)
+    })
 }
 
 fn per_cpu<V: aya::Pod>(ebpf: &Ebpf, name: &'static str) -> Result<PerCpuArray<MapData, V>> {
@@ -62,7 +68,19 @@ impl CounterReader {
             real_stats: per_cpu(ebpf, names::REAL_STATS)?,
             drop_stats: per_cpu(ebpf, names::DROP_STATS)?,
             path_stats: per_cpu(ebpf, names::PATH_STATS)?,
+            conntrack: HashMap::try_from(reopen(ebpf, names::CONNTRACK)?)
+                .map_err(map_err(names::CONNTRACK))?,
         })
+    }
+
+    /// The conntrack entry of `key`, if any. Reading it does not refresh
+    /// its place in the LRU.
+    pub fn conntrack(&self, key: &FlowKey) -> Result<Option<CtValue>> {
+        match self.conntrack.get(key, 0) {
+            Ok(v) => Ok(Some(v)),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(map_err(names::CONNTRACK)(e)),
+        }
     }
 
     /// Counters of the service whose VIP has id `vip_id`, summed over CPUs.

@@ -76,6 +76,12 @@ pub enum DataplaneError {
     UnknownService(String),
     #[error("unknown backend {0:?}")]
     UnknownBackend(String),
+    #[error(
+        "backend {backend:?} of service {service:?}: its tables come from a region policy, \
+         which must be recomputed for a health change (program the new state through the \
+         policy, e.g. ApplyConfig::apply_runtime)"
+    )]
+    PolicyTables { backend: String, service: String },
     #[error("frame of {0} bytes is shorter than an Ethernet header (14 bytes); XDP never sees such frames")]
     FrameTooShort(usize),
     #[error("running the program failed: {0}")]
@@ -836,8 +842,17 @@ impl Dataplane {
             return Err(DataplaneError::UnknownBackend(backend.to_string()));
         };
         let mut found = false;
-        for b in desired.iter_mut().flat_map(|d| d.backends.iter_mut()) {
-            if b.name == backend {
+        for d in desired.iter_mut() {
+            let mine = d.backends.iter().any(|b| b.name == backend);
+            // A policy table holds its slots as the policy composed them
+            // for the old health: flipping the flag would not move them.
+            if mine && d.tables.iter().any(|t| matches!(t.slots, TableSlots::Slots(_))) {
+                return Err(DataplaneError::PolicyTables {
+                    backend: backend.to_string(),
+                    service: d.name.clone(),
+                });
+            }
+            for b in d.backends.iter_mut().filter(|b| b.name == backend) {
                 b.up = !down;
                 found = true;
             }

@@ -12,7 +12,7 @@ use steer::config::Config;
 use steer::policy::Runtime;
 
 /// Flags that set runtime inputs; each adds to what `--state` gives.
-#[derive(clap::Args, Clone, Debug, Default)]
+#[derive(clap::Args, Clone, Debug, Default, PartialEq)]
 pub struct InputArgs {
     /// Mark a backend down, as a failed health check would (repeatable).
     #[arg(long, value_name = "BACKEND")]
@@ -142,6 +142,9 @@ impl InputArgs {
             .map(|(k, ms)| (k, Duration::from_secs_f64(ms / 1000.0)))
             .collect();
         rt.rate = file.rate;
+        // Offline there is no time for hysteresis or a controller to
+        // settle: rank and keep from the measurements at once.
+        steer::policy::regions::settle_offline(cfg, &mut rt);
         Ok(rt)
     }
 }

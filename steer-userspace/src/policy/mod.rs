@@ -1,13 +1,22 @@
-//! Policy: a pure function from configuration and backend state to the
-//! backend set each service should have in the data plane. It touches no
-//! BPF object; `dataplane` applies what it returns.
+//! Policy: a pure function from configuration and runtime inputs (health,
+//! drains, measurements) to the backends and selection tables each service
+//! should have in the data plane. It touches no BPF object; `dataplane`
+//! applies what it returns. Region policies go through the engine
+//! (`steer-policy`, see `regions.rs`); `explain.rs` tells one flow's path.
+
+pub mod explain;
+pub mod regions;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 use std::time::Duration;
+
+pub use regions::{ServicePlan, TablePlan};
 
 use crate::config::{Affinity, AttachMode, Config, DataplaneConfig, Protocol};
 use crate::dataplane::{
-    self, Dataplane, DataplaneError, DesiredBackend, DesiredService, Globals, Limits,
+    self, Dataplane, DataplaneError, DesiredBackend, DesiredClasses, DesiredService, DesiredTable,
+    Globals, Limits, TableSlots,
 };
 
 /// Backend state that is not in the configuration.
@@ -32,21 +41,59 @@ pub struct Runtime {
     pub rtt: BTreeMap<String, Duration>,
     /// Measured new flows per second arriving at each region.
     pub rate: BTreeMap<String, f64>,
+    /// Backends in the order they went down (earliest first), for
+    /// `max_ejection_percent`; backends not listed rank after, by name.
+    pub down_order: Vec<String>,
+    /// Per `latency` service, its regions ranked by round-trip time (with
+    /// hysteresis in the daemon; see [`regions::settle_offline`]). A
+    /// service not listed uses its configured order.
+    pub ranked: BTreeMap<String, Vec<String>>,
+    /// Per region, the fraction of the new flows reaching it that it keeps
+    /// (the capacity waterfall); regions not listed keep everything.
+    pub capacity_keep: BTreeMap<String, f64>,
 }
 
-/// Computes every service's desired backend set.
+/// What the policy wants programmed, and how each table was decided.
+#[derive(Clone, Debug, Default)]
+pub struct Planned {
+    pub services: Vec<DesiredService>,
+    /// One per entry of `services`, in the same order.
+    pub plans: Vec<ServicePlan>,
+    pub classes: Arc<DesiredClasses>,
+}
+
+impl Planned {
+    /// The plan of service `name`.
+    pub fn service(&self, name: &str) -> Option<(&DesiredService, &ServicePlan)> {
+        let i = self.services.iter().position(|d| d.name == name)?;
+        Some((&self.services[i], &self.plans[i]))
+    }
+
+    /// Each service's content hash (see [`regions::content_hash`]).
+    pub fn hashes(&self) -> BTreeMap<String, u64> {
+        self.services
+            .iter()
+            .zip(&self.plans)
+            .map(|(d, p)| (d.name.clone(), regions::content_hash(&d.backends, p)))
+            .collect()
+    }
+}
+
+/// Computes every service's desired backends and tables.
 pub fn desired(cfg: &Config, state: &BackendState) -> Vec<DesiredService> {
-    desired_runtime(
+    plan(
         cfg,
         &Runtime {
             backends: state.clone(),
             ..Default::default()
         },
     )
+    .services
 }
 
-/// Computes every service's desired backend set and tables for `rt`.
-pub fn desired_runtime(cfg: &Config, rt: &Runtime) -> Vec<DesiredService> {
+/// Computes every service's desired backends and tables for `rt`, with
+/// the decisions behind them.
+pub fn plan(cfg: &Config, rt: &Runtime) -> Planned {
     let state = &rt.backends;
     // Index the backends once: the same selection as
     // `Config::service_backends` (explicit names plus whole regions, in
@@ -73,7 +120,9 @@ pub fn desired_runtime(cfg: &Config, rt: &Runtime) -> Vec<DesiredService> {
         idx.dedup();
         idx.into_iter().map(|i| &cfg.backends[i]).collect()
     };
-    cfg.services
+    let ring_size = cfg.dataplane.maglev_table_size;
+    let (services, plans) = cfg
+        .services
         .iter()
         .map(|svc| DesiredService {
             name: svc.name.clone(),
@@ -101,7 +150,28 @@ pub fn desired_runtime(cfg: &Config, rt: &Runtime) -> Vec<DesiredService> {
                 .collect(),
             tables: vec![],
         })
-        .collect()
+        .map(|mut d| {
+            let svc = cfg.service(&d.name).expect("built from the config");
+            let p = regions::service_plan(cfg, svc, &mut d.backends, rt, ring_size);
+            d.tables = p
+                .tables
+                .iter()
+                .map(|t| DesiredTable {
+                    class: t.class,
+                    slots: match &t.engine {
+                        None => TableSlots::Maglev,
+                        Some(e) => TableSlots::Slots(e.slots.clone()),
+                    },
+                })
+                .collect();
+            (d, p)
+        })
+        .unzip();
+    Planned {
+        services,
+        plans,
+        classes: Arc::new(regions::desired_classes(cfg)),
+    }
 }
 
 /// The data-plane-wide settings of `cfg`.
@@ -149,15 +219,27 @@ pub trait ApplyConfig {
     /// previous run).
     fn backend_state(&self) -> BackendState;
     /// Programs every map from `cfg` and the runtime inputs `rt`.
-    fn apply_runtime(&mut self, cfg: &Config, rt: &Runtime) -> Result<(), DataplaneError>;
+    fn apply_runtime(&mut self, cfg: &Config, rt: &Runtime) -> Result<(), DataplaneError> {
+        let p = plan(cfg, rt);
+        self.apply_plan(cfg, &p, &rt.backends.drained)
+    }
+    /// Programs `planned` (from [`plan`]); `drained` is persisted.
+    fn apply_plan(
+        &mut self,
+        cfg: &Config,
+        planned: &Planned,
+        drained: &BTreeSet<String>,
+    ) -> Result<(), DataplaneError>;
 }
 
 impl ApplyConfig for Dataplane {
     fn apply_state(&mut self, cfg: &Config, state: BackendState) -> Result<(), DataplaneError> {
-        self.program(
-            desired(cfg, &state),
-            globals(&cfg.dataplane),
-            &state.drained,
+        self.apply_runtime(
+            cfg,
+            &Runtime {
+                backends: state,
+                ..Default::default()
+            },
         )
     }
 
@@ -169,11 +251,17 @@ impl ApplyConfig for Dataplane {
         self.apply_state(cfg, state)
     }
 
-    fn apply_runtime(&mut self, cfg: &Config, rt: &Runtime) -> Result<(), DataplaneError> {
-        self.program(
-            desired_runtime(cfg, rt),
+    fn apply_plan(
+        &mut self,
+        cfg: &Config,
+        planned: &Planned,
+        drained: &BTreeSet<String>,
+    ) -> Result<(), DataplaneError> {
+        self.program_with_classes(
+            planned.services.clone(),
             globals(&cfg.dataplane),
-            &rt.backends.drained,
+            &planned.classes,
+            drained,
         )
     }
 

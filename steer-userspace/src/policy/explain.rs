@@ -1,0 +1,385 @@
+//! `steer explain`: the decision path of one flow, computed from the same
+//! plan the data plane was programmed with (and, live, the conntrack
+//! entry that may override it).
+
+use std::fmt::{self, Write as _};
+use std::net::{IpAddr, SocketAddr};
+
+use steer_common::hash::flow_hash;
+use steer_common::{FlowKey, NO_REAL};
+use steer_policy::{explain_slot, HopAction, Outcome, RESIDENCY_DROP};
+
+use crate::config::{Affinity, Config, Policy, Protocol, Service};
+use crate::dataplane::plan::addr_bytes;
+
+use super::regions::{class_of, ServicePlan, TablePlan};
+use super::Planned;
+
+/// A flow to explain, as the client sends it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlowQuery {
+    pub protocol: Protocol,
+    pub client: SocketAddr,
+    pub vip: SocketAddr,
+}
+
+/// What the data plane's conntrack says about the flow (live only).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Conntrack {
+    /// Offline: no conntrack.
+    Unknown,
+    None,
+    /// An entry pins the flow to this backend (name), usable or not.
+    Entry { backend: String, usable: bool },
+}
+
+/// The decision path of one flow.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Explanation {
+    pub flow: FlowQuery,
+    /// The service the VIP matched, if any.
+    pub service: Option<String>,
+    pub lines: Vec<String>,
+    /// The backend a new flow goes to (`None`: dropped or not a VIP).
+    pub backend: Option<String>,
+    /// The drop reason for a new flow, if dropped.
+    pub drop: Option<&'static str>,
+}
+
+impl fmt::Display for Explanation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for l in &self.lines {
+            writeln!(f, "{l}")?;
+        }
+        Ok(())
+    }
+}
+
+/// A query from its words: `protocol` `tcp` or `udp`, `client` and `vip`
+/// socket addresses of the same family.
+pub fn parse_query(protocol: &str, client: &str, vip: &str) -> Result<FlowQuery, String> {
+    let protocol = match protocol {
+        "tcp" => Protocol::Tcp,
+        "udp" => Protocol::Udp,
+        other => return Err(format!("protocol {other:?}: expected tcp or udp")),
+    };
+    let sock = |what: &str, s: &str| -> Result<SocketAddr, String> {
+        s.parse().map_err(|_| {
+            format!(
+                "{what} {s:?} is not IP:PORT (e.g. 198.51.100.7:40000 or [2001:db8::7]:40000)"
+            )
+        })
+    };
+    let (client, vip) = (sock("client", client)?, sock("VIP", vip)?);
+    if client.is_ipv4() != vip.is_ipv4() {
+        return Err(format!(
+            "client {client} and VIP {vip} are of different address families"
+        ));
+    }
+    Ok(FlowQuery {
+        protocol,
+        client,
+        vip,
+    })
+}
+
+/// The conntrack entry of the flow, read with `lookup`; `name_of(service,
+/// real id)` names the backend a real id belongs to.
+pub fn conntrack_of(
+    cfg: &Config,
+    planned: &Planned,
+    q: &FlowQuery,
+    lookup: impl Fn(&FlowKey) -> Option<steer_common::CtValue>,
+    name_of: impl Fn(&str, u32) -> Option<String>,
+) -> Conntrack {
+    let Some(svc) = service_for(cfg, q) else {
+        return Conntrack::None;
+    };
+    let Some(ct) = lookup(&flow_key(q, svc)) else {
+        return Conntrack::None;
+    };
+    match name_of(&svc.name, ct.real_id) {
+        None => Conntrack::Entry {
+            backend: format!("real {} (no longer a backend of {})", ct.real_id, svc.name),
+            usable: false,
+        },
+        Some(b) => {
+            let up = planned
+                .service(&svc.name)
+                .and_then(|(d, _)| d.backends.iter().find(|x| x.name == b))
+                .is_some_and(|x| x.up);
+            Conntrack::Entry { backend: b, usable: up }
+        }
+    }
+}
+
+/// The service of `cfg` whose VIP matches (exact port first, then port 0).
+pub fn service_for<'a>(cfg: &'a Config, q: &FlowQuery) -> Option<&'a Service> {
+    let m = |port: u16| {
+        cfg.services.iter().find(|s| {
+            s.vip == q.vip.ip() && s.port == port && s.protocol == q.protocol
+        })
+    };
+    m(q.vip.port()).or_else(|| m(0))
+}
+
+/// The flow key and hash the data plane computes for a new flow of `q`
+/// to `svc` (client affinity hashes the client address only).
+pub fn flow_key(q: &FlowQuery, svc: &Service) -> FlowKey {
+    let (src, family) = addr_bytes(&q.client.ip());
+    let (dst, _) = addr_bytes(&q.vip.ip());
+    let client_affinity = svc.affinity == Affinity::Client;
+    FlowKey {
+        src,
+        dst,
+        sport: if client_affinity {
+            0
+        } else {
+            steer_common::port_to_wire(q.client.port())
+        },
+        dport: steer_common::port_to_wire(if client_affinity {
+            svc.port
+        } else {
+            q.vip.port()
+        }),
+        proto: q.protocol.number(),
+        family,
+        _pad: [0; 2],
+    }
+}
+
+fn pct(x: f64) -> String {
+    format!("{:.1}%", x * 100.0)
+}
+
+/// Explains `q` against the plan `planned` (what was, or would be,
+/// programmed from `cfg`).
+pub fn explain(cfg: &Config, planned: &Planned, q: FlowQuery, ct: Conntrack) -> Explanation {
+    let mut lines = Vec::new();
+    let proto = q.protocol.as_str();
+    lines.push(format!("flow        {proto} {} -> {}", q.client, q.vip));
+    let Some(svc) = service_for(cfg, &q) else {
+        lines.push(format!(
+            "service     none: no service has VIP {} port {} {proto} (nor port 0); the packet passes to the host",
+            q.vip.ip(),
+            q.vip.port()
+        ));
+        return Explanation {
+            flow: q,
+            service: None,
+            lines,
+            backend: None,
+            drop: None,
+        };
+    };
+    let policy = match &svc.policy {
+        Policy::Maglev => "maglev",
+        Policy::Weighted { .. } => "weighted",
+        Policy::Failover { .. } => "failover",
+        Policy::Geo { .. } => "geo",
+        Policy::Latency => "latency",
+    };
+    lines.push(format!(
+        "service     {} ({}:{} {proto}, policy {policy})",
+        svc.name, svc.vip, svc.port
+    ));
+    let (services, plans) = (&planned.services, &planned.plans);
+    let Some(idx) = services.iter().position(|d| d.name == svc.name) else {
+        lines.push("service     not programmed".to_string());
+        return Explanation {
+            flow: q,
+            service: Some(svc.name.clone()),
+            lines,
+            backend: None,
+            drop: None,
+        };
+    };
+    let desired = &services[idx];
+    let plan: &ServicePlan = &plans[idx];
+    // The class, as the data plane looks it up.
+    let class = class_of(cfg, q.client.ip());
+    let table: Option<&TablePlan> = class
+        .as_ref()
+        .and_then(|(id, _, _)| plan.tables.iter().find(|t| t.class == *id))
+        .or_else(|| plan.tables.iter().find(|t| t.class == 0));
+    match &class {
+        None => lines.push("class       none: no class prefix contains the client".to_string()),
+        Some((id, c, prefix)) => {
+            let own = plan.tables.iter().any(|t| t.class == *id);
+            lines.push(format!(
+                "class       {} (id {id}, prefix {prefix}){}",
+                c.name,
+                if own {
+                    ", with its own table for this service"
+                } else {
+                    "; this service has no table of its own for it: the default table"
+                }
+            ));
+        }
+    }
+    let key = flow_key(&q, svc);
+    let hash = flow_hash(&key);
+    let ring = cfg.dataplane.maglev_table_size;
+    let slot = hash % ring;
+    lines.push(format!(
+        "hash        {hash:#010x} -> slot {slot} of {ring}{}",
+        if svc.affinity == Affinity::Client {
+            " (client affinity: the client address only)"
+        } else {
+            ""
+        }
+    ));
+    let mut backend = None;
+    let mut drop = None;
+    match table.and_then(|t| t.engine.as_ref()) {
+        None => {
+            lines.push(
+                "order       maglev policy: one Maglev table over every up backend of the service, by weight"
+                    .to_string(),
+            );
+            // The plain table is built by the data plane from the backends.
+            let entries: Vec<steer_common::maglev::Entry<'_>> = desired
+                .backends
+                .iter()
+                .enumerate()
+                .map(|(i, b)| steer_common::maglev::Entry {
+                    id: i as u32,
+                    key: b.name.as_bytes(),
+                    weight: if b.up { b.weight } else { 0 },
+                })
+                .collect();
+            let t = steer_common::maglev::build(&entries, ring);
+            match t.get(slot as usize).copied() {
+                Some(i) if i != NO_REAL => backend = Some(desired.backends[i as usize].name.clone()),
+                _ => drop = Some("no_backend"),
+            }
+        }
+        Some(e) => {
+            let d = &e.decision;
+            let name = |i: usize| e.input.regions[i].name.as_str();
+            let why = match (&svc.policy, table.map(|t| t.class)) {
+                (Policy::Geo { .. }, Some(c)) if c != 0 => "the class's preference, then the service's other regions",
+                (Policy::Geo { .. }, _) => "the service's default order (the client's class is not listed)",
+                (Policy::Latency, _) => "ranked by measured round-trip time (see rtt below), else configured",
+                (Policy::Failover { .. }, _) => "the failover tiers",
+                (Policy::Weighted { .. }, _) => "by weight; spill follows the service's region order",
+                (Policy::Maglev, _) => "the service's regions",
+            };
+            let order: Vec<&str> = d.order.iter().map(|&i| name(i)).collect();
+            lines.push(format!("order       {} ({why})", order.join(", ")));
+            if let Some(a) = &d.allowed {
+                let allowed: Vec<&str> = a.iter().map(|&i| name(i)).collect();
+                lines.push(format!(
+                    "residency   only {} may take this class's new flows",
+                    allowed.join(", ")
+                ));
+            }
+            let drained: Vec<&str> = e
+                .input
+                .regions
+                .iter()
+                .filter(|r| r.drained)
+                .map(|r| r.name.as_str())
+                .collect();
+            if !drained.is_empty() {
+                lines.push(format!("drained     {} (out of the order)", drained.join(", ")));
+            }
+            lines.push(format!(
+                "{:<14}{:>8}{:>9}{:>8}{:>6}{:>8}{:>7}{:>8}  {}",
+                "region", "healthy", "health", "load", "dial", "reach", "keep", "share", "panic"
+            ));
+            for r in &d.regions {
+                let mut l = String::new();
+                let _ = write!(
+                    l,
+                    "{:<14}{:>8}{:>9}{:>8}{:>6}{:>8}{:>7.3}{:>8}  {}",
+                    name(r.region),
+                    pct(r.healthy_fraction),
+                    format!("{:.3}", r.health),
+                    pct(r.load),
+                    r.dial,
+                    pct(r.reach),
+                    r.capacity_keep,
+                    pct(r.share),
+                    if r.panic {
+                        "PANIC: all its backends"
+                    } else if r.spread_all {
+                        "fail-open: all its backends"
+                    } else {
+                        "no"
+                    }
+                );
+                lines.push(l);
+            }
+            let outcome = match d.outcome {
+                Outcome::Serve => "serve",
+                Outcome::FailOpen => "fail-open: no healthy backend in the order",
+                Outcome::DropNoHealthy => "drop (on_no_healthy = \"drop\"): no healthy backend",
+                Outcome::DropResidency => "drop (residency): no allowed region may serve",
+            };
+            lines.push(format!("outcome     {outcome} (normalized total health {:.3})", d.nth));
+            let path = explain_slot(&e.input, d, ring, slot);
+            let mut steps = Vec::new();
+            if let Some(r) = path.step1 {
+                steps.push(format!("step 1 -> {}", name(r)));
+            }
+            for h in &path.hops {
+                steps.push(format!(
+                    "{}: {}",
+                    name(h.region),
+                    match h.action {
+                        HopAction::Kept => "kept",
+                        HopAction::DialSpill => "dial spilled it",
+                        HopAction::CapacitySpill => "capacity spilled it",
+                        HopAction::NotServing => "cannot serve, passed on",
+                    }
+                ));
+            }
+            if path.fallback {
+                steps.push("past the last region: back by step-1 load".to_string());
+            }
+            if !steps.is_empty() {
+                lines.push(format!("path        {}", steps.join("; ")));
+            }
+            let v = e.slots.get(slot as usize).copied().unwrap_or(NO_REAL);
+            match v {
+                RESIDENCY_DROP => drop = Some("residency"),
+                NO_REAL => drop = Some("no_backend"),
+                i => backend = desired.backends.get(i as usize).map(|b| b.name.clone()),
+            }
+            if let (Some(r), Some(_)) = (path.region, &backend) {
+                lines.push(format!("region      {}", name(r)));
+            }
+        }
+    }
+    match (&backend, drop) {
+        (Some(b), _) => {
+            let addr: Option<IpAddr> = desired.backends.iter().find(|x| x.name == *b).map(|x| x.address);
+            let down = desired.backends.iter().any(|x| x.name == *b && !x.up);
+            lines.push(format!(
+                "new flow    -> backend {b} ({}){}",
+                addr.map_or_else(String::new, |a| a.to_string()),
+                if down { ", which is down (panic or fail-open)" } else { "" }
+            ));
+        }
+        (None, Some(reason)) => lines.push(format!("new flow    dropped, counted as {reason}")),
+        (None, None) => {}
+    }
+    match ct {
+        Conntrack::Unknown => {}
+        Conntrack::None => lines.push("conntrack   no entry: the next packet is a new flow".to_string()),
+        Conntrack::Entry { backend: b, usable: true } => lines.push(format!(
+            "conntrack   an entry pins this flow to {b}: it stays there (overrides the choice above)"
+        )),
+        Conntrack::Entry { backend: b, usable: false } => lines.push(format!(
+            "conntrack   an entry names {b}, which is down or gone: the flow is re-selected as above"
+        )),
+    }
+    Explanation {
+        flow: q,
+        service: Some(svc.name.clone()),
+        lines,
+        backend,
+        drop,
+    }
+}

@@ -1,0 +1,417 @@
+//! Region policies: the config's regions, client classes and service
+//! policies, with the runtime inputs, turned into each service's selection
+//! tables through the pure engine (`steer-policy`). Every table's decision
+//! is kept, for `steer status`, the metrics and `steer explain`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use steer_policy::{
+    compose, decide, latency, ClassIn, Decision, OnNoHealthy as EngineNoHealthy, Outcome,
+    PolicyIn, RegionIn, ServiceIn, BackendIn,
+};
+
+use crate::config::{ClientClass, Config, OnNoHealthy, Policy, Service};
+use crate::dataplane::{DesiredBackend, DesiredClasses};
+
+use super::Runtime;
+
+/// The engine's view of one (service, class) table.
+#[derive(Clone, Debug)]
+pub struct Engine {
+    pub input: ServiceIn,
+    pub class: ClassIn,
+    pub decision: Decision,
+    /// The composed table: indexes into the service's backends, `NO_REAL`
+    /// or `RESIDENCY_DROP`.
+    pub slots: Arc<Vec<u32>>,
+}
+
+/// One selection table of a service and how it was decided.
+#[derive(Clone, Debug)]
+pub struct TablePlan {
+    /// 0: the default table; 1..=255: the client class with that id.
+    pub class: u8,
+    /// The class's name (`None` for the default table).
+    pub class_name: Option<String>,
+    /// `None`: a plain Maglev table over the service's up backends (the
+    /// `maglev` policy with a healthy backend).
+    pub engine: Option<Arc<Engine>>,
+}
+
+/// A service's tables.
+#[derive(Clone, Debug, Default)]
+pub struct ServicePlan {
+    /// Empty for a `maglev` service with no class table: one Maglev table.
+    pub tables: Vec<TablePlan>,
+    /// Backends whose health-check failure the service ignores because
+    /// more than `max_ejection_percent` of its backends are down.
+    pub ejection_capped: Vec<String>,
+}
+
+/// The class id of `cfg.client_classes[i]`.
+pub fn class_id(i: usize) -> u8 {
+    u8::try_from(i + 1).unwrap_or(u8::MAX)
+}
+
+/// Every class prefix of `cfg`, for the data plane.
+pub fn desired_classes(cfg: &Config) -> DesiredClasses {
+    let mut out = DesiredClasses::default();
+    for (i, c) in cfg.client_classes.iter().enumerate() {
+        let id = class_id(i);
+        for p in &c.prefixes {
+            match p.addr {
+                IpAddr::V4(a) => out.v4.push((a.octets(), p.len, id)),
+                IpAddr::V6(a) => out.v6.push((a.octets(), p.len, id)),
+            }
+        }
+    }
+    out
+}
+
+/// The class of a client address: the longest matching prefix of any
+/// class (per family), as the data plane finds it. Linear: for `explain`.
+pub fn class_of<'a>(cfg: &'a Config, client: IpAddr) -> Option<(u8, &'a ClientClass, String)> {
+    let mut best: Option<(u8, usize, String)> = None;
+    for (i, c) in cfg.client_classes.iter().enumerate() {
+        for p in &c.prefixes {
+            if contains(p.addr, p.len, client) && best.as_ref().is_none_or(|b| p.len > b.1 as u8) {
+                best = Some((p.len, i, format!("{}/{}", p.addr, p.len)));
+            }
+        }
+    }
+    best.map(|(_, i, prefix)| (class_id(i), &cfg.client_classes[i], prefix))
+}
+
+fn contains(net: IpAddr, len: u8, a: IpAddr) -> bool {
+    match (net, a) {
+        (IpAddr::V4(n), IpAddr::V4(a)) => {
+            let m = if len == 0 { 0 } else { u32::MAX << (32 - u32::from(len)) };
+            u32::from(n) & m == u32::from(a) & m
+        }
+        (IpAddr::V6(n), IpAddr::V6(a)) => {
+            let m = if len == 0 { 0 } else { u128::MAX << (128 - u32::from(len)) };
+            u128::from(n) & m == u128::from(a) & m
+        }
+        _ => false,
+    }
+}
+
+/// The backends of `svc` whose health-check failure counts: all the down
+/// ones, unless more than `max_ejection_percent` of the service's backends
+/// are down, in which case only the first that many (in `down_order`,
+/// the order they went down; others by name) are, and the rest are
+/// returned as capped.
+fn ejection_cap(
+    svc: &Service,
+    names: &[&str],
+    down: &BTreeSet<String>,
+    down_order: &[String],
+) -> BTreeSet<String> {
+    let pct = u32::from(svc.max_ejection_percent.min(100));
+    if pct >= 100 {
+        return BTreeSet::new();
+    }
+    let allowed = names.len() * pct as usize / 100;
+    let mut downs: Vec<&str> = names.iter().copied().filter(|n| down.contains(*n)).collect();
+    if downs.len() <= allowed {
+        return BTreeSet::new();
+    }
+    let rank = |n: &str| down_order.iter().position(|d| d == n).unwrap_or(usize::MAX);
+    downs.sort_by(|a, b| rank(a).cmp(&rank(b)).then(a.cmp(b)));
+    downs[allowed..].iter().map(|s| s.to_string()).collect()
+}
+
+/// The regions of `svc`, in its default order, each with its backends as
+/// indexes into `backends`.
+fn engine_input(
+    cfg: &Config,
+    svc: &Service,
+    backends: &[DesiredBackend],
+    rt: &Runtime,
+) -> ServiceIn {
+    let region_names = cfg.service_regions(svc);
+    let regions: Vec<RegionIn> = region_names
+        .iter()
+        .map(|&name| {
+            let r = cfg.region(name);
+            RegionIn {
+                name: name.to_string(),
+                dial: r.map_or(100, |r| r.dial),
+                capacity_keep: rt.capacity_keep.get(name).copied().unwrap_or(1.0),
+                drained: rt.drained_regions.contains(name),
+                backends: backends
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, b)| cfg.backend(&b.name).is_some_and(|c| c.region == name))
+                    .map(|(i, b)| BackendIn {
+                        index: i as u32,
+                        name: b.name.clone(),
+                        weight: b.weight,
+                        healthy: b.up,
+                    })
+                    .collect(),
+            }
+        })
+        .collect();
+    let index = |n: &str| region_names.iter().position(|r| *r == n);
+    let policy = match &svc.policy {
+        Policy::Maglev => PolicyIn::Maglev,
+        Policy::Weighted { weights } => PolicyIn::Weighted(
+            region_names
+                .iter()
+                .map(|r| {
+                    weights
+                        .iter()
+                        .find(|(n, _)| n == r)
+                        .map_or(0, |(_, w)| u32::from(*w))
+                })
+                .collect(),
+        ),
+        Policy::Failover { tiers } => PolicyIn::Failover(
+            tiers
+                .iter()
+                .map(|t| t.iter().filter_map(|n| index(n)).collect())
+                .collect(),
+        ),
+        Policy::Geo { .. } | Policy::Latency => PolicyIn::Ordered,
+    };
+    ServiceIn {
+        regions,
+        policy,
+        overprovisioning: svc.overprovisioning_factor.get(),
+        panic_threshold: f64::from(svc.panic_threshold) / 100.0,
+        on_no_healthy: match svc.on_no_healthy {
+            OnNoHealthy::FailOpen => EngineNoHealthy::FailOpen,
+            OnNoHealthy::Drop => EngineNoHealthy::Drop,
+        },
+    }
+}
+
+/// `names` (region names) as indexes of `svc`'s regions, then the service's
+/// other regions in its default order.
+fn order_of(input: &ServiceIn, names: &[String]) -> Vec<usize> {
+    let mut order: Vec<usize> = names
+        .iter()
+        .filter_map(|n| input.regions.iter().position(|r| r.name == *n))
+        .collect();
+    for i in 0..input.regions.len() {
+        if !order.contains(&i) {
+            order.push(i);
+        }
+    }
+    order
+}
+
+fn allowed_of(input: &ServiceIn, class: &ClientClass) -> Option<Vec<usize>> {
+    class.allowed_regions.as_ref().map(|names| {
+        names
+            .iter()
+            .filter_map(|n| input.regions.iter().position(|r| r.name == *n))
+            .collect()
+    })
+}
+
+/// Decides and composes one table.
+fn engine(input: &ServiceIn, class: ClassIn, ring_size: u32) -> Arc<Engine> {
+    let decision = decide(input, &class);
+    let slots = Arc::new(compose(input, &decision, ring_size));
+    Arc::new(Engine {
+        input: input.clone(),
+        class,
+        decision,
+        slots,
+    })
+}
+
+/// The tables of `svc`, whose backends (health and drains applied) are
+/// `backends`: one per class that has its own (the classes a geo service
+/// lists, and every residency class), plus the default table. Capped
+/// ejections are applied to `backends` (marked up again).
+pub fn service_plan(
+    cfg: &Config,
+    svc: &Service,
+    backends: &mut [DesiredBackend],
+    rt: &Runtime,
+    ring_size: u32,
+) -> ServicePlan {
+    let names: Vec<&str> = backends.iter().map(|b| b.name.as_str()).collect();
+    let capped = ejection_cap(svc, &names, &rt.backends.down, &rt.down_order);
+    for b in backends.iter_mut() {
+        if capped.contains(&b.name) {
+            b.up = true;
+        }
+    }
+    let input = engine_input(cfg, svc, backends, rt);
+    let residency: Vec<usize> = cfg
+        .client_classes
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| c.allowed_regions.is_some())
+        .map(|(i, _)| i)
+        .collect();
+    let listed: Vec<usize> = match &svc.policy {
+        Policy::Geo { classes } => classes
+            .iter()
+            .filter_map(|n| cfg.client_classes.iter().position(|c| c.name == *n))
+            .collect(),
+        _ => Vec::new(),
+    };
+    // The default order: latency services follow their ranking.
+    let default_order: Option<Vec<usize>> = match &svc.policy {
+        Policy::Latency => rt.ranked.get(&svc.name).map(|r| order_of(&input, r)),
+        _ => None,
+    };
+    let any_healthy = backends.iter().any(|b| b.up && b.weight > 0);
+    let mut tables = Vec::new();
+    let plain = matches!(svc.policy, Policy::Maglev) && any_healthy;
+    if !plain || !residency.is_empty() || !listed.is_empty() {
+        let default = if plain {
+            None
+        } else {
+            Some(engine(
+                &input,
+                ClassIn {
+                    order: default_order.clone(),
+                    allowed: None,
+                },
+                ring_size,
+            ))
+        };
+        tables.push(TablePlan {
+            class: 0,
+            class_name: None,
+            engine: default,
+        });
+    }
+    let mut own: Vec<usize> = listed.iter().chain(&residency).copied().collect();
+    own.sort_unstable();
+    own.dedup();
+    for i in own {
+        let class = &cfg.client_classes[i];
+        let order = if listed.contains(&i) {
+            Some(order_of(&input, &class.regions))
+        } else {
+            default_order.clone()
+        };
+        tables.push(TablePlan {
+            class: class_id(i),
+            class_name: Some(class.name.clone()),
+            engine: Some(engine(
+                &input,
+                ClassIn {
+                    order,
+                    allowed: allowed_of(&input, class),
+                },
+                ring_size,
+            )),
+        });
+    }
+    ServicePlan {
+        tables,
+        ejection_capped: capped.into_iter().collect(),
+    }
+}
+
+/// Where the latency ranking of a service would put its regions on `rtt`
+/// alone (no hysteresis: `steer replay` and `steer explain` offline): the
+/// measured regions by round-trip time, the others in their place.
+pub fn rank_now(cfg: &Config, svc: &Service, rtt: &BTreeMap<String, Duration>) -> Vec<String> {
+    let names = cfg.service_regions(svc);
+    let r = latency::Ranking::new((0..names.len()).collect(), latency::Tuning::default());
+    let rtts: Vec<(usize, Option<Duration>)> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (i, rtt.get(*n).copied()))
+        .collect();
+    r.proposal(&rtts)
+        .into_iter()
+        .map(|i| names[i].to_string())
+        .collect()
+}
+
+/// The keep fraction of a region whose arrival rate is `rate` (no
+/// smoothing: offline).
+pub fn keep_now(cfg: &Config, region: &str, rate: f64) -> f64 {
+    match cfg.region(region).and_then(|r| {
+        r.max_new_flows_per_second
+            .map(|m| f64::from(m) * r.capacity_scaler.get())
+    }) {
+        None => 1.0,
+        Some(limit) if rate <= limit => 1.0,
+        Some(limit) => (limit / rate).clamp(0.0, 1.0),
+    }
+}
+
+/// Fills `rt.ranked` and `rt.capacity_keep` from its measurements at once,
+/// as a daemon would after the dwell and once its controller settled.
+pub fn settle_offline(cfg: &Config, rt: &mut Runtime) {
+    rt.ranked = cfg
+        .services
+        .iter()
+        .filter(|s| matches!(s.policy, Policy::Latency))
+        .map(|s| (s.name.clone(), rank_now(cfg, s, &rt.rtt)))
+        .collect();
+    rt.capacity_keep = rt
+        .rate
+        .iter()
+        .map(|(r, rate)| (r.clone(), keep_now(cfg, r, *rate)))
+        .collect();
+}
+
+/// FNV-1a, 64 bits: a content hash that is the same on every host and
+/// every build (unlike `std`'s hasher).
+#[derive(Clone, Copy)]
+pub struct Fnv(u64);
+
+impl Default for Fnv {
+    fn default() -> Self {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Fnv {
+    pub fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 ^= u64::from(*b);
+            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+    pub fn finish(self) -> u64 {
+        self.0
+    }
+}
+
+/// A hash of what decides a service's new flows: its backends (name,
+/// address, weight, up) and every table (class, slots). Equal on two hosts
+/// with the same inputs.
+pub fn content_hash(backends: &[DesiredBackend], plan: &ServicePlan) -> u64 {
+    let mut h = Fnv::default();
+    for b in backends {
+        h.write(b.name.as_bytes());
+        h.write(&[0]);
+        h.write(b.address.to_string().as_bytes());
+        h.write(&b.weight.to_le_bytes());
+        h.write(&[u8::from(b.up)]);
+    }
+    for t in &plan.tables {
+        h.write(&[t.class]);
+        match &t.engine {
+            None => h.write(b"maglev"),
+            Some(e) => {
+                for s in e.slots.iter() {
+                    h.write(&s.to_le_bytes());
+                }
+            }
+        }
+    }
+    h.finish()
+}
+
+/// Whether a decision sends flows to backends that are down: panic or
+/// fail-open.
+pub fn panicking(d: &Decision) -> bool {
+    d.outcome == Outcome::FailOpen || d.regions.iter().any(|r| r.panic)
+}
