@@ -614,7 +614,11 @@ fn main() {
 /// conntrack table, 65537-slot rings) and a /24 IPv4 source range, so that
 /// varying the source address varies the outer source.
 fn bench_config() -> Config {
-    let mut cfg = Config::parse(CFG).expect("bench config");
+    // The fixture's max_tables (4) is too small for the geo services to
+    // parse; the production size is set below anyway.
+    let text = CFG.replace("max_tables = 4\n", "max_tables = 128\n");
+    assert_ne!(text, CFG, "the fixture sets max_tables = 4");
+    let mut cfg = Config::parse(&text).expect("bench config");
     let d = &mut cfg.dataplane;
     d.encap_source_v4 = Some("198.18.0.0/24".parse().expect("prefix"));
     d.conntrack_size = 1_048_576;

@@ -1007,12 +1007,11 @@ pub fn trie_v6(prefixes: &[([u8; 16], u8, u8)]) -> Result<BTreeMap<ClassV6Key, u
     Ok(out)
 }
 
+/// A table of the plan: (service index, class) and its content.
+type BuiltTable = ((usize, u8), Arc<Vec<u32>>);
+
 /// Builds the `todo` tables (service index, class) on several threads.
-fn build_tables(
-    prepared: &[Prepared],
-    todo: &[(usize, u8)],
-    size: u32,
-) -> Vec<((usize, u8), Arc<Vec<u32>>)> {
+fn build_tables(prepared: &[Prepared], todo: &[(usize, u8)], size: u32) -> Vec<BuiltTable> {
     let threads = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1)
