@@ -89,15 +89,23 @@ impl Request {
 #[serde(tag = "cmd", rename_all = "snake_case", deny_unknown_fields)]
 enum RequestWire {
     Status {},
-    Drain { backend: String, undo: bool },
-    DrainRegion { region: String, undo: bool },
+    Drain {
+        backend: String,
+        undo: bool,
+    },
+    DrainRegion {
+        region: String,
+        undo: bool,
+    },
     Explain {
         protocol: String,
         client: String,
         vip: String,
     },
     Reload {},
-    Stop { detach: bool },
+    Stop {
+        detach: bool,
+    },
 }
 
 impl From<RequestWire> for Request {

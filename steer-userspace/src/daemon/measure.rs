@@ -113,13 +113,18 @@ impl Measurer {
                 margin_min: s.latency.margin_min,
                 dwell: s.latency.dwell,
             };
-            let entry = self
-                .rankings
-                .entry(s.name.clone())
-                .or_insert_with(|| (names.clone(), Ranking::new((0..names.len()).collect(), tuning)));
+            let entry = self.rankings.entry(s.name.clone()).or_insert_with(|| {
+                (
+                    names.clone(),
+                    Ranking::new((0..names.len()).collect(), tuning),
+                )
+            });
             if entry.0 != names {
                 // The service's regions changed (reload): start over.
-                *entry = (names.clone(), Ranking::new((0..names.len()).collect(), tuning));
+                *entry = (
+                    names.clone(),
+                    Ranking::new((0..names.len()).collect(), tuning),
+                );
             }
             let rtts: Vec<(usize, Option<Duration>)> = names
                 .iter()
@@ -247,7 +252,7 @@ latency_dwell = "2s"
         m.tick(&cfg, &health, flows(400), t0 + Duration::from_millis(3500));
         assert!((m.measured.rate["far"] - 400.0).abs() < 1e-6);
         let k = m.measured.keep["far"];
-        assert!(k < 0.5 && k >= 0.25, "{k}");
+        assert!((0.25..0.5).contains(&k), "{k}");
     }
 
     #[test]

@@ -231,7 +231,9 @@ fn log_plan_changes(old: &Planned, new: &Planned) {
                 service = %k.0, class = %class,
                 "panic: a region below panic_threshold spreads its share over all its backends"
             ),
-            _ => info!(service = %k.0, class = %class, "back to normal: no panic, serving healthy backends"),
+            _ => {
+                info!(service = %k.0, class = %class, "back to normal: no panic, serving healthy backends")
+            }
         }
     }
 }

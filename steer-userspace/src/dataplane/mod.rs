@@ -846,7 +846,11 @@ impl Dataplane {
             let mine = d.backends.iter().any(|b| b.name == backend);
             // A policy table holds its slots as the policy composed them
             // for the old health: flipping the flag would not move them.
-            if mine && d.tables.iter().any(|t| matches!(t.slots, TableSlots::Slots(_))) {
+            if mine
+                && d.tables
+                    .iter()
+                    .any(|t| matches!(t.slots, TableSlots::Slots(_)))
+            {
                 return Err(DataplaneError::PolicyTables {
                     backend: backend.to_string(),
                     service: d.name.clone(),

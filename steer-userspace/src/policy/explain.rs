@@ -30,7 +30,10 @@ pub enum Conntrack {
     Unknown,
     None,
     /// An entry pins the flow to this backend (name), usable or not.
-    Entry { backend: String, usable: bool },
+    Entry {
+        backend: String,
+        usable: bool,
+    },
 }
 
 /// The decision path of one flow.
@@ -65,9 +68,7 @@ pub fn parse_query(protocol: &str, client: &str, vip: &str) -> Result<FlowQuery,
     };
     let sock = |what: &str, s: &str| -> Result<SocketAddr, String> {
         s.parse().map_err(|_| {
-            format!(
-                "{what} {s:?} is not IP:PORT (e.g. 198.51.100.7:40000 or [2001:db8::7]:40000)"
-            )
+            format!("{what} {s:?} is not IP:PORT (e.g. 198.51.100.7:40000 or [2001:db8::7]:40000)")
         })
     };
     let (client, vip) = (sock("client", client)?, sock("VIP", vip)?);
@@ -108,7 +109,10 @@ pub fn conntrack_of(
                 .service(&svc.name)
                 .and_then(|(d, _)| d.backends.iter().find(|x| x.name == b))
                 .is_some_and(|x| x.up);
-            Conntrack::Entry { backend: b, usable: up }
+            Conntrack::Entry {
+                backend: b,
+                usable: up,
+            }
         }
     }
 }
@@ -116,9 +120,9 @@ pub fn conntrack_of(
 /// The service of `cfg` whose VIP matches (exact port first, then port 0).
 pub fn service_for<'a>(cfg: &'a Config, q: &FlowQuery) -> Option<&'a Service> {
     let m = |port: u16| {
-        cfg.services.iter().find(|s| {
-            s.vip == q.vip.ip() && s.port == port && s.protocol == q.protocol
-        })
+        cfg.services
+            .iter()
+            .find(|s| s.vip == q.vip.ip() && s.port == port && s.protocol == q.protocol)
     };
     m(q.vip.port()).or_else(|| m(0))
 }
@@ -250,7 +254,9 @@ pub fn explain(cfg: &Config, planned: &Planned, q: FlowQuery, ct: Conntrack) -> 
                 .collect();
             let t = steer_common::maglev::build(&entries, ring);
             match t.get(slot as usize).copied() {
-                Some(i) if i != NO_REAL => backend = Some(desired.backends[i as usize].name.clone()),
+                Some(i) if i != NO_REAL => {
+                    backend = Some(desired.backends[i as usize].name.clone())
+                }
                 _ => drop = Some("no_backend"),
             }
         }
@@ -258,11 +264,19 @@ pub fn explain(cfg: &Config, planned: &Planned, q: FlowQuery, ct: Conntrack) -> 
             let d = &e.decision;
             let name = |i: usize| e.input.regions[i].name.as_str();
             let why = match (&svc.policy, table.map(|t| t.class)) {
-                (Policy::Geo { .. }, Some(c)) if c != 0 => "the class's preference, then the service's other regions",
-                (Policy::Geo { .. }, _) => "the service's default order (the client's class is not listed)",
-                (Policy::Latency, _) => "ranked by measured round-trip time (see rtt below), else configured",
+                (Policy::Geo { .. }, Some(c)) if c != 0 => {
+                    "the class's preference, then the service's other regions"
+                }
+                (Policy::Geo { .. }, _) => {
+                    "the service's default order (the client's class is not listed)"
+                }
+                (Policy::Latency, _) => {
+                    "ranked by measured round-trip time (see rtt below), else configured"
+                }
                 (Policy::Failover { .. }, _) => "the failover tiers",
-                (Policy::Weighted { .. }, _) => "by weight; spill follows the service's region order",
+                (Policy::Weighted { .. }, _) => {
+                    "by weight; spill follows the service's region order"
+                }
                 (Policy::Maglev, _) => "the service's regions",
             };
             let order: Vec<&str> = d.order.iter().map(|&i| name(i)).collect();
@@ -282,7 +296,10 @@ pub fn explain(cfg: &Config, planned: &Planned, q: FlowQuery, ct: Conntrack) -> 
                 .map(|r| r.name.as_str())
                 .collect();
             if !drained.is_empty() {
-                lines.push(format!("drained     {} (out of the order)", drained.join(", ")));
+                lines.push(format!(
+                    "drained     {} (out of the order)",
+                    drained.join(", ")
+                ));
             }
             lines.push(format!(
                 "{:<14}{:>8}{:>9}{:>8}{:>6}{:>8}{:>7}{:>8}  {}",
@@ -317,7 +334,10 @@ pub fn explain(cfg: &Config, planned: &Planned, q: FlowQuery, ct: Conntrack) -> 
                 Outcome::DropNoHealthy => "drop (on_no_healthy = \"drop\"): no healthy backend",
                 Outcome::DropResidency => "drop (residency): no allowed region may serve",
             };
-            lines.push(format!("outcome     {outcome} (normalized total health {:.3})", d.nth));
+            lines.push(format!(
+                "outcome     {outcome} (normalized total health {:.3})",
+                d.nth
+            ));
             let path = explain_slot(&e.input, d, ring, slot);
             let mut steps = Vec::new();
             if let Some(r) = path.step1 {
@@ -354,12 +374,20 @@ pub fn explain(cfg: &Config, planned: &Planned, q: FlowQuery, ct: Conntrack) -> 
     }
     match (&backend, drop) {
         (Some(b), _) => {
-            let addr: Option<IpAddr> = desired.backends.iter().find(|x| x.name == *b).map(|x| x.address);
+            let addr: Option<IpAddr> = desired
+                .backends
+                .iter()
+                .find(|x| x.name == *b)
+                .map(|x| x.address);
             let down = desired.backends.iter().any(|x| x.name == *b && !x.up);
             lines.push(format!(
                 "new flow    -> backend {b} ({}){}",
                 addr.map_or_else(String::new, |a| a.to_string()),
-                if down { ", which is down (panic or fail-open)" } else { "" }
+                if down {
+                    ", which is down (panic or fail-open)"
+                } else {
+                    ""
+                }
             ));
         }
         (None, Some(reason)) => lines.push(format!("new flow    dropped, counted as {reason}")),

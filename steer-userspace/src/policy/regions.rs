@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use steer_policy::{
-    compose, decide, latency, ClassIn, Decision, OnNoHealthy as EngineNoHealthy, Outcome,
-    PolicyIn, RegionIn, ServiceIn, BackendIn,
+    compose, decide, latency, BackendIn, ClassIn, Decision, OnNoHealthy as EngineNoHealthy,
+    Outcome, PolicyIn, RegionIn, ServiceIn,
 };
 
 use crate::config::{ClientClass, Config, OnNoHealthy, Policy, Service};
@@ -73,7 +73,7 @@ pub fn desired_classes(cfg: &Config) -> DesiredClasses {
 
 /// The class of a client address: the longest matching prefix of any
 /// class (per family), as the data plane finds it. Linear: for `explain`.
-pub fn class_of<'a>(cfg: &'a Config, client: IpAddr) -> Option<(u8, &'a ClientClass, String)> {
+pub fn class_of(cfg: &Config, client: IpAddr) -> Option<(u8, &ClientClass, String)> {
     let mut best: Option<(u8, usize, String)> = None;
     for (i, c) in cfg.client_classes.iter().enumerate() {
         for p in &c.prefixes {
@@ -88,11 +88,19 @@ pub fn class_of<'a>(cfg: &'a Config, client: IpAddr) -> Option<(u8, &'a ClientCl
 fn contains(net: IpAddr, len: u8, a: IpAddr) -> bool {
     match (net, a) {
         (IpAddr::V4(n), IpAddr::V4(a)) => {
-            let m = if len == 0 { 0 } else { u32::MAX << (32 - u32::from(len)) };
+            let m = if len == 0 {
+                0
+            } else {
+                u32::MAX << (32 - u32::from(len))
+            };
             u32::from(n) & m == u32::from(a) & m
         }
         (IpAddr::V6(n), IpAddr::V6(a)) => {
-            let m = if len == 0 { 0 } else { u128::MAX << (128 - u32::from(len)) };
+            let m = if len == 0 {
+                0
+            } else {
+                u128::MAX << (128 - u32::from(len))
+            };
             u128::from(n) & m == u128::from(a) & m
         }
         _ => false,
@@ -115,7 +123,11 @@ fn ejection_cap(
         return BTreeSet::new();
     }
     let allowed = names.len() * pct as usize / 100;
-    let mut downs: Vec<&str> = names.iter().copied().filter(|n| down.contains(*n)).collect();
+    let mut downs: Vec<&str> = names
+        .iter()
+        .copied()
+        .filter(|n| down.contains(*n))
+        .collect();
     if downs.len() <= allowed {
         return BTreeSet::new();
     }
