@@ -24,7 +24,7 @@ pub use client::{
     MAX_RESPONSE_BYTES, RELOAD_TIMEOUT, REQUEST_TIMEOUT,
 };
 pub use protocol::{
-    Affinity, BackendStatus, Health, InterfaceStatus, Request, Response, ServiceStatus,
-    StatusReport, MAX_REQUEST_BYTES,
+    Affinity, BackendStatus, Health, InterfaceStatus, RegionMeasure, RegionShare, Request,
+    Response, ServiceStatus, StatusReport, TableStatus, MAX_REQUEST_BYTES,
 };
 pub use table::render_status_table;

@@ -200,6 +200,60 @@ pub struct StatusReport {
     pub drops: std::collections::BTreeMap<String, u64>,
     /// New flows whose conntrack insert failed (they were still forwarded).
     pub ct_insert_failures: u64,
+    /// Regions drained by an operator (`steer drain --region`).
+    pub drained_regions: Vec<String>,
+    /// What the daemon measures for the latency and capacity policies.
+    pub regions: Vec<RegionMeasure>,
+}
+
+/// One region's measurements.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
+#[serde(default)]
+pub struct RegionMeasure {
+    pub name: String,
+    /// Median smoothed probe time of its healthy backends, milliseconds.
+    pub rtt_ms: Option<f64>,
+    /// New flows per second that landed in the region (all services).
+    pub new_flows_per_second: Option<f64>,
+    /// `max_new_flows_per_second × capacity_scaler`, if limited.
+    pub capacity: Option<f64>,
+    /// The fraction of the new flows reaching the region it keeps (the
+    /// capacity waterfall); 1 = everything.
+    pub keep: f64,
+}
+
+/// How one selection table of a service was decided.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
+#[serde(default)]
+pub struct TableStatus {
+    /// The client class (`None`: the default table).
+    pub class: Option<String>,
+    /// The regions in the order new flows meet them (after residency and
+    /// region drains).
+    pub order: Vec<String>,
+    /// `serve`, `fail-open`, `drop` (no healthy backend) or `residency`.
+    pub outcome: String,
+    /// The residency constraint, if the class has one.
+    pub allowed_regions: Option<Vec<String>>,
+    pub regions: Vec<RegionShare>,
+}
+
+/// One region's part in a table.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
+#[serde(default)]
+pub struct RegionShare {
+    pub name: String,
+    /// Healthy weight / total weight.
+    pub healthy: f64,
+    /// Step-1 load (health spill or weights), 0..=1.
+    pub load: f64,
+    pub dial: u8,
+    /// The capacity keep fraction applied.
+    pub keep: f64,
+    /// The final share of the table's new flows, 0..=1.
+    pub share: f64,
+    /// Envoy panic: the share is spread over all the region's backends.
+    pub panic: bool,
 }
 
 /// One interface the daemon attached XDP to.
@@ -228,6 +282,16 @@ pub struct ServiceStatus {
     pub bytes: u64,
     pub new_flows: u64,
     pub backends: Vec<BackendStatus>,
+    /// `maglev`, `weighted`, `failover`, `geo` or `latency`.
+    pub policy: String,
+    /// A hash of the service's backends and tables (16 hex digits): equal
+    /// on two edge hosts with the same config, health and measurements.
+    pub content_hash: String,
+    /// How each table was decided (empty for a plain `maglev` table).
+    pub tables: Vec<TableStatus>,
+    /// Backends whose failed health checks are ignored because more than
+    /// `max_ejection_percent` of the service's backends are down.
+    pub ejection_capped: Vec<String>,
 }
 
 /// One backend of one service.
@@ -509,6 +573,7 @@ mod tests {
                     new_flows: 2,
                     ..BackendStatus::default()
                 }],
+                ..ServiceStatus::default()
             }],
             ..StatusReport::default()
         };
@@ -563,7 +628,8 @@ mod tests {
             concat!(
                 r#"{"result":"status","generation":0,"config_path":"","reloads":0,"#,
                 r#""reload_failures":0,"last_reload_error":null,"services":[],"version":"","#,
-                r#""time":0,"uptime_seconds":0,"interfaces":[],"drops":{},"ct_insert_failures":0}"#
+                r#""time":0,"uptime_seconds":0,"interfaces":[],"drops":{},"ct_insert_failures":0,"#,
+                r#""drained_regions":[],"regions":[]}"#
             ),
         );
     }

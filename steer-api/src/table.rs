@@ -95,6 +95,26 @@ pub fn render_status_table(r: &StatusReport) -> String {
             }
         );
     }
+    if !r.drained_regions.is_empty() {
+        let names: Vec<String> = r.drained_regions.iter().map(|n| one_line(n)).collect();
+        let _ = writeln!(out, "drained regions: {}", names.join(", "));
+    }
+    for m in &r.regions {
+        if m.rtt_ms.is_none() && m.capacity.is_none() {
+            continue;
+        }
+        let mut line = format!("region {}", one_line(&m.name));
+        if let Some(rtt) = m.rtt_ms {
+            let _ = write!(line, "  rtt {rtt:.1} ms");
+        }
+        if let Some(rate) = m.new_flows_per_second {
+            let _ = write!(line, "  new flows {rate:.0}/s");
+        }
+        if let Some(cap) = m.capacity {
+            let _ = write!(line, "  capacity {cap:.0}/s  keep {:.3}", m.keep);
+        }
+        let _ = writeln!(out, "{line}");
+    }
     let _ = writeln!(
         out,
         "generation {}  config {}  reloads {}  reload failures {}",
@@ -151,9 +171,18 @@ pub fn render_status_table(r: &StatusReport) -> String {
     }
 
     for (service, rows) in r.services.iter().zip(&rows) {
+        let mut policy = String::new();
+        if !service.policy.is_empty() {
+            let _ = write!(
+                policy,
+                "  policy {}  hash {}",
+                one_line(&service.policy),
+                one_line(&service.content_hash)
+            );
+        }
         let _ = writeln!(
             out,
-            "\nservice {}  vip {}  affinity {}  packets {}  bytes {}  new flows {}",
+            "\nservice {}  vip {}  affinity {}  packets {}  bytes {}  new flows {}{policy}",
             one_line(&service.name),
             one_line(&service.vip),
             service.affinity,
@@ -161,6 +190,60 @@ pub fn render_status_table(r: &StatusReport) -> String {
             service.bytes,
             service.new_flows
         );
+        for t in &service.tables {
+            let shares: Vec<String> = t
+                .regions
+                .iter()
+                .map(|g| {
+                    let mut s = format!("{} {:.1}%", one_line(&g.name), g.share * 100.0);
+                    let mut notes = Vec::new();
+                    if g.healthy < 1.0 {
+                        notes.push(format!("{:.0}% healthy", g.healthy * 100.0));
+                    }
+                    if g.dial < 100 {
+                        notes.push(format!("dial {}", g.dial));
+                    }
+                    if g.keep < 1.0 {
+                        notes.push(format!("keep {:.3}", g.keep));
+                    }
+                    if g.panic {
+                        notes.push("PANIC".to_string());
+                    }
+                    if !notes.is_empty() {
+                        let _ = write!(s, " ({})", notes.join(", "));
+                    }
+                    s
+                })
+                .collect();
+            let residency = match &t.allowed_regions {
+                Some(a) => format!(
+                    "  residency {}",
+                    a.iter().map(|n| one_line(n)).collect::<Vec<_>>().join(",")
+                ),
+                None => String::new(),
+            };
+            let _ = writeln!(
+                out,
+                "  {}: {}  [{}]{residency}",
+                t.class.as_deref().map_or_else(
+                    || "default".to_string(),
+                    |c| format!("class {}", one_line(c))
+                ),
+                if shares.is_empty() {
+                    "no region".to_string()
+                } else {
+                    shares.join(", ")
+                },
+                one_line(&t.outcome)
+            );
+        }
+        for b in &service.ejection_capped {
+            let _ = writeln!(
+                out,
+                "  {} is down but kept: max_ejection_percent reached",
+                one_line(b)
+            );
+        }
         if rows.is_empty() {
             out.push_str("  (no backends)\n");
             continue;
@@ -279,6 +362,7 @@ mod tests {
                     bytes: 98765,
                     new_flows: 56,
                     backends: vec![up, down, drained],
+                    ..ServiceStatus::default()
                 },
                 ServiceStatus {
                     name: "dns".into(),
@@ -494,6 +578,73 @@ mod tests {
         assert_eq!(
             render_status_table(&StatusReport::default()),
             "generation 0  config   reloads 0  reload failures 0\n\nno services\n"
+        );
+    }
+
+    #[test]
+    fn region_policy_lines() {
+        use crate::protocol::{RegionMeasure, RegionShare, TableStatus};
+        let mut r = report();
+        r.drained_regions = vec!["ap".into()];
+        r.regions = vec![
+            RegionMeasure {
+                name: "eu".into(),
+                rtt_ms: Some(12.34),
+                new_flows_per_second: Some(480.0),
+                capacity: Some(500.0),
+                keep: 0.8,
+            },
+            RegionMeasure {
+                name: "us".into(),
+                keep: 1.0,
+                ..RegionMeasure::default()
+            },
+        ];
+        let web = &mut r.services[0];
+        web.policy = "geo".into();
+        web.content_hash = "00112233aabbccdd".into();
+        web.tables = vec![TableStatus {
+            class: Some("eu".into()),
+            order: vec!["eu".into(), "us".into()],
+            outcome: "serve".into(),
+            allowed_regions: Some(vec!["eu".into()]),
+            regions: vec![RegionShare {
+                name: "eu".into(),
+                healthy: 0.25,
+                load: 1.0,
+                dial: 40,
+                keep: 1.0,
+                share: 1.0,
+                panic: true,
+            }],
+        }];
+        web.ejection_capped = vec!["web-2".into()];
+        let text = render_status_table(&r);
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines.contains(&"drained regions: ap"), "{text}");
+        assert!(
+            lines.contains(&"region eu  rtt 12.3 ms  new flows 480/s  capacity 500/s  keep 0.800"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("region us"),
+            "nothing measured: no line\n{text}"
+        );
+        assert!(
+            lines.contains(
+                &"service web  vip 203.0.113.10:80/tcp  affinity flow  packets 1234  bytes 98765  new flows 56  policy geo  hash 00112233aabbccdd"
+            ),
+            "{text}"
+        );
+        assert!(
+            lines.contains(
+                &"  class eu: eu 100.0% (25% healthy, dial 40, PANIC)  [serve]  residency eu"
+            ),
+            "{text}"
+        );
+        assert!(
+            lines.contains(&"  web-2 is down but kept: max_ejection_percent reached"),
+            "{text}"
         );
     }
 }

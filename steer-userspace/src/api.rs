@@ -28,8 +28,8 @@ pub use metrics::{
     MetricsSnapshot, MetricsSource, CONTENT_TYPE, MAX_METRICS_CONNECTIONS,
 };
 pub use protocol::{
-    Affinity, BackendStatus, Health, InterfaceStatus, Request, Response, ServiceStatus,
-    StatusReport, MAX_REQUEST_BYTES,
+    Affinity, BackendStatus, Health, InterfaceStatus, RegionMeasure, RegionShare, Request,
+    Response, ServiceStatus, StatusReport, TableStatus, MAX_REQUEST_BYTES,
 };
 pub use steer_api::{
     render_status_table, request, request_with_timeout, timeout_for, ClientError,

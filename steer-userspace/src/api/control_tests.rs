@@ -77,6 +77,7 @@ fn sample_report() -> StatusReport {
                 health: Health::Up,
                 ..BackendStatus::default()
             }],
+            ..ServiceStatus::default()
         }],
         ..StatusReport::default()
     }

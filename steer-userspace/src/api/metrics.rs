@@ -332,6 +332,102 @@ impl Collector for SnapshotCollector {
             "Generation of the applied config and selection tables.",
             [(NO_LABELS, report.generation)],
         )?;
+        // Region policies: per (service, table, region) the share and
+        // panic state; per table its outcome; per region its measurements.
+        let region_rows = || {
+            report.services.iter().flat_map(|s| {
+                s.tables.iter().flat_map(move |t| {
+                    let class = t.class.as_deref().unwrap_or("default");
+                    t.regions.iter().map(move |g| {
+                        (
+                            [
+                                ("service", s.name.as_str()),
+                                ("class", class),
+                                ("region", g.name.as_str()),
+                            ],
+                            g,
+                        )
+                    })
+                })
+            })
+        };
+        gauges(
+            enc,
+            "steer_region_share",
+            "The share (0..1) of a service's new flows of a client class (\"default\": \
+             clients without a class table) that a region takes.",
+            region_rows().map(|(l, g)| (l, g.share)),
+        )?;
+        gauges(
+            enc,
+            "steer_region_panic",
+            "Whether a region is in panic for a service's client class: below \
+             panic_threshold healthy while the regions together lack healthy capacity, \
+             its share is spread over all its backends, healthy or not.",
+            region_rows().map(|(l, g)| (l, flag(g.panic))),
+        )?;
+        gauges(
+            enc,
+            "steer_table_outcome",
+            "1 for the current outcome of a service's client class: serve, fail-open (no \
+             healthy backend: all backends), drop (no healthy backend, on_no_healthy = \
+             drop) or residency (no allowed region may serve: dropped, fail closed).",
+            report.services.iter().flat_map(|s| {
+                s.tables.iter().flat_map(move |t| {
+                    let class = t.class.as_deref().unwrap_or("default");
+                    ["serve", "fail-open", "drop", "residency"].map(move |o| {
+                        (
+                            [
+                                ("service", s.name.as_str()),
+                                ("class", class),
+                                ("outcome", o),
+                            ],
+                            flag(t.outcome == o),
+                        )
+                    })
+                })
+            }),
+        )?;
+        gauges(
+            enc,
+            "steer_region_drained",
+            "Whether a region was drained by an operator.",
+            report.regions.iter().map(|r| {
+                (
+                    [("region", r.name.as_str())],
+                    flag(report.drained_regions.contains(&r.name)),
+                )
+            }),
+        )?;
+        gauges(
+            enc,
+            "steer_region_rtt_seconds",
+            "Median smoothed health-probe time of a region's healthy backends (the \
+             latency policy's measure).",
+            report.regions.iter().filter_map(|r| {
+                r.rtt_ms
+                    .map(|ms| ([("region", r.name.as_str())], ms / 1000.0))
+            }),
+        )?;
+        gauges(
+            enc,
+            "steer_region_new_flows_per_second",
+            "New flows per second that landed in a region, over every service.",
+            report.regions.iter().filter_map(|r| {
+                r.new_flows_per_second
+                    .map(|v| ([("region", r.name.as_str())], v))
+            }),
+        )?;
+        gauges(
+            enc,
+            "steer_region_capacity_keep",
+            "The fraction of the new flows reaching a region that it keeps (the capacity \
+             waterfall; 1 = all).",
+            report
+                .regions
+                .iter()
+                .map(|r| ([("region", r.name.as_str())], r.keep)),
+        )?;
         gauges(
             enc,
             "steer_build_info",
@@ -407,6 +503,13 @@ mod tests {
         ("steer_config_last_reload_successful", PrometheusType::Gauge, None),
         ("steer_config_last_reload_success_timestamp_seconds", PrometheusType::Gauge, None),
         ("steer_table_generation", PrometheusType::Gauge, Some("Generation of the applied config and selection tables.")),
+        ("steer_region_share", PrometheusType::Gauge, None),
+        ("steer_region_panic", PrometheusType::Gauge, None),
+        ("steer_table_outcome", PrometheusType::Gauge, None),
+        ("steer_region_drained", PrometheusType::Gauge, Some("Whether a region was drained by an operator.")),
+        ("steer_region_rtt_seconds", PrometheusType::Gauge, None),
+        ("steer_region_new_flows_per_second", PrometheusType::Gauge, Some("New flows per second that landed in a region, over every service.")),
+        ("steer_region_capacity_keep", PrometheusType::Gauge, None),
         ("steer_build_info", PrometheusType::Gauge, None),
     ];
 
@@ -494,6 +597,44 @@ mod tests {
                 assert_eq!(value(&exp, family, labels), v, "{family}{labels:?}");
             }
         }
+
+        // Region policies.
+        let eu = [("service", "web"), ("class", "eu"), ("region", "eu")];
+        let us = [("service", "web"), ("class", "eu"), ("region", "us\neast")];
+        assert_eq!(value(&exp, "steer_region_share", &eu), 0.56);
+        assert_eq!(value(&exp, "steer_region_share", &us), 0.44);
+        assert_eq!(value(&exp, "steer_region_panic", &eu), 1.0);
+        assert_eq!(value(&exp, "steer_region_panic", &us), 0.0);
+        assert_eq!(samples(&exp, "steer_table_outcome"), 4);
+        for (o, v) in [
+            ("serve", 1.0),
+            ("fail-open", 0.0),
+            ("drop", 0.0),
+            ("residency", 0.0),
+        ] {
+            let l = [("service", "web"), ("class", "eu"), ("outcome", o)];
+            assert_eq!(value(&exp, "steer_table_outcome", &l), v, "{o}");
+        }
+        assert_eq!(
+            value(&exp, "steer_region_drained", &[("region", "eu")]),
+            1.0
+        );
+        assert_eq!(
+            value(&exp, "steer_region_rtt_seconds", &[("region", "eu")]),
+            0.025
+        );
+        assert_eq!(
+            value(
+                &exp,
+                "steer_region_new_flows_per_second",
+                &[("region", "eu")]
+            ),
+            480.0
+        );
+        assert_eq!(
+            value(&exp, "steer_region_capacity_keep", &[("region", "eu")]),
+            0.75
+        );
 
         assert_eq!(samples(&exp, "steer_drops_total"), 2);
         assert_eq!(
@@ -697,6 +838,34 @@ mod tests {
                             ..BackendStatus::default()
                         },
                     ],
+                    policy: "geo".into(),
+                    tables: vec![crate::api::TableStatus {
+                        class: Some("eu".into()),
+                        order: vec!["eu".into(), "us\neast".into()],
+                        outcome: "serve".into(),
+                        allowed_regions: None,
+                        regions: vec![
+                            crate::api::RegionShare {
+                                name: "eu".into(),
+                                healthy: 0.4,
+                                load: 0.56,
+                                dial: 100,
+                                keep: 1.0,
+                                share: 0.56,
+                                panic: true,
+                            },
+                            crate::api::RegionShare {
+                                name: "us\neast".into(),
+                                healthy: 1.0,
+                                load: 0.44,
+                                dial: 100,
+                                keep: 1.0,
+                                share: 0.44,
+                                panic: false,
+                            },
+                        ],
+                    }],
+                    ..ServiceStatus::default()
                 },
                 ServiceStatus {
                     name: "dns".into(),
@@ -725,8 +894,17 @@ mod tests {
                             ..BackendStatus::default()
                         },
                     ],
+                    ..ServiceStatus::default()
                 },
             ],
+            drained_regions: vec!["eu".into()],
+            regions: vec![crate::api::RegionMeasure {
+                name: "eu".into(),
+                rtt_ms: Some(25.0),
+                new_flows_per_second: Some(480.0),
+                capacity: Some(500.0),
+                keep: 0.75,
+            }],
             ..StatusReport::default()
         }
     }

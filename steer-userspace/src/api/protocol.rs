@@ -3,8 +3,8 @@
 //! here. The wire format is documented in [`steer_api::protocol`].
 
 pub use steer_api::protocol::{
-    Affinity, BackendStatus, Health, InterfaceStatus, Request, Response, ServiceStatus,
-    StatusReport, MAX_REQUEST_BYTES,
+    Affinity, BackendStatus, Health, InterfaceStatus, RegionMeasure, RegionShare, Request,
+    Response, ServiceStatus, StatusReport, TableStatus, MAX_REQUEST_BYTES,
 };
 
 /// The status report's word for a service's configured affinity.

@@ -6,9 +6,13 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use steer_common::Counters;
 
-use crate::api::{BackendStatus, Health, InterfaceStatus, ServiceStatus, StatusReport};
+use crate::api::{
+    BackendStatus, Health, InterfaceStatus, RegionMeasure, RegionShare, ServiceStatus,
+    StatusReport, TableStatus,
+};
 use crate::dataplane::CounterReader;
 use crate::health;
+use steer_policy::Outcome;
 
 use super::owner::Published;
 
@@ -42,6 +46,7 @@ pub fn report_at(p: &Published, counters: Option<&CounterReader>, now: SystemTim
     let read = |f: &dyn Fn(&CounterReader) -> Option<Counters>| -> Counters {
         counters.and_then(f).unwrap_or_default()
     };
+    let hashes = p.planned.hashes();
     let services = cfg
         .services
         .iter()
@@ -100,7 +105,39 @@ pub fn report_at(p: &Published, counters: Option<&CounterReader>, now: SystemTim
                         }
                     })
                     .collect(),
+                policy: svc.policy.kind().as_str().to_string(),
+                content_hash: hashes
+                    .get(&svc.name)
+                    .map(|h| format!("{h:016x}"))
+                    .unwrap_or_default(),
+                tables: p
+                    .planned
+                    .service(&svc.name)
+                    .map(|(_, plan)| plan.tables.iter().filter_map(table_status).collect())
+                    .unwrap_or_default(),
+                ejection_capped: p
+                    .planned
+                    .service(&svc.name)
+                    .map(|(_, plan)| plan.ejection_capped.clone())
+                    .unwrap_or_default(),
             }
+        })
+        .collect();
+    let regions = cfg
+        .regions
+        .iter()
+        .map(|r| RegionMeasure {
+            name: r.name.clone(),
+            rtt_ms: p
+                .measured
+                .rtt
+                .get(&r.name)
+                .map(|d| d.as_secs_f64() * 1000.0),
+            new_flows_per_second: p.measured.rate.get(&r.name).copied(),
+            capacity: r
+                .max_new_flows_per_second
+                .map(|m| f64::from(m) * r.capacity_scaler.get()),
+            keep: p.measured.keep.get(&r.name).copied().unwrap_or(1.0),
         })
         .collect();
     let drops: Vec<(&str, u64)> = counters
@@ -138,10 +175,47 @@ pub fn report_at(p: &Published, counters: Option<&CounterReader>, now: SystemTim
                 .collect(),
             drops: drops.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
             ct_insert_failures,
+            drained_regions: p.drained_regions.iter().cloned().collect(),
+            regions,
         },
         drops,
         ct_insert_failures,
     }
+}
+
+/// How a table was decided, for status (`None` for a plain Maglev table).
+fn table_status(t: &crate::policy::TablePlan) -> Option<TableStatus> {
+    let e = t.engine.as_ref()?;
+    let d = &e.decision;
+    let name = |i: usize| e.input.regions[i].name.clone();
+    Some(TableStatus {
+        class: t.class_name.clone(),
+        order: d.order.iter().map(|&i| name(i)).collect(),
+        outcome: match d.outcome {
+            Outcome::Serve => "serve",
+            Outcome::FailOpen => "fail-open",
+            Outcome::DropNoHealthy => "drop",
+            Outcome::DropResidency => "residency",
+        }
+        .to_string(),
+        allowed_regions: d
+            .allowed
+            .as_ref()
+            .map(|a| a.iter().map(|&i| name(i)).collect()),
+        regions: d
+            .regions
+            .iter()
+            .map(|r| RegionShare {
+                name: name(r.region),
+                healthy: r.healthy_fraction,
+                load: r.load,
+                dial: r.dial,
+                keep: r.capacity_keep,
+                share: r.share,
+                panic: r.panic,
+            })
+            .collect(),
+    })
 }
 
 #[cfg(test)]
