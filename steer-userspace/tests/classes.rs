@@ -119,7 +119,15 @@ fn classes() -> DesiredClasses {
             p4([172, 16, 0, 0], 12, 3),
             p4([100, 64, 0, 0], 10, 4),
         ],
-        v6: vec![p6("2001:db8::", 32, 2), p6("2001:db8:aaaa::", 48, 1)],
+        v6: vec![
+            p6("2001:db8::", 32, 2),
+            p6("2001:db8:aaaa::", 48, 1),
+            // Longer inside 2001:db8:aaaa::/48 (that /48 is then looked
+            // up in the trie, not among the exact /48s).
+            p6("2001:db8:aaaa:5500::", 56, 2),
+            // An exact /48 with nothing inside.
+            p6("2001:db8:cccc::", 48, 1),
+        ],
     }
 }
 
@@ -205,12 +213,17 @@ fn a_new_flow_uses_its_client_class_table() {
     assert_eq!(send(&dp, "198.51.100.7", 40000, true), at("192.0.2.11"));
     assert_eq!(send(&dp, "10.1.2.3", 40000, true), at("192.0.2.11"));
     assert_eq!(send(&dp, "203.0.113.99", 40000, true), at("192.0.2.10"));
-    // IPv6: class 1 by /48; class 2 (the /32), which web6 gives no table
-    // of its own, and an unclassed client use the default.
-    assert_eq!(
-        send(&dp, "2001:db8:aaaa:1::7", 40000, true),
-        at("2001:db8:1::11")
-    );
+    // IPv6: class 1 by /48 (in the trie, and an exact one); class 2 (the
+    // /32, and a /56 inside a class-1 /48), which web6 gives no table of
+    // its own, and an unclassed client use the default.
+    for (client, to) in [
+        ("2001:db8:aaaa:1::7", "2001:db8:1::11"),
+        ("2001:db8:cccc:1::7", "2001:db8:1::11"),
+        ("2001:db8:aaaa:5601::7", "2001:db8:1::11"),
+        ("2001:db8:aaaa:5500::7", "2001:db8:1::10"),
+    ] {
+        assert_eq!(send(&dp, client, 40000, true), at(to), "{client}");
+    }
     assert_eq!(
         send(&dp, "2001:db8:bbbb::7", 40000, true),
         at("2001:db8:1::10")
@@ -256,6 +269,10 @@ fn established_flows_ignore_class_changes() {
         send(&dp, "2001:db8:aaaa:1::7", 40000, true),
         at("2001:db8:1::11")
     );
+    assert_eq!(
+        send(&dp, "2001:db8:cccc:1::7", 40000, true),
+        at("2001:db8:1::11")
+    );
     // Class 1's web table now points at b2.
     let mut t = first_tables();
     t[1] = table(1, all(B2));
@@ -275,12 +292,20 @@ fn established_flows_ignore_class_changes() {
         send(&dp, "2001:db8:aaaa:1::7", 40000, false),
         at("2001:db8:1::11")
     );
+    assert_eq!(
+        send(&dp, "2001:db8:cccc:1::7", 40000, false),
+        at("2001:db8:1::11")
+    );
     let ct_after = dp.path_counts().expect("paths")[Branch::CtHit as usize];
-    assert_eq!(ct_after - ct_before, 3, "all three were conntrack hits");
+    assert_eq!(ct_after - ct_before, 4, "all four were conntrack hits");
     // New flows follow the new classes: the default tables.
     assert_eq!(send(&dp, "198.51.100.7", 40003, true), at("192.0.2.10"));
     assert_eq!(
         send(&dp, "2001:db8:aaaa:1::7", 40003, true),
+        at("2001:db8:1::10")
+    );
+    assert_eq!(
+        send(&dp, "2001:db8:cccc:1::7", 40003, true),
         at("2001:db8:1::10")
     );
     // `program` keeps the classes last programmed.
@@ -412,6 +437,10 @@ fn class_tables_and_maps_survive_a_restart() {
         at("2001:db8:1::11")
     );
     assert_eq!(
+        send(&dp, "2001:db8:cccc::1", 40001, true),
+        at("2001:db8:1::11")
+    );
+    assert_eq!(
         dp.class_table("web", 1).expect("web").expect("class 1"),
         vec![Some("b1".to_string()); RING as usize]
     );
@@ -429,6 +458,10 @@ fn class_tables_and_maps_survive_a_restart() {
     assert_eq!(send(&dp, "10.1.0.1", 40002, true), at("192.0.2.12"));
     assert_eq!(
         send(&dp, "2001:db8:aaaa::1", 40002, true),
+        at("2001:db8:1::10")
+    );
+    assert_eq!(
+        send(&dp, "2001:db8:cccc::1", 40002, true),
         at("2001:db8:1::10")
     );
     assert_eq!(send(&dp, "198.51.100.7", 40000, false), at("192.0.2.11"));
