@@ -127,6 +127,8 @@ fn classes() -> DesiredClasses {
             p6("2001:db8:aaaa:5500::", 56, 2),
             // An exact /48 with nothing inside.
             p6("2001:db8:cccc::", 48, 1),
+            // Expanded into its two /48s (the /32 is not: too many).
+            p6("2001:db8:dd00::", 47, 1),
         ],
     }
 }
@@ -219,6 +221,8 @@ fn a_new_flow_uses_its_client_class_table() {
     for (client, to) in [
         ("2001:db8:aaaa:1::7", "2001:db8:1::11"),
         ("2001:db8:cccc:1::7", "2001:db8:1::11"),
+        ("2001:db8:dd01:1::7", "2001:db8:1::11"),
+        ("2001:db8:dd02:1::7", "2001:db8:1::10"),
         ("2001:db8:aaaa:5601::7", "2001:db8:1::11"),
         ("2001:db8:aaaa:5500::7", "2001:db8:1::10"),
     ] {

@@ -1006,27 +1006,77 @@ fn diff_map<K: Ord + Copy, V: PartialEq + Copy>(
 /// The exact /48s of `CLASS_V6_48` and the trie entries of `CLASS_V6`.
 pub type SplitV6 = (BTreeMap<[u8; 6], u8>, BTreeMap<ClassV6Key, u8>);
 
-/// Splits the IPv6 prefixes into the exact /48s (`CLASS_V6_48`: one hash
-/// lookup finds them, and nothing longer can match inside them) and the
-/// rest (`CLASS_V6`, the trie): shorter prefixes, longer ones, and the
-/// /48s that hold a longer prefix.
+/// Splits the IPv6 prefixes between `CLASS_V6_48`, a hash keyed by /48
+/// (one lookup), and `CLASS_V6`, the trie.
+///
+/// The longest prefixes of length ≤ 48 are expanded into the /48s they
+/// cover, painted shortest first so that the longest prefix wins, as long
+/// as the expansion stays within [`v6_48_budget`] entries: every prefix of
+/// length ≥ L, for the smallest L that fits. A /48 in the hash holds the
+/// longest match of every address inside it, so a lookup that finds it is
+/// done. Everything else goes into the trie: the shorter prefixes, those
+/// longer than /48, and the /48s that hold such a longer prefix (with every
+/// expanded prefix that covers one of them, so the trie alone answers for
+/// them).
 pub fn split_v6(all: BTreeMap<ClassV6Key, u8>) -> SplitV6 {
     let top48 = |a: [u8; 8]| [a[0], a[1], a[2], a[3], a[4], a[5]];
-    let holds_longer: HashSet<[u8; 6]> = all
+    let as_u64 = |a: [u8; 6]| u64::from_be_bytes([0, 0, a[0], a[1], a[2], a[3], a[4], a[5]]);
+    let holds_longer: BTreeSet<u64> = all
         .keys()
         .filter(|k| k.prefixlen > 48)
-        .map(|k| top48(k.addr))
+        .map(|k| as_u64(top48(k.addr)))
         .collect();
-    let mut exact = BTreeMap::new();
+    // Expansion cost per length, longest first, within the budget.
+    let budget = v6_48_budget(all.len());
+    let mut per_len = [0u64; 49];
+    for k in all.keys().filter(|k| k.prefixlen <= 48) {
+        per_len[k.prefixlen as usize] += 1 << (48 - k.prefixlen);
+    }
+    let mut min_len = 49;
+    let mut total = 0u64;
+    for len in (0..=48).rev() {
+        total += per_len[len];
+        if total > budget {
+            break;
+        }
+        min_len = len as u32;
+    }
+    let mut exact: BTreeMap<[u8; 6], u8> = BTreeMap::new();
     let mut trie = BTreeMap::new();
+    let mut expand: Vec<(u32, u64, u8)> = Vec::new();
     for (k, class) in all {
-        if k.prefixlen == 48 && !holds_longer.contains(&top48(k.addr)) {
-            exact.insert(top48(k.addr), class);
+        if k.prefixlen >= min_len && k.prefixlen <= 48 {
+            let first = as_u64(top48(k.addr));
+            let n = 1u64 << (48 - k.prefixlen);
+            // A /48 holding a longer prefix is left to the trie, and so is
+            // this prefix if it covers one.
+            if holds_longer.range(first..first + n).next().is_some() {
+                trie.insert(k, class);
+            }
+            expand.push((k.prefixlen, first, class));
         } else {
             trie.insert(k, class);
         }
     }
+    expand.sort_unstable();
+    for (len, first, class) in expand {
+        for p in first..first + (1u64 << (48 - len)) {
+            if !holds_longer.contains(&p) {
+                let b = p.to_be_bytes();
+                exact.insert([b[2], b[3], b[4], b[5], b[6], b[7]], class);
+            }
+        }
+    }
     (exact, trie)
+}
+
+/// How many `CLASS_V6_48` entries `split_v6` may create for `prefixes`
+/// prefixes: twice their number (at least 65,536, one /32's worth), and
+/// never more than the map holds.
+pub fn v6_48_budget(prefixes: usize) -> u64 {
+    (2 * prefixes as u64)
+        .max(1 << 16)
+        .min(u64::from(steer_common::capacity::CLASS_V6_48))
 }
 
 /// The IPv6 prefixes as `CLASS_V6` keys (the top 64 bits), before the

@@ -475,3 +475,64 @@ fn class_maps_are_written_only_where_they_change() {
     };
     assert!(matches!(plan(&l3, &d, &bad), Err(PlanError::Classes(_))));
 }
+
+fn v6key(a: &str, prefixlen: u32) -> ClassV6Key {
+    let o = a.parse::<std::net::Ipv6Addr>().expect("v6").octets();
+    ClassV6Key {
+        prefixlen,
+        addr: [o[0], o[1], o[2], o[3], o[4], o[5], o[6], o[7]],
+    }
+}
+
+fn six(a: &str) -> [u8; 6] {
+    let o = a.parse::<std::net::Ipv6Addr>().expect("v6").octets();
+    [o[0], o[1], o[2], o[3], o[4], o[5]]
+}
+
+#[test]
+fn ipv6_prefixes_up_to_48_are_expanded_into_the_48_hash_longest_winning() {
+    let all = BTreeMap::from([
+        // Covers :4 :5 :6 :7.
+        (v6key("2001:db8:4::", 46), 1),
+        (v6key("2001:db8:5::", 48), 2),
+        // Longer than /48, inside :6.
+        (v6key("2001:db8:6:ff00::", 56), 3),
+        // 65,536 /48s: over the budget together with the rest.
+        (v6key("2001:db8::", 32), 4),
+    ]);
+    let (exact, trie) = split_v6(all);
+    assert_eq!(
+        exact,
+        BTreeMap::from([
+            (six("2001:db8:4::"), 1),
+            (six("2001:db8:5::"), 2),
+            (six("2001:db8:7::"), 1),
+        ]),
+        "the /46 expanded, the /48 inside it wins, :6 (holds a /56) left out"
+    );
+    assert_eq!(
+        trie,
+        BTreeMap::from([
+            (v6key("2001:db8::", 32), 4),
+            // It covers :6, which the hash does not hold.
+            (v6key("2001:db8:4::", 46), 1),
+            (v6key("2001:db8:6:ff00::", 56), 3),
+        ])
+    );
+}
+
+#[test]
+fn ipv6_expansion_stays_within_its_budget() {
+    assert_eq!(v6_48_budget(3), 1 << 16);
+    assert_eq!(v6_48_budget(1_000_000), 2_000_000);
+    assert_eq!(v6_48_budget(5_000_000), 1 << 21);
+    // One /32 is 65,536 /48s: within the floor, expanded.
+    let (exact, trie) = split_v6(BTreeMap::from([(v6key("2001:db8::", 32), 7)]));
+    assert_eq!(exact.len(), 1 << 16);
+    assert!(exact.values().all(|c| *c == 7));
+    assert!(trie.is_empty());
+    // A /31 is twice that: the trie.
+    let (exact, trie) = split_v6(BTreeMap::from([(v6key("2001:db8::", 31), 7)]));
+    assert!(exact.is_empty());
+    assert_eq!(trie.len(), 1);
+}
