@@ -470,3 +470,60 @@ fn class_tables_and_maps_survive_a_restart() {
     );
     assert_eq!(send(&dp, "198.51.100.7", 40000, false), at("192.0.2.11"));
 }
+
+/// An ICMPv4 fragmentation-needed error from a router on the path to
+/// `client`, quoting a segment the VIP sent to `client`:`cport`.
+fn frag_needed_for(client: [u8; 4], cport: u16) -> Vec<u8> {
+    let vip = [203, 0, 113, 10];
+    let quoted = {
+        let b = etherparse::PacketBuilder::ipv4(vip, client, 64)
+            .tcp(80, cport, 1, 1024)
+            .ack(1);
+        let mut v = Vec::new();
+        b.write(&mut v, &[]).expect("quoted");
+        v
+    };
+    let b = etherparse::PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+        .ipv4([192, 0, 2, 254], vip, 64)
+        .icmpv4(etherparse::Icmpv4Type::DestinationUnreachable(
+            etherparse::icmpv4::DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: 1400 },
+        ));
+    let mut v = Vec::new();
+    b.write(&mut v, &quoted).expect("build");
+    v
+}
+
+/// An ICMP error for a flow conntrack does not know is selected like the
+/// flow itself: by the client's class.
+#[test]
+#[ignore = "needs root: BPF or network namespaces (cargo xtask test runs it)"]
+fn an_icmp_error_without_conntrack_follows_the_client_class() {
+    if !require_root() {
+        return;
+    }
+    let mut dp = load();
+    let c = Arc::new(classes());
+    program(&mut dp, first_tables(), &["b3"], &c);
+    let to = |frame: &[u8]| {
+        let out = dp.run(frame).expect("run");
+        assert_eq!(out.verdict, Verdict::Tx);
+        IpAddr::from(
+            etherparse::Ipv4HeaderSlice::from_slice(&out.data[14..])
+                .expect("outer")
+                .destination(),
+        )
+    };
+    let icmp = dp.path_counts().expect("paths")[Branch::IcmpError as usize];
+    assert_eq!(
+        to(&frag_needed_for([198, 51, 100, 7], 41000)),
+        "192.0.2.11".parse::<IpAddr>().expect("ip")
+    );
+    assert_eq!(
+        to(&frag_needed_for([203, 0, 113, 99], 41000)),
+        "192.0.2.10".parse::<IpAddr>().expect("ip")
+    );
+    assert_eq!(
+        dp.path_counts().expect("paths")[Branch::IcmpError as usize] - icmp,
+        2
+    );
+}
