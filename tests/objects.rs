@@ -106,6 +106,7 @@ fn pinned_maps_are_the_production_maps_only() {
         "SOURCE_MACS",
         "CLASS_V4",
         "CLASS_V6",
+        "CLASS_V6_48",
         "CLASS_TABLES",
     ]
     .iter()

@@ -39,6 +39,7 @@ pub mod names {
     pub const SOURCE_MACS: &str = "SOURCE_MACS";
     pub const CLASS_V4: &str = "CLASS_V4";
     pub const CLASS_V6: &str = "CLASS_V6";
+    pub const CLASS_V6_48: &str = "CLASS_V6_48";
     pub const CLASS_TABLES: &str = "CLASS_TABLES";
     /// The data-plane entry point.
     pub const PROG_STEER: &str = "steer_xdp";
@@ -66,6 +67,8 @@ pub mod capacity {
     pub const CLASS_V4: u32 = crate::CLASS_V4_VALUES;
     /// `CLASS_V6` prefixes (the map allocates entries as they are added).
     pub const CLASS_V6: u32 = 1 << 20;
+    /// `CLASS_V6_48` /48 prefixes (allocated as they are added).
+    pub const CLASS_V6_48: u32 = 1 << 21;
 }
 
 /// Key of `VIPS`: one virtual service. `port` 0 matches every port.

@@ -6,7 +6,7 @@
 use aya_ebpf::maps::lpm_trie::Key;
 use steer_common::{class_v4_index, FlowKey, VipInfo, CLASS_V4_LANES, FAMILY_V4, VIP_F_CLASSES};
 
-use crate::maps::{CLASS_TABLES, CLASS_V4, CLASS_V6};
+use crate::maps::{CLASS_TABLES, CLASS_V4, CLASS_V6, CLASS_V6_48};
 
 /// The table id for a new flow of `vip` whose client-side key is `key`
 /// (`key.src` is the client): the class's own table if the client has a
@@ -31,7 +31,9 @@ pub fn table_id(vip: &VipInfo, key: &FlowKey) -> u32 {
 }
 
 /// The client's class id (0 = none): IPv4, one array lookup by /24;
-/// IPv6, one longest-prefix lookup on the top 64 bits.
+/// IPv6, one hash lookup of its /48 (an exact /48 with nothing longer
+/// inside is the longest match there can be), else one longest-prefix
+/// lookup on the top 64 bits.
 #[inline(always)]
 fn client_class(key: &FlowKey) -> u8 {
     let s = &key.src;
@@ -44,6 +46,15 @@ fn client_class(key: &FlowKey) -> u8 {
             None => 0,
         }
     } else {
+        // The /48 is the first six bytes of the key itself: no copy on the
+        // stack, which has no room to spare.
+        if let Some(k48) = s.first_chunk::<6>() {
+            // SAFETY: the value is copied out at once; userspace may replace
+            // it concurrently, which gives either the old class or the new.
+            if let Some(c) = unsafe { CLASS_V6_48.get(k48) } {
+                return (*c & 0xff) as u8;
+            }
+        }
         let k = Key::new(64, [s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7]]);
         match CLASS_V6.get(&k) {
             Some(c) => (*c & 0xff) as u8,

@@ -3,7 +3,7 @@
 //! the configuration (conntrack size, ring size, table and real counts).
 
 use aya_ebpf::{
-    bindings::{BPF_F_MMAPABLE, BPF_F_NO_COMMON_LRU},
+    bindings::{BPF_F_MMAPABLE, BPF_F_NO_COMMON_LRU, BPF_F_NO_PREALLOC},
     macros::map,
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
@@ -70,6 +70,13 @@ pub static CLASS_V4: Array<[u8; CLASS_V4_LANES as usize]> =
 /// longest prefix wins. `LpmTrie` adds BPF_F_NO_PREALLOC.
 #[map]
 pub static CLASS_V6: LpmTrie<[u8; 8], u32> = LpmTrie::with_max_entries(capacity::CLASS_V6, 0);
+
+/// Client class per exact IPv6 /48 (its six bytes) that holds no longer
+/// prefix: one hash lookup, tried before the trie, which holds every other
+/// prefix. Allocated as entries are added.
+#[map]
+pub static CLASS_V6_48: HashMap<[u8; 6], u32> =
+    HashMap::with_max_entries(capacity::CLASS_V6_48, BPF_F_NO_PREALLOC);
 
 /// Per VIP id, per class id: the class's table id + 1, or 0 for the VIP's
 /// default table.

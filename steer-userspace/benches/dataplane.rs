@@ -108,11 +108,15 @@ const GEO_PORT_V6: u16 = 8443;
 /// Prefixes per family in the geo benchmark.
 const GEO_PREFIXES: u32 = 1_000_000;
 
-/// 1,000,000 prefixes per family, two classes alternating. IPv4: the /24s
-/// from 92.0.0.0 up (100.0.0.0/8, the benchmark's clients, is inside: its
-/// even /24s are class 1). IPv6: the /48s of 2001:db0::/28, all 2^20 but
-/// the last 48,576, a dense trie the clients' 2001:db8::/48 (class 1) is
-/// deep inside.
+/// 1,000,000 prefixes per family, within Route 53's limits (IPv4 /24,
+/// IPv6 /48). IPv4: the /24s from 92.0.0.0 up, two classes alternating
+/// (100.0.0.0/8, the benchmark's clients, is inside: its even /24s are
+/// class 1). IPv6, in 2001:db0::/28 (2^20 /48s, dense): the even /48s, and
+/// for each odd one the /47 that holds it and the even /48 before it (the
+/// data plane expands the /47s into their /48s: 1,500,000 hash entries,
+/// nothing left in the trie). Clients: 2001:db8::/48 (an exact /48),
+/// 2001:db8:1::/48 (only its /47 matches) and 2001:dbf:ffff::/48 (no
+/// class).
 fn geo_classes() -> DesiredClasses {
     let v4 = (0..GEO_PREFIXES)
         .map(|i| {
@@ -129,7 +133,7 @@ fn geo_classes() -> DesiredClasses {
             let top: u64 = (0x2001_0db0_0000 + u64::from(i)) << 16;
             let mut a = [0u8; 16];
             a[..8].copy_from_slice(&top.to_be_bytes());
-            (a, 48, 1 + (i % 2) as u8)
+            (a, if i % 2 == 0 { 48 } else { 47 }, 1)
         })
         .collect();
     DesiredClasses { v4, v6 }
@@ -182,8 +186,13 @@ fn v6_syn(src_low: u32, sport: u16) -> Vec<u8> {
 }
 
 fn v6_syn_to(src_low: u32, sport: u16, dport: u16) -> Vec<u8> {
+    v6_syn_in([0x20, 0x01, 0x0d, 0xb8, 0, 0], src_low, sport, dport)
+}
+
+/// A SYN from `net` (a /48) :: `src_low`.
+fn v6_syn_in(net: [u8; 6], src_low: u32, sport: u16, dport: u16) -> Vec<u8> {
     let mut src = [0u8; 16];
-    src[..4].copy_from_slice(&[0x20, 0x01, 0x0d, 0xb8]);
+    src[..6].copy_from_slice(&net);
     src[12..].copy_from_slice(&src_low.to_be_bytes());
     let mut dst = [0u8; 16];
     dst[..6].copy_from_slice(&[0x20, 0x01, 0x0d, 0xb8, 0x01, 0x00]);
@@ -387,6 +396,8 @@ fn method_a(dp: &mut Dataplane, cfg: &mut Config, geo: &Arc<DesiredClasses>) -> 
     const RESTORE: usize = 7;
     const NEW4_GEO: usize = 8;
     const NEW6_GEO: usize = 9;
+    const NEW6_GEO_47: usize = 10;
+    const NEW6_GEO_NONE: usize = 11;
     let names = [
         "floor (XDP_TX only)",
         "non-VIP pass",
@@ -398,6 +409,8 @@ fn method_a(dp: &mut Dataplane, cfg: &mut Config, geo: &Arc<DesiredClasses>) -> 
         "restore step alone (not a branch)",
         "new IPv4 flow, geo VIP, 1,000,000 prefixes",
         "new IPv6 flow, geo VIP, 1,000,000 prefixes",
+        "  the same, client in a /47 (expanded)",
+        "  the same, client of no class",
     ];
     let mut r: Vec<Vec<f64>> = vec![Vec::new(); names.len()];
     use BenchProgram::*;
@@ -475,6 +488,20 @@ fn method_a(dp: &mut Dataplane, cfg: &mut Config, geo: &Arc<DesiredClasses>) -> 
             Verdict::Tx,
             Some(Branch::NewFlow),
         ));
+        for (row, net) in [
+            (NEW6_GEO_47, [0x20, 0x01, 0x0d, 0xb8, 0, 1]),
+            (NEW6_GEO_NONE, [0x20, 0x01, 0x0d, 0xbf, 0xff, 0xff]),
+        ] {
+            let syn = v6_syn_in(net, (trial as u32 + 1) << 20, 1024, GEO_PORT_V6);
+            r[row].push(batch(
+                dp,
+                SteerWithRestore,
+                &syn,
+                BENCH_VARY_NONE,
+                Verdict::Tx,
+                Some(Branch::NewFlow),
+            ));
+        }
         // Source 100.<100 + trial>.0.0 upwards, one more per iteration: a
         // conntrack entry the table has never held, every iteration.
         let fresh = v4_syn([100, 100 + trial as u8, 0, 0], 1024, [203, 0, 113, 10], 80);
@@ -540,7 +567,19 @@ fn method_a(dp: &mut Dataplane, cfg: &mut Config, geo: &Arc<DesiredClasses>) -> 
     );
     for (i, n) in names.iter().enumerate() {
         let m = med(&r[i]);
-        let net = if [NEW4, EST, NEW6, DOWN, NEW4_COLD, NEW4_GEO, NEW6_GEO].contains(&i) {
+        let net = if [
+            NEW4,
+            EST,
+            NEW6,
+            DOWN,
+            NEW4_COLD,
+            NEW4_GEO,
+            NEW6_GEO,
+            NEW6_GEO_47,
+            NEW6_GEO_NONE,
+        ]
+        .contains(&i)
+        {
             format!("{:.1}", m - restore)
         } else {
             "-".to_string()
@@ -579,6 +618,13 @@ fn method_a(dp: &mut Dataplane, cfg: &mut Config, geo: &Arc<DesiredClasses>) -> 
         println!(
             "target {:<44} <= {t:>4}x the plain new flow: {x:.3}x {verdict}",
             names[geo]
+        );
+    }
+    // Not targets: the other IPv6 clients.
+    for (row, what) in [(NEW6_GEO_47, "in a /47"), (NEW6_GEO_NONE, "of no class")] {
+        println!(
+            "(IPv6 geo, client {what}: {:.3}x the plain new flow)",
+            over(row, NEW6)
         );
     }
     ok

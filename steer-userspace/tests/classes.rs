@@ -119,7 +119,17 @@ fn classes() -> DesiredClasses {
             p4([172, 16, 0, 0], 12, 3),
             p4([100, 64, 0, 0], 10, 4),
         ],
-        v6: vec![p6("2001:db8::", 32, 2), p6("2001:db8:aaaa::", 48, 1)],
+        v6: vec![
+            p6("2001:db8::", 32, 2),
+            p6("2001:db8:aaaa::", 48, 1),
+            // Longer inside 2001:db8:aaaa::/48 (that /48 is then looked
+            // up in the trie, not among the exact /48s).
+            p6("2001:db8:aaaa:5500::", 56, 2),
+            // An exact /48 with nothing inside.
+            p6("2001:db8:cccc::", 48, 1),
+            // Expanded into its two /48s (the /32 is not: too many).
+            p6("2001:db8:dd00::", 47, 1),
+        ],
     }
 }
 
@@ -205,12 +215,19 @@ fn a_new_flow_uses_its_client_class_table() {
     assert_eq!(send(&dp, "198.51.100.7", 40000, true), at("192.0.2.11"));
     assert_eq!(send(&dp, "10.1.2.3", 40000, true), at("192.0.2.11"));
     assert_eq!(send(&dp, "203.0.113.99", 40000, true), at("192.0.2.10"));
-    // IPv6: class 1 by /48; class 2 (the /32), which web6 gives no table
-    // of its own, and an unclassed client use the default.
-    assert_eq!(
-        send(&dp, "2001:db8:aaaa:1::7", 40000, true),
-        at("2001:db8:1::11")
-    );
+    // IPv6: class 1 by /48 (in the trie, and an exact one); class 2 (the
+    // /32, and a /56 inside a class-1 /48), which web6 gives no table of
+    // its own, and an unclassed client use the default.
+    for (client, to) in [
+        ("2001:db8:aaaa:1::7", "2001:db8:1::11"),
+        ("2001:db8:cccc:1::7", "2001:db8:1::11"),
+        ("2001:db8:dd01:1::7", "2001:db8:1::11"),
+        ("2001:db8:dd02:1::7", "2001:db8:1::10"),
+        ("2001:db8:aaaa:5601::7", "2001:db8:1::11"),
+        ("2001:db8:aaaa:5500::7", "2001:db8:1::10"),
+    ] {
+        assert_eq!(send(&dp, client, 40000, true), at(to), "{client}");
+    }
     assert_eq!(
         send(&dp, "2001:db8:bbbb::7", 40000, true),
         at("2001:db8:1::10")
@@ -256,6 +273,10 @@ fn established_flows_ignore_class_changes() {
         send(&dp, "2001:db8:aaaa:1::7", 40000, true),
         at("2001:db8:1::11")
     );
+    assert_eq!(
+        send(&dp, "2001:db8:cccc:1::7", 40000, true),
+        at("2001:db8:1::11")
+    );
     // Class 1's web table now points at b2.
     let mut t = first_tables();
     t[1] = table(1, all(B2));
@@ -275,12 +296,20 @@ fn established_flows_ignore_class_changes() {
         send(&dp, "2001:db8:aaaa:1::7", 40000, false),
         at("2001:db8:1::11")
     );
+    assert_eq!(
+        send(&dp, "2001:db8:cccc:1::7", 40000, false),
+        at("2001:db8:1::11")
+    );
     let ct_after = dp.path_counts().expect("paths")[Branch::CtHit as usize];
-    assert_eq!(ct_after - ct_before, 3, "all three were conntrack hits");
+    assert_eq!(ct_after - ct_before, 4, "all four were conntrack hits");
     // New flows follow the new classes: the default tables.
     assert_eq!(send(&dp, "198.51.100.7", 40003, true), at("192.0.2.10"));
     assert_eq!(
         send(&dp, "2001:db8:aaaa:1::7", 40003, true),
+        at("2001:db8:1::10")
+    );
+    assert_eq!(
+        send(&dp, "2001:db8:cccc:1::7", 40003, true),
         at("2001:db8:1::10")
     );
     // `program` keeps the classes last programmed.
@@ -412,6 +441,10 @@ fn class_tables_and_maps_survive_a_restart() {
         at("2001:db8:1::11")
     );
     assert_eq!(
+        send(&dp, "2001:db8:cccc::1", 40001, true),
+        at("2001:db8:1::11")
+    );
+    assert_eq!(
         dp.class_table("web", 1).expect("web").expect("class 1"),
         vec![Some("b1".to_string()); RING as usize]
     );
@@ -431,5 +464,66 @@ fn class_tables_and_maps_survive_a_restart() {
         send(&dp, "2001:db8:aaaa::1", 40002, true),
         at("2001:db8:1::10")
     );
+    assert_eq!(
+        send(&dp, "2001:db8:cccc::1", 40002, true),
+        at("2001:db8:1::10")
+    );
     assert_eq!(send(&dp, "198.51.100.7", 40000, false), at("192.0.2.11"));
+}
+
+/// An ICMPv4 fragmentation-needed error from a router on the path to
+/// `client`, quoting a segment the VIP sent to `client`:`cport`.
+fn frag_needed_for(client: [u8; 4], cport: u16) -> Vec<u8> {
+    let vip = [203, 0, 113, 10];
+    let quoted = {
+        let b = etherparse::PacketBuilder::ipv4(vip, client, 64)
+            .tcp(80, cport, 1, 1024)
+            .ack(1);
+        let mut v = Vec::new();
+        b.write(&mut v, &[]).expect("quoted");
+        v
+    };
+    let b = etherparse::PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+        .ipv4([192, 0, 2, 254], vip, 64)
+        .icmpv4(etherparse::Icmpv4Type::DestinationUnreachable(
+            etherparse::icmpv4::DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: 1400 },
+        ));
+    let mut v = Vec::new();
+    b.write(&mut v, &quoted).expect("build");
+    v
+}
+
+/// An ICMP error for a flow conntrack does not know is selected like the
+/// flow itself: by the client's class.
+#[test]
+#[ignore = "needs root: BPF or network namespaces (cargo xtask test runs it)"]
+fn an_icmp_error_without_conntrack_follows_the_client_class() {
+    if !require_root() {
+        return;
+    }
+    let mut dp = load();
+    let c = Arc::new(classes());
+    program(&mut dp, first_tables(), &["b3"], &c);
+    let to = |frame: &[u8]| {
+        let out = dp.run(frame).expect("run");
+        assert_eq!(out.verdict, Verdict::Tx);
+        IpAddr::from(
+            etherparse::Ipv4HeaderSlice::from_slice(&out.data[14..])
+                .expect("outer")
+                .destination(),
+        )
+    };
+    let icmp = dp.path_counts().expect("paths")[Branch::IcmpError as usize];
+    assert_eq!(
+        to(&frag_needed_for([198, 51, 100, 7], 41000)),
+        "192.0.2.11".parse::<IpAddr>().expect("ip")
+    );
+    assert_eq!(
+        to(&frag_needed_for([203, 0, 113, 99], 41000)),
+        "192.0.2.10".parse::<IpAddr>().expect("ip")
+    );
+    assert_eq!(
+        dp.path_counts().expect("paths")[Branch::IcmpError as usize] - icmp,
+        2
+    );
 }

@@ -344,7 +344,7 @@ pub enum Attached {
 }
 
 /// All the maps the program declares, for pinning.
-const ALL_MAPS: [&str; 16] = [
+const ALL_MAPS: [&str; 17] = [
     names::SETTINGS,
     names::VIPS,
     names::VIP_ADDRS,
@@ -360,6 +360,7 @@ const ALL_MAPS: [&str; 16] = [
     names::SOURCE_MACS,
     names::CLASS_V4,
     names::CLASS_V6,
+    names::CLASS_V6_48,
     names::CLASS_TABLES,
 ];
 

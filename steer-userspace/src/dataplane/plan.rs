@@ -222,8 +222,11 @@ pub struct ClassState {
     pub desired: Option<Arc<DesiredClasses>>,
     /// `CLASS_V4` as bytes, one class id per /24; empty = all zero.
     pub v4: Arc<Vec<u8>>,
-    /// `CLASS_V6`.
+    /// `CLASS_V6` (the trie: every IPv6 prefix but the exact /48s).
     pub v6: Arc<BTreeMap<ClassV6Key, u8>>,
+    /// `CLASS_V6_48`: /48 prefixes with no longer prefix inside them, by
+    /// their six bytes.
+    pub v6_48: Arc<BTreeMap<[u8; 6], u8>>,
 }
 
 /// Which ids the services and backends hold, and the state of the rings.
@@ -279,10 +282,15 @@ pub enum Write {
     /// `CLASS_V4` 32-bit words that change: (word index, i.e. byte offset
     /// / 4 of the mapped map, and the four class bytes in memory order).
     ClassV4(Vec<(u32, [u8; 4])>),
-    /// `CLASS_V6` prefixes to remove, then to insert (or overwrite).
+    /// `CLASS_V6` and `CLASS_V6_48` changes, executed in this order:
+    /// trie inserts (or overwrites), /48 inserts, /48 removals, trie
+    /// removals, so that a prefix moving between the two maps is in one of
+    /// them throughout.
     ClassV6 {
-        remove: Vec<ClassV6Key>,
         insert: Vec<(ClassV6Key, u8)>,
+        insert_48: Vec<([u8; 6], u8)>,
+        remove_48: Vec<[u8; 6]>,
+        remove: Vec<ClassV6Key>,
     },
     /// `CLASS_TABLES[vip_id]`.
     ClassRow {
@@ -853,30 +861,31 @@ impl IdLedger {
             return Ok(Vec::new());
         }
         let v4 = paint_v4(&classes.v4)?;
-        let v6 = trie_v6(&classes.v6)?;
+        let (v6_48, v6) = split_v6(trie_v6(&classes.v6)?);
         let mut writes = Vec::new();
         let words = diff_v4(&self.classes.v4, &v4);
         if !words.is_empty() {
             writes.push(Write::ClassV4(words));
         }
-        let old = &self.classes.v6;
-        let remove: Vec<ClassV6Key> = old
-            .keys()
-            .filter(|k| !v6.contains_key(k))
-            .copied()
-            .collect();
-        let insert: Vec<(ClassV6Key, u8)> = v6
-            .iter()
-            .filter(|(k, c)| old.get(k) != Some(c))
-            .map(|(k, c)| (*k, *c))
-            .collect();
-        if !remove.is_empty() || !insert.is_empty() {
-            writes.push(Write::ClassV6 { remove, insert });
+        let (remove, insert) = diff_map(&self.classes.v6, &v6);
+        let (remove_48, insert_48) = diff_map(&self.classes.v6_48, &v6_48);
+        if !remove.is_empty()
+            || !insert.is_empty()
+            || !remove_48.is_empty()
+            || !insert_48.is_empty()
+        {
+            writes.push(Write::ClassV6 {
+                insert,
+                insert_48,
+                remove_48,
+                remove,
+            });
         }
         self.classes = ClassState {
             desired: Some(classes.clone()),
             v4: Arc::new(v4),
             v6: Arc::new(v6),
+            v6_48: Arc::new(v6_48),
         };
         Ok(writes)
     }
@@ -975,7 +984,103 @@ pub fn diff_v4(old: &[u8], new: &[u8]) -> Vec<(u32, [u8; 4])> {
         .collect()
 }
 
-/// The `CLASS_V6` entries for these prefixes (the top 64 bits).
+/// The keys of `old` not in `new`, and the entries of `new` that `old`
+/// lacks or holds with another value.
+fn diff_map<K: Ord + Copy, V: PartialEq + Copy>(
+    old: &BTreeMap<K, V>,
+    new: &BTreeMap<K, V>,
+) -> (Vec<K>, Vec<(K, V)>) {
+    let remove = old
+        .keys()
+        .filter(|k| !new.contains_key(k))
+        .copied()
+        .collect();
+    let insert = new
+        .iter()
+        .filter(|(k, v)| old.get(k) != Some(v))
+        .map(|(k, v)| (*k, *v))
+        .collect();
+    (remove, insert)
+}
+
+/// The exact /48s of `CLASS_V6_48` and the trie entries of `CLASS_V6`.
+pub type SplitV6 = (BTreeMap<[u8; 6], u8>, BTreeMap<ClassV6Key, u8>);
+
+/// Splits the IPv6 prefixes between `CLASS_V6_48`, a hash keyed by /48
+/// (one lookup), and `CLASS_V6`, the trie.
+///
+/// The longest prefixes of length ≤ 48 are expanded into the /48s they
+/// cover, painted shortest first so that the longest prefix wins, as long
+/// as the expansion stays within [`v6_48_budget`] entries: every prefix of
+/// length ≥ L, for the smallest L that fits. A /48 in the hash holds the
+/// longest match of every address inside it, so a lookup that finds it is
+/// done. Everything else goes into the trie: the shorter prefixes, those
+/// longer than /48, and the /48s that hold such a longer prefix (with every
+/// expanded prefix that covers one of them, so the trie alone answers for
+/// them).
+pub fn split_v6(all: BTreeMap<ClassV6Key, u8>) -> SplitV6 {
+    let top48 = |a: [u8; 8]| [a[0], a[1], a[2], a[3], a[4], a[5]];
+    let as_u64 = |a: [u8; 6]| u64::from_be_bytes([0, 0, a[0], a[1], a[2], a[3], a[4], a[5]]);
+    let holds_longer: BTreeSet<u64> = all
+        .keys()
+        .filter(|k| k.prefixlen > 48)
+        .map(|k| as_u64(top48(k.addr)))
+        .collect();
+    // Expansion cost per length, longest first, within the budget.
+    let budget = v6_48_budget(all.len());
+    let mut per_len = [0u64; 49];
+    for k in all.keys().filter(|k| k.prefixlen <= 48) {
+        per_len[k.prefixlen as usize] += 1 << (48 - k.prefixlen);
+    }
+    let mut min_len = 49;
+    let mut total = 0u64;
+    for len in (0..=48).rev() {
+        total += per_len[len];
+        if total > budget {
+            break;
+        }
+        min_len = len as u32;
+    }
+    let mut exact: BTreeMap<[u8; 6], u8> = BTreeMap::new();
+    let mut trie = BTreeMap::new();
+    let mut expand: Vec<(u32, u64, u8)> = Vec::new();
+    for (k, class) in all {
+        if k.prefixlen >= min_len && k.prefixlen <= 48 {
+            let first = as_u64(top48(k.addr));
+            let n = 1u64 << (48 - k.prefixlen);
+            // A /48 holding a longer prefix is left to the trie, and so is
+            // this prefix if it covers one.
+            if holds_longer.range(first..first + n).next().is_some() {
+                trie.insert(k, class);
+            }
+            expand.push((k.prefixlen, first, class));
+        } else {
+            trie.insert(k, class);
+        }
+    }
+    expand.sort_unstable();
+    for (len, first, class) in expand {
+        for p in first..first + (1u64 << (48 - len)) {
+            if !holds_longer.contains(&p) {
+                let b = p.to_be_bytes();
+                exact.insert([b[2], b[3], b[4], b[5], b[6], b[7]], class);
+            }
+        }
+    }
+    (exact, trie)
+}
+
+/// How many `CLASS_V6_48` entries `split_v6` may create for `prefixes`
+/// prefixes: twice their number (at least 65,536, one /32's worth), and
+/// never more than the map holds.
+pub fn v6_48_budget(prefixes: usize) -> u64 {
+    (2 * prefixes as u64)
+        .max(1 << 16)
+        .min(u64::from(steer_common::capacity::CLASS_V6_48))
+}
+
+/// The IPv6 prefixes as `CLASS_V6` keys (the top 64 bits), before the
+/// exact /48s are split off (see [`split_v6`]).
 pub fn trie_v6(prefixes: &[([u8; 16], u8, u8)]) -> Result<BTreeMap<ClassV6Key, u8>, PlanError> {
     let mut out = BTreeMap::new();
     for &(addr, len, class) in prefixes {

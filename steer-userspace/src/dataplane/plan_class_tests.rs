@@ -363,9 +363,15 @@ fn class_maps_are_written_only_where_they_change() {
     let l = IdLedger::new(limits(4));
     let v6: std::net::Ipv6Addr = "2001:db8:1::".parse().expect("v6");
     let v6b: std::net::Ipv6Addr = "2001:db8:2::".parse().expect("v6");
+    let v6_32: std::net::Ipv6Addr = "2001:db8::".parse().expect("v6");
+    let v6_56: std::net::Ipv6Addr = "2001:db8:1:ff00::".parse().expect("v6");
     let c1 = DesiredClasses {
         v4: vec![([198, 51, 100, 0], 24, 1), ([10, 0, 0, 0], 8, 2)],
-        v6: vec![(v6.octets(), 48, 1), (v6b.octets(), 48, 2)],
+        v6: vec![
+            (v6.octets(), 48, 1),
+            (v6b.octets(), 48, 2),
+            (v6_32.octets(), 32, 4),
+        ],
     };
     let d = [service("s", 10, vec![table(1, TableSlots::Maglev)])];
     let (l1, w1) = plan(&l, &d, &c1).expect("plan");
@@ -390,32 +396,73 @@ fn class_maps_are_written_only_where_they_change() {
     assert!(!w3
         .iter()
         .any(|w| matches!(w, Write::ClassV4(_) | Write::ClassV6 { .. })));
-    // One /24 changes class; one IPv6 prefix changes, one goes.
+    // One /24 changes class. IPv6: one /48 goes, the other changes class
+    // and gets a /56 inside it, so it moves from the exact /48s to the
+    // trie; the /32 stays in the trie, unwritten.
     let c2 = DesiredClasses {
         v4: vec![([198, 51, 100, 0], 24, 3), ([10, 0, 0, 0], 8, 2)],
-        v6: vec![(v6.octets(), 48, 3)],
+        v6: vec![
+            (v6.octets(), 48, 3),
+            (v6_32.octets(), 32, 4),
+            (v6_56.octets(), 56, 5),
+        ],
     };
     let (l3, w4) = plan(&l2, &d, &c2).expect("plan");
     let idx = class_v4_index([198, 51, 100, 0]);
     let mut word = [0u8; 4];
     word[(idx % 4) as usize] = 3;
     assert_eq!(v4_words(&w4), vec![(idx / 4, word)]);
-    let (remove, insert) = w4
+    let diff = w4
         .iter()
         .find_map(|w| match w {
-            Write::ClassV6 { remove, insert } => Some((remove.clone(), insert.clone())),
+            Write::ClassV6 {
+                insert,
+                insert_48,
+                remove_48,
+                remove,
+            } => Some((
+                insert.clone(),
+                insert_48.clone(),
+                remove_48.clone(),
+                remove.clone(),
+            )),
             _ => None,
         })
         .expect("v6 diff");
-    let key = |a: std::net::Ipv6Addr| {
+    let key = |a: std::net::Ipv6Addr, prefixlen: u32| {
         let o = a.octets();
         ClassV6Key {
-            prefixlen: 48,
-            addr: [o[0], o[1], o[2], o[3], o[4], o[5], 0, 0],
+            prefixlen,
+            addr: [o[0], o[1], o[2], o[3], o[4], o[5], o[6], o[7]],
         }
     };
-    assert_eq!(remove, vec![key(v6b)]);
-    assert_eq!(insert, vec![(key(v6), 3)]);
+    let six = |a: std::net::Ipv6Addr| {
+        let o = a.octets();
+        [o[0], o[1], o[2], o[3], o[4], o[5]]
+    };
+    assert_eq!(
+        diff,
+        (
+            vec![(key(v6, 48), 3), (key(v6_56, 56), 5)],
+            vec![],
+            vec![six(v6), six(v6b)],
+            vec![]
+        )
+    );
+    // What the first plan wrote: the /48s exact, the /32 in the trie.
+    let first = w1
+        .iter()
+        .find_map(|w| match w {
+            Write::ClassV6 {
+                insert, insert_48, ..
+            } => Some((insert.clone(), insert_48.clone())),
+            _ => None,
+        })
+        .expect("v6 writes");
+    assert_eq!(
+        first,
+        (vec![(key(v6_32, 32), 4)], vec![(six(v6), 1), (six(v6b), 2)])
+    );
     // No classes at all: every painted word goes back to zero.
     let (_, w5) = plan(&l3, &d, &DesiredClasses::default()).expect("plan");
     let words = v4_words(&w5);
@@ -427,4 +474,65 @@ fn class_maps_are_written_only_where_they_change() {
         v6: vec![],
     };
     assert!(matches!(plan(&l3, &d, &bad), Err(PlanError::Classes(_))));
+}
+
+fn v6key(a: &str, prefixlen: u32) -> ClassV6Key {
+    let o = a.parse::<std::net::Ipv6Addr>().expect("v6").octets();
+    ClassV6Key {
+        prefixlen,
+        addr: [o[0], o[1], o[2], o[3], o[4], o[5], o[6], o[7]],
+    }
+}
+
+fn six(a: &str) -> [u8; 6] {
+    let o = a.parse::<std::net::Ipv6Addr>().expect("v6").octets();
+    [o[0], o[1], o[2], o[3], o[4], o[5]]
+}
+
+#[test]
+fn ipv6_prefixes_up_to_48_are_expanded_into_the_48_hash_longest_winning() {
+    let all = BTreeMap::from([
+        // Covers :4 :5 :6 :7.
+        (v6key("2001:db8:4::", 46), 1),
+        (v6key("2001:db8:5::", 48), 2),
+        // Longer than /48, inside :6.
+        (v6key("2001:db8:6:ff00::", 56), 3),
+        // 65,536 /48s: over the budget together with the rest.
+        (v6key("2001:db8::", 32), 4),
+    ]);
+    let (exact, trie) = split_v6(all);
+    assert_eq!(
+        exact,
+        BTreeMap::from([
+            (six("2001:db8:4::"), 1),
+            (six("2001:db8:5::"), 2),
+            (six("2001:db8:7::"), 1),
+        ]),
+        "the /46 expanded, the /48 inside it wins, :6 (holds a /56) left out"
+    );
+    assert_eq!(
+        trie,
+        BTreeMap::from([
+            (v6key("2001:db8::", 32), 4),
+            // It covers :6, which the hash does not hold.
+            (v6key("2001:db8:4::", 46), 1),
+            (v6key("2001:db8:6:ff00::", 56), 3),
+        ])
+    );
+}
+
+#[test]
+fn ipv6_expansion_stays_within_its_budget() {
+    assert_eq!(v6_48_budget(3), 1 << 16);
+    assert_eq!(v6_48_budget(1_000_000), 2_000_000);
+    assert_eq!(v6_48_budget(5_000_000), 1 << 21);
+    // One /32 is 65,536 /48s: within the floor, expanded.
+    let (exact, trie) = split_v6(BTreeMap::from([(v6key("2001:db8::", 32), 7)]));
+    assert_eq!(exact.len(), 1 << 16);
+    assert!(exact.values().all(|c| *c == 7));
+    assert!(trie.is_empty());
+    // A /31 is twice that: the trie.
+    let (exact, trie) = split_v6(BTreeMap::from([(v6key("2001:db8::", 31), 7)]));
+    assert!(exact.is_empty());
+    assert_eq!(trie.len(), 1);
 }

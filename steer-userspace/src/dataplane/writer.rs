@@ -60,10 +60,17 @@ impl Dataplane {
                 (class & 0xff) as u8,
             );
         }
+        let exact: HashMap<_, [u8; 6], u32> = typed(&mut self.ebpf, names::CLASS_V6_48)?;
+        let mut v6_48 = BTreeMap::new();
+        for entry in exact.iter() {
+            let (k, class) = entry.map_err(map_err(names::CLASS_V6_48))?;
+            v6_48.insert(k, (class & 0xff) as u8);
+        }
         self.ledger.classes = plan::ClassState {
             desired: None,
             v4: std::sync::Arc::new(v4),
             v6: std::sync::Arc::new(v6),
+            v6_48: std::sync::Arc::new(v6_48),
         };
         Ok(())
     }
@@ -117,15 +124,36 @@ impl Dataplane {
                             .store(u32::from_ne_bytes(*bytes), Ordering::Relaxed);
                     }
                 }
-                Write::ClassV6 { remove, insert } => {
+                Write::ClassV6 {
+                    insert,
+                    insert_48,
+                    remove_48,
+                    remove,
+                } => {
+                    {
+                        let mut trie: LpmTrie<_, [u8; 8], u32> =
+                            typed(&mut self.ebpf, names::CLASS_V6)?;
+                        for (k, class) in insert {
+                            trie.insert(&LpmKey::new(k.prefixlen, k.addr), u32::from(*class), 0)
+                                .map_err(map_err(names::CLASS_V6))?;
+                        }
+                    }
+                    {
+                        let mut exact: HashMap<_, [u8; 6], u32> =
+                            typed(&mut self.ebpf, names::CLASS_V6_48)?;
+                        for (k, class) in insert_48 {
+                            exact
+                                .insert(k, u32::from(*class), 0)
+                                .map_err(map_err(names::CLASS_V6_48))?;
+                        }
+                        for k in remove_48 {
+                            absent_ok(exact.remove(k)).map_err(map_err(names::CLASS_V6_48))?;
+                        }
+                    }
                     let mut trie: LpmTrie<_, [u8; 8], u32> =
                         typed(&mut self.ebpf, names::CLASS_V6)?;
                     for k in remove {
                         absent_ok(trie.remove(&LpmKey::new(k.prefixlen, k.addr)))
-                            .map_err(map_err(names::CLASS_V6))?;
-                    }
-                    for (k, class) in insert {
-                        trie.insert(&LpmKey::new(k.prefixlen, k.addr), u32::from(*class), 0)
                             .map_err(map_err(names::CLASS_V6))?;
                     }
                 }
