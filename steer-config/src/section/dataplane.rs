@@ -157,7 +157,8 @@ pub(super) fn validate(
     w: &mut Walker,
     d: &PDataplane,
     backends: &[PBackend],
-    services: usize,
+    // (services, selection tables they need)
+    services: (usize, usize),
     total_reals: u64,
 ) {
     for (family_v4, field, example) in [
@@ -189,12 +190,22 @@ pub(super) fn validate(
         }
     }
     if let Some(max_tables) = d.max_tables {
-        if (max_tables as usize) < services {
+        let (services, tables) = services;
+        if (max_tables as usize) < tables {
+            let why = if tables == services {
+                format!("{services} services (each service needs a table")
+            } else {
+                format!(
+                    "{services} services and their client-class tables ({tables} tables: \
+                     each service needs one, plus one per class a geo service lists and \
+                     one per residency class"
+                )
+            };
             w.err(
                 join(&d.at, "max_tables"),
                 format!(
-                    "{max_tables} is too small for {services} services (each service needs a \
-                     table; raise max_tables to at least {services})"
+                    "{max_tables} is too small for {why}; raise max_tables to at least \
+                     {tables})"
                 ),
             );
         }

@@ -11,14 +11,14 @@ mod health_checks;
 mod regions;
 mod services;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use toml::Table;
 
 use crate::error::join;
 use crate::model::{
     Config, ControlConfig, MetricsConfig, PBackend, PClientClass, PDataplane, PGeoIp, PHealthCheck,
-    PRegion, PService,
+    PRegion, PService, Policy,
 };
 use crate::walker::{Node, Walker};
 
@@ -178,7 +178,33 @@ pub(crate) fn validate(w: &mut Walker, p: &Partial) {
         &names,
     );
     classes::validate(w, &p.client_classes, &names);
-    dataplane::validate(w, &p.dataplane, &p.backends, p.services.len(), total_reals);
+    // Selection tables: each service has a default table, plus one per
+    // client class with its own: the classes a geo service lists and every
+    // residency class (they apply to every service).
+    let residency: HashSet<&str> = p
+        .client_classes
+        .iter()
+        .filter(|c| matches!(c.allowed_regions, Some(Some(_))))
+        .filter_map(|c| c.name.as_deref())
+        .collect();
+    let tables: usize = p
+        .services
+        .iter()
+        .map(|s| {
+            let mut own = residency.clone();
+            if let Some(Policy::Geo { classes }) = &s.policy {
+                own.extend(classes.iter().map(String::as_str));
+            }
+            1 + own.len()
+        })
+        .sum();
+    dataplane::validate(
+        w,
+        &p.dataplane,
+        &p.backends,
+        (p.services.len(), tables),
+        total_reals,
+    );
 }
 
 /// `name -> index of its first definition`; duplicates are recorded.

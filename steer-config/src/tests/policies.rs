@@ -463,3 +463,30 @@ fn service_regions_is_the_default_order() {
     // (us-1 before ap-1), eu-west once.
     assert_eq!(cfg.service_regions(s), ["eu-west", "us-east", "ap-south"]);
 }
+
+#[test]
+fn max_tables_counts_the_class_tables() {
+    // web lists eu; "none" is a residency class, which applies to every
+    // service: 1 default + eu + none = 3 tables.
+    let body = "regions = [\"eu-west\", \"us-east\"]\npolicy = \"geo\"\nclasses = [\"eu\"]\n";
+    let text = |max: u32| {
+        doc(
+            &format!("max_tables = {max}\n"),
+            &format!(
+                "[[services]]\nname = \"web\"\nvip = \"203.0.113.10\"\nprotocol = \"tcp\"\n{body}\n{CLASSES}"
+            ),
+        )
+    };
+    let errs = errors(&text(2));
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert_eq!(errs[0].path, "dataplane.max_tables");
+    assert!(
+        errs[0]
+            .message
+            .contains("2 is too small for 1 services and their client-class tables (3 tables")
+            && errs[0].message.contains("raise max_tables to at least 3"),
+        "{}",
+        errs[0].message
+    );
+    ok(&text(3));
+}
