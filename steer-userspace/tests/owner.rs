@@ -570,3 +570,50 @@ fn a_state_file_from_other_sizes_is_discarded_with_the_sizes_named() {
     assert!(!adopted);
     assert!(dp.discarded_state().expect("reason").contains("sizes"));
 }
+
+#[test]
+#[ignore = "needs root: BPF or network namespaces (cargo xtask test runs it)"]
+fn a_region_drain_survives_a_restart() {
+    if !require_root() {
+        return;
+    }
+    let dir = TempDir::new("drain-region-restart");
+    let path = dir.0.join("steer.toml");
+    write_atomic(&path, &config(0));
+    let cfg = Config::load(&path).expect("valid config");
+    let pins = Pins::new("drain-region-restart");
+    {
+        let (dp, adopted) = Dataplane::open(&cfg.dataplane, pins.0.clone()).expect("open");
+        assert!(!adopted);
+        let (mut owner, _p) = Owner::new(path.clone(), cfg.clone(), dp, BTreeSet::new());
+        owner.program().expect("program");
+        let (tx, rx) = oneshot::channel();
+        owner.handle(Event::DrainRegion {
+            region: "us".into(),
+            undo: false,
+            reply: Some(tx),
+        });
+        assert!(matches!(rx.blocking_recv(), Ok(Response::Ok { .. })));
+        // Dropped without cleanup, as a killed daemon.
+    }
+    let (dp, adopted) = Dataplane::open(&cfg.dataplane, pins.0.clone()).expect("reopen");
+    assert!(adopted, "the pins and state are adopted");
+    assert_eq!(
+        dp.drained_regions(),
+        &BTreeSet::from(["us".to_string()]),
+        "the state file kept the region drain"
+    );
+    let drained = dp.backend_state().drained.clone();
+    let (mut owner, _p) = Owner::new(path.clone(), cfg.clone(), dp, drained);
+    owner.program().expect("program after the restart");
+    assert_eq!(
+        owner.published().drained_regions,
+        BTreeSet::from(["us".to_string()])
+    );
+    let us: BTreeSet<String> = (4..8).map(|i| format!("b{i}")).collect();
+    let t = tables(owner.dataplane(), &cfg);
+    assert!(
+        !t["web"].iter().flatten().any(|b| us.contains(b)),
+        "still no new flows to us after the restart"
+    );
+}

@@ -261,13 +261,21 @@ impl Owner {
             .into_iter()
             .filter(|b| cfg.backend(b).is_some())
             .collect();
+        // Region drains adopted from a previous run (those of unknown
+        // regions are dropped).
+        let drained_regions = dp
+            .drained_regions()
+            .iter()
+            .filter(|r| cfg.regions.iter().any(|x| x.name == **r))
+            .cloned()
+            .collect();
         let started = SystemTime::now();
         let state = State {
             config_path,
             cfg: Arc::new(cfg),
             health: BTreeMap::new(),
             drained,
-            drained_regions: BTreeSet::new(),
+            drained_regions,
             planned: Arc::default(),
             measured: Measured::default(),
             down: BTreeSet::new(),
@@ -353,6 +361,7 @@ impl Owner {
         let down = rt.backends.down.clone();
         let started = Instant::now();
         let planned = policy::plan(&self.state.cfg, &rt);
+        self.dp.set_drained_regions(&self.state.drained_regions);
         let r = self
             .dp
             .apply_plan(&self.state.cfg, &planned, &rt.backends.drained)

@@ -140,6 +140,7 @@ impl Dataplane {
         self.ledger.free_reals = s.free_reals.iter().copied().collect();
         self.ledger.next_real = s.next_real;
         self.drained = s.drained.iter().cloned().collect();
+        self.drained_regions = s.drained_regions.iter().cloned().collect();
         Ok(())
     }
 
@@ -312,6 +313,7 @@ impl Dataplane {
             free_reals: self.ledger.free_reals.iter().copied().collect(),
             next_real: self.ledger.next_real,
             drained: self.drained.iter().cloned().collect(),
+            drained_regions: self.drained_regions.iter().cloned().collect(),
         };
         if self.saved.as_ref() == Some(&state) {
             return Ok(());

@@ -270,6 +270,8 @@ pub struct Dataplane {
     ledger: IdLedger,
     /// Operator drains, persisted with the state so a restart keeps them.
     drained: BTreeSet<String>,
+    /// Operator region drains, persisted the same way.
+    drained_regions: BTreeSet<String>,
     /// Backends programmed as down.
     down: BTreeSet<String>,
     /// What was last programmed.
@@ -495,6 +497,7 @@ impl Dataplane {
             class_v4,
             ledger: IdLedger::new(limits),
             drained: BTreeSet::new(),
+            drained_regions: BTreeSet::new(),
             down: BTreeSet::new(),
             last: None,
             filter_written: vec![0; VIP_FILTER_WORDS as usize],
@@ -597,6 +600,7 @@ impl Dataplane {
                     // Nothing of the rejected state may stay behind.
                     dp.ledger = IdLedger::new(limits);
                     dp.drained.clear();
+                    dp.drained_regions.clear();
                 }
                 if existed {
                     dp.reset_pinned()?;
@@ -781,6 +785,17 @@ impl Dataplane {
     /// The drains last programmed, or adopted from a previous run.
     pub fn drained(&self) -> &BTreeSet<String> {
         &self.drained
+    }
+
+    /// The region drains to persist with the next programming, or those
+    /// adopted from a previous run.
+    pub fn drained_regions(&self) -> &BTreeSet<String> {
+        &self.drained_regions
+    }
+
+    /// Sets the region drains the next programming persists.
+    pub fn set_drained_regions(&mut self, regions: &BTreeSet<String>) {
+        self.drained_regions = regions.clone();
     }
 
     /// The backends last programmed as down.

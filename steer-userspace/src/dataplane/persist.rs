@@ -88,6 +88,9 @@ pub struct SavedState {
     pub free_reals: Vec<u32>,
     pub next_real: u32,
     pub drained: Vec<String>,
+    /// Regions drained by an operator (absent in files of older versions).
+    #[serde(default)]
+    pub drained_regions: Vec<String>,
 }
 
 /// Mode of the state file, whatever the umask.
