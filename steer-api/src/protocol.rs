@@ -44,8 +44,14 @@ pub enum Request {
     /// `undo`, resume.
     Drain { backend: String, undo: bool },
     /// Stop sending new flows to every backend of a region (in every
-    /// service), or with `undo`, resume.
-    DrainRegion { region: String, undo: bool },
+    /// service), or with `undo`, resume. With `timeout_seconds`, the
+    /// region's established flows are moved too once it has passed.
+    DrainRegion {
+        region: String,
+        undo: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        timeout_seconds: Option<u64>,
+    },
     /// The decision path of one flow (`steer explain`): `protocol` is
     /// `tcp` or `udp`, `client` and `vip` are socket addresses
     /// (`198.51.100.7:40000`, `[2001:db8::7]:40000`).
@@ -96,6 +102,8 @@ enum RequestWire {
     DrainRegion {
         region: String,
         undo: bool,
+        #[serde(default)]
+        timeout_seconds: Option<u64>,
     },
     Explain {
         protocol: String,
@@ -113,7 +121,15 @@ impl From<RequestWire> for Request {
         match wire {
             RequestWire::Status {} => Request::Status,
             RequestWire::Drain { backend, undo } => Request::Drain { backend, undo },
-            RequestWire::DrainRegion { region, undo } => Request::DrainRegion { region, undo },
+            RequestWire::DrainRegion {
+                region,
+                undo,
+                timeout_seconds,
+            } => Request::DrainRegion {
+                region,
+                undo,
+                timeout_seconds,
+            },
             RequestWire::Explain {
                 protocol,
                 client,
@@ -447,8 +463,17 @@ mod tests {
             &Request::DrainRegion {
                 region: "eu-west".into(),
                 undo: false,
+                timeout_seconds: None,
             },
             r#"{"cmd":"drain_region","region":"eu-west","undo":false}"#,
+        );
+        round_trip(
+            &Request::DrainRegion {
+                region: "eu-west".into(),
+                undo: false,
+                timeout_seconds: Some(300),
+            },
+            r#"{"cmd":"drain_region","region":"eu-west","undo":false,"timeout_seconds":300}"#,
         );
         round_trip(
             &Request::Explain {
@@ -480,6 +505,7 @@ mod tests {
             Request::DrainRegion {
                 region: "r".into(),
                 undo: false,
+                timeout_seconds: None,
             },
             Request::Explain {
                 protocol: "tcp".into(),

@@ -419,6 +419,7 @@ fn a_region_drain_empties_the_region_from_every_table_and_undoes() {
         owner.handle(Event::DrainRegion {
             region: region.into(),
             undo,
+            timeout: None,
             reply: Some(tx),
         });
         rx.blocking_recv().expect("answer")
@@ -591,6 +592,7 @@ fn a_region_drain_survives_a_restart() {
         owner.handle(Event::DrainRegion {
             region: "us".into(),
             undo: false,
+            timeout: None,
             reply: Some(tx),
         });
         assert!(matches!(rx.blocking_recv(), Ok(Response::Ok { .. })));
@@ -616,4 +618,52 @@ fn a_region_drain_survives_a_restart() {
         !t["web"].iter().flatten().any(|b| us.contains(b)),
         "still no new flows to us after the restart"
     );
+}
+
+#[test]
+#[ignore = "needs root: BPF or network namespaces (cargo xtask test runs it)"]
+fn a_region_drain_timeout_moves_established_flows_once_it_passes() {
+    if !require_root() {
+        return;
+    }
+    let dir = TempDir::new("drain-region-timeout");
+    let path = dir.0.join("steer.toml");
+    write_atomic(&path, &config(0));
+    let cfg = Config::load(&path).expect("valid config");
+    let dp = Dataplane::load(&cfg.dataplane).expect("load");
+    let (mut owner, _p) = Owner::new(path.clone(), cfg.clone(), dp, BTreeSet::new());
+    owner.program().expect("program");
+    let us: BTreeSet<String> = (4..8).map(|i| format!("b{i}")).collect();
+    let (tx, rx) = oneshot::channel();
+    owner.handle(Event::DrainRegion {
+        region: "us".into(),
+        undo: false,
+        timeout: Some(Duration::from_millis(300)),
+        reply: Some(tx),
+    });
+    let r = rx.blocking_recv().expect("answer");
+    assert!(
+        matches!(&r, Response::Ok { message } if message.contains("established flows continue for")),
+        "{r:?}"
+    );
+    // Before the timeout: no new flows, but established ones stay (the
+    // backends are not down, so conntrack keeps them).
+    owner.handle(Event::Tick);
+    assert!(owner.published().down.is_disjoint(&us));
+    std::thread::sleep(Duration::from_millis(400));
+    owner.handle(Event::Tick);
+    let p = owner.published();
+    assert!(us.is_subset(&p.down), "past the timeout: {:?}", p.down);
+    assert!(p.drain_moved.contains("us"));
+    // Undo: the region serves again and nothing is down.
+    let (tx, rx) = oneshot::channel();
+    owner.handle(Event::DrainRegion {
+        region: "us".into(),
+        undo: true,
+        timeout: None,
+        reply: Some(tx),
+    });
+    assert!(matches!(rx.blocking_recv(), Ok(Response::Ok { .. })));
+    let p = owner.published();
+    assert!(p.down.is_disjoint(&us) && p.region_drain_deadlines.is_empty());
 }

@@ -19,6 +19,11 @@ pub struct Args {
     /// Send new flows to it again.
     #[arg(long)]
     undo: bool,
+    /// With --region: once this long has passed (e.g. 5m), move the
+    /// region's established flows too (they are re-selected elsewhere).
+    #[arg(long, value_name = "DURATION", requires = "region", conflicts_with = "undo",
+          value_parser = steer_config::parse_duration)]
+    timeout: Option<std::time::Duration>,
     #[command(flatten)]
     target: Target,
 }
@@ -28,6 +33,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         (_, Some(region)) => Request::DrainRegion {
             region,
             undo: args.undo,
+            timeout_seconds: args.timeout.map(|d| d.as_secs().max(1)),
         },
         (Some(backend), None) => Request::Drain {
             backend,

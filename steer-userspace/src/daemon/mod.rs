@@ -261,10 +261,15 @@ impl ControlHandler for Handler {
                     })
                     .await
                 }
-                Request::DrainRegion { region, undo } => {
+                Request::DrainRegion {
+                    region,
+                    undo,
+                    timeout_seconds,
+                } => {
                     self.ask(|reply| Event::DrainRegion {
                         region,
                         undo,
+                        timeout: timeout_seconds.map(std::time::Duration::from_secs),
                         reply: Some(reply),
                     })
                     .await

@@ -14,7 +14,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{error, info, warn};
@@ -50,6 +50,8 @@ pub enum Event {
     DrainRegion {
         region: String,
         undo: bool,
+        /// Move the region's established flows too once this has passed.
+        timeout: Option<Duration>,
         reply: Option<oneshot::Sender<Response>>,
     },
     /// The measurement timer ([`super::measure::TICK`]): round-trip times
@@ -121,6 +123,11 @@ pub struct State {
     pub drained: BTreeSet<String>,
     /// Regions drained by an operator.
     pub drained_regions: BTreeSet<String>,
+    /// Drained regions with a `--timeout`: when their established flows
+    /// are moved. Past it, the region's backends are programmed down.
+    pub region_drain_deadlines: BTreeMap<String, SystemTime>,
+    /// Drained regions whose timeout passed (their flows were moved).
+    pub drain_moved: BTreeSet<String>,
     /// The last plan programmed: every table and the decision behind it.
     pub planned: Arc<Planned>,
     /// The measurements the policy read last.
@@ -269,6 +276,17 @@ impl Owner {
             .filter(|r| cfg.regions.iter().any(|x| x.name == **r))
             .cloned()
             .collect();
+        let region_drain_deadlines: BTreeMap<String, SystemTime> = dp
+            .region_drain_deadlines()
+            .iter()
+            .filter(|(r, _)| cfg.regions.iter().any(|x| x.name == **r))
+            .map(|(r, secs)| {
+                (
+                    r.clone(),
+                    std::time::UNIX_EPOCH + Duration::from_secs(*secs),
+                )
+            })
+            .collect();
         let started = SystemTime::now();
         let state = State {
             config_path,
@@ -276,6 +294,8 @@ impl Owner {
             health: BTreeMap::new(),
             drained,
             drained_regions,
+            region_drain_deadlines,
+            drain_moved: BTreeSet::new(),
             planned: Arc::default(),
             measured: Measured::default(),
             down: BTreeSet::new(),
@@ -336,8 +356,24 @@ impl Owner {
     /// Everything the policy needs besides the config.
     fn runtime(&self) -> Runtime {
         let m = &self.state.measured;
+        let mut backends = self.backend_state();
+        // Past a region drain's timeout its established flows move: its
+        // backends are programmed down (conntrack re-selects their flows).
+        let now = SystemTime::now();
+        for (region, at) in &self.state.region_drain_deadlines {
+            if *at <= now {
+                backends.down.extend(
+                    self.state
+                        .cfg
+                        .backends
+                        .iter()
+                        .filter(|b| b.region == *region)
+                        .map(|b| b.name.clone()),
+                );
+            }
+        }
         Runtime {
-            backends: self.backend_state(),
+            backends,
             drained_regions: self.state.drained_regions.clone(),
             rtt: m.rtt.clone(),
             rate: m.rate.clone(),
@@ -361,7 +397,19 @@ impl Owner {
         let down = rt.backends.down.clone();
         let started = Instant::now();
         let planned = policy::plan(&self.state.cfg, &rt);
-        self.dp.set_drained_regions(&self.state.drained_regions);
+        let deadlines = self
+            .state
+            .region_drain_deadlines
+            .iter()
+            .map(|(r, at)| {
+                let secs = at
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
+                (r.clone(), secs)
+            })
+            .collect();
+        self.dp
+            .set_drained_regions(&self.state.drained_regions, deadlines);
         let r = self
             .dp
             .apply_plan(&self.state.cfg, &planned, &rt.backends.drained)
@@ -413,9 +461,10 @@ impl Owner {
             Event::DrainRegion {
                 region,
                 undo,
+                timeout,
                 reply,
             } => {
-                let r = self.drain_region(&region, undo);
+                let r = self.drain_region(&region, undo, timeout);
                 if let Some(reply) = reply {
                     let _ = reply.send(r);
                 }
@@ -436,6 +485,23 @@ impl Owner {
     /// Measures (when a policy needs it) and re-programs if what the
     /// policy reads changed.
     fn on_tick(&mut self) {
+        // A region drain's timeout that passed since the last programming.
+        let now = SystemTime::now();
+        let expired = self
+            .state
+            .region_drain_deadlines
+            .iter()
+            .any(|(r, at)| *at <= now && !self.state.drain_moved.contains(r));
+        if expired {
+            for (r, at) in &self.state.region_drain_deadlines {
+                if *at <= now && self.state.drain_moved.insert(r.clone()) {
+                    info!(region = %r, "region drain timeout passed: moving its established flows");
+                }
+            }
+            if let Err(e) = self.program() {
+                error!(error = %e, "programming the data plane after a drain timeout failed");
+            }
+        }
         if !measure::needed(&self.state.cfg) {
             return;
         }
@@ -531,7 +597,7 @@ impl Owner {
         }
     }
 
-    fn drain_region(&mut self, region: &str, undo: bool) -> Response {
+    fn drain_region(&mut self, region: &str, undo: bool, timeout: Option<Duration>) -> Response {
         if !self.state.cfg.regions.iter().any(|r| r.name == region) {
             let known: Vec<&str> = self
                 .state
@@ -546,25 +612,50 @@ impl Owner {
             ));
         }
         let before = self.state.drained_regions.clone();
+        let deadlines_before = self.state.region_drain_deadlines.clone();
         if undo {
             self.state.drained_regions.remove(region);
+            self.state.region_drain_deadlines.remove(region);
+            self.state.drain_moved.remove(region);
         } else {
             self.state.drained_regions.insert(region.to_string());
+            match timeout {
+                Some(t) => {
+                    self.state
+                        .region_drain_deadlines
+                        .insert(region.to_string(), SystemTime::now() + t);
+                }
+                None => {
+                    self.state.region_drain_deadlines.remove(region);
+                    self.state.drain_moved.remove(region);
+                }
+            }
         }
         match self.program() {
             Ok(()) => {
-                info!(region, undo, "region drain changed");
+                info!(
+                    region,
+                    undo,
+                    timeout_s = timeout.map(|t| t.as_secs()),
+                    "region drain changed"
+                );
                 Response::ok(format!(
                     "region {region} {}",
-                    if undo {
-                        "undrained: receives new flows again"
-                    } else {
-                        "drained: no new flows; established flows continue"
+                    match (undo, timeout) {
+                        (true, _) => "undrained: receives new flows again".to_string(),
+                        (false, None) =>
+                            "drained: no new flows; established flows continue".to_string(),
+                        (false, Some(t)) => format!(
+                            "drained: no new flows; established flows continue for {} and are \
+                             then moved to other regions",
+                            steer_config::format_duration(t)
+                        ),
                     }
                 ))
             }
             Err(e) => {
                 self.state.drained_regions = before;
+                self.state.region_drain_deadlines = deadlines_before;
                 let rollback = self.roll_back();
                 Response::error(format!(
                     "programming the data plane failed, the region drain was not applied: \
@@ -639,6 +730,12 @@ impl Owner {
         self.state
             .drained_regions
             .retain(|r| cfg.regions.iter().any(|x| x.name == *r));
+        let old_deadlines = self.state.region_drain_deadlines.clone();
+        let kept = self.state.drained_regions.clone();
+        self.state
+            .region_drain_deadlines
+            .retain(|r, _| kept.contains(r));
+        self.state.drain_moved.retain(|r| kept.contains(r));
         // Probe the new targets (the state of unchanged ones is kept).
         if let Some(m) = self.monitor.as_mut() {
             m.set_targets(health::targets_from_config(&self.state.cfg));
@@ -681,6 +778,7 @@ impl Owner {
                 self.state.cfg = old_cfg;
                 self.state.drained = old_drained;
                 self.state.drained_regions = old_drained_regions;
+                self.state.region_drain_deadlines = old_deadlines;
                 if let Some(m) = self.monitor.as_mut() {
                     m.set_targets(health::targets_from_config(&self.state.cfg));
                 }

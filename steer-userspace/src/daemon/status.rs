@@ -73,7 +73,10 @@ pub fn report_at(p: &Published, counters: Option<&CounterReader>, now: SystemTim
                             ids.and_then(|i| i.reals.get(&b.name))
                                 .and_then(|id| c.real(*id).ok())
                         });
-                        let is_down = p.down.contains(&b.name);
+                        // A region drain past its timeout programs the
+                        // region's backends down; that is not their health.
+                        let is_down =
+                            p.down.contains(&b.name) && !p.drain_moved.contains(&b.region);
                         let degraded = health::backend_degraded(&p.health, &b.name);
                         let health = if !checked.contains(&b.name) {
                             Health::Unchecked
@@ -243,6 +246,8 @@ mod tests {
                 health: BTreeMap::new(),
                 drained: BTreeSet::new(),
                 drained_regions: BTreeSet::new(),
+                region_drain_deadlines: Default::default(),
+                drain_moved: BTreeSet::new(),
                 planned: Arc::default(),
                 measured: Default::default(),
                 down: BTreeSet::new(),

@@ -141,6 +141,7 @@ impl Dataplane {
         self.ledger.next_real = s.next_real;
         self.drained = s.drained.iter().cloned().collect();
         self.drained_regions = s.drained_regions.iter().cloned().collect();
+        self.region_drain_deadlines = s.region_drain_deadlines.clone();
         Ok(())
     }
 
@@ -314,6 +315,7 @@ impl Dataplane {
             next_real: self.ledger.next_real,
             drained: self.drained.iter().cloned().collect(),
             drained_regions: self.drained_regions.iter().cloned().collect(),
+            region_drain_deadlines: self.region_drain_deadlines.clone(),
         };
         if self.saved.as_ref() == Some(&state) {
             return Ok(());

@@ -272,6 +272,8 @@ pub struct Dataplane {
     drained: BTreeSet<String>,
     /// Operator region drains, persisted the same way.
     drained_regions: BTreeSet<String>,
+    /// Their timeouts, in seconds since the Unix epoch.
+    region_drain_deadlines: BTreeMap<String, u64>,
     /// Backends programmed as down.
     down: BTreeSet<String>,
     /// What was last programmed.
@@ -498,6 +500,7 @@ impl Dataplane {
             ledger: IdLedger::new(limits),
             drained: BTreeSet::new(),
             drained_regions: BTreeSet::new(),
+            region_drain_deadlines: BTreeMap::new(),
             down: BTreeSet::new(),
             last: None,
             filter_written: vec![0; VIP_FILTER_WORDS as usize],
@@ -601,6 +604,7 @@ impl Dataplane {
                     dp.ledger = IdLedger::new(limits);
                     dp.drained.clear();
                     dp.drained_regions.clear();
+                    dp.region_drain_deadlines.clear();
                 }
                 if existed {
                     dp.reset_pinned()?;
@@ -793,9 +797,20 @@ impl Dataplane {
         &self.drained_regions
     }
 
-    /// Sets the region drains the next programming persists.
-    pub fn set_drained_regions(&mut self, regions: &BTreeSet<String>) {
+    /// The timeouts of the region drains (seconds since the Unix epoch).
+    pub fn region_drain_deadlines(&self) -> &BTreeMap<String, u64> {
+        &self.region_drain_deadlines
+    }
+
+    /// Sets the region drains (and their timeouts, in seconds since the
+    /// Unix epoch) the next programming persists.
+    pub fn set_drained_regions(
+        &mut self,
+        regions: &BTreeSet<String>,
+        deadlines: BTreeMap<String, u64>,
+    ) {
         self.drained_regions = regions.clone();
+        self.region_drain_deadlines = deadlines;
     }
 
     /// The backends last programmed as down.

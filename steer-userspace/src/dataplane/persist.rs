@@ -91,6 +91,10 @@ pub struct SavedState {
     /// Regions drained by an operator (absent in files of older versions).
     #[serde(default)]
     pub drained_regions: Vec<String>,
+    /// Of those, the ones drained with a timeout: when (seconds since the
+    /// Unix epoch) their established flows are moved.
+    #[serde(default)]
+    pub region_drain_deadlines: BTreeMap<String, u64>,
 }
 
 /// Mode of the state file, whatever the umask.
@@ -329,6 +333,8 @@ mod tests {
             free_reals: vec![3],
             next_real: 4,
             drained: vec!["a1".into()],
+            drained_regions: vec!["eu".into()],
+            region_drain_deadlines: [("eu".to_string(), 1_700_000_000)].into(),
         }
     }
 
