@@ -27,8 +27,17 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let path = &args.config;
     match Config::load(path) {
         Ok(cfg) => {
+            let classes = if cfg.client_classes.is_empty() {
+                String::new()
+            } else {
+                let prefixes: usize = cfg.client_classes.iter().map(|c| c.prefixes.len()).sum();
+                format!(
+                    ", {} client classes with {prefixes} prefixes",
+                    cfg.client_classes.len()
+                )
+            };
             outln!(
-                "{}: OK ({} regions, {} backends, {} services, {} health checks)",
+                "{}: OK ({} regions, {} backends, {} services, {} health checks{classes})",
                 path.display(),
                 cfg.regions.len(),
                 cfg.backends.len(),
