@@ -411,3 +411,22 @@ pub fn explain(cfg: &Config, planned: &Planned, q: FlowQuery, ct: Conntrack) -> 
         drop,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queries_parse_or_say_what_is_wrong() {
+        let q = parse_query("tcp", "198.51.100.7:40000", "203.0.113.10:443").expect("valid");
+        assert_eq!(q.protocol, Protocol::Tcp);
+        assert_eq!(q.client.port(), 40000);
+        assert!(parse_query("udp", "[2001:db8::7]:53", "[2001:db8::10]:53").is_ok());
+        let e = parse_query("sctp", "198.51.100.7:1", "203.0.113.10:1").unwrap_err();
+        assert!(e.contains("expected tcp or udp"), "{e}");
+        let e = parse_query("tcp", "198.51.100.7", "203.0.113.10:1").unwrap_err();
+        assert!(e.contains("is not IP:PORT"), "{e}");
+        let e = parse_query("tcp", "198.51.100.7:1", "[2001:db8::10]:1").unwrap_err();
+        assert!(e.contains("different address families"), "{e}");
+    }
+}

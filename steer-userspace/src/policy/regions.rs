@@ -427,3 +427,216 @@ pub fn content_hash(backends: &[DesiredBackend], plan: &ServicePlan) -> u64 {
 pub fn panicking(d: &Decision) -> bool {
     d.outcome == Outcome::FailOpen || d.regions.iter().any(|r| r.panic)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::{plan, BackendState};
+
+    const CFG: &str = r#"
+[dataplane]
+next_hop_mac = "02:00:00:00:00:fe"
+encap_source_v4 = "198.18.0.0/24"
+encap_source_v6 = "2001:db8:ffff::/112"
+maglev_table_size = 251
+
+[[regions]]
+name = "eu"
+[[regions]]
+name = "us"
+max_new_flows_per_second = 1000
+capacity_scaler = 0.5
+
+[[backends]]
+name = "eu-1"
+address = "192.0.2.11"
+region = "eu"
+[[backends]]
+name = "eu-2"
+address = "192.0.2.12"
+region = "eu"
+[[backends]]
+name = "us-1"
+address = "192.0.2.21"
+region = "us"
+[[backends]]
+name = "us-2"
+address = "192.0.2.22"
+region = "us"
+
+[[client_classes]]
+name = "wide"
+prefixes = ["198.0.0.0/8", "2001:db8::/32"]
+regions = ["us"]
+[[client_classes]]
+name = "narrow"
+prefixes = ["198.51.100.0/24", "2001:db8:1::/48"]
+regions = ["eu"]
+allowed_regions = ["eu"]
+
+[[services]]
+name = "geo"
+vip = "203.0.113.10"
+port = 80
+protocol = "tcp"
+regions = ["us", "eu"]
+policy = "geo"
+classes = ["wide"]
+max_ejection_percent = 25
+
+[[services]]
+name = "plain"
+vip = "203.0.113.11"
+port = 80
+protocol = "tcp"
+regions = ["eu", "us"]
+
+[[services]]
+name = "fast"
+vip = "203.0.113.12"
+port = 80
+protocol = "tcp"
+regions = ["eu", "us"]
+policy = "latency"
+"#;
+
+    fn cfg() -> Config {
+        Config::parse(CFG).expect("valid")
+    }
+
+    #[test]
+    fn the_longest_prefix_wins_per_family() {
+        let cfg = cfg();
+        let name =
+            |a: &str| class_of(&cfg, a.parse().unwrap()).map(|(id, c, p)| (id, c.name.clone(), p));
+        assert_eq!(
+            name("198.51.100.7"),
+            Some((2, "narrow".into(), "198.51.100.0/24".into()))
+        );
+        assert_eq!(
+            name("198.18.0.7"),
+            Some((1, "wide".into(), "198.0.0.0/8".into()))
+        );
+        assert_eq!(
+            name("2001:db8:1::9"),
+            Some((2, "narrow".into(), "2001:db8:1::/48".into()))
+        );
+        assert_eq!(
+            name("2001:db8:2::9"),
+            Some((1, "wide".into(), "2001:db8::/32".into()))
+        );
+        assert_eq!(name("192.0.2.1"), None);
+        let d = desired_classes(&cfg);
+        assert_eq!(
+            d.v4,
+            vec![([198, 0, 0, 0], 8, 1), ([198, 51, 100, 0], 24, 2)]
+        );
+        assert_eq!(d.v6.len(), 2);
+    }
+
+    #[test]
+    fn classes_get_tables_where_they_matter() {
+        let cfg = cfg();
+        let p = plan(&cfg, &Runtime::default());
+        let classes = |svc: &str| -> Vec<u8> {
+            p.service(svc)
+                .unwrap()
+                .1
+                .tables
+                .iter()
+                .map(|t| t.class)
+                .collect()
+        };
+        // geo: default + the listed class + the residency class.
+        assert_eq!(classes("geo"), [0, 1, 2]);
+        // A maglev service with every backend up keeps the plain Maglev
+        // default table, plus the residency class's.
+        assert_eq!(classes("plain"), [0, 2]);
+        assert!(p.service("plain").unwrap().1.tables[0].engine.is_none());
+        // The residency class only reaches eu: every slot of its table is
+        // an eu backend (indexes 0 and 1 in plain's backend list).
+        let (d, plan_) = p.service("plain").unwrap();
+        let t = plan_.tables[1].engine.as_ref().unwrap();
+        assert!(t
+            .slots
+            .iter()
+            .all(|&i| d.backends[i as usize].name.starts_with("eu-")));
+        // The listed class prefers us, then the service's other regions.
+        let (_, g) = p.service("geo").unwrap();
+        let wide = g.tables[1].engine.as_ref().unwrap();
+        assert_eq!(wide.decision.order, [0, 1], "us (index 0) first, then eu");
+    }
+
+    #[test]
+    fn max_ejection_percent_keeps_the_later_failures_in_service() {
+        let cfg = cfg();
+        let svc = cfg.service("geo").unwrap();
+        let names = ["us-1", "us-2", "eu-1", "eu-2"];
+        let down: BTreeSet<String> = ["us-1", "us-2", "eu-1"].map(String::from).into();
+        // 25% of 4 backends: one may be down; us-2 went down first.
+        let order = ["us-2".to_string(), "eu-1".to_string(), "us-1".to_string()];
+        let capped = ejection_cap(svc, &names, &down, &order);
+        assert_eq!(capped, ["eu-1", "us-1"].map(String::from).into());
+        // Without an order, by name: eu-1 stays down.
+        let capped = ejection_cap(svc, &names, &down, &[]);
+        assert_eq!(capped, ["us-1", "us-2"].map(String::from).into());
+        // Under the cap nothing is capped, and 100% never caps.
+        let one: BTreeSet<String> = ["us-1".to_string()].into();
+        assert!(ejection_cap(svc, &names, &one, &[]).is_empty());
+        let plain = cfg.service("plain").unwrap();
+        assert!(ejection_cap(plain, &names, &down, &[]).is_empty());
+        // Through the plan: capped backends are programmed up.
+        let rt = Runtime {
+            backends: BackendState {
+                down,
+                drained: BTreeSet::new(),
+            },
+            down_order: order.to_vec(),
+            ..Default::default()
+        };
+        let p = plan(&cfg, &rt);
+        let (d, sp) = p.service("geo").unwrap();
+        assert_eq!(sp.ejection_capped, ["eu-1", "us-1"]);
+        let up: Vec<(&str, bool)> = d.backends.iter().map(|b| (b.name.as_str(), b.up)).collect();
+        assert!(
+            up.contains(&("us-2", false)) && up.contains(&("us-1", true)),
+            "{up:?}"
+        );
+    }
+
+    #[test]
+    fn offline_measurements_rank_and_keep_at_once() {
+        let cfg = cfg();
+        let mut rt = Runtime::default();
+        rt.rtt.insert("us".into(), Duration::from_millis(10));
+        rt.rtt.insert("eu".into(), Duration::from_millis(80));
+        rt.rate.insert("us".into(), 2000.0);
+        rt.rate.insert("eu".into(), 9000.0);
+        settle_offline(&cfg, &mut rt);
+        assert_eq!(rt.ranked["fast"], ["us", "eu"]);
+        assert!(!rt.ranked.contains_key("geo"));
+        // us: limit 1000 × 0.5 = 500 of 2000/s reaching it -> keep 0.25;
+        // eu has no limit.
+        assert_eq!(rt.capacity_keep["us"], 0.25);
+        assert_eq!(rt.capacity_keep["eu"], 1.0);
+        assert_eq!(keep_now(&cfg, "us", 400.0), 1.0);
+    }
+
+    #[test]
+    fn equal_inputs_give_equal_hashes_and_a_change_changes_them() {
+        let cfg = cfg();
+        let a = plan(&cfg, &Runtime::default()).hashes();
+        let b = plan(&cfg, &Runtime::default()).hashes();
+        assert_eq!(a, b);
+        let mut rt = Runtime::default();
+        rt.backends.down.insert("eu-1".into());
+        let c = plan(&cfg, &rt).hashes();
+        for svc in ["geo", "plain", "fast"] {
+            assert_ne!(a[svc], c[svc], "{svc}");
+        }
+        // FNV-1a 64 of "a", from its specification.
+        let mut h = Fnv::default();
+        h.write(b"a");
+        assert_eq!(h.finish(), 0xaf63_dc4c_8601_ec8c);
+    }
+}
