@@ -946,6 +946,70 @@ fn drain_keeps_existing_flows() {
     assert_eq!(lab.backends_of(&old_flows, 2), before);
 }
 
+#[test]
+#[ignore = "needs root: BPF or network namespaces (cargo xtask test runs it)"]
+fn explain_live_names_the_backend_and_the_conntrack_entry() {
+    if !require_root() {
+        return;
+    }
+    let mut lab = Lab::start();
+    let socket = lab.socket_str();
+    let explain = |lab: &Lab, port: u16| {
+        let out = lab.steer_ok(&[
+            "explain",
+            "tcp",
+            &format!("198.51.100.7:{port}"),
+            "203.0.113.10:80",
+            "--socket",
+            &socket,
+        ]);
+        text(&out.stdout)
+    };
+    let name_of = |a: Ipv4Addr| BACKENDS.iter().find(|b| b.1 == a).expect("backend").0;
+    // A flow the daemon has not seen: no entry, and the backend explain
+    // names is where its SYN then goes.
+    let out = explain(&lab, 24_000);
+    assert!(out.contains("conntrack   no entry"), "{out}");
+    let went = lab.backend_of(Flow(24_000), 0);
+    assert!(
+        out.contains(&format!("new flow    -> backend {} ", name_of(went))),
+        "explain named another backend than the program chose ({went}):\n{out}"
+    );
+    // Now conntrack knows it.
+    let out = explain(&lab, 24_000);
+    assert!(
+        out.contains(&format!(
+            "conntrack   an entry pins this flow to {}:",
+            name_of(went)
+        )),
+        "{out}"
+    );
+    // Every flow of a range: explain's backend is the program's.
+    for port in 24_100..24_130 {
+        let out = explain(&lab, port);
+        let went = lab.backend_of(Flow(port), 0);
+        assert!(
+            out.contains(&format!("new flow    -> backend {} ", name_of(went))),
+            "flow {port} went to {went}:\n{out}"
+        );
+    }
+    // Bad input is refused with a reason.
+    let out = lab.steer(&[
+        "explain",
+        "sctp",
+        "1.2.3.4:1",
+        "203.0.113.10:80",
+        "--socket",
+        &socket,
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("expected tcp or udp"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
 /// Polls `ip link show sd0` on a thread until dropped, counting the samples
 /// without an XDP program.
 struct XdpWatch {
