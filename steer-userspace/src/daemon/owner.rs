@@ -396,7 +396,7 @@ impl Owner {
         let rt = self.runtime();
         let down = rt.backends.down.clone();
         let started = Instant::now();
-        let planned = policy::plan(&self.state.cfg, &rt);
+        let planned = policy::plan_from(&self.state.cfg, &rt, Some(&self.state.planned));
         let deadlines = self
             .state
             .region_drain_deadlines

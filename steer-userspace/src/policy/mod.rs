@@ -94,6 +94,12 @@ pub fn desired(cfg: &Config, state: &BackendState) -> Vec<DesiredService> {
 /// Computes every service's desired backends and tables for `rt`, with
 /// the decisions behind them.
 pub fn plan(cfg: &Config, rt: &Runtime) -> Planned {
+    plan_from(cfg, rt, None)
+}
+
+/// [`plan`], reusing the tables of `prev` (the last plan) whose inputs did
+/// not change: the result is the same, without composing them again.
+pub fn plan_from(cfg: &Config, rt: &Runtime, prev: Option<&Planned>) -> Planned {
     let state = &rt.backends;
     // Index the backends once: the same selection as
     // `Config::service_backends` (explicit names plus whole regions, in
@@ -152,7 +158,8 @@ pub fn plan(cfg: &Config, rt: &Runtime) -> Planned {
         })
         .map(|mut d| {
             let svc = cfg.service(&d.name).expect("built from the config");
-            let p = regions::service_plan(cfg, svc, &mut d.backends, rt, ring_size);
+            let before = prev.and_then(|p| p.service(&d.name)).map(|(_, sp)| sp);
+            let p = regions::service_plan(cfg, svc, &mut d.backends, rt, ring_size, before);
             d.tables = p
                 .tables
                 .iter()

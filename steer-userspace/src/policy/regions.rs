@@ -226,8 +226,19 @@ fn allowed_of(input: &ServiceIn, class: &ClientClass) -> Option<Vec<usize>> {
     })
 }
 
-/// Decides and composes one table.
-fn engine(input: &ServiceIn, class: ClassIn, ring_size: u32) -> Arc<Engine> {
+/// Decides and composes one table, or reuses `prev`'s if it was built
+/// from the same inputs (the engine is pure: same inputs, same table).
+fn engine(
+    input: &ServiceIn,
+    class: ClassIn,
+    ring_size: u32,
+    prev: Option<&Arc<Engine>>,
+) -> Arc<Engine> {
+    if let Some(p) = prev {
+        if p.input == *input && p.class == class && p.slots.len() == ring_size as usize {
+            return p.clone();
+        }
+    }
     let decision = decide(input, &class);
     let slots = Arc::new(compose(input, &decision, ring_size));
     Arc::new(Engine {
@@ -248,7 +259,12 @@ pub fn service_plan(
     backends: &mut [DesiredBackend],
     rt: &Runtime,
     ring_size: u32,
+    prev: Option<&ServicePlan>,
 ) -> ServicePlan {
+    let prev_engine = |class: u8| {
+        prev.and_then(|p| p.tables.iter().find(|t| t.class == class))
+            .and_then(|t| t.engine.as_ref())
+    };
     let names: Vec<&str> = backends.iter().map(|b| b.name.as_str()).collect();
     let capped = ejection_cap(svc, &names, &rt.backends.down, &rt.down_order);
     for b in backends.iter_mut() {
@@ -290,6 +306,7 @@ pub fn service_plan(
                     allowed: None,
                 },
                 ring_size,
+                prev_engine(0),
             ))
         };
         tables.push(TablePlan {
@@ -318,6 +335,7 @@ pub fn service_plan(
                     allowed: allowed_of(&input, class),
                 },
                 ring_size,
+                prev_engine(class_id(i)),
             )),
         });
     }
@@ -620,6 +638,44 @@ policy = "latency"
         assert_eq!(rt.capacity_keep["us"], 0.25);
         assert_eq!(rt.capacity_keep["eu"], 1.0);
         assert_eq!(keep_now(&cfg, "us", 400.0), 1.0);
+    }
+
+    #[test]
+    fn a_plan_reuses_the_tables_whose_inputs_did_not_change() {
+        use crate::policy::plan_from;
+        let cfg = cfg();
+        let first = plan(&cfg, &Runtime::default());
+        let again = plan_from(&cfg, &Runtime::default(), Some(&first));
+        let engines = |p: &crate::policy::Planned, svc: &str| -> Vec<Arc<Engine>> {
+            p.service(svc)
+                .unwrap()
+                .1
+                .tables
+                .iter()
+                .filter_map(|t| t.engine.clone())
+                .collect()
+        };
+        for (a, b) in engines(&first, "geo")
+            .iter()
+            .zip(engines(&again, "geo").iter())
+        {
+            assert!(Arc::ptr_eq(a, b), "an unchanged table is reused");
+        }
+        // us's capacity keep changes: geo's tables (which include us) are
+        // composed again, and equal a fresh plan's.
+        let mut rt = Runtime::default();
+        rt.capacity_keep.insert("us".into(), 0.5);
+        let changed = plan_from(&cfg, &rt, Some(&first));
+        let fresh = plan(&cfg, &rt);
+        for ((a, b), c) in engines(&first, "geo")
+            .iter()
+            .zip(engines(&changed, "geo").iter())
+            .zip(engines(&fresh, "geo").iter())
+        {
+            assert!(!Arc::ptr_eq(a, b));
+            assert_eq!(b.slots, c.slots);
+        }
+        assert_eq!(changed.hashes(), fresh.hashes());
     }
 
     #[test]
