@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use crate::config::{Backend, Config, HealthCheck, Region, Service};
+use crate::config::{Backend, ClientClass, Config, HealthCheck, Policy, Region, Service};
 
 /// One change between two configs.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -65,14 +65,31 @@ pub fn config_changes(old: &Config, new: &Config) -> Vec<Change> {
         &old.regions,
         &new.regions,
         |a: &Region, b| {
-            field(
-                "description",
-                &a.description.as_deref().unwrap_or(""),
-                &b.description.as_deref().unwrap_or(""),
-            )
+            let cap = |r: &Region| {
+                r.max_new_flows_per_second
+                    .map_or_else(|| "none".to_string(), |m| m.to_string())
+            };
+            [
+                field(
+                    "description",
+                    &a.description.as_deref().unwrap_or(""),
+                    &b.description.as_deref().unwrap_or(""),
+                ),
+                field("dial", &a.dial, &b.dial),
+                field("max_new_flows_per_second", &cap(a), &cap(b)),
+                field("capacity_scaler", &a.capacity_scaler, &b.capacity_scaler),
+            ]
             .into_iter()
+            .flatten()
             .collect()
         },
+    );
+    diff(
+        &mut out,
+        "client class",
+        &old.client_classes,
+        &new.client_classes,
+        class_changes,
     );
     diff(
         &mut out,
@@ -90,7 +107,58 @@ pub fn config_changes(old: &Config, new: &Config) -> Vec<Change> {
     if old.dataplane != new.dataplane {
         out.push(Change::Section("dataplane"));
     }
+    if old.geoip != new.geoip {
+        out.push(Change::Section("geoip"));
+    }
     out
+}
+
+fn class_changes(a: &ClientClass, b: &ClientClass) -> Vec<String> {
+    let list = |v: &[String]| format!("[{}]", v.join(", "));
+    let allowed = |c: &ClientClass| c.allowed_regions.as_deref().map_or("any".into(), list);
+    let mut what: Vec<String> = [
+        field("regions", &list(&a.regions), &list(&b.regions)),
+        field("allowed_regions", &allowed(a), &allowed(b)),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    if a.prefixes != b.prefixes {
+        let before: std::collections::BTreeSet<_> = a.prefixes.iter().collect();
+        let after: std::collections::BTreeSet<_> = b.prefixes.iter().collect();
+        what.push(format!(
+            "prefixes +{} -{} (now {})",
+            after.difference(&before).count(),
+            before.difference(&after).count(),
+            b.prefixes.len()
+        ));
+    }
+    what
+}
+
+/// A service's policy in a line: `geo (classes eu, apac)`.
+fn policy_words(p: &Policy) -> String {
+    match p {
+        Policy::Maglev => "maglev".into(),
+        Policy::Weighted { weights } => format!(
+            "weighted ({})",
+            weights
+                .iter()
+                .map(|(r, w)| format!("{r}={w}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        Policy::Failover { tiers } => format!(
+            "failover ({})",
+            tiers
+                .iter()
+                .map(|t| format!("[{}]", t.join(", ")))
+                .collect::<Vec<_>>()
+                .join(" ")
+        ),
+        Policy::Geo { classes } => format!("geo (classes {})", classes.join(", ")),
+        Policy::Latency => "latency".into(),
+    }
 }
 
 trait Named {
@@ -107,6 +175,11 @@ impl Named for Backend {
     }
 }
 impl Named for Region {
+    fn name(&self) -> &str {
+        &self.name
+    }
+}
+impl Named for ClientClass {
     fn name(&self) -> &str {
         &self.name
     }
@@ -168,6 +241,20 @@ fn service_changes(old_cfg: &Config, a: &Service, new_cfg: &Config, b: &Service)
         field("protocol", &a.protocol, &b.protocol),
         field("affinity", &a.affinity, &b.affinity),
         field("health check", opt(&a.health_check), opt(&b.health_check)),
+        field("policy", &policy_words(&a.policy), &policy_words(&b.policy)),
+        field(
+            "overprovisioning_factor",
+            &a.overprovisioning_factor,
+            &b.overprovisioning_factor,
+        ),
+        field("panic_threshold", &a.panic_threshold, &b.panic_threshold),
+        field("on_no_healthy", &a.on_no_healthy, &b.on_no_healthy),
+        field(
+            "max_ejection_percent",
+            &a.max_ejection_percent,
+            &b.max_ejection_percent,
+        ),
+        (a.latency != b.latency).then(|| "latency tuning".to_string()),
     ]
     .into_iter()
     .flatten()
@@ -331,6 +418,31 @@ backends = ["b1"]
                 "region us removed",
                 "health check tcp changed: settings",
                 "[dataplane] settings changed",
+            ]
+        );
+    }
+
+    #[test]
+    fn policies_dials_and_classes() {
+        let old = format!(
+            "{BASE}\n[[client_classes]]\nname = \"eu\"\nprefixes = [\"192.0.2.0/24\"]\nregions = [\"eu\"]\n"
+        );
+        let new = old
+            .replace("name = \"us\"\n", "name = \"us\"\ndial = 30\n")
+            .replace(
+                "prefixes = [\"192.0.2.0/24\"]",
+                "prefixes = [\"192.0.2.0/24\", \"198.51.100.0/24\"]\nallowed_regions = [\"eu\"]",
+            )
+            .replace(
+                "regions = [\"eu\"]\n\n[[services]]",
+                "regions = [\"eu\"]\npolicy = \"geo\"\nclasses = [\"eu\"]\non_no_healthy = \"drop\"\n\n[[services]]",
+            );
+        assert_eq!(
+            lines(&old, &new),
+            [
+                "service web changed: policy maglev -> geo (classes eu), on_no_healthy fail-open -> drop",
+                "region us changed: dial 100 -> 30",
+                "client class eu changed: allowed_regions any -> [eu], prefixes +1 -0 (now 2)",
             ]
         );
     }
