@@ -419,8 +419,23 @@ struct Scenario {
 }
 
 impl Scenario {
+    /// The config with a table of `ring` slots. Without IPv6 clients, the
+    /// IPv6 service "web6" is left out (it would only take time to plan).
     fn config(&self, ring: u32) -> Config {
-        let text = self.config.replace("RING", &ring.to_string());
+        let mut text = self.config.replace("RING", &ring.to_string());
+        let v6 = self
+            .groups
+            .iter()
+            .any(|g| g.clients.base.parse::<IpAddr>().is_ok_and(|a| a.is_ipv6()));
+        if !v6 {
+            let start = text
+                .find("\n[[services]]\nname = \"web6\"")
+                .expect("every config has web6");
+            let end = text[start + 1..]
+                .find("\n[[")
+                .map_or(text.len(), |i| start + 1 + i);
+            text.replace_range(start..end, "");
+        }
         Config::parse(&text).unwrap_or_else(|e| panic!("{}: config: {e}\n{text}", self.name))
     }
 }
@@ -452,8 +467,12 @@ const ALL: [&str; 12] = [
     "us-1", "us-2", "us-3", "us-4", "eu-1", "eu-2", "eu-3", "eu-4", "ap-1", "ap-2", "ap-3", "ap-4",
 ];
 
-/// The table size of the share tests: a slot is 0.024 % of the flows.
-const RING: u32 = 4_099;
+/// The table size of the share tests. A region's slots are a hash-chosen
+/// part of the table and its backends' Maglev ring splits that part, so a
+/// backend's share of the table varies by about 0.25 points at this size
+/// (0.1 in production's 65,537), besides the flows' own sampling (0.35
+/// points for a 50 % share over 20,000 flows).
+const RING: u32 = 16_381;
 
 // ----- weighted -------------------------------------------------------------
 
@@ -1408,8 +1427,12 @@ fn check_scenario(bench: &mut Bench, s: &Scenario) -> (f64, u64) {
                     "{what}: {name} got {pct:.2}%, expected {:.2}% ({got:?})",
                     100.0 * share
                 );
+                // Exactly nothing where nothing is expected; something
+                // wherever at least 0.5 % is (the 71 % row's 0.6 %).
                 if *share == 0.0 {
                     assert_eq!(n, 0, "{what}: {name} should get no flow");
+                } else if *share >= 0.005 {
+                    assert!(n > 0, "{what}: {name} got no flow");
                 }
                 w = w.max(dev);
             }
