@@ -1265,6 +1265,14 @@ fn residency_scenarios() -> Vec<Scenario> {
                 g(APAC4, regions(&[("ap-south", 1.0)])),
             ],
         );
+        // All of "two"'s allowed regions down while us-east is healthy:
+        // fail-open keeps it in eu-west and ap-south anyway.
+        s(
+            "fail-open: eu-west and ap-south down, us-east healthy",
+            cfg("", "", ""),
+            down(&ALL[4..]),
+            both(),
+        );
         s(
             "eu-west drained: gdpr fails closed, two to ap-south",
             cfg("", "", ""),
