@@ -77,7 +77,7 @@ pub fn class_of(cfg: &Config, client: IpAddr) -> Option<(u8, &ClientClass, Strin
     let mut best: Option<(u8, usize, String)> = None;
     for (i, c) in cfg.client_classes.iter().enumerate() {
         for p in &c.prefixes {
-            if contains(p.addr, p.len, client) && best.as_ref().is_none_or(|b| p.len > b.1 as u8) {
+            if contains(p.addr, p.len, client) && best.as_ref().is_none_or(|b| p.len > b.0) {
                 best = Some((p.len, i, format!("{}/{}", p.addr, p.len)));
             }
         }
@@ -694,5 +694,53 @@ policy = "latency"
         let mut h = Fnv::default();
         h.write(b"a");
         assert_eq!(h.finish(), 0xaf63_dc4c_8601_ec8c);
+    }
+
+    /// The longest prefix wins whatever the order of the classes: a /48
+    /// of the first class inside a /32 of a later one, and the reverse.
+    #[test]
+    fn class_of_takes_the_longest_prefix() {
+        let cfg = Config::parse(
+            r#"
+[dataplane]
+next_hop_mac = "02:00:00:00:00:fe"
+encap_source_v6 = "2001:db8:ffff::/112"
+
+[[regions]]
+name = "r"
+
+[[client_classes]]
+name = "inner6"
+prefixes = ["2001:db8:e1::/48", "198.51.0.0/16"]
+regions = ["r"]
+
+[[client_classes]]
+name = "outer"
+prefixes = ["2001:db8::/32", "198.0.0.0/8", "198.51.100.0/24"]
+regions = ["r"]
+"#,
+        )
+        .expect("valid");
+        let class = |a: &str| {
+            let (id, c, prefix) = class_of(&cfg, a.parse().expect("address")).expect("a class");
+            (id, c.name.clone(), prefix)
+        };
+        assert_eq!(
+            class("2001:db8:e1::7"),
+            (1, "inner6".into(), "2001:db8:e1::/48".into())
+        );
+        assert_eq!(
+            class("2001:db8:e2::7"),
+            (2, "outer".into(), "2001:db8::/32".into())
+        );
+        assert_eq!(
+            class("198.51.7.1"),
+            (1, "inner6".into(), "198.51.0.0/16".into())
+        );
+        assert_eq!(
+            class("198.51.100.1"),
+            (2, "outer".into(), "198.51.100.0/24".into())
+        );
+        assert!(class_of(&cfg, "10.0.0.1".parse().expect("address")).is_none());
     }
 }
