@@ -16,6 +16,7 @@
 #![allow(dead_code)] // the library half is for the demo and the e2e tests
 
 pub mod client;
+pub mod policy;
 pub mod procs;
 pub mod sys;
 pub mod topo;
