@@ -532,7 +532,7 @@ pub fn tier_spill(ctx: &Ctx) -> Result<String> {
     let _restore = Restore { lab: ctx.lab };
     let steer = Steer::start(ctx, &path)?;
     let from = v4_all();
-    let n = 4_000;
+    let n = SHARE_CONNECTIONS;
 
     let t = measure(ctx, topo::web(), &from, 1_000)?;
     check_regions(ctx, "all healthy", &t, &[("eu-west", 100.0)])?;
@@ -662,7 +662,7 @@ pub fn panic_mode(ctx: &Ctx) -> Result<String> {
     }
     let down: Vec<String> = ["eu1", "us1", "us2"].map(str::to_owned).to_vec();
     wait_health(&steer, "web", &down, Health::Down, limit)?;
-    let t = measure(ctx, topo::web(), &from, 4_000)?;
+    let t = measure(ctx, topo::web(), &from, SHARE_CONNECTIONS)?;
     let (e1, e2) = (t.host_share("eu1"), t.host_share("eu2"));
     ctx.say(format!(
         "eu1 (failing) + us1 + us2 down: {} of {} answered, {}; eu1 {e1:.2}%, eu2 {e2:.2}%, us-east {:.2}% \
@@ -697,7 +697,7 @@ pub fn panic_mode(ctx: &Ctx) -> Result<String> {
     ctx.lab.control("us2", "recover")?;
     let up: Vec<String> = ["us1", "us2"].map(str::to_owned).to_vec();
     wait_health(&steer, "web", &up, Health::Up, limit)?;
-    let t2 = measure(ctx, topo::web(), &from, 4_000)?;
+    let t2 = measure(ctx, topo::web(), &from, SHARE_CONNECTIONS)?;
     ctx.say(format!(
         "us-east back (NTH = 1, no panic): eu1 {:.2}%, eu2 {:.2}%, us-east {:.2}% (expected 0 / 70 / 30), {}",
         t2.host_share("eu1"),
@@ -1050,8 +1050,8 @@ pub fn latency(ctx: &Ctx) -> Result<String> {
     let ex = explain(&steer, from[0], topo::web())?;
     ctx.say(format!(
         "steer explain before:\n{}\nsteer explain after:\n{}",
-        explain_lines(&ex0, 14),
-        explain_lines(&ex, 14)
+        explain_lines(&ex0, 30),
+        explain_lines(&ex, 30)
     ));
     steer.stop()?;
     res?;
