@@ -498,7 +498,13 @@ pub fn ctl(to: SocketAddr, action: &str, timeout: Duration) -> Result<()> {
     let (method, path) = match action {
         "fail" | "recover" | "degrade" => ("POST", format!("/control/{action}")),
         "state" => ("GET", "/control/state".to_owned()),
-        _ => bail!("unknown action {action:?} (expected fail, recover, degrade or state)"),
+        a if a.starts_with("delay=") => (
+            "POST",
+            format!("/control/health-delay?ms={}", &a["delay=".len()..]),
+        ),
+        _ => {
+            bail!("unknown action {action:?} (expected fail, recover, degrade, state or delay=MS)")
+        }
     };
     let r = connect(None, to, timeout)
         .and_then(|s| request(s, method, to, &path))

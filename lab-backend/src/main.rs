@@ -212,7 +212,8 @@ enum Cmd {
     Ctl {
         #[arg(long, value_name = "ADDR:PORT")]
         to: SocketAddr,
-        /// fail, recover, degrade or state.
+        /// fail, recover, degrade, state, or delay=MS (the health
+        /// endpoints answer MS milliseconds late; delay=0 undoes it).
         action: String,
         #[arg(long, default_value_t = 2000)]
         timeout_ms: u64,

@@ -56,6 +56,9 @@ const MAX_STREAM: u64 = 256 * 1024 * 1024;
 const MAX_CONNECTIONS: usize = 4096;
 /// Idle keep-alive connections are closed after this.
 const IDLE: Duration = Duration::from_secs(30);
+/// Longest health-endpoint delay (`/control/health-delay?ms=N`): below
+/// any health check timeout one would use in the lab.
+const MAX_HEALTH_DELAY_MS: u64 = 10_000;
 
 pub struct Options {
     pub name: String,
@@ -83,6 +86,9 @@ pub struct Shared {
     name: String,
     region: String,
     health: AtomicU8,
+    /// Milliseconds the health endpoints wait before answering: a
+    /// region's latency, emulated (the lab's kernel has no netem).
+    health_delay_ms: AtomicU64,
     connections: AtomicUsize,
     pub counters: Counters,
 }
@@ -99,6 +105,7 @@ impl Shared {
             "backend": self.name,
             "region": self.region,
             "health": self.health().as_str(),
+            "health_delay_ms": self.health_delay_ms.load(Ordering::Relaxed),
             "http_requests": n(&c.http_requests),
             "health_probes": n(&c.health_probes),
             "streams_started": n(&c.streams_started),
@@ -148,6 +155,7 @@ pub fn serve(opts: Options) -> Result<()> {
         name: opts.name.clone(),
         region: opts.region.clone(),
         health: AtomicU8::new(Health::Healthy as u8),
+        health_delay_ms: AtomicU64::new(0),
         connections: AtomicUsize::new(0),
         counters: Counters::default(),
     });
@@ -297,6 +305,12 @@ fn service(
     }
     let health = shared.health();
     let failing = health == Health::Failed;
+    if matches!(target.path, "/alive" | "/ready" | "/health") {
+        let delay = shared.health_delay_ms.load(Ordering::Relaxed);
+        if delay > 0 {
+            thread::sleep(Duration::from_millis(delay));
+        }
+    }
     match target.path {
         "/" => {
             c.http_requests.fetch_add(1, Ordering::Relaxed);
@@ -410,6 +424,9 @@ fn control(
     close: bool,
     shared: &Shared,
 ) -> io::Result<bool> {
+    if target.path == "/control/health-delay" {
+        return health_delay(w, method, target, close, shared);
+    }
     let set = match target.path {
         "/control/fail" => Some(Health::Failed),
         "/control/recover" => Some(Health::Healthy),
@@ -448,6 +465,47 @@ fn control(
     }
     let body = shared.state_json().to_string();
     http::write_response(w, 200, "application/json", &[], body.as_bytes(), close)?;
+    Ok(true)
+}
+
+/// `POST /control/health-delay?ms=N`: the health endpoints answer N ms
+/// late from now on (0: at once), so that steer's probes measure N ms
+/// more round-trip time to this backend.
+fn health_delay(
+    w: &mut TcpStream,
+    method: &str,
+    target: &Target<'_>,
+    close: bool,
+    shared: &Shared,
+) -> io::Result<bool> {
+    if method != "POST" {
+        http::write_response(
+            w,
+            405,
+            "text/plain",
+            &[("Allow", "POST".to_owned())],
+            b"method not allowed\n",
+            close,
+        )?;
+        return Ok(true);
+    }
+    match target.param("ms").and_then(|v| v.parse::<u64>().ok()) {
+        Some(ms) if ms <= MAX_HEALTH_DELAY_MS => {
+            let before = shared.health_delay_ms.swap(ms, Ordering::Relaxed);
+            if before != ms {
+                println!(
+                    "{}: health endpoints delayed {before} ms -> {ms} ms (control)",
+                    shared.name
+                );
+            }
+            let body = shared.state_json().to_string();
+            http::write_response(w, 200, "application/json", &[], body.as_bytes(), close)?;
+        }
+        _ => {
+            let msg = format!("give the delay as ?ms=N with N from 0 to {MAX_HEALTH_DELAY_MS}\n");
+            http::write_response(w, 400, "text/plain", &[], msg.as_bytes(), close)?;
+        }
+    }
     Ok(true)
 }
 

@@ -1,8 +1,9 @@
 //! `cargo xtask demo`: steer in the lab (docs/lab.md) with real clients and
 //! backends. It builds steer, brings the lab up, starts `steer run` in the
 //! edge namespace, drives HTTP from the clients, shows live where the
-//! traffic goes, then fails a region, restores it, drains a backend and
-//! reloads new weights under long-lived streams, measuring each, and tears
+//! traffic goes, then fails a region, restores it, drains a backend,
+//! reloads new weights under long-lived streams, steers by client prefix
+//! (geo) and turns a region's traffic dial down, measuring each, and tears
 //! everything down ([`live`]).
 //!
 //! The earlier demo, which replays a synthetic capture through the XDP

@@ -12,10 +12,14 @@
 //! The thresholds come from the product issue and are not tunable here:
 //! weights within ±3 percentage points, failover within
 //! fall × interval + 1 s, no reset and no lost or corrupted byte across a
-//! reload, no lost UDP datagram across 20 reloads.
+//! reload, no lost UDP datagram across 20 reloads; for the region policies
+//! (the `policy-*` scenarios, [`policy_scenarios`]): shares within ±3
+//! points over 10,000 connections, failover per tier within
+//! fall × interval + 1 s, no residency violation, capacity within ±10 %.
 mod config;
 mod daemon;
 mod lifecycle;
+mod policy_scenarios;
 mod traffic;
 mod traffic_scenarios;
 
@@ -49,7 +53,7 @@ struct Scenario {
     run: fn(&Ctx) -> Result<String>,
 }
 
-const SCENARIOS: [Scenario; 11] = [
+const SCENARIOS: [Scenario; 18] = [
     Scenario {
         name: "distribution",
         budget: Duration::from_secs(120),
@@ -104,6 +108,41 @@ const SCENARIOS: [Scenario; 11] = [
         name: "bad-traffic",
         budget: Duration::from_secs(60),
         run: lifecycle::bad_traffic,
+    },
+    Scenario {
+        name: "policy-geo",
+        budget: Duration::from_secs(90),
+        run: policy_scenarios::geo,
+    },
+    Scenario {
+        name: "policy-dial",
+        budget: Duration::from_secs(90),
+        run: policy_scenarios::dial,
+    },
+    Scenario {
+        name: "policy-residency",
+        budget: Duration::from_secs(60),
+        run: policy_scenarios::residency,
+    },
+    Scenario {
+        name: "policy-tier-spill",
+        budget: Duration::from_secs(90),
+        run: policy_scenarios::tier_spill,
+    },
+    Scenario {
+        name: "policy-panic",
+        budget: Duration::from_secs(60),
+        run: policy_scenarios::panic_mode,
+    },
+    Scenario {
+        name: "policy-capacity",
+        budget: Duration::from_secs(60),
+        run: policy_scenarios::capacity,
+    },
+    Scenario {
+        name: "policy-latency",
+        budget: Duration::from_secs(60),
+        run: policy_scenarios::latency,
     },
 ];
 

@@ -16,6 +16,7 @@
 #![allow(dead_code)] // the library half is for the demo and the e2e tests
 
 pub mod client;
+pub mod policy;
 pub mod procs;
 pub mod sys;
 pub mod topo;
@@ -42,6 +43,8 @@ use crate::util::{describe, is_root, workspace_root};
 pub const PIN_DIR: &str = "/sys/fs/bpf/steer-lab";
 /// The lab's steer configuration.
 pub const CONFIG: &str = "examples/lab.toml";
+/// The same with the lab's client classes and geo steering on web and web6.
+pub const GEO_CONFIG: &str = "examples/lab-geo.toml";
 
 /// Runs `program args...` inside namespace `ns` (network namespace only;
 /// see [`command_in`]) and returns its output, killing it after `timeout`.
@@ -819,6 +822,34 @@ mod tests {
         for s in &cfg.services {
             assert_eq!(s.backends.len(), BACKENDS.len(), "{}", s.vip);
         }
+    }
+
+    /// examples/lab-geo.toml is examples/lab.toml with the lab's client
+    /// classes (`policy::GEO_CLASSES`) and geo steering on web and web6:
+    /// nothing else differs, so what docs/lab.md says of one holds for
+    /// the other.
+    #[test]
+    fn lab_geo_config_is_the_lab_config_with_classes() {
+        let read = |name: &str| -> toml::Table {
+            let text = fs::read_to_string(workspace_root().join(name)).unwrap();
+            toml::from_str(&text).unwrap()
+        };
+        let lab = read(CONFIG);
+        let mut geo = read(GEO_CONFIG);
+        let mut want = lab.clone();
+        policy::make_geo(&mut want, &["web", "web6"]).unwrap();
+        assert_eq!(geo, want);
+        geo.remove("client_classes");
+        for s in geo["services"].as_array().unwrap() {
+            let s = s.as_table().unwrap();
+            let name = s["name"].as_str().unwrap();
+            assert_eq!(
+                s.contains_key("policy"),
+                name == "web" || name == "web6",
+                "{name}"
+            );
+        }
+        steer_config::Config::load(&workspace_root().join(GEO_CONFIG)).unwrap();
     }
 
     #[test]

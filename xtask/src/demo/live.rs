@@ -19,7 +19,13 @@
 //!    requests while its streams complete. Reloads the config with new
 //!    weights while long streams run and checks that they all complete
 //!    intact and the shares move.
-//! 5. Tears everything down (also on error, panic or Ctrl-C) and fails if
+//! 5. Switches `web` and `web6` to geo steering over the lab's client
+//!    classes ([`lab::policy`]) by a reload and checks that each class's
+//!    new connections land in its first region; then turns eu-west's
+//!    traffic dial from 100 to 30 while long streams from the European
+//!    class run, and checks that about 70 % of that class's new
+//!    connections spill to us-east while the streams stay and complete.
+//! 6. Tears everything down (also on error, panic or Ctrl-C) and fails if
 //!    any check failed.
 use std::{
     collections::BTreeMap,
@@ -41,7 +47,11 @@ use steer_api::{BackendStatus, Health, StatusReport};
 use steer_config::parse_duration;
 
 use crate::{
-    lab::{self, procs, sys, topo, Lab, StreamReport, Streams, UpOptions},
+    lab::{
+        self,
+        policy::{self, GEO_CLASSES},
+        procs, sys, topo, Lab, StreamReport, Streams, UpOptions,
+    },
     signals,
     util::{describe, is_root, workspace_root},
 };
@@ -57,6 +67,12 @@ const HEAVY_WEIGHT: u32 = 300;
 /// drain reaches the maps when `steer drain` returns; this is slack for
 /// requests that were already being opened).
 const DRAIN_SLACK: Duration = Duration::from_millis(500);
+/// The region whose traffic dial the demo turns down, and to what.
+const DIAL_REGION: &str = "eu-west";
+const DIAL: i64 = 30;
+/// The demo's (not a test's) tolerance for a share over a few hundred
+/// requests: about three standard deviations.
+const DEMO_TOLERANCE_PP: f64 = 8.0;
 /// The redraw interval.
 const TICK: Duration = Duration::from_millis(500);
 
@@ -460,7 +476,9 @@ pub fn run() -> Result<()> {
          regions. Clients open HTTP connections to a VIP; steer picks a backend for each\n\
          new flow (Maglev), encapsulates the packets to it, and the backend answers the\n\
          client directly. The demo shows where the requests go, then fails a region,\n\
-         restores it, drains a backend and reloads new weights, and measures each.\n"
+         restores it, drains a backend and reloads new weights, then switches the VIPs\n\
+         to geo steering by client prefix and turns a region's traffic dial down, and\n\
+         measures each.\n"
     );
 
     super::replay::build_steer(&root)?;
@@ -539,6 +557,8 @@ impl Demo {
         self.failover()?;
         self.drain()?;
         self.reload()?;
+        self.geo()?;
+        self.dial()?;
         self.phase("done: stopping the clients");
         self.guard.stop_clients();
         Ok(())
@@ -936,7 +956,7 @@ impl Demo {
     // ----------------------------------------------------------- phases --
 
     fn baseline(&mut self) -> Result<()> {
-        self.phase("1/5 traffic through steer: every region, every backend");
+        self.phase("1/7 traffic through steer: every region, every backend");
         let p0 = self.phase_us;
         self.pause(Duration::from_secs(6))?;
         let s = self.stats_since(p0);
@@ -979,7 +999,7 @@ impl Demo {
     fn failover(&mut self) -> Result<()> {
         let hosts = Self::region_hosts(FAIL_REGION);
         let limit = self.timing.failover_limit();
-        self.phase(&format!("2/5 region {FAIL_REGION} fails its health checks"));
+        self.phase(&format!("2/7 region {FAIL_REGION} fails its health checks"));
         self.pause(Duration::from_secs(1))?;
         self.view.event(format!(
             "POST /control/fail to {} ({FAIL_REGION}): /health answers 503 from now on;\n\
@@ -1040,7 +1060,7 @@ impl Demo {
         self.pause(Duration::from_secs(3))?;
 
         // Restore.
-        self.phase(&format!("3/5 region {FAIL_REGION} recovers"));
+        self.phase(&format!("3/7 region {FAIL_REGION} recovers"));
         let t_rec = now_us();
         let late: Vec<u64> = self
             .starts(&hosts, t_fail, t_rec)
@@ -1165,7 +1185,7 @@ impl Demo {
     }
 
     fn drain(&mut self) -> Result<()> {
-        self.phase("4/5 drain a backend that has long streams open");
+        self.phase("4/7 drain a backend that has long streams open");
         let s = self.streams();
         let started = Instant::now();
         let running = self.lab.start_streams(&s)?;
@@ -1252,7 +1272,7 @@ impl Demo {
     fn reload(&mut self) -> Result<()> {
         let hosts = Self::region_hosts(HEAVY_REGION);
         self.phase(&format!(
-            "5/5 reload: {HEAVY_REGION} weight {HEAVY_WEIGHT} while long streams run"
+            "5/7 reload: {HEAVY_REGION} weight {HEAVY_WEIGHT} while long streams run"
         ));
         let s = self.streams();
         let started = Instant::now();
@@ -1314,6 +1334,211 @@ impl Demo {
             format!(
                 "{}/{} streams intact; {HEAVY_REGION} {b:.0}% → {a:.0}% (expected {expect:.0}%)",
                 report.ok, report.streams
+            ),
+        );
+        Ok(())
+    }
+
+    // -------------------------------------------------- region policies --
+
+    /// Requests started at or after `from_us`, per client class (the lab's
+    /// classes, [`policy::GEO_CLASSES`]) and region.
+    fn class_regions(&self, from_us: u64) -> BTreeMap<&'static str, BTreeMap<&'static str, u64>> {
+        let mut m: BTreeMap<&'static str, BTreeMap<&'static str, u64>> = BTreeMap::new();
+        if let Ok(f) = self.feed.lock() {
+            for r in f.reqs.iter().filter(|r| r.start_us >= from_us) {
+                let (Some(src), Some(b)) = (r.src, r.backend.as_deref()) else {
+                    continue;
+                };
+                let (Some(c), Some(region)) = (policy::class_of(src), policy::region_of(b)) else {
+                    continue;
+                };
+                *m.entry(c.name).or_default().entry(region).or_default() += 1;
+            }
+        }
+        m
+    }
+
+    /// Rewrites the demo's config with `edit` and reloads steer.
+    fn edit_and_reload(
+        &mut self,
+        what: &str,
+        edit: impl FnOnce(&mut toml::Table) -> Result<()>,
+    ) -> Result<u64> {
+        let text = fs::read_to_string(&self.config)?;
+        let mut t: toml::Table =
+            toml::from_str(&text).with_context(|| format!("parsing {}", self.config.display()))?;
+        edit(&mut t)?;
+        fs::write(
+            &self.config,
+            format!(
+                "# A copy of {} written by `cargo xtask demo` and changed by its\n\
+                 # phases (weights, geo steering, a traffic dial).\n{}",
+                lab::CONFIG,
+                toml::to_string(&t)?
+            ),
+        )?;
+        self.view
+            .event(format!("{}: {what}", self.rel(&self.config)));
+        let t_reload = now_us();
+        let msg = self.steer(&["reload"])?;
+        self.view.event(format!("steer reload: {}", msg.trim()));
+        Ok(t_reload)
+    }
+
+    /// One line per class: where its requests went.
+    fn class_lines(&mut self, m: &BTreeMap<&'static str, BTreeMap<&'static str, u64>>) {
+        for c in &GEO_CLASSES {
+            let per = m.get(c.name).cloned().unwrap_or_default();
+            let total: u64 = per.values().sum();
+            let cells: Vec<String> = topo::REGIONS
+                .iter()
+                .map(|r| {
+                    let n = per.get(r).copied().unwrap_or(0);
+                    format!("{r} {:.0}%", 100.0 * n as f64 / total.max(1) as f64)
+                })
+                .collect();
+            self.view.event(format!(
+                "  class {:<8} ({} + {}): {total} requests: {}",
+                c.name,
+                c.v4,
+                c.v6,
+                cells.join(", ")
+            ));
+        }
+    }
+
+    fn share_of(
+        m: &BTreeMap<&'static str, BTreeMap<&'static str, u64>>,
+        class: &str,
+        region: &str,
+    ) -> (f64, u64) {
+        let per = m.get(class).cloned().unwrap_or_default();
+        let total: u64 = per.values().sum();
+        let n = per.get(region).copied().unwrap_or(0);
+        (100.0 * n as f64 / total.max(1) as f64, total)
+    }
+
+    fn geo(&mut self) -> Result<()> {
+        self.phase("6/7 geo steering: each client prefix to its own region");
+        for c in &GEO_CLASSES {
+            self.view.event(format!(
+                "class {:<8} {} + {} -> [{}]",
+                c.name,
+                c.v4,
+                c.v6,
+                c.regions.join(", ")
+            ));
+        }
+        let t_reload = self.edit_and_reload(
+            "[[client_classes]] europe, americas, apac; web and web6: policy = \"geo\"",
+            |t| policy::make_geo(t, &["web", "web6"]),
+        )?;
+        self.pause(Duration::from_secs(6))?;
+        let m = self.class_regions(t_reload + 300_000);
+        self.class_lines(&m);
+        let mut cells = Vec::new();
+        for c in &GEO_CLASSES {
+            let (share, n) = Self::share_of(&m, c.name, c.regions[0]);
+            self.check(
+                n > 0 && share >= 100.0 - DEMO_TOLERANCE_PP,
+                format!(
+                    "geo: class {} -> {} for {share:.1}% of its {n} new connections (expected 100%)",
+                    c.name, c.regions[0]
+                ),
+            );
+            cells.push(format!("{} → {} {share:.0}%", c.name, c.regions[0]));
+        }
+        self.note(
+            "geo",
+            format!("{} (of each class's new connections)", cells.join(", ")),
+        );
+        Ok(())
+    }
+
+    fn dial(&mut self) -> Result<()> {
+        self.phase(&format!(
+            "7/7 traffic dial: {DIAL_REGION} 100 -> {DIAL} while long streams run"
+        ));
+        let eu = GEO_CLASSES
+            .iter()
+            .find(|c| c.regions[0] == DIAL_REGION)
+            .copied()
+            .ok_or_else(|| anyhow!("no class prefers {DIAL_REGION}"))?;
+        let next = eu.regions[1];
+        let mut s = self.streams();
+        s.from = policy::class_addrs(&eu, false);
+        s.streams = 8;
+        let started = Instant::now();
+        let running = self.lab.start_streams(&s)?;
+        self.view.event(format!(
+            "{} long streams from class {} (to {DIAL_REGION}, ~{:.0}s)",
+            s.streams,
+            eu.name,
+            s.duration().as_secs_f64()
+        ));
+        self.pause(Duration::from_secs(2))?;
+        let t_reload = self
+            .edit_and_reload(&format!("[[regions]] {DIAL_REGION}: dial = {DIAL}"), |t| {
+                policy::set_region(t, DIAL_REGION, "dial", toml::Value::Integer(DIAL))
+            })?;
+        self.view.event(format!(
+            "class {} keeps {DIAL}% in {DIAL_REGION}; the other {}% spill to the next region of its order, {next}",
+            eu.name,
+            100 - DIAL
+        ));
+        let rest = (s.duration() + Duration::from_secs(2)).saturating_sub(started.elapsed());
+        self.pause(rest.max(Duration::from_secs(6)))?;
+        let report = running.wait()?;
+        let moved = report
+            .results
+            .iter()
+            .filter(|r| r.backend.as_deref().and_then(policy::region_of) != Some(DIAL_REGION))
+            .count();
+        self.check_streams(&report, "across the dial change");
+        self.check(
+            moved == 0,
+            format!(
+                "established streams stayed in {DIAL_REGION}: {} of {}",
+                report.results.len() - moved,
+                report.results.len()
+            ),
+        );
+        let m = self.class_regions(t_reload + 300_000);
+        self.class_lines(&m);
+        let (kept, n) = Self::share_of(&m, eu.name, DIAL_REGION);
+        let (spilled, _) = Self::share_of(&m, eu.name, next);
+        let want = DIAL as f64;
+        self.check(
+            n > 0
+                && (kept - want).abs() <= DEMO_TOLERANCE_PP
+                && (spilled - (100.0 - want)).abs() <= DEMO_TOLERANCE_PP,
+            format!(
+                "dial {DIAL}: class {} {DIAL_REGION} {kept:.1}% / {next} {spilled:.1}% of {n} new connections \
+                 (expected {want:.0} / {:.0})",
+                eu.name,
+                100.0 - want
+            ),
+        );
+        for c in GEO_CLASSES.iter().filter(|c| c.name != eu.name) {
+            let (share, n) = Self::share_of(&m, c.name, c.regions[0]);
+            self.check(
+                n > 0 && share >= 100.0 - DEMO_TOLERANCE_PP,
+                format!(
+                    "dial {DIAL}: class {} unaffected, {share:.1}% in {} ({n} new connections)",
+                    c.name, c.regions[0]
+                ),
+            );
+        }
+        self.note(
+            "dial",
+            format!(
+                "{DIAL_REGION} dial {DIAL}: class {} {kept:.0}% {DIAL_REGION} / {spilled:.0}% {next} \
+                 (expected {want:.0} / {:.0}); {}/{} streams stayed and completed",
+                eu.name,
+                100.0 - want,
+                report.ok,
+                report.streams
             ),
         );
         Ok(())
