@@ -271,7 +271,7 @@ pub fn explain(cfg: &Config, planned: &Planned, q: FlowQuery, ct: Conntrack) -> 
                     "the service's default order (the client's class is not listed)"
                 }
                 (Policy::Latency, _) => {
-                    "ranked by measured round-trip time (see rtt below), else configured"
+                    "ranked by measured round-trip time (see rtt below); until measured, as configured"
                 }
                 (Policy::Failover { .. }, _) => "the failover tiers",
                 (Policy::Weighted { .. }, _) => {
@@ -281,6 +281,24 @@ pub fn explain(cfg: &Config, planned: &Planned, q: FlowQuery, ct: Conntrack) -> 
             };
             let order: Vec<&str> = d.order.iter().map(|&i| name(i)).collect();
             lines.push(format!("order       {} ({why})", order.join(", ")));
+            if matches!(svc.policy, Policy::Latency) {
+                let rtts: Vec<String> = e
+                    .input
+                    .regions
+                    .iter()
+                    .map(|r| match planned.rtt.get(&r.name) {
+                        Some(d) => format!("{} {:.1} ms", r.name, d.as_secs_f64() * 1000.0),
+                        None => format!("{} not measured", r.name),
+                    })
+                    .collect();
+                lines.push(format!(
+                    "rtt         {} (a new ranking must be {}% and {} better for {})",
+                    rtts.join(", "),
+                    svc.latency.margin_percent,
+                    steer_config::format_duration(svc.latency.margin_min),
+                    steer_config::format_duration(svc.latency.dwell)
+                ));
+            }
             if let Some(a) = &d.allowed {
                 let allowed: Vec<&str> = a.iter().map(|&i| name(i)).collect();
                 lines.push(format!(

@@ -60,6 +60,9 @@ pub struct Planned {
     /// One per entry of `services`, in the same order.
     pub plans: Vec<ServicePlan>,
     pub classes: Arc<DesiredClasses>,
+    /// The measured round-trip times the plan was made with (for
+    /// `steer explain` of latency services).
+    pub rtt: BTreeMap<String, Duration>,
 }
 
 impl Planned {
@@ -178,6 +181,7 @@ pub fn plan_from(cfg: &Config, rt: &Runtime, prev: Option<&Planned>) -> Planned 
         services,
         plans,
         classes: Arc::new(regions::desired_classes(cfg)),
+        rtt: rt.rtt.clone(),
     }
 }
 
