@@ -101,6 +101,7 @@ mod compose;
 mod decide;
 pub mod latency;
 mod model;
+pub mod shift;
 
 pub use compose::{compose, explain_slot, Hop, HopAction, SlotPath};
 pub use decide::decide;
