@@ -102,6 +102,7 @@ mod decide;
 pub mod latency;
 mod model;
 pub mod shift;
+pub mod slowstart;
 
 pub use compose::{compose, explain_slot, Hop, HopAction, SlotPath};
 pub use decide::decide;
