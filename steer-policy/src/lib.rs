@@ -101,6 +101,7 @@ mod compose;
 mod decide;
 pub mod latency;
 mod model;
+pub mod outlier;
 pub mod shift;
 pub mod slowstart;
 
