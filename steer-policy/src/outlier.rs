@@ -113,7 +113,7 @@ pub struct Observation<'a> {
 }
 
 /// What an evaluation did.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum OutlierEvent {
     Ejected {
         backend: String,
@@ -174,6 +174,53 @@ impl std::fmt::Display for OutlierEvent {
     }
 }
 
+/// New flows and repeated SYNs over a sliding window, from the data
+/// plane's cumulative counters sampled at each tick. Also usable alone,
+/// for example for a region's passive failure signal in a
+/// [`crate::shift::Signals`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CounterWindow {
+    /// (time, new flows, repeated SYNs): cumulative samples, oldest first.
+    samples: VecDeque<(UnixMillis, u64, u64)>,
+}
+
+impl CounterWindow {
+    /// Adds the counters at `now` and drops the samples older than
+    /// `window_ms`. A counter that goes backwards (a reset) or a clock
+    /// that goes backwards restarts the window.
+    pub fn push(&mut self, now: UnixMillis, new_flows: u64, repeated_syns: u64, window_ms: u64) {
+        if self
+            .samples
+            .back()
+            .is_some_and(|&(t, n, r)| now < t || new_flows < n || repeated_syns < r)
+        {
+            self.samples.clear();
+        }
+        self.samples.push_back((now, new_flows, repeated_syns));
+        let from = now.saturating_sub(window_ms);
+        while self.samples.front().is_some_and(|&(t, _, _)| t < from) {
+            self.samples.pop_front();
+        }
+    }
+
+    /// New flows and repeated SYNs between the oldest sample in the
+    /// window and the newest.
+    pub fn counts(&self) -> (u64, u64) {
+        match (self.samples.front(), self.samples.back()) {
+            (Some(a), Some(b)) => (b.1.saturating_sub(a.1), b.2.saturating_sub(a.2)),
+            _ => (0, 0),
+        }
+    }
+
+    /// Starts the window afresh from the newest sample: only what the
+    /// counters add from now on counts.
+    pub fn restart(&mut self) {
+        let last = self.samples.back().copied();
+        self.samples.clear();
+        self.samples.extend(last);
+    }
+}
+
 /// One backend's ejection state.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BackendOutlier {
@@ -183,25 +230,9 @@ pub struct BackendOutlier {
     pub ejected_until: Option<UnixMillis>,
     /// When it last returned (for the decay of `ejections`).
     pub returned_at: Option<UnixMillis>,
-    /// (time, new flows, repeated SYNs): cumulative samples in the window.
+    /// Its counts; not persisted (after a restart the window refills).
     #[serde(skip)]
-    samples: VecDeque<(UnixMillis, u64, u64)>,
-}
-
-impl BackendOutlier {
-    /// New flows and repeated SYNs in the window.
-    pub fn window(&self) -> (u64, u64) {
-        match (self.samples.front(), self.samples.back()) {
-            (Some(a), Some(b)) => (b.1.saturating_sub(a.1), b.2.saturating_sub(a.2)),
-            _ => (0, 0),
-        }
-    }
-
-    fn restart_window(&mut self) {
-        let last = self.samples.back().copied();
-        self.samples.clear();
-        self.samples.extend(last);
-    }
+    pub window: CounterWindow,
 }
 
 /// The outlier state of one service's backends, by name.
@@ -225,22 +256,12 @@ impl Outliers {
         let mut events = Vec::new();
         for o in obs {
             let b = self.backends.entry(o.backend.to_string()).or_default();
-            if b.samples
-                .back()
-                .is_some_and(|&(t, n, r)| now < t || o.new_flows < n || o.repeated_syns < r)
-            {
-                // A counter reset or a clock going backwards.
-                b.samples.clear();
-            }
-            b.samples.push_back((now, o.new_flows, o.repeated_syns));
-            let from = now.saturating_sub(cfg.window_ms);
-            while b.samples.front().is_some_and(|&(t, _, _)| t < from) {
-                b.samples.pop_front();
-            }
+            b.window
+                .push(now, o.new_flows, o.repeated_syns, cfg.window_ms);
             if b.ejected_until.is_some_and(|u| u <= now) {
                 b.ejected_until = None;
                 b.returned_at = Some(now);
-                b.restart_window();
+                b.window.restart();
                 events.push(OutlierEvent::Returned {
                     backend: o.backend.to_string(),
                     at: now,
@@ -256,7 +277,7 @@ impl Outliers {
             .iter()
             .filter(|o| !o.down && !self.is_ejected(o.backend))
             .filter_map(|o| {
-                let (n, r) = self.backends[o.backend].window();
+                let (n, r) = self.backends[o.backend].window.counts();
                 (n > 0
                     && n >= cfg.min_new_flows
                     && r as f64 / n as f64 > cfg.max_repeated_syn_ratio)
@@ -295,7 +316,7 @@ impl Outliers {
             b.ejections = n;
             let until = now.saturating_add(cfg.ejection_ms(n));
             b.ejected_until = Some(until);
-            b.restart_window();
+            b.window.restart();
             out += 1;
             events.push(OutlierEvent::Ejected {
                 backend: name.to_string(),

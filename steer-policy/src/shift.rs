@@ -69,6 +69,21 @@
 //! clock has kept running during the restart. A clock that goes backwards
 //! counts as no time passing.
 //!
+//! # With the rest of the engine
+//!
+//! Per (service, class) table, with `svc` the service's inputs after
+//! health checks and [`crate::outlier::Outliers::apply`]:
+//!
+//! ```text
+//! let d = decide(&svc, &class);                           // shares
+//! let ramped = slow_start.ramped(&ss_cfg, &svc, now);     // weights only
+//! let mut table = compose(&ramped, &d, ring_size);
+//! apply_shift(&ramped, &d, &mut table, a, b, shift.percent() as f64);
+//! ```
+//!
+//! `apply_shift` takes the same service as `compose`, so a moved slot gets
+//! the backend of B that B's own ring (slow start included) gives it.
+//!
 //! # Residency
 //!
 //! A shift never moves a residency class's flows outside its allowed
@@ -275,7 +290,7 @@ pub enum State {
 
 /// What a tick or an operation did. Stages are indexes into
 /// [`Plan::stages`].
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Event {
     Advanced {
         stage: usize,

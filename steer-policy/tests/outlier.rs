@@ -4,7 +4,7 @@ mod common;
 
 use common::cases::ordered;
 use common::*;
-use steer_policy::outlier::{Observation, OutlierConfig, OutlierEvent, Outliers};
+use steer_policy::outlier::{CounterWindow, Observation, OutlierConfig, OutlierEvent, Outliers};
 
 const T0: u64 = 1_796_000_000_000;
 const S: u64 = 1_000;
@@ -133,7 +133,7 @@ fn at_the_threshold_or_with_old_failures_nothing_is_ejected() {
         t += S;
         assert!(o.evaluate(&c, t, &p.obs()).is_empty());
     }
-    assert_eq!(o.backends["b2"].window(), (40, 12));
+    assert_eq!(o.backends["b2"].window.counts(), (40, 12));
 }
 
 #[test]
@@ -345,7 +345,7 @@ fn counter_resets_and_removed_backends() {
     let mut q = Plane::new(10);
     q.second(10, &[(2, 1)]);
     assert!(o.evaluate(&c, T0 + S, &q.obs()).is_empty());
-    assert_eq!(o.backends["b2"].window(), (0, 0));
+    assert_eq!(o.backends["b2"].window.counts(), (0, 0));
     q.second(10, &[(2, 9)]);
     q.second(10, &[(2, 9)]);
     let ev = o.evaluate(&c, T0 + 2 * S, &q.obs());
@@ -399,4 +399,31 @@ fn ejection_survives_a_restart_and_apply_marks_it_unhealthy() {
             at: T0 + 31 * S
         }]
     );
+}
+
+#[test]
+fn the_counter_window_slides_and_restarts() {
+    let mut w = CounterWindow::default();
+    assert_eq!(w.counts(), (0, 0));
+    w.push(T0, 100, 10, 10 * S);
+    w.push(T0 + 5 * S, 150, 12, 10 * S);
+    assert_eq!(w.counts(), (50, 2));
+    // The sample at T0 is exactly 10 s old: still the window's start.
+    w.push(T0 + 10 * S, 170, 20, 10 * S);
+    assert_eq!(w.counts(), (70, 10));
+    // One millisecond later it is gone: the start is T0 + 5 s.
+    w.push(T0 + 10 * S + 1, 170, 20, 10 * S);
+    assert_eq!(w.counts(), (20, 8));
+    w.restart();
+    assert_eq!(w.counts(), (0, 0));
+    w.push(T0 + 11 * S, 171, 21, 10 * S);
+    assert_eq!(w.counts(), (1, 1));
+    // A reset counter restarts the window rather than underflowing.
+    w.push(T0 + 12 * S, 3, 0, 10 * S);
+    assert_eq!(w.counts(), (0, 0));
+    // So does a clock going backwards.
+    w.push(T0 + 13 * S, 10, 5, 10 * S);
+    assert_eq!(w.counts(), (7, 5));
+    w.push(T0, 11, 5, 10 * S);
+    assert_eq!(w.counts(), (0, 0));
 }
