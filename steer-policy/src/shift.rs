@@ -11,11 +11,15 @@
 //! see [`apply_shift`]). Established flows never move: the data plane's
 //! conntrack keeps them on their backend.
 //!
-//! This is AWS CodeDeploy's `TimeBasedCanary` (one stage, then 100 %) and
-//! `TimeBasedLinear` (equal steps) generalised to any increasing list, and
-//! Argo Rollouts' canary `steps: [setWeight: N, pause: {duration}]` or
-//! Flagger's `stepWeights` with one `interval`. Unlike Route 53 weighted
-//! records, a stage takes effect on the next new flow: no TTL to wait for.
+//! How this maps to the systems operators know:
+//!
+//! | System | Their form | Here | Differences |
+//! |---|---|---|---|
+//! | AWS CodeDeploy | `TimeBasedCanary {canaryPercentage, canaryInterval}` | [`canary_stages`]: `[p, 100]` | CodeDeploy shifts a whole deployment; its rollback is a new deployment of the last good revision, here the shift goes back to 0 % at once |
+//! | AWS CodeDeploy | `TimeBasedLinear {linearPercentage, linearInterval}` | [`linear_stages`]: `[p, 2p, ..., 100]` | as above; CodeDeploy's alarms (CloudWatch, threshold over N periods) are one trigger kind here ([`Triggers::analysis`]) |
+//! | Argo Rollouts | canary `steps: [setWeight: N, pause: {duration}]` with background analysis | any increasing `stages`, one `hold` | Argo aborts to weight 0 when an AnalysisRun fails after `failureLimit` failures and pauses on Inconclusive; here the caller decides when a verdict is a failure, and an unknown verdict does nothing |
+//! | Flagger | `stepWeights` (or `stepWeight`/`maxWeight`), `interval`, `threshold` | `stages`, `hold` | Flagger rolls back after `threshold` failed checks (about `interval × threshold`); here the first tick that sees a trigger rolls back |
+//! | Route 53 | weighted records shifted by a script | `stages`, `hold` | Route 53 decides per DNS answer and waits on TTLs and resolver caches; here a stage takes effect on the next new flow, per flow, and established flows stay |
 //!
 //! # States
 //!
@@ -36,8 +40,8 @@
 //!   tick, it does not skip stages).
 //! - [`State::Paused`]: the stage's percentage still applies, its hold
 //!   clock is stopped ([`State::Paused::remaining_hold_ms`]); rollback
-//!   triggers are still checked (Argo Rollouts keeps analysing a paused
-//!   rollout too).
+//!   triggers are still checked (as Argo Rollouts' background analysis
+//!   runs through pause steps).
 //! - [`State::RolledBack`] and [`State::Aborted`]: back to the pre-shift
 //!   state at once (0 %). Terminal.
 //!
@@ -376,6 +380,24 @@ pub enum PlanError {
         from: String,
         to: String,
     },
+}
+
+/// CodeDeploy's `TimeBasedCanary`: `percent`, then 100 (just `[100]` for
+/// 100 or more; 0 counts as 1).
+pub fn canary_stages(percent: u8) -> Vec<u8> {
+    match percent.clamp(1, 100) {
+        100 => vec![100],
+        p => vec![p, 100],
+    }
+}
+
+/// CodeDeploy's `TimeBasedLinear`: `step`, `2 × step`, ... and 100 last
+/// (0 counts as 1).
+pub fn linear_stages(step: u8) -> Vec<u8> {
+    let step = step.clamp(1, 100);
+    let mut out: Vec<u8> = (1..).map(|k| k * step).take_while(|&p| p < 100).collect();
+    out.push(100);
+    out
 }
 
 /// Checks a plan without starting it (for `steer check` and `shift start`).

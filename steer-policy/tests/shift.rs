@@ -6,8 +6,8 @@ mod common;
 use common::cases::{ordered, weighted};
 use common::*;
 use steer_policy::shift::{
-    apply_shift, check_plan, Event, NotShifted, Plan, PlanContext, PlanError, ResidencyClass,
-    RollbackReason, Shift, Signals, State, Triggers, Verdict,
+    apply_shift, canary_stages, check_plan, linear_stages, Event, NotShifted, Plan, PlanContext,
+    PlanError, ResidencyClass, RollbackReason, Shift, Signals, State, Triggers, Verdict,
 };
 use steer_policy::{compose, decide, ClassIn, PolicyIn};
 
@@ -740,5 +740,26 @@ fn replayed_flows_follow_each_stage() {
                 assert_eq!(after[f], before[f]);
             }
         }
+    }
+}
+
+#[test]
+fn codedeploy_canary_and_linear_stages() {
+    assert_eq!(canary_stages(10), vec![10, 100]);
+    assert_eq!(canary_stages(100), vec![100]);
+    assert_eq!(canary_stages(0), vec![1, 100]);
+    assert_eq!(
+        linear_stages(10),
+        vec![10, 20, 30, 40, 50, 60, 70, 80, 90, 100]
+    );
+    assert_eq!(linear_stages(30), vec![30, 60, 90, 100]);
+    assert_eq!(linear_stages(50), vec![50, 100]);
+    assert_eq!(linear_stages(100), vec![100]);
+    assert_eq!(linear_stages(200), vec![100]);
+    assert_eq!(linear_stages(0).len(), 100);
+    for stages in [canary_stages(25), linear_stages(7), linear_stages(1)] {
+        let mut p = plan();
+        p.stages = stages;
+        assert!(check_plan(&p, &ctx()).is_ok(), "{:?}", p.stages);
     }
 }
