@@ -763,3 +763,73 @@ fn codedeploy_canary_and_linear_stages() {
         assert!(check_plan(&p, &ctx()).is_ok(), "{:?}", p.stages);
     }
 }
+
+/// Outlier ejection, slow start, compose and the shift step together, as
+/// the daemon would chain them: an ejected backend of B takes no shifted
+/// slot, a ramping one takes its step's share, and once the ejection ends
+/// the returned backend starts its ramp.
+#[test]
+fn the_pieces_fit_together() {
+    use steer_policy::outlier::{Observation, OutlierConfig, OutlierEvent, Outliers};
+    use steer_policy::slowstart::{SlowStart, SlowStartConfig};
+    let svc = ordered(&[r("a", 10, 10), r("b", 10, 10)]);
+    let of = region_of(&svc);
+    let names: Vec<String> = svc
+        .regions
+        .iter()
+        .flat_map(|r| r.backends.iter().map(|b| b.name.clone()))
+        .collect();
+    let ocfg = OutlierConfig::default();
+    let scfg = SlowStartConfig {
+        window_ms: 10_000,
+        min_weight_percent: 10,
+        steps: 10,
+    };
+    let mut outliers = Outliers::default();
+    let mut slow = SlowStart::default();
+    // b's backend 3 (index 13) black-holes its new flows.
+    let obs = |flows: u64, bad: u64| -> Vec<Observation<'_>> {
+        names
+            .iter()
+            .map(|n| Observation {
+                backend: n,
+                new_flows: flows,
+                repeated_syns: if n == "b-backend-3" { bad } else { 0 },
+                down: false,
+            })
+            .collect()
+    };
+    outliers.evaluate(&ocfg, T0, &obs(0, 0));
+    let ev = outliers.evaluate(&ocfg, T0 + 1_000, &obs(50, 40));
+    assert!(matches!(&ev[..], [OutlierEvent::Ejected { backend, .. }] if backend == "b-backend-3"));
+    // b's backend 5 (index 15) just came up: ramping, step 3 of 10.
+    slow.begin("b-backend-5", T0 - 2_000);
+    let now = T0 + 1_000;
+    assert_eq!(slow.step(&scfg, "b-backend-5", now), 3);
+
+    let mut view = svc.clone();
+    outliers.apply(&mut view);
+    let d = decide(&view, &default_class());
+    let ramped = slow.ramped(&scfg, &view, now);
+    let before = compose(&ramped, &d, RING);
+    let mut after = before.clone();
+    let moved = apply_shift(&ramped, &d, &mut after, 0, 1, 25.0).unwrap();
+    // A takes everything before the shift; 25 % of it moves.
+    assert_eq!(table_shares(&svc, &before)[0], 1.0);
+    assert_eq!(moved, (RING as f64 * 0.25).round() as usize);
+    let on = |i: u32| after.iter().filter(|&&v| v == i).count() as f64 / moved as f64;
+    assert_eq!(on(13), 0.0, "the ejected backend takes no shifted flow");
+    // 8 backends at 10 steps, the ramping one at 3: 3 / 83 of B's slots.
+    assert!((on(15) - 3.0 / 83.0).abs() < 0.01, "{}", on(15));
+    assert!(after.iter().all(|&v| of[v as usize] <= 1));
+
+    // The ejection ends; the returned backend starts its slow start.
+    let back = outliers.next_return().unwrap();
+    for e in outliers.evaluate(&ocfg, back, &obs(50, 40)) {
+        if let OutlierEvent::Returned { backend, at } = e {
+            slow.begin(&backend, at);
+        }
+    }
+    assert!(!outliers.is_ejected("b-backend-3"));
+    assert_eq!(slow.step(&scfg, "b-backend-3", back), 1);
+}
