@@ -101,6 +101,9 @@ mod compose;
 mod decide;
 pub mod latency;
 mod model;
+pub mod outlier;
+pub mod shift;
+pub mod slowstart;
 
 pub use compose::{compose, explain_slot, Hop, HopAction, SlotPath};
 pub use decide::decide;
