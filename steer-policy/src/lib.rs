@@ -94,6 +94,12 @@
 //! backends of every (allowed, undrained) region; dials, capacity and panic
 //! do not apply, `on_no_healthy` does (fail-open: all backends of every
 //! region by weight).
+//!
+//! Also here, pure and tested with a fake clock, but not yet used by the
+//! daemon (the staged-shift issue wires them in): [`shift`] (staged
+//! traffic shifts with rollback triggers), [`outlier`] (ejection on the
+//! repeated-SYN ratio, capped by `max_ejection_percent`) and [`slowstart`]
+//! (a backend's weight ramped after it comes up).
 #![forbid(unsafe_code)]
 
 pub mod capacity;
