@@ -25,6 +25,6 @@ pub use client::{
 };
 pub use protocol::{
     Affinity, BackendStatus, Health, InterfaceStatus, RegionMeasure, RegionShare, Request,
-    Response, ServiceStatus, StatusReport, TableStatus, MAX_REQUEST_BYTES,
+    Response, ServiceStatus, ShiftReport, StatusReport, TableStatus, MAX_REQUEST_BYTES,
 };
-pub use table::render_status_table;
+pub use table::{render_status_table, shift_line};

@@ -65,6 +65,33 @@ pub enum Request {
     /// Stop the daemon. With `detach`, leave the XDP program attached and its
     /// maps pinned so that traffic keeps flowing.
     Stop { detach: bool },
+    /// Start a staged shift of `service`'s new flows from region `from` to
+    /// region `to` (`steer shift start`): `stages` are percentages of
+    /// `from`'s new flows, each held `hold_ms` milliseconds. Rolls back
+    /// when `to`'s healthy fraction falls below `min_healthy` (0..=1), or
+    /// with `over_capacity`, when `to`'s new-flow rate exceeds its capacity.
+    ShiftStart {
+        service: String,
+        from: String,
+        to: String,
+        stages: Vec<u8>,
+        hold_ms: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        min_healthy: Option<f64>,
+        over_capacity: bool,
+    },
+    /// The shifts in force (`service`: only that service's). Read-only.
+    ShiftStatus {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        service: Option<String>,
+    },
+    /// Stop a running shift's hold clock; its percentage stays.
+    ShiftPause { service: String },
+    /// Restart a paused shift's hold clock where it stopped.
+    ShiftResume { service: String },
+    /// Stop a shift and go back to the pre-shift state (0 %) at once; on a
+    /// finished shift, forget it (a completed one stops applying).
+    ShiftAbort { service: String },
 }
 
 impl Request {
@@ -78,13 +105,22 @@ impl Request {
             Request::Explain { .. } => "explain",
             Request::Reload => "reload",
             Request::Stop { .. } => "stop",
+            Request::ShiftStart { .. } => "shift_start",
+            Request::ShiftStatus { .. } => "shift_status",
+            Request::ShiftPause { .. } => "shift_pause",
+            Request::ShiftResume { .. } => "shift_resume",
+            Request::ShiftAbort { .. } => "shift_abort",
         }
     }
 
-    /// Whether the request only reads (`status`, `explain`): the ones a
-    /// read-only client (a member of `[control] group`) may send.
+    /// Whether the request only reads (`status`, `explain`,
+    /// `shift_status`): the ones a read-only client (a member of
+    /// `[control] group`) may send.
     pub const fn is_read_only(&self) -> bool {
-        matches!(self, Request::Status | Request::Explain { .. })
+        matches!(
+            self,
+            Request::Status | Request::Explain { .. } | Request::ShiftStatus { .. }
+        )
     }
 }
 
@@ -114,6 +150,29 @@ enum RequestWire {
     Stop {
         detach: bool,
     },
+    ShiftStart {
+        service: String,
+        from: String,
+        to: String,
+        stages: Vec<u8>,
+        hold_ms: u64,
+        #[serde(default)]
+        min_healthy: Option<f64>,
+        over_capacity: bool,
+    },
+    ShiftStatus {
+        #[serde(default)]
+        service: Option<String>,
+    },
+    ShiftPause {
+        service: String,
+    },
+    ShiftResume {
+        service: String,
+    },
+    ShiftAbort {
+        service: String,
+    },
 }
 
 impl From<RequestWire> for Request {
@@ -141,6 +200,27 @@ impl From<RequestWire> for Request {
             },
             RequestWire::Reload {} => Request::Reload,
             RequestWire::Stop { detach } => Request::Stop { detach },
+            RequestWire::ShiftStart {
+                service,
+                from,
+                to,
+                stages,
+                hold_ms,
+                min_healthy,
+                over_capacity,
+            } => Request::ShiftStart {
+                service,
+                from,
+                to,
+                stages,
+                hold_ms,
+                min_healthy,
+                over_capacity,
+            },
+            RequestWire::ShiftStatus { service } => Request::ShiftStatus { service },
+            RequestWire::ShiftPause { service } => Request::ShiftPause { service },
+            RequestWire::ShiftResume { service } => Request::ShiftResume { service },
+            RequestWire::ShiftAbort { service } => Request::ShiftAbort { service },
         }
     }
 }
@@ -308,6 +388,39 @@ pub struct ServiceStatus {
     /// Backends whose failed health checks are ignored because more than
     /// `max_ejection_percent` of the service's backends are down.
     pub ejection_capped: Vec<String>,
+    /// The service's staged shift (`steer shift`), if one is in force or
+    /// finished since the daemon's state last forgot it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shift: Option<ShiftReport>,
+}
+
+/// A staged shift of a service's new flows from one region to another.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
+#[serde(default)]
+pub struct ShiftReport {
+    /// The region flows leave.
+    pub from: String,
+    /// The region flows go to.
+    pub to: String,
+    /// The plan's percentages of `from`'s new flows.
+    pub stages: Vec<u8>,
+    /// The current (or last) stage, counted from 1.
+    pub stage: usize,
+    /// The percentage of `from`'s new flows sent to `to` now.
+    pub percent: u8,
+    /// `running`, `paused`, `completed`, `rolled_back` or `aborted`.
+    pub state: String,
+    /// How long each stage holds, milliseconds.
+    pub hold_ms: u64,
+    /// Milliseconds until the next stage (or completion): none when
+    /// finished; while paused, the frozen rest of the hold.
+    pub next_stage_in_ms: Option<u64>,
+    /// Why it rolled back.
+    pub reason: Option<String>,
+    /// When it started, seconds since the Unix epoch.
+    pub started_at: u64,
+    /// The state in words ("running at stage 2 of 4 (25%)").
+    pub description: String,
 }
 
 /// One backend of one service.
@@ -492,6 +605,64 @@ mod tests {
             &Request::Stop { detach: false },
             r#"{"cmd":"stop","detach":false}"#,
         );
+        round_trip(
+            &Request::ShiftStart {
+                service: "web".into(),
+                from: "eu".into(),
+                to: "us".into(),
+                stages: vec![10, 25, 50, 100],
+                hold_ms: 300_000,
+                min_healthy: Some(0.5),
+                over_capacity: true,
+            },
+            concat!(
+                r#"{"cmd":"shift_start","service":"web","from":"eu","to":"us","#,
+                r#""stages":[10,25,50,100],"hold_ms":300000,"min_healthy":0.5,"over_capacity":true}"#
+            ),
+        );
+        round_trip(
+            &Request::ShiftStart {
+                service: "web".into(),
+                from: "eu".into(),
+                to: "us".into(),
+                stages: vec![100],
+                hold_ms: 1000,
+                min_healthy: None,
+                over_capacity: false,
+            },
+            concat!(
+                r#"{"cmd":"shift_start","service":"web","from":"eu","to":"us","#,
+                r#""stages":[100],"hold_ms":1000,"over_capacity":false}"#
+            ),
+        );
+        round_trip(
+            &Request::ShiftStatus { service: None },
+            r#"{"cmd":"shift_status"}"#,
+        );
+        round_trip(
+            &Request::ShiftStatus {
+                service: Some("web".into()),
+            },
+            r#"{"cmd":"shift_status","service":"web"}"#,
+        );
+        round_trip(
+            &Request::ShiftPause {
+                service: "web".into(),
+            },
+            r#"{"cmd":"shift_pause","service":"web"}"#,
+        );
+        round_trip(
+            &Request::ShiftResume {
+                service: "web".into(),
+            },
+            r#"{"cmd":"shift_resume","service":"web"}"#,
+        );
+        round_trip(
+            &Request::ShiftAbort {
+                service: "web".into(),
+            },
+            r#"{"cmd":"shift_abort","service":"web"}"#,
+        );
     }
 
     #[test]
@@ -514,12 +685,33 @@ mod tests {
             },
             Request::Reload,
             Request::Stop { detach: false },
+            Request::ShiftStart {
+                service: "s".into(),
+                from: "a".into(),
+                to: "b".into(),
+                stages: vec![50, 100],
+                hold_ms: 1,
+                min_healthy: None,
+                over_capacity: false,
+            },
+            Request::ShiftStatus { service: None },
+            Request::ShiftPause {
+                service: "s".into(),
+            },
+            Request::ShiftResume {
+                service: "s".into(),
+            },
+            Request::ShiftAbort {
+                service: "s".into(),
+            },
         ] {
             let wire: serde_json::Value = serde_json::to_value(&req).unwrap();
             assert_eq!(wire["cmd"], req.cmd(), "{req:?}");
             assert_eq!(
                 req.is_read_only(),
-                wire["cmd"] == "status" || wire["cmd"] == "explain",
+                wire["cmd"] == "status"
+                    || wire["cmd"] == "explain"
+                    || wire["cmd"] == "shift_status",
                 "{req:?}"
             );
         }
@@ -540,6 +732,13 @@ mod tests {
             r#"{"cmd":"drain_region","region":"x"}"#,
             r#"{"cmd":"restart"}"#,
             r#"{"backend":"x"}"#,
+            r#"{"cmd":"shift_start","service":"w","from":"a","to":"b","stages":[10],"hold_ms":1}"#,
+            r#"{"cmd":"shift_start","service":"w","from":"a","to":"b","stages":[10],"hold_ms":1,"over_capacity":false,"hold":5}"#,
+            r#"{"cmd":"shift_start","service":"w","from":"a","stages":[10],"hold_ms":1,"over_capacity":false}"#,
+            r#"{"cmd":"shift_start","service":"w","from":"a","to":"b","stages":[300],"hold_ms":1,"over_capacity":false}"#,
+            r#"{"cmd":"shift_pause"}"#,
+            r#"{"cmd":"shift_abort","service":"w","force":true}"#,
+            r#"{"cmd":"shift_status","service":"w","all":true}"#,
         ] {
             assert!(
                 serde_json::from_str::<Request>(bad).is_err(),

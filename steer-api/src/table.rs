@@ -26,7 +26,7 @@
 
 use std::fmt::Write as _;
 
-use crate::protocol::StatusReport;
+use crate::protocol::{ShiftReport, StatusReport};
 
 /// Longest failure reason shown in the HEALTH column.
 const MAX_REASON_CHARS: usize = 80;
@@ -244,6 +244,9 @@ pub fn render_status_table(r: &StatusReport) -> String {
                 one_line(b)
             );
         }
+        if let Some(shift) = &service.shift {
+            let _ = writeln!(out, "  {}", shift_line(shift));
+        }
         if rows.is_empty() {
             out.push_str("  (no backends)\n");
             continue;
@@ -254,6 +257,25 @@ pub fn render_status_table(r: &StatusReport) -> String {
         }
     }
     out
+}
+
+/// A service's staged shift on one line: `shift eu -> us: running at
+/// stage 2 of 4 (25%), next stage in 4m12s`.
+pub fn shift_line(s: &ShiftReport) -> String {
+    let next = match (s.state.as_str(), s.next_stage_in_ms) {
+        ("running", Some(ms)) => format!(", next stage in {}", duration(ms.div_ceil(1000))),
+        ("paused", Some(ms)) => format!(", {} of the hold left", duration(ms.div_ceil(1000))),
+        _ => String::new(),
+    };
+    format!(
+        "shift {} -> {}: {}{next}; {}% of {}'s new flows go to {}",
+        one_line(&s.from),
+        one_line(&s.to),
+        one_line(&s.description),
+        s.percent,
+        one_line(&s.from),
+        one_line(&s.to)
+    )
 }
 
 fn push_row(out: &mut String, cells: &[String; COLUMNS], widths: &[usize; COLUMNS]) {
@@ -619,7 +641,25 @@ mod tests {
             }],
         }];
         web.ejection_capped = vec!["web-2".into()];
+        web.shift = Some(crate::protocol::ShiftReport {
+            from: "eu".into(),
+            to: "us".into(),
+            stages: vec![10, 25, 50, 100],
+            stage: 2,
+            percent: 25,
+            state: "running".into(),
+            hold_ms: 300_000,
+            next_stage_in_ms: Some(252_500),
+            description: "running at stage 2 of 4 (25%)".into(),
+            ..Default::default()
+        });
         let text = render_status_table(&r);
+        assert!(
+            text.lines().any(|l| l
+                == "  shift eu -> us: running at stage 2 of 4 (25%), next stage in 4m13s; \
+                    25% of eu's new flows go to us"),
+            "{text}"
+        );
         let lines: Vec<&str> = text.lines().collect();
         assert!(lines.contains(&"drained regions: ap"), "{text}");
         assert!(

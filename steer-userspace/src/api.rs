@@ -29,7 +29,7 @@ pub use metrics::{
 };
 pub use protocol::{
     Affinity, BackendStatus, Health, InterfaceStatus, RegionMeasure, RegionShare, Request,
-    Response, ServiceStatus, StatusReport, TableStatus, MAX_REQUEST_BYTES,
+    Response, ServiceStatus, ShiftReport, StatusReport, TableStatus, MAX_REQUEST_BYTES,
 };
 pub use steer_api::{
     render_status_table, request, request_with_timeout, timeout_for, ClientError,

@@ -49,6 +49,9 @@ enum Cmd {
     Status(cli::status::Args),
     /// Stop sending new flows to a backend (established flows continue).
     Drain(cli::drain::Args),
+    /// Move a service's new flows from one region to another in stages,
+    /// with automatic rollback: start, status, pause, resume, abort.
+    Shift(cli::shift::Args),
     /// Why a flow goes where it goes: class, region order, health, dials,
     /// capacity, panic, residency and the backend, from the running daemon
     /// or offline from a config (--config).
@@ -117,6 +120,7 @@ fn main() -> ExitCode {
         Cmd::Reload(args) => cli::reload::run(args),
         Cmd::Status(args) => cli::status::run(args),
         Cmd::Drain(args) => cli::drain::run(args),
+        Cmd::Shift(args) => cli::shift::run(args),
         Cmd::Check(args) => cli::check::run(args),
         Cmd::Replay(args) => cli::replay::run(*args),
         Cmd::Explain(args) => cli::explain::run(*args),

@@ -107,6 +107,13 @@ impl ControlHandler for Fake {
                     Response::error(format!("no region named {region:?}"))
                 }
                 Request::Explain { client, .. } => Response::ok(format!("explained {client}")),
+                Request::ShiftStatus { .. } => Response::ok("no shift"),
+                Request::ShiftStart { service, .. }
+                | Request::ShiftPause { service }
+                | Request::ShiftResume { service }
+                | Request::ShiftAbort { service } => {
+                    Response::error(format!("no service named {service:?}"))
+                }
                 Request::Reload => match self.reload_gate.acquire().await {
                     Ok(_permit) => Response::ok("reloaded"),
                     Err(_) => {
@@ -518,6 +525,8 @@ async fn a_read_only_group_may_run_status_only() {
                 r#"{"cmd":"reload"}"#,
                 r#"{"cmd":"drain","backend":"web-1","undo":false}"#,
                 r#"{"cmd":"stop","detach":true}"#,
+                r#"{"cmd":"shift_status"}"#,
+                r#"{"cmd":"shift_abort","service":"web"}"#,
                 r#"{"cmd":"status"}"#,
             ]
             .map(|req| exchange(&conn, &format!("{req}\n")))
@@ -537,6 +546,8 @@ async fn a_read_only_group_may_run_status_only() {
                 denied("reload"),
                 denied("drain"),
                 denied("stop"),
+                Response::ok("no shift"),
+                denied("shift_abort"),
                 Response::Status(sample_report()),
             ]
         );

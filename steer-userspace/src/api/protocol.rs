@@ -4,7 +4,7 @@
 
 pub use steer_api::protocol::{
     Affinity, BackendStatus, Health, InterfaceStatus, RegionMeasure, RegionShare, Request,
-    Response, ServiceStatus, StatusReport, TableStatus, MAX_REQUEST_BYTES,
+    Response, ServiceStatus, ShiftReport, StatusReport, TableStatus, MAX_REQUEST_BYTES,
 };
 
 /// The status report's word for a service's configured affinity.

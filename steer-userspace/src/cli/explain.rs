@@ -36,7 +36,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let Some(path) = &args.config else {
         if args.inputs != InputArgs::default() {
             bail!(
-                "--down, --drain, --drain-region, --rtt, --rate and --state describe an \
+                "--down, --drain, --drain-region, --rtt, --rate, --shift and --state describe an \
                  offline explanation: give the config with --config FILE (without it, \
                  steer explain asks the running daemon, which has its own inputs)"
             );

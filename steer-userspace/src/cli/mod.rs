@@ -8,6 +8,7 @@ pub mod explain;
 pub mod reload;
 pub mod replay;
 pub mod run;
+pub mod shift;
 pub mod status;
 pub mod stop;
 

@@ -29,11 +29,11 @@ use tracing::{error, info, warn};
 
 pub use changes::{config_changes, Change};
 pub use owner::{
-    down_set, record_transitions, Event, Interface, Owner, Published, ReloadOutcome, State,
-    Transitions, EVENT_QUEUE,
+    down_set, plan_context, record_transitions, unix_ms, Event, Interface, Owner, Published,
+    ReloadOutcome, ShiftOp, State, Transitions, EVENT_QUEUE,
 };
 pub use reload::restart_only_changes;
-pub use status::{report as status_report, Status};
+pub use status::{report as status_report, shift_report, Status};
 
 use crate::api::{self, ControlHandler, HandlerFuture, Request, Response};
 use crate::config::{AttachMode, Config};
@@ -184,6 +184,32 @@ impl View {
         Response::ok(explain::explain(&p.cfg, &p.planned, q, ct).to_string())
     }
 
+    /// `steer shift status`: the shifts of the published state (of
+    /// `service` only, if given).
+    fn shift_status(&self, service: Option<&str>) -> Response {
+        let p = self.published.borrow().clone();
+        if let Some(s) = service {
+            if p.cfg.service(s).is_none() {
+                return Response::error(format!("unknown service {s:?}"));
+            }
+        }
+        let now = unix_ms(std::time::SystemTime::now());
+        let lines: Vec<String> = p
+            .shifts
+            .iter()
+            .filter(|(name, _)| service.is_none_or(|s| s == name.as_str()))
+            .map(|(name, s)| format!("{name}: {}", steer_api::shift_line(&shift_report(s, now))))
+            .collect();
+        Response::ok(if lines.is_empty() {
+            match service {
+                Some(s) => format!("{s}: no shift"),
+                None => "no shift".to_string(),
+            }
+        } else {
+            lines.join("\n")
+        })
+    }
+
     fn status(&self) -> Status {
         let p = self.published.borrow().clone();
         status::report(&p, Some(&self.counters))
@@ -241,6 +267,17 @@ impl Handler {
     }
 }
 
+impl Handler {
+    async fn shift_op(&self, service: String, op: ShiftOp) -> Response {
+        self.ask(|reply| Event::ShiftOp {
+            service,
+            op,
+            reply: Some(reply),
+        })
+        .await
+    }
+}
+
 impl ControlHandler for Handler {
     fn handle(&self, req: Request) -> HandlerFuture<'_> {
         Box::pin(async move {
@@ -284,6 +321,37 @@ impl ControlHandler for Handler {
                         .await
                         .unwrap_or_else(|e| Response::error(format!("internal error: {e}")))
                 }
+                Request::ShiftStart {
+                    service,
+                    from,
+                    to,
+                    stages,
+                    hold_ms,
+                    min_healthy,
+                    over_capacity,
+                } => {
+                    let plan = steer_policy::shift::Plan {
+                        service,
+                        from,
+                        to,
+                        stages,
+                        hold_ms,
+                        rollback: steer_policy::shift::Triggers {
+                            min_healthy_fraction: min_healthy,
+                            over_capacity,
+                            ..Default::default()
+                        },
+                    };
+                    self.ask(|reply| Event::ShiftStart {
+                        plan,
+                        reply: Some(reply),
+                    })
+                    .await
+                }
+                Request::ShiftStatus { service } => self.view.shift_status(service.as_deref()),
+                Request::ShiftPause { service } => self.shift_op(service, ShiftOp::Pause).await,
+                Request::ShiftResume { service } => self.shift_op(service, ShiftOp::Resume).await,
+                Request::ShiftAbort { service } => self.shift_op(service, ShiftOp::Abort).await,
                 Request::Stop { detach } => {
                     let _ = self.shutdown.send(Some(detach));
                     Response::ok(if detach {

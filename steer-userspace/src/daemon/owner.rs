@@ -24,6 +24,7 @@ use crate::config::Config;
 use crate::dataplane::{Dataplane, Ledger};
 use crate::health::{self, HealthMonitor, TargetStatus};
 use crate::policy::{self, ApplyConfig as _, BackendState, Planned, Runtime};
+use steer_policy::shift::{self, Plan, PlanContext, ResidencyClass, Shift, Signals};
 use steer_policy::Outcome;
 
 use super::measure::{self, Measured, Measurer};
@@ -57,12 +58,105 @@ pub enum Event {
     /// The measurement timer ([`super::measure::TICK`]): round-trip times
     /// and new-flow rates for the latency and capacity policies.
     Tick,
+    /// Start a staged shift (`steer shift start`).
+    ShiftStart {
+        plan: Plan,
+        reply: Option<oneshot::Sender<Response>>,
+    },
+    /// Pause, resume or abort a service's shift.
+    ShiftOp {
+        service: String,
+        op: ShiftOp,
+        reply: Option<oneshot::Sender<Response>>,
+    },
     /// Re-read the config file (control socket or SIGHUP).
     Reload {
         reply: Option<oneshot::Sender<Response>>,
     },
     /// Stop: the owner stops the health monitor and returns.
     Stop,
+}
+
+/// An operation on a running shift.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ShiftOp {
+    Pause,
+    Resume,
+    Abort,
+}
+
+/// Wall-clock time in Unix milliseconds, as the shifts count it.
+pub fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// What `steer shift start` checks a plan of `service` against: its
+/// regions and every class with a residency constraint (every service
+/// gets a table per residency class).
+pub fn plan_context(cfg: &Config, service: &str) -> Option<PlanContext> {
+    let svc = cfg.service(service)?;
+    Some(PlanContext {
+        regions: cfg
+            .service_regions(svc)
+            .into_iter()
+            .map(str::to_string)
+            .collect(),
+        residency: cfg
+            .client_classes
+            .iter()
+            .filter_map(|c| {
+                c.allowed_regions.as_ref().map(|a| ResidencyClass {
+                    name: c.name.clone(),
+                    allowed: a.clone(),
+                })
+            })
+            .collect(),
+    })
+}
+
+/// Why a shift no longer fits `cfg` (its service or a region is gone).
+fn shift_misfit(cfg: &Config, s: &Shift) -> Option<String> {
+    let Some(ctx) = plan_context(cfg, &s.plan.service) else {
+        return Some(format!(
+            "service {} is no longer in the config",
+            s.plan.service
+        ));
+    };
+    [&s.plan.from, &s.plan.to]
+        .into_iter()
+        .find(|r| !ctx.regions.contains(r))
+        .map(|r| format!("region {r} no longer serves service {}", s.plan.service))
+}
+
+/// What the owner knows about region `to` of `service`: its healthy
+/// fraction (healthy configured weight / configured weight of its
+/// backends in the service), and its new-flow rate and capacity.
+fn shift_signals(
+    cfg: &Config,
+    health: &BTreeMap<String, TargetStatus>,
+    measured: &Measured,
+    service: &str,
+    to: &str,
+) -> Signals {
+    let (mut up, mut total) = (0u64, 0u64);
+    if let Some(svc) = cfg.service(service) {
+        for b in cfg.service_backends(svc).iter().filter(|b| b.region == to) {
+            total += u64::from(b.weight);
+            if health::backend_up(health, &b.name) {
+                up += u64::from(b.weight);
+            }
+        }
+    }
+    Signals {
+        healthy_fraction: (total > 0).then(|| up as f64 / total as f64),
+        new_flow_rate: measured.rate.get(to).copied(),
+        capacity: cfg.region(to).and_then(|r| {
+            r.max_new_flows_per_second
+                .map(|m| f64::from(m) * r.capacity_scaler.get())
+        }),
+        ..Signals::default()
+    }
 }
 
 /// The outcome of the latest reload attempt.
@@ -150,6 +244,9 @@ pub struct State {
     /// The interfaces XDP is attached to (empty until
     /// [`Owner::set_interfaces`]).
     pub interfaces: Vec<Interface>,
+    /// Staged shifts by service: in force, or finished (kept for `steer
+    /// status` until a new one starts or `steer shift abort` forgets it).
+    pub shifts: BTreeMap<String, Shift>,
 }
 
 /// What the owner last applied: an immutable snapshot for status and
@@ -287,6 +384,27 @@ impl Owner {
                 )
             })
             .collect();
+        // Shifts adopted from a previous run: their clocks kept running.
+        let mut shifts = BTreeMap::new();
+        for s in dp.shifts() {
+            match shift_misfit(&cfg, s) {
+                Some(why) => warn!(
+                    service = %s.plan.service,
+                    reason = %why,
+                    "dropped the staged shift of the previous run"
+                ),
+                None => {
+                    info!(
+                        service = %s.plan.service,
+                        from = %s.plan.from,
+                        to = %s.plan.to,
+                        state = %s.describe(),
+                        "adopted the staged shift of the previous run"
+                    );
+                    shifts.insert(s.plan.service.clone(), s.clone());
+                }
+            }
+        }
         let started = SystemTime::now();
         let state = State {
             config_path,
@@ -309,6 +427,7 @@ impl Owner {
             started,
             transitions: BTreeMap::new(),
             interfaces: Vec::new(),
+            shifts,
         };
         let (publish, rx) = watch::channel(Arc::new(Published {
             state: state.clone(),
@@ -380,6 +499,22 @@ impl Owner {
             down_order: down_order(&self.state.transitions),
             ranked: m.ranked.clone(),
             capacity_keep: m.keep.clone(),
+            shifts: self
+                .state
+                .shifts
+                .iter()
+                .filter(|(_, s)| s.percent() > 0)
+                .map(|(svc, s)| {
+                    (
+                        svc.clone(),
+                        (
+                            s.plan.from.clone(),
+                            s.plan.to.clone(),
+                            f64::from(s.percent()),
+                        ),
+                    )
+                })
+                .collect(),
         }
     }
 
@@ -410,6 +545,8 @@ impl Owner {
             .collect();
         self.dp
             .set_drained_regions(&self.state.drained_regions, deadlines);
+        self.dp
+            .set_shifts(self.state.shifts.values().cloned().collect());
         let r = self
             .dp
             .apply_plan(&self.state.cfg, &planned, &rt.backends.drained)
@@ -469,6 +606,18 @@ impl Owner {
                     let _ = reply.send(r);
                 }
             }
+            Event::ShiftStart { plan, reply } => {
+                let r = self.shift_start(plan);
+                if let Some(reply) = reply {
+                    let _ = reply.send(r);
+                }
+            }
+            Event::ShiftOp { service, op, reply } => {
+                let r = self.shift_op(&service, op);
+                if let Some(reply) = reply {
+                    let _ = reply.send(r);
+                }
+            }
             Event::Tick => self.on_tick(),
             Event::Reload { reply } => {
                 super::notify::reloading();
@@ -482,9 +631,206 @@ impl Owner {
         }
     }
 
+    /// Starts a staged shift: checked against the service's regions and
+    /// residency classes; refused while another shift of the service is
+    /// in force.
+    fn shift_start(&mut self, plan: Plan) -> Response {
+        let Some(ctx) = plan_context(&self.state.cfg, &plan.service) else {
+            let known: Vec<&str> = self
+                .state
+                .cfg
+                .services
+                .iter()
+                .map(|s| s.name.as_str())
+                .collect();
+            return Response::error(format!(
+                "unknown service {:?} (services: {})",
+                plan.service,
+                known.join(", ")
+            ));
+        };
+        if let Some(old) = self.state.shifts.get(&plan.service) {
+            if old.percent() > 0 {
+                return Response::error(format!(
+                    "service {} already has a shift from {} to {} ({}); abort it first with \
+                     `steer shift abort {}`",
+                    plan.service,
+                    old.plan.from,
+                    old.plan.to,
+                    old.describe(),
+                    plan.service
+                ));
+            }
+        }
+        let now = unix_ms(SystemTime::now());
+        let shift = match Shift::start(plan, now, &ctx) {
+            Ok(s) => s,
+            Err(e) => return Response::error(e.to_string()),
+        };
+        let service = shift.plan.service.clone();
+        let before = self.state.shifts.insert(service.clone(), shift.clone());
+        match self.program() {
+            Ok(()) => {
+                info!(
+                    service = %service,
+                    from = %shift.plan.from,
+                    to = %shift.plan.to,
+                    stages = ?shift.plan.stages,
+                    hold_ms = shift.plan.hold_ms,
+                    "shift started: {}",
+                    shift.describe()
+                );
+                Response::ok(format!(
+                    "shift of {service} from {} to {} started: {}; each stage holds {}",
+                    shift.plan.from,
+                    shift.plan.to,
+                    shift.describe(),
+                    steer_config::format_duration(Duration::from_millis(shift.plan.hold_ms))
+                ))
+            }
+            Err(e) => {
+                match before {
+                    Some(b) => self.state.shifts.insert(service, b),
+                    None => self.state.shifts.remove(&service),
+                };
+                let rollback = self.roll_back();
+                Response::error(format!(
+                    "programming the data plane failed, the shift was not started: {e}{rollback}"
+                ))
+            }
+        }
+    }
+
+    /// Pauses, resumes or aborts a service's shift. Aborting a finished
+    /// shift forgets it (a completed one stops applying).
+    fn shift_op(&mut self, service: &str, op: ShiftOp) -> Response {
+        let Some(before) = self.state.shifts.get(service).cloned() else {
+            return Response::error(format!(
+                "service {service:?} has no shift; start one with `steer shift start {service} \
+                 --from A --to B`"
+            ));
+        };
+        let now = unix_ms(SystemTime::now());
+        let mut s = before.clone();
+        let forget = op == ShiftOp::Abort && !s.is_active();
+        let done = if forget {
+            self.state.shifts.remove(service);
+            format!(
+                "forgot the finished shift of {service} ({}){}",
+                s.describe(),
+                if s.percent() > 0 {
+                    format!(
+                        "; its {}% no longer applies: new flows follow the policy",
+                        s.percent()
+                    )
+                } else {
+                    String::new()
+                }
+            )
+        } else {
+            let r = match op {
+                ShiftOp::Pause => s.pause(now),
+                ShiftOp::Resume => s.resume(now),
+                ShiftOp::Abort => s.abort(now),
+            };
+            if let Err(e) = r {
+                return Response::error(e.to_string());
+            }
+            let d = s.describe();
+            self.state.shifts.insert(service.to_string(), s);
+            format!("shift of {service}: {d}")
+        };
+        match self.program() {
+            Ok(()) => {
+                info!(service, op = ?op, "shift changed: {done}");
+                Response::ok(done)
+            }
+            Err(e) => {
+                self.state.shifts.insert(service.to_string(), before);
+                let rollback = self.roll_back();
+                Response::error(format!(
+                    "programming the data plane failed, the shift was not changed: {e}{rollback}"
+                ))
+            }
+        }
+    }
+
+    /// Ticks every shift in force; logs what happened. Returns whether
+    /// any changed (its percentage or its persisted state).
+    fn tick_shifts(&mut self) -> bool {
+        let now = unix_ms(SystemTime::now());
+        let mut changed = false;
+        let services: Vec<String> = self.state.shifts.keys().cloned().collect();
+        for service in services {
+            let Some(mut s) = self.state.shifts.get(&service).cloned() else {
+                continue;
+            };
+            if !s.is_active() {
+                continue;
+            }
+            let signals = shift_signals(
+                &self.state.cfg,
+                &self.state.health,
+                &self.state.measured,
+                &service,
+                &s.plan.to,
+            );
+            let events = s.tick(now, &signals);
+            for ev in &events {
+                match ev {
+                    shift::Event::Advanced { stage, percent, .. } => info!(
+                        service = %service,
+                        from = %s.plan.from,
+                        to = %s.plan.to,
+                        stage = stage + 1,
+                        stages = s.plan.stages.len(),
+                        percent,
+                        "shift advanced: {percent}% of {}'s new flows go to {}",
+                        s.plan.from,
+                        s.plan.to
+                    ),
+                    shift::Event::Completed { percent, .. } => info!(
+                        service = %service,
+                        from = %s.plan.from,
+                        to = %s.plan.to,
+                        percent,
+                        "shift completed: {percent}% of {}'s new flows go to {}",
+                        s.plan.from,
+                        s.plan.to
+                    ),
+                    shift::Event::RolledBack {
+                        stage,
+                        percent,
+                        reason,
+                        ..
+                    } => warn!(
+                        service = %service,
+                        from = %s.plan.from,
+                        to = %s.plan.to,
+                        stage = stage + 1,
+                        percent,
+                        reason = %reason,
+                        "shift rolled back to 0%: {reason}"
+                    ),
+                    other => info!(service = %service, event = ?other, "shift changed"),
+                }
+            }
+            if !events.is_empty() {
+                changed = true;
+                self.state.shifts.insert(service, s);
+            }
+        }
+        changed
+    }
+
     /// Measures (when a policy needs it) and re-programs if what the
     /// policy reads changed.
     fn on_tick(&mut self) {
+        if self.tick_shifts() {
+            if let Err(e) = self.program() {
+                error!(error = %e, "programming the data plane after a shift change failed");
+            }
+        }
         // A region drain's timeout that passed since the last programming.
         let now = SystemTime::now();
         let expired = self
@@ -736,6 +1082,17 @@ impl Owner {
             .region_drain_deadlines
             .retain(|r, _| kept.contains(r));
         self.state.drain_moved.retain(|r| kept.contains(r));
+        let old_shifts = self.state.shifts.clone();
+        let cfg = self.state.cfg.clone();
+        self.state
+            .shifts
+            .retain(|service, s| match shift_misfit(&cfg, s) {
+                Some(why) => {
+                    warn!(service = %service, reason = %why, "reload dropped the staged shift");
+                    false
+                }
+                None => true,
+            });
         // Probe the new targets (the state of unchanged ones is kept).
         if let Some(m) = self.monitor.as_mut() {
             m.set_targets(health::targets_from_config(&self.state.cfg));
@@ -779,6 +1136,7 @@ impl Owner {
                 self.state.drained = old_drained;
                 self.state.drained_regions = old_drained_regions;
                 self.state.region_drain_deadlines = old_deadlines;
+                self.state.shifts = old_shifts;
                 if let Some(m) = self.monitor.as_mut() {
                     m.set_targets(health::targets_from_config(&self.state.cfg));
                 }

@@ -7,11 +7,12 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use steer_common::Counters;
 
 use crate::api::{
-    BackendStatus, Health, InterfaceStatus, RegionMeasure, RegionShare, ServiceStatus,
+    BackendStatus, Health, InterfaceStatus, RegionMeasure, RegionShare, ServiceStatus, ShiftReport,
     StatusReport, TableStatus,
 };
 use crate::dataplane::CounterReader;
 use crate::health;
+use steer_policy::shift::{Shift, State as ShiftState};
 use steer_policy::Outcome;
 
 use super::owner::Published;
@@ -123,6 +124,10 @@ pub fn report_at(p: &Published, counters: Option<&CounterReader>, now: SystemTim
                     .service(&svc.name)
                     .map(|(_, plan)| plan.ejection_capped.clone())
                     .unwrap_or_default(),
+                shift: p
+                    .shifts
+                    .get(&svc.name)
+                    .map(|s| shift_report(s, super::owner::unix_ms(now))),
             }
         })
         .collect();
@@ -183,6 +188,32 @@ pub fn report_at(p: &Published, counters: Option<&CounterReader>, now: SystemTim
         },
         drops,
         ct_insert_failures,
+    }
+}
+
+/// A shift as `steer status` shows it, as of `now_ms` (Unix ms).
+pub fn shift_report(s: &Shift, now_ms: u64) -> ShiftReport {
+    let (stage, state, reason) = match &s.state {
+        ShiftState::Running { stage, .. } => (*stage, "running", None),
+        ShiftState::Paused { stage, .. } => (*stage, "paused", None),
+        ShiftState::Completed { .. } => (s.plan.stages.len().saturating_sub(1), "completed", None),
+        ShiftState::RolledBack { stage, reason, .. } => {
+            (*stage, "rolled_back", Some(reason.to_string()))
+        }
+        ShiftState::Aborted { stage, .. } => (*stage, "aborted", None),
+    };
+    ShiftReport {
+        from: s.plan.from.clone(),
+        to: s.plan.to.clone(),
+        stages: s.plan.stages.clone(),
+        stage: stage + 1,
+        percent: s.percent(),
+        state: state.to_string(),
+        hold_ms: s.plan.hold_ms,
+        next_stage_in_ms: s.time_to_next_stage(now_ms),
+        reason,
+        started_at: s.started / 1000,
+        description: s.describe(),
     }
 }
 
@@ -247,6 +278,7 @@ mod tests {
                 drained: BTreeSet::new(),
                 drained_regions: BTreeSet::new(),
                 region_drain_deadlines: Default::default(),
+                shifts: Default::default(),
                 drain_moved: BTreeSet::new(),
                 planned: Arc::default(),
                 measured: Default::default(),

@@ -142,6 +142,7 @@ impl Dataplane {
         self.drained = s.drained.iter().cloned().collect();
         self.drained_regions = s.drained_regions.iter().cloned().collect();
         self.region_drain_deadlines = s.region_drain_deadlines.clone();
+        self.shifts = s.shifts.clone();
         Ok(())
     }
 
@@ -316,6 +317,7 @@ impl Dataplane {
             drained: self.drained.iter().cloned().collect(),
             drained_regions: self.drained_regions.iter().cloned().collect(),
             region_drain_deadlines: self.region_drain_deadlines.clone(),
+            shifts: self.shifts.clone(),
         };
         if self.saved.as_ref() == Some(&state) {
             return Ok(());

@@ -274,6 +274,8 @@ pub struct Dataplane {
     drained_regions: BTreeSet<String>,
     /// Their timeouts, in seconds since the Unix epoch.
     region_drain_deadlines: BTreeMap<String, u64>,
+    /// Staged shifts, persisted the same way.
+    shifts: Vec<steer_policy::shift::Shift>,
     /// Backends programmed as down.
     down: BTreeSet<String>,
     /// What was last programmed.
@@ -501,6 +503,7 @@ impl Dataplane {
             drained: BTreeSet::new(),
             drained_regions: BTreeSet::new(),
             region_drain_deadlines: BTreeMap::new(),
+            shifts: Vec::new(),
             down: BTreeSet::new(),
             last: None,
             filter_written: vec![0; VIP_FILTER_WORDS as usize],
@@ -605,6 +608,7 @@ impl Dataplane {
                     dp.drained.clear();
                     dp.drained_regions.clear();
                     dp.region_drain_deadlines.clear();
+                    dp.shifts.clear();
                 }
                 if existed {
                     dp.reset_pinned()?;
@@ -811,6 +815,17 @@ impl Dataplane {
     ) {
         self.drained_regions = regions.clone();
         self.region_drain_deadlines = deadlines;
+    }
+
+    /// The staged shifts to persist with the next programming, or those
+    /// adopted from a previous run.
+    pub fn shifts(&self) -> &[steer_policy::shift::Shift] {
+        &self.shifts
+    }
+
+    /// Sets the staged shifts the next programming persists.
+    pub fn set_shifts(&mut self, shifts: Vec<steer_policy::shift::Shift>) {
+        self.shifts = shifts;
     }
 
     /// The backends last programmed as down.

@@ -75,7 +75,7 @@ pub struct SavedTable {
     pub table_id: u32,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct SavedState {
     pub version: u32,
     pub ring_size: u32,
@@ -95,6 +95,10 @@ pub struct SavedState {
     /// Unix epoch) their established flows are moved.
     #[serde(default)]
     pub region_drain_deadlines: BTreeMap<String, u64>,
+    /// Staged shifts (`steer shift`), in force or finished, with their
+    /// clocks (absent in files of older versions: none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shifts: Vec<steer_policy::shift::Shift>,
 }
 
 /// Mode of the state file, whatever the umask.
@@ -335,7 +339,42 @@ mod tests {
             drained: vec!["a1".into()],
             drained_regions: vec!["eu".into()],
             region_drain_deadlines: [("eu".to_string(), 1_700_000_000)].into(),
+            shifts: vec![],
         }
+    }
+
+    /// A file without `shifts` (older versions) reads as no shift; a
+    /// shift is saved with its plan and clock and reads back equal.
+    #[test]
+    fn shifts_are_optional_and_round_trip() {
+        use steer_policy::shift::{Plan, Shift, State, Triggers};
+        let json = serde_json::to_value(state()).expect("json");
+        assert!(json.get("shifts").is_none(), "no shift: no field");
+        let old: SavedState = serde_json::from_value(json).expect("old file");
+        assert!(old.shifts.is_empty());
+        let mut s = state();
+        s.shifts = vec![Shift {
+            plan: Plan {
+                service: "a".into(),
+                from: "eu".into(),
+                to: "us".into(),
+                stages: vec![10, 50, 100],
+                hold_ms: 300_000,
+                rollback: Triggers {
+                    min_healthy_fraction: Some(0.5),
+                    ..Triggers::default()
+                },
+            },
+            started: 1_700_000_000_000,
+            state: State::Running {
+                stage: 1,
+                stage_started: 1_700_000_300_000,
+            },
+        }];
+        let text = serde_json::to_string(&s).expect("json");
+        assert!(text.contains(r#""stage_started":1700000300000"#), "{text}");
+        let back: SavedState = serde_json::from_str(&text).expect("reads back");
+        assert_eq!(back, s);
     }
 
     fn check(s: &SavedState) -> Result<(), Vec<String>> {

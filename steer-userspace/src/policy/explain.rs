@@ -385,7 +385,35 @@ pub fn explain(cfg: &Config, planned: &Planned, q: FlowQuery, ct: Conntrack) -> 
                 NO_REAL => drop = Some("no_backend"),
                 i => backend = desired.backends.get(i as usize).map(|b| b.name.clone()),
             }
-            if let (Some(r), Some(_)) = (path.region, &backend) {
+            // The region of the backend the table holds (a staged shift
+            // may have moved the slot from the policy's region).
+            let region_of = |i: u32| {
+                e.input
+                    .regions
+                    .iter()
+                    .position(|r| r.backends.iter().any(|b| b.index == i))
+            };
+            let held = region_of(v);
+            if let Some(sh) = &e.shift {
+                let what = match (&sh.moved, held.map(name), path.region.map(name)) {
+                    (Err(why), _, _) => format!("not applied: {why}"),
+                    (Ok(_), Some(h), Some(p)) if h == sh.to && p == sh.from => {
+                        format!(
+                            "this flow's slot is moved: {} instead of {}",
+                            sh.to, sh.from
+                        )
+                    }
+                    (Ok(_), _, Some(p)) if p == sh.from => {
+                        format!("this flow's slot stays on {}", sh.from)
+                    }
+                    (Ok(_), _, _) => format!("the policy does not send this flow to {}", sh.from),
+                };
+                lines.push(format!(
+                    "shift       {} -> {} at {}% of {}'s new flows: {what}",
+                    sh.from, sh.to, sh.percent, sh.from
+                ));
+            }
+            if let (Some(r), Some(_)) = (held.or(path.region), &backend) {
                 lines.push(format!("region      {}", name(r)));
             }
         }

@@ -51,6 +51,11 @@ pub struct Runtime {
     /// Per region, the fraction of the new flows reaching it that it keeps
     /// (the capacity waterfall); regions not listed keep everything.
     pub capacity_keep: BTreeMap<String, f64>,
+    /// Per service, its staged shift (`steer shift`): (from region, to
+    /// region, percent). `percent` % of the new flows each of its tables
+    /// sends to `from` go to `to` instead (see
+    /// [`steer_policy::shift::apply_shift`]).
+    pub shifts: BTreeMap<String, (String, String, f64)>,
 }
 
 /// What the policy wants programmed, and how each table was decided.

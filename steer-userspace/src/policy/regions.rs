@@ -8,10 +8,12 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use steer_policy::shift::{apply_shift, NotShifted};
 use steer_policy::{
     compose, decide, latency, BackendIn, ClassIn, Decision, OnNoHealthy as EngineNoHealthy,
     Outcome, PolicyIn, RegionIn, ServiceIn,
 };
+use tracing::warn;
 
 use crate::config::{ClientClass, Config, OnNoHealthy, Policy, Service};
 use crate::dataplane::{DesiredBackend, DesiredClasses};
@@ -25,8 +27,23 @@ pub struct Engine {
     pub class: ClassIn,
     pub decision: Decision,
     /// The composed table: indexes into the service's backends, `NO_REAL`
-    /// or `RESIDENCY_DROP`.
+    /// or `RESIDENCY_DROP` (after the staged shift, if one applies).
     pub slots: Arc<Vec<u32>>,
+    /// The staged shift applied to the table, if the service has one.
+    pub shift: Option<ShiftApplied>,
+}
+
+/// A staged shift as applied to one table.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ShiftApplied {
+    /// The region flows leave.
+    pub from: String,
+    /// The region flows go to.
+    pub to: String,
+    /// The percentage of `from`'s slots moved.
+    pub percent: f64,
+    /// How many slots moved, or why none did.
+    pub moved: Result<usize, NotShifted>,
 }
 
 /// One selection table of a service and how it was decided.
@@ -226,26 +243,68 @@ fn allowed_of(input: &ServiceIn, class: &ClientClass) -> Option<Vec<usize>> {
     })
 }
 
-/// Decides and composes one table, or reuses `prev`'s if it was built
-/// from the same inputs (the engine is pure: same inputs, same table).
+/// A service's staged shift, as the adapter applies it: (from, to,
+/// percent).
+type ShiftIn<'a> = Option<&'a (String, String, f64)>;
+
+/// Decides and composes one table, then applies the service's staged
+/// shift (if any), or reuses `prev`'s if it was built from the same
+/// inputs (the engine is pure: same inputs, same table).
 fn engine(
+    service: &str,
     input: &ServiceIn,
     class: ClassIn,
     ring_size: u32,
+    shift: ShiftIn<'_>,
     prev: Option<&Arc<Engine>>,
 ) -> Arc<Engine> {
+    let same_shift = |a: &Option<ShiftApplied>| match (a, shift) {
+        (None, None) => true,
+        (Some(a), Some((from, to, percent))) => {
+            a.from == *from && a.to == *to && a.percent == *percent
+        }
+        _ => false,
+    };
     if let Some(p) = prev {
-        if p.input == *input && p.class == class && p.slots.len() == ring_size as usize {
+        if p.input == *input
+            && p.class == class
+            && p.slots.len() == ring_size as usize
+            && same_shift(&p.shift)
+        {
             return p.clone();
         }
     }
     let decision = decide(input, &class);
-    let slots = Arc::new(compose(input, &decision, ring_size));
+    let mut slots = compose(input, &decision, ring_size);
+    let shift = shift.map(|(from, to, percent)| {
+        let index = |n: &str| input.regions.iter().position(|r| r.name == n);
+        let moved = match (index(from), index(to)) {
+            (Some(a), Some(b)) => apply_shift(input, &decision, &mut slots, a, b, *percent),
+            _ => Err(NotShifted::NoSuchRegion),
+        };
+        if let Err(why) = moved {
+            warn!(
+                service,
+                from = %from,
+                to = %to,
+                percent,
+                reason = %why,
+                "staged shift not applied to this table: its new flows follow the policy"
+            );
+        }
+        ShiftApplied {
+            from: from.clone(),
+            to: to.clone(),
+            percent: *percent,
+            moved,
+        }
+    });
     Arc::new(Engine {
         input: input.clone(),
         class,
         decision,
-        slots,
+        slots: Arc::new(slots),
+        shift,
     })
 }
 
@@ -293,19 +352,24 @@ pub fn service_plan(
         _ => None,
     };
     let any_healthy = backends.iter().any(|b| b.up && b.weight > 0);
+    // A staged shift in force (a finished one at 0 % changes nothing).
+    let shift: ShiftIn<'_> = rt.shifts.get(&svc.name).filter(|s| s.2 > 0.0);
     let mut tables = Vec::new();
-    let plain = matches!(svc.policy, Policy::Maglev) && any_healthy;
+    // A shift moves slots of composed tables: a shifted service gets them.
+    let plain = matches!(svc.policy, Policy::Maglev) && any_healthy && shift.is_none();
     if !plain || !residency.is_empty() || !listed.is_empty() {
         let default = if plain {
             None
         } else {
             Some(engine(
+                &svc.name,
                 &input,
                 ClassIn {
                     order: default_order.clone(),
                     allowed: None,
                 },
                 ring_size,
+                shift,
                 prev_engine(0),
             ))
         };
@@ -329,12 +393,14 @@ pub fn service_plan(
             class: class_id(i),
             class_name: Some(class.name.clone()),
             engine: Some(engine(
+                &svc.name,
                 &input,
                 ClassIn {
                     order,
                     allowed: allowed_of(&input, class),
                 },
                 ring_size,
+                shift,
                 prev_engine(class_id(i)),
             )),
         });
@@ -638,6 +704,62 @@ policy = "latency"
         assert_eq!(rt.capacity_keep["us"], 0.25);
         assert_eq!(rt.capacity_keep["eu"], 1.0);
         assert_eq!(keep_now(&cfg, "us", 400.0), 1.0);
+    }
+
+    /// A staged shift moves its share of the source region's slots in
+    /// every table of the service, except a residency class's whose
+    /// allowed regions exclude the target; at 0 % nothing changes.
+    #[test]
+    fn a_shift_moves_its_share_of_the_source_regions_slots() {
+        let cfg = cfg();
+        let share = |p: &crate::policy::Planned, class: u8, region: &str| -> f64 {
+            let (d, sp) = p.service("plain").unwrap();
+            let t = sp.tables.iter().find(|t| t.class == class).unwrap();
+            let slots = &t.engine.as_ref().expect("an engine table").slots;
+            let n = slots
+                .iter()
+                .filter(|&&i| d.backends[i as usize].name.starts_with(region))
+                .count();
+            n as f64 / slots.len() as f64
+        };
+        let base = plan(&cfg, &Runtime::default());
+        assert!(base.service("plain").unwrap().1.tables[0].engine.is_none());
+        let mut rt = Runtime::default();
+        rt.shifts
+            .insert("plain".into(), ("eu".into(), "us".into(), 25.0));
+        let p = plan(&cfg, &rt);
+        // Four equal backends, two per region: eu has about half of the
+        // 251 slots; a quarter of them move to us.
+        let eu = share(&p, 0, "eu-");
+        let us = share(&p, 0, "us-");
+        assert!((eu - 0.5 * 0.75).abs() < 0.015, "eu {eu}");
+        assert!((us - (0.5 + 0.5 * 0.25)).abs() < 0.015, "us {us}");
+        let e = p.service("plain").unwrap().1.tables[0]
+            .engine
+            .clone()
+            .unwrap();
+        let sh = e.shift.as_ref().expect("shift applied");
+        assert!(matches!(sh.moved, Ok(n) if n > 25), "{sh:?}");
+        // The residency class may only use eu: nothing moves.
+        assert_eq!(share(&p, 2, "eu-"), 1.0);
+        let narrow = p.service("plain").unwrap().1.tables[1]
+            .engine
+            .clone()
+            .unwrap();
+        assert_eq!(
+            narrow.shift.as_ref().map(|s| s.moved),
+            Some(Err(NotShifted::Residency))
+        );
+        // Other services are not shifted; 0 % is no shift at all.
+        assert!(p.service("geo").unwrap().1.tables[0]
+            .engine
+            .as_ref()
+            .unwrap()
+            .shift
+            .is_none());
+        rt.shifts
+            .insert("plain".into(), ("eu".into(), "us".into(), 0.0));
+        assert_eq!(plan(&cfg, &rt).hashes(), base.hashes());
     }
 
     #[test]

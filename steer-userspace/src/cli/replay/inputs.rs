@@ -36,6 +36,43 @@ pub struct InputArgs {
     /// `[rate]` (new flows per second) tables keyed by region.
     #[arg(long, value_name = "FILE")]
     pub state: Option<PathBuf>,
+    /// A staged shift in force, for what-if: PERCENT % of the new flows
+    /// SERVICE's tables send to region FROM go to region TO (repeatable,
+    /// one per service).
+    #[arg(long, value_name = "SERVICE:FROM:TO:PERCENT", value_parser = parse_shift)]
+    pub shift: Vec<ShiftArg>,
+}
+
+/// One `--shift SERVICE:FROM:TO:PERCENT`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ShiftArg {
+    pub service: String,
+    pub from: String,
+    pub to: String,
+    pub percent: f64,
+}
+
+/// `SERVICE:FROM:TO:PERCENT`, the percentage from 0 to 100.
+pub fn parse_shift(s: &str) -> Result<ShiftArg, String> {
+    let parts: Vec<&str> = s.split(':').map(str::trim).collect();
+    let [service, from, to, percent] = parts[..] else {
+        return Err(format!(
+            "{s:?}: expected SERVICE:FROM:TO:PERCENT, e.g. web:eu:us:25"
+        ));
+    };
+    let percent: f64 = percent
+        .trim_end_matches('%')
+        .parse()
+        .map_err(|_| format!("{s:?}: {percent:?} is not a number"))?;
+    if !(0.0..=100.0).contains(&percent) {
+        return Err(format!("{s:?}: the percentage must be from 0 to 100"));
+    }
+    Ok(ShiftArg {
+        service: service.to_string(),
+        from: from.to_string(),
+        to: to.to_string(),
+        percent,
+    })
 }
 
 /// The state file's shape.
@@ -133,6 +170,39 @@ impl InputArgs {
             }
         }
         let mut rt = Runtime::default();
+        for a in &self.shift {
+            let Some(ctx) = steer::daemon::plan_context(cfg, &a.service) else {
+                let names: Vec<&str> = cfg.services.iter().map(|s| s.name.as_str()).collect();
+                bail!(
+                    "--shift {}: no such service in {} (services: {})",
+                    a.service,
+                    cfg_path.display(),
+                    names.join(", ")
+                );
+            };
+            // The checks of `steer shift start`: regions of the service,
+            // residency (a one-stage plan at this percentage).
+            let plan = steer_policy::shift::Plan {
+                service: a.service.clone(),
+                from: a.from.clone(),
+                to: a.to.clone(),
+                stages: vec![a.percent.ceil().clamp(1.0, 100.0) as u8],
+                hold_ms: 1,
+                rollback: Default::default(),
+            };
+            steer_policy::shift::check_plan(&plan, &ctx)
+                .map_err(|e| anyhow::anyhow!("--shift: {e}"))?;
+            if rt
+                .shifts
+                .insert(a.service.clone(), (a.from.clone(), a.to.clone(), a.percent))
+                .is_some()
+            {
+                bail!(
+                    "--shift {}: given twice; a service has at most one shift",
+                    a.service
+                );
+            }
+        }
         rt.backends.down = file.down.into_iter().collect();
         rt.backends.drained = file.drained.into_iter().collect();
         rt.drained_regions = file.drained_regions.into_iter().collect();
@@ -232,6 +302,43 @@ regions = ["eu", "us"]
             .unwrap_err()
             .to_string();
         assert!(e.contains("backends: eu-1, us-1"), "{e}");
+    }
+
+    #[test]
+    fn shifts_parse_and_are_checked_against_the_config() {
+        assert_eq!(
+            parse_shift("web:eu:us:25"),
+            Ok(ShiftArg {
+                service: "web".into(),
+                from: "eu".into(),
+                to: "us".into(),
+                percent: 25.0
+            })
+        );
+        assert!(parse_shift("web:eu:us").is_err());
+        assert!(parse_shift("web:eu:us:150").is_err());
+        assert!(parse_shift("web:eu:us:x").is_err());
+        let rt = InputArgs {
+            shift: vec![parse_shift("web:eu:us:12.5").unwrap()],
+            ..Default::default()
+        }
+        .runtime(&cfg(), Path::new("steer.toml"))
+        .expect("valid");
+        assert_eq!(rt.shifts["web"], ("eu".into(), "us".into(), 12.5));
+        for (bad, needle) in [
+            ("api:eu:us:10", "services: web"),
+            ("web:eu:ap:10", "region ap does not serve it"),
+            ("web:eu:eu:10", "both eu"),
+        ] {
+            let e = InputArgs {
+                shift: vec![parse_shift(bad).unwrap()],
+                ..Default::default()
+            }
+            .runtime(&cfg(), Path::new("steer.toml"))
+            .unwrap_err()
+            .to_string();
+            assert!(e.contains(needle), "{bad}: {e}");
+        }
     }
 
     #[test]
