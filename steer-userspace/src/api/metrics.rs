@@ -151,6 +151,9 @@ where
     Ok(())
 }
 
+/// The states of a staged shift, as `steer_shift_state` labels them.
+const SHIFT_STATES: [&str; 5] = ["running", "paused", "completed", "rolled_back", "aborted"];
+
 /// A sample per backend of each service, labelled `service`, `backend`,
 /// `region`.
 fn backend_samples<'a, T>(
@@ -430,6 +433,40 @@ impl Collector for SnapshotCollector {
         )?;
         gauges(
             enc,
+            "steer_shift_percent",
+            "The percentage of a service's new flows to region `from` that a staged shift \
+             sends to region `to` (0 after a rollback or abort).",
+            report.services.iter().filter_map(|s| {
+                s.shift.as_ref().map(|sh| {
+                    (
+                        [
+                            ("service", s.name.as_str()),
+                            ("from", sh.from.as_str()),
+                            ("to", sh.to.as_str()),
+                        ],
+                        i64::from(sh.percent),
+                    )
+                })
+            }),
+        )?;
+        gauges(
+            enc,
+            "steer_shift_state",
+            "A service's staged shift: 1 for its state (running, paused, completed, \
+             rolled_back, aborted), 0 for the others.",
+            report.services.iter().flat_map(|s| {
+                s.shift.iter().flat_map(move |sh| {
+                    SHIFT_STATES.iter().map(move |st| {
+                        (
+                            [("service", s.name.as_str()), ("state", *st)],
+                            flag(sh.state == *st),
+                        )
+                    })
+                })
+            }),
+        )?;
+        gauges(
+            enc,
             "steer_build_info",
             "The running steer's version; always 1.",
             [([("version", env!("CARGO_PKG_VERSION"))], 1i64)],
@@ -510,6 +547,8 @@ mod tests {
         ("steer_region_rtt_seconds", PrometheusType::Gauge, None),
         ("steer_region_new_flows_per_second", PrometheusType::Gauge, Some("New flows per second that landed in a region, over every service.")),
         ("steer_region_capacity_keep", PrometheusType::Gauge, None),
+        ("steer_shift_percent", PrometheusType::Gauge, None),
+        ("steer_shift_state", PrometheusType::Gauge, None),
         ("steer_build_info", PrometheusType::Gauge, None),
     ];
 
@@ -635,6 +674,28 @@ mod tests {
             value(&exp, "steer_region_capacity_keep", &[("region", "eu")]),
             0.75
         );
+
+        // Staged shifts: web's only (dns has none).
+        assert_eq!(
+            value(
+                &exp,
+                "steer_shift_percent",
+                &[("service", "web"), ("from", "eu"), ("to", "us\neast")]
+            ),
+            25.0
+        );
+        assert_eq!(samples(&exp, "steer_shift_percent"), 1);
+        assert_eq!(samples(&exp, "steer_shift_state"), 5);
+        for (st, v) in [
+            ("running", 0.0),
+            ("paused", 1.0),
+            ("completed", 0.0),
+            ("rolled_back", 0.0),
+            ("aborted", 0.0),
+        ] {
+            let l = [("service", "web"), ("state", st)];
+            assert_eq!(value(&exp, "steer_shift_state", &l), v, "{st}");
+        }
 
         assert_eq!(samples(&exp, "steer_drops_total"), 2);
         assert_eq!(
@@ -865,6 +926,15 @@ mod tests {
                             },
                         ],
                     }],
+                    shift: Some(crate::api::ShiftReport {
+                        from: "eu".into(),
+                        to: "us\neast".into(),
+                        stages: vec![10, 25, 50, 100],
+                        stage: 2,
+                        percent: 25,
+                        state: "paused".into(),
+                        ..Default::default()
+                    }),
                     ..ServiceStatus::default()
                 },
                 ServiceStatus {
