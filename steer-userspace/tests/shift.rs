@@ -580,3 +580,145 @@ fn explain_shows_a_what_if_shift() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("data residency"), "{err}");
 }
+
+/// A SYN from `client`:`sport` to web's VIP.
+fn syn(client: [u8; 4], sport: u16) -> Vec<u8> {
+    let b = etherparse::PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+        .ipv4(client, [203, 0, 113, 10], 64)
+        .tcp(sport, 80, 1, 1024)
+        .syn();
+    let mut v = Vec::new();
+    b.write(&mut v, &[]).expect("build");
+    v
+}
+
+/// A classic little-endian microsecond pcap, written by hand from the
+/// format description.
+fn write_pcap(path: &Path, frames: &[Vec<u8>]) {
+    let mut b = Vec::new();
+    b.extend_from_slice(&0xa1b2_c3d4u32.to_le_bytes());
+    b.extend_from_slice(&2u16.to_le_bytes());
+    b.extend_from_slice(&4u16.to_le_bytes());
+    b.extend_from_slice(&[0; 8]);
+    b.extend_from_slice(&65_535u32.to_le_bytes());
+    b.extend_from_slice(&1u32.to_le_bytes());
+    for (i, f) in frames.iter().enumerate() {
+        b.extend_from_slice(&(1_700_000_000u32 + i as u32).to_le_bytes());
+        b.extend_from_slice(&0u32.to_le_bytes());
+        b.extend_from_slice(&(f.len() as u32).to_le_bytes());
+        b.extend_from_slice(&(f.len() as u32).to_le_bytes());
+        b.extend_from_slice(f);
+    }
+    std::fs::write(path, b).expect("write pcap");
+}
+
+/// The outer IPv4 destination (the backend) of every frame of a classic
+/// little-endian pcap, parsed by hand.
+fn backends_of(path: &Path) -> Vec<[u8; 4]> {
+    let b = std::fs::read(path).expect("read pcap");
+    assert_eq!(&b[..4], &0xa1b2_c3d4u32.to_le_bytes(), "pcap magic");
+    let mut out = Vec::new();
+    let mut off = 24;
+    while off < b.len() {
+        let len = u32::from_le_bytes(b[off + 8..off + 12].try_into().expect("4")) as usize;
+        let frame = &b[off + 16..off + 16 + len];
+        // Ethernet, then the outer IPv4 header: destination at 16..20.
+        out.push(frame[14 + 16..14 + 20].try_into().expect("4"));
+        off += 16 + len;
+    }
+    out
+}
+
+/// `steer replay --shift web:eu:us:P` over 20,000 new flows at each stage
+/// of 10, 25, 50 and 100 %: eu's share of the flows is (1 − p) × its share
+/// without the shift within 1.5 points; a flow that stays on eu keeps its
+/// backend, and a flow moved at one stage stays moved, on the same
+/// backend, at every later one.
+#[test]
+#[ignore = "needs root: BPF or network namespaces (cargo xtask test runs it)"]
+fn replay_shares_follow_each_stage_and_flows_keep_their_backends() {
+    if !require_root() {
+        return;
+    }
+    const FLOWS: usize = 20_000;
+    let dir = TempDir::new("replay");
+    let cfg = dir.0.join("steer.toml");
+    let text = config(r#""eu", "us""#)
+        .replace("conntrack_size = 1024", "conntrack_size = 65536")
+        .replace(
+            "[dataplane]\n",
+            "[dataplane]\nsource_mac = \"02:00:00:00:00:5e\"\n",
+        );
+    std::fs::write(&cfg, text).expect("config");
+    let input = dir.0.join("in.pcap");
+    // Clients outside the us-only class's prefix: the default table.
+    let frames: Vec<Vec<u8>> = (0..FLOWS)
+        .map(|i| {
+            syn(
+                [10, 1, (i / 250) as u8, (i % 250) as u8],
+                20_000 + (i % 7) as u16,
+            )
+        })
+        .collect();
+    write_pcap(&input, &frames);
+    let run = |shift: Option<String>| -> Vec<[u8; 4]> {
+        let out = dir.0.join("out.pcap");
+        let mut cmd = std::process::Command::new(STEER);
+        cmd.arg("replay")
+            .arg("--config")
+            .arg(&cfg)
+            .arg("--in")
+            .arg(&input)
+            .arg("--out")
+            .arg(&out);
+        if let Some(s) = shift {
+            cmd.args(["--shift", &s]);
+        }
+        let o = cmd.output().expect("run steer replay");
+        assert!(
+            o.status.success(),
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let sent = backends_of(&out);
+        assert_eq!(sent.len(), FLOWS, "every SYN forwarded");
+        sent
+    };
+    // b0..b3 (eu) are 192.0.2.10..13.
+    let on_eu = |b: &[u8; 4]| (10..14).contains(&b[3]);
+    let eu_share =
+        |sent: &[[u8; 4]]| sent.iter().filter(|b| on_eu(b)).count() as f64 / FLOWS as f64;
+    let base = run(None);
+    let base_eu = eu_share(&base);
+    assert!((base_eu - 0.75).abs() < 0.03, "eu takes 3/4: {base_eu}");
+    let mut previous = base.clone();
+    for p in [10u8, 25, 50, 100] {
+        let sent = run(Some(format!("web:eu:us:{p}")));
+        let eu = eu_share(&sent);
+        let want = base_eu * (1.0 - f64::from(p) / 100.0);
+        assert!(
+            (eu - want).abs() <= 0.015,
+            "at {p}%: eu has {:.2}% of the flows, expected {:.2}% ± 1.5",
+            eu * 100.0,
+            want * 100.0
+        );
+        for i in 0..FLOWS {
+            if on_eu(&sent[i]) {
+                assert_eq!(
+                    sent[i], base[i],
+                    "flow {i} stayed on eu but changed backend"
+                );
+            } else if !on_eu(&base[i]) {
+                assert_eq!(sent[i], base[i], "flow {i} of us moved");
+            }
+            if !on_eu(&previous[i]) {
+                assert_eq!(
+                    sent[i], previous[i],
+                    "flow {i}, moved at the stage before {p}%, changed backend"
+                );
+            }
+        }
+        previous = sent;
+    }
+}
