@@ -762,6 +762,35 @@ policy = "latency"
         assert_eq!(plan(&cfg, &rt).hashes(), base.hashes());
     }
 
+    /// A `maglev` service is composed by the engine while a shift applies:
+    /// with its backends in the order of its regions, that table is the
+    /// plain Maglev table the data plane builds, so starting a shift moves
+    /// only the shifted slots.
+    #[test]
+    fn a_shifted_maglev_service_keeps_the_plain_maglev_table_elsewhere() {
+        let cfg = cfg();
+        let mut rt = Runtime::default();
+        // 0.1 % of eu's ~125 slots rounds to none: the composed table.
+        rt.shifts
+            .insert("plain".into(), ("eu".into(), "us".into(), 0.1));
+        let p = plan(&cfg, &rt);
+        let (d, sp) = p.service("plain").unwrap();
+        let e = sp.tables[0].engine.as_ref().expect("composed");
+        assert_eq!(e.shift.as_ref().map(|s| s.moved), Some(Ok(0)));
+        let entries: Vec<steer_common::maglev::Entry<'_>> = d
+            .backends
+            .iter()
+            .enumerate()
+            .map(|(i, b)| steer_common::maglev::Entry {
+                id: i as u32,
+                key: b.name.as_bytes(),
+                weight: if b.up { b.weight } else { 0 },
+            })
+            .collect();
+        let plain = steer_common::maglev::build(&entries, 251);
+        assert_eq!(*e.slots, plain);
+    }
+
     #[test]
     fn a_plan_reuses_the_tables_whose_inputs_did_not_change() {
         use crate::policy::plan_from;
