@@ -1215,3 +1215,124 @@ fn stop_detach_without_daemon() {
     let out = lab.steer_ok(&["stop", "--detach", "--config", &lab.config_str()]);
     assert!(text(&out.stdout).contains("nothing pinned"));
 }
+
+/// `steer shift` end to end through the control socket: the shift starts,
+/// advances on the daemon's own timer, shows in `steer status` and `steer
+/// shift status`, moves new flows only, and is forgotten by `abort` once
+/// completed.
+#[test]
+#[ignore = "needs root: BPF or network namespaces (cargo xtask test runs it)"]
+fn a_staged_shift_advances_on_the_daemons_timer_and_moves_new_flows_only() {
+    if !require_root() {
+        return;
+    }
+    let mut lab = Lab::bare();
+    lab.create_network();
+    // A second region, lab2, with one backend: lab has 3/4 of the weight.
+    let cfg = lab
+        .config_text(&BACKENDS)
+        .replace(
+            "[[regions]]\nname = \"lab\"\n",
+            "[[regions]]\nname = \"lab\"\n[[regions]]\nname = \"lab2\"\n",
+        )
+        .replace("regions = [\"lab\"]", "regions = [\"lab\", \"lab2\"]")
+        + &format!(
+            "\n[[backends]]\nname = \"{}\"\naddress = \"{}\"\nregion = \"lab2\"\nweight = {}\n",
+            B4.0, B4.1, B4.2
+        );
+    std::fs::write(&lab.cleanup_config, &cfg).expect("write cleanup config");
+    lab.write_config(&cfg);
+    lab.start_daemon();
+    lab.peer = Some(Peer::open(&lab.peer_ns, "sd1"));
+    let socket = lab.socket_str();
+
+    let old_flows = flows(24_000..24_030);
+    let before = lab.backends_of(&old_flows, 0);
+    let out = lab.steer_ok(&[
+        "shift",
+        "start",
+        "web",
+        "--from",
+        "lab",
+        "--to",
+        "lab2",
+        "--stages",
+        "50,100",
+        "--hold",
+        "2s",
+        "--min-healthy",
+        "0.5",
+        "--socket",
+        &socket,
+    ]);
+    assert!(
+        text(&out.stdout).contains("running at stage 1 of 2 (50%)"),
+        "{}",
+        text(&out.stdout)
+    );
+    let st = lab.status();
+    let shift = web(&st).shift.clone().expect("the shift in status");
+    assert_eq!(
+        (shift.state.as_str(), shift.stage, shift.percent),
+        ("running", 1, 50)
+    );
+    // A second start is refused; the read-only status names the stage.
+    let again = lab.steer(&[
+        "shift", "start", "web", "--from", "lab", "--to", "lab2", "--socket", &socket,
+    ]);
+    assert!(!again.status.success());
+    assert!(
+        text(&again.stderr).contains("already has a shift"),
+        "{}",
+        text(&again.stderr)
+    );
+    let out = lab.steer_ok(&["shift", "status", "web", "--socket", &socket]);
+    assert!(
+        text(&out.stdout).contains("web: shift lab -> lab2: running at stage 1 of 2 (50%)"),
+        "{}",
+        text(&out.stdout)
+    );
+    // At 50 %: lab2 takes 1/4 + 3/8 of the new flows; the established
+    // ones stay where they were.
+    let fresh = lab.backends_of(&flows(24_100..24_200), 0);
+    let to_b4 = fresh.values().filter(|b| **b == B4.1).count();
+    assert!(
+        (40..=85).contains(&to_b4),
+        "{to_b4} of 100 new flows to lab2"
+    );
+    assert_eq!(
+        lab.backends_of(&old_flows, 1),
+        before,
+        "established flows moved"
+    );
+
+    // The daemon's timer advances it: 100 %, then completed.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let done = loop {
+        let st = lab.status();
+        let s = web(&st).shift.clone().expect("shift");
+        if s.state == "completed" || Instant::now() > deadline {
+            break s;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!((done.state.as_str(), done.percent), ("completed", 100));
+    let fresh = lab.backends_of(&flows(24_300..24_330), 0);
+    assert!(
+        fresh.values().all(|b| *b == B4.1),
+        "at 100 % every new flow goes to lab2: {fresh:?}"
+    );
+    assert_eq!(
+        lab.backends_of(&old_flows, 2),
+        before,
+        "established flows moved"
+    );
+
+    let out = lab.steer_ok(&["shift", "abort", "web", "--socket", &socket]);
+    assert!(
+        text(&out.stdout).contains("forgot"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert!(web(&lab.status()).shift.is_none());
+}
