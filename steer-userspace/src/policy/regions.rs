@@ -13,7 +13,7 @@ use steer_policy::{
     compose, decide, latency, BackendIn, ClassIn, Decision, OnNoHealthy as EngineNoHealthy,
     Outcome, PolicyIn, RegionIn, ServiceIn,
 };
-use tracing::warn;
+use tracing::{debug, warn};
 
 use crate::config::{ClientClass, Config, OnNoHealthy, Policy, Service};
 use crate::dataplane::{DesiredBackend, DesiredClasses};
@@ -282,15 +282,23 @@ fn engine(
             (Some(a), Some(b)) => apply_shift(input, &decision, &mut slots, a, b, *percent),
             _ => Err(NotShifted::NoSuchRegion),
         };
-        if let Err(why) = moved {
-            warn!(
+        match moved {
+            Ok(_) => {}
+            // Expected for every class that may not use the target.
+            Err(NotShifted::Residency) => debug!(
+                service,
+                from = %from,
+                to = %to,
+                "staged shift not applied to a residency class's table"
+            ),
+            Err(why) => warn!(
                 service,
                 from = %from,
                 to = %to,
                 percent,
                 reason = %why,
                 "staged shift not applied to this table: its new flows follow the policy"
-            );
+            ),
         }
         ShiftApplied {
             from: from.clone(),
