@@ -1292,6 +1292,29 @@ fn a_staged_shift_advances_on_the_daemons_timer_and_moves_new_flows_only() {
         "{}",
         text(&out.stdout)
     );
+    // Live explain names the shift's stage and clock.
+    let vip = format!("{}:80", Ipv4Addr::from(VIP));
+    let out = lab.steer_ok(&[
+        "explain",
+        "tcp",
+        "198.51.100.7:40000",
+        &vip,
+        "--socket",
+        &socket,
+    ]);
+    let explained = text(&out.stdout);
+    assert!(
+        explained
+            .lines()
+            .any(|l| l.starts_with("shift       lab -> lab2 at 50%")),
+        "{explained}"
+    );
+    assert!(
+        explained.lines().any(|l| l.starts_with(
+            "stage       shift lab -> lab2: running at stage 1 of 2 (50%), next stage in"
+        )),
+        "{explained}"
+    );
     // At 50 %: lab2 takes 1/4 + 3/8 of the new flows; the established
     // ones stay where they were.
     let fresh = lab.backends_of(&flows(24_100..24_200), 0);

@@ -181,7 +181,15 @@ impl View {
                 })
             },
         );
-        Response::ok(explain::explain(&p.cfg, &p.planned, q, ct).to_string())
+        let mut e = explain::explain(&p.cfg, &p.planned, q, ct);
+        // The running shift's stage and clock (the plan shows its
+        // percentage only).
+        if let Some(s) = e.service.as_ref().and_then(|svc| p.shifts.get(svc)) {
+            let r = shift_report(s, unix_ms(std::time::SystemTime::now()));
+            e.lines
+                .push(format!("stage       {}", steer_api::shift_line(&r)));
+        }
+        Response::ok(e.to_string())
     }
 
     /// `steer shift status`: the shifts of the published state (of
