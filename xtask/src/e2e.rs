@@ -15,11 +15,15 @@
 //! reload, no lost UDP datagram across 20 reloads; for the region policies
 //! (the `policy-*` scenarios, [`policy_scenarios`]): shares within ±3
 //! points over 10,000 connections, failover per tier within
-//! fall × interval + 1 s, no residency violation, capacity within ±10 %.
+//! fall × interval + 1 s, no residency violation, capacity within ±10 %;
+//! for staged shifts (the `shift-*` scenarios, [`shift_scenarios`]): each
+//! stage's share within ±3 points over ≥ 1,000 connections, 0 failed
+//! requests, the next stage within ±1.5 s of its hold across a restart.
 mod config;
 mod daemon;
 mod lifecycle;
 mod policy_scenarios;
+mod shift_scenarios;
 mod traffic;
 mod traffic_scenarios;
 
@@ -53,7 +57,7 @@ struct Scenario {
     run: fn(&Ctx) -> Result<String>,
 }
 
-const SCENARIOS: [Scenario; 18] = [
+const SCENARIOS: [Scenario; 20] = [
     Scenario {
         name: "distribution",
         budget: Duration::from_secs(120),
@@ -143,6 +147,16 @@ const SCENARIOS: [Scenario; 18] = [
         name: "policy-latency",
         budget: Duration::from_secs(60),
         run: policy_scenarios::latency,
+    },
+    Scenario {
+        name: "shift-under-load",
+        budget: Duration::from_secs(60),
+        run: shift_scenarios::under_load,
+    },
+    Scenario {
+        name: "shift-restart",
+        budget: Duration::from_secs(60),
+        run: shift_scenarios::restart,
     },
 ];
 

@@ -848,13 +848,15 @@ pub fn residency(ctx: &Ctx) -> Result<String> {
 
 /// One `client-live` line.
 #[derive(serde::Deserialize)]
-struct LiveLine {
-    start_us: u64,
-    backend: Option<String>,
+pub(super) struct LiveLine {
+    /// Wall-clock µs since the Unix epoch when the connection started.
+    pub(super) start_us: u64,
+    /// The backend that answered (none: the request failed).
+    pub(super) backend: Option<String>,
 }
 
 /// `client-live` at `rate` requests/s for `secs` from `from`; the lines.
-fn live(lab: &Lab, from: &[IpAddr], rate: f64, secs: u64) -> Result<Vec<LiveLine>> {
+pub(super) fn live(lab: &Lab, from: &[IpAddr], rate: f64, secs: u64) -> Result<Vec<LiveLine>> {
     let mut args: Vec<String> = vec!["client-live".into(), "--to".into(), topo::web().to_string()];
     for f in from {
         args.push("--from".into());
