@@ -115,9 +115,11 @@ pub fn plan_from(cfg: &Config, rt: &Runtime, prev: Option<&Planned>) -> Planned 
     // every service.
     let mut by_name: HashMap<&str, usize> = HashMap::with_capacity(cfg.backends.len());
     let mut by_region: HashMap<&str, Vec<usize>> = HashMap::new();
+    let mut region_of: HashMap<&str, &str> = HashMap::with_capacity(cfg.backends.len());
     for (i, b) in cfg.backends.iter().enumerate() {
         by_name.insert(b.name.as_str(), i);
         by_region.entry(b.region.as_str()).or_default().push(i);
+        region_of.insert(b.name.as_str(), b.region.as_str());
     }
     let backends_of = |svc: &crate::config::Service| -> Vec<&crate::config::Backend> {
         let mut idx: Vec<usize> = svc
@@ -138,36 +140,39 @@ pub fn plan_from(cfg: &Config, rt: &Runtime, prev: Option<&Planned>) -> Planned 
     let (services, plans) = cfg
         .services
         .iter()
-        .map(|svc| DesiredService {
-            name: svc.name.clone(),
-            vip: svc.vip,
-            port: svc.port,
-            protocol: match svc.protocol {
-                Protocol::Tcp => steer_common::PROTO_TCP,
-                Protocol::Udp => steer_common::PROTO_UDP,
-            },
-            client_affinity: svc.affinity == Affinity::Client,
-            backends: backends_of(svc)
-                .into_iter()
-                .map(|b| DesiredBackend {
-                    name: b.name.clone(),
-                    address: b.address,
-                    weight: if state.drained.contains(&b.name)
-                        || rt.drained_regions.contains(&b.region)
-                    {
-                        0
-                    } else {
-                        b.weight
-                    },
-                    up: !state.down.contains(&b.name),
-                })
-                .collect(),
-            tables: vec![],
+        .map(|svc| {
+            let d = DesiredService {
+                name: svc.name.clone(),
+                vip: svc.vip,
+                port: svc.port,
+                protocol: match svc.protocol {
+                    Protocol::Tcp => steer_common::PROTO_TCP,
+                    Protocol::Udp => steer_common::PROTO_UDP,
+                },
+                client_affinity: svc.affinity == Affinity::Client,
+                backends: backends_of(svc)
+                    .into_iter()
+                    .map(|b| DesiredBackend {
+                        name: b.name.clone(),
+                        address: b.address,
+                        weight: if state.drained.contains(&b.name)
+                            || rt.drained_regions.contains(&b.region)
+                        {
+                            0
+                        } else {
+                            b.weight
+                        },
+                        up: !state.down.contains(&b.name),
+                    })
+                    .collect(),
+                tables: vec![],
+            };
+            (svc, d)
         })
-        .map(|mut d| {
-            let svc = cfg.service(&d.name).expect("built from the config");
+        .map(|(svc, mut d)| {
             let before = prev.and_then(|p| p.service(&d.name)).map(|(_, sp)| sp);
-            let p = regions::service_plan(cfg, svc, &mut d.backends, rt, ring_size, before);
+            let p =
+                regions::service_plan(cfg, svc, &mut d.backends, &region_of, rt, ring_size, before);
             d.tables = p
                 .tables
                 .iter()

@@ -3,7 +3,7 @@
 //! tables through the pure engine (`steer-policy`). Every table's decision
 //! is kept, for `steer status`, the metrics and `steer explain`.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,7 +11,7 @@ use std::time::Duration;
 use steer_policy::shift::{apply_shift, NotShifted};
 use steer_policy::{
     compose, decide, latency, BackendIn, ClassIn, Decision, OnNoHealthy as EngineNoHealthy,
-    Outcome, PolicyIn, RegionIn, ServiceIn,
+    PolicyIn, RegionIn, ServiceIn,
 };
 use tracing::{debug, warn};
 
@@ -94,34 +94,12 @@ pub fn class_of(cfg: &Config, client: IpAddr) -> Option<(u8, &ClientClass, Strin
     let mut best: Option<(u8, usize, String)> = None;
     for (i, c) in cfg.client_classes.iter().enumerate() {
         for p in &c.prefixes {
-            if contains(p.addr, p.len, client) && best.as_ref().is_none_or(|b| p.len > b.0) {
-                best = Some((p.len, i, format!("{}/{}", p.addr, p.len)));
+            if p.contains_addr(client) && best.as_ref().is_none_or(|b| p.len > b.0) {
+                best = Some((p.len, i, p.to_string()));
             }
         }
     }
     best.map(|(_, i, prefix)| (class_id(i), &cfg.client_classes[i], prefix))
-}
-
-fn contains(net: IpAddr, len: u8, a: IpAddr) -> bool {
-    match (net, a) {
-        (IpAddr::V4(n), IpAddr::V4(a)) => {
-            let m = if len == 0 {
-                0
-            } else {
-                u32::MAX << (32 - u32::from(len))
-            };
-            u32::from(n) & m == u32::from(a) & m
-        }
-        (IpAddr::V6(n), IpAddr::V6(a)) => {
-            let m = if len == 0 {
-                0
-            } else {
-                u128::MAX << (128 - u32::from(len))
-            };
-            u128::from(n) & m == u128::from(a) & m
-        }
-        _ => false,
-    }
 }
 
 /// The backends of `svc` whose health-check failure counts: all the down
@@ -159,6 +137,7 @@ fn engine_input(
     cfg: &Config,
     svc: &Service,
     backends: &[DesiredBackend],
+    region_of: &HashMap<&str, &str>,
     rt: &Runtime,
 ) -> ServiceIn {
     let region_names = cfg.service_regions(svc);
@@ -174,7 +153,7 @@ fn engine_input(
                 backends: backends
                     .iter()
                     .enumerate()
-                    .filter(|(_, b)| cfg.backend(&b.name).is_some_and(|c| c.region == name))
+                    .filter(|(_, b)| region_of.get(b.name.as_str()) == Some(&name))
                     .map(|(i, b)| BackendIn {
                         index: i as u32,
                         name: b.name.clone(),
@@ -319,11 +298,13 @@ fn engine(
 /// The tables of `svc`, whose backends (health and drains applied) are
 /// `backends`: one per class that has its own (the classes a geo service
 /// lists, and every residency class), plus the default table. Capped
-/// ejections are applied to `backends` (marked up again).
+/// ejections are applied to `backends` (marked up again). `region_of`
+/// maps every backend name of the config to its region.
 pub fn service_plan(
     cfg: &Config,
     svc: &Service,
     backends: &mut [DesiredBackend],
+    region_of: &HashMap<&str, &str>,
     rt: &Runtime,
     ring_size: u32,
     prev: Option<&ServicePlan>,
@@ -339,7 +320,6 @@ pub fn service_plan(
             b.up = true;
         }
     }
-    let input = engine_input(cfg, svc, backends, rt);
     let residency: Vec<usize> = cfg
         .client_classes
         .iter()
@@ -354,39 +334,46 @@ pub fn service_plan(
             .collect(),
         _ => Vec::new(),
     };
+    let any_healthy = backends.iter().any(|b| b.up && b.weight > 0);
+    // A staged shift in force (a finished one at 0 % changes nothing).
+    let shift: ShiftIn<'_> = rt.shifts.get(&svc.name).filter(|s| s.2 > 0.0);
+    // A shift moves slots of composed tables: a shifted service gets them.
+    let plain = matches!(svc.policy, Policy::Maglev) && any_healthy && shift.is_none();
+    if plain && residency.is_empty() && listed.is_empty() {
+        // One plain Maglev table, which the data plane builds: nothing
+        // for the engine to decide.
+        return ServicePlan {
+            tables: Vec::new(),
+            ejection_capped: capped.into_iter().collect(),
+        };
+    }
+    let input = engine_input(cfg, svc, backends, region_of, rt);
     // The default order: latency services follow their ranking.
     let default_order: Option<Vec<usize>> = match &svc.policy {
         Policy::Latency => rt.ranked.get(&svc.name).map(|r| order_of(&input, r)),
         _ => None,
     };
-    let any_healthy = backends.iter().any(|b| b.up && b.weight > 0);
-    // A staged shift in force (a finished one at 0 % changes nothing).
-    let shift: ShiftIn<'_> = rt.shifts.get(&svc.name).filter(|s| s.2 > 0.0);
     let mut tables = Vec::new();
-    // A shift moves slots of composed tables: a shifted service gets them.
-    let plain = matches!(svc.policy, Policy::Maglev) && any_healthy && shift.is_none();
-    if !plain || !residency.is_empty() || !listed.is_empty() {
-        let default = if plain {
-            None
-        } else {
-            Some(engine(
-                &svc.name,
-                &input,
-                ClassIn {
-                    order: default_order.clone(),
-                    allowed: None,
-                },
-                ring_size,
-                shift,
-                prev_engine(0),
-            ))
-        };
-        tables.push(TablePlan {
-            class: 0,
-            class_name: None,
-            engine: default,
-        });
-    }
+    let default = if plain {
+        None
+    } else {
+        Some(engine(
+            &svc.name,
+            &input,
+            ClassIn {
+                order: default_order.clone(),
+                allowed: None,
+            },
+            ring_size,
+            shift,
+            prev_engine(0),
+        ))
+    };
+    tables.push(TablePlan {
+        class: 0,
+        class_name: None,
+        engine: default,
+    });
     let mut own: Vec<usize> = listed.iter().chain(&residency).copied().collect();
     own.sort_unstable();
     own.dedup();
@@ -512,12 +499,6 @@ pub fn content_hash(backends: &[DesiredBackend], plan: &ServicePlan) -> u64 {
         }
     }
     h.finish()
-}
-
-/// Whether a decision sends flows to backends that are down: panic or
-/// fail-open.
-pub fn panicking(d: &Decision) -> bool {
-    d.outcome == Outcome::FailOpen || d.regions.iter().any(|r| r.panic)
 }
 
 #[cfg(test)]
