@@ -100,6 +100,26 @@ pub enum Outcome {
     DropResidency,
 }
 
+impl Outcome {
+    /// Every outcome, in declaration order.
+    pub const ALL: [Outcome; 4] = [
+        Outcome::Serve,
+        Outcome::FailOpen,
+        Outcome::DropNoHealthy,
+        Outcome::DropResidency,
+    ];
+
+    /// The word `steer status` and the metrics use.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Serve => "serve",
+            Outcome::FailOpen => "fail-open",
+            Outcome::DropNoHealthy => "drop",
+            Outcome::DropResidency => "residency",
+        }
+    }
+}
+
 /// The decision for one region of the order. Shares are fractions of the
 /// (service, class)'s new flows.
 #[derive(Clone, Debug, PartialEq)]

@@ -378,7 +378,8 @@ impl Collector for SnapshotCollector {
             report.services.iter().flat_map(|s| {
                 s.tables.iter().flat_map(move |t| {
                     let class = t.class.as_deref().unwrap_or("default");
-                    ["serve", "fail-open", "drop", "residency"].map(move |o| {
+                    steer_policy::Outcome::ALL.map(move |o| {
+                        let o = o.as_str();
                         (
                             [
                                 ("service", s.name.as_str()),

@@ -42,13 +42,9 @@ pub struct Measurer {
 /// A backend's smoothed probe time: the largest over its targets (a
 /// backend is as slow as its slowest check).
 fn backend_rtt(health: &BTreeMap<String, TargetStatus>, name: &str) -> Option<Duration> {
-    health
-        .iter()
-        .filter(|(k, _)| {
-            k.as_str() == name || k.strip_prefix(name).is_some_and(|r| r.starts_with('/'))
-        })
-        .filter(|(_, s)| s.up)
-        .filter_map(|(_, s)| s.rtt)
+    crate::health::backend_targets(health, name)
+        .filter(|s| s.up)
+        .filter_map(|s| s.rtt)
         .max()
 }
 

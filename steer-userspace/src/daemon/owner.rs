@@ -370,13 +370,13 @@ impl Owner {
         let drained_regions = dp
             .drained_regions()
             .iter()
-            .filter(|r| cfg.regions.iter().any(|x| x.name == **r))
+            .filter(|r| cfg.region(r).is_some())
             .cloned()
             .collect();
         let region_drain_deadlines: BTreeMap<String, SystemTime> = dp
             .region_drain_deadlines()
             .iter()
-            .filter(|(r, _)| cfg.regions.iter().any(|x| x.name == **r))
+            .filter(|(r, _)| cfg.region(r).is_some())
             .map(|(r, secs)| {
                 (
                     r.clone(),
@@ -944,7 +944,7 @@ impl Owner {
     }
 
     fn drain_region(&mut self, region: &str, undo: bool, timeout: Option<Duration>) -> Response {
-        if !self.state.cfg.regions.iter().any(|r| r.name == region) {
+        if self.state.cfg.region(region).is_none() {
             let known: Vec<&str> = self
                 .state
                 .cfg
@@ -1075,7 +1075,7 @@ impl Owner {
         self.state.drained.retain(|b| cfg.backend(b).is_some());
         self.state
             .drained_regions
-            .retain(|r| cfg.regions.iter().any(|x| x.name == *r));
+            .retain(|r| cfg.region(r).is_some());
         let old_deadlines = self.state.region_drain_deadlines.clone();
         let kept = self.state.drained_regions.clone();
         self.state

@@ -13,7 +13,6 @@ use crate::api::{
 use crate::dataplane::CounterReader;
 use crate::health;
 use steer_policy::shift::{Shift, State as ShiftState};
-use steer_policy::Outcome;
 
 use super::owner::Published;
 
@@ -225,13 +224,7 @@ fn table_status(t: &crate::policy::TablePlan) -> Option<TableStatus> {
     Some(TableStatus {
         class: t.class_name.clone(),
         order: d.order.iter().map(|&i| name(i)).collect(),
-        outcome: match d.outcome {
-            Outcome::Serve => "serve",
-            Outcome::FailOpen => "fail-open",
-            Outcome::DropNoHealthy => "drop",
-            Outcome::DropResidency => "residency",
-        }
-        .to_string(),
+        outcome: d.outcome.as_str().to_string(),
         allowed_regions: d
             .allowed
             .as_ref()
