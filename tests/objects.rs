@@ -101,6 +101,7 @@ fn pinned_maps_are_the_production_maps_only() {
         "CONNTRACK",
         "VIP_STATS",
         "REAL_STATS",
+        "PASSIVE_STATS",
         "DROP_STATS",
         "PATH_STATS",
         "SOURCE_MACS",

@@ -34,6 +34,7 @@ pub mod names {
     pub const CONNTRACK: &str = "CONNTRACK";
     pub const VIP_STATS: &str = "VIP_STATS";
     pub const REAL_STATS: &str = "REAL_STATS";
+    pub const PASSIVE_STATS: &str = "PASSIVE_STATS";
     pub const DROP_STATS: &str = "DROP_STATS";
     pub const PATH_STATS: &str = "PATH_STATS";
     pub const SOURCE_MACS: &str = "SOURCE_MACS";
@@ -270,6 +271,23 @@ pub struct Counters {
     pub new_flows: u64,
 }
 
+/// Per-CPU passive health counters of `PASSIVE_STATS`, per real id. With
+/// direct server return steer sees only the client's side of a flow, so
+/// these are what it can tell about a backend's health without probing.
+/// A map of its own (not more fields of [`Counters`]) so that the maps an
+/// older steer pinned stay loadable.
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Passive {
+    /// TCP SYNs (SYN without ACK) of a flow-affinity VIP whose 5-tuple
+    /// still had a handshake-pending conntrack entry: the client's earlier
+    /// SYN went unanswered. Counted against the backend of that entry.
+    pub repeated_syns: u64,
+    /// Handshake-pending flows whose first non-SYN packet arrived: the
+    /// client got the backend's SYN-ACK.
+    pub handshakes: u64,
+}
+
 /// Defines a `#[repr(u32)]` counter index: the enum, `COUNT`, `ALL` (in
 /// index order) and `name()`, so each variant's value and metric name are
 /// written once. The discriminants must be 0, 1, 2, ... in order; a
@@ -436,7 +454,7 @@ mod pod {
         };
     }
     pod!(
-        VipKey, VipInfo, AddrKey, Real, FlowKey, CtValue, Settings, Counters, BenchState,
+        VipKey, VipInfo, AddrKey, Real, FlowKey, CtValue, Settings, Counters, Passive, BenchState,
         SourceMac, ClassV6Key
     );
 }
@@ -459,6 +477,7 @@ mod tests {
             4 + 4 + 16 + 4 + 4 + 4 + 6 + 1 + 1 + 4
         );
         assert_eq!(size_of::<Counters>(), 24);
+        assert_eq!(size_of::<Passive>(), 16);
         assert_eq!(size_of::<SourceMac>(), 8);
         assert_eq!(size_of::<ClassV6Key>(), 4 + 8);
         assert_eq!(size_of::<ClassRow>(), 1024);

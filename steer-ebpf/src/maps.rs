@@ -8,8 +8,9 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use steer_common::{
-    capacity, ring_values, AddrKey, Branch, ClassRow, Counters, CtValue, DropReason, FlowKey, Real,
-    Settings, SourceMac, VipInfo, VipKey, CLASS_V4_LANES, RING_LANES, VIP_FILTER_WORDS,
+    capacity, ring_values, AddrKey, Branch, ClassRow, Counters, CtValue, DropReason, FlowKey,
+    Passive, Real, Settings, SourceMac, VipInfo, VipKey, CLASS_V4_LANES, RING_LANES,
+    VIP_FILTER_WORDS,
 };
 
 #[map]
@@ -45,6 +46,11 @@ pub static VIP_STATS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(capa
 
 #[map]
 pub static REAL_STATS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(capacity::REALS, 0);
+
+/// Per real id: repeated SYNs and completed handshakes (see
+/// `steer_common::Passive`). Sized like `REAL_STATS` by userspace.
+#[map]
+pub static PASSIVE_STATS: PerCpuArray<Passive> = PerCpuArray::with_max_entries(capacity::REALS, 0);
 
 #[map]
 pub static DROP_STATS: PerCpuArray<u64> =

@@ -11,7 +11,7 @@ use std::os::fd::AsFd;
 
 use aya::maps::{HashMap, Map, MapData, PerCpuArray};
 use aya::Ebpf;
-use steer_common::{names, Branch, Counters, CtValue, DropReason, FlowKey};
+use steer_common::{names, Branch, Counters, CtValue, DropReason, FlowKey, Passive};
 
 use super::{map_err, DataplaneError, Result};
 
@@ -19,6 +19,8 @@ use super::{map_err, DataplaneError, Result};
 pub struct CounterReader {
     vip_stats: PerCpuArray<MapData, Counters>,
     real_stats: PerCpuArray<MapData, Counters>,
+    /// `PASSIVE_STATS`; `None` when the loaded program has no such map.
+    passive_stats: Option<PerCpuArray<MapData, Passive>>,
     drop_stats: PerCpuArray<MapData, u64>,
     path_stats: PerCpuArray<MapData, u64>,
     /// `CONNTRACK`, read by `steer explain`.
@@ -53,6 +55,14 @@ fn per_cpu<V: aya::Pod>(ebpf: &Ebpf, name: &'static str) -> Result<PerCpuArray<M
     PerCpuArray::try_from(reopen(ebpf, name)?).map_err(map_err(name))
 }
 
+/// Per-CPU passive counters summed (wrapping, like the program's adds).
+pub(crate) fn sum_passive(per_cpu: &[Passive]) -> Passive {
+    per_cpu.iter().fold(Passive::default(), |a, c| Passive {
+        repeated_syns: a.repeated_syns.wrapping_add(c.repeated_syns),
+        handshakes: a.handshakes.wrapping_add(c.handshakes),
+    })
+}
+
 fn sum(per_cpu: &[Counters]) -> Counters {
     per_cpu.iter().fold(Counters::default(), |a, c| Counters {
         packets: a.packets.wrapping_add(c.packets),
@@ -66,6 +76,11 @@ impl CounterReader {
         Ok(CounterReader {
             vip_stats: per_cpu(ebpf, names::VIP_STATS)?,
             real_stats: per_cpu(ebpf, names::REAL_STATS)?,
+            passive_stats: match per_cpu(ebpf, names::PASSIVE_STATS) {
+                Ok(m) => Some(m),
+                Err(DataplaneError::MissingMap { .. }) => None,
+                Err(e) => return Err(e),
+            },
             drop_stats: per_cpu(ebpf, names::DROP_STATS)?,
             path_stats: per_cpu(ebpf, names::PATH_STATS)?,
             conntrack: HashMap::try_from(reopen(ebpf, names::CONNTRACK)?)
@@ -101,6 +116,21 @@ impl CounterReader {
         Ok(sum(&v))
     }
 
+    /// Passive health counters (repeated SYNs, handshakes) of the real with
+    /// id `real_id`, summed over CPUs. Zeros when the map is absent (a
+    /// program without it) or has no such entry (a smaller map): nothing
+    /// could have counted there.
+    pub fn passive(&self, real_id: u32) -> Result<Passive> {
+        let Some(map) = &self.passive_stats else {
+            return Ok(Passive::default());
+        };
+        match map.get(&real_id, 0) {
+            Ok(v) => Ok(sum_passive(&v)),
+            Err(aya::maps::MapError::OutOfBounds { .. }) => Ok(Passive::default()),
+            Err(e) => Err(map_err(names::PASSIVE_STATS)(e)),
+        }
+    }
+
     /// Entries `0..n`, each summed over CPUs. A map pinned by an older
     /// steer may have fewer entries (a reason or branch added since): the
     /// program cannot count those, so they read 0 instead of failing the
@@ -133,5 +163,48 @@ impl CounterReader {
         let mut out = [0; Branch::COUNT];
         out.copy_from_slice(&v);
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passive_counters_are_summed_over_cpus() {
+        let per_cpu = [
+            Passive {
+                repeated_syns: 2,
+                handshakes: 5,
+            },
+            Passive {
+                repeated_syns: 0,
+                handshakes: 7,
+            },
+            Passive {
+                repeated_syns: 1,
+                handshakes: 0,
+            },
+        ];
+        assert_eq!(
+            sum_passive(&per_cpu),
+            Passive {
+                repeated_syns: 3,
+                handshakes: 12
+            }
+        );
+        assert_eq!(sum_passive(&[]), Passive::default());
+        // The program's counters wrap; so does their sum.
+        let wrap = [
+            Passive {
+                repeated_syns: u64::MAX,
+                handshakes: 1,
+            },
+            Passive {
+                repeated_syns: 2,
+                handshakes: 1,
+            },
+        ];
+        assert_eq!(sum_passive(&wrap).repeated_syns, 1);
     }
 }

@@ -13,8 +13,8 @@ use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray, PerCpuValues};
 use aya::programs::{ProgramError, TestRun, TestRunOptions, Xdp};
 use aya::{Ebpf, EbpfLoader};
 use steer_common::{
-    is_unicast_mac, names, ring_index, ring_values, AddrKey, Branch, Counters, DropReason, Real,
-    Settings, SourceMac, VipInfo, VipKey, SOURCE_MAC_FALLBACK, VIP_FILTER_WORDS,
+    is_unicast_mac, names, ring_index, ring_values, AddrKey, Branch, Counters, DropReason, Passive,
+    Real, Settings, SourceMac, VipInfo, VipKey, SOURCE_MAC_FALLBACK, VIP_FILTER_WORDS,
 };
 
 mod adopt;
@@ -350,7 +350,7 @@ pub enum Attached {
 }
 
 /// All the maps the program declares, for pinning.
-const ALL_MAPS: [&str; 17] = [
+const ALL_MAPS: [&str; 18] = [
     names::SETTINGS,
     names::VIPS,
     names::VIP_ADDRS,
@@ -361,6 +361,7 @@ const ALL_MAPS: [&str; 17] = [
     names::CONNTRACK,
     names::VIP_STATS,
     names::REAL_STATS,
+    names::PASSIVE_STATS,
     names::DROP_STATS,
     names::PATH_STATS,
     names::SOURCE_MACS,
@@ -460,7 +461,8 @@ impl Dataplane {
             .map_max_entries(names::VIP_ADDRS, limits.max_tables)
             .map_max_entries(names::VIP_STATS, limits.max_tables)
             .map_max_entries(names::REALS, limits.max_reals)
-            .map_max_entries(names::REAL_STATS, limits.max_reals);
+            .map_max_entries(names::REAL_STATS, limits.max_reals)
+            .map_max_entries(names::PASSIVE_STATS, limits.max_reals);
         let mut ebpf = loader.load(object).map_err(DataplaneError::Load)?;
         for &name in programs {
             let prog: &mut Xdp = ebpf
@@ -1013,6 +1015,21 @@ impl Dataplane {
             .get(backend)
             .ok_or_else(|| DataplaneError::UnknownBackend(backend.to_string()))?;
         self.counters.real(real.id)
+    }
+
+    /// Passive health counters (repeated SYNs, handshakes) of one backend
+    /// of one service, summed over CPUs.
+    pub fn backend_passive(&self, service: &str, backend: &str) -> Result<Passive> {
+        let slot = self
+            .ledger
+            .services
+            .get(service)
+            .ok_or_else(|| DataplaneError::UnknownService(service.to_string()))?;
+        let real = slot
+            .reals
+            .get(backend)
+            .ok_or_else(|| DataplaneError::UnknownBackend(backend.to_string()))?;
+        self.counters.passive(real.id)
     }
 
     /// The active selection table of a service: backend name per slot

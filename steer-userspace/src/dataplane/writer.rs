@@ -106,6 +106,7 @@ impl Dataplane {
                     }
                     if let Some(id) = real {
                         self.zero_stats(names::REAL_STATS, *id)?;
+                        self.zero_stats_of::<Passive>(names::PASSIVE_STATS, *id)?;
                     }
                 }
                 Write::RemoveVip(key) => {
@@ -226,19 +227,28 @@ impl Dataplane {
 
     /// Zeroes `map[id]` (a per-CPU `Counters` array) on every CPU.
     pub(super) fn zero_stats(&mut self, name: &'static str, id: u32) -> Result<()> {
+        self.zero_stats_of::<Counters>(name, id)
+    }
+
+    /// Zeroes `map[id]` (a per-CPU array of `V`) on every CPU.
+    pub(super) fn zero_stats_of<V: aya::Pod + Default>(
+        &mut self,
+        name: &'static str,
+        id: u32,
+    ) -> Result<()> {
         let cpus = aya::util::nr_cpus().map_err(|(path, source)| DataplaneError::Io {
             what: "reading the possible CPUs from",
             path: PathBuf::from(path),
             source,
         })?;
-        let zeros = PerCpuValues::try_from(vec![Counters::default(); cpus]).map_err(|source| {
+        let zeros = PerCpuValues::try_from(vec![V::default(); cpus]).map_err(|source| {
             DataplaneError::Io {
                 what: "building zero counters for map",
                 path: PathBuf::from(name),
                 source,
             }
         })?;
-        let mut map: PerCpuArray<_, Counters> = typed(&mut self.ebpf, name)?;
+        let mut map: PerCpuArray<_, V> = typed(&mut self.ebpf, name)?;
         map.set(id, zeros, 0).map_err(map_err(name))
     }
 
