@@ -88,6 +88,21 @@ pub(crate) const LATENCY_MARGIN_MIN_MAX: Duration = Duration::from_secs(10);
 pub(crate) const DEFAULT_LATENCY_DWELL: Duration = Duration::from_secs(30);
 pub(crate) const LATENCY_DWELL_MAX: Duration = Duration::from_secs(3600);
 
+pub(crate) const DEFAULT_OUTLIER_INTERVAL: Duration = Duration::from_secs(10);
+pub(crate) const OUTLIER_INTERVAL_MIN: Duration = Duration::from_secs(1);
+pub(crate) const OUTLIER_INTERVAL_MAX: Duration = Duration::from_secs(3600);
+pub(crate) const DEFAULT_OUTLIER_REPEATED_SYN_PERCENT: u8 = 30;
+pub(crate) const DEFAULT_OUTLIER_MIN_NEW_FLOWS: u32 = 20;
+pub(crate) const OUTLIER_MIN_NEW_FLOWS_MAX: u32 = 1_000_000;
+pub(crate) const DEFAULT_OUTLIER_BASE_EJECTION: Duration = Duration::from_secs(30);
+pub(crate) const DEFAULT_OUTLIER_MAX_EJECTION: Duration = Duration::from_secs(300);
+pub(crate) const OUTLIER_EJECTION_MAX: Duration = Duration::from_secs(86_400);
+/// The outlier cap when the service sets no `max_ejection_percent`
+/// (Envoy's default).
+pub(crate) const DEFAULT_OUTLIER_MAX_EJECTION_PERCENT: u8 = 10;
+pub(crate) const DEFAULT_SLOW_START_MIN_WEIGHT_PERCENT: u8 = 10;
+pub(crate) const SLOW_START_WINDOW_MAX: Duration = Duration::from_secs(3600);
+
 impl Default for LatencyTuning {
     fn default() -> Self {
         LatencyTuning {

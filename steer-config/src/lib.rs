@@ -52,8 +52,8 @@ pub use error::{ConfigError, ConfigErrors};
 pub use model::{
     Affinity, AttachMode, Backend, CheckKind, ClientClass, ClientPrefix, Config, ControlConfig,
     ControlGroup, DataplaneConfig, Encapsulation, GeoIpConfig, HealthCheck, Ipv4Prefix, Ipv6Prefix,
-    LatencyTuning, MetricsConfig, Milli, OnNoHealthy, Policy, PolicyKind, Protocol, Region,
-    Service,
+    LatencyTuning, MetricsConfig, Milli, OnNoHealthy, OutlierTuning, Policy, PolicyKind, Protocol,
+    Region, Service, SlowStartTuning,
 };
 pub use section::dataplane::source_mac as parse_source_mac;
 

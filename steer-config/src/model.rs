@@ -240,6 +240,12 @@ model! {
         pub max_ejection_percent: u8,
         /// Hysteresis of `policy = "latency"` (defaults otherwise).
         pub latency: LatencyTuning,
+        /// Passive outlier ejection (`outlier_detection = true` and the
+        /// `outlier_*` keys); `None` = off.
+        pub outlier: Option<OutlierTuning>,
+        /// Slow start of backends that come up (`slow_start_window`,
+        /// `slow_start_min_weight_percent`); a zero window = off.
+        pub slow_start: SlowStartTuning,
     }
 }
 
@@ -307,6 +313,37 @@ pub struct LatencyTuning {
     pub margin_min: Duration,
     /// ...continuously for this long before it applies.
     pub dwell: Duration,
+}
+
+/// `[[services]] outlier_*`: eject backends whose new connections fail, as
+/// the data plane sees it (repeated SYNs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct OutlierTuning {
+    /// `outlier_interval`: the window the counts cover.
+    pub interval: Duration,
+    /// `outlier_repeated_syn_percent`: eject above this share of repeated
+    /// SYNs among the window's new flows (1..=100)...
+    pub repeated_syn_percent: u8,
+    /// `outlier_min_new_flows`: ...over at least this many new flows.
+    pub min_new_flows: u32,
+    /// `outlier_base_ejection_time`: the first ejection's length; the n-th
+    /// lasts n times this...
+    pub base_ejection_time: Duration,
+    /// `outlier_max_ejection_time`: ...up to this.
+    pub max_ejection_time: Duration,
+    /// The service's `max_ejection_percent` if set, else 10 (Envoy's
+    /// default): backends out at once, health checks' included.
+    pub max_ejection_percent: u8,
+}
+
+/// `[[services]] slow_start_*`: how a backend that comes up (health,
+/// ejection end, undrain) ramps its weight for new flows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SlowStartTuning {
+    /// `slow_start_window`: the ramp's length; zero = no slow start.
+    pub window: Duration,
+    /// `slow_start_min_weight_percent`: the weight it starts with (1..=100).
+    pub min_weight_percent: u8,
 }
 
 /// Transport protocol of a service.

@@ -16,7 +16,8 @@ use std::time::Duration;
 
 use crate::model::{
     Affinity, AttachMode, CheckKind, ClientPrefix, Encapsulation, Ipv4Prefix, Ipv6Prefix,
-    LatencyTuning, Milli, OnNoHealthy, Policy, PolicyKind, Protocol,
+    LatencyTuning, Milli, OnNoHealthy, OutlierTuning, Policy, PolicyKind, Protocol,
+    SlowStartTuning,
 };
 use crate::section::classes::Sourced;
 
@@ -66,6 +67,8 @@ plain!(
     PolicyKind,
     OnNoHealthy,
     LatencyTuning,
+    OutlierTuning,
+    SlowStartTuning,
 );
 
 /// An optional key: `Some(None)` when absent.

@@ -101,6 +101,12 @@ impl<'a> Node<'a> {
         w.insert(self.start, unknown);
     }
 
+    /// The raw value of `key` if present, without allowing it (its own
+    /// reader checks it).
+    pub(crate) fn table_value(&self, key: &str) -> Option<&'a Value> {
+        self.table.get(key)
+    }
+
     /// Whether `key` is present (it need not be allowed).
     pub(crate) fn has(&self, key: &str) -> bool {
         self.table.contains_key(key)

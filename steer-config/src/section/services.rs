@@ -9,16 +9,22 @@ use toml::{Table, Value};
 use super::{check_health_check_ref, defined, quoted, Defined};
 use crate::defaults::{
     DEFAULT_LATENCY_DWELL, DEFAULT_LATENCY_MARGIN, DEFAULT_LATENCY_MARGIN_MIN,
-    DEFAULT_MAX_EJECTION_PERCENT, DEFAULT_OVERPROVISIONING, DEFAULT_PANIC_THRESHOLD,
-    LATENCY_DWELL_MAX, LATENCY_MARGIN_MIN_MAX, OVERPROVISIONING_MAX, OVERPROVISIONING_MIN,
+    DEFAULT_MAX_EJECTION_PERCENT, DEFAULT_OUTLIER_BASE_EJECTION, DEFAULT_OUTLIER_INTERVAL,
+    DEFAULT_OUTLIER_MAX_EJECTION, DEFAULT_OUTLIER_MAX_EJECTION_PERCENT,
+    DEFAULT_OUTLIER_MIN_NEW_FLOWS, DEFAULT_OUTLIER_REPEATED_SYN_PERCENT, DEFAULT_OVERPROVISIONING,
+    DEFAULT_PANIC_THRESHOLD, DEFAULT_SLOW_START_MIN_WEIGHT_PERCENT, LATENCY_DWELL_MAX,
+    LATENCY_MARGIN_MIN_MAX, OUTLIER_EJECTION_MAX, OUTLIER_INTERVAL_MAX, OUTLIER_INTERVAL_MIN,
+    OUTLIER_MIN_NEW_FLOWS_MAX, OVERPROVISIONING_MAX, OVERPROVISIONING_MIN, SLOW_START_WINDOW_MAX,
 };
 use crate::duration::format_duration;
 use crate::error::join;
 use crate::model::{
-    keyword_list, Affinity, CheckKind, LatencyTuning, Milli, OnNoHealthy, PBackend, PClientClass,
-    PHealthCheck, PService, Policy, PolicyKind, Protocol,
+    keyword_list, Affinity, CheckKind, LatencyTuning, Milli, OnNoHealthy, OutlierTuning, PBackend,
+    PClientClass, PHealthCheck, PService, Policy, PolicyKind, Protocol, SlowStartTuning,
 };
-use crate::values::{duration, int_in, keyword, milli, name, non_empty_string, unicast_address};
+use crate::values::{
+    boolean, duration, int_in, keyword, milli, name, non_empty_string, unicast_address,
+};
 use crate::walker::{describe, Node, Walker};
 
 /// Keys that belong to one policy only.
@@ -67,6 +73,8 @@ pub(super) fn read(w: &mut Walker, at: &str, t: &Table) -> PService {
             |v| int_in(v, 0, 100),
         ),
         latency: read_latency(w, &n),
+        outlier: read_outlier(w, &n),
+        slow_start: read_slow_start(w, &n),
         at: at.to_string(),
     };
     n.done(w);
@@ -253,6 +261,131 @@ fn read_latency(w: &mut Walker, n: &Node<'_>) -> Option<LatencyTuning> {
         margin_min: margin_min?,
         dwell: dwell?,
     })
+}
+
+/// The `outlier_*` keys other than `outlier_detection`.
+const OUTLIER_KEYS: &[&str] = &[
+    "outlier_interval",
+    "outlier_repeated_syn_percent",
+    "outlier_min_new_flows",
+    "outlier_base_ejection_time",
+    "outlier_max_ejection_time",
+];
+
+/// `outlier_detection` and the `outlier_*` keys: `Some(None)` when off.
+fn read_outlier(w: &mut Walker, n: &Node<'_>) -> Option<Option<OutlierTuning>> {
+    let on = n.default(w, "outlier_detection", false, boolean)?;
+    let interval = n.default(w, "outlier_interval", DEFAULT_OUTLIER_INTERVAL, |v| {
+        let d = at_most(duration(v)?, OUTLIER_INTERVAL_MAX)?;
+        if d < OUTLIER_INTERVAL_MIN {
+            return Err(format!(
+                "{} is too short (at least {}: the window must hold some new flows)",
+                format_duration(d),
+                format_duration(OUTLIER_INTERVAL_MIN)
+            ));
+        }
+        Ok(d)
+    });
+    let percent = n.default(
+        w,
+        "outlier_repeated_syn_percent",
+        DEFAULT_OUTLIER_REPEATED_SYN_PERCENT,
+        |v| int_in(v, 1, 100),
+    );
+    let min_flows = n.default(
+        w,
+        "outlier_min_new_flows",
+        DEFAULT_OUTLIER_MIN_NEW_FLOWS,
+        |v| int_in(v, 1, i64::from(OUTLIER_MIN_NEW_FLOWS_MAX)),
+    );
+    let base = n.default(
+        w,
+        "outlier_base_ejection_time",
+        DEFAULT_OUTLIER_BASE_EJECTION,
+        |v| positive(at_most(duration(v)?, OUTLIER_EJECTION_MAX)?),
+    );
+    let max = n.default(
+        w,
+        "outlier_max_ejection_time",
+        DEFAULT_OUTLIER_MAX_EJECTION,
+        |v| positive(at_most(duration(v)?, OUTLIER_EJECTION_MAX)?),
+    );
+    let cap = if n.has("max_ejection_percent") {
+        // Read (and checked) with the service's other keys.
+        n.table_value("max_ejection_percent")
+            .and_then(|v| int_in::<u8>(v, 0, 100).ok())
+    } else {
+        Some(DEFAULT_OUTLIER_MAX_EJECTION_PERCENT)
+    };
+    let (interval, percent, min_flows, base, max) = (interval?, percent?, min_flows?, base?, max?);
+    if !on {
+        let set: Vec<&str> = OUTLIER_KEYS.iter().copied().filter(|k| n.has(k)).collect();
+        if !set.is_empty() {
+            w.err(
+                n.path,
+                format!(
+                    "{} set but outlier detection is off: add outlier_detection = true, or \
+                     remove them",
+                    set.join(", ")
+                ),
+            );
+            return None;
+        }
+        return Some(None);
+    }
+    if max < base {
+        w.err(
+            join(n.path, "outlier_max_ejection_time"),
+            format!(
+                "{} is shorter than outlier_base_ejection_time ({}): the cap must be at \
+                 least the first ejection's length",
+                format_duration(max),
+                format_duration(base)
+            ),
+        );
+        return None;
+    }
+    Some(Some(OutlierTuning {
+        interval,
+        repeated_syn_percent: percent,
+        min_new_flows: min_flows,
+        base_ejection_time: base,
+        max_ejection_time: max,
+        max_ejection_percent: cap?,
+    }))
+}
+
+/// `slow_start_window`, `slow_start_min_weight_percent`.
+fn read_slow_start(w: &mut Walker, n: &Node<'_>) -> Option<SlowStartTuning> {
+    let window = n.default(w, "slow_start_window", std::time::Duration::ZERO, |v| {
+        at_most(duration(v)?, SLOW_START_WINDOW_MAX)
+    });
+    let min = n.default(
+        w,
+        "slow_start_min_weight_percent",
+        DEFAULT_SLOW_START_MIN_WEIGHT_PERCENT,
+        |v| int_in(v, 1, 100),
+    );
+    let (window, min) = (window?, min?);
+    if window.is_zero() && n.has("slow_start_min_weight_percent") {
+        w.err(
+            join(n.path, "slow_start_min_weight_percent"),
+            "set but slow start is off: set slow_start_window (e.g. \"30s\") too, or remove it",
+        );
+        return None;
+    }
+    Some(SlowStartTuning {
+        window,
+        min_weight_percent: min,
+    })
+}
+
+fn positive(d: std::time::Duration) -> Result<std::time::Duration, String> {
+    if d.is_zero() {
+        Err("must be longer than 0s".to_string())
+    } else {
+        Ok(d)
+    }
 }
 
 fn at_most(

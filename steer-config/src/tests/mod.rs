@@ -11,6 +11,7 @@ mod health_checks;
 mod lookups;
 mod messages;
 mod mmdb;
+mod passive;
 mod policies;
 mod references;
 mod shape;

@@ -17,6 +17,7 @@ mod changes;
 pub mod measure;
 mod notify;
 mod owner;
+pub mod passive;
 mod reload;
 mod status;
 

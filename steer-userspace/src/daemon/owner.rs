@@ -28,6 +28,7 @@ use steer_policy::shift::{self, Plan, PlanContext, ResidencyClass, Shift, Signal
 use steer_policy::Outcome;
 
 use super::measure::{self, Measured, Measurer};
+use super::passive::Passive;
 
 use super::changes::config_changes;
 use super::reload;
@@ -247,6 +248,8 @@ pub struct State {
     /// Staged shifts by service: in force, or finished (kept for `steer
     /// status` until a new one starts or `steer shift abort` forgets it).
     pub shifts: BTreeMap<String, Shift>,
+    /// Outlier ejection and slow start, per service.
+    pub passive: Passive,
 }
 
 /// What the owner last applied: an immutable snapshot for status and
@@ -428,6 +431,7 @@ impl Owner {
             transitions: BTreeMap::new(),
             interfaces: Vec::new(),
             shifts,
+            passive: Passive::default(),
         };
         let (publish, rx) = watch::channel(Arc::new(Published {
             state: state.clone(),
@@ -515,6 +519,11 @@ impl Owner {
                     )
                 })
                 .collect(),
+            ejected: self.state.passive.ejected(),
+            ramps: self
+                .state
+                .passive
+                .ramps(&self.state.cfg, unix_ms(SystemTime::now())),
         }
     }
 
@@ -826,6 +835,11 @@ impl Owner {
     /// Measures (when a policy needs it) and re-programs if what the
     /// policy reads changed.
     fn on_tick(&mut self) {
+        if self.tick_passive() {
+            if let Err(e) = self.program() {
+                error!(error = %e, "programming the data plane after an outlier or slow start change failed");
+            }
+        }
         if self.tick_shifts() {
             if let Err(e) = self.program() {
                 error!(error = %e, "programming the data plane after a shift change failed");
@@ -867,6 +881,45 @@ impl Owner {
         }
     }
 
+    /// A backend's cumulative (new flows, repeated SYNs) in a service, as
+    /// the data plane counts them.
+    fn passive_counts(&self, service: &str, backend: &str) -> Option<(u64, u64)> {
+        let c = self.dp.backend_counters(service, backend).ok()?;
+        let p = self.dp.backend_passive(service, backend).ok()?;
+        Some((c.new_flows, p.repeated_syns))
+    }
+
+    /// Outlier ejection and slow start: returns whether the tables must be
+    /// recomposed.
+    fn tick_passive(&mut self) -> bool {
+        let cfg = self.state.cfg.clone();
+        if !cfg
+            .services
+            .iter()
+            .any(|s| s.outlier.is_some() || !s.slow_start.window.is_zero())
+        {
+            self.state.passive = Passive::default();
+            return false;
+        }
+        let health = match &self.monitor {
+            Some(m) => m.snapshot(),
+            None => self.state.health.clone(),
+        };
+        let mut passive = std::mem::take(&mut self.state.passive);
+        let changed = passive.tick(
+            &cfg,
+            &health,
+            &|s: &str, b: &str| self.passive_counts(s, b),
+            unix_ms(SystemTime::now()),
+        );
+        self.state.passive = passive;
+        if !changed {
+            // Counters and windows moved: status shows them.
+            self.publish();
+        }
+        changed
+    }
+
     /// New flows counted so far per region, over every service's backends.
     fn region_new_flows(&self) -> BTreeMap<String, u64> {
         let cfg = &self.state.cfg;
@@ -890,8 +943,21 @@ impl Owner {
             &status,
             SystemTime::now(),
         );
+        let first = self.state.health.is_empty();
+        let was_down = down_set(&self.state.cfg, &self.state.health);
         self.state.health = status;
-        if down_set(&self.state.cfg, &self.state.health) != self.state.down {
+        let is_down = down_set(&self.state.cfg, &self.state.health);
+        if !first {
+            let now = unix_ms(SystemTime::now());
+            let cfg = self.state.cfg.clone();
+            for b in was_down.difference(&is_down) {
+                self.state.passive.backend_came_up(&cfg, b, now);
+            }
+            for b in is_down.difference(&was_down) {
+                self.state.passive.backend_went_down(b);
+            }
+        }
+        if is_down != self.state.down {
             if let Err(e) = self.program() {
                 error!(error = %e, "programming the data plane after a health change failed");
             }
@@ -916,8 +982,14 @@ impl Owner {
             ));
         }
         let before = self.state.drained.clone();
+        let passive_before = self.state.passive.clone();
         if undo {
-            self.state.drained.remove(backend);
+            if self.state.drained.remove(backend) {
+                let cfg = self.state.cfg.clone();
+                self.state
+                    .passive
+                    .backend_came_up(&cfg, backend, unix_ms(SystemTime::now()));
+            }
         } else {
             self.state.drained.insert(backend.to_string());
         }
@@ -935,6 +1007,7 @@ impl Owner {
             }
             Err(e) => {
                 self.state.drained = before;
+                self.state.passive = passive_before;
                 let rollback = self.roll_back();
                 Response::error(format!(
                     "programming the data plane failed, the drain was not applied: {e}{rollback}"

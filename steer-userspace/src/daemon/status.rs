@@ -271,6 +271,7 @@ mod tests {
                 drained: BTreeSet::new(),
                 drained_regions: BTreeSet::new(),
                 region_drain_deadlines: Default::default(),
+                passive: Default::default(),
                 shifts: Default::default(),
                 drain_moved: BTreeSet::new(),
                 planned: Arc::default(),

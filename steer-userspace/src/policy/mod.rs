@@ -56,6 +56,13 @@ pub struct Runtime {
     /// sends to `from` go to `to` instead (see
     /// [`steer_policy::shift::apply_shift`]).
     pub shifts: BTreeMap<String, (String, String, f64)>,
+    /// Per service, its backends ejected by outlier detection: no new
+    /// flows (unhealthy for the region engine, weight 0 in a plain Maglev
+    /// table) while their established flows stay.
+    pub ejected: BTreeMap<String, BTreeSet<String>>,
+    /// Per service, its backends in slow start: `(step, steps)`, the
+    /// fraction of their weight they get for new flows.
+    pub ramps: BTreeMap<String, BTreeMap<String, (u32, u32)>>,
 }
 
 /// What the policy wants programmed, and how each table was decided.
@@ -373,5 +380,115 @@ backends = ["eu-2"]
         assert_eq!(d[1].protocol, 17);
         assert!(d[1].client_affinity);
         assert_eq!(d[1].port, 0);
+    }
+
+    /// Slots of each backend index in a composed table.
+    fn slot_counts(slots: &[u32]) -> BTreeMap<u32, usize> {
+        let mut m = BTreeMap::new();
+        for &s in slots {
+            *m.entry(s).or_default() += 1;
+        }
+        m
+    }
+
+    #[test]
+    fn an_ejected_backend_gets_no_new_flows_but_stays_up() {
+        let cfg = Config::parse(CFG).expect("valid");
+        let rt = Runtime {
+            ejected: [("both".to_string(), ["eu-2".to_string()].into())].into(),
+            ..Default::default()
+        };
+        let p = plan(&cfg, &rt);
+        let (both, sp) = p.service("both").expect("both");
+        // A plain Maglev service: weight 0 like a drain, still up (its
+        // established flows stay).
+        assert!(sp.tables.is_empty());
+        let eu2 = both
+            .backends
+            .iter()
+            .find(|b| b.name == "eu-2")
+            .expect("eu-2");
+        assert_eq!(eu2.weight, 0);
+        assert!(eu2.up);
+        // Only in the service that ejected it.
+        let (one, _) = p.service("one").expect("one");
+        assert_eq!(one.backends[0].weight, 100);
+        // A failover service composes a table: eu-2 is unhealthy for the
+        // engine and owns no slot; eu's health is 1.4 × 50 / 150 = 46.7 %
+        // (eu-1 healthy, weight 50 of 150), so eu keeps that share on eu-1
+        // and spills the rest to us (like a health-check failure).
+        let cfg = Config::parse(&CFG.replace(
+            "regions = [\"us\", \"eu\"]",
+            "regions = [\"us\", \"eu\"]\npolicy = \"failover\"\ntiers = [[\"eu\"], [\"us\"]]",
+        ))
+        .expect("valid");
+        let p = plan(&cfg, &rt);
+        let (both, sp) = p.service("both").expect("both");
+        let e = sp.tables[0].engine.as_ref().expect("engine");
+        let idx = |n: &str| both.backends.iter().position(|b| b.name == n).unwrap() as u32;
+        let counts = slot_counts(&e.slots);
+        assert_eq!(counts.get(&idx("eu-2")), None);
+        let n = e.slots.len() as f64;
+        let eu1 = counts[&idx("eu-1")] as f64 / n;
+        assert!((eu1 - 1.4 * 50.0 / 150.0).abs() < 0.005, "{eu1}");
+        let us1 = counts[&idx("us-1")] as f64 / n;
+        assert!((us1 - (1.0 - 1.4 * 50.0 / 150.0)).abs() < 0.005, "{us1}");
+        assert!(both.backends[idx("eu-2") as usize].up);
+    }
+
+    #[test]
+    fn a_ramping_backend_gets_its_step_of_its_weight() {
+        let cfg = Config::parse(CFG).expect("valid");
+        // eu-2 (weight 100) at step 2 of 10: weight 20 against 100s.
+        let rt = Runtime {
+            ramps: [("both".to_string(), [("eu-2".to_string(), (2, 10))].into())].into(),
+            ..Default::default()
+        };
+        let p = plan(&cfg, &rt);
+        let (both, _) = p.service("both").expect("both");
+        let w: Vec<(&str, u32)> = both
+            .backends
+            .iter()
+            .map(|b| (b.name.as_str(), b.weight))
+            .collect();
+        // All weights times 10, eu-2's times 2.
+        assert_eq!(w, [("us-1", 1000), ("eu-1", 500), ("eu-2", 200)]);
+        // Composed (weighted policy over both regions, 1:1): in eu, eu-1
+        // (50) and eu-2 (100 × 0.2 = 20) share eu's half 50:20; the
+        // region's health is unchanged (eu keeps its half).
+        let cfg = Config::parse(&CFG.replace(
+            "regions = [\"us\", \"eu\"]",
+            "regions = [\"us\", \"eu\"]\npolicy = \"weighted\"\nregion_weights = { us = 1, eu = 1 }",
+        ))
+        .expect("valid");
+        let p = plan(&cfg, &rt);
+        let (both, sp) = p.service("both").expect("both");
+        let e = sp.tables[0].engine.as_ref().expect("engine");
+        let idx = |n: &str| both.backends.iter().position(|b| b.name == n).unwrap() as u32;
+        let counts = slot_counts(&e.slots);
+        let n = e.slots.len() as f64;
+        let share = |b: &str| counts.get(&idx(b)).copied().unwrap_or(0) as f64 / n;
+        assert!((share("us-1") - 0.5).abs() < 0.01, "{}", share("us-1"));
+        assert!(
+            (share("eu-1") - 0.5 * 50.0 / 70.0).abs() < 0.01,
+            "{}",
+            share("eu-1")
+        );
+        assert!(
+            (share("eu-2") - 0.5 * 20.0 / 70.0).abs() < 0.01,
+            "{}",
+            share("eu-2")
+        );
+        // Without the ramp eu-2 has twice eu-1's share.
+        let p = plan(&cfg, &Runtime::default());
+        let (_, sp) = p.service("both").expect("both");
+        let e = sp.tables[0].engine.as_ref().expect("engine");
+        let counts = slot_counts(&e.slots);
+        let share = |b: &str| counts.get(&idx(b)).copied().unwrap_or(0) as f64 / n;
+        assert!(
+            (share("eu-2") - 0.5 * 100.0 / 150.0).abs() < 0.01,
+            "{}",
+            share("eu-2")
+        );
     }
 }

@@ -31,6 +31,9 @@ pub struct Engine {
     pub slots: Arc<Vec<u32>>,
     /// The staged shift applied to the table, if the service has one.
     pub shift: Option<ShiftApplied>,
+    /// The input the table was composed from when backends are in slow
+    /// start (their weights ramped); `None` when it is `input`.
+    pub ramped: Option<ServiceIn>,
 }
 
 /// A staged shift as applied to one table.
@@ -140,6 +143,8 @@ fn engine_input(
     region_of: &HashMap<&str, &str>,
     rt: &Runtime,
 ) -> ServiceIn {
+    let none = BTreeSet::new();
+    let ejected = rt.ejected.get(&svc.name).unwrap_or(&none);
     let region_names = cfg.service_regions(svc);
     let regions: Vec<RegionIn> = region_names
         .iter()
@@ -158,7 +163,7 @@ fn engine_input(
                         index: i as u32,
                         name: b.name.clone(),
                         weight: b.weight,
-                        healthy: b.up,
+                        healthy: b.up && !ejected.contains(&b.name),
                     })
                     .collect(),
             }
@@ -229,9 +234,11 @@ type ShiftIn<'a> = Option<&'a (String, String, f64)>;
 /// Decides and composes one table, then applies the service's staged
 /// shift (if any), or reuses `prev`'s if it was built from the same
 /// inputs (the engine is pure: same inputs, same table).
+#[allow(clippy::too_many_arguments)]
 fn engine(
     service: &str,
     input: &ServiceIn,
+    ramped: Option<&ServiceIn>,
     class: ClassIn,
     ring_size: u32,
     shift: ShiftIn<'_>,
@@ -246,6 +253,7 @@ fn engine(
     };
     if let Some(p) = prev {
         if p.input == *input
+            && p.ramped.as_ref() == ramped
             && p.class == class
             && p.slots.len() == ring_size as usize
             && same_shift(&p.shift)
@@ -254,7 +262,8 @@ fn engine(
         }
     }
     let decision = decide(input, &class);
-    let mut slots = compose(input, &decision, ring_size);
+    // Slow start changes the choice inside a region, not its health.
+    let mut slots = compose(ramped.unwrap_or(input), &decision, ring_size);
     let shift = shift.map(|(from, to, percent)| {
         let index = |n: &str| input.regions.iter().position(|r| r.name == n);
         let moved = match (index(from), index(to)) {
@@ -292,7 +301,33 @@ fn engine(
         decision,
         slots: Arc::new(slots),
         shift,
+        ramped: ramped.cloned(),
     })
+}
+
+/// `input` with the weights of the backends in slow start ramped: every
+/// weight times `steps`, a ramping backend's times its step instead (see
+/// `steer_policy::slowstart`). `None` when no backend of it ramps.
+fn ramp_input(
+    input: &ServiceIn,
+    ramps: Option<&BTreeMap<String, (u32, u32)>>,
+) -> Option<ServiceIn> {
+    let ramps = ramps.filter(|r| !r.is_empty())?;
+    let steps = ramps.values().map(|&(_, n)| n.max(1)).max().unwrap_or(1);
+    let mut out = input.clone();
+    let mut any = false;
+    for b in out.regions.iter_mut().flat_map(|r| r.backends.iter_mut()) {
+        let k = match ramps.get(&b.name) {
+            Some(&(step, n)) => {
+                any = true;
+                // Each ramp's own step count, brought to the common one.
+                (u64::from(step) * u64::from(steps) / u64::from(n.max(1))).max(1) as u32
+            }
+            None => steps,
+        };
+        b.weight = b.weight.saturating_mul(k);
+    }
+    any.then_some(out)
 }
 
 /// The tables of `svc`, whose backends (health and drains applied) are
@@ -334,20 +369,43 @@ pub fn service_plan(
             .collect(),
         _ => Vec::new(),
     };
-    let any_healthy = backends.iter().any(|b| b.up && b.weight > 0);
+    let none = BTreeSet::new();
+    let ejected = rt.ejected.get(&svc.name).unwrap_or(&none);
+    let ramps = rt.ramps.get(&svc.name).filter(|r| !r.is_empty());
+    let any_healthy = backends
+        .iter()
+        .any(|b| b.up && b.weight > 0 && !ejected.contains(&b.name));
     // A staged shift in force (a finished one at 0 % changes nothing).
     let shift: ShiftIn<'_> = rt.shifts.get(&svc.name).filter(|s| s.2 > 0.0);
     // A shift moves slots of composed tables: a shifted service gets them.
     let plain = matches!(svc.policy, Policy::Maglev) && any_healthy && shift.is_none();
     if plain && residency.is_empty() && listed.is_empty() {
         // One plain Maglev table, which the data plane builds: nothing
-        // for the engine to decide.
+        // for the engine to decide. An ejected backend gets no new flows
+        // (weight 0, like a drain: it stays up, so its flows stay); slow
+        // start scales the weights (all times `steps`, a ramping backend's
+        // times its step).
+        let steps = ramps.map_or(1, |r| r.values().map(|&(_, n)| n.max(1)).max().unwrap_or(1));
+        for b in backends.iter_mut() {
+            if ejected.contains(&b.name) {
+                b.weight = 0;
+            } else if let Some(r) = ramps {
+                let k = match r.get(&b.name) {
+                    Some(&(step, n)) => {
+                        (u64::from(step) * u64::from(steps) / u64::from(n.max(1))).max(1) as u32
+                    }
+                    None => steps,
+                };
+                b.weight = b.weight.saturating_mul(k);
+            }
+        }
         return ServicePlan {
             tables: Vec::new(),
             ejection_capped: capped.into_iter().collect(),
         };
     }
     let input = engine_input(cfg, svc, backends, region_of, rt);
+    let ramped = ramp_input(&input, ramps);
     // The default order: latency services follow their ranking.
     let default_order: Option<Vec<usize>> = match &svc.policy {
         Policy::Latency => rt.ranked.get(&svc.name).map(|r| order_of(&input, r)),
@@ -360,6 +418,7 @@ pub fn service_plan(
         Some(engine(
             &svc.name,
             &input,
+            ramped.as_ref(),
             ClassIn {
                 order: default_order.clone(),
                 allowed: None,
@@ -390,6 +449,7 @@ pub fn service_plan(
             engine: Some(engine(
                 &svc.name,
                 &input,
+                ramped.as_ref(),
                 ClassIn {
                     order,
                     allowed: allowed_of(&input, class),
