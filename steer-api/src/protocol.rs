@@ -79,6 +79,19 @@ pub enum Request {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         min_healthy: Option<f64>,
         over_capacity: bool,
+        /// Roll back when `to`'s repeated SYNs exceed this percentage of its
+        /// new flows over the signal window...
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        max_repeated_syn_percent: Option<f64>,
+        /// ...over at least this many new flows (default 20).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        min_new_flows: Option<u64>,
+        /// The signal window, in milliseconds (default 5000).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        signal_window_ms: Option<u64>,
+        /// Roll back when this HTTP endpoint reports failure.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        analysis_url: Option<String>,
     },
     /// The shifts in force (`service`: only that service's). Read-only.
     ShiftStatus {
@@ -159,6 +172,14 @@ enum RequestWire {
         #[serde(default)]
         min_healthy: Option<f64>,
         over_capacity: bool,
+        #[serde(default)]
+        max_repeated_syn_percent: Option<f64>,
+        #[serde(default)]
+        min_new_flows: Option<u64>,
+        #[serde(default)]
+        signal_window_ms: Option<u64>,
+        #[serde(default)]
+        analysis_url: Option<String>,
     },
     ShiftStatus {
         #[serde(default)]
@@ -208,6 +229,10 @@ impl From<RequestWire> for Request {
                 hold_ms,
                 min_healthy,
                 over_capacity,
+                max_repeated_syn_percent,
+                min_new_flows,
+                signal_window_ms,
+                analysis_url,
             } => Request::ShiftStart {
                 service,
                 from,
@@ -216,6 +241,10 @@ impl From<RequestWire> for Request {
                 hold_ms,
                 min_healthy,
                 over_capacity,
+                max_repeated_syn_percent,
+                min_new_flows,
+                signal_window_ms,
+                analysis_url,
             },
             RequestWire::ShiftStatus { service } => Request::ShiftStatus { service },
             RequestWire::ShiftPause { service } => Request::ShiftPause { service },
@@ -614,6 +643,10 @@ mod tests {
                 hold_ms: 300_000,
                 min_healthy: Some(0.5),
                 over_capacity: true,
+                max_repeated_syn_percent: None,
+                min_new_flows: None,
+                signal_window_ms: None,
+                analysis_url: None,
             },
             concat!(
                 r#"{"cmd":"shift_start","service":"web","from":"eu","to":"us","#,
@@ -629,10 +662,35 @@ mod tests {
                 hold_ms: 1000,
                 min_healthy: None,
                 over_capacity: false,
+                max_repeated_syn_percent: None,
+                min_new_flows: None,
+                signal_window_ms: None,
+                analysis_url: None,
             },
             concat!(
                 r#"{"cmd":"shift_start","service":"web","from":"eu","to":"us","#,
                 r#""stages":[100],"hold_ms":1000,"over_capacity":false}"#
+            ),
+        );
+        round_trip(
+            &Request::ShiftStart {
+                service: "web".into(),
+                from: "eu".into(),
+                to: "us".into(),
+                stages: vec![25],
+                hold_ms: 1000,
+                min_healthy: None,
+                over_capacity: false,
+                max_repeated_syn_percent: Some(20.0),
+                min_new_flows: Some(10),
+                signal_window_ms: Some(5000),
+                analysis_url: Some("http://127.0.0.1:9/a".into()),
+            },
+            concat!(
+                r#"{"cmd":"shift_start","service":"web","from":"eu","to":"us","#,
+                r#""stages":[25],"hold_ms":1000,"over_capacity":false,"#,
+                r#""max_repeated_syn_percent":20.0,"min_new_flows":10,"signal_window_ms":5000,"#,
+                r#""analysis_url":"http://127.0.0.1:9/a"}"#
             ),
         );
         round_trip(
@@ -693,6 +751,10 @@ mod tests {
                 hold_ms: 1,
                 min_healthy: None,
                 over_capacity: false,
+                max_repeated_syn_percent: None,
+                min_new_flows: None,
+                signal_window_ms: None,
+                analysis_url: None,
             },
             Request::ShiftStatus { service: None },
             Request::ShiftPause {

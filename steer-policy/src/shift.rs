@@ -141,6 +141,28 @@ pub struct Triggers {
     pub over_capacity: bool,
     /// Roll back when the external analysis reports failure.
     pub analysis: bool,
+    /// How far back the passive signal (repeated SYNs, new flows) looks,
+    /// in milliseconds; 0 = [`DEFAULT_SIGNAL_WINDOW_MS`].
+    #[serde(default)]
+    pub window_ms: u64,
+    /// The external analysis: an HTTP URL answering JSON, polled while
+    /// the shift runs (sets `analysis`).
+    #[serde(default)]
+    pub analysis_url: Option<String>,
+}
+
+/// The passive signal's window when a plan gives none.
+pub const DEFAULT_SIGNAL_WINDOW_MS: u64 = 5_000;
+
+impl Triggers {
+    /// The passive signal's window in milliseconds.
+    pub fn signal_window_ms(&self) -> u64 {
+        if self.window_ms == 0 {
+            DEFAULT_SIGNAL_WINDOW_MS
+        } else {
+            self.window_ms
+        }
+    }
 }
 
 /// An external analysis verdict (for example an HTTP endpoint answering
@@ -372,6 +394,12 @@ pub enum PlanError {
         name: &'static str,
         value: f64,
     },
+    #[error("shift of service {service}: analysis URL {url:?} is not usable: {why}; give an http:// URL with an address or host name, for example http://127.0.0.1:8080/analysis")]
+    BadAnalysisUrl {
+        service: String,
+        url: String,
+        why: String,
+    },
     #[error("shift of service {service}: client class {class} may only use regions [{allowed}]; moving its flows from {from} to {to} would break its data residency; shift to one of its allowed regions, or remove {from} from its allowed regions first")]
     Residency {
         service: String,
@@ -446,6 +474,15 @@ pub fn check_plan(plan: &Plan, ctx: &PlanContext) -> Result<(), PlanError> {
             });
         }
     }
+    if let Some(url) = &t.analysis_url {
+        if let Err(why) = check_analysis_url(url) {
+            return Err(PlanError::BadAnalysisUrl {
+                service,
+                url: url.clone(),
+                why,
+            });
+        }
+    }
     if let Some(c) = ctx
         .residency
         .iter()
@@ -458,6 +495,22 @@ pub fn check_plan(plan: &Plan, ctx: &PlanContext) -> Result<(), PlanError> {
             from: plan.from.clone(),
             to: plan.to.clone(),
         });
+    }
+    Ok(())
+}
+
+/// Why `url` cannot be polled as an analysis endpoint (only `http://`
+/// with a host).
+fn check_analysis_url(url: &str) -> Result<(), String> {
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| "only http:// URLs are supported".to_string())?;
+    let host = rest.split(['/', '?']).next().unwrap_or("");
+    if host.is_empty() {
+        return Err("it has no host".to_string());
+    }
+    if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err("it contains spaces or control characters".to_string());
     }
     Ok(())
 }

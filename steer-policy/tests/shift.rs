@@ -29,6 +29,7 @@ fn plan() -> Plan {
             failure_min_flows: 100,
             over_capacity: true,
             analysis: true,
+            ..Triggers::default()
         },
     }
 }
@@ -518,6 +519,22 @@ fn invalid_plans_are_refused_with_what_to_do() {
             ..
         }
     ));
+    let e = bad(&|p| p.rollback.analysis_url = Some("https://x.example/a".into()));
+    assert_eq!(
+        e.to_string(),
+        "shift of service web: analysis URL \"https://x.example/a\" is not usable: only \
+         http:// URLs are supported; give an http:// URL with an address or host name, for \
+         example http://127.0.0.1:8080/analysis"
+    );
+    let e = bad(&|p| p.rollback.analysis_url = Some("http:///path".into()));
+    assert!(e.to_string().contains("it has no host"), "{e}");
+    let mut p = plan();
+    p.rollback.analysis_url = Some("http://127.0.0.1:8080/analysis?run=1".into());
+    assert!(check_plan(&p, &ctx()).is_ok());
+    // The signal window defaults to 5 s.
+    assert_eq!(p.rollback.signal_window_ms(), 5_000);
+    p.rollback.window_ms = 2_000;
+    assert_eq!(p.rollback.signal_window_ms(), 2_000);
     // A single stage (a canary straight to its percentage) is fine.
     let mut p = plan();
     p.stages = vec![100];

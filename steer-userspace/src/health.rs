@@ -85,7 +85,7 @@
 //! [`backend_up`] and [`backend_degraded`] combine a backend's targets
 //! (keys `name`, or `name/...` for a backend with several checks).
 
-mod http;
+pub(crate) mod http;
 mod monitor;
 mod probe;
 mod tls;

@@ -18,7 +18,7 @@ use steer::daemon::{shift_report, unix_ms, Event, Owner, ShiftOp};
 use steer::dataplane::{Dataplane, Persist};
 use steer::health::TargetStatus;
 use steer::policy::{ApplyConfig as _, Runtime};
-use steer_policy::shift::{Plan, State, Triggers};
+use steer_policy::shift::{Plan, State, Triggers, Verdict};
 use tokio::sync::oneshot;
 
 const STEER: &str = env!("CARGO_BIN_EXE_steer");
@@ -31,6 +31,7 @@ fn config(web_regions: &str) -> String {
         r#"
 [dataplane]
 next_hop_mac = "02:00:00:00:00:fe"
+source_mac = "02:00:00:00:00:fd"
 encap_source_v4 = "198.18.0.0/24"
 conntrack_size = 1024
 maglev_table_size = 251
@@ -335,6 +336,133 @@ fn an_unhealthy_target_rolls_the_shift_back_at_the_next_tick() {
     assert!(error_with(&op(&mut owner, ShiftOp::Pause), "rolled back"));
     let r = start(&mut owner, plan(&[10], 60_000, Triggers::default()));
     assert!(ok(&r), "{r:?}");
+}
+
+/// The rollback reason of web's shift, in words.
+fn rolled_back_reason(owner: &Owner) -> String {
+    let p = owner.published();
+    let s = &p.shifts["web"];
+    let State::RolledBack { reason, .. } = &s.state else {
+        panic!("not rolled back: {:?}", s.state);
+    };
+    reason.to_string()
+}
+
+#[test]
+#[ignore = "needs root: BPF or network namespaces (cargo xtask test runs it)"]
+fn a_failing_external_analysis_rolls_the_shift_back() {
+    if !require_root() {
+        return;
+    }
+    let dir = TempDir::new("analysis");
+    let dp = Dataplane::load(&config_dp()).expect("load");
+    let (mut owner, _cfg) = owner_for(&dir, dp);
+    let base = eu_share(owner.dataplane());
+    let url = "http://127.0.0.1:9/analysis";
+    let triggers = Triggers {
+        analysis: true,
+        analysis_url: Some(url.into()),
+        ..Triggers::default()
+    };
+    assert!(ok(&start(&mut owner, plan(&[25, 100], 60_000, triggers))));
+    let verdict = |owner: &mut Owner, url: &str, v: Verdict| {
+        owner.handle(Event::Analysis {
+            service: "web".into(),
+            url: url.into(),
+            verdict: v,
+        })
+    };
+    // Pass, and a failure from an endpoint the shift does not poll: no
+    // effect.
+    verdict(&mut owner, url, Verdict::Pass);
+    verdict(
+        &mut owner,
+        "http://127.0.0.1:9/other",
+        Verdict::Fail("x".into()),
+    );
+    owner.handle(Event::Tick);
+    assert_eq!(stage_of(&owner), (1, "running", 25));
+    assert_stage(owner.dataplane(), base, 25.0);
+    // The endpoint says fail: rolled back at the next tick, with its words.
+    verdict(
+        &mut owner,
+        url,
+        Verdict::Fail("p99 latency 1.2s above 500ms".into()),
+    );
+    owner.handle(Event::Tick);
+    assert_eq!(stage_of(&owner), (1, "rolled_back", 0));
+    assert_eq!(
+        rolled_back_reason(&owner),
+        "the external analysis reported failure: p99 latency 1.2s above 500ms"
+    );
+    assert_stage(owner.dataplane(), base, 0.0);
+}
+
+/// The outer destination (backend address) of a frame the program
+/// encapsulated in IPv4.
+fn outer_dst(frame: &[u8]) -> [u8; 4] {
+    assert!(frame.len() >= 34, "short frame");
+    assert_eq!(&frame[12..14], &[0x08, 0x00], "outer IPv4");
+    frame[30..34].try_into().expect("4 bytes")
+}
+
+#[test]
+#[ignore = "needs root: BPF or network namespaces (cargo xtask test runs it)"]
+fn repeated_syns_to_the_target_region_roll_the_shift_back() {
+    if !require_root() {
+        return;
+    }
+    let dir = TempDir::new("passive");
+    let dp = Dataplane::load(&config_dp()).expect("load");
+    let (mut owner, _cfg) = owner_for(&dir, dp);
+    let triggers = Triggers {
+        max_failure_ratio: Some(0.2),
+        failure_min_flows: 10,
+        window_ms: 10_000,
+        ..Triggers::default()
+    };
+    assert!(ok(&start(&mut owner, plan(&[25, 100], 60_000, triggers))));
+    // The window's first sample.
+    owner.handle(Event::Tick);
+    assert_eq!(stage_of(&owner), (1, "running", 25));
+    // 400 clients send a SYN; the ones us (192.0.2.14..=17) got send it
+    // again (their first went unanswered), the others complete.
+    let us = |d: [u8; 4]| d[..3] == [192, 0, 2] && (14..=17).contains(&d[3]);
+    let mut to_us = Vec::new();
+    for i in 0..400u32 {
+        let client = [10, 1, (i / 250) as u8, (i % 250) as u8];
+        let out = owner.dataplane().run(&syn(client, 40_000)).expect("run");
+        if us(outer_dst(&out.data)) {
+            to_us.push(client);
+        }
+    }
+    // us gets 25 % of eu's 3/4 plus its own 1/4: about 44 % of 400.
+    assert!(
+        (120..=230).contains(&to_us.len()),
+        "{} of 400 new flows went to us",
+        to_us.len()
+    );
+    // Healthy so far: one tick, no rollback.
+    owner.handle(Event::Tick);
+    assert_eq!(stage_of(&owner), (1, "running", 25));
+    for c in &to_us {
+        let out = owner.dataplane().run(&syn(*c, 40_000)).expect("run");
+        assert!(
+            us(outer_dst(&out.data)),
+            "same flow, same table: same backend"
+        );
+    }
+    owner.handle(Event::Tick);
+    assert_eq!(stage_of(&owner), (1, "rolled_back", 0));
+    // us saw n first SYNs and n repeats: 50 % of its 2n new flows.
+    let n = to_us.len();
+    assert_eq!(
+        rolled_back_reason(&owner),
+        format!(
+            "the target region's repeated-SYN ratio 50.0% ({n} of {} new flows) is above 20.0%",
+            2 * n
+        )
+    );
 }
 
 #[test]

@@ -77,25 +77,104 @@ struct StartArgs {
     /// (max_new_flows_per_second × capacity_scaler of the region).
     #[arg(long, visible_alias = "rollback-over-capacity")]
     max_over_capacity: bool,
+    /// Roll back at once when --to's repeated SYNs (SYNs the data plane
+    /// saw again for the same connection: the first went unanswered) exceed
+    /// this percentage of its new flows over the signal window.
+    #[arg(long, value_name = "PERCENT")]
+    max_repeated_syn_percent: Option<f64>,
+    /// ...counted only over at least this many new flows to --to in the
+    /// window (default 20).
+    #[arg(long, value_name = "N")]
+    min_new_flows: Option<u64>,
+    /// How far back the repeated-SYN signal looks (default 5s).
+    #[arg(long, value_name = "DURATION", value_parser = steer_config::parse_duration)]
+    signal_window: Option<Duration>,
+    /// Roll back at once when this HTTP endpoint reports failure. It is
+    /// polled every second while the shift runs and answers JSON
+    /// {"result": "pass" | "fail" | "inconclusive", "reason": "..."};
+    /// three failed polls in a row (no answer, a status other than 2xx,
+    /// a body that is not such JSON) count as a failure too.
+    #[arg(long, value_name = "URL")]
+    analysis_url: Option<String>,
+    /// A rollback condition in one word, repeatable: `healthy<0.8`,
+    /// `repeated-syn>20%`, `over-capacity`, `analysis=http://...`. The
+    /// same as --min-healthy, --max-repeated-syn-percent,
+    /// --max-over-capacity and --analysis-url.
+    #[arg(long, value_name = "CONDITION", value_parser = parse_condition)]
+    rollback_if: Vec<Condition>,
     #[command(flatten)]
     target: Target,
+}
+
+/// One `--rollback-if` condition.
+#[derive(Clone, Debug, PartialEq)]
+enum Condition {
+    Healthy(f64),
+    RepeatedSyn(f64),
+    OverCapacity,
+    Analysis(String),
+}
+
+fn parse_condition(s: &str) -> Result<Condition, String> {
+    let number = |v: &str, what: &str| -> Result<f64, String> {
+        v.trim()
+            .trim_end_matches('%')
+            .parse::<f64>()
+            .ok()
+            .filter(|x| x.is_finite())
+            .ok_or_else(|| format!("{v:?} is not a number ({what})"))
+    };
+    let s = s.trim();
+    if let Some(v) = s.strip_prefix("healthy<") {
+        return number(v, "a fraction, for example healthy<0.8").map(Condition::Healthy);
+    }
+    if let Some(v) = s.strip_prefix("repeated-syn>") {
+        return number(v, "a percentage, for example repeated-syn>20%").map(Condition::RepeatedSyn);
+    }
+    if s == "over-capacity" {
+        return Ok(Condition::OverCapacity);
+    }
+    if let Some(v) = s.strip_prefix("analysis=") {
+        return Ok(Condition::Analysis(v.to_string()));
+    }
+    Err(format!(
+        "unknown condition {s:?}; use healthy<FRACTION, repeated-syn>PERCENT%, over-capacity or \
+         analysis=URL"
+    ))
 }
 
 /// The request a `steer shift` command line sends, and where.
 fn request(cmd: Cmd) -> (Target, Request) {
     match cmd {
-        Cmd::Start(a) => (
-            a.target,
-            Request::ShiftStart {
-                service: a.service,
-                from: a.from,
-                to: a.to,
-                stages: a.stages,
-                hold_ms: u64::try_from(a.hold.as_millis()).unwrap_or(u64::MAX),
-                min_healthy: a.min_healthy,
-                over_capacity: a.max_over_capacity,
-            },
-        ),
+        Cmd::Start(a) => {
+            let (mut min_healthy, mut over_capacity) = (a.min_healthy, a.max_over_capacity);
+            let (mut repeated, mut analysis) = (a.max_repeated_syn_percent, a.analysis_url);
+            for c in a.rollback_if {
+                match c {
+                    Condition::Healthy(f) => min_healthy = Some(f),
+                    Condition::RepeatedSyn(p) => repeated = Some(p),
+                    Condition::OverCapacity => over_capacity = true,
+                    Condition::Analysis(u) => analysis = Some(u),
+                }
+            }
+            let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+            (
+                a.target,
+                Request::ShiftStart {
+                    service: a.service,
+                    from: a.from,
+                    to: a.to,
+                    stages: a.stages,
+                    hold_ms: ms(a.hold),
+                    min_healthy,
+                    over_capacity,
+                    max_repeated_syn_percent: repeated,
+                    min_new_flows: a.min_new_flows,
+                    signal_window_ms: a.signal_window.map(ms),
+                    analysis_url: analysis,
+                },
+            )
+        }
         Cmd::Status { service, target } => (target, Request::ShiftStatus { service }),
         Cmd::Pause(o) => (o.target, Request::ShiftPause { service: o.service }),
         Cmd::Resume(o) => (o.target, Request::ShiftResume { service: o.service }),
@@ -136,6 +215,10 @@ mod tests {
                 hold_ms: 300_000,
                 min_healthy: None,
                 over_capacity: false,
+                max_repeated_syn_percent: None,
+                min_new_flows: None,
+                signal_window_ms: None,
+                analysis_url: None,
             }
         );
         assert_eq!(
@@ -163,8 +246,91 @@ mod tests {
                 hold_ms: 300,
                 min_healthy: Some(0.5),
                 over_capacity: true,
+                max_repeated_syn_percent: None,
+                min_new_flows: None,
+                signal_window_ms: None,
+                analysis_url: None,
             }
         );
+        // The passive and analysis triggers, as flags or as conditions.
+        let want = Request::ShiftStart {
+            service: "web".into(),
+            from: "eu".into(),
+            to: "us".into(),
+            stages: vec![25, 100],
+            hold_ms: 60_000,
+            min_healthy: Some(0.8),
+            over_capacity: true,
+            max_repeated_syn_percent: Some(20.0),
+            min_new_flows: Some(10),
+            signal_window_ms: Some(2_000),
+            analysis_url: Some("http://127.0.0.1:8080/a".into()),
+        };
+        let base = [
+            "start",
+            "web",
+            "--from",
+            "eu",
+            "--to",
+            "us",
+            "--stages",
+            "25,100",
+            "--hold",
+            "1m",
+            "--min-new-flows",
+            "10",
+            "--signal-window",
+            "2s",
+        ];
+        let flags = [
+            "--min-healthy",
+            "0.8",
+            "--max-over-capacity",
+            "--max-repeated-syn-percent",
+            "20",
+            "--analysis-url",
+            "http://127.0.0.1:8080/a",
+        ];
+        let conditions = [
+            "--rollback-if",
+            "healthy<0.8",
+            "--rollback-if",
+            "over-capacity",
+            "--rollback-if",
+            "repeated-syn>20%",
+            "--rollback-if",
+            "analysis=http://127.0.0.1:8080/a",
+        ];
+        for extra in [&flags[..], &conditions[..]] {
+            let words: Vec<&str> = base.iter().chain(extra).copied().collect();
+            assert_eq!(parse(&words).unwrap(), want, "{extra:?}");
+        }
+        let e = parse(&[
+            "start",
+            "web",
+            "--from",
+            "eu",
+            "--to",
+            "us",
+            "--rollback-if",
+            "latency>5",
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("unknown condition \"latency>5\""), "{e}");
+        let e = parse(&[
+            "start",
+            "web",
+            "--from",
+            "eu",
+            "--to",
+            "us",
+            "--rollback-if",
+            "healthy<x",
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("\"x\" is not a number"), "{e}");
         // --to is required; a stage is a number 0..=255 (the daemon checks
         // 1..=100).
         assert!(parse(&["start", "web", "--from", "eu"]).is_err());

@@ -13,6 +13,7 @@
 //! socket's `status` and the metrics endpoint read it (status.rs) and never
 //! wait for the owner.
 
+pub mod analysis;
 mod changes;
 pub mod measure;
 mod notify;
@@ -258,6 +259,12 @@ impl View {
     }
 }
 
+/// `steer shift start --min-new-flows` when not given: the repeated-SYN
+/// trigger needs at least this many new flows to the target region in its
+/// window (Envoy's `failure_percentage_request_volume` is 50 requests; a
+/// region of a few backends sees fewer new connections).
+const DEFAULT_MIN_NEW_FLOWS: u64 = 20;
+
 struct Handler {
     events: mpsc::Sender<Event>,
     view: View,
@@ -338,6 +345,10 @@ impl ControlHandler for Handler {
                     hold_ms,
                     min_healthy,
                     over_capacity,
+                    max_repeated_syn_percent,
+                    min_new_flows,
+                    signal_window_ms,
+                    analysis_url,
                 } => {
                     let plan = steer_policy::shift::Plan {
                         service,
@@ -347,8 +358,12 @@ impl ControlHandler for Handler {
                         hold_ms,
                         rollback: steer_policy::shift::Triggers {
                             min_healthy_fraction: min_healthy,
+                            max_failure_ratio: max_repeated_syn_percent.map(|p| p / 100.0),
+                            failure_min_flows: min_new_flows.unwrap_or(DEFAULT_MIN_NEW_FLOWS),
                             over_capacity,
-                            ..Default::default()
+                            analysis: analysis_url.is_some(),
+                            window_ms: signal_window_ms.unwrap_or(0),
+                            analysis_url,
                         },
                     };
                     self.ask(|reply| Event::ShiftStart {
@@ -569,6 +584,9 @@ async fn run_async(
             }
         });
     }
+
+    // The external analysis of staged shifts.
+    tokio::spawn(analysis::run(published.clone(), events.clone()));
 
     let view = View {
         published,

@@ -24,7 +24,8 @@ use crate::config::Config;
 use crate::dataplane::{Dataplane, Ledger};
 use crate::health::{self, HealthMonitor, TargetStatus};
 use crate::policy::{self, ApplyConfig as _, BackendState, Planned, Runtime};
-use steer_policy::shift::{self, Plan, PlanContext, ResidencyClass, Shift, Signals};
+use steer_policy::outlier::CounterWindow;
+use steer_policy::shift::{self, Plan, PlanContext, ResidencyClass, Shift, Signals, Verdict};
 use steer_policy::Outcome;
 
 use super::measure::{self, Measured, Measurer};
@@ -69,6 +70,13 @@ pub enum Event {
         service: String,
         op: ShiftOp,
         reply: Option<oneshot::Sender<Response>>,
+    },
+    /// What a shift's external analysis endpoint answered (the poller
+    /// in `super::analysis`), for the shift of `service` polling `url`.
+    Analysis {
+        service: String,
+        url: String,
+        verdict: Verdict,
     },
     /// Re-read the config file (control socket or SIGHUP).
     Reload {
@@ -250,6 +258,9 @@ pub struct State {
     pub shifts: BTreeMap<String, Shift>,
     /// Outlier ejection and slow start, per service.
     pub passive: Passive,
+    /// Per service with a shift that has an analysis endpoint: its latest
+    /// verdict.
+    pub analysis: BTreeMap<String, Verdict>,
 }
 
 /// What the owner last applied: an immutable snapshot for status and
@@ -273,6 +284,9 @@ pub struct Owner {
     dp: Dataplane,
     monitor: Option<HealthMonitor>,
     measurer: Measurer,
+    /// Per shifted service: its target region's (new flows, repeated
+    /// SYNs) over the shift's signal window.
+    shift_windows: BTreeMap<String, CounterWindow>,
     state: State,
     publish: watch::Sender<Arc<Published>>,
 }
@@ -432,6 +446,7 @@ impl Owner {
             interfaces: Vec::new(),
             shifts,
             passive: Passive::default(),
+            analysis: BTreeMap::new(),
         };
         let (publish, rx) = watch::channel(Arc::new(Published {
             state: state.clone(),
@@ -441,6 +456,7 @@ impl Owner {
             dp,
             monitor: None,
             measurer: Measurer::default(),
+            shift_windows: BTreeMap::new(),
             state,
             publish,
         };
@@ -628,6 +644,20 @@ impl Owner {
                 }
             }
             Event::Tick => self.on_tick(),
+            Event::Analysis {
+                service,
+                url,
+                verdict,
+            } => {
+                let current = self.state.shifts.get(&service).is_some_and(|s| {
+                    s.is_active() && s.plan.rollback.analysis_url.as_deref() == Some(url.as_str())
+                });
+                if current && self.state.analysis.get(&service) != Some(&verdict) {
+                    info!(service = %service, url = %url, verdict = ?verdict, "shift analysis verdict");
+                    self.state.analysis.insert(service, verdict);
+                    self.publish();
+                }
+            }
             Event::Reload { reply } => {
                 super::notify::reloading();
                 let r = self.reload();
@@ -770,6 +800,14 @@ impl Owner {
         let now = unix_ms(SystemTime::now());
         let mut changed = false;
         let services: Vec<String> = self.state.shifts.keys().cloned().collect();
+        self.shift_windows
+            .retain(|svc, _| self.state.shifts.get(svc).is_some_and(Shift::is_active));
+        self.state.analysis.retain(|svc, _| {
+            self.state
+                .shifts
+                .get(svc)
+                .is_some_and(|s| s.is_active() && s.plan.rollback.analysis_url.is_some())
+        });
         for service in services {
             let Some(mut s) = self.state.shifts.get(&service).cloned() else {
                 continue;
@@ -777,13 +815,38 @@ impl Owner {
             if !s.is_active() {
                 continue;
             }
-            let signals = shift_signals(
+            let mut signals = shift_signals(
                 &self.state.cfg,
                 &self.state.health,
                 &self.state.measured,
                 &service,
                 &s.plan.to,
             );
+            // The target region's passive signal over the window.
+            let (mut n, mut r) = (0u64, 0u64);
+            if let Some(svc) = self.state.cfg.service(&service) {
+                for b in self
+                    .state
+                    .cfg
+                    .service_backends(svc)
+                    .iter()
+                    .filter(|b| b.region == s.plan.to)
+                {
+                    if let Some((bn, br)) = self.passive_counts(&service, &b.name) {
+                        n += bn;
+                        r += br;
+                    }
+                }
+            }
+            let w = self.shift_windows.entry(service.clone()).or_default();
+            w.push(now, n, r, s.plan.rollback.signal_window_ms());
+            (signals.new_flows, signals.repeated_syns) = w.counts();
+            signals.analysis = self
+                .state
+                .analysis
+                .get(&service)
+                .cloned()
+                .unwrap_or_default();
             let events = s.tick(now, &signals);
             for ev in &events {
                 match ev {

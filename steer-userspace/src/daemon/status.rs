@@ -272,6 +272,7 @@ mod tests {
                 drained_regions: BTreeSet::new(),
                 region_drain_deadlines: Default::default(),
                 passive: Default::default(),
+                analysis: Default::default(),
                 shifts: Default::default(),
                 drain_moved: BTreeSet::new(),
                 planned: Arc::default(),
