@@ -493,19 +493,28 @@ pub fn get(from: Option<IpAddr>, to: SocketAddr, path: &str, timeout: Duration) 
     Ok(())
 }
 
-/// `ctl`: a control request (`fail`, `recover`, `degrade` or `state`).
-pub fn ctl(to: SocketAddr, action: &str, timeout: Duration) -> Result<()> {
-    let (method, path) = match action {
+/// The method and path of a `ctl` action.
+fn ctl_request(action: &str) -> Result<(&'static str, String)> {
+    Ok(match action {
         "fail" | "recover" | "degrade" => ("POST", format!("/control/{action}")),
         "state" => ("GET", "/control/state".to_owned()),
+        "blackhole=on" => ("POST", "/control/blackhole?on=1".to_owned()),
+        "blackhole=off" => ("POST", "/control/blackhole?on=0".to_owned()),
         a if a.starts_with("delay=") => (
             "POST",
             format!("/control/health-delay?ms={}", &a["delay=".len()..]),
         ),
-        _ => {
-            bail!("unknown action {action:?} (expected fail, recover, degrade, state or delay=MS)")
-        }
-    };
+        _ => bail!(
+            "unknown action {action:?} (expected fail, recover, degrade, state, delay=MS, \
+             blackhole=on or blackhole=off)"
+        ),
+    })
+}
+
+/// `ctl`: a control request (`fail`, `recover`, `degrade`, `state`,
+/// `delay=MS`, `blackhole=on`, `blackhole=off`).
+pub fn ctl(to: SocketAddr, action: &str, timeout: Duration) -> Result<()> {
+    let (method, path) = ctl_request(action)?;
     let r = connect(None, to, timeout)
         .and_then(|s| request(s, method, to, &path))
         .map_err(|e| anyhow::anyhow!("{method} http://{to}{path}: {}: {e}", error_kind(&e)))?;
@@ -515,4 +524,23 @@ pub fn ctl(to: SocketAddr, action: &str, timeout: Duration) -> Result<()> {
         bail!("status {}", r.status);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ctl_words_map_to_control_requests() {
+        let r = |a: &str| ctl_request(a).map(|(m, p)| format!("{m} {p}"));
+        assert_eq!(r("blackhole=on").unwrap(), "POST /control/blackhole?on=1");
+        assert_eq!(r("blackhole=off").unwrap(), "POST /control/blackhole?on=0");
+        assert_eq!(r("delay=80").unwrap(), "POST /control/health-delay?ms=80");
+        assert_eq!(r("state").unwrap(), "GET /control/state");
+        let e = r("blackhole=1").unwrap_err().to_string();
+        assert!(
+            e.contains("\"blackhole=1\"") && e.contains("blackhole=on or blackhole=off"),
+            "{e}"
+        );
+    }
 }

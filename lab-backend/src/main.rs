@@ -4,8 +4,9 @@
 //! - `serve`: an HTTP/1.1 service answering `GET /` with
 //!   `backend=<name> region=<region>`, health endpoints (`/alive`, `/ready`,
 //!   `/health`), a slow deterministic `/stream`, a control endpoint that
-//!   makes the health endpoints fail, recover or degrade, a UDP echo, and a
-//!   userspace decapsulator (IPIP, IPv4-in-IPv6, IPv6-in-IPv6 → TUN).
+//!   makes the health endpoints fail, recover or degrade (or black-holes
+//!   new connections), a UDP echo, and a userspace decapsulator (IPIP,
+//!   IPv4-in-IPv6, IPv6-in-IPv6 → TUN).
 //! - `client`, `client-udp`, `client-stream`: load from chosen source
 //!   addresses, reported as JSON on stdout.
 //! - `client-live`: steady HTTP load until stopped, one JSON line per
@@ -212,8 +213,10 @@ enum Cmd {
     Ctl {
         #[arg(long, value_name = "ADDR:PORT")]
         to: SocketAddr,
-        /// fail, recover, degrade, state, or delay=MS (the health
-        /// endpoints answer MS milliseconds late; delay=0 undoes it).
+        /// fail, recover, degrade, state, delay=MS (the health
+        /// endpoints answer MS milliseconds late; delay=0 undoes it), or
+        /// blackhole=on|off (new connections are silently dropped while
+        /// the health endpoints still answer).
         action: String,
         #[arg(long, default_value_t = 2000)]
         timeout_ms: u64,

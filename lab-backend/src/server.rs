@@ -5,7 +5,7 @@ use std::{
     io::{self, BufReader, Write},
     net::{Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket},
     sync::{
-        atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering},
         Arc,
     },
     thread,
@@ -80,6 +80,9 @@ pub struct Counters {
     pub decap_4in6: AtomicU64,
     pub decap_6in6: AtomicU64,
     pub decap_errors: AtomicU64,
+    /// Connection-opening packets (TCP SYN without ACK) the decapsulator
+    /// dropped in black-hole mode.
+    pub blackhole_dropped_syns: AtomicU64,
 }
 
 pub struct Shared {
@@ -89,16 +92,41 @@ pub struct Shared {
     /// Milliseconds the health endpoints wait before answering: a
     /// region's latency, emulated (the lab's kernel has no netem).
     health_delay_ms: AtomicU64,
+    /// Black-hole mode (`/control/blackhole?on=1`): the decapsulator drops
+    /// every new connection's SYN, silently.
+    blackhole: AtomicBool,
     connections: AtomicUsize,
     pub counters: Counters,
 }
 
 impl Shared {
+    pub(crate) fn new(name: &str, region: &str) -> Self {
+        Shared {
+            name: name.to_owned(),
+            region: region.to_owned(),
+            health: AtomicU8::new(Health::Healthy as u8),
+            health_delay_ms: AtomicU64::new(0),
+            blackhole: AtomicBool::new(false),
+            connections: AtomicUsize::new(0),
+            counters: Counters::default(),
+        }
+    }
+
     fn health(&self) -> Health {
         Health::from_u8(self.health.load(Ordering::Relaxed))
     }
 
-    fn state_json(&self) -> serde_json::Value {
+    /// Whether black-hole mode is on.
+    pub fn blackhole_on(&self) -> bool {
+        self.blackhole.load(Ordering::Relaxed)
+    }
+
+    /// Turns black-hole mode on or off; returns whether it was on.
+    pub fn set_blackhole(&self, on: bool) -> bool {
+        self.blackhole.swap(on, Ordering::Relaxed)
+    }
+
+    pub(crate) fn state_json(&self) -> serde_json::Value {
         let c = &self.counters;
         let n = |a: &AtomicU64| a.load(Ordering::Relaxed);
         json!({
@@ -106,6 +134,8 @@ impl Shared {
             "region": self.region,
             "health": self.health().as_str(),
             "health_delay_ms": self.health_delay_ms.load(Ordering::Relaxed),
+            "blackhole": self.blackhole_on(),
+            "blackhole_dropped_syns": n(&c.blackhole_dropped_syns),
             "http_requests": n(&c.http_requests),
             "health_probes": n(&c.health_probes),
             "streams_started": n(&c.streams_started),
@@ -151,14 +181,7 @@ enum Kind {
 }
 
 pub fn serve(opts: Options) -> Result<()> {
-    let shared = Arc::new(Shared {
-        name: opts.name.clone(),
-        region: opts.region.clone(),
-        health: AtomicU8::new(Health::Healthy as u8),
-        health_delay_ms: AtomicU64::new(0),
-        connections: AtomicUsize::new(0),
-        counters: Counters::default(),
-    });
+    let shared = Arc::new(Shared::new(&opts.name, &opts.region));
 
     // Bind everything first, so "ready" means every socket is there.
     let mut listeners = Vec::new();
@@ -427,6 +450,9 @@ fn control(
     if target.path == "/control/health-delay" {
         return health_delay(w, method, target, close, shared);
     }
+    if target.path == "/control/blackhole" {
+        return blackhole(w, method, target, close, shared);
+    }
     let set = match target.path {
         "/control/fail" => Some(Health::Failed),
         "/control/recover" => Some(Health::Healthy),
@@ -509,6 +535,66 @@ fn health_delay(
     Ok(true)
 }
 
+/// The value of `?on=` of `/control/blackhole`: `1` or `0`.
+fn blackhole_param(target: &Target<'_>) -> Result<bool, String> {
+    match target.param("on") {
+        Some("1") => Ok(true),
+        Some("0") => Ok(false),
+        Some(v) => Err(format!(
+            "/control/blackhole: on={v:?} is neither 1 nor 0; give ?on=1 to drop new \
+             connections, ?on=0 to stop\n"
+        )),
+        None => Err(
+            "/control/blackhole: no ?on=; give ?on=1 to drop new connections, ?on=0 to stop\n"
+                .to_owned(),
+        ),
+    }
+}
+
+/// `POST /control/blackhole?on=1|0`: black-hole mode on or off. While on,
+/// the decapsulator silently drops every new connection's SYN (SYN set,
+/// ACK clear) and passes everything else; the health endpoints, reached on
+/// the host's own address without the tunnel, still answer.
+fn blackhole(
+    w: &mut TcpStream,
+    method: &str,
+    target: &Target<'_>,
+    close: bool,
+    shared: &Shared,
+) -> io::Result<bool> {
+    if method != "POST" {
+        http::write_response(
+            w,
+            405,
+            "text/plain",
+            &[("Allow", "POST".to_owned())],
+            b"method not allowed\n",
+            close,
+        )?;
+        return Ok(true);
+    }
+    match blackhole_param(target) {
+        Ok(on) => {
+            let before = shared.set_blackhole(on);
+            if before != on {
+                let word = |b: bool| if b { "on" } else { "off" };
+                println!(
+                    "{}: black-hole mode {} -> {} (control)",
+                    shared.name,
+                    word(before),
+                    word(on)
+                );
+            }
+            let body = shared.state_json().to_string();
+            http::write_response(w, 200, "application/json", &[], body.as_bytes(), close)?;
+        }
+        Err(msg) => {
+            http::write_response(w, 400, "text/plain", &[], msg.as_bytes(), close)?;
+        }
+    }
+    Ok(true)
+}
+
 /// UDP echo: replies `<name>:<payload>` from the address the datagram was
 /// sent to (the socket is bound to that one address).
 fn udp_loop(sock: &UdpSocket, shared: &Shared) {
@@ -528,5 +614,70 @@ fn udp_loop(sock: &UdpSocket, shared: &Shared) {
         reply.extend_from_slice(prefix.as_bytes());
         reply.extend_from_slice(&buf[..n.min(60_000)]);
         let _ = sock.send_to(&reply, from);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::client;
+
+    /// One request to the control port of `shared`, over loopback; the
+    /// status and the body.
+    fn control_request(shared: &Arc<Shared>, method: &str, path: &str) -> (u16, String) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let sh = shared.clone();
+        let server = thread::spawn(move || {
+            let (s, peer) = l.accept().unwrap();
+            connection(s, peer, Kind::Control, &sh).unwrap();
+        });
+        let s = client::connect(None, addr, Duration::from_secs(5)).unwrap();
+        let r = client::request(s, method, addr, path).unwrap();
+        server.join().unwrap();
+        (r.status, String::from_utf8_lossy(&r.body).into_owned())
+    }
+
+    #[test]
+    fn the_blackhole_endpoint_turns_the_mode_on_and_off() {
+        let shared = Arc::new(Shared::new("us1", "us-east"));
+        let state = |body: &str| -> serde_json::Value { serde_json::from_str(body).unwrap() };
+
+        let (status, body) = control_request(&shared, "GET", "/control/state");
+        assert_eq!(status, 200);
+        assert_eq!(state(&body)["blackhole"], false);
+        assert_eq!(state(&body)["blackhole_dropped_syns"], 0);
+
+        let (status, body) = control_request(&shared, "POST", "/control/blackhole?on=1");
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(state(&body)["blackhole"], true);
+        assert!(shared.blackhole_on());
+        // The health endpoints' state is untouched.
+        assert_eq!(state(&body)["health"], "healthy");
+
+        let (status, body) = control_request(&shared, "POST", "/control/blackhole?on=0");
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(state(&body)["blackhole"], false);
+        assert!(!shared.blackhole_on());
+    }
+
+    #[test]
+    fn the_blackhole_endpoint_rejects_bad_requests() {
+        let shared = Arc::new(Shared::new("us1", "us-east"));
+        for (method, path, want, says) in [
+            (
+                "POST",
+                "/control/blackhole?on=yes",
+                400,
+                "on=\"yes\" is neither 1 nor 0",
+            ),
+            ("POST", "/control/blackhole", 400, "no ?on="),
+            ("GET", "/control/blackhole?on=1", 405, "method not allowed"),
+        ] {
+            let (status, body) = control_request(&shared, method, path);
+            assert_eq!(status, want, "{method} {path}: {body}");
+            assert!(body.contains(says), "{method} {path}: {body}");
+            assert!(!shared.blackhole_on(), "{method} {path} turned it on");
+        }
     }
 }

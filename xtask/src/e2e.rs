@@ -18,10 +18,17 @@
 //! fall × interval + 1 s, no residency violation, capacity within ±10 %;
 //! for staged shifts (the `shift-*` scenarios, [`shift_scenarios`]): each
 //! stage's share within ±3 points over ≥ 1,000 connections, 0 failed
-//! requests, the next stage within ±1.5 s of its hold across a restart.
+//! requests, the next stage within ±1.5 s of its hold across a restart,
+//! and a rollback within 10 s of the target starting to black-hole new
+//! connections; for passive health (`passive-ejection`,
+//! [`passive_scenarios`]): a backend that black-holes new connections
+//! ejected within the outlier window + 5 s while its health checks pass,
+//! never more than `max_ejection_percent` at once, back after its
+//! ejection time through slow start.
 mod config;
 mod daemon;
 mod lifecycle;
+mod passive_scenarios;
 mod policy_scenarios;
 mod shift_scenarios;
 mod traffic;
@@ -57,7 +64,7 @@ struct Scenario {
     run: fn(&Ctx) -> Result<String>,
 }
 
-const SCENARIOS: [Scenario; 20] = [
+const SCENARIOS: [Scenario; 22] = [
     Scenario {
         name: "distribution",
         budget: Duration::from_secs(120),
@@ -157,6 +164,16 @@ const SCENARIOS: [Scenario; 20] = [
         name: "shift-restart",
         budget: Duration::from_secs(60),
         run: shift_scenarios::restart,
+    },
+    Scenario {
+        name: "shift-blackhole-rollback",
+        budget: Duration::from_secs(60),
+        run: passive_scenarios::shift_blackhole_rollback,
+    },
+    Scenario {
+        name: "passive-ejection",
+        budget: Duration::from_secs(90),
+        run: passive_scenarios::passive_ejection,
     },
 ];
 
