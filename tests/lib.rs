@@ -220,6 +220,10 @@ pub struct Packet {
     pub transport: Transport,
     pub payload: Vec<u8>,
     pub trailer: Vec<u8>,
+    /// TCP only: a SYN (SYN set, ACK and PSH clear, acknowledgment 0)
+    /// instead of the default segment of an established connection
+    /// (ACK + PSH).
+    pub tcp_syn: bool,
 }
 
 fn v4_net(src: Ipv4Addr, dst: Ipv4Addr) -> Net {
@@ -261,6 +265,7 @@ fn packet(net: Net, transport: Transport) -> Packet {
         transport,
         payload: pattern(32),
         trailer: Vec::new(),
+        tcp_syn: false,
     }
 }
 
@@ -374,6 +379,11 @@ impl Packet {
     pub fn payload_len(self, n: usize) -> Self {
         self.payload(pattern(n))
     }
+    /// A TCP SYN (see [`Packet::tcp_syn`]).
+    pub fn syn(mut self) -> Self {
+        self.tcp_syn = true;
+        self
+    }
     pub fn trailer(mut self, t: Vec<u8>) -> Self {
         self.trailer = t;
         self
@@ -446,9 +456,13 @@ impl Packet {
         match &self.transport {
             Transport::Tcp { sport, dport, seq } => {
                 let mut t = TcpHeader::new(*sport, *dport, *seq, 64240);
-                t.ack = true;
-                t.psh = true;
-                t.acknowledgment_number = 0x1111_2222;
+                if self.tcp_syn {
+                    t.syn = true;
+                } else {
+                    t.ack = true;
+                    t.psh = true;
+                    t.acknowledgment_number = 0x1111_2222;
+                }
                 t.checksum = if v6 {
                     t.calc_checksum_ipv6_raw(to16(&src), to16(&dst), p)
                 } else {
@@ -1040,6 +1054,24 @@ mod tests {
         assert_eq!(k.sport.to_ne_bytes(), 40000u16.to_be_bytes());
         assert_eq!(k.dport.to_ne_bytes(), 80u16.to_be_bytes());
         assert_eq!((k.proto, k.family), (6, 4));
+    }
+
+    #[test]
+    fn a_syn_has_syn_set_and_ack_clear() {
+        let f = tcp4(C4, 40000, V4, 80).syn().build();
+        let s = SlicedPacket::from_ethernet(&f).unwrap();
+        let Some(TransportSlice::Tcp(t)) = s.transport else {
+            panic!("not tcp")
+        };
+        assert!(t.syn() && !t.ack() && !t.psh());
+        assert_eq!(
+            t.calc_checksum_ipv4(C4.octets(), V4.octets()).unwrap(),
+            t.checksum()
+        );
+        // The flags byte as the program reads it: SYN (0x02) without ACK (0x10).
+        assert_eq!(f[14 + 20 + 13] & 0x12, 0x02);
+        let f = tcp4(C4, 40000, V4, 80).build();
+        assert_eq!(f[14 + 20 + 13] & 0x12, 0x10);
     }
 
     #[test]

@@ -15,7 +15,7 @@ use steer::config::Config;
 use steer::dataplane::{Dataplane, RunOutput, Verdict};
 use steer::policy::ApplyConfig as _;
 use steer_common::hash::flow_hash;
-use steer_common::{Branch, Counters, DropReason};
+use steer_common::{Branch, Counters, DropReason, Passive};
 use steer_tests::*;
 
 const BASIC: &str = include_str!("fixtures/basic.toml");
@@ -167,6 +167,45 @@ impl Rig {
         self.dp
             .backend_counters(service, backend)
             .unwrap_or_else(|e| panic!("counters of {backend} in {service}: {e:#}"))
+    }
+
+    fn passive(&self, service: &str, backend: &str) -> Passive {
+        self.dp
+            .backend_passive(service, backend)
+            .unwrap_or_else(|e| panic!("passive counters of {backend} in {service}: {e:#}"))
+    }
+
+    /// The backend the kernel's active table of `service` names for a new
+    /// flow `p` (docs/architecture.md: `ring[flow_hash % ring_size]`), read
+    /// from the rings, not from the program's output.
+    fn table_says(&self, service: &str, p: &Packet) -> &'static str {
+        let table = self
+            .dp
+            .table(service)
+            .unwrap_or_else(|e| panic!("table of {service}: {e:#}"));
+        let slot = flow_hash(&p.flow_key()) as usize % table.len();
+        let name = table[slot]
+            .as_deref()
+            .unwrap_or_else(|| panic!("slot {slot} of {service} is empty"));
+        POOL_BACKENDS
+            .iter()
+            .chain(&["eu-4", "eu-5", "us-1", "us-2"])
+            .find(|b| **b == name)
+            .copied()
+            .unwrap_or_else(|| panic!("{name} is not a backend of basic.toml"))
+    }
+
+    /// Runs `p`, expects it encapsulated to the backend named `backend`.
+    #[track_caller]
+    fn expect_to(&mut self, what: &str, p: &Packet, backend: &str) {
+        let (o, got) = self.outer(what, p);
+        let be = v4(o.dst());
+        assert_eq!(
+            backend_name(be.into()),
+            backend,
+            "{what}: sent to {be}, the table says {backend}"
+        );
+        assert_frame_eq(what, &got, &ipip(p, be));
     }
 
     /// Runs `frame`, expects `XDP_TX`, returns the output frame.
@@ -1599,6 +1638,120 @@ fn with_no_healthy_backend_fail_open_still_forwards() {
 }
 
 // ---------------------------------------------------------------------------
+// Passive health counters (PASSIVE_STATS).
+
+/// basic.toml with `backend` drained (weight 0).
+fn drained(backend: &str) -> String {
+    let marker = format!("weight = 100 # weight:{backend}");
+    let text = BASIC.replace(&marker, &format!("weight = 0 # weight:{backend}"));
+    assert_ne!(text, BASIC, "fixture marker {marker:?} not found");
+    text
+}
+
+#[test]
+#[ignore = "needs root: BPF or network namespaces (cargo xtask test runs it)"]
+fn repeated_syns_and_handshakes_are_counted_per_backend() {
+    if !steer_tests::require_root() {
+        return;
+    }
+    let mut rig = Rig::new(BASIC);
+    // What each pool backend should count, built up from the rules as the
+    // packets go: a SYN whose 5-tuple still has a handshake-pending entry
+    // is one repeated SYN for the backend of that entry; the first non-SYN
+    // packet of a pending flow is one handshake for the flow's backend.
+    let mut want: BTreeMap<&str, Passive> = POOL_BACKENDS
+        .iter()
+        .map(|b| (*b, Passive::default()))
+        .collect();
+    let check = |rig: &Rig, want: &BTreeMap<&str, Passive>, after: &str| {
+        for (b, w) in want {
+            assert_eq!(rig.passive("pool", b), *w, "{b} after {after}");
+        }
+    };
+
+    // Flow A: SYN, the same SYN again (unanswered), then again after its
+    // backend is drained, then the handshake completes.
+    let a_syn = tcp4(CLIENT, 41000, VIP_POOL, 80).syn();
+    let a_ack = tcp4(CLIENT, 41000, VIP_POOL, 80);
+    let a = rig.table_says("pool", &a_syn);
+    rig.expect_to("A: SYN", &a_syn, a);
+    check(&rig, &want, "A's first SYN (a new flow, nothing to count)");
+    rig.expect_to("A: SYN again", &a_syn, a);
+    // A's entry was pending on `a`: one repeated SYN for `a`.
+    want.get_mut(a).unwrap().repeated_syns += 1;
+    check(&rig, &want, "A's second SYN");
+    rig.reapply(&drained(a));
+    let b = rig.table_says("pool", &a_syn);
+    assert_ne!(a, b, "a drained backend still gets new flows");
+    // Selected afresh from the current table: `b`. The entry it replaces
+    // was pending on `a` (the second SYN re-marked it): `a` again.
+    rig.expect_to("A: third SYN, its backend drained", &a_syn, b);
+    want.get_mut(a).unwrap().repeated_syns += 1;
+    check(&rig, &want, "A's third SYN");
+    // The client's ACK: it follows conntrack to `b`, one handshake there.
+    rig.expect_to("A: ACK", &a_ack, b);
+    want.get_mut(b).unwrap().handshakes += 1;
+    check(&rig, &want, "A's ACK");
+    // Later segments are not handshakes.
+    rig.expect_to("A: next segment", &a_ack, b);
+    rig.expect_to("A: next segment", &a_ack, b);
+    check(&rig, &want, "A's later segments");
+
+    // Flow B: SYN, then ACK: one handshake.
+    let b_syn = tcp4(CLIENT, 41001, VIP_POOL, 80).syn();
+    let bb = rig.table_says("pool", &b_syn);
+    rig.expect_to("B: SYN", &b_syn, bb);
+    rig.expect_to("B: ACK", &tcp4(CLIENT, 41001, VIP_POOL, 80), bb);
+    want.get_mut(bb).unwrap().handshakes += 1;
+    check(&rig, &want, "B's handshake");
+
+    // Flow C: a SYN only: pending, nothing counted (yet).
+    let c_syn = tcp4(CLIENT, 41002, VIP_POOL, 80).syn();
+    let c = rig.table_says("pool", &c_syn);
+    rig.expect_to("C: SYN", &c_syn, c);
+    check(&rig, &want, "C's only SYN");
+
+    // Flow D, port reuse: SYN, ACK (a handshake), later a SYN of the same
+    // 5-tuple: the entry is complete, so this is a new connection, not a
+    // repeat; its ACK is a second handshake.
+    let d_syn = tcp4(CLIENT, 41003, VIP_POOL, 80).syn();
+    let d_ack = tcp4(CLIENT, 41003, VIP_POOL, 80);
+    let d = rig.table_says("pool", &d_syn);
+    rig.expect_to("D: SYN", &d_syn, d);
+    rig.expect_to("D: ACK", &d_ack, d);
+    want.get_mut(d).unwrap().handshakes += 1;
+    check(&rig, &want, "D's handshake");
+    rig.expect_to("D: SYN reusing the port", &d_syn, d);
+    check(&rig, &want, "D's port reuse (no repeat)");
+    rig.expect_to("D: ACK of the new connection", &d_ack, d);
+    want.get_mut(d).unwrap().handshakes += 1;
+    check(&rig, &want, "D's second handshake");
+
+    // Client affinity (one entry per client, sport 0) and UDP: never
+    // pending, never counted.
+    for i in 0..2 {
+        let p = tcp4(CLIENT, 42000, VIP_STICKY, 443).syn();
+        rig.tx_frame(&format!("sticky SYN {i}"), &p.build());
+    }
+    rig.tx_frame("sticky ACK", &tcp4(CLIENT, 42000, VIP_STICKY, 443).build());
+    for i in 0..2 {
+        let p = udp4(CLIENT, 42000, VIP_ANY, 53);
+        rig.tx_frame(&format!("UDP {i}"), &p.build());
+    }
+    for b in POOL_BACKENDS {
+        assert_eq!(rig.passive("sticky", b), Passive::default(), "sticky {b}");
+    }
+    assert_eq!(rig.passive("dns30", "eu-3"), Passive::default(), "dns30");
+    check(&rig, &want, "the client-affinity and UDP packets");
+    // Hand-derived totals, whatever the backends: A gave two repeated SYNs,
+    // A, B and D (twice) four handshakes.
+    let total = want
+        .values()
+        .fold((0, 0), |(r, h), p| (r + p.repeated_syns, h + p.handshakes));
+    assert_eq!(total, (2, 4));
+}
+
+// ---------------------------------------------------------------------------
 // Client affinity.
 
 #[test]
@@ -2135,6 +2288,19 @@ fn a_new_service_reusing_a_removed_ones_ids_starts_from_zero() {
     }
     assert_eq!(rig.service("old").packets, 5);
     assert_eq!(rig.backend("old", "eu-1").packets, 5);
+    // Passive counters too: a repeated SYN and a handshake.
+    let syn = tcp4(CLIENT, 41000, VIP_WEB, 80).syn();
+    rig.expect_tx("SYN", &syn, &ipip(&syn, EU1));
+    rig.expect_tx("SYN again", &syn, &ipip(&syn, EU1));
+    let ack = tcp4(CLIENT, 41000, VIP_WEB, 80);
+    rig.expect_tx("ACK", &ack, &ipip(&ack, EU1));
+    assert_eq!(
+        rig.passive("old", "eu-1"),
+        Passive {
+            repeated_syns: 1,
+            handshakes: 1
+        }
+    );
     let before = rig.dp.ledger().services["old"].clone();
 
     // "old" goes, "new" (another VIP and backend) comes in the same reload.
@@ -2154,6 +2320,7 @@ fn a_new_service_reusing_a_removed_ones_ids_starts_from_zero() {
     );
     assert_eq!(rig.service("new"), Counters::default());
     assert_eq!(rig.backend("new", "eu-2"), Counters::default());
+    assert_eq!(rig.passive("new", "eu-2"), Passive::default());
     // And the new service counts from zero.
     let p = tcp4(CLIENT, 40000, VIP_SOLO, 80).payload_len(10);
     rig.expect_tx("traffic of the new service", &p, &ipip(&p, EU2));

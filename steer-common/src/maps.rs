@@ -48,6 +48,9 @@ pub mod names {
     pub const PROG_FLOOR: &str = "steer_floor";
     /// Benchmark-only entry: restores the original packet, then `steer_xdp`.
     pub const PROG_BENCH: &str = "steer_bench";
+    /// Benchmark-only: `steer_bench` without the passive health counting,
+    /// to measure what that costs.
+    pub const PROG_BENCH_NOPASSIVE: &str = "steer_bench_nopassive";
     /// Benchmark-only: the restore step alone (see `bench` in the program).
     pub const PROG_BENCH_RESTORE: &str = "steer_bench_restore";
     pub const BENCH: &str = "BENCH";
@@ -198,6 +201,13 @@ pub struct FlowKey {
     pub _pad: [u8; 2],
 }
 
+/// `CtValue::flags`: the entry was created by a TCP SYN of a flow-affinity
+/// VIP and no other packet of the flow has been seen since (the handshake
+/// is pending). Another SYN of the same 5-tuple while it is set is a
+/// repeated SYN; the first non-SYN packet clears it and counts a handshake
+/// (`PASSIVE_STATS`).
+pub const CT_F_PENDING: u16 = 1;
+
 /// Value of `CONNTRACK`.
 #[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -205,8 +215,13 @@ pub struct CtValue {
     pub real_id: u32,
     pub real_generation: u32,
     /// The service the flow belongs to (for counters), so a hit needs no
-    /// VIP lookup.
-    pub vip_id: u32,
+    /// VIP lookup. VIP ids are below `capacity::VIPS` (4096), so 16 bits
+    /// hold them.
+    pub vip_id: u16,
+    /// `CT_F_*` bits. An entry pinned by a steer whose `vip_id` was a
+    /// `u32` reads 0 here (the high half of a small little-endian id): no
+    /// handshake pending.
+    pub flags: u16,
     /// The flow hash (outer source, flow label), so a hit needs no hashing.
     pub hash: u32,
 }
@@ -481,6 +496,29 @@ mod tests {
         assert_eq!(size_of::<SourceMac>(), 8);
         assert_eq!(size_of::<ClassV6Key>(), 4 + 8);
         assert_eq!(size_of::<ClassRow>(), 1024);
+    }
+
+    #[test]
+    #[cfg(target_endian = "little")]
+    fn an_old_conntrack_value_reads_as_no_handshake_pending() {
+        // The layout before the flags: real_id, real_generation, vip_id
+        // (u32), hash, little-endian as on every host steer runs on.
+        let (real_id, generation, vip_id, hash): (u32, u32, u32, u32) =
+            (7, 3, capacity::VIPS - 1, 0xdead_beef);
+        let mut old = [0u8; 16];
+        old[0..4].copy_from_slice(&real_id.to_le_bytes());
+        old[4..8].copy_from_slice(&generation.to_le_bytes());
+        old[8..12].copy_from_slice(&vip_id.to_le_bytes());
+        old[12..16].copy_from_slice(&hash.to_le_bytes());
+        // SAFETY: CtValue is 16 bytes of plain integers (checked above);
+        // every bit pattern is a valid value.
+        let v: CtValue = unsafe { core::mem::transmute(old) };
+        assert_eq!(v.real_id, 7);
+        assert_eq!(v.real_generation, 3);
+        assert_eq!(u32::from(v.vip_id), capacity::VIPS - 1);
+        assert_eq!(v.flags & CT_F_PENDING, 0);
+        assert_eq!(v.hash, 0xdead_beef);
+        assert!(capacity::VIPS <= u32::from(u16::MAX) + 1);
     }
 
     #[test]

@@ -17,7 +17,7 @@ mod stats;
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use steer_common::{
     hash::flow_hash, Branch, CtValue, DropReason, FlowKey, Real, Settings, VipInfo, VipKey,
-    SETTINGS_F_READY, VIP_F_CLIENT_AFFINITY,
+    CT_F_PENDING, SETTINGS_F_READY, VIP_F_CLIENT_AFFINITY,
 };
 
 use crate::{
@@ -30,7 +30,7 @@ use crate::{
 /// configured MTU (jumbo frames) are handled whole; see `parse::frame_len`.
 #[xdp(frags)]
 pub fn steer_xdp(ctx: XdpContext) -> u32 {
-    steer(&ctx)
+    steer::<true>(&ctx)
 }
 
 /// The benchmark floor: does nothing but bounce the frame. Only in the
@@ -49,7 +49,19 @@ pub fn steer_bench(ctx: XdpContext) -> u32 {
     if bench::prepare(&ctx).is_none() {
         return xdp_action::XDP_ABORTED;
     }
-    steer(&ctx)
+    steer::<true>(&ctx)
+}
+
+/// Benchmark-only: `steer_bench` without the passive health counting
+/// (no handshake-pending mark, no `PASSIVE_STATS`), to measure what the
+/// counting costs in the same run. Never in the production object.
+#[cfg(feature = "bench")]
+#[xdp]
+pub fn steer_bench_nopassive(ctx: XdpContext) -> u32 {
+    if bench::prepare(&ctx).is_none() {
+        return xdp_action::XDP_ABORTED;
+    }
+    steer::<false>(&ctx)
 }
 
 /// Benchmark-only: the cost of `steer_bench`'s restore step on its own.
@@ -79,8 +91,11 @@ fn bad(reason: DropReason, family: u8, dst: &[u8; 16]) -> u32 {
     }
 }
 
+/// The packet path. `PASSIVE` is always true in the production object;
+/// only the benchmark's `steer_bench_nopassive` turns the passive health
+/// counting off, to measure it.
 #[inline(always)]
-fn steer(ctx: &XdpContext) -> u32 {
+fn steer<const PASSIVE: bool>(ctx: &XdpContext) -> u32 {
     let mut ip = Ip::new();
     match parse::parse_l3(ctx, &mut ip) {
         L3::Ip => {}
@@ -102,10 +117,11 @@ fn steer(ctx: &XdpContext) -> u32 {
         // before (port reuse): it is selected afresh from the current table,
         // so drains and weight changes apply to it. Everything else is an
         // established flow: one conntrack lookup, no VIP lookup, no hash.
-        let stale = if parse::is_tcp_syn(ctx, &ip) {
+        let syn = parse::is_tcp_syn(ctx, &ip);
+        let stale = if syn {
             false
         } else {
-            match flow::lookup(&ip.key) {
+            match flow::lookup::<PASSIVE>(&ip.key, true) {
                 Lookup::Hit { ct, real } => {
                     return transmit(ctx, &ip, settings, &ct, &real, Branch::CtHit, false)
                 }
@@ -124,19 +140,23 @@ fn steer(ctx: &XdpContext) -> u32 {
         };
         if vip.flags & VIP_F_CLIENT_AFFINITY != 0 {
             // Every flow of a client shares one key, hence one backend.
+            // Such an entry is never handshake-pending.
             let mut key = ip.key;
             key.sport = 0;
             key.dport = vk.port;
-            let stale = match flow::lookup(&key) {
+            let stale = match flow::lookup::<PASSIVE>(&key, false) {
                 Lookup::Hit { ct, real } => {
                     return transmit(ctx, &ip, settings, &ct, &real, Branch::CtHit, false)
                 }
                 Lookup::Stale => true,
                 Lookup::Miss => false,
             };
-            select_new(ctx, &ip, settings, &vip, &key, stale, true)
+            select_new::<PASSIVE>(ctx, &ip, settings, &vip, &key, stale, Track::Flow)
         } else {
-            select_new(ctx, &ip, settings, &vip, &ip.key, stale, true)
+            // A SYN's entry is handshake-pending until the flow's next
+            // packet (see `flow::remember`).
+            let track = if syn { Track::Syn } else { Track::Flow };
+            select_new::<PASSIVE>(ctx, &ip, settings, &vip, &ip.key, stale, track)
         }
     } else if parse::is_icmp(ip.key.family, ip.key.proto) {
         let mut key = FlowKey::default();
@@ -151,7 +171,7 @@ fn steer(ctx: &XdpContext) -> u32 {
         }
         // `key` is the quoted flow turned around into the client's
         // direction; follow it without creating conntrack state.
-        if let Lookup::Hit { ct, real } = flow::lookup(&key) {
+        if let Lookup::Hit { ct, real } = flow::lookup::<PASSIVE>(&key, false) {
             return transmit(ctx, &ip, settings, &ct, &real, Branch::IcmpError, false);
         }
         let mut vk = VipKey {
@@ -166,28 +186,38 @@ fn steer(ctx: &XdpContext) -> u32 {
         if vip.flags & VIP_F_CLIENT_AFFINITY != 0 {
             key.sport = 0;
             key.dport = vk.port;
-            if let Lookup::Hit { ct, real } = flow::lookup(&key) {
+            if let Lookup::Hit { ct, real } = flow::lookup::<PASSIVE>(&key, false) {
                 return transmit(ctx, &ip, settings, &ct, &real, Branch::IcmpError, false);
             }
         }
-        select_new(ctx, &ip, settings, &vip, &key, false, false)
+        select_new::<PASSIVE>(ctx, &ip, settings, &vip, &key, false, Track::No)
     } else {
         pass()
     }
 }
 
+/// Whether and how a selected flow enters conntrack.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Track {
+    /// An ICMP error: follows a flow, never creates one.
+    No,
+    /// A flow-affinity TCP SYN: the entry is handshake-pending.
+    Syn,
+    /// Anything else.
+    Flow,
+}
+
 /// Selects a backend for a flow conntrack does not know (or whose backend
-/// is gone) and sends the packet there. `track` is false for ICMP errors,
-/// which follow a flow but never create one.
+/// is gone) and sends the packet there.
 #[inline(always)]
-fn select_new(
+fn select_new<const PASSIVE: bool>(
     ctx: &XdpContext,
     ip: &Ip,
     settings: &Settings,
     vip: &VipInfo,
     key: &FlowKey,
     stale: bool,
-    track: bool,
+    track: Track,
 ) -> u32 {
     if settings.flags & SETTINGS_F_READY == 0 {
         return stats::dropped(DropReason::NotReady);
@@ -199,23 +229,31 @@ fn select_new(
         Ok(picked) => picked,
         Err(reason) => return stats::dropped(reason),
     };
-    if track {
-        flow::remember(key, real_id, &real, vip.vip_id, hash);
-    }
     let ct = CtValue {
         real_id,
         real_generation: real.generation,
-        vip_id: vip.vip_id,
+        // VIP ids are below `capacity::VIPS` (4096).
+        vip_id: vip.vip_id as u16,
+        // A SYN's entry is handshake-pending until the flow's next packet.
+        flags: if PASSIVE && track == Track::Syn {
+            CT_F_PENDING
+        } else {
+            0
+        },
         hash,
     };
-    let branch = if !track {
+    let tracked = track != Track::No;
+    if tracked {
+        flow::remember::<PASSIVE>(key, &ct);
+    }
+    let branch = if !tracked {
         Branch::IcmpError
     } else if stale {
         Branch::Reselect
     } else {
         Branch::NewFlow
     };
-    transmit(ctx, ip, settings, &ct, &real, branch, track)
+    transmit(ctx, ip, settings, &ct, &real, branch, tracked)
 }
 
 /// Encapsulates toward `real` and counts the packet.
@@ -235,7 +273,7 @@ fn transmit(
         return stats::dropped(reason);
     }
     stats::branch(branch);
-    stats::forwarded(ct.vip_id, ct.real_id, bytes, new_flow);
+    stats::forwarded(ct.vip_id as u32, ct.real_id, bytes, new_flow);
     xdp_action::XDP_TX
 }
 

@@ -2,7 +2,7 @@
 
 use steer_common::{Branch, DropReason};
 
-use crate::maps::{DROP_STATS, PATH_STATS, REAL_STATS, VIP_STATS};
+use crate::maps::{DROP_STATS, PASSIVE_STATS, PATH_STATS, REAL_STATS, VIP_STATS};
 
 #[inline(always)]
 fn bump(map: &aya_ebpf::maps::PerCpuArray<u64>, idx: u32) {
@@ -43,5 +43,23 @@ pub fn forwarded(vip_id: u32, real_id: u32, bytes: u64, new_flow: bool) {
             (*c).bytes += bytes;
             (*c).new_flows += add;
         }
+    }
+}
+
+/// One repeated SYN against real `real_id` (see `steer_common::Passive`).
+#[inline(always)]
+pub fn repeated_syn(real_id: u32) {
+    if let Some(c) = PASSIVE_STATS.get_ptr_mut(real_id) {
+        // SAFETY: per-CPU slot from a successful lookup; see `bump`.
+        unsafe { (*c).repeated_syns += 1 };
+    }
+}
+
+/// One completed handshake of real `real_id` (see `steer_common::Passive`).
+#[inline(always)]
+pub fn handshake(real_id: u32) {
+    if let Some(c) = PASSIVE_STATS.get_ptr_mut(real_id) {
+        // SAFETY: per-CPU slot from a successful lookup; see `bump`.
+        unsafe { (*c).handshakes += 1 };
     }
 }

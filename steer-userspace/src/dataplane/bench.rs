@@ -1,6 +1,6 @@
 //! Benchmark support: the benchmark object (steer-ebpf built with feature
 //! `bench`: the production program plus `steer_floor`, `steer_bench`,
-//! `steer_bench_restore` and the `BENCH` map) and the API that times it.
+//! `steer_bench_nopassive`, `steer_bench_restore` and the `BENCH` map) and the API that times it.
 //! A data plane from `Dataplane::load` or `open` has none of these programs;
 //! only `Dataplane::load_bench` loads them.
 
@@ -14,10 +14,11 @@ static BENCH_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR")
 
 /// The programs `load_bench` loads: the production entry point and the
 /// benchmark-only ones.
-const BENCH_PROGRAMS: [&str; 4] = [
+const BENCH_PROGRAMS: [&str; 5] = [
     names::PROG_STEER,
     names::PROG_FLOOR,
     names::PROG_BENCH,
+    names::PROG_BENCH_NOPASSIVE,
     names::PROG_BENCH_RESTORE,
 ];
 
@@ -30,6 +31,9 @@ pub enum BenchProgram {
     Floor,
     /// Restores the original packet, then the production code.
     SteerWithRestore,
+    /// `SteerWithRestore` without the passive health counting (no
+    /// handshake-pending mark, no `PASSIVE_STATS`): what that costs.
+    SteerWithRestoreNoPassive,
     /// The restore step alone.
     RestoreOnly,
 }
@@ -76,6 +80,7 @@ impl Dataplane {
             BenchProgram::Steer => names::PROG_STEER,
             BenchProgram::Floor => names::PROG_FLOOR,
             BenchProgram::SteerWithRestore => names::PROG_BENCH,
+            BenchProgram::SteerWithRestoreNoPassive => names::PROG_BENCH_NOPASSIVE,
             BenchProgram::RestoreOnly => names::PROG_BENCH_RESTORE,
         };
         self.run_program_repeat(name, frame, repeat)
