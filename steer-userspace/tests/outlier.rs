@@ -90,7 +90,13 @@ fn client(i: u32) -> [u8; 4] {
 /// Slots of web's table per backend name.
 fn slots(owner: &Owner) -> BTreeMap<String, usize> {
     let mut m = BTreeMap::new();
-    for b in owner.dataplane().table("web").expect("table").into_iter().flatten() {
+    for b in owner
+        .dataplane()
+        .table("web")
+        .expect("table")
+        .into_iter()
+        .flatten()
+    {
         *m.entry(b).or_default() += 1;
     }
     m
@@ -164,7 +170,9 @@ fn a_black_holing_backend_is_ejected_capped_and_ramped_back() {
     owner.handle(Event::Tick);
     assert!(!ejected(&owner).contains("b3"), "{:?}", ejected(&owner));
     let p = owner.published();
-    let ramps = p.passive.ramps(&p.cfg, steer::daemon::unix_ms(std::time::SystemTime::now()));
+    let ramps = p
+        .passive
+        .ramps(&p.cfg, steer::daemon::unix_ms(std::time::SystemTime::now()));
     assert!(ramps["web"].contains_key("b3"), "{ramps:?}");
     let s = slots(&owner);
     let b3 = s.get("b3").copied().unwrap_or(0) as f64;

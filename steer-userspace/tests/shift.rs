@@ -616,6 +616,24 @@ fn a_reload_keeps_the_shift_and_drops_it_when_its_region_leaves() {
     assert!(ok(&r), "{r:?}");
     assert_eq!(stage_of(&owner), (1, "running", 50));
     assert_stage(owner.dataplane(), base, 50.0);
+    // A residency class that may only use eu: moving eu's flows to us
+    // would break it, so the shift stops applying (new flows follow the
+    // policy again).
+    let eu_only = format!(
+        "{}\n[[client_classes]]\nname = \"eu-only\"\nprefixes = [\"192.0.2.0/24\"]\n\
+         regions = [\"eu\"]\nallowed_regions = [\"eu\"]\n",
+        config(r#""eu", "us""#)
+    );
+    std::fs::write(dir.0.join("steer.toml"), eu_only).expect("config");
+    let r = reload(&mut owner);
+    assert!(ok(&r), "{r:?}");
+    assert!(owner.published().shifts.is_empty());
+    assert_stage(owner.dataplane(), base, 0.0);
+    // Back to the first config, with a new shift.
+    std::fs::write(dir.0.join("steer.toml"), config(r#""eu", "us""#)).expect("config");
+    assert!(ok(&reload(&mut owner)));
+    let r = start(&mut owner, plan(&[50, 100], 60_000, Triggers::default()));
+    assert!(ok(&r), "{r:?}");
     // web no longer has us: the shift is dropped.
     std::fs::write(dir.0.join("steer.toml"), config(r#""eu""#)).expect("config");
     let r = reload(&mut owner);
@@ -707,6 +725,53 @@ fn explain_shows_a_what_if_shift() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("data residency"), "{err}");
+}
+
+#[test]
+fn steer_check_rejects_a_shift_plan_that_breaks_residency() {
+    let dir = TempDir::new("check");
+    let path = dir.0.join("steer.toml");
+    std::fs::write(&path, config(r#""eu", "us""#)).expect("config");
+    let check = |shifts: &[&str]| {
+        let mut cmd = std::process::Command::new(STEER);
+        cmd.arg("check").arg("--config").arg(&path);
+        for s in shifts {
+            cmd.args(["--shift", s]);
+        }
+        cmd.output().expect("run steer check")
+    };
+    // eu -> us keeps us-only (allowed: us) where it may be.
+    let out = check(&["web:eu:us"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("shift plans OK: web:eu:us"),
+        "{out:?}"
+    );
+    // us -> eu would move us-only's flows out of its only region; an
+    // unknown region and a malformed plan are reported too, each once.
+    let out = check(&["web:us:eu", "web:eu:mars", "web:eu"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("the config is valid, but 3 shift plan(s) are not"),
+        "{err}"
+    );
+    assert!(
+        err.contains(
+            "--shift web:us:eu: shift of service web: client class us-only may only use regions \
+             [us]; moving its flows from us to eu would break its data residency"
+        ),
+        "{err}"
+    );
+    assert!(err.contains("region mars does not serve it"), "{err}");
+    assert!(err.contains("expected SERVICE:FROM:TO"), "{err}");
+    // An unknown service.
+    let out = check(&["api:eu:us"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no service \"api\" (services: web)"),
+        "{out:?}"
+    );
 }
 
 /// A SYN from `client`:`sport` to web's VIP.

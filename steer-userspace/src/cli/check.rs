@@ -13,6 +13,39 @@ pub struct Args {
     /// The configuration file to check.
     #[arg(long, short, value_name = "FILE", default_value = DEFAULT_CONFIG)]
     config: PathBuf,
+    /// Also check a staged shift plan against the config, as `steer shift
+    /// start` will (repeatable): the service and both regions exist, the
+    /// regions serve the service, and no client class with
+    /// `allowed_regions` would be moved out of its allowed regions.
+    #[arg(long, value_name = "SERVICE:FROM:TO")]
+    shift: Vec<String>,
+}
+
+/// Checks `--shift SERVICE:FROM:TO` against `cfg`: the plan's errors, in
+/// `steer shift start`'s words.
+fn check_shift(cfg: &Config, arg: &str) -> Result<(), String> {
+    let parts: Vec<&str> = arg.split(':').map(str::trim).collect();
+    let [service, from, to] = parts[..] else {
+        return Err(format!(
+            "--shift {arg:?}: expected SERVICE:FROM:TO, e.g. web:eu-west:us-east"
+        ));
+    };
+    let Some(ctx) = steer::daemon::plan_context(cfg, service) else {
+        let names: Vec<&str> = cfg.services.iter().map(|s| s.name.as_str()).collect();
+        return Err(format!(
+            "--shift {arg}: no service {service:?} (services: {})",
+            names.join(", ")
+        ));
+    };
+    let plan = steer_policy::shift::Plan {
+        service: service.to_string(),
+        from: from.to_string(),
+        to: to.to_string(),
+        stages: vec![100],
+        hold_ms: 1,
+        rollback: Default::default(),
+    };
+    steer_policy::shift::check_plan(&plan, &ctx).map_err(|e| format!("--shift {arg}: {e}"))
 }
 
 impl Args {
@@ -27,6 +60,27 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let path = &args.config;
     match Config::load(path) {
         Ok(cfg) => {
+            let bad: Vec<String> = args
+                .shift
+                .iter()
+                .filter_map(|a| check_shift(&cfg, a).err())
+                .collect();
+            if !bad.is_empty() {
+                errln(format_args!(
+                    "{}: the config is valid, but {} shift plan(s) are not:",
+                    path.display(),
+                    bad.len()
+                ));
+                for b in &bad {
+                    errln(format_args!("  {b}"));
+                }
+                return Ok(ExitCode::FAILURE);
+            }
+            let shifts = if args.shift.is_empty() {
+                String::new()
+            } else {
+                format!("; shift plans OK: {}", args.shift.join(", "))
+            };
             let classes = if cfg.client_classes.is_empty() {
                 String::new()
             } else {
@@ -37,7 +91,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
                 )
             };
             outln!(
-                "{}: OK ({} regions, {} backends, {} services, {} health checks{classes})",
+                "{}: OK ({} regions, {} backends, {} services, {} health checks{classes}){shifts}",
                 path.display(),
                 cfg.regions.len(),
                 cfg.backends.len(),

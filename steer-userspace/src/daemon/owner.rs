@@ -132,10 +132,21 @@ fn shift_misfit(cfg: &Config, s: &Shift) -> Option<String> {
             s.plan.service
         ));
     };
-    [&s.plan.from, &s.plan.to]
+    if let Some(r) = [&s.plan.from, &s.plan.to]
         .into_iter()
         .find(|r| !ctx.regions.contains(r))
-        .map(|r| format!("region {r} no longer serves service {}", s.plan.service))
+    {
+        return Some(format!(
+            "region {r} no longer serves service {}",
+            s.plan.service
+        ));
+    }
+    // A residency class the new config adds (or narrows) that the shift
+    // would break: the shift stops applying rather than move its flows.
+    match shift::check_plan(&s.plan, &ctx) {
+        Err(e @ shift::PlanError::Residency { .. }) => Some(e.to_string()),
+        _ => None,
+    }
 }
 
 /// What the owner knows about region `to` of `service`: its healthy
