@@ -477,6 +477,13 @@ pub struct BackendStatus {
     pub packets: u64,
     pub bytes: u64,
     pub new_flows: u64,
+    /// Passive health (flow-affinity TCP services): SYNs that repeated a
+    /// SYN this backend was sent and that was never answered (the client
+    /// sent it again before any other packet of the flow).
+    pub repeated_syns: u64,
+    /// Passive health: handshakes completed through this backend (the
+    /// first non-SYN packet of a flow whose SYN it was sent).
+    pub handshakes: u64,
 }
 
 /// A backend's health as the daemon reports it. On the wire, the lowercase
@@ -893,6 +900,8 @@ mod tests {
         full.ct_insert_failures = 1;
         full.services[0].backends[0].last_up_at = Some(1_700_000_010);
         full.services[0].backends[0].last_down_at = Some(1_700_000_200);
+        full.services[0].backends[0].repeated_syns = 4;
+        full.services[0].backends[0].handshakes = 11;
         let text = serde_json::to_string(&Response::Status(full.clone())).unwrap();
         for field in [
             r#""version":"0.1.0""#,
@@ -902,6 +911,7 @@ mod tests {
             r#""drops":{"fragment":2}"#,
             r#""ct_insert_failures":1"#,
             r#""last_up_at":1700000010,"last_down_at":1700000200"#,
+            r#""new_flows":2,"repeated_syns":4,"handshakes":11"#,
         ] {
             assert!(text.contains(field), "{field} missing from {text}");
         }

@@ -7,13 +7,16 @@
 //! last reload error: services[0].vip: "x" is not an IP address
 //!
 //! service web  vip 203.0.113.10:80/tcp  affinity flow  packets 1234  bytes 98765  new flows 56
-//!   BACKEND  REGION  ADDRESS   HEALTH  WEIGHT         PACKETS  NEW FLOWS  LAST UP   LAST DOWN  LAST FAILURE
-//!   web-1    eu      10.0.0.1  up      100/100           1000         40  -         -
-//!   web-2    us      10.0.0.2  down    0/100                0          0  1h02m ago  3m12s ago  connection refused
-//!   web-3    us      10.0.0.3  up      0/100 drained      234         16  -         -
+//!   BACKEND  REGION  ADDRESS   HEALTH  WEIGHT         PACKETS  NEW FLOWS  REPEATED SYNS  HANDSHAKES  LAST UP   LAST DOWN  LAST FAILURE
+//!   web-1    eu      10.0.0.1  up      100/100           1000         40              1          38  -         -
+//!   web-2    us      10.0.0.2  down    0/100                0          0              0           0  1h02m ago  3m12s ago  connection refused
+//!   web-3    us      10.0.0.3  up      0/100 drained      234         16              0          16  -         -
 //! ```
 //!
-//! WEIGHT is effective/configured. LAST UP and LAST DOWN say how long ago
+//! WEIGHT is effective/configured. REPEATED SYNS and HANDSHAKES are the
+//! passive health counters (flow-affinity TCP services only): SYNs the
+//! client had to repeat after one sent to this backend went unanswered,
+//! and handshakes completed through it. LAST UP and LAST DOWN say how long ago
 //! the health checks last brought the backend up or took it down ("-": not
 //! since the daemon started); `--json` has the Unix timestamps. The drops
 //! line lists the reasons with packets only ("drops: none"). A report from
@@ -31,7 +34,7 @@ use crate::protocol::{ShiftReport, StatusReport};
 /// Longest failure reason shown in the HEALTH column.
 const MAX_REASON_CHARS: usize = 80;
 
-const COLUMNS: usize = 10;
+const COLUMNS: usize = 12;
 const HEADER: [&str; COLUMNS] = [
     "BACKEND",
     "REGION",
@@ -40,13 +43,15 @@ const HEADER: [&str; COLUMNS] = [
     "WEIGHT",
     "PACKETS",
     "NEW FLOWS",
+    "REPEATED SYNS",
+    "HANDSHAKES",
     "LAST UP",
     "LAST DOWN",
     "LAST FAILURE",
 ];
 /// Which columns are right-aligned (the numbers).
 const RIGHT: [bool; COLUMNS] = [
-    false, false, false, false, false, true, true, false, false, false,
+    false, false, false, false, false, true, true, true, true, false, false, false,
 ];
 
 /// Renders `r` as a table for a terminal (see the module documentation).
@@ -155,6 +160,8 @@ pub fn render_status_table(r: &StatusReport) -> String {
                         weight,
                         b.packets.to_string(),
                         b.new_flows.to_string(),
+                        b.repeated_syns.to_string(),
+                        b.handshakes.to_string(),
                         ago(r.time, b.last_up_at),
                         ago(r.time, b.last_down_at),
                         reason,
@@ -361,9 +368,12 @@ mod tests {
         drained.drained = true;
         drained.packets = 234;
         drained.new_flows = 16;
+        drained.handshakes = 15;
         let mut up = backend("web-1", "eu", "10.0.0.1", Health::Up);
         up.packets = 1000;
         up.new_flows = 40;
+        up.repeated_syns = 3;
+        up.handshakes = 37;
         up.last_failure = Some("old failure, not shown".into());
         let mut degraded = backend("dns-1", "eu", "10.0.1.1", Health::Degraded);
         degraded.weight = 5;
@@ -438,6 +448,8 @@ mod tests {
                 "WEIGHT",
                 "PACKETS",
                 "NEW FLOWS",
+                "REPEATED SYNS",
+                "HANDSHAKES",
                 "LAST UP",
                 "LAST DOWN",
                 "LAST FAILURE"
@@ -445,7 +457,7 @@ mod tests {
         );
         assert_eq!(
             cells(lines[5]),
-            ["web-1", "eu", "10.0.0.1", "up", "100/100", "1000", "40", "-", "-"]
+            ["web-1", "eu", "10.0.0.1", "up", "100/100", "1000", "40", "3", "37", "-", "-"]
         );
         assert_eq!(
             cells(lines[6]),
@@ -455,6 +467,8 @@ mod tests {
                 "10.0.0.2",
                 "down",
                 "0/100",
+                "0",
+                "0",
                 "0",
                 "0",
                 "-",
@@ -472,6 +486,8 @@ mod tests {
                 "0/100 drained",
                 "234",
                 "16",
+                "0",
+                "15",
                 "-",
                 "-"
             ]
@@ -484,7 +500,7 @@ mod tests {
         let reason = format!("{}…", "x".repeat(79));
         assert_eq!(
             cells(lines[11]),
-            ["dns-1", "eu", "10.0.1.1", "degraded", "5/5", "0", "0", "-", "-", &reason]
+            ["dns-1", "eu", "10.0.1.1", "degraded", "5/5", "0", "0", "0", "0", "-", "-", &reason]
         );
         assert_eq!(
             lines[13],
@@ -522,6 +538,15 @@ mod tests {
         assert_eq!(chars(lines[11], packets_end - 2), " 0");
         assert!(lines[5].starts_with("  web-1  "));
         assert!(lines.iter().all(|l| !l.ends_with(' ')));
+        // The passive counters too, right-aligned under their headers.
+        for (title, row, want) in [
+            ("REPEATED SYNS", 5, " 3"),
+            ("HANDSHAKES", 5, "37"),
+            ("HANDSHAKES", 7, "15"),
+        ] {
+            let end = header.find(title).unwrap() + title.len();
+            assert_eq!(&lines[row][end - 2..end], want, "{title} on line {row}");
+        }
     }
 
     #[test]

@@ -448,6 +448,72 @@ fn tcp_syn_from(client: [u8; 4], sport: u16) -> Vec<u8> {
     v
 }
 
+/// The numbers after `label` on the summary line of backend `name`.
+fn backend_figure(stdout: &str, name: &str, label: &str) -> u64 {
+    let line = stdout
+        .lines()
+        .find(|l| l.trim_start().starts_with(&format!("backend {name} ")))
+        .unwrap_or_else(|| panic!("no line for backend {name}:\n{stdout}"));
+    let rest = &line[line
+        .find(label)
+        .unwrap_or_else(|| panic!("no {label:?} in {line:?}"))
+        + label.len()..];
+    rest.split_whitespace()
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no number after {label:?} in {line:?}"))
+}
+
+#[test]
+#[ignore = "needs root: BPF or network namespaces (cargo xtask test runs it)"]
+fn the_summary_shows_repeated_syns_and_handshakes_per_backend() {
+    if !require_root() {
+        return;
+    }
+    let dir = Scratch::new("replay-passive");
+    let a = [198, 51, 100, 7];
+    let b = [198, 51, 100, 8];
+    let c = [198, 51, 100, 9];
+    // Flow A: SYN, SYN again (a repeat), ACK (a handshake). Flow B: SYN,
+    // ACK (a handshake). Flow C: a SYN only.
+    let frames = vec![
+        tcp_syn_from(a, 41_000),
+        tcp_syn_from(a, 41_000),
+        tcp_ack(a, 41_000),
+        tcp_syn_from(b, 41_001),
+        tcp_ack(b, 41_001),
+        tcp_syn_from(c, 41_002),
+    ];
+    let input = dir.path("in.pcap");
+    write_pcap(&input, &frames);
+    let stdout = replay_ok(&dir, &input, &[]);
+    let sent = backends_sent(&dir);
+    assert_eq!(sent.len(), 6, "{stdout}");
+    let name = |addr: [u8; 4]| match addr {
+        [192, 0, 2, 11] => "eu-1",
+        [192, 0, 2, 12] => "eu-2",
+        other => panic!("sent to {other:?}, not a backend"),
+    };
+    // The repeat counts against where A's first SYN went; each handshake
+    // where its flow's ACK went.
+    let mut want = std::collections::BTreeMap::from([("eu-1", (0, 0)), ("eu-2", (0, 0))]);
+    want.get_mut(name(sent[0])).unwrap().0 += 1;
+    want.get_mut(name(sent[2])).unwrap().1 += 1;
+    want.get_mut(name(sent[4])).unwrap().1 += 1;
+    for (backend, (repeats, handshakes)) in want {
+        assert_eq!(
+            backend_figure(&stdout, backend, "repeated syns"),
+            repeats,
+            "{backend}: {stdout}"
+        );
+        assert_eq!(
+            backend_figure(&stdout, backend, "handshakes"),
+            handshakes,
+            "{backend}: {stdout}"
+        );
+    }
+}
+
 /// Two regions: eu (eu-1, eu-2) and us (us-1).
 const TWO_REGIONS: &str = concat!(
     include_str!("fixtures/eu.toml"),

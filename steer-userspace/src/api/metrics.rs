@@ -8,6 +8,7 @@
 //! |---|---|---|
 //! | `steer_vip_packets_total`, `steer_vip_bytes_total`, `steer_vip_new_flows_total` | counter | `service`, `vip` |
 //! | `steer_backend_packets_total`, `steer_backend_bytes_total`, `steer_backend_new_flows_total` | counter | `service`, `backend`, `region` |
+//! | `steer_backend_repeated_syns_total`, `steer_backend_handshakes_total` | counter | `service`, `backend`, `region` |
 //! | `steer_backend_up`, `steer_backend_degraded`, `steer_backend_drained` | gauge (0/1) | `service`, `backend`, `region` |
 //! | `steer_drops_total` | counter | `reason` |
 //! | `steer_conntrack_insert_failures_total` | counter | — |
@@ -233,6 +234,20 @@ impl Collector for SnapshotCollector {
             "steer_backend_new_flows_total",
             "New flows assigned to a backend of a service.",
             backends(|b| b.new_flows),
+        )?;
+        counters(
+            enc,
+            "steer_backend_repeated_syns_total",
+            "TCP SYNs a client repeated because the SYN sent to this backend of a service \
+             went unanswered (flow-affinity TCP services).",
+            backends(|b| b.repeated_syns),
+        )?;
+        counters(
+            enc,
+            "steer_backend_handshakes_total",
+            "TCP handshakes completed through a backend of a service: the client's first \
+             packet after its SYN (flow-affinity TCP services).",
+            backends(|b| b.handshakes),
         )?;
         let backend_flags =
             |value: fn(&BackendStatus) -> bool| backend_samples(report, move |b| flag(value(b)));
@@ -529,6 +544,8 @@ mod tests {
         ("steer_backend_packets_total", PrometheusType::Counter, Some("Packets sent to a backend of a service.")),
         ("steer_backend_bytes_total", PrometheusType::Counter, Some("Bytes sent to a backend of a service.")),
         ("steer_backend_new_flows_total", PrometheusType::Counter, Some("New flows assigned to a backend of a service.")),
+        ("steer_backend_repeated_syns_total", PrometheusType::Counter, None),
+        ("steer_backend_handshakes_total", PrometheusType::Counter, None),
         ("steer_backend_up", PrometheusType::Gauge, Some("Whether a backend of a service passes its health checks (1 unless down; unchecked and degraded backends are up).")),
         ("steer_backend_degraded", PrometheusType::Gauge, Some("Whether a backend of a service reports itself degraded.")),
         ("steer_backend_drained", PrometheusType::Gauge, Some("Whether a backend was drained by an operator.")),
@@ -627,6 +644,8 @@ mod tests {
             ("steer_backend_packets_total", [60.0, 40.0, 5.0, 2.0]),
             ("steer_backend_bytes_total", [9000.0, 6000.0, 500.0, 200.0]),
             ("steer_backend_new_flows_total", [6.0, 4.0, 5.0, 2.0]),
+            ("steer_backend_repeated_syns_total", [1.0, 3.0, 0.0, 0.0]),
+            ("steer_backend_handshakes_total", [5.0, 0.0, 0.0, 0.0]),
             // health up, down, degraded, unchecked
             ("steer_backend_up", [1.0, 0.0, 1.0, 1.0]),
             ("steer_backend_degraded", [0.0, 0.0, 1.0, 0.0]),
@@ -781,6 +800,9 @@ mod tests {
             "steer_vip_packets_total{service=\"web\",vip=\"203.0.113.10:80/tcp\"} 100",
             "steer_backend_packets_total{service=\"web\",backend=\"we\\\"b\\\\2\",region=\"us\\neast\"} 40",
             "steer_backend_up{service=\"web\",backend=\"web-1\",region=\"eu\"} 1",
+            "# TYPE steer_backend_repeated_syns_total counter",
+            "steer_backend_repeated_syns_total{service=\"web\",backend=\"web-1\",region=\"eu\"} 1",
+            "steer_backend_handshakes_total{service=\"web\",backend=\"web-1\",region=\"eu\"} 5",
             "steer_health_probe_duration_seconds_bucket{le=\"+Inf\"} 11",
             "steer_config_last_reload_successful 0",
             "steer_table_generation 12",
@@ -885,6 +907,8 @@ mod tests {
                             packets: 60,
                             bytes: 9000,
                             new_flows: 6,
+                            repeated_syns: 1,
+                            handshakes: 5,
                             ..BackendStatus::default()
                         },
                         BackendStatus {
@@ -897,6 +921,7 @@ mod tests {
                             packets: 40,
                             bytes: 6000,
                             new_flows: 4,
+                            repeated_syns: 3,
                             ..BackendStatus::default()
                         },
                     ],

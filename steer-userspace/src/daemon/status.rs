@@ -69,10 +69,12 @@ pub fn report_at(p: &Published, counters: Option<&CounterReader>, now: SystemTim
                     .service_backends(svc)
                     .iter()
                     .map(|b| {
-                        let c = read(&|c| {
-                            ids.and_then(|i| i.reals.get(&b.name))
-                                .and_then(|id| c.real(*id).ok())
-                        });
+                        let real_id = ids.and_then(|i| i.reals.get(&b.name)).copied();
+                        let c = read(&|c| real_id.and_then(|id| c.real(id).ok()));
+                        let passive = counters
+                            .zip(real_id)
+                            .and_then(|(c, id)| c.passive(id).ok())
+                            .unwrap_or_default();
                         // A region drain past its timeout programs the
                         // region's backends down; that is not their health.
                         let is_down =
@@ -105,6 +107,8 @@ pub fn report_at(p: &Published, counters: Option<&CounterReader>, now: SystemTim
                             packets: c.packets,
                             bytes: c.bytes,
                             new_flows: c.new_flows,
+                            repeated_syns: passive.repeated_syns,
+                            handshakes: passive.handshakes,
                         }
                     })
                     .collect(),
@@ -258,12 +262,9 @@ mod tests {
 
     const CFG: &str = include_str!("testdata/two_backends.toml");
 
-    #[test]
-    fn daemon_fields_and_transition_times() {
-        let started = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
-        let now = started + Duration::from_secs(3725);
-        let down_at = started + Duration::from_secs(3600);
-        let p = Published {
+    /// A snapshot of the daemon's state with the config of `CFG`.
+    fn published(started: SystemTime, ledger: crate::dataplane::Ledger) -> Published {
+        Published {
             state: State {
                 config_path: PathBuf::from("/etc/steer/steer.toml"),
                 cfg: Arc::new(Config::parse(CFG).unwrap()),
@@ -286,21 +287,30 @@ mod tests {
                 last_load: started,
                 programmed: 1,
                 started,
-                transitions: BTreeMap::from([(
-                    "b2".to_string(),
-                    Transitions {
-                        last_up: None,
-                        last_down: Some(down_at),
-                    },
-                )]),
+                transitions: BTreeMap::new(),
                 interfaces: vec![Interface {
                     name: "eth0".into(),
                     mode: "skb".into(),
                     adopted: true,
                 }],
             },
-            ledger: Default::default(),
-        };
+            ledger,
+        }
+    }
+
+    #[test]
+    fn daemon_fields_and_transition_times() {
+        let started = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let now = started + Duration::from_secs(3725);
+        let down_at = started + Duration::from_secs(3600);
+        let mut p = published(started, Default::default());
+        p.state.transitions = BTreeMap::from([(
+            "b2".to_string(),
+            Transitions {
+                last_up: None,
+                last_down: Some(down_at),
+            },
+        )]);
         let r = report_at(&p, None, now).report;
         assert_eq!(r.version, env!("CARGO_PKG_VERSION"));
         assert_eq!(r.time, 1_700_003_725);
@@ -319,5 +329,67 @@ mod tests {
             (b[1].name.as_str(), b[1].last_up_at, b[1].last_down_at),
             ("b2", None, Some(1_700_003_600))
         );
+    }
+
+    /// A client-side TCP segment to the VIP of `CFG` (203.0.113.10:80).
+    fn segment(syn: bool) -> Vec<u8> {
+        let b = etherparse::PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+            .ipv4([198, 51, 100, 7], [203, 0, 113, 10], 64)
+            .tcp(40000, 80, 1, 1024);
+        let b = if syn { b.syn() } else { b.ack(1) };
+        let mut v = Vec::new();
+        b.write(&mut v, &[]).unwrap();
+        v
+    }
+
+    #[test]
+    #[ignore = "needs root: loads the XDP program"]
+    fn backends_show_their_passive_counters() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            assert_ne!(std::env::var("CI").as_deref(), Ok("true"), "needs root");
+            eprintln!("SKIP: not root, cannot load BPF programs");
+            return;
+        }
+        use crate::dataplane::{Dataplane, Verdict};
+        use crate::policy::ApplyConfig as _;
+        // A source MAC, or BPF_PROG_TEST_RUN (on loopback) drops every
+        // frame as `no_source_mac`.
+        let text = CFG.replace(
+            "[dataplane]\n",
+            "[dataplane]\nsource_mac = \"02:00:00:00:00:5e\"\n",
+        );
+        assert_ne!(text, CFG);
+        let cfg = Config::parse(&text).unwrap();
+        let mut dp = Dataplane::load(&cfg.dataplane).unwrap();
+        dp.apply(&cfg, &BTreeSet::new()).unwrap();
+        // A SYN, the same SYN again (the first went unanswered), the ACK:
+        // one repeated SYN and one handshake, both on the flow's backend
+        // (the table does not change in between, so both SYNs pick it).
+        for syn in [true, true, false] {
+            assert_eq!(dp.run(&segment(syn)).unwrap().verdict, Verdict::Tx);
+        }
+        let reader = dp.counter_reader().unwrap();
+        let p = published(SystemTime::now(), dp.ledger());
+        let r = report(&p, Some(&reader)).report;
+        let backends = &r.services[0].backends;
+        assert_eq!(backends.len(), 2);
+        let (took, other): (Vec<_>, Vec<_>) = backends.iter().partition(|b| b.packets > 0);
+        assert_eq!(took.len(), 1, "one backend has the flow: {backends:?}");
+        let (took, other) = (took[0], other[0]);
+        assert_eq!(took.packets, 3);
+        assert_eq!((took.repeated_syns, took.handshakes), (1, 1), "{took:?}");
+        assert_eq!((other.repeated_syns, other.handshakes), (0, 0), "{other:?}");
+        // And the metrics carry the same numbers.
+        let snap = crate::api::MetricsSnapshot {
+            report: r.clone(),
+            ..Default::default()
+        };
+        let text = crate::api::render_metrics(Arc::new(snap));
+        let line = format!(
+            "steer_backend_repeated_syns_total{{service=\"web\",backend=\"{}\",region=\"eu\"}} 1",
+            took.name
+        );
+        assert!(text.lines().any(|l| l == line), "{line} missing:\n{text}");
     }
 }

@@ -16,7 +16,7 @@ use steer::dataplane::verdict::{VerdictProgram, XdpVerdict};
 use steer::dataplane::{Dataplane, DataplaneError, Limits, Verdict};
 use steer::pcap;
 use steer::policy::{ApplyConfig as _, Runtime};
-use steer_common::{Branch, Counters, DropReason};
+use steer_common::{Branch, Counters, DropReason, Passive};
 
 use super::{load_config, outln};
 
@@ -324,17 +324,24 @@ fn too_large_line(limit: usize, records: &[(usize, usize)]) -> String {
     )
 }
 
-/// Per-service and per-backend counters at one moment, by name.
-type Snapshot = BTreeMap<(String, Option<String>), Counters>;
+/// Per-service and per-backend counters at one moment, by name (the
+/// passive counters: backends only; zero for a service).
+type Snapshot = BTreeMap<(String, Option<String>), (Counters, Passive)>;
 
 fn snapshot(cfg: &steer::config::Config, dp: &Dataplane) -> Result<Snapshot> {
     let mut snap = Snapshot::new();
     for svc in &cfg.services {
-        snap.insert((svc.name.clone(), None), dp.service_counters(&svc.name)?);
+        snap.insert(
+            (svc.name.clone(), None),
+            (dp.service_counters(&svc.name)?, Passive::default()),
+        );
         for b in cfg.service_backends(svc) {
             snap.insert(
                 (svc.name.clone(), Some(b.name.clone())),
-                dp.backend_counters(&svc.name, &b.name)?,
+                (
+                    dp.backend_counters(&svc.name, &b.name)?,
+                    dp.backend_passive(&svc.name, &b.name)?,
+                ),
             );
         }
     }
@@ -372,16 +379,27 @@ fn print_counters(
     if ct_insert_failed > 0 {
         outln!("  {} {ct_insert_failed}", Branch::CtInsertFailed.name())?;
     }
-    let less = |c: Counters, key: (String, Option<String>)| match since.and_then(|s| s.get(&key)) {
-        None => c,
-        Some(b) => Counters {
-            packets: c.packets.saturating_sub(b.packets),
-            bytes: c.bytes.saturating_sub(b.bytes),
-            new_flows: c.new_flows.saturating_sub(b.new_flows),
-        },
+    let less = |(c, p): (Counters, Passive), key: (String, Option<String>)| match since
+        .and_then(|s| s.get(&key))
+    {
+        None => (c, p),
+        Some((b, bp)) => (
+            Counters {
+                packets: c.packets.saturating_sub(b.packets),
+                bytes: c.bytes.saturating_sub(b.bytes),
+                new_flows: c.new_flows.saturating_sub(b.new_flows),
+            },
+            Passive {
+                repeated_syns: p.repeated_syns.saturating_sub(bp.repeated_syns),
+                handshakes: p.handshakes.saturating_sub(bp.handshakes),
+            },
+        ),
     };
     for svc in &cfg.services {
-        let c = less(dp.service_counters(&svc.name)?, (svc.name.clone(), None));
+        let (c, _) = less(
+            (dp.service_counters(&svc.name)?, Passive::default()),
+            (svc.name.clone(), None),
+        );
         outln!(
             "  service {:<12} packets {:>6} bytes {:>8} new flows {:>5}",
             svc.name,
@@ -392,8 +410,11 @@ fn print_counters(
         let mut regions: BTreeMap<&str, u64> = BTreeMap::new();
         let mut lines = Vec::new();
         for b in cfg.service_backends(svc) {
-            let c = less(
-                dp.backend_counters(&svc.name, &b.name)?,
+            let (c, p) = less(
+                (
+                    dp.backend_counters(&svc.name, &b.name)?,
+                    dp.backend_passive(&svc.name, &b.name)?,
+                ),
                 (svc.name.clone(), Some(b.name.clone())),
             );
             *regions.entry(b.region.as_str()).or_default() += c.new_flows;
@@ -405,8 +426,8 @@ fn print_counters(
                 ""
             };
             lines.push(format!(
-                "    backend {:<14} packets {:>6} new flows {:>5}{mark}",
-                b.name, c.packets, c.new_flows
+                "    backend {:<14} packets {:>6} new flows {:>5} repeated syns {:>5} handshakes {:>5}{mark}",
+                b.name, c.packets, c.new_flows, p.repeated_syns, p.handshakes
             ));
         }
         // New flows per region, with their share of the service's.
