@@ -461,7 +461,8 @@ pub struct BackendStatus {
     pub region: String,
     /// Configured weight.
     pub weight: u32,
-    /// Weight in the selection table now: 0 when drained or down.
+    /// Weight in the selection table now: 0 when drained, down or ejected;
+    /// part of it in slow start.
     pub effective_weight: u32,
     /// What the health checks say.
     pub health: Health,
@@ -484,6 +485,17 @@ pub struct BackendStatus {
     /// Passive health: handshakes completed through this backend (the
     /// first non-SYN packet of a flow whose SYN it was sent).
     pub handshakes: u64,
+    /// Outlier detection ejected it from new flows (its established flows
+    /// stay); its health checks may still pass.
+    pub ejected: bool,
+    /// When its ejection ends, in milliseconds since the Unix epoch.
+    pub ejected_until: Option<u64>,
+    /// Its ejection count: the next ejection lasts one more base time;
+    /// it decays by one per base time in service.
+    pub ejections: u32,
+    /// In slow start: the percentage of its weight it gets for new flows
+    /// now; none when it has its full weight.
+    pub slow_start_percent: Option<f64>,
 }
 
 /// A backend's health as the daemon reports it. On the wire, the lowercase

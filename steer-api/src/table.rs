@@ -152,6 +152,12 @@ pub fn render_status_table(r: &StatusReport) -> String {
                     if b.drained {
                         weight.push_str(" drained");
                     }
+                    if b.ejected {
+                        weight.push_str(" ejected");
+                    }
+                    if let Some(p) = b.slow_start_percent {
+                        weight.push_str(&format!(" slow start {p:.0}%"));
+                    }
                     [
                         one_line(&b.name),
                         one_line(&b.region),
@@ -412,6 +418,26 @@ mod tests {
             ],
             ..StatusReport::default()
         }
+    }
+
+    #[test]
+    fn ejected_and_ramping_backends_say_so_in_the_weight_column() {
+        let mut r = report();
+        let b = &mut r.services[0].backends;
+        b[0].ejected = true;
+        b[0].effective_weight = 0;
+        b[2].drained = false;
+        b[2].effective_weight = 30;
+        b[2].slow_start_percent = Some(30.0);
+        let text = render_status_table(&r);
+        let row = |name: &str| {
+            text.lines()
+                .find(|l| l.trim_start().starts_with(name))
+                .unwrap_or_else(|| panic!("no row {name} in {text}"))
+                .to_string()
+        };
+        assert!(row("web-1").contains("0/100 ejected"), "{text}");
+        assert!(row("web-3").contains("30/100 slow start 30%"), "{text}");
     }
 
     #[test]

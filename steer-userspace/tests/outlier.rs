@@ -112,6 +112,17 @@ fn ejected(owner: &Owner) -> BTreeSet<String> {
         .unwrap_or_default()
 }
 
+fn backend_status(owner: &Owner, name: &str) -> steer::api::BackendStatus {
+    let counters = owner.dataplane().counter_reader().expect("counters");
+    let st = steer::daemon::status_report(&owner.published(), Some(&counters));
+    st.report.services[0]
+        .backends
+        .iter()
+        .find(|b| b.name == name)
+        .cloned()
+        .expect("backend in status")
+}
+
 #[test]
 #[ignore = "needs root: BPF or network namespaces (cargo xtask test runs it)"]
 fn a_black_holing_backend_is_ejected_capped_and_ramped_back() {
@@ -154,6 +165,19 @@ fn a_black_holing_backend_is_ejected_capped_and_ramped_back() {
     let s = slots(&owner);
     assert_eq!(s.get("b3"), None, "no new flows to b3: {s:?}");
     assert!(s.get("b7").is_some_and(|&n| n > 0), "b7 stays: {s:?}");
+    // `steer status` says so; its health is not touched.
+    let b3 = backend_status(&owner, "b3");
+    assert!(b3.ejected, "{b3:?}");
+    assert_eq!((b3.effective_weight, b3.ejections), (0, 1));
+    assert!(b3
+        .ejected_until
+        .is_some_and(|u| u > steer::daemon::unix_ms(std::time::SystemTime::now())));
+    assert_ne!(b3.health, steer::api::Health::Down);
+    assert!(
+        b3.repeated_syns > 0 && b3.repeated_syns * 2 == b3.new_flows,
+        "{b3:?}"
+    );
+    assert!(!backend_status(&owner, "b7").ejected);
     // A flow b3 holds stays on b3 (it is not down, only ejected): its
     // next packet (an ACK) follows conntrack.
     assert_eq!(send(&owner, &tcp(client(on[3][0]), 40_000, false)), 3);
@@ -185,6 +209,13 @@ fn a_black_holing_backend_is_ejected_capped_and_ramped_back() {
     assert!(
         b3 > 0.0 && b3 < 0.3 * mean,
         "b3 has {b3} slots, the others about {mean:.0}"
+    );
+    let b3 = backend_status(&owner, "b3");
+    assert!(!b3.ejected);
+    assert!(
+        b3.slow_start_percent
+            .is_some_and(|p| (10.0..=20.0).contains(&p)),
+        "{b3:?}"
     );
     // b7 is still an outlier and b3 is back: the cap now lets b7 out.
     assert_eq!(ejected(&owner), BTreeSet::from(["b7".to_string()]));

@@ -9,7 +9,8 @@
 //! | `steer_vip_packets_total`, `steer_vip_bytes_total`, `steer_vip_new_flows_total` | counter | `service`, `vip` |
 //! | `steer_backend_packets_total`, `steer_backend_bytes_total`, `steer_backend_new_flows_total` | counter | `service`, `backend`, `region` |
 //! | `steer_backend_repeated_syns_total`, `steer_backend_handshakes_total` | counter | `service`, `backend`, `region` |
-//! | `steer_backend_up`, `steer_backend_degraded`, `steer_backend_drained` | gauge (0/1) | `service`, `backend`, `region` |
+//! | `steer_backend_up`, `steer_backend_degraded`, `steer_backend_drained`, `steer_backend_ejected` | gauge (0/1) | `service`, `backend`, `region` |
+//! | `steer_backend_weight_ratio` (below 1 in slow start) | gauge | `service`, `backend`, `region` |
 //! | `steer_drops_total` | counter | `reason` |
 //! | `steer_conntrack_insert_failures_total` | counter | — |
 //! | `steer_health_probe_duration_seconds` | histogram | — |
@@ -269,6 +270,19 @@ impl Collector for SnapshotCollector {
             "steer_backend_drained",
             "Whether a backend was drained by an operator.",
             backend_flags(|b| b.drained),
+        )?;
+        gauges(
+            enc,
+            "steer_backend_ejected",
+            "Whether outlier detection ejected a backend of a service from new flows.",
+            backend_flags(|b| b.ejected),
+        )?;
+        gauges(
+            enc,
+            "steer_backend_weight_ratio",
+            "The fraction of its weight a backend of a service gets for new flows: below 1 \
+             during slow start.",
+            backend_samples(report, |b| b.slow_start_percent.map_or(1.0, |p| p / 100.0)),
         )?;
 
         counters(
@@ -549,6 +563,8 @@ mod tests {
         ("steer_backend_up", PrometheusType::Gauge, Some("Whether a backend of a service passes its health checks (1 unless down; unchecked and degraded backends are up).")),
         ("steer_backend_degraded", PrometheusType::Gauge, Some("Whether a backend of a service reports itself degraded.")),
         ("steer_backend_drained", PrometheusType::Gauge, Some("Whether a backend was drained by an operator.")),
+        ("steer_backend_ejected", PrometheusType::Gauge, None),
+        ("steer_backend_weight_ratio", PrometheusType::Gauge, None),
         ("steer_drops_total", PrometheusType::Counter, Some("Packets dropped by the XDP program, by reason.")),
         ("steer_conntrack_insert_failures_total", PrometheusType::Counter, Some("New flows whose conntrack insert failed (still forwarded; their next packet is selected again).")),
         ("steer_health_probe_duration_seconds", PrometheusType::Histogram, Some("Duration of health check probes.")),
@@ -650,6 +666,8 @@ mod tests {
             ("steer_backend_up", [1.0, 0.0, 1.0, 1.0]),
             ("steer_backend_degraded", [0.0, 0.0, 1.0, 0.0]),
             ("steer_backend_drained", [0.0, 1.0, 0.0, 0.0]),
+            ("steer_backend_ejected", [1.0, 0.0, 0.0, 0.0]),
+            ("steer_backend_weight_ratio", [1.0, 0.3, 1.0, 1.0]),
         ] {
             assert_eq!(samples(&exp, family), 4, "{family}");
             for (labels, v) in [web1, web2, dns1, dns2].iter().zip(v) {
@@ -909,6 +927,9 @@ mod tests {
                             new_flows: 6,
                             repeated_syns: 1,
                             handshakes: 5,
+                            ejected: true,
+                            ejected_until: Some(1_764_630_030_000),
+                            ejections: 1,
                             ..BackendStatus::default()
                         },
                         BackendStatus {
@@ -922,6 +943,7 @@ mod tests {
                             bytes: 6000,
                             new_flows: 4,
                             repeated_syns: 3,
+                            slow_start_percent: Some(30.0),
                             ..BackendStatus::default()
                         },
                     ],

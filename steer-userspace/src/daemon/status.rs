@@ -47,6 +47,7 @@ pub fn report_at(p: &Published, counters: Option<&CounterReader>, now: SystemTim
         counters.and_then(f).unwrap_or_default()
     };
     let hashes = p.planned.hashes();
+    let ramps = p.passive.ramps(cfg, super::owner::unix_ms(now));
     let services = cfg
         .services
         .iter()
@@ -92,12 +93,27 @@ pub fn report_at(p: &Published, counters: Option<&CounterReader>, now: SystemTim
                         let is_drained =
                             p.drained.contains(&b.name) || p.drained_regions.contains(&b.region);
                         let tr = p.transitions.get(&b.name).copied().unwrap_or_default();
+                        let outlier = p
+                            .passive
+                            .outliers
+                            .get(&svc.name)
+                            .and_then(|o| o.backends.get(&b.name));
                         BackendStatus {
                             name: b.name.clone(),
                             address: b.address.to_string(),
                             region: b.region.clone(),
                             weight: b.weight,
-                            effective_weight: if is_down || is_drained { 0 } else { b.weight },
+                            effective_weight: if is_down
+                                || is_drained
+                                || outlier.is_some_and(|o| o.ejected_until.is_some())
+                            {
+                                0
+                            } else {
+                                match ramps.get(&svc.name).and_then(|r| r.get(&b.name)) {
+                                    Some(&(k, n)) => b.weight * k / n.max(1),
+                                    None => b.weight,
+                                }
+                            },
                             health,
                             drained: is_drained,
                             last_failure: health::backend_targets(&p.health, &b.name)
@@ -109,6 +125,13 @@ pub fn report_at(p: &Published, counters: Option<&CounterReader>, now: SystemTim
                             new_flows: c.new_flows,
                             repeated_syns: passive.repeated_syns,
                             handshakes: passive.handshakes,
+                            ejected: outlier.is_some_and(|o| o.ejected_until.is_some()),
+                            ejected_until: outlier.and_then(|o| o.ejected_until),
+                            ejections: outlier.map_or(0, |o| o.ejections),
+                            slow_start_percent: ramps
+                                .get(&svc.name)
+                                .and_then(|r| r.get(&b.name))
+                                .map(|&(k, n)| f64::from(k) * 100.0 / f64::from(n.max(1))),
                         }
                     })
                     .collect(),
