@@ -450,6 +450,10 @@ pub struct ShiftReport {
     pub started_at: u64,
     /// The state in words ("running at stage 2 of 4 (25%)").
     pub description: String,
+    /// The rollback conditions watched, one word each as `--rollback-if`
+    /// takes them (`healthy<0.5`, `repeated-syn>20%`, `over-capacity`,
+    /// `analysis=URL`).
+    pub rollback_if: Vec<String>,
 }
 
 /// One backend of one service.

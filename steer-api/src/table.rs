@@ -280,8 +280,13 @@ pub fn shift_line(s: &ShiftReport) -> String {
         ("paused", Some(ms)) => format!(", {} of the hold left", duration(ms.div_ceil(1000))),
         _ => String::new(),
     };
+    let watch = if s.rollback_if.is_empty() || !matches!(s.state.as_str(), "running" | "paused") {
+        String::new()
+    } else {
+        format!("; rollback if {}", one_line(&s.rollback_if.join(", ")))
+    };
     format!(
-        "shift {} -> {}: {}{next}; {}% of {}'s new flows go to {}",
+        "shift {} -> {}: {}{next}; {}% of {}'s new flows go to {}{watch}",
         one_line(&s.from),
         one_line(&s.to),
         one_line(&s.description),
@@ -702,13 +707,14 @@ mod tests {
             hold_ms: 300_000,
             next_stage_in_ms: Some(252_500),
             description: "running at stage 2 of 4 (25%)".into(),
+            rollback_if: vec!["healthy<0.5".into(), "repeated-syn>20%".into()],
             ..Default::default()
         });
         let text = render_status_table(&r);
         assert!(
             text.lines().any(|l| l
                 == "  shift eu -> us: running at stage 2 of 4 (25%), next stage in 4m13s; \
-                    25% of eu's new flows go to us"),
+                    25% of eu's new flows go to us; rollback if healthy<0.5, repeated-syn>20%"),
             "{text}"
         );
         let lines: Vec<&str> = text.lines().collect();

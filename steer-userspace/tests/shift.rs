@@ -425,6 +425,12 @@ fn repeated_syns_to_the_target_region_roll_the_shift_back() {
     // The window's first sample.
     owner.handle(Event::Tick);
     assert_eq!(stage_of(&owner), (1, "running", 25));
+    let p = owner.published();
+    let report = shift_report(&p.shifts["web"], unix_ms(std::time::SystemTime::now()));
+    assert_eq!(
+        report.rollback_if,
+        ["repeated-syn>20% (over >= 10 new flows in 10s)"]
+    );
     // 400 clients send a SYN; the ones us (192.0.2.14..=17) got send it
     // again (their first went unanswered), the others complete.
     let us = |d: [u8; 4]| d[..3] == [192, 0, 2] && (14..=17).contains(&d[3]);
@@ -836,12 +842,7 @@ fn replay_shares_follow_each_stage_and_flows_keep_their_backends() {
     const FLOWS: usize = 20_000;
     let dir = TempDir::new("replay");
     let cfg = dir.0.join("steer.toml");
-    let text = config(r#""eu", "us""#)
-        .replace("conntrack_size = 1024", "conntrack_size = 65536")
-        .replace(
-            "[dataplane]\n",
-            "[dataplane]\nsource_mac = \"02:00:00:00:00:5e\"\n",
-        );
+    let text = config(r#""eu", "us""#).replace("conntrack_size = 1024", "conntrack_size = 65536");
     std::fs::write(&cfg, text).expect("config");
     let input = dir.0.join("in.pcap");
     // Clients outside the us-only class's prefix: the default table.

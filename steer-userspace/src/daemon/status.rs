@@ -240,7 +240,31 @@ pub fn shift_report(s: &Shift, now_ms: u64) -> ShiftReport {
         reason,
         started_at: s.started / 1000,
         description: s.describe(),
+        rollback_if: rollback_conditions(&s.plan.rollback),
     }
+}
+
+/// A shift's rollback conditions in `--rollback-if`'s words.
+fn rollback_conditions(t: &steer_policy::shift::Triggers) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Some(f) = t.min_healthy_fraction {
+        out.push(format!("healthy<{f}"));
+    }
+    if let Some(r) = t.max_failure_ratio {
+        out.push(format!(
+            "repeated-syn>{}% (over >= {} new flows in {})",
+            r * 100.0,
+            t.failure_min_flows,
+            steer_config::format_duration(std::time::Duration::from_millis(t.signal_window_ms()))
+        ));
+    }
+    if t.over_capacity {
+        out.push("over-capacity".to_string());
+    }
+    if let Some(u) = &t.analysis_url {
+        out.push(format!("analysis={u}"));
+    }
+    out
 }
 
 /// How a table was decided, for status (`None` for a plain Maglev table).
