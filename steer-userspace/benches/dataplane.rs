@@ -32,7 +32,7 @@ use steer::dataplane::{
     BenchProgram, Dataplane, DesiredClasses, DesiredTable, Limits, TableSlots, Verdict,
 };
 use steer::policy::{self, ApplyConfig as _, BackendState};
-use steer_common::{Branch, BENCH_VARY_NONE, BENCH_VARY_V4_SRC};
+use steer_common::{Branch, Passive, BENCH_VARY_NONE, BENCH_VARY_V4_SRC};
 
 /// Method A: iterations per BPF_PROG_TEST_RUN call, and calls per branch.
 const REPEAT: u32 = 50_000;
@@ -435,6 +435,8 @@ fn method_a(dp: &mut Dataplane, cfg: &mut Config, geo: &Arc<DesiredClasses>) -> 
         // opens a new connection (port reuse included): every iteration
         // hashes, reads the Maglev table and inserts into conntrack, which
         // replaces the previous iteration's entry for the same 5-tuple.
+        // That entry is still handshake-pending, so each iteration after
+        // the first also counts a repeated SYN (see `passive_cost`).
         let syn = v4_syn([100, 50 + trial as u8, 0, 1], 1024, [203, 0, 113, 10], 80);
         r[NEW4].push(batch(
             dp,
@@ -630,11 +632,156 @@ fn method_a(dp: &mut Dataplane, cfg: &mut Config, geo: &Arc<DesiredClasses>) -> 
     ok
 }
 
+/// The passive health counting (`PASSIVE_STATS`, the handshake-pending
+/// mark) against the same program without it (`steer_bench_nopassive`),
+/// in the same run. Trials per row, each timing both variants moments
+/// apart, in alternating order. The distinct-flow row runs every third
+/// trial only: 2 x 9 x 50,000 new entries fit the 1M-entry table.
+const TRIALS_P: usize = 27;
+
+/// Repeated SYNs counted on the "web" backends so far.
+fn web_repeats(dp: &Dataplane) -> u64 {
+    ["eu-1", "eu-2", "eu-3"]
+        .iter()
+        .map(|b| {
+            dp.backend_passive("web", b)
+                .map(|p: Passive| p.repeated_syns)
+                .expect("passive counters")
+        })
+        .sum()
+}
+
+/// Method A with and without the passive health counters, on a fresh data
+/// plane (an empty conntrack table, so the distinct-flow rows never
+/// evict): the established flow, distinct new flows, and the same-tuple
+/// SYN, which now takes the repeat path (insert refused, lookup, pending
+/// entry counted and overwritten) instead of a plain replace. Returns
+/// whether the targets were met.
+fn passive_cost(cfg: &Config) -> bool {
+    let mut dp =
+        Dataplane::load_bench(Limits::from(&cfg.dataplane)).expect("load the benchmark object");
+    dp.apply(cfg, &BTreeSet::new()).expect("apply");
+    let est_pkt = v4_ack([198, 51, 100, 2], 6666, [203, 0, 113, 10], 80);
+    assert_eq!(dp.run(&est_pkt).expect("warm").verdict, Verdict::Tx);
+    const EST: usize = 0;
+    const COLD: usize = 1;
+    const SAME: usize = 2;
+    let names = [
+        "established IPv4 flow (conntrack hit)",
+        "new IPv4 flows, distinct 5-tuples *",
+        "same-tuple SYN (repeat path with counting)",
+    ];
+    // [row][variant: 0 with, 1 without] -> ns per trial.
+    let mut r = vec![[Vec::new(), Vec::new()]; names.len()];
+    use BenchProgram::*;
+    for trial in 0..TRIALS_P {
+        let order = if trial % 2 == 0 {
+            [(0, SteerWithRestore), (1, SteerWithRestoreNoPassive)]
+        } else {
+            [(1, SteerWithRestoreNoPassive), (0, SteerWithRestore)]
+        };
+        for (v, prog) in order {
+            r[EST][v].push(batch(
+                &mut dp,
+                prog,
+                &est_pkt,
+                BENCH_VARY_NONE,
+                Verdict::Tx,
+                Some(Branch::CtHit),
+            ));
+        }
+        for (v, prog) in order.into_iter().filter(|_| trial % 3 == 0) {
+            // A /16 of its own per trial and variant: never held before.
+            let fresh = v4_syn(
+                [100, 100 + (2 * (trial / 3) + v) as u8, 0, 0],
+                1024,
+                [203, 0, 113, 10],
+                80,
+            );
+            r[COLD][v].push(batch(
+                &mut dp,
+                prog,
+                &fresh,
+                BENCH_VARY_V4_SRC,
+                Verdict::Tx,
+                Some(Branch::NewFlow),
+            ));
+        }
+        for (v, prog) in order {
+            // Outside the distinct-flow rows' 100.100.0.0-100.117.255.255.
+            let syn = v4_syn([101, trial as u8, v as u8, 1], 1024, [203, 0, 113, 10], 80);
+            let before = web_repeats(&dp);
+            r[SAME][v].push(batch(
+                &mut dp,
+                prog,
+                &syn,
+                BENCH_VARY_NONE,
+                Verdict::Tx,
+                Some(Branch::NewFlow),
+            ));
+            // Proof of the path taken: with the counting, every iteration
+            // after the first found its own pending entry; without, none
+            // was counted.
+            let repeats = web_repeats(&dp) - before;
+            let want = if v == 0 { u64::from(REPEAT) - 1 } else { 0 };
+            assert_eq!(repeats, want, "repeated SYNs counted by {prog:?}");
+        }
+    }
+    println!(
+        "\npassive health counters: cost (method A, repeat={REPEAT}, {TRIALS_P} trials ({} for *), \
+         fresh data plane; ratio = with / without within each trial, median)",
+        TRIALS_P / 3
+    );
+    println!(
+        "{:<46} {:>12} {:>12} {:>8} {:>16}",
+        "branch", "with ns", "without ns", "ratio", "ratios min-max"
+    );
+    let mut ratios = Vec::new();
+    for (i, n) in names.iter().enumerate() {
+        let per: Vec<f64> = r[i][0].iter().zip(&r[i][1]).map(|(a, b)| a / b).collect();
+        let lo = per.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = per.iter().copied().fold(0.0, f64::max);
+        let x = med(&per);
+        ratios.push(x);
+        println!(
+            "{:<46} {:>12.1} {:>12.1} {:>8.3} {:>16}",
+            n,
+            med(&r[i][0]),
+            med(&r[i][1]),
+            x,
+            format!("{lo:.3}-{hi:.3}")
+        );
+    }
+    let per_trial: Vec<String> = (0..r[COLD][0].len())
+        .map(|t| format!("{:.0}/{:.0}", r[COLD][0][t], r[COLD][1][t]))
+        .collect();
+    println!(
+        "  distinct 5-tuples per trial, with/without, in order (table filling up): {} ns",
+        per_trial.join(", ")
+    );
+    let mut ok = true;
+    for (i, t) in [(EST, 1.03), (COLD, 1.10)] {
+        let verdict = if ratios[i] <= t { "ok" } else { "MISSED" };
+        ok &= ratios[i] <= t;
+        println!(
+            "target {:<44} <= {t:>4}x without: {:.3}x {verdict}",
+            names[i], ratios[i]
+        );
+    }
+    ok
+}
+
 fn main() {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         eprintln!("the data-plane benchmark loads BPF programs: run it as root");
         std::process::exit(1);
+    }
+    // `cargo bench -p steer-userspace --bench dataplane -- passive`: only
+    // the passive counters' cost (cargo adds `--bench`).
+    if std::env::args().skip(1).any(|a| a == "passive") {
+        let ok = passive_cost(&bench_config());
+        std::process::exit(if ok { 0 } else { 2 });
     }
     let mut cfg = bench_config();
     let mut dp =
@@ -650,6 +797,9 @@ fn main() {
     );
     let ok = method_a(&mut dp, &mut cfg, &geo);
     method_b(&mut dp, &cfg);
+    // Its own data plane, with an empty conntrack table.
+    drop(dp);
+    let ok = passive_cost(&bench_config()) && ok;
     if !ok {
         std::process::exit(2);
     }

@@ -286,6 +286,84 @@ fn restart_adopts_pins_and_every_flow_keeps_its_backend() {
     );
 }
 
+/// A SYN (`syn`) or an ACK of flow `i` to `web`, as in [`flow`].
+fn segment(i: u32, syn: bool) -> Vec<u8> {
+    let b = etherparse::PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+        .ipv4([100, 90, 0, i as u8], VIP, 64)
+        .tcp(20_000 + i as u16, 80, 1, 1024);
+    let b = if syn { b.syn() } else { b.ack(1) };
+    let mut v = Vec::new();
+    b.write(&mut v, &[]).expect("build");
+    v
+}
+
+/// The passive counters of every backend of `web`, by address.
+fn passive(dp: &Dataplane, cfg: &Config) -> BTreeMap<Ipv4Addr, (u64, u64)> {
+    cfg.backends
+        .iter()
+        .map(|b| {
+            let p = dp
+                .backend_passive("web", &b.name)
+                .unwrap_or_else(|e| panic!("passive counters of {}: {e}", b.name));
+            let std::net::IpAddr::V4(a) = b.address else {
+                unreachable!()
+            };
+            (a, (p.repeated_syns, p.handshakes))
+        })
+        .collect()
+}
+
+#[test]
+#[ignore = "needs root: BPF or network namespaces (cargo xtask test runs it)"]
+fn passive_counters_and_pending_handshakes_survive_a_restart() {
+    if !require_root() {
+        return;
+    }
+    let s = Scratch::new("passive");
+    let cfg = three(4096);
+    let (mut dp, _) = open(&cfg, s.persist());
+    dp.apply(&cfg, &BTreeSet::new()).expect("apply");
+    // Flow 0: SYN, SYN (one repeat), ACK (one handshake). Flow 1: a SYN
+    // only, its handshake pending when the process goes away.
+    let f0 = backend(&dp, &segment(0, true));
+    assert_eq!(backend(&dp, &segment(0, true)), f0);
+    assert_eq!(backend(&dp, &segment(0, false)), f0);
+    let f1 = backend(&dp, &segment(1, true));
+    let mut want: BTreeMap<Ipv4Addr, (u64, u64)> =
+        [A1, A2, A3].iter().map(|a| (ip(*a), (0, 0))).collect();
+    want.get_mut(&f0).unwrap().0 += 1;
+    want.get_mut(&f0).unwrap().1 += 1;
+    assert_eq!(passive(&dp, &cfg), want, "first run");
+    drop(dp);
+    assert!(s.pins().contains("PASSIVE_STATS"), "{:?}", s.pins());
+
+    // A restart keeps the counters.
+    let (mut dp, adopted) = open(&cfg, s.persist());
+    assert!(adopted);
+    dp.apply(&cfg, &BTreeSet::new()).expect("apply");
+    assert_eq!(passive(&dp, &cfg), want, "after a restart");
+    drop(dp);
+
+    // A pin directory of a steer without PASSIVE_STATS: the map is created
+    // (and pinned), its counters start at zero, and the conntrack entries
+    // carry on: flow 1's pending handshake too.
+    std::fs::remove_file(s.persist.pin_dir.join("PASSIVE_STATS")).expect("remove the pin");
+    let (mut dp, adopted) = open(&cfg, s.persist());
+    assert!(adopted, "the other pins and the state file are there");
+    assert!(s.pins().contains("PASSIVE_STATS"), "{:?}", s.pins());
+    dp.apply(&cfg, &BTreeSet::new()).expect("apply");
+    for v in want.values_mut() {
+        *v = (0, 0);
+    }
+    assert_eq!(passive(&dp, &cfg), want, "a new map");
+    // Flow 1's SYN again: its entry is still pending on f1, one repeat.
+    assert_eq!(backend(&dp, &segment(1, true)), f1);
+    want.get_mut(&f1).unwrap().0 += 1;
+    // Flow 0's handshake was complete: an ACK is no new handshake.
+    assert_eq!(backend(&dp, &segment(0, false)), f0);
+    assert_eq!(passive(&dp, &cfg), want, "after the restart's packets");
+}
+
 #[test]
 #[ignore = "needs root: BPF or network namespaces (cargo xtask test runs it)"]
 fn adopted_flows_stay_when_weights_change() {
