@@ -34,8 +34,9 @@ pub(crate) const DEFAULT_MAX_TABLES: u32 = 128;
 pub const MAX_TABLES_LIMIT: u32 = capacity::VIPS;
 pub(crate) const DEFAULT_MAX_REALS: u32 = 65536;
 /// Upper bound of `max_reals`: 16 × the default. `REALS` and the per-CPU
-/// `REAL_STATS` (24 bytes per CPU per real: 24 MiB per CPU at this bound)
-/// are arrays of `max_reals` entries the kernel allocates up front.
+/// `REAL_STATS` and `PASSIVE_STATS` (24 + 16 = 40 bytes per CPU per real:
+/// 40 MiB per CPU at this bound) are arrays of `max_reals` entries the
+/// kernel allocates up front.
 pub const MAX_REALS_LIMIT: u32 = 1 << 20;
 /// Upper bound of the Maglev rings (the `RINGS` BPF array): `max_tables ×
 /// 2 × maglev_table_size` slots of 4 bytes, allocated up front and mapped
