@@ -19,7 +19,7 @@ pub struct Args {
 enum Cmd {
     /// Start moving SERVICE's new flows from region --from to region --to
     /// in stages; each stage holds --hold, then the next starts.
-    Start(StartArgs),
+    Start(Box<StartArgs>),
     /// The shifts in force (or finished): stage, percentage, time to the
     /// next stage, or the end state and its reason.
     Status {
