@@ -31,7 +31,9 @@ regions = ["eu-west"]
         "unknown key (expected one of: name, vip, port, protocol, affinity, backends, regions, \
          health_check, policy, classes, region_weights, tiers, overprovisioning_factor, \
          panic_threshold, on_no_healthy, max_ejection_percent, latency_margin, \
-         latency_margin_min, latency_dwell)",
+         latency_margin_min, latency_dwell, outlier_detection, outlier_interval, \
+         outlier_repeated_syn_percent, outlier_min_new_flows, outlier_base_ejection_time, \
+         outlier_max_ejection_time, slow_start_window, slow_start_min_weight_percent)",
     );
 }
 
@@ -208,7 +210,9 @@ fn unknown_keys_list_the_keys_of_their_section() {
             "name, vip, port, protocol, affinity, backends, regions, health_check, policy, \
              classes, region_weights, tiers, overprovisioning_factor, panic_threshold, \
              on_no_healthy, max_ejection_percent, latency_margin, latency_margin_min, \
-             latency_dwell",
+             latency_dwell, outlier_detection, outlier_interval, outlier_repeated_syn_percent, \
+             outlier_min_new_flows, outlier_base_ejection_time, outlier_max_ejection_time, \
+             slow_start_window, slow_start_min_weight_percent",
         ),
         (
             "health_checks[1].x",
