@@ -9,16 +9,15 @@
 //! expect exact drop counters per kind. Prints JSON: frames sent per kind.
 use std::{
     collections::BTreeMap,
-    ffi::CString,
-    io,
     net::{Ipv4Addr, Ipv6Addr},
-    os::fd::{AsRawFd, FromRawFd, OwnedFd},
     thread,
     time::{Duration, Instant},
 };
 
-use anyhow::{bail, Context as _, Result};
+use anyhow::{bail, Result};
 use serde_json::{json, Value};
+
+use crate::raw::{checksum, PacketSocket, Rng};
 
 pub struct Options {
     pub iface: String,
@@ -40,38 +39,6 @@ pub struct Options {
     pub gap: Duration,
 }
 
-pub fn parse_mac(s: &str) -> Result<[u8; 6]> {
-    let parts: Vec<&str> = s.split(':').collect();
-    if parts.len() != 6 {
-        bail!("{s:?} is not a MAC address");
-    }
-    let mut mac = [0u8; 6];
-    for (m, p) in mac.iter_mut().zip(parts) {
-        *m = u8::from_str_radix(p, 16).with_context(|| format!("{s:?} is not a MAC address"))?;
-    }
-    Ok(mac)
-}
-
-/// xorshift64*: reproducible random bytes from `--seed`.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-    fn bytes(&mut self, n: usize) -> Vec<u8> {
-        (0..n).map(|_| self.next() as u8).collect()
-    }
-}
-
 const ETH_IPV4: u16 = 0x0800;
 const ETH_IPV6: u16 = 0x86dd;
 const TCP: u8 = 6;
@@ -88,18 +55,6 @@ fn eth(o: &Options, ethertype: u16) -> Vec<u8> {
     f.extend_from_slice(&o.src_mac);
     f.extend_from_slice(&ethertype.to_be_bytes());
     f
-}
-
-fn checksum(b: &[u8]) -> u16 {
-    let mut sum = 0u32;
-    for c in b.chunks(2) {
-        let w = u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]);
-        sum += u32::from(w);
-    }
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
 }
 
 /// An IPv4 header: `ver_ihl`, total length, flags+fragment offset.
@@ -373,61 +328,6 @@ pub const KINDS: [&str; 24] = [
     "random-v6-vip-bad-version",
     "random-v4-vip-truncated",
 ];
-
-struct PacketSocket {
-    fd: OwnedFd,
-    addr: libc::sockaddr_ll,
-}
-
-impl PacketSocket {
-    fn open(iface: &str, dst: [u8; 6]) -> Result<Self> {
-        let name = CString::new(iface)?;
-        // SAFETY: if_nametoindex reads a NUL-terminated name.
-        let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
-        if index == 0 {
-            return Err(io::Error::last_os_error()).with_context(|| format!("interface {iface}"));
-        }
-        // SAFETY: plain socket(2); protocol 0 = send only, receive nothing.
-        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error()).context("AF_PACKET socket (needs CAP_NET_RAW)");
-        }
-        // SAFETY: a new descriptor that nothing else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        // SAFETY: sockaddr_ll is plain data; all-zero is a valid value.
-        let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-        addr.sll_family = libc::AF_PACKET as u16;
-        addr.sll_ifindex = i32::try_from(index)?;
-        addr.sll_halen = 6;
-        addr.sll_addr[..6].copy_from_slice(&dst);
-        Ok(PacketSocket { fd, addr })
-    }
-
-    fn send(&self, frame: &[u8]) -> io::Result<()> {
-        // SAFETY: sendto reads `frame.len()` bytes from `frame` and a
-        // sockaddr_ll of the size given.
-        let n = unsafe {
-            libc::sendto(
-                self.fd.as_raw_fd(),
-                frame.as_ptr().cast(),
-                frame.len(),
-                0,
-                (&raw const self.addr).cast(),
-                std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
-            )
-        };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        if n as usize != frame.len() {
-            return Err(io::Error::other(format!(
-                "sent {n} of {} bytes",
-                frame.len()
-            )));
-        }
-        Ok(())
-    }
-}
 
 /// Sends `count` frames of every kind, interleaved (kind after kind).
 pub fn garbage_client(o: &Options) -> Result<Value> {

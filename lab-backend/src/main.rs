@@ -13,7 +13,9 @@
 //!   request (for live views).
 //! - `client-udp-stream`: numbered UDP datagrams per flow, every loss
 //!   counted; `client-garbage`: malformed and random frames on a raw
-//!   AF_PACKET socket (for steer's drop counters).
+//!   AF_PACKET socket (for steer's drop counters); `client-synflood`:
+//!   spoofed TCP SYNs from random sources on a raw AF_PACKET socket,
+//!   batched with `sendmmsg`.
 //! - `get`, `ctl`: one request, for people.
 mod client;
 mod decap;
@@ -21,7 +23,9 @@ mod garbage;
 mod http;
 mod live;
 mod pattern;
+mod raw;
 mod server;
+mod synflood;
 mod udpstream;
 
 use std::{
@@ -198,6 +202,48 @@ enum Cmd {
         #[arg(long, default_value_t = 100)]
         gap_us: u64,
     },
+    /// Spoofed TCP SYNs on a raw AF_PACKET socket to one MAC (steer's
+    /// edge), from random sources in a prefix, as fast as one core can
+    /// (or at --rate), for --duration-ms or --count frames; prints JSON:
+    /// frames, errors, elapsed ms, rate.
+    ClientSynflood {
+        #[arg(long, value_name = "IFNAME")]
+        iface: String,
+        #[arg(long, value_name = "MAC")]
+        dst_mac: String,
+        #[arg(long, value_name = "MAC")]
+        src_mac: String,
+        /// The IPv4 VIP to flood (needs --src-prefix).
+        #[arg(long, requires = "src_prefix")]
+        vip: Option<std::net::Ipv4Addr>,
+        /// Where the spoofed IPv4 sources come from, e.g. 10.128.0.0/9
+        /// (keep it clear of real clients).
+        #[arg(long, value_name = "ADDR/LEN", requires = "vip")]
+        src_prefix: Option<synflood::Prefix>,
+        /// The IPv6 VIP to flood (needs --src6-prefix); with --vip too,
+        /// frames alternate between the families.
+        #[arg(long, requires = "src6_prefix")]
+        vip6: Option<std::net::Ipv6Addr>,
+        #[arg(long, value_name = "ADDR/LEN", requires = "vip6")]
+        src6_prefix: Option<synflood::Prefix>,
+        /// The VIP's TCP port.
+        #[arg(long, default_value_t = 80)]
+        port: u16,
+        /// How long to flood (at most 600,000).
+        #[arg(long, default_value_t = 5000)]
+        duration_ms: u64,
+        /// Stop after this many frames (the duration still bounds it).
+        #[arg(long)]
+        count: Option<u64>,
+        /// Frames per second (default: as fast as possible).
+        #[arg(long)]
+        rate: Option<u64>,
+        /// Frames per sendmmsg(2) call (1..=1024).
+        #[arg(long, default_value_t = 64)]
+        batch: usize,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
     /// One GET, printed like `curl -i`; exits 1 unless 2xx.
     Get {
         #[arg(long, value_name = "ADDR")]
@@ -369,8 +415,8 @@ fn run(cli: Cli) -> Result<()> {
         } => {
             let v = garbage::garbage_client(&garbage::Options {
                 iface,
-                dst_mac: garbage::parse_mac(&dst_mac)?,
-                src_mac: garbage::parse_mac(&src_mac)?,
+                dst_mac: raw::parse_mac(&dst_mac)?,
+                src_mac: raw::parse_mac(&src_mac)?,
                 src4,
                 src6,
                 vip4,
@@ -380,6 +426,37 @@ fn run(cli: Cli) -> Result<()> {
                 count,
                 seed,
                 gap: Duration::from_micros(gap_us),
+            })?;
+            println!("{v}");
+            Ok(())
+        }
+        Cmd::ClientSynflood {
+            iface,
+            dst_mac,
+            src_mac,
+            vip,
+            src_prefix,
+            vip6,
+            src6_prefix,
+            port,
+            duration_ms,
+            count,
+            rate,
+            batch,
+            seed,
+        } => {
+            let v = synflood::synflood_client(&synflood::Options {
+                iface,
+                dst_mac: raw::parse_mac(&dst_mac)?,
+                src_mac: raw::parse_mac(&src_mac)?,
+                v4: vip.zip(src_prefix),
+                v6: vip6.zip(src6_prefix),
+                port,
+                duration: Duration::from_millis(duration_ms),
+                count,
+                rate,
+                batch,
+                seed,
             })?;
             println!("{v}");
             Ok(())

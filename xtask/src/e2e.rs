@@ -24,9 +24,13 @@
 //! [`passive_scenarios`]): a backend that black-holes new connections
 //! ejected within the outlier window + 5 s while its health checks pass,
 //! never more than `max_ejection_percent` at once, back after its
-//! ejection time through slow start.
+//! ejection time through slow start; for a SYN flood (`synflood-reload`,
+//! [`flood_scenarios`]): at least 300,000 spoofed SYNs and a reload during
+//! them, and still no reset and no lost or corrupted byte on established
+//! streams.
 mod config;
 mod daemon;
+mod flood_scenarios;
 mod lifecycle;
 mod passive_scenarios;
 mod policy_scenarios;
@@ -64,7 +68,7 @@ struct Scenario {
     run: fn(&Ctx) -> Result<String>,
 }
 
-const SCENARIOS: [Scenario; 22] = [
+const SCENARIOS: [Scenario; 23] = [
     Scenario {
         name: "distribution",
         budget: Duration::from_secs(120),
@@ -119,6 +123,11 @@ const SCENARIOS: [Scenario; 22] = [
         name: "bad-traffic",
         budget: Duration::from_secs(60),
         run: lifecycle::bad_traffic,
+    },
+    Scenario {
+        name: "synflood-reload",
+        budget: Duration::from_secs(60),
+        run: flood_scenarios::synflood_reload,
     },
     Scenario {
         name: "policy-geo",

@@ -135,6 +135,21 @@ impl Cfg {
         Ok(())
     }
 
+    /// Sets `[dataplane] key` to an integer (e.g. `conntrack_size`).
+    pub fn set_dataplane_int(&mut self, key: &str, v: i64) -> Result<()> {
+        self.t
+            .get_mut("dataplane")
+            .and_then(Value::as_table_mut)
+            .ok_or_else(|| anyhow!("the config has no [dataplane]"))?
+            .insert(key.into(), Value::Integer(v));
+        Ok(())
+    }
+
+    /// `[dataplane] key` as an integer, if it is one.
+    pub fn dataplane_int(&self, key: &str) -> Option<i64> {
+        self.t.get("dataplane")?.get(key)?.as_integer()
+    }
+
     /// Sets `key` of health check `check` to an integer.
     pub fn set_check_int(&mut self, check: &str, key: &str, v: i64) -> Result<()> {
         self.named_mut("health_checks", check)?
@@ -203,6 +218,12 @@ mod tests {
         c.set_service_backends("web", &["eu1", "us1"]).unwrap();
         assert_eq!(c.service_backends("web").unwrap(), ["eu1", "us1"]);
         assert_eq!(c.index_of("backends", "eu2").unwrap(), 1);
+        assert_eq!(c.dataplane_int("conntrack_size"), Some(65_536));
+        c.set_dataplane_int("conntrack_size", 16_384).unwrap();
+        assert_eq!(c.dataplane_int("conntrack_size"), Some(16_384));
+        assert!(toml::to_string(&c.t)
+            .unwrap()
+            .contains("conntrack_size = 16384"));
         let text = toml::to_string(&c.t).unwrap();
         let back: Table = toml::from_str(&text).unwrap();
         assert_eq!(back, c.t);

@@ -19,7 +19,7 @@ use super::{
 use crate::lab::{self, topo, Load, StreamReport, Streams};
 
 /// Streams that did not finish complete and intact.
-fn broken_streams(r: &StreamReport) -> Vec<String> {
+pub(super) fn broken_streams(r: &StreamReport) -> Vec<String> {
     r.results
         .iter()
         .filter(|x| {
@@ -41,7 +41,7 @@ fn broken_streams(r: &StreamReport) -> Vec<String> {
         .collect()
 }
 
-fn stream_line(r: &StreamReport) -> String {
+pub(super) fn stream_line(r: &StreamReport) -> String {
     let bytes: u64 = r.results.iter().map(|x| x.received).sum();
     let resets = r
         .results
@@ -68,7 +68,7 @@ fn stream_line(r: &StreamReport) -> String {
 }
 
 /// Waits until steer has counted `n` new flows on `svc`.
-fn wait_new_flows(steer: &Steer, svc: &str, n: u64, within: Duration) -> Result<()> {
+pub(super) fn wait_new_flows(steer: &Steer, svc: &str, n: u64, within: Duration) -> Result<()> {
     let deadline = Instant::now() + within;
     loop {
         let f: u64 = daemon::new_flows(&steer.status()?, svc)?.values().sum();
@@ -760,7 +760,7 @@ const GARBAGE: [(&str, Option<&str>); 24] = [
 /// Frames of each kind.
 const GARBAGE_COUNT: u32 = 40;
 
-fn drops(m: &BTreeMap<String, f64>) -> BTreeMap<String, u64> {
+pub(super) fn drops(m: &BTreeMap<String, f64>) -> BTreeMap<String, u64> {
     m.iter()
         .filter_map(|(k, v)| {
             let reason = k
