@@ -36,6 +36,8 @@ const CONNTRACK_SIZE: i64 = 16_384;
 /// When the reload starts, after the flood started.
 const RELOAD_AFTER: Duration = Duration::from_millis(1500);
 const STREAMS: u32 = 32;
+/// How long the idle streams send nothing (longer than the flood).
+const IDLE_GAP: Duration = Duration::from_secs(6);
 /// Read by the metrics; absent from older steers.
 const INSERT_FAILURES: &str = "steer_conntrack_insert_failures_total";
 
@@ -99,6 +101,10 @@ fn flood_args() -> Vec<String> {
 /// that changes weights and adds ap1 and ap2; genuine connections all the
 /// while. Every stream completes with 0 resets and 0 bad bytes, and the
 /// reload takes effect for new connections.
+// Not in the suite yet: with today's SYN path (a conntrack entry per SYN)
+// it fails (6 of 32 idle streams reset on 2026-12-02); it joins the suite
+// with the data-plane change that keeps SYNs out of conntrack.
+#[allow(dead_code)]
 pub fn synflood_reload(ctx: &Ctx) -> Result<String> {
     let real: Vec<IpAddr> = topo::client_addrs(false)
         .into_iter()
@@ -139,9 +145,27 @@ pub fn synflood_reload(ctx: &Ctx) -> Result<String> {
     s.chunk = 4096;
     s.interval = Duration::from_millis(60);
     s.timeout = Duration::from_secs(5);
+    // Idle streams: one chunk, then nothing from either side for 6 s
+    // (across the flood and the reload), then two more. Their conntrack
+    // entries are the least recently used: the ones a flood that fills
+    // conntrack would evict, and after the reload's table change a
+    // re-selected flow may land on another backend, which resets it.
+    let mut idle = Streams::new(topo::web());
+    idle.from = topo::client_addrs(false);
+    idle.streams = STREAMS;
+    idle.bytes = 3 * 4096;
+    idle.chunk = 4096;
+    idle.interval = IDLE_GAP;
+    idle.timeout = IDLE_GAP + Duration::from_secs(4);
     let t0 = Instant::now();
+    let idle_running = ctx.lab.start_streams(&idle)?;
     let running = ctx.lab.start_streams(&s)?;
-    wait_new_flows(&steer, "web", u64::from(s.streams), Duration::from_secs(5))?;
+    wait_new_flows(
+        &steer,
+        "web",
+        u64::from(s.streams + idle.streams),
+        Duration::from_secs(5),
+    )?;
     let established = t0.elapsed();
     thread::sleep(Duration::from_millis(500));
     let st0 = steer.status()?;
@@ -258,6 +282,21 @@ pub fn synflood_reload(ctx: &Ctx) -> Result<String> {
         counts(&fresh.backends)
     ));
     let report = running.wait()?;
+    let idle_report = idle_running.wait()?;
+    let idle_shortest = idle_report
+        .results
+        .iter()
+        .map(|x| x.elapsed_ms)
+        .min()
+        .unwrap_or(0);
+    ctx.say(format!(
+        "idle streams ({} of {} KiB, {:.0} s between chunks): {}; shortest lasted {:.2}s",
+        idle.streams,
+        idle.bytes / 1024,
+        IDLE_GAP.as_secs_f64(),
+        stream_line(&idle_report),
+        idle_shortest as f64 / 1000.0
+    ));
     let shortest = report
         .results
         .iter()
@@ -274,6 +313,23 @@ pub fn synflood_reload(ctx: &Ctx) -> Result<String> {
     let mut problems = broken_streams(&report);
     if report.ok != u64::from(s.streams) {
         problems.push(format!("{} of {} streams ok", report.ok, s.streams));
+    }
+    problems.extend(
+        broken_streams(&idle_report)
+            .into_iter()
+            .map(|p| format!("idle streams: {p}")),
+    );
+    if idle_report.ok != u64::from(idle.streams) {
+        problems.push(format!(
+            "{} of {} idle streams ok",
+            idle_report.ok, idle.streams
+        ));
+    }
+    if (idle_shortest as u128) <= flood_done.as_millis() {
+        problems.push(format!(
+            "an idle stream ended ({idle_shortest} ms) before the flood was over ({} ms)",
+            flood_done.as_millis()
+        ));
     }
     if syns < MIN_SYNS {
         problems.push(format!(
@@ -311,10 +367,10 @@ pub fn synflood_reload(ctx: &Ctx) -> Result<String> {
     }
     let bytes: u64 = report.results.iter().map(|x| x.received).sum();
     Ok(format!(
-        "{} streams across a {syns}-SYN flood ({} per second) and a reload during it: 0 resets, \
-         0 of {bytes} bytes lost or corrupted; genuine connections during the flood: {g_ok} of \
-         {g_req} answered",
-        report.ok, f["rate_pps"]
+        "{} busy and {} idle streams across a {syns}-SYN flood ({} per second) and a reload \
+         during it: 0 resets, 0 of {bytes} bytes lost or corrupted; genuine connections during \
+         the flood: {g_ok} of {g_req} answered",
+        report.ok, idle_report.ok, f["rate_pps"]
     ))
 }
 
