@@ -1,10 +1,12 @@
 //! Flow keys and the connection table.
 
-use aya_ebpf::bindings::BPF_NOEXIST;
-use steer_common::{Branch, CtValue, FlowKey, Real, CT_F_PENDING, REAL_F_DOWN, REAL_F_PRESENT};
+use steer_common::{
+    hash::flow_tag, Branch, CtValue, FlowKey, Real, SynSlot, CT_F_PENDING, REAL_F_DOWN,
+    REAL_F_PRESENT,
+};
 
 use crate::{
-    maps::{CONNTRACK, REALS},
+    maps::{syn_slot_mask, CONNTRACK, REALS, RECENT_SYN},
     stats,
 };
 
@@ -76,40 +78,118 @@ pub fn lookup<const PASSIVE: bool>(key: &FlowKey, completes: bool) -> Lookup {
     }
 }
 
-/// Records the flow's backend in conntrack. An entry marked
-/// `CT_F_PENDING` (with `PASSIVE`: a TCP SYN of a flow-affinity VIP) is
-/// handshake-pending; if the 5-tuple already had an entry that was still
-/// pending, the client's earlier SYN went unanswered, and that entry's real
-/// gets one repeated SYN. The new selection replaces the entry either way
-/// (port reuse opens a new connection).
+/// The conntrack entry of `key`, for a TCP SYN to overwrite (see
+/// [`syn_replace`]). A plain lookup: no side effects.
 #[inline(always)]
-pub fn remember<const PASSIVE: bool>(key: &FlowKey, v: &CtValue) {
-    if !PASSIVE || v.flags & CT_F_PENDING == 0 {
-        insert(key, v);
-        return;
-    }
-    // A new flow: one insert, as without the mark.
-    if CONNTRACK.insert(key, v, BPF_NOEXIST as u64).is_ok() {
-        return;
-    }
-    // The 5-tuple is known (a retransmitted SYN or port reuse), or the
-    // insert failed for want of memory.
-    let Some(p) = CONNTRACK.get_ptr_mut(key) else {
-        // Gone in between (evicted), or never there: a plain insert.
-        insert(key, v);
-        return;
-    };
-    // SAFETY: `p` comes from a successful lookup of our own map and stays
-    // allocated while this program runs (RCU); it points at a whole,
-    // aligned `CtValue`. The old fields are read, then the value is
-    // overwritten in place. A reader on another CPU at that moment may copy
-    // a mix of both; a real id with another real's generation fails the
-    // generation check and is re-selected.
+pub fn find(key: &FlowKey) -> Option<*mut CtValue> {
+    CONNTRACK.get_ptr_mut(key)
+}
+
+/// A TCP SYN whose 5-tuple conntrack holds (client port reuse, or the
+/// retransmitted SYN of such a connection): the new selection `v` replaces
+/// the entry in place, handshake-pending with `PASSIVE`. If the old entry
+/// was still pending on a backend that still holds its generation, the
+/// client's earlier SYN went unanswered: one repeated SYN for that real.
+#[inline(always)]
+pub fn syn_replace<const PASSIVE: bool>(p: *mut CtValue, v: &CtValue) {
+    // SAFETY: `p` comes from a successful lookup of our own map (`find`)
+    // in this run of the program and stays allocated while it runs (RCU);
+    // it points at a whole, aligned `CtValue`. The old fields are read,
+    // then the value is overwritten in place. A reader on another CPU at
+    // that moment may copy a mix of both; a real id with another real's
+    // generation fails the generation check and is re-selected.
     unsafe {
-        if (*p).flags & CT_F_PENDING != 0 && still_holds((*p).real_id, (*p).real_generation) {
+        if PASSIVE
+            && (*p).flags & CT_F_PENDING != 0
+            && still_holds((*p).real_id, (*p).real_generation)
+        {
             stats::repeated_syn((*p).real_id);
         }
         *p = *v;
+    }
+}
+
+/// The `RECENT_SYN` slot of a flow with hash `hash`.
+#[inline(always)]
+fn syn_slot(hash: u32) -> Option<*mut u64> {
+    RECENT_SYN.get_ptr_mut(hash & syn_slot_mask())
+}
+
+/// A TCP SYN of a flow-affinity VIP whose 5-tuple conntrack does not hold:
+/// no conntrack entry, one 8-byte store into its `RECENT_SYN` slot (the
+/// flow's tag and the real it was sent to). With `PASSIVE`, a slot that
+/// already holds this flow's tag, naming a real that still holds its
+/// generation, means the client's earlier SYN went unanswered: one
+/// repeated SYN for that real.
+#[inline(always)]
+pub fn syn_record<const PASSIVE: bool>(key: &FlowKey, hash: u32, real_id: u32, real: &Real) {
+    let Some(p) = syn_slot(hash) else {
+        return;
+    };
+    let tag = flow_tag(key);
+    if PASSIVE {
+        // SAFETY: `p` comes from a successful lookup of our own array map
+        // and points at an aligned u64 that stays allocated while this
+        // program runs; one aligned 8-byte load, which is atomic, so a
+        // concurrent writer's slot is read whole or not at all.
+        let old = SynSlot::unpack(unsafe { core::ptr::read_volatile(p) });
+        if old.tag == tag {
+            if let Some(r) = present_real(old.real_id) {
+                if old.same_generation(r.generation) {
+                    stats::repeated_syn(old.real_id);
+                }
+            }
+        }
+    }
+    let slot = SynSlot {
+        tag,
+        real_id,
+        generation: real.generation,
+    };
+    // SAFETY: as above; one aligned 8-byte store, atomic on every
+    // architecture BPF runs on.
+    unsafe { core::ptr::write_volatile(p, slot.pack()) };
+}
+
+/// What a TCP segment conntrack does not hold finds in its SYN slot.
+pub enum Promote {
+    /// Its SYN's slot, intact: the real the SYN went to, still usable.
+    To(u32, Real),
+    /// Its SYN's slot, but that real went down or was replaced.
+    Stale,
+    /// Another flow's SYN (or nothing): select by hash.
+    Unknown,
+}
+
+/// The first non-SYN packet of a TCP connection (a conntrack miss): if its
+/// slot still holds its SYN, the slot is cleared and, with `PASSIVE`, the
+/// real the SYN went to counts one completed handshake.
+#[inline(always)]
+pub fn syn_take<const PASSIVE: bool>(key: &FlowKey, hash: u32) -> Promote {
+    let Some(p) = syn_slot(hash) else {
+        return Promote::Unknown;
+    };
+    // SAFETY: see `syn_record`: an aligned 8-byte load from our own array.
+    let raw = unsafe { core::ptr::read_volatile(p) };
+    if raw == 0 {
+        return Promote::Unknown;
+    }
+    let slot = SynSlot::unpack(raw);
+    if slot.tag != flow_tag(key) {
+        return Promote::Unknown;
+    }
+    // SAFETY: as above; one aligned 8-byte store. A SYN of another flow
+    // racing on another CPU may lose its slot: its ACK is then selected by
+    // hash (the same backend while the table is unchanged).
+    unsafe { core::ptr::write_volatile(p, 0) };
+    match usable_real(slot.real_id, None) {
+        Some(real) if slot.same_generation(real.generation) => {
+            if PASSIVE {
+                stats::handshake(slot.real_id);
+            }
+            Promote::To(slot.real_id, real)
+        }
+        _ => Promote::Stale,
     }
 }
 
@@ -121,8 +201,9 @@ fn still_holds(real_id: u32, generation: u32) -> bool {
     present_real(real_id).is_some_and(|r| r.generation == generation)
 }
 
+/// Records the flow's backend in conntrack (replacing any entry).
 #[inline(always)]
-fn insert(key: &FlowKey, v: &CtValue) {
+pub fn insert(key: &FlowKey, v: &CtValue) {
     // A full table evicts the least recently used entry. An error here only
     // means the next packet of the flow is selected again by hash, which
     // picks the same backend while the table is unchanged; it is counted.

@@ -41,6 +41,29 @@ pub static RINGS: Array<[u32; RING_LANES as usize]> = Array::with_max_entries(
 pub static CONNTRACK: LruHashMap<FlowKey, CtValue> =
     LruHashMap::with_max_entries(capacity::CONNTRACK, BPF_F_NO_COMMON_LRU);
 
+/// The last TCP SYN (of a flow-affinity VIP) per slot `flow_hash & mask`:
+/// a packed `steer_common::SynSlot` (tag, real id, generation). A SYN
+/// writes its slot instead of a conntrack entry; the flow's first non-SYN
+/// packet finds it there (see `flow::syn`). Sized by userspace from the
+/// conntrack size (`steer_common::syn_slots`), which also sets
+/// `SYN_SLOT_MASK`.
+#[map]
+pub static RECENT_SYN: Array<u64> = Array::with_max_entries(1024, 0);
+
+/// `RECENT_SYN`'s slot count minus one (a power of two minus one): a
+/// read-only global that userspace sets at load time, so the verifier and
+/// the JIT see a constant.
+#[unsafe(no_mangle)]
+static SYN_SLOT_MASK: u32 = 1023;
+
+/// [`SYN_SLOT_MASK`] as loaded.
+#[inline(always)]
+pub fn syn_slot_mask() -> u32 {
+    // SAFETY: a volatile read of an initialised, immutable global, so the
+    // compiler keeps the load (userspace rewrites the value at load time).
+    unsafe { core::ptr::read_volatile(&SYN_SLOT_MASK) }
+}
+
 #[map]
 pub static VIP_STATS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(capacity::VIPS, 0);
 
