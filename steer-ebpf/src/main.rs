@@ -102,10 +102,9 @@ fn steer<const PASSIVE: bool>(ctx: &XdpContext) -> u32 {
         L3::Pass => return pass(),
         L3::Bad(reason) => return bad(reason, ip.key.family, &ip.key.dst),
     }
-    // Most foreign traffic leaves here, after one inlined array lookup.
-    if !select::maybe_vip(&ip.key.dst) {
-        return pass();
-    }
+    // Foreign traffic has left already: `parse_l3` passes a packet whose
+    // destination has no `VIP_FILTER` bit (one inlined array lookup)
+    // before it validates anything else.
     let Some(settings) = SETTINGS.get(0) else {
         return pass();
     };
