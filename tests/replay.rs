@@ -1751,6 +1751,100 @@ fn repeated_syns_and_handshakes_are_counted_per_backend() {
     assert_eq!(total, (2, 4));
 }
 
+/// `RECENT_SYN` slots for basic.toml's `conntrack_size = 65536`
+/// (docs/architecture.md: the next power of two of the conntrack size,
+/// 1,024 to 2^22): a SYN's slot is `flow_hash & (65536 - 1)`.
+const BASIC_SYN_SLOT_MASK: u32 = 65536 - 1;
+
+#[test]
+#[ignore = "needs root: BPF or network namespaces (cargo xtask test runs it)"]
+fn the_first_ack_follows_its_syn_across_a_table_change() {
+    if !steer_tests::require_root() {
+        return;
+    }
+    let mut rig = Rig::new(BASIC);
+    let grew = |before: &Paths, after: &Paths, b: Branch| after[b as usize] - before[b as usize];
+
+    // X: SYN to `a`; then `a` is drained, so the table names another
+    // backend for X; X's ACK still reaches `a` (its SYN's slot), counts a
+    // handshake there, and X stays on `a`.
+    let x_syn = tcp4(CLIENT, 43000, VIP_POOL, 80).syn();
+    let x_ack = tcp4(CLIENT, 43000, VIP_POOL, 80);
+    let a = rig.table_says("pool", &x_syn);
+    rig.expect_to("X: SYN", &x_syn, a);
+    rig.reapply(&drained(a));
+    assert_ne!(
+        rig.table_says("pool", &x_ack),
+        a,
+        "the drain changed X's slot"
+    );
+    let before = rig.paths();
+    rig.expect_to("X: ACK after the table changed", &x_ack, a);
+    let after = rig.paths();
+    assert_eq!(
+        grew(&before, &after, Branch::SynPromoted),
+        1,
+        "X's ACK took its SYN's slot"
+    );
+    assert_eq!(grew(&before, &after, Branch::NewFlow), 0);
+    assert_eq!(
+        rig.passive("pool", a).handshakes,
+        1,
+        "one handshake for {a}"
+    );
+    rig.expect_to("X: next segment", &x_ack, a);
+    rig.expect_to("X: next segment", &x_ack, a);
+    assert_eq!(
+        rig.passive("pool", a).handshakes,
+        1,
+        "later segments are not handshakes"
+    );
+    assert_eq!(
+        grew(&after, &rig.paths(), Branch::CtHit),
+        2,
+        "X is in conntrack"
+    );
+
+    // The documented fallback: Y's SYN slot is overwritten by Z's SYN (another
+    // flow with the same slot), then the table changes; Y's ACK is selected
+    // from the current table, and no handshake is counted.
+    rig.reapply(BASIC);
+    let y_syn = tcp4(CLIENT, 44000, VIP_POOL, 80).syn();
+    let y_ack = tcp4(CLIENT, 44000, VIP_POOL, 80);
+    let slot = flow_hash(&y_syn.flow_key()) & BASIC_SYN_SLOT_MASK;
+    let z_syn = (1..=4096u32)
+        .flat_map(|c| (1024..=65535u16).step_by(7).map(move |p| (c, p)))
+        .map(|(c, p)| tcp4(client_n(c), p, VIP_POOL, 80).syn())
+        .find(|z| flow_hash(&z.flow_key()) & BASIC_SYN_SLOT_MASK == slot)
+        .expect("a flow sharing Y's slot");
+    let ay = rig.table_says("pool", &y_syn);
+    rig.expect_to("Y: SYN", &y_syn, ay);
+    let az = rig.table_says("pool", &z_syn);
+    rig.expect_to("Z: SYN into Y's slot", &z_syn, az);
+    rig.reapply(&drained(ay));
+    let by = rig.table_says("pool", &y_ack);
+    assert_ne!(by, ay, "the drain changed Y's slot");
+    let handshakes: u64 = POOL_BACKENDS
+        .iter()
+        .map(|b| rig.passive("pool", b).handshakes)
+        .sum();
+    let before = rig.paths();
+    rig.expect_to("Y: ACK, its slot lost", &y_ack, by);
+    let after = rig.paths();
+    assert_eq!(
+        grew(&before, &after, Branch::NewFlow),
+        1,
+        "Y's ACK was selected by hash"
+    );
+    assert_eq!(grew(&before, &after, Branch::SynPromoted), 0);
+    let now: u64 = POOL_BACKENDS
+        .iter()
+        .map(|b| rig.passive("pool", b).handshakes)
+        .sum();
+    assert_eq!(now, handshakes, "no handshake is counted without the slot");
+    rig.expect_to("Y: next segment", &y_ack, by);
+}
+
 // ---------------------------------------------------------------------------
 // Client affinity.
 
