@@ -1751,10 +1751,15 @@ fn repeated_syns_and_handshakes_are_counted_per_backend() {
     assert_eq!(total, (2, 4));
 }
 
-/// `RECENT_SYN` slots for basic.toml's `conntrack_size = 65536`
-/// (docs/architecture.md: the next power of two of the conntrack size,
-/// 1,024 to 2^22): a SYN's slot is `flow_hash & (65536 - 1)`.
-const BASIC_SYN_SLOT_MASK: u32 = 65536 - 1;
+/// `RECENT_SYN` for basic.toml's `conntrack_size = 65536`
+/// (docs/architecture.md: slots the next power of two of the conntrack
+/// size, 65,536 to 2^22, in buckets of 4): a SYN's bucket is
+/// `flow_hash & (65536 / 4 - 1)`.
+const BASIC_SYN_BUCKET_MASK: u32 = 65536 / 4 - 1;
+/// Other SYNs sent into a bucket to push a pending SYN out: a full bucket
+/// evicts one of its 4 slots, so one SYN survives 64 evictions with
+/// probability (3/4)^60 or less.
+const SYNS_TO_EVICT: usize = 64;
 
 #[test]
 #[ignore = "needs root: BPF or network namespaces (cargo xtask test runs it)"]
@@ -1805,22 +1810,26 @@ fn the_first_ack_follows_its_syn_across_a_table_change() {
         "X is in conntrack"
     );
 
-    // The documented fallback: Y's SYN slot is overwritten by Z's SYN (another
-    // flow with the same slot), then the table changes; Y's ACK is selected
-    // from the current table, and no handshake is counted.
+    // The documented fallback: Y's SYN slot is taken by other SYNs of its
+    // bucket, then the table changes; Y's ACK is selected from the current
+    // table, and no handshake is counted.
     rig.reapply(BASIC);
     let y_syn = tcp4(CLIENT, 44000, VIP_POOL, 80).syn();
     let y_ack = tcp4(CLIENT, 44000, VIP_POOL, 80);
-    let slot = flow_hash(&y_syn.flow_key()) & BASIC_SYN_SLOT_MASK;
-    let z_syn = (1..=4096u32)
+    let bucket = flow_hash(&y_syn.flow_key()) & BASIC_SYN_BUCKET_MASK;
+    let others: Vec<Packet> = (0..200u32)
         .flat_map(|c| (1024..=65535u16).step_by(7).map(move |p| (c, p)))
         .map(|(c, p)| tcp4(client_n(c), p, VIP_POOL, 80).syn())
-        .find(|z| flow_hash(&z.flow_key()) & BASIC_SYN_SLOT_MASK == slot)
-        .expect("a flow sharing Y's slot");
+        .filter(|z| flow_hash(&z.flow_key()) & BASIC_SYN_BUCKET_MASK == bucket)
+        .take(SYNS_TO_EVICT)
+        .collect();
+    assert_eq!(others.len(), SYNS_TO_EVICT, "flows sharing Y's bucket");
     let ay = rig.table_says("pool", &y_syn);
     rig.expect_to("Y: SYN", &y_syn, ay);
-    let az = rig.table_says("pool", &z_syn);
-    rig.expect_to("Z: SYN into Y's slot", &z_syn, az);
+    for z in &others {
+        let az = rig.table_says("pool", z);
+        rig.expect_to("a SYN into Y's bucket", z, az);
+    }
     rig.reapply(&drained(ay));
     let by = rig.table_says("pool", &y_ack);
     assert_ne!(by, ay, "the drain changed Y's slot");

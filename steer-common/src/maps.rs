@@ -43,7 +43,7 @@ pub mod names {
     pub const CLASS_V6_48: &str = "CLASS_V6_48";
     pub const CLASS_TABLES: &str = "CLASS_TABLES";
     pub const RECENT_SYN: &str = "RECENT_SYN";
-    /// The program's load-time constant: `RECENT_SYN` slots - 1.
+    /// The program's load-time constant: `RECENT_SYN` buckets - 1.
     pub const SYN_SLOT_MASK: &str = "SYN_SLOT_MASK";
     /// The data-plane entry point.
     pub const PROG_STEER: &str = "steer_xdp";
@@ -212,11 +212,13 @@ pub struct FlowKey {
 pub const CT_F_PENDING: u16 = 1;
 
 /// `RECENT_SYN` slots for a conntrack table of `conntrack_size` entries:
-/// the next power of two, at least 1,024 and at most 2^22 (32 MiB). A slot
-/// is 8 bytes, so the default 1,048,576-entry conntrack has 8 MiB of them.
+/// the next power of two, at least 65,536 (512 KiB, so that even a small
+/// table keeps a thousand concurrent handshakes without losing one) and at
+/// most 2^22 (32 MiB). A slot is 8 bytes, so the default 1,048,576-entry
+/// conntrack has 8 MiB of them.
 pub const fn syn_slots(conntrack_size: u32) -> u32 {
-    if conntrack_size <= 1024 {
-        1024
+    if conntrack_size <= 1 << 16 {
+        1 << 16
     } else if conntrack_size >= 1 << 22 {
         1 << 22
     } else {
@@ -224,8 +226,22 @@ pub const fn syn_slots(conntrack_size: u32) -> u32 {
     }
 }
 
-/// One `RECENT_SYN` slot, the last TCP SYN of a flow-affinity VIP that
-/// hashed there (index `flow_hash & (slots - 1)`), packed in one `u64` so
+/// Slots per `RECENT_SYN` bucket: a SYN may take any slot of the bucket
+/// its flow hash picks (4-way set associative), so a handshake is lost only
+/// when four other SYNs of the same bucket are pending at once.
+pub const SYN_WAYS: usize = 4;
+
+/// `RECENT_SYN` buckets (its `max_entries`): [`syn_slots`] / [`SYN_WAYS`].
+pub const fn syn_buckets(conntrack_size: u32) -> u32 {
+    syn_slots(conntrack_size) / SYN_WAYS as u32
+}
+
+/// A `RECENT_SYN` value: [`SYN_WAYS`] packed [`SynSlot`]s, 32 bytes, so a
+/// bucket never straddles a 64-byte cache line.
+pub type SynBucket = [u64; SYN_WAYS];
+
+/// One `RECENT_SYN` slot, a TCP SYN of a flow-affinity VIP whose bucket is
+/// `flow_hash & (buckets - 1)`, packed in one `u64` so
 /// that the program reads and writes it with single aligned 8-byte
 /// accesses: bits 63..32 the flow's tag (`hash::flow_tag`, never 0), bits
 /// 31..12 the real id the SYN was sent to, bits 11..0 the low 12 bits of
@@ -560,12 +576,14 @@ mod tests {
         assert!(!u.same_generation(0x1234_5ffe));
         let z = SynSlot::unpack(0);
         assert_eq!((z.tag, z.real_id, z.generation), (0, 0, 0));
-        assert_eq!(syn_slots(1), 1024);
-        assert_eq!(syn_slots(1024), 1024);
-        assert_eq!(syn_slots(1025), 2048);
+        assert_eq!(syn_slots(1), 65_536);
+        assert_eq!(syn_slots(65_536), 65_536);
+        assert_eq!(syn_slots(65_537), 131_072);
         assert_eq!(syn_slots(1_048_576), 1_048_576);
         assert_eq!(syn_slots(1_000_000), 1_048_576);
         assert_eq!(syn_slots(u32::MAX), 1 << 22);
+        assert_eq!(syn_buckets(4096), 16_384);
+        assert_eq!(core::mem::size_of::<SynBucket>(), 32);
     }
 
     #[test]

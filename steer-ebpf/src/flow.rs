@@ -1,8 +1,8 @@
 //! Flow keys and the connection table.
 
 use steer_common::{
-    hash::flow_tag, Branch, CtValue, FlowKey, Real, SynSlot, CT_F_PENDING, REAL_F_DOWN,
-    REAL_F_PRESENT,
+    hash::flow_tag, Branch, CtValue, FlowKey, Real, SynBucket, SynSlot, CT_F_PENDING, REAL_F_DOWN,
+    REAL_F_PRESENT, SYN_WAYS,
 };
 
 use crate::{
@@ -109,79 +109,143 @@ pub fn syn_replace<const PASSIVE: bool>(p: *mut CtValue, v: &CtValue) {
     }
 }
 
-/// The `RECENT_SYN` slot of a flow with hash `hash`.
+/// The `RECENT_SYN` bucket of a flow with hash `hash`, as a pointer to its
+/// first slot.
 #[inline(always)]
-fn syn_slot(hash: u32) -> Option<*mut u64> {
-    RECENT_SYN.get_ptr_mut(hash & syn_slot_mask())
+fn syn_bucket(hash: u32) -> Option<*mut u64> {
+    let p: *mut SynBucket = RECENT_SYN.get_ptr_mut(hash & syn_slot_mask())?;
+    Some(p.cast::<u64>())
+}
+
+/// Slot `way` (below `SYN_WAYS`) of the bucket at `p`, one aligned 8-byte
+/// load.
+#[inline(always)]
+fn load_way(p: *mut u64, way: usize) -> u64 {
+    // SAFETY: `p` comes from a successful lookup of our own array map
+    // (`syn_bucket`) and points at a whole, 8-byte aligned `SynBucket` that
+    // stays allocated while this program runs; `way & (SYN_WAYS - 1)` stays
+    // inside it. An aligned 8-byte load is atomic, so a slot another CPU
+    // writes at the same time is read whole, old or new.
+    unsafe { core::ptr::read_volatile(p.add(way & (SYN_WAYS - 1))) }
+}
+
+/// Stores `v` into slot `way` of the bucket at `p`.
+#[inline(always)]
+fn store_way(p: *mut u64, way: usize, v: u64) {
+    // SAFETY: as in `load_way`; one aligned 8-byte store, atomic on every
+    // architecture BPF runs on.
+    unsafe { core::ptr::write_volatile(p.add(way & (SYN_WAYS - 1)), v) }
+}
+
+/// A SYN's `RECENT_SYN` bucket and what it held when loaded.
+pub struct SlotRef {
+    p: *mut u64,
+    old: SynBucket,
+}
+
+/// Loads the `RECENT_SYN` bucket of a SYN with flow hash `hash`. Called as
+/// soon as the hash is known, well before the values are used
+/// ([`syn_record`]): the load (usually a cache miss in an 8 MiB array)
+/// then overlaps the table read and the conntrack lookup in between.
+#[inline(always)]
+pub fn syn_slot_load(hash: u32) -> Option<SlotRef> {
+    let p = syn_bucket(hash)?;
+    let mut old = [0u64; SYN_WAYS];
+    for (way, v) in old.iter_mut().enumerate() {
+        *v = load_way(p, way);
+    }
+    Some(SlotRef { p, old })
 }
 
 /// A TCP SYN of a flow-affinity VIP whose 5-tuple conntrack does not hold:
-/// no conntrack entry, one 8-byte store into its `RECENT_SYN` slot (the
-/// flow's tag and the real it was sent to). With `PASSIVE`, a slot that
-/// already holds this flow's tag, naming a real that still holds its
-/// generation, means the client's earlier SYN went unanswered: one
-/// repeated SYN for that real.
+/// no conntrack entry, one 8-byte store into a slot of its `RECENT_SYN`
+/// bucket (`slot`, from [`syn_slot_load`]): the flow's tag and the real it
+/// was sent to. The slot is the one that already holds the flow's tag,
+/// else a free one, else one picked by the tag. With `PASSIVE`, a slot that
+/// already held this flow's tag, naming a real that still holds its
+/// generation, means the client's earlier SYN went unanswered: one repeated
+/// SYN for that real.
 #[inline(always)]
-pub fn syn_record<const PASSIVE: bool>(key: &FlowKey, hash: u32, real_id: u32, real: &Real) {
-    let Some(p) = syn_slot(hash) else {
+pub fn syn_record<const PASSIVE: bool>(
+    slot: Option<SlotRef>,
+    key: &FlowKey,
+    real_id: u32,
+    real: &Real,
+) {
+    let Some(slot) = slot else {
         return;
     };
     let tag = flow_tag(key);
-    if PASSIVE {
-        // SAFETY: `p` comes from a successful lookup of our own array map
-        // and points at an aligned u64 that stays allocated while this
-        // program runs; one aligned 8-byte load, which is atomic, so a
-        // concurrent writer's slot is read whole or not at all.
-        let old = SynSlot::unpack(unsafe { core::ptr::read_volatile(p) });
-        if old.tag == tag {
+    let mut mine = SYN_WAYS;
+    let mut free = SYN_WAYS;
+    for (way, v) in slot.old.iter().enumerate() {
+        if (*v >> 32) as u32 == tag {
+            mine = way;
+        } else if *v == 0 && free == SYN_WAYS {
+            free = way;
+        }
+    }
+    let way = if mine < SYN_WAYS {
+        if PASSIVE {
+            let old = SynSlot::unpack(slot.old[mine & (SYN_WAYS - 1)]);
             if let Some(r) = present_real(old.real_id) {
                 if old.same_generation(r.generation) {
                     stats::repeated_syn(old.real_id);
                 }
             }
         }
-    }
-    let slot = SynSlot {
+        mine
+    } else if free < SYN_WAYS {
+        free
+    } else {
+        // A full bucket (a flood, or many handshakes at once): evict a
+        // slot chosen by the tag's bits, so spoofed SYNs spread evenly.
+        (tag >> 1) as usize
+    };
+    let new = SynSlot {
         tag,
         real_id,
         generation: real.generation,
     };
-    // SAFETY: as above; one aligned 8-byte store, atomic on every
-    // architecture BPF runs on.
-    unsafe { core::ptr::write_volatile(p, slot.pack()) };
+    store_way(slot.p, way, new.pack());
 }
 
-/// What a TCP segment conntrack does not hold finds in its SYN slot.
+/// What a TCP segment conntrack does not hold finds in its SYN's bucket.
 pub enum Promote {
     /// Its SYN's slot, intact: the real the SYN went to, still usable.
     To(u32, Real),
     /// Its SYN's slot, but that real went down or was replaced.
     Stale,
-    /// Another flow's SYN (or nothing): select by hash.
+    /// No slot with its tag (another SYN took it, or none was written):
+    /// select by hash.
     Unknown,
 }
 
 /// The first non-SYN packet of a TCP connection (a conntrack miss): if its
-/// slot still holds its SYN, the slot is cleared and, with `PASSIVE`, the
+/// bucket still holds its SYN, that slot is freed and, with `PASSIVE`, the
 /// real the SYN went to counts one completed handshake.
 #[inline(always)]
 pub fn syn_take<const PASSIVE: bool>(key: &FlowKey, hash: u32) -> Promote {
-    let Some(p) = syn_slot(hash) else {
+    let Some(p) = syn_bucket(hash) else {
         return Promote::Unknown;
     };
-    // SAFETY: see `syn_record`: an aligned 8-byte load from our own array.
-    let raw = unsafe { core::ptr::read_volatile(p) };
-    if raw == 0 {
-        return Promote::Unknown;
+    let tag = flow_tag(key);
+    let mut found = None;
+    for way in 0..SYN_WAYS {
+        let v = load_way(p, way);
+        if (v >> 32) as u32 == tag {
+            found = Some((way, v));
+            break;
+        }
     }
+    let Some((way, raw)) = found else {
+        return Promote::Unknown;
+    };
+    // A SYN of another flow racing on another CPU may lose its slot: its
+    // ACK is then selected by hash (the same backend while the table is
+    // unchanged).
+    store_way(p, way, 0);
     let slot = SynSlot::unpack(raw);
-    if slot.tag != flow_tag(key) {
-        return Promote::Unknown;
-    }
-    // SAFETY: as above; one aligned 8-byte store. A SYN of another flow
-    // racing on another CPU may lose its slot: its ACK is then selected by
-    // hash (the same backend while the table is unchanged).
-    unsafe { core::ptr::write_volatile(p, 0) };
     match usable_real(slot.real_id, None) {
         Some(real) if slot.same_generation(real.generation) => {
             if PASSIVE {

@@ -234,6 +234,13 @@ fn select_new<const PASSIVE: bool>(
         return stats::dropped(DropReason::NotReady);
     }
     let hash = flow_hash(key);
+    // A SYN's slot is loaded now and used at the end, so that its cache
+    // miss overlaps the work in between.
+    let syn_slot = if track == Track::Syn {
+        flow::syn_slot_load(hash)
+    } else {
+        None
+    };
     let mut stale = stale;
     let mut promoted = None;
     if track == Track::Segment && !stale {
@@ -284,7 +291,7 @@ fn select_new<const PASSIVE: bool>(
                 }
                 flow::syn_replace::<PASSIVE>(p, &ct);
             }
-            None => flow::syn_record::<PASSIVE>(key, hash, real_id, &real),
+            None => flow::syn_record::<PASSIVE>(syn_slot, key, real_id, &real),
         },
         Track::Segment | Track::Flow => flow::insert(key, &ct),
     }

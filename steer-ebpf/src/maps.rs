@@ -9,7 +9,7 @@ use aya_ebpf::{
 };
 use steer_common::{
     capacity, ring_values, AddrKey, Branch, ClassRow, Counters, CtValue, DropReason, FlowKey,
-    Passive, Real, Settings, SourceMac, VipInfo, VipKey, CLASS_V4_LANES, RING_LANES,
+    Passive, Real, Settings, SourceMac, SynBucket, VipInfo, VipKey, CLASS_V4_LANES, RING_LANES,
     VIP_FILTER_WORDS,
 };
 
@@ -41,20 +41,21 @@ pub static RINGS: Array<[u32; RING_LANES as usize]> = Array::with_max_entries(
 pub static CONNTRACK: LruHashMap<FlowKey, CtValue> =
     LruHashMap::with_max_entries(capacity::CONNTRACK, BPF_F_NO_COMMON_LRU);
 
-/// The last TCP SYN (of a flow-affinity VIP) per slot `flow_hash & mask`:
-/// a packed `steer_common::SynSlot` (tag, real id, generation). A SYN
-/// writes its slot instead of a conntrack entry; the flow's first non-SYN
-/// packet finds it there (see `flow::syn`). Sized by userspace from the
-/// conntrack size (`steer_common::syn_slots`), which also sets
-/// `SYN_SLOT_MASK`.
+/// Pending TCP SYNs (of flow-affinity VIPs), in buckets of `SYN_WAYS`
+/// slots picked by `flow_hash & mask`; a slot is a packed
+/// `steer_common::SynSlot` (tag, real id, generation), 0 when free. A SYN
+/// writes a slot instead of a conntrack entry; the flow's first non-SYN
+/// packet finds it there (see `flow::syn_record`, `flow::syn_take`). Sized
+/// by userspace from the conntrack size (`steer_common::syn_buckets`),
+/// which also sets `SYN_SLOT_MASK`.
 #[map]
-pub static RECENT_SYN: Array<u64> = Array::with_max_entries(1024, 0);
+pub static RECENT_SYN: Array<SynBucket> = Array::with_max_entries(256, 0);
 
-/// `RECENT_SYN`'s slot count minus one (a power of two minus one): a
+/// `RECENT_SYN`'s bucket count minus one (a power of two minus one): a
 /// read-only global that userspace sets at load time, so the verifier and
 /// the JIT see a constant.
 #[unsafe(no_mangle)]
-static SYN_SLOT_MASK: u32 = 1023;
+static SYN_SLOT_MASK: u32 = 255;
 
 /// [`SYN_SLOT_MASK`] as loaded.
 #[inline(always)]

@@ -446,8 +446,8 @@ impl Dataplane {
         limits: Limits,
         pins: &[(&'static str, PathBuf)],
     ) -> Result<Self> {
-        let syn_slots = steer_common::syn_slots(limits.conntrack_size);
-        let syn_slot_mask = syn_slots - 1;
+        let syn_buckets = steer_common::syn_buckets(limits.conntrack_size);
+        let syn_slot_mask = syn_buckets - 1;
         let mut loader = EbpfLoader::new();
         for (name, path) in pins {
             loader.map_pin_path(name, path.as_path());
@@ -466,7 +466,7 @@ impl Dataplane {
             .map_max_entries(names::REALS, limits.max_reals)
             .map_max_entries(names::REAL_STATS, limits.max_reals)
             .map_max_entries(names::PASSIVE_STATS, limits.max_reals)
-            .map_max_entries(names::RECENT_SYN, syn_slots)
+            .map_max_entries(names::RECENT_SYN, syn_buckets)
             .override_global(names::SYN_SLOT_MASK, &syn_slot_mask, true);
         let mut ebpf = loader.load(object).map_err(DataplaneError::Load)?;
         for &name in programs {
