@@ -3,7 +3,7 @@
 //! the configuration (conntrack size, ring size, table and real counts).
 
 use aya_ebpf::{
-    bindings::{BPF_F_MMAPABLE, BPF_F_NO_COMMON_LRU, BPF_F_NO_PREALLOC},
+    bindings::{BPF_F_MMAPABLE, BPF_F_NO_PREALLOC},
     macros::map,
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
@@ -37,9 +37,16 @@ pub static RINGS: Array<[u32; RING_LANES as usize]> = Array::with_max_entries(
     BPF_F_MMAPABLE,
 );
 
+/// One LRU list shared by all CPUs (no `BPF_F_NO_COMMON_LRU`): inserts pop
+/// from per-CPU free lists and rotate the shared list once per batch, so
+/// they cost less than with per-CPU lists, and the whole table is
+/// available to every CPU (per-CPU lists give each CPU 1/N of it and
+/// evict early on a busy one). Measured in docs/benchmarks.md (issue 12),
+/// also with two CPUs inserting at once. A map pinned by an older steer
+/// keeps its per-CPU lists until the pin directory is recreated.
 #[map]
 pub static CONNTRACK: LruHashMap<FlowKey, CtValue> =
-    LruHashMap::with_max_entries(capacity::CONNTRACK, BPF_F_NO_COMMON_LRU);
+    LruHashMap::with_max_entries(capacity::CONNTRACK, 0);
 
 /// Pending TCP SYNs (of flow-affinity VIPs), in buckets of `SYN_WAYS`
 /// slots picked by `flow_hash & mask`; a slot is a packed

@@ -73,9 +73,9 @@ impl Rng {
     }
 }
 
-/// Conntrack entries for the test: the per-CPU LRU lists split the table
-/// between the possible CPUs, so each must hold every connection (110,000)
-/// with room to spare.
+/// Conntrack entries for the test: room for every connection (110,000) per
+/// possible CPU, so the test also holds with per-CPU LRU lists (which split
+/// the table between the CPUs; conntrack had them before issue 12).
 fn conntrack_size() -> u32 {
     let cpus = aya::util::nr_cpus().expect("possible CPUs") as u32;
     (cpus * 160_000).next_power_of_two().min(1 << 24)
