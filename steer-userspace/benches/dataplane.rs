@@ -710,10 +710,11 @@ fn method_a(dp: &mut Dataplane, cfg: &mut Config, geo: &Arc<DesiredClasses>) -> 
             Some(Branch::NewFlow),
         ));
         // Pin REPEAT flows to dn-a (dn-b drained), take dn-a down, replay
-        // the same flows: each iteration finds a stale conntrack entry.
+        // the same flows: each iteration finds a stale conntrack entry. They
+        // are pinned by an ACK each (a SYN creates no conntrack entry).
         set_weights(cfg, 100, 0);
         dp.apply(cfg, &BTreeSet::new()).expect("apply");
-        let pinned = v4_syn([100, 200 + trial as u8, 0, 0], 2048, [203, 0, 113, 20], 80);
+        let pinned = v4_ack([100, 200 + trial as u8, 0, 0], 2048, [203, 0, 113, 20], 80);
         batch(
             dp,
             SteerWithRestore,
