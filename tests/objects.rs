@@ -109,6 +109,7 @@ fn pinned_maps_are_the_production_maps_only() {
         "CLASS_V6",
         "CLASS_V6_48",
         "CLASS_TABLES",
+        "RECENT_SYN",
     ]
     .iter()
     .map(|s| s.to_string())

@@ -1751,6 +1751,109 @@ fn repeated_syns_and_handshakes_are_counted_per_backend() {
     assert_eq!(total, (2, 4));
 }
 
+/// `RECENT_SYN` for basic.toml's `conntrack_size = 65536`
+/// (docs/architecture.md: slots the next power of two of the conntrack
+/// size, 65,536 to 2^22, in buckets of 4): a SYN's bucket is
+/// `flow_hash & (65536 / 4 - 1)`.
+const BASIC_SYN_BUCKET_MASK: u32 = 65536 / 4 - 1;
+/// Other SYNs sent into a bucket to push a pending SYN out: a full bucket
+/// evicts one of its 4 slots, so one SYN survives 64 evictions with
+/// probability (3/4)^60 or less.
+const SYNS_TO_EVICT: usize = 64;
+
+#[test]
+#[ignore = "needs root: BPF or network namespaces (cargo xtask test runs it)"]
+fn the_first_ack_follows_its_syn_across_a_table_change() {
+    if !steer_tests::require_root() {
+        return;
+    }
+    let mut rig = Rig::new(BASIC);
+    let grew = |before: &Paths, after: &Paths, b: Branch| after[b as usize] - before[b as usize];
+
+    // X: SYN to `a`; then `a` is drained, so the table names another
+    // backend for X; X's ACK still reaches `a` (its SYN's slot), counts a
+    // handshake there, and X stays on `a`.
+    let x_syn = tcp4(CLIENT, 43000, VIP_POOL, 80).syn();
+    let x_ack = tcp4(CLIENT, 43000, VIP_POOL, 80);
+    let a = rig.table_says("pool", &x_syn);
+    rig.expect_to("X: SYN", &x_syn, a);
+    rig.reapply(&drained(a));
+    assert_ne!(
+        rig.table_says("pool", &x_ack),
+        a,
+        "the drain changed X's slot"
+    );
+    let before = rig.paths();
+    rig.expect_to("X: ACK after the table changed", &x_ack, a);
+    let after = rig.paths();
+    assert_eq!(
+        grew(&before, &after, Branch::SynPromoted),
+        1,
+        "X's ACK took its SYN's slot"
+    );
+    assert_eq!(grew(&before, &after, Branch::NewFlow), 0);
+    assert_eq!(
+        rig.passive("pool", a).handshakes,
+        1,
+        "one handshake for {a}"
+    );
+    rig.expect_to("X: next segment", &x_ack, a);
+    rig.expect_to("X: next segment", &x_ack, a);
+    assert_eq!(
+        rig.passive("pool", a).handshakes,
+        1,
+        "later segments are not handshakes"
+    );
+    assert_eq!(
+        grew(&after, &rig.paths(), Branch::CtHit),
+        2,
+        "X is in conntrack"
+    );
+
+    // The documented fallback: Y's SYN slot is taken by other SYNs of its
+    // bucket, then the table changes; Y's ACK is selected from the current
+    // table, and no handshake is counted.
+    rig.reapply(BASIC);
+    let y_syn = tcp4(CLIENT, 44000, VIP_POOL, 80).syn();
+    let y_ack = tcp4(CLIENT, 44000, VIP_POOL, 80);
+    let bucket = flow_hash(&y_syn.flow_key()) & BASIC_SYN_BUCKET_MASK;
+    let others: Vec<Packet> = (0..200u32)
+        .flat_map(|c| (1024..=65535u16).step_by(7).map(move |p| (c, p)))
+        .map(|(c, p)| tcp4(client_n(c), p, VIP_POOL, 80).syn())
+        .filter(|z| flow_hash(&z.flow_key()) & BASIC_SYN_BUCKET_MASK == bucket)
+        .take(SYNS_TO_EVICT)
+        .collect();
+    assert_eq!(others.len(), SYNS_TO_EVICT, "flows sharing Y's bucket");
+    let ay = rig.table_says("pool", &y_syn);
+    rig.expect_to("Y: SYN", &y_syn, ay);
+    for z in &others {
+        let az = rig.table_says("pool", z);
+        rig.expect_to("a SYN into Y's bucket", z, az);
+    }
+    rig.reapply(&drained(ay));
+    let by = rig.table_says("pool", &y_ack);
+    assert_ne!(by, ay, "the drain changed Y's slot");
+    let handshakes: u64 = POOL_BACKENDS
+        .iter()
+        .map(|b| rig.passive("pool", b).handshakes)
+        .sum();
+    let before = rig.paths();
+    rig.expect_to("Y: ACK, its slot lost", &y_ack, by);
+    let after = rig.paths();
+    assert_eq!(
+        grew(&before, &after, Branch::NewFlow),
+        1,
+        "Y's ACK was selected by hash"
+    );
+    assert_eq!(grew(&before, &after, Branch::SynPromoted), 0);
+    let now: u64 = POOL_BACKENDS
+        .iter()
+        .map(|b| rig.passive("pool", b).handshakes)
+        .sum();
+    assert_eq!(now, handshakes, "no handshake is counted without the slot");
+    rig.expect_to("Y: next segment", &y_ack, by);
+}
+
 // ---------------------------------------------------------------------------
 // Client affinity.
 

@@ -79,6 +79,41 @@ pub fn flow_hash(key: &FlowKey) -> u32 {
     finish(h, 40)
 }
 
+/// The SYN tag of a flow (see [`crate::SynSlot`]): a second hash of the
+/// key, independent of [`flow_hash`] (whose low bits pick the slot), so
+/// two flows sharing a slot have the same tag with probability 2^-31. A
+/// multiply-xor chain over the key's ten 32-bit words with a final mix:
+/// ten multiplications, no tables. Never 0 (bit 0 is always set), so an
+/// empty slot matches no flow.
+#[inline(always)]
+pub fn flow_tag(key: &FlowKey) -> u32 {
+    const K: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut h: u64 = 0x243f_6a88_85a3_08d3;
+    let mut mix = |w: u32| h = (h ^ u64::from(w)).wrapping_mul(K);
+    mix(word(&key.src, 0));
+    mix(word(&key.src, 4));
+    mix(word(&key.src, 8));
+    mix(word(&key.src, 12));
+    mix(word(&key.dst, 0));
+    mix(word(&key.dst, 4));
+    mix(word(&key.dst, 8));
+    mix(word(&key.dst, 12));
+    let ports = key.sport.to_ne_bytes();
+    let dports = key.dport.to_ne_bytes();
+    mix(u32::from_le_bytes([
+        ports[0], ports[1], dports[0], dports[1],
+    ]));
+    mix(u32::from_le_bytes([
+        key.proto,
+        key.family,
+        key._pad[0],
+        key._pad[1],
+    ]));
+    h ^= h >> 29;
+    h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    ((h >> 32) as u32) | 1
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -143,5 +178,49 @@ mod tests {
         for b in buckets {
             assert!(b.abs_diff(expect) < expect / 20, "bucket {b} vs {expect}");
         }
+    }
+
+    #[test]
+    fn flow_tag_is_independent_of_the_slot_index() {
+        extern crate std;
+        // Flows that share a slot (the same low 16 bits of flow_hash)
+        // must still have different tags: count tag collisions among
+        // flows of one slot, and over all flows.
+        let mut k = FlowKey {
+            proto: crate::PROTO_TCP,
+            family: crate::FAMILY_V4,
+            ..Default::default()
+        };
+        k.dst[..4].copy_from_slice(&[203, 0, 113, 1]);
+        k.dport = crate::port_to_wire(80);
+        let mut by_slot: std::collections::HashMap<u32, std::vec::Vec<u32>> =
+            std::collections::HashMap::new();
+        let mut all = std::collections::HashSet::new();
+        let n = 200_000u32;
+        for i in 0..n {
+            k.src[..4].copy_from_slice(&(0x6440_0000 + i / 50).to_be_bytes());
+            k.sport = crate::port_to_wire(1024 + (i % 50) as u16);
+            let t = flow_tag(&k);
+            assert_eq!(t & 1, 1, "a tag is never 0");
+            all.insert(t);
+            by_slot.entry(flow_hash(&k) & 0xffff).or_default().push(t);
+        }
+        // 200,000 random 31-bit values collide ~9 times on average.
+        assert!(
+            n as usize - all.len() < 40,
+            "{} tag collisions",
+            n as usize - all.len()
+        );
+        let same_slot_collisions: usize = by_slot
+            .values()
+            .map(|v| {
+                let set: std::collections::HashSet<_> = v.iter().collect();
+                v.len() - set.len()
+            })
+            .sum();
+        assert!(
+            same_slot_collisions < 3,
+            "{same_slot_collisions} collisions within a slot"
+        );
     }
 }

@@ -42,6 +42,9 @@ pub mod names {
     pub const CLASS_V6: &str = "CLASS_V6";
     pub const CLASS_V6_48: &str = "CLASS_V6_48";
     pub const CLASS_TABLES: &str = "CLASS_TABLES";
+    pub const RECENT_SYN: &str = "RECENT_SYN";
+    /// The program's load-time constant: `RECENT_SYN` buckets - 1.
+    pub const SYN_SLOT_MASK: &str = "SYN_SLOT_MASK";
     /// The data-plane entry point.
     pub const PROG_STEER: &str = "steer_xdp";
     /// A program that only returns `XDP_TX`: the benchmark floor.
@@ -207,6 +210,78 @@ pub struct FlowKey {
 /// repeated SYN; the first non-SYN packet clears it and counts a handshake
 /// (`PASSIVE_STATS`).
 pub const CT_F_PENDING: u16 = 1;
+
+/// `RECENT_SYN` slots for a conntrack table of `conntrack_size` entries:
+/// the next power of two, at least 65,536 (512 KiB, so that even a small
+/// table keeps a thousand concurrent handshakes without losing one) and at
+/// most 2^22 (32 MiB). A slot is 8 bytes, so the default 1,048,576-entry
+/// conntrack has 8 MiB of them.
+pub const fn syn_slots(conntrack_size: u32) -> u32 {
+    if conntrack_size <= 1 << 16 {
+        1 << 16
+    } else if conntrack_size >= 1 << 22 {
+        1 << 22
+    } else {
+        conntrack_size.next_power_of_two()
+    }
+}
+
+/// Slots per `RECENT_SYN` bucket: a SYN may take any slot of the bucket
+/// its flow hash picks (4-way set associative), so a handshake is lost only
+/// when four other SYNs of the same bucket are pending at once.
+pub const SYN_WAYS: usize = 4;
+
+/// `RECENT_SYN` buckets (its `max_entries`): [`syn_slots`] / [`SYN_WAYS`].
+pub const fn syn_buckets(conntrack_size: u32) -> u32 {
+    syn_slots(conntrack_size) / SYN_WAYS as u32
+}
+
+/// A `RECENT_SYN` value: [`SYN_WAYS`] packed [`SynSlot`]s, 32 bytes, so a
+/// bucket never straddles a 64-byte cache line.
+pub type SynBucket = [u64; SYN_WAYS];
+
+/// One `RECENT_SYN` slot, a TCP SYN of a flow-affinity VIP whose bucket is
+/// `flow_hash & (buckets - 1)`, packed in one `u64` so
+/// that the program reads and writes it with single aligned 8-byte
+/// accesses: bits 63..32 the flow's tag (`hash::flow_tag`, never 0), bits
+/// 31..12 the real id the SYN was sent to, bits 11..0 the low 12 bits of
+/// that real's generation. 0 is an empty slot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SynSlot {
+    pub tag: u32,
+    pub real_id: u32,
+    pub generation: u32,
+}
+
+/// Real ids a `SynSlot` holds: below 2^20 (`max_reals` is at most 2^20).
+pub const SYN_SLOT_REAL_BITS: u32 = 20;
+const SYN_SLOT_GEN_MASK: u32 = (1 << (32 - SYN_SLOT_REAL_BITS)) - 1;
+
+impl SynSlot {
+    #[inline(always)]
+    pub const fn pack(self) -> u64 {
+        ((self.tag as u64) << 32)
+            | ((self.real_id as u64) << (32 - SYN_SLOT_REAL_BITS))
+            | (self.generation & SYN_SLOT_GEN_MASK) as u64
+    }
+
+    #[inline(always)]
+    pub const fn unpack(v: u64) -> Self {
+        let low = v as u32;
+        SynSlot {
+            tag: (v >> 32) as u32,
+            real_id: low >> (32 - SYN_SLOT_REAL_BITS),
+            generation: low & SYN_SLOT_GEN_MASK,
+        }
+    }
+
+    /// Whether a real of generation `generation` is the one the slot names
+    /// (the slot keeps the low 12 bits).
+    #[inline(always)]
+    pub const fn same_generation(self, generation: u32) -> bool {
+        self.generation == generation & SYN_SLOT_GEN_MASK
+    }
+}
 
 /// Value of `CONNTRACK`.
 #[repr(C, align(8))]
@@ -410,6 +485,10 @@ counter_index! {
         /// selected again (same backend while the table is unchanged). Should
         /// stay zero; the benchmark checks that it does.
         CtInsertFailed = 6 => "ct_insert_failed",
+        /// The first non-SYN packet of a TCP connection that conntrack does
+        /// not hold and whose SYN's `RECENT_SYN` slot was intact: it goes to
+        /// the backend its SYN went to and enters conntrack.
+        SynPromoted = 7 => "syn_promoted",
     }
 }
 
@@ -478,6 +557,34 @@ mod pod {
 mod tests {
     use super::*;
     use core::mem::size_of;
+
+    #[test]
+    fn a_syn_slot_round_trips_and_sizes_follow_conntrack() {
+        let s = SynSlot {
+            tag: 0x8000_0001,
+            real_id: (1 << SYN_SLOT_REAL_BITS) - 1,
+            generation: 0x1234_5fff,
+        };
+        let v = s.pack();
+        assert_eq!(v >> 32, 0x8000_0001);
+        let u = SynSlot::unpack(v);
+        assert_eq!(u.tag, 0x8000_0001);
+        assert_eq!(u.real_id, 0xf_ffff);
+        assert_eq!(u.generation, 0xfff);
+        assert!(u.same_generation(0x1234_5fff));
+        assert!(u.same_generation(0xfff));
+        assert!(!u.same_generation(0x1234_5ffe));
+        let z = SynSlot::unpack(0);
+        assert_eq!((z.tag, z.real_id, z.generation), (0, 0, 0));
+        assert_eq!(syn_slots(1), 65_536);
+        assert_eq!(syn_slots(65_536), 65_536);
+        assert_eq!(syn_slots(65_537), 131_072);
+        assert_eq!(syn_slots(1_048_576), 1_048_576);
+        assert_eq!(syn_slots(1_000_000), 1_048_576);
+        assert_eq!(syn_slots(u32::MAX), 1 << 22);
+        assert_eq!(syn_buckets(4096), 16_384);
+        assert_eq!(core::mem::size_of::<SynBucket>(), 32);
+    }
 
     #[test]
     fn layouts_have_no_implicit_padding() {
@@ -577,11 +684,13 @@ mod tests {
                 "reselect",
                 "icmp_error",
                 "drop",
-                "ct_insert_failed"
+                "ct_insert_failed",
+                "syn_promoted"
             ]
         );
         assert_eq!(Branch::CtInsertFailed.index(), 6);
-        assert_eq!(Branch::COUNT, 7);
+        assert_eq!(Branch::SynPromoted.index(), 7);
+        assert_eq!(Branch::COUNT, 8);
     }
 
     #[test]

@@ -1,10 +1,12 @@
 //! Flow keys and the connection table.
 
-use aya_ebpf::bindings::BPF_NOEXIST;
-use steer_common::{Branch, CtValue, FlowKey, Real, CT_F_PENDING, REAL_F_DOWN, REAL_F_PRESENT};
+use steer_common::{
+    hash::flow_tag, Branch, CtValue, FlowKey, Real, SynBucket, SynSlot, CT_F_PENDING, REAL_F_DOWN,
+    REAL_F_PRESENT, SYN_WAYS,
+};
 
 use crate::{
-    maps::{CONNTRACK, REALS},
+    maps::{syn_slot_mask, CONNTRACK, REALS, RECENT_SYN},
     stats,
 };
 
@@ -76,40 +78,182 @@ pub fn lookup<const PASSIVE: bool>(key: &FlowKey, completes: bool) -> Lookup {
     }
 }
 
-/// Records the flow's backend in conntrack. An entry marked
-/// `CT_F_PENDING` (with `PASSIVE`: a TCP SYN of a flow-affinity VIP) is
-/// handshake-pending; if the 5-tuple already had an entry that was still
-/// pending, the client's earlier SYN went unanswered, and that entry's real
-/// gets one repeated SYN. The new selection replaces the entry either way
-/// (port reuse opens a new connection).
+/// The conntrack entry of `key`, for a TCP SYN to overwrite (see
+/// [`syn_replace`]). A plain lookup: no side effects.
 #[inline(always)]
-pub fn remember<const PASSIVE: bool>(key: &FlowKey, v: &CtValue) {
-    if !PASSIVE || v.flags & CT_F_PENDING == 0 {
-        insert(key, v);
-        return;
-    }
-    // A new flow: one insert, as without the mark.
-    if CONNTRACK.insert(key, v, BPF_NOEXIST as u64).is_ok() {
-        return;
-    }
-    // The 5-tuple is known (a retransmitted SYN or port reuse), or the
-    // insert failed for want of memory.
-    let Some(p) = CONNTRACK.get_ptr_mut(key) else {
-        // Gone in between (evicted), or never there: a plain insert.
-        insert(key, v);
-        return;
-    };
-    // SAFETY: `p` comes from a successful lookup of our own map and stays
-    // allocated while this program runs (RCU); it points at a whole,
-    // aligned `CtValue`. The old fields are read, then the value is
-    // overwritten in place. A reader on another CPU at that moment may copy
-    // a mix of both; a real id with another real's generation fails the
-    // generation check and is re-selected.
+pub fn find(key: &FlowKey) -> Option<*mut CtValue> {
+    CONNTRACK.get_ptr_mut(key)
+}
+
+/// A TCP SYN whose 5-tuple conntrack holds (client port reuse, or the
+/// retransmitted SYN of such a connection): the new selection `v` replaces
+/// the entry in place, handshake-pending with `PASSIVE`. If the old entry
+/// was still pending on a backend that still holds its generation, the
+/// client's earlier SYN went unanswered: one repeated SYN for that real.
+#[inline(always)]
+pub fn syn_replace<const PASSIVE: bool>(p: *mut CtValue, v: &CtValue) {
+    // SAFETY: `p` comes from a successful lookup of our own map (`find`)
+    // in this run of the program and stays allocated while it runs (RCU);
+    // it points at a whole, aligned `CtValue`. The old fields are read,
+    // then the value is overwritten in place. A reader on another CPU at
+    // that moment may copy a mix of both; a real id with another real's
+    // generation fails the generation check and is re-selected.
     unsafe {
-        if (*p).flags & CT_F_PENDING != 0 && still_holds((*p).real_id, (*p).real_generation) {
+        if PASSIVE
+            && (*p).flags & CT_F_PENDING != 0
+            && still_holds((*p).real_id, (*p).real_generation)
+        {
             stats::repeated_syn((*p).real_id);
         }
         *p = *v;
+    }
+}
+
+/// The `RECENT_SYN` bucket of a flow with hash `hash`, as a pointer to its
+/// first slot.
+#[inline(always)]
+fn syn_bucket(hash: u32) -> Option<*mut u64> {
+    let p: *mut SynBucket = RECENT_SYN.get_ptr_mut(hash & syn_slot_mask())?;
+    Some(p.cast::<u64>())
+}
+
+/// Slot `way` (below `SYN_WAYS`) of the bucket at `p`, one aligned 8-byte
+/// load.
+#[inline(always)]
+fn load_way(p: *mut u64, way: usize) -> u64 {
+    // SAFETY: `p` comes from a successful lookup of our own array map
+    // (`syn_bucket`) and points at a whole, 8-byte aligned `SynBucket` that
+    // stays allocated while this program runs; `way & (SYN_WAYS - 1)` stays
+    // inside it. An aligned 8-byte load is atomic, so a slot another CPU
+    // writes at the same time is read whole, old or new.
+    unsafe { core::ptr::read_volatile(p.add(way & (SYN_WAYS - 1))) }
+}
+
+/// Stores `v` into slot `way` of the bucket at `p`.
+#[inline(always)]
+fn store_way(p: *mut u64, way: usize, v: u64) {
+    // SAFETY: as in `load_way`; one aligned 8-byte store, atomic on every
+    // architecture BPF runs on.
+    unsafe { core::ptr::write_volatile(p.add(way & (SYN_WAYS - 1)), v) }
+}
+
+/// A SYN's `RECENT_SYN` bucket and what it held when loaded.
+pub struct SlotRef {
+    p: *mut u64,
+    old: SynBucket,
+}
+
+/// Loads the `RECENT_SYN` bucket of a SYN with flow hash `hash`. Called as
+/// soon as the hash is known, well before the values are used
+/// ([`syn_record`]): the load (usually a cache miss in an 8 MiB array)
+/// then overlaps the table read and the conntrack lookup in between.
+#[inline(always)]
+pub fn syn_slot_load(hash: u32) -> Option<SlotRef> {
+    let p = syn_bucket(hash)?;
+    let mut old = [0u64; SYN_WAYS];
+    for (way, v) in old.iter_mut().enumerate() {
+        *v = load_way(p, way);
+    }
+    Some(SlotRef { p, old })
+}
+
+/// A TCP SYN of a flow-affinity VIP whose 5-tuple conntrack does not hold:
+/// no conntrack entry, one 8-byte store into a slot of its `RECENT_SYN`
+/// bucket (`slot`, from [`syn_slot_load`]): the flow's tag and the real it
+/// was sent to. The slot is the one that already holds the flow's tag,
+/// else a free one, else one picked by the tag. With `PASSIVE`, a slot that
+/// already held this flow's tag, naming a real that still holds its
+/// generation, means the client's earlier SYN went unanswered: one repeated
+/// SYN for that real.
+#[inline(always)]
+pub fn syn_record<const PASSIVE: bool>(
+    slot: Option<SlotRef>,
+    key: &FlowKey,
+    real_id: u32,
+    real: &Real,
+) {
+    let Some(slot) = slot else {
+        return;
+    };
+    let tag = flow_tag(key);
+    let mut mine = SYN_WAYS;
+    let mut free = SYN_WAYS;
+    for (way, v) in slot.old.iter().enumerate() {
+        if (*v >> 32) as u32 == tag {
+            mine = way;
+        } else if *v == 0 && free == SYN_WAYS {
+            free = way;
+        }
+    }
+    let way = if mine < SYN_WAYS {
+        if PASSIVE {
+            let old = SynSlot::unpack(slot.old[mine & (SYN_WAYS - 1)]);
+            if let Some(r) = present_real(old.real_id) {
+                if old.same_generation(r.generation) {
+                    stats::repeated_syn(old.real_id);
+                }
+            }
+        }
+        mine
+    } else if free < SYN_WAYS {
+        free
+    } else {
+        // A full bucket (a flood, or many handshakes at once): evict a
+        // slot chosen by the tag's bits, so spoofed SYNs spread evenly.
+        (tag >> 1) as usize
+    };
+    let new = SynSlot {
+        tag,
+        real_id,
+        generation: real.generation,
+    };
+    store_way(slot.p, way, new.pack());
+}
+
+/// What a TCP segment conntrack does not hold finds in its SYN's bucket.
+pub enum Promote {
+    /// Its SYN's slot, intact: the real the SYN went to, still usable.
+    To(u32, Real),
+    /// Its SYN's slot, but that real went down or was replaced.
+    Stale,
+    /// No slot with its tag (another SYN took it, or none was written):
+    /// select by hash.
+    Unknown,
+}
+
+/// The first non-SYN packet of a TCP connection (a conntrack miss): if its
+/// bucket still holds its SYN, that slot is freed and, with `PASSIVE`, the
+/// real the SYN went to counts one completed handshake.
+#[inline(always)]
+pub fn syn_take<const PASSIVE: bool>(key: &FlowKey, hash: u32) -> Promote {
+    let Some(p) = syn_bucket(hash) else {
+        return Promote::Unknown;
+    };
+    let tag = flow_tag(key);
+    let mut found = None;
+    for way in 0..SYN_WAYS {
+        let v = load_way(p, way);
+        if (v >> 32) as u32 == tag {
+            found = Some((way, v));
+            break;
+        }
+    }
+    let Some((way, raw)) = found else {
+        return Promote::Unknown;
+    };
+    // A SYN of another flow racing on another CPU may lose its slot: its
+    // ACK is then selected by hash (the same backend while the table is
+    // unchanged).
+    store_way(p, way, 0);
+    let slot = SynSlot::unpack(raw);
+    match usable_real(slot.real_id, None) {
+        Some(real) if slot.same_generation(real.generation) => {
+            if PASSIVE {
+                stats::handshake(slot.real_id);
+            }
+            Promote::To(slot.real_id, real)
+        }
+        _ => Promote::Stale,
     }
 }
 
@@ -121,8 +265,9 @@ fn still_holds(real_id: u32, generation: u32) -> bool {
     present_real(real_id).is_some_and(|r| r.generation == generation)
 }
 
+/// Records the flow's backend in conntrack (replacing any entry).
 #[inline(always)]
-fn insert(key: &FlowKey, v: &CtValue) {
+pub fn insert(key: &FlowKey, v: &CtValue) {
     // A full table evicts the least recently used entry. An error here only
     // means the next packet of the flow is selected again by hash, which
     // picks the same backend while the table is unchanged; it is counted.

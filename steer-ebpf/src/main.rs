@@ -17,11 +17,11 @@ mod stats;
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use steer_common::{
     hash::flow_hash, Branch, CtValue, DropReason, FlowKey, Real, Settings, VipInfo, VipKey,
-    CT_F_PENDING, SETTINGS_F_READY, VIP_F_CLIENT_AFFINITY,
+    CT_F_PENDING, PROTO_TCP, SETTINGS_F_READY, VIP_F_CLIENT_AFFINITY,
 };
 
 use crate::{
-    flow::Lookup,
+    flow::{Lookup, Promote},
     maps::SETTINGS,
     parse::{Icmp, Ip, L3},
 };
@@ -102,10 +102,9 @@ fn steer<const PASSIVE: bool>(ctx: &XdpContext) -> u32 {
         L3::Pass => return pass(),
         L3::Bad(reason) => return bad(reason, ip.key.family, &ip.key.dst),
     }
-    // Most foreign traffic leaves here, after one inlined array lookup.
-    if !select::maybe_vip(&ip.key.dst) {
-        return pass();
-    }
+    // Foreign traffic has left already: `parse_l3` passes a packet whose
+    // destination has no `VIP_FILTER` bit (one inlined array lookup)
+    // before it validates anything else.
     let Some(settings) = SETTINGS.get(0) else {
         return pass();
     };
@@ -153,9 +152,16 @@ fn steer<const PASSIVE: bool>(ctx: &XdpContext) -> u32 {
             };
             select_new::<PASSIVE>(ctx, &ip, settings, &vip, &key, stale, Track::Flow)
         } else {
-            // A SYN's entry is handshake-pending until the flow's next
-            // packet (see `flow::remember`).
-            let track = if syn { Track::Syn } else { Track::Flow };
+            // A SYN creates no conntrack entry: it writes its RECENT_SYN
+            // slot, and the flow's first non-SYN packet creates the entry
+            // (see `flow::syn_record`, `flow::syn_take`).
+            let track = if syn {
+                Track::Syn
+            } else if ip.key.proto == PROTO_TCP {
+                Track::Segment
+            } else {
+                Track::Flow
+            };
             select_new::<PASSIVE>(ctx, &ip, settings, &vip, &ip.key, stale, track)
         }
     } else if parse::is_icmp(ip.key.family, ip.key.proto) {
@@ -201,9 +207,14 @@ fn steer<const PASSIVE: bool>(ctx: &XdpContext) -> u32 {
 enum Track {
     /// An ICMP error: follows a flow, never creates one.
     No,
-    /// A flow-affinity TCP SYN: the entry is handshake-pending.
+    /// A flow-affinity TCP SYN: no entry, unless its 5-tuple has one (port
+    /// reuse), which it replaces, handshake-pending; else its
+    /// `RECENT_SYN` slot.
     Syn,
-    /// Anything else.
+    /// A flow-affinity TCP segment conntrack does not hold: its SYN's slot
+    /// decides the backend if it is intact; it enters conntrack.
+    Segment,
+    /// Anything else: enters conntrack.
     Flow,
 }
 
@@ -223,37 +234,71 @@ fn select_new<const PASSIVE: bool>(
         return stats::dropped(DropReason::NotReady);
     }
     let hash = flow_hash(key);
-    // Only here, for a flow being selected, does the client's class count.
-    let table_id = class::table_id(vip, key);
-    let (real_id, real) = match select::pick(settings, table_id, hash) {
-        Ok(picked) => picked,
-        Err(reason) => return stats::dropped(reason),
+    // A SYN's slot is loaded now and used at the end, so that its cache
+    // miss overlaps the work in between.
+    let syn_slot = if track == Track::Syn {
+        flow::syn_slot_load(hash)
+    } else {
+        None
     };
-    let ct = CtValue {
+    let mut stale = stale;
+    let mut promoted = None;
+    if track == Track::Segment && !stale {
+        match flow::syn_take::<PASSIVE>(key, hash) {
+            Promote::To(real_id, real) => promoted = Some((real_id, real)),
+            Promote::Stale => stale = true,
+            Promote::Unknown => {}
+        }
+    }
+    let (real_id, real, branch) = match promoted {
+        // The backend the SYN went to, whatever the table says now: a
+        // table change between SYN and ACK does not move the handshake.
+        Some((real_id, real)) => (real_id, real, Branch::SynPromoted),
+        None => {
+            // Only here, for a flow being selected, does the client's class
+            // count.
+            let table_id = class::table_id(vip, key);
+            let (real_id, real) = match select::pick(settings, table_id, hash) {
+                Ok(picked) => picked,
+                Err(reason) => return stats::dropped(reason),
+            };
+            let branch = if track == Track::No {
+                Branch::IcmpError
+            } else if stale {
+                Branch::Reselect
+            } else {
+                Branch::NewFlow
+            };
+            (real_id, real, branch)
+        }
+    };
+    let mut ct = CtValue {
         real_id,
         real_generation: real.generation,
         // VIP ids are below `capacity::VIPS` (4096).
         vip_id: vip.vip_id as u16,
-        // A SYN's entry is handshake-pending until the flow's next packet.
-        flags: if PASSIVE && track == Track::Syn {
-            CT_F_PENDING
-        } else {
-            0
-        },
+        flags: 0,
         hash,
     };
-    let tracked = track != Track::No;
-    if tracked {
-        flow::remember::<PASSIVE>(key, &ct);
+    match track {
+        Track::No => {}
+        Track::Syn => match flow::find(key) {
+            // Port reuse: the new connection replaces the old entry,
+            // handshake-pending until the flow's next packet.
+            Some(p) => {
+                if PASSIVE {
+                    ct.flags = CT_F_PENDING;
+                }
+                flow::syn_replace::<PASSIVE>(p, &ct);
+            }
+            None => flow::syn_record::<PASSIVE>(syn_slot, key, real_id, &real),
+        },
+        Track::Segment | Track::Flow => flow::insert(key, &ct),
     }
-    let branch = if !tracked {
-        Branch::IcmpError
-    } else if stale {
-        Branch::Reselect
-    } else {
-        Branch::NewFlow
-    };
-    transmit(ctx, ip, settings, &ct, &real, branch, tracked)
+    // A promoted flow was counted as new at its SYN; an ICMP error is not
+    // a flow.
+    let new_flow = branch == Branch::NewFlow || branch == Branch::Reselect;
+    transmit(ctx, ip, settings, &ct, &real, branch, new_flow)
 }
 
 /// Encapsulates toward `real` and counts the packet.

@@ -3,13 +3,13 @@
 //! the configuration (conntrack size, ring size, table and real counts).
 
 use aya_ebpf::{
-    bindings::{BPF_F_MMAPABLE, BPF_F_NO_COMMON_LRU, BPF_F_NO_PREALLOC},
+    bindings::{BPF_F_MMAPABLE, BPF_F_NO_PREALLOC},
     macros::map,
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use steer_common::{
     capacity, ring_values, AddrKey, Branch, ClassRow, Counters, CtValue, DropReason, FlowKey,
-    Passive, Real, Settings, SourceMac, VipInfo, VipKey, CLASS_V4_LANES, RING_LANES,
+    Passive, Real, Settings, SourceMac, SynBucket, VipInfo, VipKey, CLASS_V4_LANES, RING_LANES,
     VIP_FILTER_WORDS,
 };
 
@@ -37,9 +37,40 @@ pub static RINGS: Array<[u32; RING_LANES as usize]> = Array::with_max_entries(
     BPF_F_MMAPABLE,
 );
 
+/// One LRU list shared by all CPUs (no `BPF_F_NO_COMMON_LRU`): inserts pop
+/// from per-CPU free lists and rotate the shared list once per batch, so
+/// they cost less than with per-CPU lists, and the whole table is
+/// available to every CPU (per-CPU lists give each CPU 1/N of it and
+/// evict early on a busy one). Measured in docs/benchmarks.md (issue 12),
+/// also with two CPUs inserting at once. A map pinned by an older steer
+/// keeps its per-CPU lists until the pin directory is recreated.
 #[map]
 pub static CONNTRACK: LruHashMap<FlowKey, CtValue> =
-    LruHashMap::with_max_entries(capacity::CONNTRACK, BPF_F_NO_COMMON_LRU);
+    LruHashMap::with_max_entries(capacity::CONNTRACK, 0);
+
+/// Pending TCP SYNs (of flow-affinity VIPs), in buckets of `SYN_WAYS`
+/// slots picked by `flow_hash & mask`; a slot is a packed
+/// `steer_common::SynSlot` (tag, real id, generation), 0 when free. A SYN
+/// writes a slot instead of a conntrack entry; the flow's first non-SYN
+/// packet finds it there (see `flow::syn_record`, `flow::syn_take`). Sized
+/// by userspace from the conntrack size (`steer_common::syn_buckets`),
+/// which also sets `SYN_SLOT_MASK`.
+#[map]
+pub static RECENT_SYN: Array<SynBucket> = Array::with_max_entries(256, 0);
+
+/// `RECENT_SYN`'s bucket count minus one (a power of two minus one): a
+/// read-only global that userspace sets at load time, so the verifier and
+/// the JIT see a constant.
+#[unsafe(no_mangle)]
+static SYN_SLOT_MASK: u32 = 255;
+
+/// [`SYN_SLOT_MASK`] as loaded.
+#[inline(always)]
+pub fn syn_slot_mask() -> u32 {
+    // SAFETY: a volatile read of an initialised, immutable global, so the
+    // compiler keeps the load (userspace rewrites the value at load time).
+    unsafe { core::ptr::read_volatile(&SYN_SLOT_MASK) }
+}
 
 #[map]
 pub static VIP_STATS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(capacity::VIPS, 0);

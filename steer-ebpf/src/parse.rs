@@ -4,6 +4,7 @@
 //! inside the packet before touching it, so the verifier accepts it and a
 //! truncated packet can never be read past its end.
 
+use crate::select::maybe_vip;
 use aya_ebpf::{helpers::generated::bpf_xdp_get_buff_len, programs::XdpContext};
 use steer_common::{
     DropReason, FlowKey, FAMILY_V4, FAMILY_V6, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP,
@@ -46,6 +47,14 @@ pub fn read<T: Copy>(ctx: &XdpContext, off: usize) -> Option<T> {
 pub fn frame_len(ctx: &XdpContext) -> usize {
     // SAFETY: plain helper call on our own context; it only reads it.
     unsafe { bpf_xdp_get_buff_len(ctx.ctx) as usize }
+}
+
+/// Whether the frame holds at least `end` bytes. The first buffer
+/// (`data_end - data`) usually does, and then the helper call of
+/// [`frame_len`] is not needed.
+#[inline(always)]
+fn frame_holds(ctx: &XdpContext, end: usize) -> bool {
+    end <= ctx.data_end() - ctx.data() || end <= frame_len(ctx)
 }
 
 #[inline(always)]
@@ -138,6 +147,11 @@ fn parse_v4(ctx: &XdpContext, l3: usize, ip: &mut Ip) -> L3 {
     };
     ip.key.family = FAMILY_V4;
     set_v4(&mut ip.key.dst, dst);
+    // Foreign traffic leaves here, before any validation: a malformed
+    // packet to an address that carries no VIP passes anyway.
+    if !maybe_vip(&ip.key.dst) {
+        return L3::Pass;
+    }
     if h[0] >> 4 != 4 || (h[0] & 0x0f) < 5 {
         return L3::Bad(DropReason::MalformedL3);
     }
@@ -146,8 +160,7 @@ fn parse_v4(ctx: &XdpContext, l3: usize, ip: &mut Ip) -> L3 {
     if total < hdr_len {
         return L3::Bad(DropReason::MalformedL3);
     }
-    let frame = frame_len(ctx);
-    if l3 + total > frame {
+    if !frame_holds(ctx, l3 + total) {
         return L3::Bad(DropReason::TruncatedL3);
     }
     // MF set or a non-zero offset: a fragment.
@@ -176,13 +189,16 @@ fn parse_v6(ctx: &XdpContext, l3: usize, ip: &mut Ip) -> L3 {
     };
     ip.key.family = FAMILY_V6;
     ip.key.dst = dst;
+    // As for IPv4: foreign traffic leaves before any validation.
+    if !maybe_vip(&ip.key.dst) {
+        return L3::Pass;
+    }
     if h[0] >> 4 != 6 {
         return L3::Bad(DropReason::MalformedL3);
     }
     let payload = be16([h[4], h[5]]) as usize;
-    let frame = frame_len(ctx);
     let ip_end = l3 + 40 + payload;
-    if ip_end > frame {
+    if !frame_holds(ctx, ip_end) {
         return L3::Bad(DropReason::TruncatedL3);
     }
     let mut next = h[6];

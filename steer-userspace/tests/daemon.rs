@@ -975,6 +975,9 @@ fn explain_live_names_the_backend_and_the_conntrack_entry() {
         out.contains(&format!("new flow    -> backend {} ", name_of(went))),
         "explain named another backend than the program chose ({went}):\n{out}"
     );
+    // Its first data segment follows the SYN (which left no conntrack
+    // entry, only its RECENT_SYN slot) and creates the entry.
+    assert_eq!(lab.backend_of(Flow(24_000), 1), went);
     // Now conntrack knows it.
     let out = explain(&lab, 24_000);
     assert!(

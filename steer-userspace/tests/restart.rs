@@ -701,3 +701,48 @@ fn readdressing_every_backend_at_full_capacity() {
         );
     }
 }
+
+#[test]
+#[ignore = "needs root: BPF or network namespaces (cargo xtask test runs it)"]
+fn syn_slots_survive_a_restart_and_an_old_pin_directory_gets_them() {
+    if !require_root() {
+        return;
+    }
+    let s = Scratch::new("synslots");
+    let cfg = three(4096);
+    let handshakes = |dp: &Dataplane, a: Ipv4Addr| passive(dp, &cfg)[&a].1;
+    let (mut dp, _) = open(&cfg, s.persist());
+    dp.apply(&cfg, &BTreeSet::new()).expect("apply");
+    // Flow 5: a SYN before the restart, its ACK after it.
+    let f5 = backend(&dp, &segment(5, true));
+    drop(dp);
+    assert!(s.pins().contains("RECENT_SYN"), "{:?}", s.pins());
+    let (mut dp, adopted) = open(&cfg, s.persist());
+    assert!(adopted);
+    dp.apply(&cfg, &BTreeSet::new()).expect("apply");
+    assert_eq!(backend(&dp, &segment(5, false)), f5);
+    assert_eq!(
+        handshakes(&dp, f5),
+        1,
+        "the pinned slot completed flow 5's handshake"
+    );
+    // Flow 6: a SYN, then the process goes away and the pin directory
+    // loses RECENT_SYN (a steer from before it existed).
+    let f6 = backend(&dp, &segment(6, true));
+    drop(dp);
+    std::fs::remove_file(s.persist.pin_dir.join("RECENT_SYN")).expect("remove the pin");
+    let (mut dp, adopted) = open(&cfg, s.persist());
+    assert!(adopted, "the other pins and the state file are there");
+    assert!(s.pins().contains("RECENT_SYN"), "{:?}", s.pins());
+    dp.apply(&cfg, &BTreeSet::new()).expect("apply");
+    let before = handshakes(&dp, f6);
+    // The slot is gone: the ACK is selected by hash (the same backend, the
+    // table did not change), no handshake counted.
+    assert_eq!(backend(&dp, &segment(6, false)), f6);
+    assert_eq!(handshakes(&dp, f6), before);
+    // The new map works: flow 7's SYN and ACK, one handshake.
+    let f7 = backend(&dp, &segment(7, true));
+    let before = handshakes(&dp, f7);
+    assert_eq!(backend(&dp, &segment(7, false)), f7);
+    assert_eq!(handshakes(&dp, f7), before + 1);
+}

@@ -15,6 +15,10 @@ impl Dataplane {
             (names::TABLE_GEN, l.max_tables),
             (names::CLASS_TABLES, l.max_tables),
             (names::CLASS_V4, steer_common::CLASS_V4_VALUES),
+            (
+                names::RECENT_SYN,
+                steer_common::syn_buckets(l.conntrack_size),
+            ),
         ] {
             let map = self
                 .ebpf

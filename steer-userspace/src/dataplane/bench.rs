@@ -47,6 +47,15 @@ impl Dataplane {
         Self::load_inner(BENCH_OBJECT, &BENCH_PROGRAMS, limits, &[])
     }
 
+    /// Gives interface `ifindex` the source MAC `mac` in `SOURCE_MACS`, as
+    /// attaching to an interface does: BPF_PROG_TEST_RUN runs on the
+    /// loopback interface, whose MAC is zero, so without this every
+    /// transmitted frame would take the fallback lookup (`SOURCE_MACS[0]`)
+    /// after a miss, a path an attached interface never takes.
+    pub fn bench_interface_mac(&mut self, ifindex: u32, mac: [u8; 6]) -> Result<()> {
+        self.write_source_mac(ifindex, Some(mac))
+    }
+
     /// Runs one frame through the trivial XDP_TX program (benchmark floor).
     /// Needs a data plane from `load_bench`.
     pub fn run_floor(&self, frame: &[u8]) -> Result<RunOutput> {

@@ -350,7 +350,7 @@ pub enum Attached {
 }
 
 /// All the maps the program declares, for pinning.
-const ALL_MAPS: [&str; 18] = [
+const ALL_MAPS: [&str; 19] = [
     names::SETTINGS,
     names::VIPS,
     names::VIP_ADDRS,
@@ -369,6 +369,7 @@ const ALL_MAPS: [&str; 18] = [
     names::CLASS_V6,
     names::CLASS_V6_48,
     names::CLASS_TABLES,
+    names::RECENT_SYN,
 ];
 
 fn link_pin(pin_dir: &Path, iface: &str) -> PathBuf {
@@ -445,6 +446,8 @@ impl Dataplane {
         limits: Limits,
         pins: &[(&'static str, PathBuf)],
     ) -> Result<Self> {
+        let syn_buckets = steer_common::syn_buckets(limits.conntrack_size);
+        let syn_slot_mask = syn_buckets - 1;
         let mut loader = EbpfLoader::new();
         for (name, path) in pins {
             loader.map_pin_path(name, path.as_path());
@@ -462,7 +465,9 @@ impl Dataplane {
             .map_max_entries(names::VIP_STATS, limits.max_tables)
             .map_max_entries(names::REALS, limits.max_reals)
             .map_max_entries(names::REAL_STATS, limits.max_reals)
-            .map_max_entries(names::PASSIVE_STATS, limits.max_reals);
+            .map_max_entries(names::PASSIVE_STATS, limits.max_reals)
+            .map_max_entries(names::RECENT_SYN, syn_buckets)
+            .override_global(names::SYN_SLOT_MASK, &syn_slot_mask, true);
         let mut ebpf = loader.load(object).map_err(DataplaneError::Load)?;
         for &name in programs {
             let prog: &mut Xdp = ebpf
