@@ -68,7 +68,7 @@ struct Scenario {
     run: fn(&Ctx) -> Result<String>,
 }
 
-const SCENARIOS: [Scenario; 22] = [
+const SCENARIOS: [Scenario; 23] = [
     Scenario {
         name: "distribution",
         budget: Duration::from_secs(120),
@@ -123,6 +123,11 @@ const SCENARIOS: [Scenario; 22] = [
         name: "bad-traffic",
         budget: Duration::from_secs(60),
         run: lifecycle::bad_traffic,
+    },
+    Scenario {
+        name: "synflood-reload",
+        budget: Duration::from_secs(60),
+        run: flood_scenarios::synflood_reload,
     },
     Scenario {
         name: "policy-geo",
