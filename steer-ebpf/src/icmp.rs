@@ -19,13 +19,12 @@ use aya_ebpf::{
 };
 use steer_common::{
     csum::ipv4_header_checksum, is_unicast_mac, Branch, DropReason, Real, Settings, FAMILY_V4,
-    FAMILY_V6, PMTU_REPLY_BURST, PMTU_REPLY_RATE, PMTU_SLOT_OUTER_V4, PMTU_SLOT_OUTER_V6,
-    PROTO_ICMP, PROTO_ICMPV6,
+    PMTU_REPLY_BURST, PMTU_REPLY_RATE, PROTO_ICMP, PROTO_ICMPV6,
 };
 
 use crate::{
     encap::{head, put, source_mac},
-    maps::{PMTU_BUCKET, PMTU_PROGS, SETTINGS},
+    maps::{PMTU_BUCKET, SETTINGS},
     parse::{self, frame_len, is_icmp, parse_l3, read, Ip, ETH_LEN},
     stats,
 };
@@ -52,16 +51,26 @@ const MAX_OFF: usize = 0x3fff;
 /// reply has a stack of its own, the packet path's is nearly full. Returns
 /// only if the tail call fails (no program in `PMTU_PROGS`): the packet is
 /// then dropped as `too_big`, as before path-MTU replies existed.
+///
+/// Not in the benchmark object (feature `bench`): its entries are not
+/// multi-buffer programs, and the kernel lets one program array serve only
+/// programs that agree on that; the benchmark never sends a too-big packet.
 #[inline(always)]
 pub fn too_big(ctx: &XdpContext, real: &Real) -> u32 {
-    let slot = if real.family == FAMILY_V6 {
-        PMTU_SLOT_OUTER_V6
-    } else {
-        PMTU_SLOT_OUTER_V4
-    };
-    // SAFETY: the tail call replaces this program with the reply program on
-    // the same context; nothing of ours runs after it succeeds.
-    unsafe { PMTU_PROGS.tail_call(ctx, slot) };
+    #[cfg(not(feature = "bench"))]
+    {
+        let slot = if real.family == steer_common::FAMILY_V6 {
+            steer_common::PMTU_SLOT_OUTER_V6
+        } else {
+            steer_common::PMTU_SLOT_OUTER_V4
+        };
+        // SAFETY: the tail call replaces this program with the reply
+        // program on the same context; nothing of ours runs after it
+        // succeeds.
+        unsafe { crate::maps::PMTU_PROGS.tail_call(ctx, slot) };
+    }
+    #[cfg(feature = "bench")]
+    let _ = (ctx, real);
     stats::dropped(DropReason::TooBig)
 }
 

@@ -757,6 +757,7 @@ mod tests {
             value(&exp, "steer_conntrack_insert_failures_total", &[]),
             5.0
         );
+        assert_eq!(value(&exp, "steer_pmtu_replies_total", &[]), 9.0);
 
         let hist = &exp.families["steer_health_probe_duration_seconds"];
         let samples_h: Vec<_> = hist.iter_samples().collect();
@@ -875,6 +876,7 @@ mod tests {
         }
         for (family, v) in [
             ("steer_conntrack_insert_failures_total", 0.0),
+            ("steer_pmtu_replies_total", 0.0),
             ("steer_reloads_total", 0.0),
             ("steer_config_last_reload_successful", 0.0),
             ("steer_config_last_reload_success_timestamp_seconds", 0.0),
@@ -914,6 +916,7 @@ mod tests {
             config_path: "/etc/steer/steer.toml".into(),
             reloads: 3,
             reload_failures: 1,
+            pmtu_replies: 9,
             last_reload_error: None,
             services: vec![
                 ServiceStatus {
