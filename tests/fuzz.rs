@@ -533,6 +533,46 @@ fn check_tx(
     Ok(())
 }
 
+/// A path-MTU reply to `input` (docs/architecture.md): same family, an
+/// ICMP too-big from the input's destination to its source, within 576
+/// (IPv4) or 1280 (IPv6) bytes, its ICMP checksum valid. The replay tests
+/// check these replies byte for byte; this only checks their shape.
+fn check_pmtu_reply(input: &[u8], out: &[u8], l2: usize) -> Result<(), String> {
+    if out.len() < l2 + 48 || out[l2 - 2..l2] != input[l2 - 2..l2] {
+        return Err("not the input's family".into());
+    }
+    let v4 = input[l2 - 2..l2] == [0x08, 0x00];
+    let (hdr, max, proto, ty, src, dst) = if v4 {
+        (20, 576, 1, [3, 4], l2 + 12..l2 + 16, l2 + 16..l2 + 20)
+    } else {
+        (40, 1280, 58, [2, 0], l2 + 8..l2 + 24, l2 + 24..l2 + 40)
+    };
+    if out.len() - l2 > max {
+        return Err(format!("{} bytes", out.len() - l2));
+    }
+    let got_proto = if v4 { out[l2 + 9] } else { out[l2 + 6] };
+    if got_proto != proto || out[l2 + hdr..l2 + hdr + 2] != ty {
+        return Err("not an ICMP too-big".into());
+    }
+    if out[src.clone()] != input[dst.clone()] || out[dst] != input[src] {
+        return Err("addresses not swapped".into());
+    }
+    let icmp = &out[l2 + hdr..];
+    let ok = if v4 {
+        internet_checksum(icmp) == 0
+    } else {
+        let mut pseudo = out[l2 + 8..l2 + 40].to_vec();
+        pseudo.extend_from_slice(&(icmp.len() as u32).to_be_bytes());
+        pseudo.extend_from_slice(&[0, 0, 0, 58]);
+        pseudo.extend_from_slice(icmp);
+        internet_checksum(&pseudo) == 0
+    };
+    if !ok {
+        return Err("ICMP checksum".into());
+    }
+    Ok(())
+}
+
 // ---------------------------------------------------------------------------
 // The corpus and the mutator.
 
@@ -991,7 +1031,11 @@ fn mutated_frames_through_the_xdp_program() {
                 }
                 let svc = &model.services[*service];
                 if ip_len + svc.outer_len > model.mtu {
-                    Some(("transmitted a packet above the MTU".into(), hex(&out.data)))
+                    // Too big: only a path-MTU reply to the client may go out.
+                    stats.too_big += 1;
+                    check_pmtu_reply(&input, &out.data, *l2)
+                        .err()
+                        .map(|e| (format!("bad path-MTU reply: {e}"), hex(&out.data)))
                 } else {
                     // The kind is the part before the first colon; the
                     // details go with the first frame of that kind.
@@ -1037,7 +1081,7 @@ fn mutated_frames_through_the_xdp_program() {
     );
     eprintln!("fuzz: verdicts {:?}", stats.verdicts);
     eprintln!(
-        "fuzz: transmitted {} (checked), dropped as too big {}, transmitted with a non-unicast source MAC {}{}",
+        "fuzz: transmitted {} (checked), too big (answered or dropped) {}, transmitted with a non-unicast source MAC {}{}",
         stats.tx,
         stats.too_big,
         stats.non_unicast_src,

@@ -1012,6 +1012,82 @@ pub fn assert_frame_eq(what: &str, got: &[u8], want: &Expected) {
     }
 }
 
+/// The path-MTU reply the program should send for the too-big `input`
+/// (docs/architecture.md, "Path-MTU replies"), built from the RFCs with
+/// etherparse, its checksums etherparse's: back to the input's source MAC
+/// from `enc.source_mac`, VLAN tags kept; from the input's destination to
+/// its source, TTL / hop limit `enc.ttl`. IPv4: ICMP type 3 code 4 with
+/// next-hop MTU `mtu`, IPv4 DF clear, identification the input's, TOS 0,
+/// quoting as much of the input as keeps the reply within 576 bytes
+/// (RFC 1812 4.3.2.3). IPv6: ICMPv6 packet too big with `mtu`, traffic
+/// class and flow label 0, quoting as much as fits in 1280 bytes
+/// (RFC 4443 2.4 c).
+pub fn expect_pmtu_reply(input: &Packet, enc: EncapParams, mtu: u32) -> Expected {
+    let ip = input.ip_packet();
+    let mut sections = l2_sections(input);
+    let l2 = input.l2_len();
+    let mut bytes;
+    match &input.net {
+        Net::V4 {
+            src, dst, ident, ..
+        } => {
+            let quote = &ip[..ip.len().min(576 - 20 - 8)];
+            bytes = input.l2_bytes(input.src_mac, enc.source_mac, ETH_IPV4);
+            let icmp = Icmpv4Header::with_checksum(
+                Icmpv4Type::DestinationUnreachable(
+                    etherparse::icmpv4::DestUnreachableHeader::FragmentationNeeded {
+                        next_hop_mtu: u16::try_from(mtu).expect("an IPv4 MTU fits 16 bits"),
+                    },
+                ),
+                quote,
+            );
+            let mut h = Ipv4Header::new((8 + quote.len()) as u16, enc.ttl, IpNumber(1), *dst, *src)
+                .expect("reply header");
+            h.identification = *ident;
+            h.dont_fragment = false;
+            h.header_checksum = h.calc_header_checksum();
+            sections.push((l2, "reply IPv4 ver/ihl/tos/len".into()));
+            sections.push((l2 + 4, "reply IPv4 id/flags/frag".into()));
+            sections.push((l2 + 8, "reply IPv4 ttl/proto/checksum".into()));
+            sections.push((l2 + 12, "reply IPv4 source".into()));
+            sections.push((l2 + 16, "reply IPv4 destination".into()));
+            sections.push((l2 + 20, "ICMP type/code/checksum".into()));
+            sections.push((l2 + 24, "ICMP unused/next-hop MTU".into()));
+            sections.push((l2 + 28, "quote".into()));
+            bytes.extend_from_slice(&h.to_bytes());
+            bytes.extend_from_slice(&icmp.to_bytes());
+            bytes.extend_from_slice(quote);
+        }
+        Net::V6 { src, dst, .. } => {
+            let quote = &ip[..ip.len().min(1280 - 40 - 8)];
+            bytes = input.l2_bytes(input.src_mac, enc.source_mac, ETH_IPV6);
+            let icmp =
+                Icmpv6Header::with_checksum(Icmpv6Type::PacketTooBig { mtu }, *dst, *src, quote)
+                    .expect("icmpv6 checksum");
+            let h = Ipv6Header {
+                traffic_class: 0,
+                flow_label: Ipv6FlowLabel::ZERO,
+                payload_length: (8 + quote.len()) as u16,
+                next_header: IpNumber(58),
+                hop_limit: enc.ttl,
+                source: *dst,
+                destination: *src,
+            };
+            sections.push((l2, "reply IPv6 ver/tc/flow label".into()));
+            sections.push((l2 + 4, "reply IPv6 payload len/next/hop limit".into()));
+            sections.push((l2 + 8, "reply IPv6 source".into()));
+            sections.push((l2 + 24, "reply IPv6 destination".into()));
+            sections.push((l2 + 40, "ICMPv6 type/code/checksum".into()));
+            sections.push((l2 + 44, "ICMPv6 MTU".into()));
+            sections.push((l2 + 48, "quote".into()));
+            bytes.extend_from_slice(&h.to_bytes());
+            bytes.extend_from_slice(&icmp.to_bytes());
+            bytes.extend_from_slice(quote);
+        }
+    }
+    Expected { bytes, sections }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -292,6 +292,25 @@ impl Rig {
     fn expect_drop(&mut self, what: &str, frame: &[u8], reason: DropReason) {
         self.expect_drop_any(what, frame, &[reason]);
     }
+
+    /// Runs the too-big `p`, expects `XDP_TX` of exactly the path-MTU reply
+    /// announcing `mtu` (`expect_pmtu_reply`), counted as `pmtu_reply`, no
+    /// drop counted.
+    #[track_caller]
+    fn expect_pmtu(&mut self, what: &str, p: &Packet, enc: EncapParams, mtu: u32) -> Vec<u8> {
+        let paths = self.paths();
+        let drops = self.drops();
+        let got = self.tx_frame(what, &p.build());
+        assert_frame_eq(what, &got, &expect_pmtu_reply(p, enc, mtu));
+        let after = self.paths();
+        assert_eq!(
+            after[Branch::PmtuReply as usize] - paths[Branch::PmtuReply as usize],
+            1,
+            "{what}: pmtu_reply did not count the reply"
+        );
+        assert_eq!(self.drops(), drops, "{what}: a drop counter moved");
+        got
+    }
 }
 
 fn drop_delta_text(before: &Drops, after: &Drops) -> String {
@@ -1940,7 +1959,7 @@ fn client_affinity_ipv6_uses_the_client_key() {
 
 #[test]
 #[ignore = "needs root: BPF or network namespaces (cargo xtask test runs it)"]
-fn packets_too_big_after_encapsulation_dropped() {
+fn packets_too_big_after_encapsulation_are_answered() {
     if !steer_tests::require_root() {
         return;
     }
@@ -1951,30 +1970,18 @@ fn packets_too_big_after_encapsulation_dropped() {
     assert_eq!(fits.ip_len(), 1480);
     rig.expect_tx("IPIP, exactly the MTU", &fits, &ipip(&fits, EU1));
     let big = tcp4(CLIENT, 40000, VIP_WEB, 80).payload_len(1481 - 40);
-    rig.expect_drop(
-        "IPIP, 1 byte over the MTU",
-        &big.build(),
-        DropReason::TooBig,
-    );
+    rig.expect_pmtu("IPIP, 1 byte over the MTU", &big, ENC, 1480);
 
     let fits6 = tcp6(CLIENT6, 40000, VIP6, 443).payload_len(1460 - 60);
     assert_eq!(fits6.ip_len(), 1460);
     rig.expect_tx("6in6, exactly the MTU", &fits6, &ip6(&fits6, V6_1));
     let big6 = tcp6(CLIENT6, 40000, VIP6, 443).payload_len(1461 - 60);
-    rig.expect_drop(
-        "6in6, 1 byte over the MTU",
-        &big6.build(),
-        DropReason::TooBig,
-    );
+    rig.expect_pmtu("6in6, 1 byte over the MTU", &big6, ENC, 1460);
 
     let fits46 = tcp4(CLIENT, 40000, VIP_MIXED, 443).payload_len(1460 - 40);
     rig.expect_tx("4in6, exactly the MTU", &fits46, &ip6(&fits46, V6_1));
     let big46 = tcp4(CLIENT, 40000, VIP_MIXED, 443).payload_len(1461 - 40);
-    rig.expect_drop(
-        "4in6, 1 byte over the MTU",
-        &big46.build(),
-        DropReason::TooBig,
-    );
+    rig.expect_pmtu("4in6, 1 byte over the MTU", &big46, ENC, 1460);
 
     // VLAN tags are not part of the IP MTU.
     let tagged = tcp4(CLIENT, 40001, VIP_WEB, 80)
@@ -1989,7 +1996,10 @@ fn packets_too_big_after_encapsulation_dropped() {
 
     // A full 1500-byte client packet.
     let full = udp4(CLIENT, 5353, VIP_WEB, 53).payload_len(1500 - 28);
-    rig.expect_drop("a 1500-byte packet", &full.build(), DropReason::TooBig);
+    rig.expect_pmtu("a 1500-byte UDP packet", &full, ENC, 1480);
+    // Nothing was forwarded but the four packets that fit.
+    assert_eq!(rig.service("web").packets, 2);
+    assert_eq!(rig.paths()[Branch::PmtuReply as usize], 4);
 }
 
 #[test]
@@ -2008,16 +2018,18 @@ fn configured_mtu_and_ttl_are_used() {
         &expect_ipip(&fits, ENC_RANGE, src, EU1),
     );
     let big = tcp4(CLIENT, 40000, VIP_WEB, 80).payload_len(1381 - 40);
-    rig.expect_drop(
+    rig.expect_pmtu(
         "IPIP, 1 byte over the configured MTU",
-        &big.build(),
-        DropReason::TooBig,
+        &big,
+        ENC_RANGE,
+        1380,
     );
     let big6 = tcp6(CLIENT6, 40000, VIP6, 443).payload_len(1361 - 60);
-    rig.expect_drop(
+    rig.expect_pmtu(
         "6in6, 1 byte over the configured MTU",
-        &big6.build(),
-        DropReason::TooBig,
+        &big6,
+        ENC_RANGE,
+        1360,
     );
 }
 
@@ -2331,17 +2343,21 @@ fn jumbo_frames_above_the_mtu_are_too_big() {
     }
     let mut rig = Rig::new(&jumbo_config());
     // 9197 + 20 = 9217 > 9216.
+    // The reply quotes the first 548 bytes of the first buffer; the
+    // frame's fragments are cut.
     let p = tcp4(CLIENT, 40000, VIP_WEB, 80).payload_len(9197 - 40);
-    rig.expect_drop(
-        "9217 bytes with the outer header",
-        &p.build(),
-        DropReason::TooBig,
-    );
+    let got = rig.expect_pmtu("9217 bytes with the outer header", &p, ENC, 9196);
+    assert_eq!(got.len(), 14 + 576);
+    let p6 = tcp6(CLIENT6, 40000, VIP6, 443)
+        .vlan(Vlan::dot1q(7))
+        .payload_len(9177 - 60);
+    let got = rig.expect_pmtu("9217 bytes of 6in6", &p6, ENC, 9176);
+    assert_eq!(got.len(), 18 + 1280);
     // The default MTU (1500) with a 4000-byte frame: too big, not
     // truncated.
     let mut small = Rig::new(BASIC);
     let p = tcp4(CLIENT, 40000, VIP_WEB, 80).payload_len(4000);
-    small.expect_drop("4040 bytes at MTU 1500", &p.build(), DropReason::TooBig);
+    small.expect_pmtu("4040 bytes at MTU 1500", &p, ENC, 1480);
 }
 
 // ---------------------------------------------------------------------------
@@ -2432,4 +2448,287 @@ fn a_new_service_reusing_a_removed_ones_ids_starts_from_zero() {
         (c.packets, c.bytes, c.new_flows),
         (1, p.build().len() as u64, 1)
     );
+}
+
+// ---------------------------------------------------------------------------
+// Path-MTU replies (issue 12): a packet too big for the MTU once
+// encapsulated is answered with an ICMP fragmentation-needed (IPv4) or
+// packet-too-big (IPv6), byte-exact against `expect_pmtu_reply`.
+
+#[test]
+#[ignore = "needs root: BPF or network namespaces (cargo xtask test runs it)"]
+fn pmtu_replies_for_ipip_6in6_and_4in6_are_byte_exact() {
+    if !steer_tests::require_root() {
+        return;
+    }
+    let mut rig = Rig::new(BASIC);
+    // IPIP: next-hop MTU 1500 - 20.
+    for (i, p) in [
+        tcp4(CLIENT, 40000, VIP_WEB, 80).payload_len(1460),
+        tcp4(CLIENT, 40001, VIP_WEB, 80)
+            .payload_len(1500)
+            .vlan(Vlan::dot1q(42)),
+        tcp4(CLIENT, 40002, VIP_WEB, 80)
+            .payload_len(1500)
+            .vlan(Vlan::dot1ad(1))
+            .vlan(Vlan::dot1q(2))
+            .tos(0xb8),
+        // Options are quoted as they came.
+        tcp4(CLIENT, 40003, VIP_WEB, 80)
+            .v4_options(vec![1, 1, 1, 0, 7, 7, 4, 0, 0, 0, 0, 0])
+            .payload_len(1450),
+        udp4(client_n(9), 5353, VIP_WEB, 53).payload_len(1473 - 8),
+        // Padding after the IP packet is not quoted.
+        tcp4(CLIENT, 40004, VIP_WEB, 80)
+            .payload_len(1442)
+            .trailer(pattern(6)),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        rig.expect_pmtu(&format!("IPIP case {i}"), &p, ENC, 1480);
+    }
+    // 6in6: MTU 1500 - 40, quote up to 1232 bytes.
+    for (i, p) in [
+        tcp6(CLIENT6, 40000, VIP6, 443).payload_len(1401),
+        tcp6(client6_n(3), 40001, VIP6, 443)
+            .payload_len(1440)
+            .vlan(Vlan::dot1ad(5))
+            .vlan(Vlan::dot1q(6))
+            .tos(0x28),
+        tcp6(CLIENT6, 40002, VIP6, 443)
+            .ext(Ext::dest_opts())
+            .payload_len(1440),
+        udp6(CLIENT6, 5353, VIP6, 53).payload_len(1413),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        rig.expect_pmtu(&format!("6in6 case {i}"), &p, ENC, 1460);
+    }
+    // 4in6: an ICMPv4 reply announcing 1500 - 40.
+    for (i, p) in [
+        tcp4(CLIENT, 40000, VIP_MIXED, 443).payload_len(1421),
+        tcp4(CLIENT, 40001, VIP_MIXED, 443)
+            .payload_len(1460)
+            .vlan(Vlan::dot1q(9)),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        rig.expect_pmtu(&format!("4in6 case {i}"), &p, ENC, 1460);
+    }
+    // Replies are no forwarded traffic.
+    assert_eq!(rig.service("web").packets, 0);
+    assert_eq!(rig.service("mixed").packets, 0);
+}
+
+#[test]
+#[ignore = "needs root: BPF or network namespaces (cargo xtask test runs it)"]
+fn pmtu_reply_at_the_smallest_mtu_quotes_the_whole_packet() {
+    if !steer_tests::require_root() {
+        return;
+    }
+    let mut rig = Rig::new(&BASIC.replacen("[dataplane]\n", "[dataplane]\nmtu = 576\n", 1));
+    // 4in6: 540 + 40 > 576, and 540 < 548: the whole packet is quoted.
+    let p = tcp4(CLIENT, 40000, VIP_MIXED, 443).payload_len(500);
+    assert_eq!(p.ip_len(), 540);
+    let got = rig.expect_pmtu("4in6 at MTU 576", &p, ENC, 536);
+    assert_eq!(got.len(), 14 + 28 + 540);
+    // An odd length (the checksum's last byte alone).
+    let p = tcp4(CLIENT, 40001, VIP_MIXED, 443).payload_len(499);
+    assert_eq!(p.ip_len(), 539);
+    rig.expect_pmtu("odd 4in6 at MTU 576", &p, ENC, 536);
+    let p6 = udp6(CLIENT6, 5353, VIP6, 53).payload_len(551);
+    assert_eq!(p6.ip_len(), 599);
+    let got = rig.expect_pmtu("odd 6in6 at MTU 576", &p6, ENC, 536);
+    assert_eq!(got.len(), 14 + 48 + 599);
+}
+
+#[test]
+#[ignore = "needs root: BPF or network namespaces (cargo xtask test runs it)"]
+fn pmtu_ipv4_without_df_is_dropped_not_answered() {
+    if !steer_tests::require_root() {
+        return;
+    }
+    let mut rig = Rig::new(BASIC);
+    // DF clear, not a fragment (MF clear, offset 0).
+    for p in [
+        tcp4(CLIENT, 40000, VIP_WEB, 80)
+            .payload_len(1460)
+            .v4_fragment(false, 0),
+        tcp4(CLIENT, 40001, VIP_MIXED, 443)
+            .payload_len(1460)
+            .v4_fragment(false, 0),
+    ] {
+        rig.expect_drop("too big, DF clear", &p.build(), DropReason::TooBigDfClear);
+    }
+    assert_eq!(rig.paths()[Branch::PmtuReply as usize], 0);
+}
+
+#[test]
+#[ignore = "needs root: BPF or network namespaces (cargo xtask test runs it)"]
+fn pmtu_never_answers_icmp_errors_fragments_or_bad_sources() {
+    if !steer_tests::require_root() {
+        return;
+    }
+    let mut rig = Rig::new(BASIC);
+    // ICMP errors for a VIP that are too big to forward: no error about an
+    // error.
+    let q4 = tcp4(VIP_POOL, 80, CLIENT, 40000)
+        .payload_len(1460)
+        .ip_packet();
+    let icmp4 = frag_needed4(ROUTER4, VIP_POOL, 1400, q4);
+    assert!(icmp4.ip_len() > 1480);
+    rig.expect_drop("a too-big ICMPv4 error", &icmp4.build(), DropReason::TooBig);
+    let q6 = tcp6(VIP6_POOL, 80, CLIENT6, 40000)
+        .payload_len(1440)
+        .ip_packet();
+    let icmp6 = packet_too_big6(ROUTER6, VIP6_POOL, 1280, q6);
+    assert!(icmp6.ip_len() > 1460);
+    rig.expect_drop("a too-big ICMPv6 error", &icmp6.build(), DropReason::TooBig);
+
+    // Fragments, first or not, are never forwarded nor answered.
+    for p in [
+        tcp4(CLIENT, 40000, VIP_WEB, 80)
+            .payload_len(1460)
+            .v4_fragment(true, 0),
+        udp4(CLIENT, 5353, VIP_WEB, 53)
+            .payload_len(1460)
+            .v4_fragment(false, 185),
+        udp6(CLIENT6, 5353, VIP6, 53)
+            .ext(Ext::Fragment {
+                offset: 0,
+                more: true,
+                ident: 7,
+            })
+            .payload_len(1440),
+    ] {
+        rig.expect_drop("a too-big fragment", &p.build(), DropReason::Fragment);
+    }
+
+    // Sources a reply must not go to.
+    for src in [
+        "0.0.0.0",
+        "0.1.2.3",
+        "127.0.0.1",
+        "224.0.0.1",
+        "239.255.255.250",
+        "240.0.0.1",
+        "255.255.255.255",
+    ] {
+        let src: Ipv4Addr = src.parse().unwrap();
+        let p = tcp4(src, 40000, VIP_WEB, 80).payload_len(1460);
+        rig.expect_drop(
+            &format!("too big from {src}"),
+            &p.build(),
+            DropReason::TooBig,
+        );
+    }
+    for src in ["::", "::1", "ff02::1", "ff0e::1234"] {
+        let src: Ipv6Addr = src.parse().unwrap();
+        let p = tcp6(src, 40000, VIP6, 443).payload_len(1440);
+        rig.expect_drop(
+            &format!("too big from {src}"),
+            &p.build(),
+            DropReason::TooBig,
+        );
+    }
+    // A broadcast or multicast source MAC.
+    for mac in [[0xff; 6], [0x01, 0x00, 0x5e, 0, 0, 1], [0; 6]] {
+        let mut p = tcp4(CLIENT, 40000, VIP_WEB, 80).payload_len(1460);
+        p.src_mac = mac;
+        rig.expect_drop(
+            &format!("too big from MAC {mac:02x?}"),
+            &p.build(),
+            DropReason::TooBig,
+        );
+    }
+    assert_eq!(rig.paths()[Branch::PmtuReply as usize], 0);
+    // The same packets from a unicast client are answered.
+    let p = tcp4(CLIENT, 40000, VIP_WEB, 80).payload_len(1460);
+    rig.expect_pmtu("too big from a client", &p, ENC, 1480);
+}
+
+/// Pins the calling thread to one CPU, so that every BPF_PROG_TEST_RUN it
+/// makes runs on that CPU (the rate limit is per CPU). Returns the CPU.
+fn pin_to_one_cpu() -> usize {
+    // SAFETY: a zeroed cpu_set_t is an empty set; CPU_SET and
+    // sched_getaffinity/sched_setaffinity only read and write it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        assert_eq!(
+            libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set),
+            0,
+            "sched_getaffinity failed"
+        );
+        let cpu = (0..libc::CPU_SETSIZE as usize)
+            .find(|&c| libc::CPU_ISSET(c, &set))
+            .expect("no CPU in this thread's affinity mask");
+        let mut one: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut one);
+        assert_eq!(
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &one),
+            0,
+            "sched_setaffinity to CPU {cpu} failed"
+        );
+        cpu
+    }
+}
+
+#[test]
+#[ignore = "needs root: BPF or network namespaces (cargo xtask test runs it)"]
+fn pmtu_replies_are_rate_limited_per_cpu() {
+    if !steer_tests::require_root() {
+        return;
+    }
+    // Each test runs on its own thread: pinning it affects no other test.
+    pin_to_one_cpu();
+    let mut rig = Rig::new(BASIC);
+    // docs/operations.md: 100 replies a second per CPU, bursts of 100.
+    let (rate, burst) = (100u64, 100u64);
+    let p = tcp4(CLIENT, 40000, VIP_WEB, 80).payload_len(1460);
+    let frame = p.build();
+    let want = expect_pmtu_reply(&p, ENC, 1480);
+    let sent = 400u64;
+    let start = std::time::Instant::now();
+    let (mut replies, mut limited) = (0u64, 0u64);
+    for i in 0..sent {
+        let before = rig.drops();
+        let out = rig.run(&frame);
+        match out.verdict {
+            Verdict::Tx => {
+                assert_frame_eq(&format!("reply {i}"), &out.data, &want);
+                replies += 1;
+            }
+            Verdict::Drop => {
+                let after = rig.drops();
+                assert_eq!(
+                    after[DropReason::TooBigRateLimited as usize]
+                        - before[DropReason::TooBigRateLimited as usize],
+                    1,
+                    "packet {i} dropped, but not as rate limited: {}",
+                    drop_delta_text(&before, &after)
+                );
+                limited += 1;
+            }
+            other => panic!("packet {i}: {other:?}"),
+        }
+    }
+    let elapsed = start.elapsed();
+    // The bucket refills one reply per 1/rate seconds while we send.
+    let refill = (elapsed.as_secs_f64() * rate as f64).ceil() as u64 + 1;
+    assert!(
+        replies >= burst && replies <= burst + refill,
+        "{replies} replies to {sent} packets in {elapsed:?}: expected {burst} to {}",
+        burst + refill
+    );
+    assert_eq!(replies + limited, sent);
+    assert!(limited > 0, "nothing was rate limited in {elapsed:?}");
+    let drops = rig.drops();
+    assert_eq!(drops[DropReason::TooBigRateLimited as usize], limited);
+    assert_eq!(rig.paths()[Branch::PmtuReply as usize], replies);
+    // After a pause long enough to refill a few tokens, replies resume.
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    rig.expect_pmtu("after a pause", &p, ENC, 1480);
 }

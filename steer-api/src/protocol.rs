@@ -325,6 +325,10 @@ pub struct StatusReport {
     pub drops: std::collections::BTreeMap<String, u64>,
     /// New flows whose conntrack insert failed (they were still forwarded).
     pub ct_insert_failures: u64,
+    /// Path-MTU replies sent: packets too big for `dataplane.mtu` once
+    /// encapsulated, answered with ICMP fragmentation-needed / packet too
+    /// big (the `pmtu_reply` branch).
+    pub pmtu_replies: u64,
     /// Regions drained by an operator (`steer drain --region`).
     pub drained_regions: Vec<String>,
     /// What the daemon measures for the latency and capacity policies.
@@ -942,6 +946,7 @@ mod tests {
                 r#"{"result":"status","generation":0,"config_path":"","reloads":0,"#,
                 r#""reload_failures":0,"last_reload_error":null,"services":[],"version":"","#,
                 r#""time":0,"uptime_seconds":0,"interfaces":[],"drops":{},"ct_insert_failures":0,"#,
+                r#""pmtu_replies":0,"#,
                 r#""drained_regions":[],"regions":[]}"#
             ),
         );

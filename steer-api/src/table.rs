@@ -90,6 +90,9 @@ pub fn render_status_table(r: &StatusReport) -> String {
                 r.ct_insert_failures
             ));
         }
+        if r.pmtu_replies > 0 {
+            drops.push(format!("(path-MTU replies sent: {})", r.pmtu_replies));
+        }
         let _ = writeln!(
             out,
             "drops: {}",
@@ -603,6 +606,7 @@ mod tests {
             .map(|(k, v)| (k.to_string(), v))
             .collect();
         r.ct_insert_failures = 2;
+        r.pmtu_replies = 4;
         // web-2 came up 62 minutes ago and went down 192 s ago.
         let web2 = &mut r.services[0].backends[1];
         web2.last_up_at = Some(1_000_000 - 62 * 60);
@@ -615,7 +619,7 @@ mod tests {
         );
         assert_eq!(
             lines[1],
-            "drops: fragment 3, no_backend 1, (conntrack inserts failed: 2)"
+            "drops: fragment 3, no_backend 1, (conntrack inserts failed: 2), (path-MTU replies sent: 4)"
         );
         assert!(lines[2].starts_with("generation 7  "), "{}", lines[2]);
         let header = lines[6];
@@ -629,6 +633,7 @@ mod tests {
 
         r.drops.values_mut().for_each(|n| *n = 0);
         r.ct_insert_failures = 0;
+        r.pmtu_replies = 0;
         r.interfaces.clear();
         let text = render_status_table(&r);
         let lines: Vec<&str> = text.lines().collect();

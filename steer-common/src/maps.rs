@@ -57,6 +57,13 @@ pub mod names {
     /// Benchmark-only: the restore step alone (see `bench` in the program).
     pub const PROG_BENCH_RESTORE: &str = "steer_bench_restore";
     pub const BENCH: &str = "BENCH";
+    /// The path-MTU reply programs (tail-called from `steer_xdp`).
+    pub const PROG_PMTU4: &str = "steer_pmtu4";
+    pub const PROG_PMTU6: &str = "steer_pmtu6";
+    /// Their program array, and the reply rate limiter's per-CPU state.
+    /// Neither is pinned: every load makes and fills its own.
+    pub const PMTU_PROGS: &str = "PMTU_PROGS";
+    pub const PMTU_BUCKET: &str = "PMTU_BUCKET";
 }
 
 /// Compile-time map capacities. Sizes that depend on configuration
@@ -443,7 +450,12 @@ counter_index! {
         Fragment = 3 => "fragment",
         /// The service's table has no backend.
         NoBackend = 4 => "no_backend",
-        /// The encapsulated packet would exceed the configured MTU.
+        /// The encapsulated packet would exceed the configured MTU and no
+        /// path-MTU reply can be sent: the packet is itself an ICMP error,
+        /// its source is not a unicast address (multicast, broadcast,
+        /// unspecified, loopback) or its source MAC is not unicast, or its
+        /// first bytes are not in the frame's first buffer. (Answered
+        /// packets count as the `pmtu_reply` branch instead.)
         TooBig = 5 => "too_big",
         /// `bpf_xdp_adjust_head` failed (no headroom).
         NoHeadroom = 6 => "no_headroom",
@@ -465,6 +477,15 @@ counter_index! {
         /// no region the class may use has a backend that may serve
         /// (data residency fails closed).
         Residency = 12 => "residency",
+        /// Too big for the MTU after encapsulation, an IPv4 packet with DF
+        /// clear: a router would fragment it, but steer never forwards
+        /// fragments, and a fragmentation-needed reply would make the client
+        /// fragment (or is ignored), so it is dropped without a reply.
+        TooBigDfClear = 13 => "too_big_df_clear",
+        /// Too big, and this CPU's path-MTU reply budget
+        /// ([`PMTU_REPLY_RATE`] a second, bursts of [`PMTU_REPLY_BURST`]) is
+        /// spent: dropped without a reply.
+        TooBigRateLimited = 14 => "too_big_rate_limited",
     }
 }
 
@@ -489,6 +510,10 @@ counter_index! {
         /// not hold and whose SYN's `RECENT_SYN` slot was intact: it goes to
         /// the backend its SYN went to and enters conntrack.
         SynPromoted = 7 => "syn_promoted",
+        /// Too big for the MTU after encapsulation, answered with an ICMP
+        /// fragmentation-needed (IPv4) or packet-too-big (IPv6) reply sent
+        /// back to the client with `XDP_TX`.
+        PmtuReply = 8 => "pmtu_reply",
     }
 }
 
@@ -526,6 +551,16 @@ pub const fn ring_values(tables: u32, ring_size: u32) -> u32 {
 pub const fn ring_index(table_id: u32, generation: u32, ring_size: u32, slot: u32) -> u32 {
     (table_id * 2 + (generation & 1)) * ring_size + slot
 }
+
+/// Path-MTU replies each CPU may send per second (a token bucket; see
+/// `steer-ebpf/src/icmp.rs`).
+pub const PMTU_REPLY_RATE: u64 = 100;
+/// The bucket's depth: replies a CPU may send back to back.
+pub const PMTU_REPLY_BURST: u64 = 100;
+/// `PMTU_PROGS` slot of the reply program for an IPv4 outer header.
+pub const PMTU_SLOT_OUTER_V4: u32 = 0;
+/// `PMTU_PROGS` slot of the reply program for an IPv6 outer header.
+pub const PMTU_SLOT_OUTER_V6: u32 = 1;
 
 /// Encapsulation overhead by outer family.
 pub const OUTER_V4_LEN: usize = 20;
@@ -667,13 +702,17 @@ mod tests {
                 "ipv6_ext",
                 "not_ready",
                 "no_source_mac",
-                "residency"
+                "residency",
+                "too_big_df_clear",
+                "too_big_rate_limited"
             ]
         );
         assert_eq!(DropReason::NotReady.index(), 10);
         assert_eq!(DropReason::NoSourceMac.index(), 11);
         assert_eq!(DropReason::Residency.index(), 12);
-        assert_eq!(DropReason::COUNT, 13);
+        assert_eq!(DropReason::TooBigDfClear.index(), 13);
+        assert_eq!(DropReason::TooBigRateLimited.index(), 14);
+        assert_eq!(DropReason::COUNT, 15);
         let branches = Branch::ALL.map(Branch::name);
         assert_eq!(
             branches,
@@ -685,12 +724,14 @@ mod tests {
                 "icmp_error",
                 "drop",
                 "ct_insert_failed",
-                "syn_promoted"
+                "syn_promoted",
+                "pmtu_reply"
             ]
         );
         assert_eq!(Branch::CtInsertFailed.index(), 6);
         assert_eq!(Branch::SynPromoted.index(), 7);
-        assert_eq!(Branch::COUNT, 8);
+        assert_eq!(Branch::PmtuReply.index(), 8);
+        assert_eq!(Branch::COUNT, 9);
     }
 
     #[test]

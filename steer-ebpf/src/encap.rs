@@ -20,7 +20,7 @@ use crate::{
 /// configured fallback. Never a multicast, broadcast or zero MAC: `None`
 /// then, and the packet is dropped.
 #[inline(always)]
-fn source_mac(ctx: &XdpContext) -> Option<[u8; 6]> {
+pub fn source_mac(ctx: &XdpContext) -> Option<[u8; 6]> {
     let ifindex = ctx.ingress_ifindex() as u32;
     // SAFETY: the value is copied out at once.
     let own = unsafe { SOURCE_MACS.get(ifindex) }.map(|m| m.mac);
@@ -124,7 +124,7 @@ struct Head {
 
 /// Returns a pointer to the first `len` bytes of the packet, or `None`.
 #[inline(always)]
-fn head(ctx: &XdpContext, len: usize) -> Option<*mut u8> {
+pub fn head(ctx: &XdpContext, len: usize) -> Option<*mut u8> {
     let start = ctx.data();
     if start + len > ctx.data_end() {
         return None;
@@ -137,7 +137,7 @@ fn head(ctx: &XdpContext, len: usize) -> Option<*mut u8> {
 /// # Safety
 /// `p + off .. p + off + N` must lie inside the packet.
 #[inline(always)]
-unsafe fn put<const N: usize>(p: *mut u8, off: usize, v: [u8; N]) {
+pub unsafe fn put<const N: usize>(p: *mut u8, off: usize, v: [u8; N]) {
     // SAFETY: guaranteed by the caller.
     unsafe { core::ptr::write_unaligned(p.add(off) as *mut [u8; N], v) };
 }

@@ -9,6 +9,7 @@ mod bench;
 mod class;
 mod encap;
 mod flow;
+mod icmp;
 mod maps;
 mod parse;
 mod select;
@@ -72,6 +73,19 @@ pub fn steer_bench_restore(ctx: XdpContext) -> u32 {
         Some(()) => xdp_action::XDP_TX,
         None => xdp_action::XDP_ABORTED,
     }
+}
+
+/// The path-MTU reply for a packet too big with an IPv4 outer header,
+/// reached only by a tail call from the packet path (see `icmp.rs`).
+#[xdp(frags)]
+pub fn steer_pmtu4(ctx: XdpContext) -> u32 {
+    icmp::answer::<20>(&ctx)
+}
+
+/// As `steer_pmtu4`, for an IPv6 outer header.
+#[xdp(frags)]
+pub fn steer_pmtu6(ctx: XdpContext) -> u32 {
+    icmp::answer::<40>(&ctx)
 }
 
 #[inline(always)]
@@ -315,6 +329,11 @@ fn transmit(
     // The whole frame as received, fragments included.
     let bytes = parse::frame_len(ctx) as u64;
     if let Err(reason) = encap::encap(ctx, ip, real, settings, ct.hash) {
+        // Too big for the MTU: answered with an ICMP too-big reply if it
+        // may be (path-MTU discovery), dropped and counted otherwise.
+        if reason == DropReason::TooBig {
+            return icmp::too_big(ctx, real);
+        }
         return stats::dropped(reason);
     }
     stats::branch(branch);

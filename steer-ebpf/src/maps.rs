@@ -5,7 +5,7 @@
 use aya_ebpf::{
     bindings::{BPF_F_MMAPABLE, BPF_F_NO_PREALLOC},
     macros::map,
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray},
 };
 use steer_common::{
     capacity, ring_values, AddrKey, Branch, ClassRow, Counters, CtValue, DropReason, FlowKey,
@@ -119,3 +119,15 @@ pub static CLASS_V6_48: HashMap<[u8; 6], u32> =
 /// default table.
 #[map]
 pub static CLASS_TABLES: Array<ClassRow> = Array::with_max_entries(capacity::TABLES, 0);
+
+/// Per CPU: the path-MTU reply rate limiter's state, the theoretical
+/// arrival time (ns, `bpf_ktime_get_ns`) of the next reply (GCRA, the
+/// token bucket as one number; see `icmp::allow`).
+#[map]
+pub static PMTU_BUCKET: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// The path-MTU reply programs, filled by userspace at load:
+/// `PMTU_SLOT_OUTER_V4` -> `steer_pmtu4`, `PMTU_SLOT_OUTER_V6` ->
+/// `steer_pmtu6`. An empty slot: too-big packets are dropped unanswered.
+#[map]
+pub static PMTU_PROGS: ProgramArray = ProgramArray::with_max_entries(2, 0);

@@ -27,12 +27,16 @@
 //! ejection time through slow start; for a SYN flood (`synflood-reload`,
 //! [`flood_scenarios`]): at least 300,000 spoofed SYNs and a reload during
 //! them, and still no reset and no lost or corrupted byte on established
-//! streams.
+//! streams; for path-MTU discovery (`pmtu-discovery`,
+//! [`pmtu_scenarios`]): an upload with 1,500-byte packets through
+//! `mtu = 1500` completes, steer sent path-MTU replies, and the client
+//! learned `mtu 1480`.
 mod config;
 mod daemon;
 mod flood_scenarios;
 mod lifecycle;
 mod passive_scenarios;
+mod pmtu_scenarios;
 mod policy_scenarios;
 mod shift_scenarios;
 mod traffic;
@@ -183,6 +187,11 @@ const SCENARIOS: [Scenario; 23] = [
         name: "passive-ejection",
         budget: Duration::from_secs(90),
         run: passive_scenarios::passive_ejection,
+    },
+    Scenario {
+        name: "pmtu-discovery",
+        budget: Duration::from_secs(60),
+        run: pmtu_scenarios::pmtu_discovery,
     },
 ];
 

@@ -13,6 +13,7 @@
 //! | `steer_backend_weight_ratio` (below 1 in slow start) | gauge | `service`, `backend`, `region` |
 //! | `steer_drops_total` | counter | `reason` |
 //! | `steer_conntrack_insert_failures_total` | counter | — |
+//! | `steer_pmtu_replies_total` | counter | — |
 //! | `steer_health_probe_duration_seconds` | histogram | — |
 //! | `steer_probe_failures_total` | counter | `backend`, `reason` |
 //! | `steer_reloads_total`, `steer_reload_failures_total` | counter | — |
@@ -298,6 +299,13 @@ impl Collector for SnapshotCollector {
              is selected again).",
             [(NO_LABELS, snap.ct_insert_failures)],
         )?;
+        counters(
+            enc,
+            "steer_pmtu_replies_total",
+            "Packets too big for the MTU once encapsulated that were answered with an ICMP \
+             fragmentation-needed or packet-too-big reply (path-MTU discovery).",
+            [(NO_LABELS, snap.report.pmtu_replies)],
+        )?;
 
         if let Some(h) = &snap.probe_latency {
             let mut family = enc.encode_descriptor(
@@ -567,6 +575,7 @@ mod tests {
         ("steer_backend_weight_ratio", PrometheusType::Gauge, None),
         ("steer_drops_total", PrometheusType::Counter, Some("Packets dropped by the XDP program, by reason.")),
         ("steer_conntrack_insert_failures_total", PrometheusType::Counter, Some("New flows whose conntrack insert failed (still forwarded; their next packet is selected again).")),
+        ("steer_pmtu_replies_total", PrometheusType::Counter, None),
         ("steer_health_probe_duration_seconds", PrometheusType::Histogram, Some("Duration of health check probes.")),
         ("steer_probe_failures_total", PrometheusType::Counter, None),
         ("steer_reloads_total", PrometheusType::Counter, Some("Successful config reloads.")),
@@ -748,6 +757,7 @@ mod tests {
             value(&exp, "steer_conntrack_insert_failures_total", &[]),
             5.0
         );
+        assert_eq!(value(&exp, "steer_pmtu_replies_total", &[]), 9.0);
 
         let hist = &exp.families["steer_health_probe_duration_seconds"];
         let samples_h: Vec<_> = hist.iter_samples().collect();
@@ -866,6 +876,7 @@ mod tests {
         }
         for (family, v) in [
             ("steer_conntrack_insert_failures_total", 0.0),
+            ("steer_pmtu_replies_total", 0.0),
             ("steer_reloads_total", 0.0),
             ("steer_config_last_reload_successful", 0.0),
             ("steer_config_last_reload_success_timestamp_seconds", 0.0),
@@ -905,6 +916,7 @@ mod tests {
             config_path: "/etc/steer/steer.toml".into(),
             reloads: 3,
             reload_failures: 1,
+            pmtu_replies: 9,
             last_reload_error: None,
             services: vec![
                 ServiceStatus {

@@ -183,9 +183,12 @@ pub fn report_at(p: &Published, counters: Option<&CounterReader>, now: SystemTim
                 .collect()
         })
         .unwrap_or_default();
-    let ct_insert_failures = counters
-        .and_then(|c| c.paths().ok())
+    let paths = counters.and_then(|c| c.paths().ok());
+    let ct_insert_failures = paths
         .map(|p| p[steer_common::Branch::CtInsertFailed as usize])
+        .unwrap_or_default();
+    let pmtu_replies = paths
+        .map(|p| p[steer_common::Branch::PmtuReply as usize])
         .unwrap_or_default();
     Status {
         report: StatusReport {
@@ -209,6 +212,7 @@ pub fn report_at(p: &Published, counters: Option<&CounterReader>, now: SystemTim
                 .collect(),
             drops: drops.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
             ct_insert_failures,
+            pmtu_replies,
             drained_regions: p.drained_regions.iter().cloned().collect(),
             regions,
         },

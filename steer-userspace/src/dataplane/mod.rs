@@ -44,7 +44,7 @@ use aya::programs::xdp::{XdpLink, XdpMode};
 /// benchmark entries; see `bench.rs`).
 static PROGRAM: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/steer"));
 /// The programs `load` loads from `PROGRAM`.
-const PROGRAMS: [&str; 1] = [names::PROG_STEER];
+const PROGRAMS: [&str; 3] = [names::PROG_STEER, names::PROG_PMTU4, names::PROG_PMTU6];
 
 #[derive(Debug, thiserror::Error)]
 pub enum DataplaneError {
@@ -477,6 +477,7 @@ impl Dataplane {
                 .map_err(DataplaneError::Program)?;
             prog.load().map_err(DataplaneError::Program)?;
         }
+        fill_pmtu_progs(&mut ebpf)?;
         let rings = {
             let data = map_data(&ebpf, names::RINGS)?;
             Mmap::new(
@@ -1140,4 +1141,38 @@ where
         .map_mut(name)
         .ok_or(DataplaneError::MissingMap { name })?;
     T::try_from(map).map_err(map_err(name))
+}
+
+/// Puts the path-MTU reply programs (when this load loaded them: the
+/// benchmark object does not) into `PMTU_PROGS`, where `steer_xdp`
+/// tail-calls them. Without them too-big packets are dropped unanswered.
+fn fill_pmtu_progs(ebpf: &mut Ebpf) -> Result<()> {
+    use aya::maps::ProgramArray;
+    use steer_common::{PMTU_SLOT_OUTER_V4, PMTU_SLOT_OUTER_V6};
+    let mut fds = Vec::new();
+    for (slot, name) in [
+        (PMTU_SLOT_OUTER_V4, names::PROG_PMTU4),
+        (PMTU_SLOT_OUTER_V6, names::PROG_PMTU6),
+    ] {
+        let Some(prog) = ebpf.program(name) else {
+            continue;
+        };
+        let Ok(fd) = prog.fd() else {
+            continue;
+        };
+        let fd = fd
+            .try_clone()
+            .map_err(|e| DataplaneError::Program(e.into()))?;
+        fds.push((slot, fd));
+    }
+    if fds.is_empty() {
+        return Ok(());
+    }
+    let mut progs: ProgramArray<&mut MapData> = typed(ebpf, names::PMTU_PROGS)?;
+    for (slot, fd) in &fds {
+        progs
+            .set(*slot, fd, 0)
+            .map_err(map_err(names::PMTU_PROGS))?;
+    }
+    Ok(())
 }

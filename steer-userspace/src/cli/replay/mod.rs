@@ -379,6 +379,10 @@ fn print_counters(
     if ct_insert_failed > 0 {
         outln!("  {} {ct_insert_failed}", Branch::CtInsertFailed.name())?;
     }
+    let pmtu = paths[Branch::PmtuReply as usize];
+    if pmtu > 0 {
+        outln!("  {} {pmtu}", Branch::PmtuReply.name())?;
+    }
     let less = |(c, p): (Counters, Passive), key: (String, Option<String>)| match since
         .and_then(|s| s.get(&key))
     {
