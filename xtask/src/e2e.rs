@@ -72,7 +72,7 @@ struct Scenario {
     run: fn(&Ctx) -> Result<String>,
 }
 
-const SCENARIOS: [Scenario; 23] = [
+const SCENARIOS: [Scenario; 24] = [
     Scenario {
         name: "distribution",
         budget: Duration::from_secs(120),
