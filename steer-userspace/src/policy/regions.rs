@@ -313,21 +313,26 @@ fn ramp_input(
     ramps: Option<&BTreeMap<String, (u32, u32)>>,
 ) -> Option<ServiceIn> {
     let ramps = ramps.filter(|r| !r.is_empty())?;
-    let steps = ramps.values().map(|&(_, n)| n.max(1)).max().unwrap_or(1);
     let mut out = input.clone();
     let mut any = false;
     for b in out.regions.iter_mut().flat_map(|r| r.backends.iter_mut()) {
-        let k = match ramps.get(&b.name) {
-            Some(&(step, n)) => {
-                any = true;
-                // Each ramp's own step count, brought to the common one.
-                (u64::from(step) * u64::from(steps) / u64::from(n.max(1))).max(1) as u32
-            }
-            None => steps,
-        };
-        b.weight = b.weight.saturating_mul(k);
+        any |= ramps.contains_key(&b.name);
+        b.weight = b.weight.saturating_mul(ramp_factor(ramps, &b.name));
     }
     any.then_some(out)
+}
+
+/// The factor slow start multiplies `backend`'s weight by: the common step
+/// count for a backend that does not ramp, its own step (brought to the
+/// common count) for one that does, never 0.
+fn ramp_factor(ramps: &BTreeMap<String, (u32, u32)>, backend: &str) -> u32 {
+    let steps = ramps.values().map(|&(_, n)| n.max(1)).max().unwrap_or(1);
+    match ramps.get(backend) {
+        Some(&(step, n)) => {
+            (u64::from(step) * u64::from(steps) / u64::from(n.max(1))).max(1) as u32
+        }
+        None => steps,
+    }
 }
 
 /// The tables of `svc`, whose backends (health and drains applied) are
@@ -385,18 +390,11 @@ pub fn service_plan(
         // (weight 0, like a drain: it stays up, so its flows stay); slow
         // start scales the weights (all times `steps`, a ramping backend's
         // times its step).
-        let steps = ramps.map_or(1, |r| r.values().map(|&(_, n)| n.max(1)).max().unwrap_or(1));
         for b in backends.iter_mut() {
             if ejected.contains(&b.name) {
                 b.weight = 0;
             } else if let Some(r) = ramps {
-                let k = match r.get(&b.name) {
-                    Some(&(step, n)) => {
-                        (u64::from(step) * u64::from(steps) / u64::from(n.max(1))).max(1) as u32
-                    }
-                    None => steps,
-                };
-                b.weight = b.weight.saturating_mul(k);
+                b.weight = b.weight.saturating_mul(ramp_factor(r, &b.name));
             }
         }
         return ServicePlan {
