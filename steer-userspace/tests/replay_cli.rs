@@ -500,6 +500,13 @@ fn the_summary_shows_repeated_syns_and_handshakes_per_backend() {
     want.get_mut(name(sent[0])).unwrap().0 += 1;
     want.get_mut(name(sent[2])).unwrap().1 += 1;
     want.get_mut(name(sent[4])).unwrap().1 += 1;
+    // Four SYNs are new flows (A's repeat is selected afresh too); A's and
+    // B's ACKs find their SYN's slot (syn_promoted); nothing was in
+    // conntrack.
+    assert!(
+        stdout.contains("paths: new_flow 4, syn_promoted 2, ct_hit 0,"),
+        "{stdout}"
+    );
     for (backend, (repeats, handshakes)) in want {
         assert_eq!(
             backend_figure(&stdout, backend, "repeated syns"),

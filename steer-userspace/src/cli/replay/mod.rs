@@ -367,6 +367,7 @@ fn print_counters(
     let paths = dp.path_counts()?;
     let flows: Vec<String> = [
         Branch::NewFlow,
+        Branch::SynPromoted,
         Branch::CtHit,
         Branch::Reselect,
         Branch::IcmpError,
