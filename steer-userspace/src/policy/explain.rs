@@ -441,7 +441,11 @@ pub fn explain(cfg: &Config, planned: &Planned, q: FlowQuery, ct: Conntrack) -> 
     }
     match ct {
         Conntrack::Unknown => {}
-        Conntrack::None => lines.push("conntrack   no entry: the next packet is a new flow".to_string()),
+        Conntrack::None => lines.push(
+            "conntrack   no entry: a new connection is selected as above (one whose handshake \
+             is in progress keeps its SYN's backend)"
+                .to_string(),
+        ),
         Conntrack::Entry { backend: b, usable: true } => lines.push(format!(
             "conntrack   an entry pins this flow to {b}: it stays there (overrides the choice above)"
         )),
