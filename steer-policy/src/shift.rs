@@ -475,7 +475,7 @@ pub fn check_plan(plan: &Plan, ctx: &PlanContext) -> Result<(), PlanError> {
         }
     }
     if let Some(url) = &t.analysis_url {
-        if let Err(why) = check_analysis_url(url) {
+        if let Err(why) = parse_analysis_url(url) {
             return Err(PlanError::BadAnalysisUrl {
                 service,
                 url: url.clone(),
@@ -499,20 +499,53 @@ pub fn check_plan(plan: &Plan, ctx: &PlanContext) -> Result<(), PlanError> {
     Ok(())
 }
 
-/// Why `url` cannot be polled as an analysis endpoint (only `http://`
-/// with a host).
-fn check_analysis_url(url: &str) -> Result<(), String> {
+/// `http://host[:port]/path?query` split into what a request needs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AnalysisUrl {
+    pub host: String,
+    pub port: u16,
+    /// Path and query, starting with `/`.
+    pub target: String,
+}
+
+/// Parses an analysis URL (`http://` only; IPv6 hosts in brackets).
+pub fn parse_analysis_url(url: &str) -> Result<AnalysisUrl, String> {
     let rest = url
         .strip_prefix("http://")
         .ok_or_else(|| "only http:// URLs are supported".to_string())?;
-    let host = rest.split(['/', '?']).next().unwrap_or("");
+    let split = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, target) = rest.split_at(split);
+    let target = match target {
+        "" => "/".to_string(),
+        t if t.starts_with('?') => format!("/{t}"),
+        t => t.to_string(),
+    };
+    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+        let (h, after) = v6
+            .split_once(']')
+            .ok_or_else(|| "unclosed [ in the host".to_string())?;
+        (h.to_string(), after.strip_prefix(':'))
+    } else {
+        match authority.rsplit_once(':') {
+            Some((h, p)) => (h.to_string(), Some(p)),
+            None => (authority.to_string(), None),
+        }
+    };
     if host.is_empty() {
         return Err("it has no host".to_string());
     }
     if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err("it contains spaces or control characters".to_string());
     }
-    Ok(())
+    let port = match port {
+        None => 80,
+        Some(p) => p
+            .parse::<u16>()
+            .ok()
+            .filter(|&p| p > 0)
+            .ok_or_else(|| format!("port {p:?} is not a number from 1 to 65535"))?,
+    };
+    Ok(AnalysisUrl { host, port, target })
 }
 
 /// An operation that does not apply in the shift's state.

@@ -19,7 +19,7 @@ use http_body_util::Empty;
 use hyper::body::Bytes;
 use hyper::header::{self, HeaderValue};
 use hyper::Request;
-use steer_policy::shift::Verdict;
+use steer_policy::shift::{parse_analysis_url as parse_url, Verdict};
 use tokio::sync::{mpsc, watch};
 
 use super::owner::{Event, Published};
@@ -32,52 +32,6 @@ pub const TIMEOUT: Duration = Duration::from_secs(2);
 pub const ERROR_LIMIT: u32 = 3;
 /// The largest answer read.
 const BODY_CAP: usize = 16 * 1024;
-
-/// `http://host[:port]/path?query` split into what a request needs.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Url {
-    pub host: String,
-    pub port: u16,
-    /// Path and query, starting with `/`.
-    pub target: String,
-}
-
-/// Parses an analysis URL (`http://` only; IPv6 hosts in brackets).
-pub fn parse_url(url: &str) -> Result<Url, String> {
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or_else(|| "only http:// URLs are supported".to_string())?;
-    let split = rest.find(['/', '?']).unwrap_or(rest.len());
-    let (authority, target) = rest.split_at(split);
-    let target = match target {
-        "" => "/".to_string(),
-        t if t.starts_with('?') => format!("/{t}"),
-        t => t.to_string(),
-    };
-    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
-        let (h, after) = v6
-            .split_once(']')
-            .ok_or_else(|| "unclosed [ in the host".to_string())?;
-        (h.to_string(), after.strip_prefix(':'))
-    } else {
-        match authority.rsplit_once(':') {
-            Some((h, p)) => (h.to_string(), Some(p)),
-            None => (authority.to_string(), None),
-        }
-    };
-    if host.is_empty() {
-        return Err("it has no host".to_string());
-    }
-    let port = match port {
-        None => 80,
-        Some(p) => p
-            .parse::<u16>()
-            .ok()
-            .filter(|&p| p > 0)
-            .ok_or_else(|| format!("port {p:?} is not a number from 1 to 65535"))?,
-    };
-    Ok(Url { host, port, target })
-}
 
 /// The verdict in an endpoint's answer, or why the answer is not one.
 pub fn judge(status: u16, body: &[u8]) -> Result<Verdict, String> {
@@ -222,6 +176,7 @@ pub async fn run(mut published: watch::Receiver<Arc<Published>>, events: mpsc::S
 #[cfg(test)]
 mod tests {
     use super::*;
+    use steer_policy::shift::AnalysisUrl as Url;
 
     #[test]
     fn urls_are_split_into_host_port_and_target() {
