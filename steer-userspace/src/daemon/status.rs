@@ -98,21 +98,17 @@ pub fn report_at(p: &Published, counters: Option<&CounterReader>, now: SystemTim
                             .outliers
                             .get(&svc.name)
                             .and_then(|o| o.backends.get(&b.name));
+                        let ejected_until = outlier.and_then(|o| o.ejected_until);
+                        let ramp = ramps.get(&svc.name).and_then(|r| r.get(&b.name)).copied();
                         BackendStatus {
                             name: b.name.clone(),
                             address: b.address.to_string(),
                             region: b.region.clone(),
                             weight: b.weight,
-                            effective_weight: if is_down
-                                || is_drained
-                                || outlier.is_some_and(|o| o.ejected_until.is_some())
-                            {
-                                0
-                            } else {
-                                match ramps.get(&svc.name).and_then(|r| r.get(&b.name)) {
-                                    Some(&(k, n)) => b.weight * k / n.max(1),
-                                    None => b.weight,
-                                }
+                            effective_weight: match ramp {
+                                _ if is_down || is_drained || ejected_until.is_some() => 0,
+                                Some((k, n)) => b.weight * k / n.max(1),
+                                None => b.weight,
                             },
                             health,
                             drained: is_drained,
@@ -125,13 +121,11 @@ pub fn report_at(p: &Published, counters: Option<&CounterReader>, now: SystemTim
                             new_flows: c.new_flows,
                             repeated_syns: passive.repeated_syns,
                             handshakes: passive.handshakes,
-                            ejected: outlier.is_some_and(|o| o.ejected_until.is_some()),
-                            ejected_until: outlier.and_then(|o| o.ejected_until),
+                            ejected: ejected_until.is_some(),
+                            ejected_until,
                             ejections: outlier.map_or(0, |o| o.ejections),
-                            slow_start_percent: ramps
-                                .get(&svc.name)
-                                .and_then(|r| r.get(&b.name))
-                                .map(|&(k, n)| f64::from(k) * 100.0 / f64::from(n.max(1))),
+                            slow_start_percent: ramp
+                                .map(|(k, n)| f64::from(k) * 100.0 / f64::from(n.max(1))),
                         }
                     })
                     .collect(),
