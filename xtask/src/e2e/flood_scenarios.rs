@@ -20,7 +20,10 @@ use anyhow::{anyhow, bail, Context as _, Result};
 use super::{
     config::Cfg,
     daemon::{self, Steer},
-    lifecycle::{broken_streams, drops, stream_line, wait_new_flows},
+    lifecycle::{
+        ap_reload_missing, broken_streams, drops, shortest_ms, stream_line, wait_new_flows,
+        with_ap_added,
+    },
     traffic::{counts, http_loop, sum_batches, Background},
     Ctx,
 };
@@ -118,18 +121,7 @@ pub fn synflood_reload(ctx: &Ctx) -> Result<String> {
     let ct = a
         .dataplane_int("conntrack_size")
         .ok_or_else(|| anyhow!("the config has no [dataplane] conntrack_size"))?;
-    let mut b = a.clone();
-    b.set_service_backends("web", &["eu1", "eu2", "us1", "us2", "ap1", "ap2"])?;
-    for (n, w) in [
-        ("eu1", 50),
-        ("eu2", 150),
-        ("us1", 100),
-        ("us2", 250),
-        ("ap1", 300),
-        ("ap2", 100),
-    ] {
-        b.set_weight(n, w)?;
-    }
+    let b = with_ap_added(&a)?;
     let path = ctx.file("synflood.toml");
     a.write(&path)?;
     b.write(&ctx.file("synflood-after.toml"))?;
@@ -281,12 +273,7 @@ pub fn synflood_reload(ctx: &Ctx) -> Result<String> {
     ));
     let report = running.wait()?;
     let idle_report = idle_running.wait()?;
-    let idle_shortest = idle_report
-        .results
-        .iter()
-        .map(|x| x.elapsed_ms)
-        .min()
-        .unwrap_or(0);
+    let idle_shortest = shortest_ms(&idle_report);
     ctx.say(format!(
         "idle streams ({} of {} KiB, {:.0} s between chunks): {}; shortest lasted {:.2}s",
         idle.streams,
@@ -295,12 +282,7 @@ pub fn synflood_reload(ctx: &Ctx) -> Result<String> {
         stream_line(&idle_report),
         idle_shortest as f64 / 1000.0
     ));
-    let shortest = report
-        .results
-        .iter()
-        .map(|x| x.elapsed_ms)
-        .min()
-        .unwrap_or(0);
+    let shortest = shortest_ms(&report);
     ctx.say(format!(
         "{}; shortest stream lasted {:.2}s",
         stream_line(&report),
@@ -350,16 +332,7 @@ pub fn synflood_reload(ctx: &Ctx) -> Result<String> {
             flood_done.as_millis()
         ));
     }
-    if fresh.errors > 0
-        || !fresh.backends.contains_key("ap1")
-        || !fresh.backends.contains_key("ap2")
-    {
-        problems.push(format!(
-            "the reload did not take effect for new connections: {} errors, backends {}",
-            fresh.errors,
-            counts(&fresh.backends)
-        ));
-    }
+    problems.extend(ap_reload_missing(&fresh));
     if !problems.is_empty() {
         bail!("{}", problems.join("; "));
     }

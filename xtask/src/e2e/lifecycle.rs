@@ -18,6 +18,42 @@ use super::{
 };
 use crate::lab::{self, topo, Load, StreamReport, Streams};
 
+/// `a` after the reload both reload scenarios make: web's weights
+/// 50/150/100/250 on eu1, eu2, us1, us2, and ap1 (300) and ap2 (100) added.
+pub(super) fn with_ap_added(a: &Cfg) -> Result<Cfg> {
+    let mut b = a.clone();
+    b.set_service_backends("web", &["eu1", "eu2", "us1", "us2", "ap1", "ap2"])?;
+    for (n, w) in [
+        ("eu1", 50),
+        ("eu2", 150),
+        ("us1", 100),
+        ("us2", 250),
+        ("ap1", 300),
+        ("ap2", 100),
+    ] {
+        b.set_weight(n, w)?;
+    }
+    Ok(b)
+}
+
+/// How long the shortest stream of `r` lasted, in milliseconds.
+pub(super) fn shortest_ms(r: &StreamReport) -> u64 {
+    r.results.iter().map(|x| x.elapsed_ms).min().unwrap_or(0)
+}
+
+/// Why new connections after [`with_ap_added`]'s reload show it did not
+/// take effect (errors, or ap1 or ap2 never chosen), if they do.
+pub(super) fn ap_reload_missing(fresh: &lab::LoadReport) -> Option<String> {
+    (fresh.errors > 0 || !fresh.backends.contains_key("ap1") || !fresh.backends.contains_key("ap2"))
+        .then(|| {
+            format!(
+                "the reload did not take effect for new connections: {} errors, backends {}",
+                fresh.errors,
+                counts(&fresh.backends)
+            )
+        })
+}
+
 /// Streams that did not finish complete and intact.
 pub(super) fn broken_streams(r: &StreamReport) -> Vec<String> {
     r.results
@@ -87,18 +123,7 @@ pub(super) fn wait_new_flows(steer: &Steer, svc: &str, n: u64, within: Duration)
 pub fn reload_keeps_connections(ctx: &Ctx) -> Result<String> {
     let mut a = Cfg::lab()?;
     a.set_service_backends("web", &["eu1", "eu2", "us1", "us2"])?;
-    let mut b = a.clone();
-    b.set_service_backends("web", &["eu1", "eu2", "us1", "us2", "ap1", "ap2"])?;
-    for (n, w) in [
-        ("eu1", 50),
-        ("eu2", 150),
-        ("us1", 100),
-        ("us2", 250),
-        ("ap1", 300),
-        ("ap2", 100),
-    ] {
-        b.set_weight(n, w)?;
-    }
+    let b = with_ap_added(&a)?;
     let path = ctx.file("reload-streams.toml");
     a.write(&path)?;
     b.write(&ctx.file("reload-streams-after.toml"))?;
@@ -149,12 +174,7 @@ pub fn reload_keeps_connections(ctx: &Ctx) -> Result<String> {
         counts(&fresh.backends)
     ));
     let report = running.wait()?;
-    let shortest = report
-        .results
-        .iter()
-        .map(|x| x.elapsed_ms)
-        .min()
-        .unwrap_or(0);
+    let shortest = shortest_ms(&report);
     ctx.say(format!(
         "{}; shortest stream lasted {:.2}s",
         stream_line(&report),
@@ -172,16 +192,7 @@ pub fn reload_keeps_connections(ctx: &Ctx) -> Result<String> {
             reloaded.as_millis()
         ));
     }
-    if fresh.errors > 0
-        || !fresh.backends.contains_key("ap1")
-        || !fresh.backends.contains_key("ap2")
-    {
-        problems.push(format!(
-            "the reload did not take effect for new connections: {} errors, backends {}",
-            fresh.errors,
-            counts(&fresh.backends)
-        ));
-    }
+    problems.extend(ap_reload_missing(&fresh));
     if !problems.is_empty() {
         bail!("{}", problems.join("; "));
     }
