@@ -18,7 +18,7 @@
 //! passive-health fields.
 use std::{
     collections::BTreeMap,
-    net::{IpAddr, SocketAddr},
+    net::IpAddr,
     thread,
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
@@ -30,10 +30,10 @@ use steer_api::ShiftReport;
 use super::{
     config::Cfg,
     daemon::{self, Steer},
+    policy_scenarios::client_live,
     Ctx,
 };
 use crate::lab::{
-    self,
     policy::{self, GEO_CLASSES},
     topo, Lab,
 };
@@ -252,43 +252,11 @@ struct Line {
     backend: Option<String>,
 }
 
-/// `client-live` to `to` at `rate` connections/s for `secs` from `from`,
+/// `client-live` to web at `rate` connections/s for `secs` from `from`,
 /// with [`CLIENT_CONCURRENCY`] threads and a [`CLIENT_TIMEOUT_MS`]
 /// timeout; its lines.
-fn live(lab: &Lab, to: SocketAddr, from: &[IpAddr], rate: f64, secs: u64) -> Result<Vec<Line>> {
-    let mut args: Vec<String> = vec!["client-live".into(), "--to".into(), to.to_string()];
-    for f in from {
-        args.push("--from".into());
-        args.push(f.to_string());
-    }
-    args.extend([
-        "--rate".into(),
-        format!("{rate}"),
-        "--concurrency".into(),
-        CLIENT_CONCURRENCY.to_string(),
-        "--timeout-ms".into(),
-        CLIENT_TIMEOUT_MS.to_string(),
-        "--duration-ms".into(),
-        (secs * 1000).to_string(),
-    ]);
-    let out = lab::run_in(
-        topo::NS_CLIENT,
-        &lab.backend_bin().to_string_lossy(),
-        &args,
-        Duration::from_secs(secs + 10),
-    )?;
-    if !out.status.success() {
-        bail!(
-            "client-live failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    let text = String::from_utf8_lossy(&out.stdout);
-    Ok(text
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Line>(l).ok())
-        .collect())
+fn live(lab: &Lab, from: &[IpAddr], rate: f64, secs: u64) -> Result<Vec<Line>> {
+    client_live(lab, from, rate, CLIENT_CONCURRENCY, CLIENT_TIMEOUT_MS, secs)
 }
 
 /// Connections started in `[from_us, to_us)`.
@@ -475,7 +443,7 @@ pub fn passive_ejection(ctx: &Ctx) -> Result<String> {
     let out = thread::scope(|sc| -> Result<_> {
         let lab = ctx.lab;
         let f = from.clone();
-        let h = sc.spawn(move || live(lab, topo::web(), &f, rate, load_secs));
+        let h = sc.spawn(move || live(lab, &f, rate, load_secs));
         let run = (|| -> Result<Ejection> {
             let mut notes = Vec::new();
             // Every backend up, nothing ejected or ramping, before the
@@ -884,7 +852,7 @@ pub fn shift_blackhole_rollback(ctx: &Ctx) -> Result<String> {
     let out = thread::scope(|sc| -> Result<_> {
         let lab = ctx.lab;
         let f = from.clone();
-        let h = sc.spawn(move || live(lab, topo::web(), &f, rate, secs_total));
+        let h = sc.spawn(move || live(lab, &f, rate, secs_total));
         let run = (|| -> Result<Run> {
             thread::sleep(Duration::from_millis(2_500));
             let o = steer.cli_ok(&[

@@ -857,6 +857,20 @@ pub(super) struct LiveLine {
 
 /// `client-live` at `rate` requests/s for `secs` from `from`; the lines.
 pub(super) fn live(lab: &Lab, from: &[IpAddr], rate: f64, secs: u64) -> Result<Vec<LiveLine>> {
+    client_live(lab, from, rate, 64, 2000, secs)
+}
+
+/// `client-live` to web at `rate` requests/s for `secs` from `from`, with
+/// `concurrency` threads and a `timeout_ms` timeout; its JSON lines, read
+/// as `T`.
+pub(super) fn client_live<T: serde::de::DeserializeOwned>(
+    lab: &Lab,
+    from: &[IpAddr],
+    rate: f64,
+    concurrency: u32,
+    timeout_ms: u64,
+    secs: u64,
+) -> Result<Vec<T>> {
     let mut args: Vec<String> = vec!["client-live".into(), "--to".into(), topo::web().to_string()];
     for f in from {
         args.push("--from".into());
@@ -866,9 +880,9 @@ pub(super) fn live(lab: &Lab, from: &[IpAddr], rate: f64, secs: u64) -> Result<V
         "--rate".into(),
         format!("{rate}"),
         "--concurrency".into(),
-        "64".into(),
+        concurrency.to_string(),
         "--timeout-ms".into(),
-        "2000".into(),
+        timeout_ms.to_string(),
         "--duration-ms".into(),
         (secs * 1000).to_string(),
     ]);
@@ -888,7 +902,7 @@ pub(super) fn live(lab: &Lab, from: &[IpAddr], rate: f64, secs: u64) -> Result<V
     let text = String::from_utf8_lossy(&out.stdout);
     Ok(text
         .lines()
-        .filter_map(|l| serde_json::from_str::<LiveLine>(l).ok())
+        .filter_map(|l| serde_json::from_str::<T>(l).ok())
         .collect())
 }
 
