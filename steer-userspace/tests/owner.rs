@@ -4,7 +4,7 @@
 //! Privileged: needs root (fails loudly under CI=true).
 
 mod common;
-use common::require_root;
+use common::{require_root, Pins};
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -14,7 +14,7 @@ use std::time::Duration;
 use steer::api::Response;
 use steer::config::Config;
 use steer::daemon::{down_set, Event, Owner, Published};
-use steer::dataplane::{Dataplane, Persist};
+use steer::dataplane::Dataplane;
 use steer::health::TargetStatus;
 use steer::policy::ApplyConfig as _;
 use steer::policy::BackendState;
@@ -457,32 +457,6 @@ fn a_region_drain_empties_the_region_from_every_table_and_undoes() {
     assert!(owner.published().drained_regions.is_empty());
 }
 
-/// A pin directory and state file that are removed (with every pin) on
-/// drop.
-struct Pins(Persist);
-
-impl Pins {
-    fn new(name: &str) -> Pins {
-        let tag = format!("steer-owner-{}-{name}", std::process::id());
-        let p = Persist {
-            pin_dir: Path::new("/sys/fs/bpf").join(&tag),
-            state_file: std::env::temp_dir().join(&tag).join("state.json"),
-        };
-        let _ = Dataplane::remove_pins(&p);
-        Pins(p)
-    }
-}
-
-impl Drop for Pins {
-    fn drop(&mut self) {
-        let _ = Dataplane::remove_pins(&self.0);
-        let _ = std::fs::remove_dir_all(&self.0.pin_dir);
-        if let Some(d) = self.0.state_file.parent() {
-            let _ = std::fs::remove_dir_all(d);
-        }
-    }
-}
-
 /// Runs a first data plane with pins, drains a backend, drops it without
 /// cleanup (as a killed daemon would), replaces its state file with
 /// `corrupt(valid state)`, and opens again.
@@ -582,7 +556,7 @@ fn a_region_drain_survives_a_restart() {
     let path = dir.0.join("steer.toml");
     write_atomic(&path, &config(0));
     let cfg = Config::load(&path).expect("valid config");
-    let pins = Pins::new("drain-region-restart");
+    let pins = Pins::new("owner-drain-region-restart");
     {
         let (dp, adopted) = Dataplane::open(&cfg.dataplane, pins.0.clone()).expect("open");
         assert!(!adopted);

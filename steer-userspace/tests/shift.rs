@@ -6,16 +6,16 @@
 //! CI=true).
 
 mod common;
-use common::require_root;
+use common::{require_root, Pins, Scratch};
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use steer::api::Response;
 use steer::config::Config;
 use steer::daemon::{shift_report, unix_ms, Event, Owner, ShiftOp};
-use steer::dataplane::{Dataplane, Persist};
+use steer::dataplane::Dataplane;
 use steer::health::TargetStatus;
 use steer::policy::{ApplyConfig as _, Runtime};
 use steer_policy::shift::{Plan, State, Triggers, Verdict};
@@ -75,48 +75,6 @@ policy = "weighted"
 "#
     ));
     s
-}
-
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> TempDir {
-        let dir = std::env::temp_dir().join(format!("steer-shift-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// A pin directory and state file removed (with every pin) on drop.
-struct Pins(Persist);
-
-impl Pins {
-    fn new(name: &str) -> Pins {
-        let tag = format!("steer-shift-{}-{name}", std::process::id());
-        let p = Persist {
-            pin_dir: Path::new("/sys/fs/bpf").join(&tag),
-            state_file: std::env::temp_dir().join(&tag).join("state.json"),
-        };
-        let _ = Dataplane::remove_pins(&p);
-        Pins(p)
-    }
-}
-
-impl Drop for Pins {
-    fn drop(&mut self) {
-        let _ = Dataplane::remove_pins(&self.0);
-        let _ = std::fs::remove_dir_all(&self.0.pin_dir);
-        if let Some(d) = self.0.state_file.parent() {
-            let _ = std::fs::remove_dir_all(d);
-        }
-    }
 }
 
 const EU: [&str; 4] = ["b0", "b1", "b2", "b3"];
@@ -182,8 +140,8 @@ fn assert_stage(dp: &Dataplane, base: f64, percent: f64) {
     );
 }
 
-fn owner_for(dir: &TempDir, dp: Dataplane) -> (Owner, Config) {
-    let path = dir.0.join("steer.toml");
+fn owner_for(dir: &Scratch, dp: Dataplane) -> (Owner, Config) {
+    let path = dir.path("steer.toml");
     std::fs::write(&path, config(r#""eu", "us""#)).expect("config");
     let cfg = Config::load(&path).expect("valid config");
     let (mut owner, _p) = Owner::new(path, cfg.clone(), dp, BTreeSet::new());
@@ -212,7 +170,7 @@ fn a_shift_moves_the_tables_stage_by_stage_and_completes() {
     if !require_root() {
         return;
     }
-    let dir = TempDir::new("stages");
+    let dir = Scratch::new("shift-stages");
     let dp = Dataplane::load(&config_dp()).expect("load");
     let (mut owner, _cfg) = owner_for(&dir, dp);
     let base = eu_share(owner.dataplane());
@@ -280,7 +238,7 @@ fn an_unhealthy_target_rolls_the_shift_back_at_the_next_tick() {
     if !require_root() {
         return;
     }
-    let dir = TempDir::new("rollback");
+    let dir = Scratch::new("shift-rollback");
     let dp = Dataplane::load(&config_dp()).expect("load");
     let (mut owner, cfg) = owner_for(&dir, dp);
     let base = eu_share(owner.dataplane());
@@ -354,7 +312,7 @@ fn a_failing_external_analysis_rolls_the_shift_back() {
     if !require_root() {
         return;
     }
-    let dir = TempDir::new("analysis");
+    let dir = Scratch::new("shift-analysis");
     let dp = Dataplane::load(&config_dp()).expect("load");
     let (mut owner, _cfg) = owner_for(&dir, dp);
     let base = eu_share(owner.dataplane());
@@ -412,7 +370,7 @@ fn repeated_syns_to_the_target_region_roll_the_shift_back() {
     if !require_root() {
         return;
     }
-    let dir = TempDir::new("passive");
+    let dir = Scratch::new("shift-passive");
     let dp = Dataplane::load(&config_dp()).expect("load");
     let (mut owner, _cfg) = owner_for(&dir, dp);
     let triggers = Triggers {
@@ -477,7 +435,7 @@ fn pause_resume_abort_and_refused_plans() {
     if !require_root() {
         return;
     }
-    let dir = TempDir::new("ops");
+    let dir = Scratch::new("shift-ops");
     let dp = Dataplane::load(&config_dp()).expect("load");
     let (mut owner, _cfg) = owner_for(&dir, dp);
     let base = eu_share(owner.dataplane());
@@ -537,8 +495,8 @@ fn a_shift_survives_a_restart_in_the_middle_of_a_stage_with_its_clock_running() 
     if !require_root() {
         return;
     }
-    let dir = TempDir::new("restart");
-    let pins = Pins::new("restart");
+    let dir = Scratch::new("shift-restart");
+    let pins = Pins::new("shift-restart");
     let dp_cfg = config_dp();
     const HOLD: u64 = 4000;
     let (at_50, stage_started, base) = {
@@ -606,7 +564,7 @@ fn a_reload_keeps_the_shift_and_drops_it_when_its_region_leaves() {
     if !require_root() {
         return;
     }
-    let dir = TempDir::new("reload");
+    let dir = Scratch::new("shift-reload");
     let dp = Dataplane::load(&config_dp()).expect("load");
     let (mut owner, _cfg) = owner_for(&dir, dp);
     let base = eu_share(owner.dataplane());
@@ -630,18 +588,18 @@ fn a_reload_keeps_the_shift_and_drops_it_when_its_region_leaves() {
          regions = [\"eu\"]\nallowed_regions = [\"eu\"]\n",
         config(r#""eu", "us""#)
     );
-    std::fs::write(dir.0.join("steer.toml"), eu_only).expect("config");
+    std::fs::write(dir.path("steer.toml"), eu_only).expect("config");
     let r = reload(&mut owner);
     assert!(ok(&r), "{r:?}");
     assert!(owner.published().shifts.is_empty());
     assert_stage(owner.dataplane(), base, 0.0);
     // Back to the first config, with a new shift.
-    std::fs::write(dir.0.join("steer.toml"), config(r#""eu", "us""#)).expect("config");
+    std::fs::write(dir.path("steer.toml"), config(r#""eu", "us""#)).expect("config");
     assert!(ok(&reload(&mut owner)));
     let r = start(&mut owner, plan(&[50, 100], 60_000, Triggers::default()));
     assert!(ok(&r), "{r:?}");
     // web no longer has us: the shift is dropped.
-    std::fs::write(dir.0.join("steer.toml"), config(r#""eu""#)).expect("config");
+    std::fs::write(dir.path("steer.toml"), config(r#""eu""#)).expect("config");
     let r = reload(&mut owner);
     assert!(ok(&r), "{r:?}");
     assert!(owner.published().shifts.is_empty());
@@ -652,8 +610,8 @@ fn a_reload_keeps_the_shift_and_drops_it_when_its_region_leaves() {
 /// one that stays keeps eu, and the line says which.
 #[test]
 fn explain_shows_a_what_if_shift() {
-    let dir = TempDir::new("explain");
-    let path = dir.0.join("steer.toml");
+    let dir = Scratch::new("shift-explain");
+    let path = dir.path("steer.toml");
     std::fs::write(&path, config(r#""eu", "us""#)).expect("config");
     let explain = |port: u16, shift: Option<&str>| -> String {
         let mut cmd = std::process::Command::new(STEER);
@@ -735,8 +693,8 @@ fn explain_shows_a_what_if_shift() {
 
 #[test]
 fn steer_check_rejects_a_shift_plan_that_breaks_residency() {
-    let dir = TempDir::new("check");
-    let path = dir.0.join("steer.toml");
+    let dir = Scratch::new("shift-check");
+    let path = dir.path("steer.toml");
     std::fs::write(&path, config(r#""eu", "us""#)).expect("config");
     let check = |shifts: &[&str]| {
         let mut cmd = std::process::Command::new(STEER);
@@ -840,11 +798,11 @@ fn replay_shares_follow_each_stage_and_flows_keep_their_backends() {
         return;
     }
     const FLOWS: usize = 20_000;
-    let dir = TempDir::new("replay");
-    let cfg = dir.0.join("steer.toml");
+    let dir = Scratch::new("shift-replay");
+    let cfg = dir.path("steer.toml");
     let text = config(r#""eu", "us""#).replace("conntrack_size = 1024", "conntrack_size = 65536");
     std::fs::write(&cfg, text).expect("config");
-    let input = dir.0.join("in.pcap");
+    let input = dir.path("in.pcap");
     // Clients outside the us-only class's prefix: the default table.
     let frames: Vec<Vec<u8>> = (0..FLOWS)
         .map(|i| {
@@ -856,7 +814,7 @@ fn replay_shares_follow_each_stage_and_flows_keep_their_backends() {
         .collect();
     write_pcap(&input, &frames);
     let run = |shift: Option<String>| -> Vec<[u8; 4]> {
-        let out = dir.0.join("out.pcap");
+        let out = dir.path("out.pcap");
         let mut cmd = std::process::Command::new(STEER);
         cmd.arg("replay")
             .arg("--config")

@@ -42,6 +42,32 @@ impl Drop for Scratch {
     }
 }
 
+/// A pin directory (on bpffs) and a state file unique to this process and
+/// `tag`, removed with every pin on drop (and before use).
+pub struct Pins(pub steer::dataplane::Persist);
+
+impl Pins {
+    pub fn new(tag: &str) -> Pins {
+        let tag = format!("steer-{tag}-{}", std::process::id());
+        let p = steer::dataplane::Persist {
+            pin_dir: std::path::Path::new("/sys/fs/bpf").join(&tag),
+            state_file: std::env::temp_dir().join(&tag).join("state.json"),
+        };
+        let _ = steer::dataplane::Dataplane::remove_pins(&p);
+        Pins(p)
+    }
+}
+
+impl Drop for Pins {
+    fn drop(&mut self) {
+        let _ = steer::dataplane::Dataplane::remove_pins(&self.0);
+        let _ = std::fs::remove_dir_all(&self.0.pin_dir);
+        if let Some(d) = self.0.state_file.parent() {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
+}
+
 /// Runs `cmd` to completion, killing it after `timeout`; Err if it cannot
 /// be run or does not finish.
 pub fn try_run_bounded(
