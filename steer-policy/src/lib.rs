@@ -82,6 +82,10 @@
 //! regime (the region below 1/overprovisioning healthy) the region's load
 //! falls as well, and a backend going down moves about 1.4 to 1.6 times its
 //! own share (for example 19.3 % for a 13.9 % share, 5 -> 4 of 10 healthy).
+//! No construction can do much better in small regions: some single
+//! backend going down must move at least (overprovisioning − 1) / (n (n − 1))
+//! beyond its own share in a region of n equal backends (6.67 % for n = 3
+//! at 1.4); the proof is in docs/policies.md, section 10.
 //! A 65,537-slot table over three regions of 20 backends takes about 12 ms
 //! in release.
 //!
