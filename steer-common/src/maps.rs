@@ -218,6 +218,25 @@ pub struct FlowKey {
 /// (`PASSIVE_STATS`).
 pub const CT_F_PENDING: u16 = 1;
 
+/// `CtValue::flags` bits 15..1: the low 15 bits of the conntrack epoch
+/// (`Settings::ct_epoch`) in which the program last wrote the entry's
+/// `RECENT_SYN` filter bit (see [`SynBucket`]). An entry of an older epoch
+/// is refreshed by the flow's next packet: its bit is set again and its
+/// bucket is checked for a newer SYN of the same 5-tuple (port reuse).
+pub const CT_EPOCH_SHIFT: u16 = 1;
+
+/// The epoch bits of a `CtValue::flags` for conntrack epoch `epoch`.
+#[inline(always)]
+pub const fn ct_epoch_flags(epoch: u32) -> u16 {
+    ((epoch & 0x7fff) as u16) << CT_EPOCH_SHIFT
+}
+
+/// Whether `flags` (a `CtValue::flags`) carries epoch `epoch`.
+#[inline(always)]
+pub const fn ct_epoch_is(flags: u16, epoch: u32) -> bool {
+    flags >> CT_EPOCH_SHIFT == (epoch & 0x7fff) as u16
+}
+
 /// `RECENT_SYN` slots for a conntrack table of `conntrack_size` entries:
 /// the next power of two, at least 65,536 (512 KiB, so that even a small
 /// table keeps a thousand concurrent handshakes without losing one) and at
@@ -243,9 +262,47 @@ pub const fn syn_buckets(conntrack_size: u32) -> u32 {
     syn_slots(conntrack_size) / SYN_WAYS as u32
 }
 
-/// A `RECENT_SYN` value: [`SYN_WAYS`] packed [`SynSlot`]s, 32 bytes, so a
-/// bucket never straddles a 64-byte cache line.
-pub type SynBucket = [u64; SYN_WAYS];
+/// A `RECENT_SYN` value, 64 bytes (one cache line): [`SYN_WAYS`] packed
+/// [`SynSlot`]s, and a filter of the 5-tuples of this bucket that
+/// conntrack may hold.
+///
+/// The filter lets a TCP SYN skip its conntrack lookup, its most expensive
+/// step in a full table: a 5-tuple conntrack holds has its bit (bit
+/// [`syn_filter_bit`] of its flow hash) set in `cur` for the epoch it was
+/// last written in. A SYN whose bit is clear in `cur | prev` while the
+/// bucket's `epoch` is the current epoch or the one before has no entry
+/// written in those two epochs; an older entry of the same 5-tuple is
+/// caught by the flow's next packet instead (its entry's epoch is old, so
+/// that packet checks this bucket for the SYN's slot and, finding it,
+/// follows the SYN). Bits are never cleared, only aged out: moving to a
+/// new epoch makes `cur` the new `prev`.
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SynBucket {
+    pub slots: [u64; SYN_WAYS],
+    /// The conntrack epoch `cur` belongs to (low 32 bits; high bits 0).
+    pub epoch: u64,
+    /// Filter bits written in `epoch`.
+    pub cur: u64,
+    /// Filter bits written in the epoch before `epoch` (or earlier).
+    pub prev: u64,
+    pub _pad: u64,
+}
+
+/// The filter bit of a flow with flow hash `hash` in its [`SynBucket`]:
+/// the hash's top six bits, which the bucket index (at most 20 low bits)
+/// never uses.
+#[inline(always)]
+pub const fn syn_filter_bit(hash: u32) -> u64 {
+    1u64 << (hash >> 26)
+}
+
+/// The conntrack epoch of a moment `boottime_ns` nanoseconds after boot:
+/// one epoch every 2^32 ns (4.3 s). Monotonic across daemon restarts, so
+/// pinned buckets and entries stay comparable.
+pub const fn ct_epoch_at(boottime_ns: u64) -> u32 {
+    (boottime_ns >> 32) as u32
+}
 
 /// One `RECENT_SYN` slot, a TCP SYN of a flow-affinity VIP whose bucket is
 /// `flow_hash & (buckets - 1)`, packed in one `u64` so
@@ -329,6 +386,9 @@ pub struct Settings {
     /// `SETTINGS_F_*` bits.
     pub flags: u8,
     pub _pad: [u8; 4],
+    /// The conntrack epoch ([`ct_epoch_at`]), advanced by the daemon.
+    pub ct_epoch: u32,
+    pub _pad2: [u8; 4],
 }
 
 /// Value of `SOURCE_MACS`: the source MAC of frames transmitted out of an
@@ -618,7 +678,22 @@ mod tests {
         assert_eq!(syn_slots(1_000_000), 1_048_576);
         assert_eq!(syn_slots(u32::MAX), 1 << 22);
         assert_eq!(syn_buckets(4096), 16_384);
-        assert_eq!(core::mem::size_of::<SynBucket>(), 32);
+        assert_eq!(core::mem::size_of::<SynBucket>(), 64);
+        // The filter bit comes from the hash bits the bucket index never
+        // uses (at most 2^20 buckets).
+        assert!(syn_buckets(u32::MAX) <= 1 << 20);
+        assert_eq!(syn_filter_bit(0x03ff_ffff), 1);
+        assert_eq!(syn_filter_bit(0xfc00_0000), 1 << 63);
+        assert_eq!(syn_filter_bit(0x0400_0000), 2);
+        assert_eq!(ct_epoch_at(0), 0);
+        assert_eq!(ct_epoch_at((1 << 32) - 1), 0);
+        assert_eq!(ct_epoch_at(5 << 32), 5);
+        // 15 epoch bits above the pending bit, compared modulo 2^15.
+        let f = ct_epoch_flags(0x8003) | CT_F_PENDING;
+        assert_eq!(f, (3 << 1) | 1);
+        assert!(ct_epoch_is(f, 3));
+        assert!(ct_epoch_is(f, 0x8003));
+        assert!(!ct_epoch_is(f, 4));
     }
 
     #[test]
@@ -631,7 +706,7 @@ mod tests {
         assert_eq!(size_of::<CtValue>(), 16);
         assert_eq!(
             size_of::<Settings>(),
-            4 + 4 + 16 + 4 + 4 + 4 + 6 + 1 + 1 + 4
+            4 + 4 + 16 + 4 + 4 + 4 + 6 + 1 + 1 + 4 + 4 + 4
         );
         assert_eq!(size_of::<Counters>(), 24);
         assert_eq!(size_of::<Passive>(), 16);

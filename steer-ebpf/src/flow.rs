@@ -1,8 +1,8 @@
 //! Flow keys and the connection table.
 
 use steer_common::{
-    hash::flow_tag, Branch, CtValue, FlowKey, Real, SynBucket, SynSlot, CT_F_PENDING, REAL_F_DOWN,
-    REAL_F_PRESENT, SYN_WAYS,
+    ct_epoch_flags, ct_epoch_is, hash::flow_tag, syn_filter_bit, Branch, CtValue, FlowKey, Real,
+    SynBucket, SynSlot, CT_F_PENDING, PROTO_TCP, REAL_F_DOWN, REAL_F_PRESENT, SYN_WAYS,
 };
 
 use crate::{
@@ -52,8 +52,13 @@ pub fn present_real(real_id: u32) -> Option<Real> {
 /// that is not a TCP SYN), a hit on a handshake-pending entry clears the
 /// mark and counts one handshake for the entry's real: the client has seen
 /// the backend's SYN-ACK. ICMP errors pass `completes = false`.
+///
+/// With `completes`, a TCP entry written in another conntrack epoch than
+/// `epoch` is refreshed first (see [`refresh`]): a SYN of the same 5-tuple
+/// that skipped its conntrack lookup (port reuse after the entry's filter
+/// bit aged out) is followed, and the entry's filter bit is set again.
 #[inline(always)]
-pub fn lookup<const PASSIVE: bool>(key: &FlowKey, completes: bool) -> Lookup {
+pub fn lookup<const PASSIVE: bool>(key: &FlowKey, completes: bool, epoch: u32) -> Lookup {
     let Some(p) = CONNTRACK.get_ptr_mut(key) else {
         return Lookup::Miss;
     };
@@ -62,7 +67,14 @@ pub fn lookup<const PASSIVE: bool>(key: &FlowKey, completes: bool) -> Lookup {
     // is copied out at once. An entry being evicted or overwritten
     // concurrently can at worst give us a stale copy, which the generation
     // check below rejects or which is simply one more hit.
-    let ct = unsafe { *p };
+    let mut ct = unsafe { *p };
+    if completes && key.proto == PROTO_TCP && !ct_epoch_is(ct.flags, epoch) {
+        match refresh::<PASSIVE>(p, key, &mut ct, epoch) {
+            Refresh::Kept => {}
+            Refresh::Reused(real) => return Lookup::Hit { ct, real },
+            Refresh::Stale => return Lookup::Stale,
+        }
+    }
     match usable_real(ct.real_id, Some(ct.real_generation)) {
         Some(real) => {
             if PASSIVE && completes && ct.flags & CT_F_PENDING != 0 {
@@ -75,6 +87,76 @@ pub fn lookup<const PASSIVE: bool>(key: &FlowKey, completes: bool) -> Lookup {
             Lookup::Hit { ct, real }
         }
         None => Lookup::Stale,
+    }
+}
+
+/// What [`refresh`] found in the entry's bucket.
+enum Refresh {
+    /// No newer SYN of the flow: the entry stands (now of this epoch).
+    Kept,
+    /// A newer SYN of the same 5-tuple (client port reuse) that skipped its
+    /// conntrack lookup: the entry now names the real that SYN went to,
+    /// and the handshake is complete.
+    Reused(Real),
+    /// Such a SYN, but its real went down or was replaced: re-select.
+    Stale,
+}
+
+/// A client packet (not a SYN) of a TCP entry written in an older epoch:
+/// once per flow and epoch, it loads the flow's `RECENT_SYN` bucket. A slot
+/// there with the flow's tag is a SYN conntrack did not stop (the entry's
+/// filter bit had aged out, so the SYN skipped its lookup): this packet is
+/// that new connection's, and it follows the SYN like [`syn_take`]. Either
+/// way the entry's filter bit is set and its epoch is `epoch`.
+#[inline(always)]
+fn refresh<const PASSIVE: bool>(
+    p: *mut CtValue,
+    key: &FlowKey,
+    ct: &mut CtValue,
+    epoch: u32,
+) -> Refresh {
+    let Some(b) = syn_bucket(ct.hash) else {
+        return Refresh::Kept;
+    };
+    mark(b, ct.hash, epoch);
+    let flags = (ct.flags & CT_F_PENDING) | ct_epoch_flags(epoch);
+    let tag = flow_tag(key);
+    let slots = b.cast::<u64>();
+    let mut way = SYN_WAYS;
+    let mut raw = 0;
+    for w in 0..SYN_WAYS {
+        let v = load_way(slots, w);
+        if (v >> 32) as u32 == tag {
+            way = w;
+            raw = v;
+        }
+    }
+    if way == SYN_WAYS {
+        ct.flags = flags;
+        // SAFETY: `p` comes from the successful lookup in `lookup` (RCU
+        // keeps it allocated while this program runs); one store into the
+        // value's own flags field.
+        unsafe { (*p).flags = flags };
+        return Refresh::Kept;
+    }
+    store_way(slots, way, 0);
+    let slot = SynSlot::unpack(raw);
+    match usable_real(slot.real_id, None) {
+        Some(real) if slot.same_generation(real.generation) => {
+            if PASSIVE {
+                stats::handshake(slot.real_id);
+            }
+            ct.real_id = slot.real_id;
+            ct.real_generation = real.generation;
+            ct.flags = ct_epoch_flags(epoch);
+            // SAFETY: as above; the whole value is overwritten in place. A
+            // reader on another CPU may copy a mix of old and new fields; a
+            // real id with another real's generation fails its generation
+            // check and is re-selected.
+            unsafe { *p = *ct };
+            Refresh::Reused(real)
+        }
+        _ => Refresh::Stale,
     }
 }
 
@@ -109,12 +191,48 @@ pub fn syn_replace<const PASSIVE: bool>(p: *mut CtValue, v: &CtValue) {
     }
 }
 
-/// The `RECENT_SYN` bucket of a flow with hash `hash`, as a pointer to its
-/// first slot.
+/// The `RECENT_SYN` bucket of a flow with hash `hash`.
 #[inline(always)]
-fn syn_bucket(hash: u32) -> Option<*mut u64> {
-    let p: *mut SynBucket = RECENT_SYN.get_ptr_mut(hash & syn_slot_mask())?;
-    Some(p.cast::<u64>())
+fn syn_bucket(hash: u32) -> Option<*mut SynBucket> {
+    RECENT_SYN.get_ptr_mut(hash & syn_slot_mask())
+}
+
+/// Sets the filter bit of a flow with hash `hash` in its bucket `b` for
+/// `epoch`, moving the bucket to `epoch` first if it is behind (its `cur`
+/// becomes `prev` after one epoch, both are cleared after more). A CPU
+/// still reading the previous epoch sets its bit in `cur`: more bits only
+/// cost SYNs a lookup.
+#[inline(always)]
+fn mark(b: *mut SynBucket, hash: u32, epoch: u32) {
+    let bit = syn_filter_bit(hash);
+    // SAFETY: `b` comes from a successful lookup of our own array map
+    // (`syn_bucket`) and points at a whole, 8-byte aligned `SynBucket` that
+    // stays allocated while this program runs. Plain loads and stores of
+    // whole aligned words: two CPUs writing the same bucket at the same
+    // moment may lose one bit (docs/architecture.md, "The SYN path").
+    unsafe {
+        let e = (*b).epoch as u32;
+        if epoch == e || epoch.wrapping_sub(e) > u32::MAX / 2 {
+            (*b).cur |= bit;
+        } else if epoch == e.wrapping_add(1) {
+            (*b).prev = (*b).cur;
+            (*b).cur = bit;
+            (*b).epoch = u64::from(epoch);
+        } else {
+            (*b).prev = 0;
+            (*b).cur = bit;
+            (*b).epoch = u64::from(epoch);
+        }
+    }
+}
+
+/// Sets the filter bit of a TCP flow with hash `hash` that now has a
+/// conntrack entry of epoch `epoch` (see `steer_common::SynBucket`).
+#[inline(always)]
+pub fn mark_tracked(hash: u32, epoch: u32) {
+    if let Some(b) = syn_bucket(hash) {
+        mark(b, hash, epoch);
+    }
 }
 
 /// Slot `way` (below `SYN_WAYS`) of the bucket at `p`, one aligned 8-byte
@@ -137,24 +255,54 @@ fn store_way(p: *mut u64, way: usize, v: u64) {
     unsafe { core::ptr::write_volatile(p.add(way & (SYN_WAYS - 1)), v) }
 }
 
-/// A SYN's `RECENT_SYN` bucket and what it held when loaded.
+/// A SYN's `RECENT_SYN` bucket, loaded early (see [`syn_slot_load`]).
 pub struct SlotRef {
-    p: *mut u64,
-    old: SynBucket,
+    b: *mut SynBucket,
+    /// Whether conntrack may hold the SYN's 5-tuple (see
+    /// [`syn_slot_load`]).
+    pub maybe_tracked: bool,
 }
 
-/// Loads the `RECENT_SYN` bucket of a SYN with flow hash `hash`. Called as
-/// soon as the hash is known, well before the values are used
-/// ([`syn_record`]): the load (usually a cache miss in an 8 MiB array)
-/// then overlaps the table read and the conntrack lookup in between.
-#[inline(always)]
-pub fn syn_slot_load(hash: u32) -> Option<SlotRef> {
-    let p = syn_bucket(hash)?;
-    let mut old = [0u64; SYN_WAYS];
-    for (way, v) in old.iter_mut().enumerate() {
-        *v = load_way(p, way);
+impl SlotRef {
+    /// Sets this SYN's filter bit: its 5-tuple has a conntrack entry of
+    /// epoch `epoch` now.
+    #[inline(always)]
+    pub fn mark(&self, hash: u32, epoch: u32) {
+        mark(self.b, hash, epoch);
     }
-    Some(SlotRef { p, old })
+}
+
+/// Loads the `RECENT_SYN` bucket of a SYN with flow hash `hash` in epoch
+/// `epoch`. Called as soon as the hash is known, well before the slots are
+/// used ([`syn_record`]): the load (usually a cache miss in a 16 MiB
+/// array) then overlaps the table read in between, and the slots are read
+/// from the cache then.
+///
+/// It also reads the bucket's filter: `maybe_tracked` is whether
+/// conntrack may hold the 5-tuple, its filter bit set in a bucket of this
+/// epoch or the one before. When false, an entry of the 5-tuple, if any,
+/// was last written two epochs ago or earlier, and the flow's next packet
+/// refreshes it (see [`lookup`]): the SYN may skip conntrack.
+#[inline(always)]
+pub fn syn_slot_load(hash: u32, epoch: u32) -> Option<SlotRef> {
+    let b = syn_bucket(hash)?;
+    // SAFETY: as in `load_way`: whole aligned words of a value of our own
+    // array map; a concurrent writer gives the old word or the new.
+    let (e, filter) = unsafe {
+        (
+            core::ptr::read_volatile(&raw const (*b).epoch) as u32,
+            core::ptr::read_volatile(&raw const (*b).cur)
+                | core::ptr::read_volatile(&raw const (*b).prev),
+        )
+    };
+    let age = epoch.wrapping_sub(e);
+    // `age` above 1: too old to count; "negative" (a CPU still on the
+    // previous epoch): counts.
+    let recent = age <= 1 || age > u32::MAX / 2;
+    Some(SlotRef {
+        b,
+        maybe_tracked: recent && filter & syn_filter_bit(hash) != 0,
+    })
 }
 
 /// A TCP SYN of a flow-affinity VIP whose 5-tuple conntrack does not hold:
@@ -175,19 +323,23 @@ pub fn syn_record<const PASSIVE: bool>(
     let Some(slot) = slot else {
         return;
     };
+    let p = slot.b.cast::<u64>();
     let tag = flow_tag(key);
     let mut mine = SYN_WAYS;
     let mut free = SYN_WAYS;
-    for (way, v) in slot.old.iter().enumerate() {
-        if (*v >> 32) as u32 == tag {
+    let mut mine_v = 0;
+    for way in 0..SYN_WAYS {
+        let v = load_way(p, way);
+        if (v >> 32) as u32 == tag {
             mine = way;
-        } else if *v == 0 && free == SYN_WAYS {
+            mine_v = v;
+        } else if v == 0 && free == SYN_WAYS {
             free = way;
         }
     }
     let way = if mine < SYN_WAYS {
         if PASSIVE {
-            let old = SynSlot::unpack(slot.old[mine & (SYN_WAYS - 1)]);
+            let old = SynSlot::unpack(mine_v);
             if let Some(r) = present_real(old.real_id) {
                 if old.same_generation(r.generation) {
                     stats::repeated_syn(old.real_id);
@@ -207,7 +359,7 @@ pub fn syn_record<const PASSIVE: bool>(
         real_id,
         generation: real.generation,
     };
-    store_way(slot.p, way, new.pack());
+    store_way(p, way, new.pack());
 }
 
 /// What a TCP segment conntrack does not hold finds in its SYN's bucket.
@@ -226,9 +378,10 @@ pub enum Promote {
 /// real the SYN went to counts one completed handshake.
 #[inline(always)]
 pub fn syn_take<const PASSIVE: bool>(key: &FlowKey, hash: u32) -> Promote {
-    let Some(p) = syn_bucket(hash) else {
+    let Some(b) = syn_bucket(hash) else {
         return Promote::Unknown;
     };
+    let p = b.cast::<u64>();
     let tag = flow_tag(key);
     let mut found = None;
     for way in 0..SYN_WAYS {

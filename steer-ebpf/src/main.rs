@@ -17,8 +17,8 @@ mod stats;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use steer_common::{
-    hash::flow_hash, Branch, CtValue, DropReason, FlowKey, Real, Settings, VipInfo, VipKey,
-    CT_F_PENDING, PROTO_TCP, SETTINGS_F_READY, VIP_F_CLIENT_AFFINITY,
+    ct_epoch_flags, hash::flow_hash, Branch, CtValue, DropReason, FlowKey, Real, Settings, VipInfo,
+    VipKey, CT_F_PENDING, PROTO_TCP, SETTINGS_F_READY, VIP_F_CLIENT_AFFINITY,
 };
 
 use crate::{
@@ -134,7 +134,7 @@ fn steer<const PASSIVE: bool>(ctx: &XdpContext) -> u32 {
         let stale = if syn {
             false
         } else {
-            match flow::lookup::<PASSIVE>(&ip.key, true) {
+            match flow::lookup::<PASSIVE>(&ip.key, true, settings.ct_epoch) {
                 Lookup::Hit { ct, real } => {
                     return transmit(ctx, &ip, settings, &ct, &real, Branch::CtHit, false)
                 }
@@ -157,7 +157,7 @@ fn steer<const PASSIVE: bool>(ctx: &XdpContext) -> u32 {
             let mut key = ip.key;
             key.sport = 0;
             key.dport = vk.port;
-            let stale = match flow::lookup::<PASSIVE>(&key, false) {
+            let stale = match flow::lookup::<PASSIVE>(&key, false, 0) {
                 Lookup::Hit { ct, real } => {
                     return transmit(ctx, &ip, settings, &ct, &real, Branch::CtHit, false)
                 }
@@ -191,7 +191,7 @@ fn steer<const PASSIVE: bool>(ctx: &XdpContext) -> u32 {
         }
         // `key` is the quoted flow turned around into the client's
         // direction; follow it without creating conntrack state.
-        if let Lookup::Hit { ct, real } = flow::lookup::<PASSIVE>(&key, false) {
+        if let Lookup::Hit { ct, real } = flow::lookup::<PASSIVE>(&key, false, 0) {
             return transmit(ctx, &ip, settings, &ct, &real, Branch::IcmpError, false);
         }
         let mut vk = VipKey {
@@ -206,7 +206,7 @@ fn steer<const PASSIVE: bool>(ctx: &XdpContext) -> u32 {
         if vip.flags & VIP_F_CLIENT_AFFINITY != 0 {
             key.sport = 0;
             key.dport = vk.port;
-            if let Lookup::Hit { ct, real } = flow::lookup::<PASSIVE>(&key, false) {
+            if let Lookup::Hit { ct, real } = flow::lookup::<PASSIVE>(&key, false, 0) {
                 return transmit(ctx, &ip, settings, &ct, &real, Branch::IcmpError, false);
             }
         }
@@ -251,7 +251,7 @@ fn select_new<const PASSIVE: bool>(
     // A SYN's slot is loaded now and used at the end, so that its cache
     // miss overlaps the work in between.
     let syn_slot = if track == Track::Syn {
-        flow::syn_slot_load(hash)
+        flow::syn_slot_load(hash, settings.ct_epoch)
     } else {
         None
     };
@@ -286,28 +286,44 @@ fn select_new<const PASSIVE: bool>(
             (real_id, real, branch)
         }
     };
+    let epoch = settings.ct_epoch;
     let mut ct = CtValue {
         real_id,
         real_generation: real.generation,
         // VIP ids are below `capacity::VIPS` (4096).
         vip_id: vip.vip_id as u16,
-        flags: 0,
+        flags: ct_epoch_flags(epoch),
         hash,
     };
     match track {
         Track::No => {}
-        Track::Syn => match flow::find(key) {
-            // Port reuse: the new connection replaces the old entry,
-            // handshake-pending until the flow's next packet.
-            Some(p) => {
-                if PASSIVE {
-                    ct.flags = CT_F_PENDING;
+        Track::Syn => {
+            // The bucket's filter says whether conntrack may hold this
+            // 5-tuple; if not, the SYN skips the lookup (a miss costs
+            // most in a full table), and an old entry of the 5-tuple is
+            // left to its next packet (`flow::lookup`).
+            let maybe = syn_slot.as_ref().is_none_or(|slot| slot.maybe_tracked);
+            match if maybe { flow::find(key) } else { None } {
+                // Port reuse: the new connection replaces the old entry,
+                // handshake-pending until the flow's next packet.
+                Some(p) => {
+                    if PASSIVE {
+                        ct.flags |= CT_F_PENDING;
+                    }
+                    flow::syn_replace::<PASSIVE>(p, &ct);
+                    match &syn_slot {
+                        Some(slot) => slot.mark(hash, epoch),
+                        None => flow::mark_tracked(hash, epoch),
+                    }
                 }
-                flow::syn_replace::<PASSIVE>(p, &ct);
+                None => flow::syn_record::<PASSIVE>(syn_slot, key, real_id, &real),
             }
-            None => flow::syn_record::<PASSIVE>(syn_slot, key, real_id, &real),
-        },
-        Track::Segment | Track::Flow => flow::insert(key, &ct),
+        }
+        Track::Segment => {
+            flow::insert(key, &ct);
+            flow::mark_tracked(hash, epoch);
+        }
+        Track::Flow => flow::insert(key, &ct),
     }
     // A promoted flow was counted as new at its SYN; an ICMP error is not
     // a flow.

@@ -909,6 +909,10 @@ impl Owner {
     /// Measures (when a policy needs it) and re-programs if what the
     /// policy reads changed.
     fn on_tick(&mut self) {
+        // The conntrack epoch (4.3 s) that ages the SYN path's filter.
+        if let Err(e) = self.dp.set_ct_epoch(crate::dataplane::ct_epoch_now()) {
+            error!(error = %e, "advancing the conntrack epoch failed");
+        }
         if self.tick_passive() {
             if let Err(e) = self.program() {
                 error!(error = %e, "programming the data plane after an outlier or slow start change failed");

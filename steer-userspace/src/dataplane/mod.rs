@@ -293,6 +293,27 @@ pub struct Dataplane {
     counters: CounterReader,
     /// Why a previous run's state was discarded at `open`.
     discarded: Option<String>,
+    /// The conntrack epoch (`Settings::ct_epoch`) the program is given.
+    ct_epoch: u32,
+    /// `SETTINGS` as last written, so the epoch can be advanced alone.
+    settings_written: Option<Settings>,
+}
+
+/// The conntrack epoch now: [`steer_common::ct_epoch_at`] of the time since
+/// boot (`CLOCK_BOOTTIME`, which counts suspend too and survives a daemon
+/// restart, as the pinned maps do).
+pub fn ct_epoch_now() -> u32 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec; CLOCK_BOOTTIME exists on
+    // every kernel steer runs on (it needs BPF features far newer).
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    if rc != 0 {
+        return 0;
+    }
+    steer_common::ct_epoch_at(ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64)
 }
 
 /// Which ids the data plane gave each service and its backends: the key to
@@ -515,6 +536,8 @@ impl Dataplane {
             down: BTreeSet::new(),
             last: None,
             filter_written: vec![0; VIP_FILTER_WORDS as usize],
+            ct_epoch: ct_epoch_now(),
+            settings_written: None,
             persist: None,
             written: std::collections::HashMap::new(),
             saved: None,
