@@ -328,7 +328,13 @@ pub struct Settings {
     pub ttl: u8,
     /// `SETTINGS_F_*` bits.
     pub flags: u8,
-    pub _pad: [u8; 4],
+    /// Path-MTU replies each CPU may send per second
+    /// (`dataplane.pmtu_reply_rate`); 0: never reply (every too-big packet
+    /// is dropped as `too_big_rate_limited`).
+    pub pmtu_reply_rate: u16,
+    /// Replies each CPU may send back to back (`dataplane.pmtu_reply_burst`,
+    /// at least 1 when the rate is not 0).
+    pub pmtu_reply_burst: u16,
 }
 
 /// Value of `SOURCE_MACS`: the source MAC of frames transmitted out of an
@@ -483,8 +489,9 @@ counter_index! {
         /// fragment (or is ignored), so it is dropped without a reply.
         TooBigDfClear = 13 => "too_big_df_clear",
         /// Too big, and this CPU's path-MTU reply budget
-        /// ([`PMTU_REPLY_RATE`] a second, bursts of [`PMTU_REPLY_BURST`]) is
-        /// spent: dropped without a reply.
+        /// ([`Settings::pmtu_reply_rate`] a second, bursts of
+        /// [`Settings::pmtu_reply_burst`]) is spent, or the rate is 0:
+        /// dropped without a reply.
         TooBigRateLimited = 14 => "too_big_rate_limited",
     }
 }
@@ -552,11 +559,14 @@ pub const fn ring_index(table_id: u32, generation: u32, ring_size: u32, slot: u3
     (table_id * 2 + (generation & 1)) * ring_size + slot
 }
 
-/// Path-MTU replies each CPU may send per second (a token bucket; see
-/// `steer-ebpf/src/icmp.rs`).
-pub const PMTU_REPLY_RATE: u64 = 100;
-/// The bucket's depth: replies a CPU may send back to back.
-pub const PMTU_REPLY_BURST: u64 = 100;
+/// Default of `dataplane.pmtu_reply_rate`: path-MTU replies each CPU may
+/// send per second (a token bucket; see `steer-ebpf/src/icmp.rs`).
+pub const PMTU_REPLY_RATE: u16 = 100;
+/// Default of `dataplane.pmtu_reply_burst`: the bucket's depth, replies a
+/// CPU may send back to back.
+pub const PMTU_REPLY_BURST: u16 = 100;
+/// Largest `dataplane.pmtu_reply_rate` and `dataplane.pmtu_reply_burst`.
+pub const PMTU_REPLY_MAX: u16 = 10_000;
 /// `PMTU_PROGS` slot of the reply program for an IPv4 outer header.
 pub const PMTU_SLOT_OUTER_V4: u32 = 0;
 /// `PMTU_PROGS` slot of the reply program for an IPv6 outer header.
@@ -631,8 +641,13 @@ mod tests {
         assert_eq!(size_of::<CtValue>(), 16);
         assert_eq!(
             size_of::<Settings>(),
-            4 + 4 + 16 + 4 + 4 + 4 + 6 + 1 + 1 + 4
+            4 + 4 + 16 + 4 + 4 + 4 + 6 + 1 + 1 + 2 + 2
         );
+        // The size of the value of a pinned SETTINGS map: the rate and
+        // burst took the old padding, so maps an older steer pinned stay
+        // adoptable.
+        assert_eq!(size_of::<Settings>(), 48);
+        assert_eq!(size_of::<Settings>() % 8, 0);
         assert_eq!(size_of::<Counters>(), 24);
         assert_eq!(size_of::<Passive>(), 16);
         assert_eq!(size_of::<SourceMac>(), 8);
