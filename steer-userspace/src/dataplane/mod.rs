@@ -27,7 +27,7 @@ pub mod verdict;
 mod writer;
 
 pub use bench::BenchProgram;
-pub use counters::CounterReader;
+pub use counters::{CounterReader, PendingSyn};
 pub use pins::{kernel_xdp_mode, pin_entries, InstanceLock, KernelXdpMode, Removal};
 use plan::{addr_bytes, RealSlot, ServiceSlot};
 pub use plan::{
