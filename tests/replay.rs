@@ -13,7 +13,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use steer::config::Config;
 use steer::dataplane::{Dataplane, RunOutput, Verdict};
-use steer::policy::ApplyConfig as _;
+use steer::policy::explain::{conntrack_live, explain, parse_query, Conntrack, Pending};
+use steer::policy::{ApplyConfig as _, BackendState, Runtime};
 use steer_common::hash::flow_hash;
 use steer_common::{Branch, Counters, DropReason, Passive};
 use steer_tests::*;
@@ -2731,4 +2732,218 @@ fn pmtu_replies_are_rate_limited_per_cpu() {
     // After a pause long enough to refill a few tokens, replies resume.
     std::thread::sleep(std::time::Duration::from_millis(50));
     rig.expect_pmtu("after a pause", &p, ENC, 1480);
+}
+
+/// `BASIC` with `lines` added to `[dataplane]`.
+fn basic_with(lines: &str) -> String {
+    BASIC.replacen("[dataplane]\n", &format!("[dataplane]\n{lines}"), 1)
+}
+
+#[test]
+#[ignore = "needs root: BPF or network namespaces (cargo xtask test runs it)"]
+fn pmtu_reply_rate_and_burst_come_from_the_config() {
+    if !steer_tests::require_root() {
+        return;
+    }
+    pin_to_one_cpu();
+    // One reply a second, bursts of 3: packets sent back to back within
+    // the first second get exactly 3 replies, the rest are rate limited.
+    let (rate, burst) = (1u64, 3u64);
+    let mut rig = Rig::new(&basic_with(&format!(
+        "pmtu_reply_rate = {rate}\npmtu_reply_burst = {burst}\n"
+    )));
+    let p = tcp4(CLIENT, 40000, VIP_WEB, 80).payload_len(1460);
+    let frame = p.build();
+    let want = expect_pmtu_reply(&p, ENC, 1480);
+    let sent = 10u64;
+    let start = std::time::Instant::now();
+    let mut verdicts = Vec::new();
+    for i in 0..sent {
+        let out = rig.run(&frame);
+        if matches!(out.verdict, Verdict::Tx) {
+            assert_frame_eq(&format!("reply {i}"), &out.data, &want);
+        }
+        verdicts.push(out.verdict);
+    }
+    let elapsed = start.elapsed();
+    assert!(
+        elapsed.as_secs_f64() < 1.0 / rate as f64,
+        "sending {sent} packets took {elapsed:?}: the bucket refilled, the count is not exact"
+    );
+    let replies: Vec<usize> = (0..verdicts.len())
+        .filter(|&i| matches!(verdicts[i], Verdict::Tx))
+        .collect();
+    assert_eq!(
+        replies,
+        (0..burst as usize).collect::<Vec<_>>(),
+        "the first {burst} packets are answered, then none: {verdicts:?}"
+    );
+    assert!(
+        verdicts[burst as usize..]
+            .iter()
+            .all(|v| matches!(v, Verdict::Drop)),
+        "{verdicts:?}"
+    );
+    assert_eq!(rig.paths()[Branch::PmtuReply as usize], burst);
+    let drops = rig.drops();
+    assert_eq!(
+        drops[DropReason::TooBigRateLimited as usize],
+        sent - burst,
+        "{}",
+        drop_delta_text(&Default::default(), &drops)
+    );
+    assert_eq!(drops.iter().sum::<u64>(), sent - burst);
+}
+
+#[test]
+#[ignore = "needs root: BPF or network namespaces (cargo xtask test runs it)"]
+fn pmtu_reply_rate_0_never_replies_and_a_reload_turns_replies_on_and_off() {
+    if !steer_tests::require_root() {
+        return;
+    }
+    let off = basic_with("pmtu_reply_rate = 0\n");
+    let mut rig = Rig::new(&off);
+    let p4 = tcp4(CLIENT, 40000, VIP_WEB, 80).payload_len(1460);
+    let p6 = tcp6(CLIENT6, 40000, VIP6, 443).payload_len(1440);
+    for i in 0..5 {
+        rig.expect_drop(
+            &format!("IPv4 too big, rate 0 ({i})"),
+            &p4.build(),
+            DropReason::TooBigRateLimited,
+        );
+        rig.expect_drop(
+            &format!("IPv6 too big, rate 0 ({i})"),
+            &p6.build(),
+            DropReason::TooBigRateLimited,
+        );
+    }
+    // DF clear keeps its own reason.
+    rig.expect_drop(
+        "too big, DF clear, rate 0",
+        &p4.clone().v4_fragment(false, 0).build(),
+        DropReason::TooBigDfClear,
+    );
+    assert_eq!(rig.paths()[Branch::PmtuReply as usize], 0);
+    // A reload applies the rate without a restart: replies resume ...
+    rig.reapply(BASIC);
+    rig.expect_pmtu("after a reload to the default rate", &p4, ENC, 1480);
+    rig.expect_pmtu("IPv6 after the reload", &p6, ENC, 1460);
+    // ... and stop again.
+    rig.reapply(&off);
+    rig.expect_drop(
+        "after a reload to rate 0",
+        &p4.build(),
+        DropReason::TooBigRateLimited,
+    );
+    assert_eq!(rig.paths()[Branch::PmtuReply as usize], 2);
+}
+
+// ---------------------------------------------------------------------------
+// `steer explain` live (issue 12): a flow whose SYN was seen but not its
+// next packet has no conntrack entry, only its RECENT_SYN slot; explain
+// reads the slot and names the backend the SYN was sent to.
+
+impl Rig {
+    /// What the running daemon's `steer explain tcp CLIENT:SPORT VIP:80`
+    /// says about conntrack for this data plane: the same function
+    /// (`conntrack_live`) over a counter reader and the ledger.
+    fn explain_live(&self, sport: u16, vip: Ipv4Addr) -> (Conntrack, String) {
+        let q =
+            parse_query("tcp", &format!("{CLIENT}:{sport}"), &format!("{vip}:80")).expect("query");
+        let rt = Runtime {
+            backends: BackendState {
+                down: self.down.clone(),
+                drained: BTreeSet::new(),
+            },
+            ..Default::default()
+        };
+        let planned = steer::policy::plan(&self.cfg, &rt);
+        let reader = self.dp.counter_reader().expect("counter reader");
+        let ct = conntrack_live(&self.cfg, &planned, &self.dp.ledger(), &reader, &q);
+        let text = explain(&self.cfg, &planned, q, ct.clone()).to_string();
+        (ct, text)
+    }
+}
+
+#[test]
+#[ignore = "needs root: BPF or network namespaces (cargo xtask test runs it)"]
+fn explain_live_reports_a_pending_handshake_then_the_conntrack_entry() {
+    if !steer_tests::require_root() {
+        return;
+    }
+    let mut rig = Rig::new(BASIC);
+    let syn = tcp4(CLIENT, 43000, VIP_POOL, 80).syn();
+    let ack = tcp4(CLIENT, 43000, VIP_POOL, 80);
+    let (ct, text) = rig.explain_live(43000, VIP_POOL);
+    assert_eq!(ct, Conntrack::None, "{text}");
+
+    // The SYN: where it went is read from the program's output.
+    let (o, _) = rig.outer("SYN", &syn);
+    let went = backend_name(o.dst());
+    let (ct, text) = rig.explain_live(43000, VIP_POOL);
+    assert_eq!(
+        ct,
+        Conntrack::HandshakePending {
+            backend: went.to_string(),
+            next: Pending::Follows
+        },
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "conntrack   handshake pending: the SYN went to {went}; the flow's next packet \
+             follows it (overrides the choice above)"
+        )),
+        "{text}"
+    );
+    // Explaining reads only: the slot is still there, the ACK follows it
+    // into conntrack.
+    let promoted = rig.paths()[Branch::SynPromoted as usize];
+    rig.expect_to("ACK", &ack, went);
+    assert_eq!(rig.paths()[Branch::SynPromoted as usize], promoted + 1);
+    let (ct, text) = rig.explain_live(43000, VIP_POOL);
+    assert_eq!(
+        ct,
+        Conntrack::Entry {
+            backend: went.to_string(),
+            usable: true
+        },
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("conntrack   an entry pins this flow to {went}:")),
+        "{text}"
+    );
+    assert!(!text.contains("handshake pending"), "{text}");
+
+    // A second flow whose SYN's backend goes down before its ACK: explain
+    // says it is re-selected, and the ACK is (`reselect`, to the table's
+    // current choice).
+    let syn = tcp4(CLIENT, 43001, VIP_POOL, 80).syn();
+    let ack = tcp4(CLIENT, 43001, VIP_POOL, 80);
+    let (o, _) = rig.outer("second SYN", &syn);
+    let went = backend_name(o.dst());
+    rig.down.insert(went.to_string());
+    rig.reapply(BASIC);
+    let (ct, text) = rig.explain_live(43001, VIP_POOL);
+    assert_eq!(
+        ct,
+        Conntrack::HandshakePending {
+            backend: went.to_string(),
+            next: Pending::Down
+        },
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "conntrack   handshake pending: the SYN went to {went}, which is down: the flow's \
+             next packet is re-selected as above"
+        )),
+        "{text}"
+    );
+    let now = rig.table_says("pool", &ack);
+    assert_ne!(now, went);
+    let reselected = rig.paths()[Branch::Reselect as usize];
+    rig.expect_to("second ACK, its SYN's backend down", &ack, now);
+    assert_eq!(rig.paths()[Branch::Reselect as usize], reselected + 1);
 }

@@ -43,6 +43,9 @@ pub mod names {
     pub const CLASS_V6_48: &str = "CLASS_V6_48";
     pub const CLASS_TABLES: &str = "CLASS_TABLES";
     pub const RECENT_SYN: &str = "RECENT_SYN";
+    /// The conntrack epoch (one `u32`), advanced by the daemon. Not
+    /// pinned: every load writes it.
+    pub const CT_EPOCH: &str = "CT_EPOCH";
     /// The program's load-time constant: `RECENT_SYN` buckets - 1.
     pub const SYN_SLOT_MASK: &str = "SYN_SLOT_MASK";
     /// The data-plane entry point.
@@ -219,7 +222,7 @@ pub struct FlowKey {
 pub const CT_F_PENDING: u16 = 1;
 
 /// `CtValue::flags` bits 15..1: the low 15 bits of the conntrack epoch
-/// (`Settings::ct_epoch`) in which the program last wrote the entry's
+/// (`CT_EPOCH`) in which the program last wrote the entry's
 /// `RECENT_SYN` filter bit (see [`SynBucket`]). An entry of an older epoch
 /// is refreshed by the flow's next packet: its bit is set again and its
 /// bucket is checked for a newer SYN of the same 5-tuple (port reuse).
@@ -238,10 +241,11 @@ pub const fn ct_epoch_is(flags: u16, epoch: u32) -> bool {
 }
 
 /// `RECENT_SYN` slots for a conntrack table of `conntrack_size` entries:
-/// the next power of two, at least 65,536 (512 KiB, so that even a small
-/// table keeps a thousand concurrent handshakes without losing one) and at
-/// most 2^22 (32 MiB). A slot is 8 bytes, so the default 1,048,576-entry
-/// conntrack has 8 MiB of them.
+/// the next power of two, at least 65,536 (so that even a small table keeps
+/// a thousand concurrent handshakes without losing one) and at most 2^22.
+/// Four slots make a 64-byte bucket (with its filter, see [`SynBucket`]),
+/// so the default 1,048,576-entry conntrack has 16 MiB of buckets (1 MiB
+/// at least, 64 MiB at most).
 pub const fn syn_slots(conntrack_size: u32) -> u32 {
     if conntrack_size <= 1 << 16 {
         1 << 16
@@ -385,10 +389,13 @@ pub struct Settings {
     pub ttl: u8,
     /// `SETTINGS_F_*` bits.
     pub flags: u8,
-    pub _pad: [u8; 4],
-    /// The conntrack epoch ([`ct_epoch_at`]), advanced by the daemon.
-    pub ct_epoch: u32,
-    pub _pad2: [u8; 4],
+    /// Path-MTU replies each CPU may send per second
+    /// (`dataplane.pmtu_reply_rate`); 0: never reply (every too-big packet
+    /// is dropped as `too_big_rate_limited`).
+    pub pmtu_reply_rate: u16,
+    /// Replies each CPU may send back to back (`dataplane.pmtu_reply_burst`,
+    /// at least 1 when the rate is not 0).
+    pub pmtu_reply_burst: u16,
 }
 
 /// Value of `SOURCE_MACS`: the source MAC of frames transmitted out of an
@@ -543,8 +550,9 @@ counter_index! {
         /// fragment (or is ignored), so it is dropped without a reply.
         TooBigDfClear = 13 => "too_big_df_clear",
         /// Too big, and this CPU's path-MTU reply budget
-        /// ([`PMTU_REPLY_RATE`] a second, bursts of [`PMTU_REPLY_BURST`]) is
-        /// spent: dropped without a reply.
+        /// ([`Settings::pmtu_reply_rate`] a second, bursts of
+        /// [`Settings::pmtu_reply_burst`]) is spent, or the rate is 0:
+        /// dropped without a reply.
         TooBigRateLimited = 14 => "too_big_rate_limited",
     }
 }
@@ -612,11 +620,14 @@ pub const fn ring_index(table_id: u32, generation: u32, ring_size: u32, slot: u3
     (table_id * 2 + (generation & 1)) * ring_size + slot
 }
 
-/// Path-MTU replies each CPU may send per second (a token bucket; see
-/// `steer-ebpf/src/icmp.rs`).
-pub const PMTU_REPLY_RATE: u64 = 100;
-/// The bucket's depth: replies a CPU may send back to back.
-pub const PMTU_REPLY_BURST: u64 = 100;
+/// Default of `dataplane.pmtu_reply_rate`: path-MTU replies each CPU may
+/// send per second (a token bucket; see `steer-ebpf/src/icmp.rs`).
+pub const PMTU_REPLY_RATE: u16 = 100;
+/// Default of `dataplane.pmtu_reply_burst`: the bucket's depth, replies a
+/// CPU may send back to back.
+pub const PMTU_REPLY_BURST: u16 = 100;
+/// Largest `dataplane.pmtu_reply_rate` and `dataplane.pmtu_reply_burst`.
+pub const PMTU_REPLY_MAX: u16 = 10_000;
 /// `PMTU_PROGS` slot of the reply program for an IPv4 outer header.
 pub const PMTU_SLOT_OUTER_V4: u32 = 0;
 /// `PMTU_PROGS` slot of the reply program for an IPv6 outer header.
@@ -644,7 +655,7 @@ mod pod {
     }
     pod!(
         VipKey, VipInfo, AddrKey, Real, FlowKey, CtValue, Settings, Counters, Passive, BenchState,
-        SourceMac, ClassV6Key
+        SourceMac, ClassV6Key, SynBucket
     );
 }
 
@@ -706,8 +717,13 @@ mod tests {
         assert_eq!(size_of::<CtValue>(), 16);
         assert_eq!(
             size_of::<Settings>(),
-            4 + 4 + 16 + 4 + 4 + 4 + 6 + 1 + 1 + 4 + 4 + 4
+            4 + 4 + 16 + 4 + 4 + 4 + 6 + 1 + 1 + 2 + 2
         );
+        // The size of the value of a pinned SETTINGS map: the rate and
+        // burst took the old padding, so maps an older steer pinned stay
+        // adoptable.
+        assert_eq!(size_of::<Settings>(), 48);
+        assert_eq!(size_of::<Settings>() % 8, 0);
         assert_eq!(size_of::<Counters>(), 24);
         assert_eq!(size_of::<Passive>(), 16);
         assert_eq!(size_of::<SourceMac>(), 8);

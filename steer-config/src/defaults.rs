@@ -23,6 +23,9 @@ pub(crate) const DEFAULT_MAGLEV_TABLE_SIZE: u32 = 65537;
 pub(crate) const MAGLEV_MIN: u32 = 7;
 pub(crate) const MAGLEV_MAX: u32 = 1_000_003;
 pub(crate) const DEFAULT_TTL: u8 = 64;
+/// `pmtu_reply_rate` (replies per second per CPU) and `pmtu_reply_burst`:
+/// the defaults and the bound of both, shared with the XDP program.
+pub(crate) use steer_common::{PMTU_REPLY_BURST, PMTU_REPLY_MAX, PMTU_REPLY_RATE};
 pub(crate) const DEFAULT_PIN_PATH: &str = "/sys/fs/bpf/steer";
 /// The bpffs mount point: `pin_path` must be a directory below it, not it.
 pub(crate) const BPFFS_ROOT: &str = "/sys/fs/bpf";

@@ -47,6 +47,11 @@ model! {
         pub encap_source_v6: Option<Ipv6Prefix>,
         /// Largest packet (outer IP header included) steer transmits.
         pub mtu: u32,
+        /// Path-MTU replies each CPU may send per second; 0: none.
+        pub pmtu_reply_rate: u16,
+        /// Path-MTU replies each CPU may send back to back (at least 1 when
+        /// the rate is not 0).
+        pub pmtu_reply_burst: u16,
         /// Conntrack entries.
         pub conntrack_size: u32,
         /// Maglev ring size (a prime).

@@ -19,7 +19,7 @@ use aya_ebpf::{
 };
 use steer_common::{
     csum::ipv4_header_checksum, is_unicast_mac, Branch, DropReason, Real, Settings, FAMILY_V4,
-    PMTU_REPLY_BURST, PMTU_REPLY_RATE, PROTO_ICMP, PROTO_ICMPV6,
+    PROTO_ICMP, PROTO_ICMPV6,
 };
 
 use crate::{
@@ -118,21 +118,30 @@ fn answerable_source(family: u8, src: &[u8; 16]) -> bool {
     high != 0 || src[15] > 1
 }
 
-/// The per-CPU rate limit: GCRA, a token bucket of `PMTU_REPLY_BURST`
-/// refilled at `PMTU_REPLY_RATE` a second, kept as one number, the time
-/// the bucket would be full again. False: no reply now.
+/// The per-CPU rate limit: GCRA, a token bucket of
+/// `settings.pmtu_reply_burst` refilled at `settings.pmtu_reply_rate` a
+/// second (`dataplane.pmtu_reply_*`), kept as one number, the time the
+/// bucket would be full again. False: no reply now; always false with a
+/// rate of 0. Both are at most `u16::MAX`, so `(burst - 1) * cost` is below
+/// 2^16 * 10^9 < 2^46: no overflow. A burst of 0 (refused by the config)
+/// counts as 1.
 #[inline(always)]
-fn allow() -> bool {
+fn allow(settings: &Settings) -> bool {
+    let rate = u64::from(settings.pmtu_reply_rate);
+    if rate == 0 {
+        return false;
+    }
+    let burst = u64::from(settings.pmtu_reply_burst).max(1);
     let Some(slot) = PMTU_BUCKET.get_ptr_mut(0) else {
         return false;
     };
-    let cost = 1_000_000_000 / PMTU_REPLY_RATE;
+    let cost = 1_000_000_000 / rate;
     // SAFETY: plain helper call; it reads the clock.
     let now = unsafe { bpf_ktime_get_ns() };
     // SAFETY: per-CPU slot from a successful lookup, which only this CPU
     // writes while this program runs (as in `stats::bump`).
     let tat = unsafe { *slot }.max(now);
-    if tat - now > (PMTU_REPLY_BURST - 1) * cost {
+    if tat - now > (burst - 1) * cost {
         return false;
     }
     // SAFETY: as above.
@@ -200,7 +209,7 @@ fn reply(ctx: &XdpContext, ip: &Ip, settings: &Settings, outer: usize) -> Result
     let Some(tags) = read::<[u8; 8]>(ctx, 12) else {
         return Err(DropReason::TooBig);
     };
-    if !allow() {
+    if !allow(settings) {
         return Err(DropReason::TooBigRateLimited);
     }
     let r = Reply {

@@ -134,7 +134,7 @@ fn steer<const PASSIVE: bool>(ctx: &XdpContext) -> u32 {
         let stale = if syn {
             false
         } else {
-            match flow::lookup::<PASSIVE>(&ip.key, true, settings.ct_epoch) {
+            match flow::lookup::<PASSIVE>(&ip.key, true, maps::ct_epoch()) {
                 Lookup::Hit { ct, real } => {
                     return transmit(ctx, &ip, settings, &ct, &real, Branch::CtHit, false)
                 }
@@ -248,10 +248,11 @@ fn select_new<const PASSIVE: bool>(
         return stats::dropped(DropReason::NotReady);
     }
     let hash = flow_hash(key);
+    let epoch = maps::ct_epoch();
     // A SYN's slot is loaded now and used at the end, so that its cache
     // miss overlaps the work in between.
     let syn_slot = if track == Track::Syn {
-        flow::syn_slot_load(hash, settings.ct_epoch)
+        flow::syn_slot_load(hash, epoch)
     } else {
         None
     };
@@ -286,7 +287,6 @@ fn select_new<const PASSIVE: bool>(
             (real_id, real, branch)
         }
     };
-    let epoch = settings.ct_epoch;
     let mut ct = CtValue {
         real_id,
         real_generation: real.generation,

@@ -58,6 +58,18 @@ pub static CONNTRACK: LruHashMap<FlowKey, CtValue> =
 #[map]
 pub static RECENT_SYN: Array<SynBucket> = Array::with_max_entries(256, 0);
 
+/// The conntrack epoch (`steer_common::ct_epoch_at`), one `u32` the daemon
+/// advances every 4.3 s; it ages `RECENT_SYN`'s filter (see
+/// `steer_common::SynBucket`).
+#[map]
+pub static CT_EPOCH: Array<u32> = Array::with_max_entries(1, 0);
+
+/// The current conntrack epoch (0 before userspace writes one).
+#[inline(always)]
+pub fn ct_epoch() -> u32 {
+    CT_EPOCH.get(0).copied().unwrap_or(0)
+}
+
 /// `RECENT_SYN`'s bucket count minus one (a power of two minus one): a
 /// read-only global that userspace sets at load time, so the verifier and
 /// the JIT see a constant.

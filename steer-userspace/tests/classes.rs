@@ -32,6 +32,8 @@ fn limits() -> Limits {
 fn globals() -> Globals {
     Globals {
         mtu: 1500,
+        pmtu_reply_rate: 100,
+        pmtu_reply_burst: 100,
         next_hop_mac: [2, 0, 0, 0, 0, 0xfe],
         ttl: 64,
         encap_source_v4: Some(([198, 18, 0, 1], 32)),

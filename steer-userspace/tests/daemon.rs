@@ -975,6 +975,16 @@ fn explain_live_names_the_backend_and_the_conntrack_entry() {
         out.contains(&format!("new flow    -> backend {} ", name_of(went))),
         "explain named another backend than the program chose ({went}):\n{out}"
     );
+    // Between the SYN and the flow's next packet there is no conntrack
+    // entry, only the SYN's RECENT_SYN slot: explain reads it.
+    let out = explain(&lab, 24_000);
+    assert!(
+        out.contains(&format!(
+            "conntrack   handshake pending: the SYN went to {}; the flow's next packet follows it",
+            name_of(went)
+        )),
+        "{out}"
+    );
     // Its first data segment follows the SYN (which left no conntrack
     // entry, only its RECENT_SYN slot) and creates the entry.
     assert_eq!(lab.backend_of(Flow(24_000), 1), went);

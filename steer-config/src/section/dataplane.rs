@@ -11,8 +11,8 @@ use super::quoted;
 use crate::defaults::{
     BPFFS_ROOT, CONNTRACK_MAX, CONNTRACK_MIN, DEFAULT_CONNTRACK_SIZE, DEFAULT_MAGLEV_TABLE_SIZE,
     DEFAULT_MAX_REALS, DEFAULT_MAX_TABLES, DEFAULT_MTU, DEFAULT_PIN_PATH, DEFAULT_TTL, MAGLEV_MAX,
-    MAGLEV_MIN, MAX_REALS_LIMIT, MAX_TABLES_LIMIT, MTU_MAX, MTU_MIN, RINGS_MAX_BYTES,
-    RING_SLOT_BYTES,
+    MAGLEV_MIN, MAX_REALS_LIMIT, MAX_TABLES_LIMIT, MTU_MAX, MTU_MIN, PMTU_REPLY_BURST,
+    PMTU_REPLY_MAX, PMTU_REPLY_RATE, RINGS_MAX_BYTES, RING_SLOT_BYTES,
 };
 use crate::error::join;
 use crate::model::{AttachMode, Ipv4Prefix, Ipv6Prefix, PBackend, PDataplane};
@@ -36,6 +36,15 @@ pub(super) fn read(w: &mut Walker, t: &Table) -> PDataplane {
         encap_source_v4: n.optional(w, "encap_source_v4", |v| string(v)?.parse::<Ipv4Prefix>()),
         encap_source_v6: n.optional(w, "encap_source_v6", |v| string(v)?.parse::<Ipv6Prefix>()),
         mtu: n.default(w, "mtu", DEFAULT_MTU, u32_in(MTU_MIN, MTU_MAX)),
+        pmtu_reply_rate: n.default(w, "pmtu_reply_rate", PMTU_REPLY_RATE, |v| {
+            int_in(v, 0, i64::from(PMTU_REPLY_MAX)).map_err(|e| {
+                format!("{e}: path-MTU replies per second per CPU; 0 turns the replies off")
+            })
+        }),
+        pmtu_reply_burst: n.default(w, "pmtu_reply_burst", PMTU_REPLY_BURST, |v| {
+            int_in(v, 0, i64::from(PMTU_REPLY_MAX))
+                .map_err(|e| format!("{e}: path-MTU replies a CPU may send back to back"))
+        }),
         conntrack_size: n.default(
             w,
             "conntrack_size",
@@ -188,6 +197,15 @@ pub(super) fn validate(
                 ),
             );
         }
+    }
+    if let (Some(rate @ 1..), Some(0)) = (d.pmtu_reply_rate, d.pmtu_reply_burst) {
+        w.err(
+            join(&d.at, "pmtu_reply_burst"),
+            format!(
+                "0 with pmtu_reply_rate = {rate} would never send a path-MTU reply; set \
+                 pmtu_reply_burst to at least 1, or pmtu_reply_rate = 0 to turn the replies off"
+            ),
+        );
     }
     if let Some(max_tables) = d.max_tables {
         let (services, tables) = services;

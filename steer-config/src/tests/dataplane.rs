@@ -109,6 +109,88 @@ fn dataplane_ranges() {
 }
 
 #[test]
+fn pmtu_reply_rate_is_0_to_10000() {
+    for (line, needle) in [
+        (
+            "pmtu_reply_rate = -1",
+            "-1 is out of range (must be between 0 and 10000)",
+        ),
+        (
+            "pmtu_reply_rate = 10001",
+            "10001 is out of range (must be between 0 and 10000)",
+        ),
+        ("pmtu_reply_rate = 1.5", "expected an integer"),
+    ] {
+        assert_error(
+            &doc(&format!("{line}\n"), WEB),
+            "dataplane.pmtu_reply_rate",
+            needle,
+        );
+    }
+    for rate in [0u16, 1, 10_000] {
+        let cfg = ok(&doc(&format!("pmtu_reply_rate = {rate}\n"), WEB));
+        assert_eq!(cfg.dataplane.pmtu_reply_rate, rate);
+    }
+}
+
+#[test]
+fn pmtu_reply_burst_is_at_most_10000() {
+    for (line, needle) in [
+        (
+            "pmtu_reply_burst = -1",
+            "-1 is out of range (must be between 0 and 10000)",
+        ),
+        (
+            "pmtu_reply_burst = 10001",
+            "10001 is out of range (must be between 0 and 10000)",
+        ),
+        ("pmtu_reply_burst = \"3\"", "expected an integer"),
+    ] {
+        assert_error(
+            &doc(&format!("{line}\n"), WEB),
+            "dataplane.pmtu_reply_burst",
+            needle,
+        );
+    }
+    for burst in [1u16, 10_000] {
+        let cfg = ok(&doc(&format!("pmtu_reply_burst = {burst}\n"), WEB));
+        assert_eq!(cfg.dataplane.pmtu_reply_burst, burst);
+    }
+}
+
+#[test]
+fn pmtu_reply_burst_must_be_at_least_1_when_replies_are_on() {
+    // With the default rate (100) and with an explicit one.
+    for rate in ["", "pmtu_reply_rate = 5\n"] {
+        let errs = errors(&doc(&format!("{rate}pmtu_reply_burst = 0\n"), WEB));
+        assert_eq!(errs.len(), 1, "{}", ConfigErrors(errs.clone()));
+        assert_eq!(errs[0].path, "dataplane.pmtu_reply_burst");
+        assert!(
+            errs[0]
+                .message
+                .contains("would never send a path-MTU reply")
+                && errs[0]
+                    .message
+                    .contains("set pmtu_reply_burst to at least 1")
+                && errs[0]
+                    .message
+                    .contains("pmtu_reply_rate = 0 to turn the replies off"),
+            "{}",
+            errs[0].message
+        );
+    }
+    // Replies off: the burst does not matter.
+    let cfg = ok(&doc("pmtu_reply_rate = 0\npmtu_reply_burst = 0\n", WEB));
+    assert_eq!(
+        (
+            cfg.dataplane.pmtu_reply_rate,
+            cfg.dataplane.pmtu_reply_burst
+        ),
+        (0, 0)
+    );
+}
+
+#[test]
 fn maglev_table_size_must_be_prime() {
     assert_error(
         &doc("maglev_table_size = 65536\n", WEB),

@@ -40,6 +40,7 @@ kind = "http"
     );
     assert_eq!(d.encap_source_v6, None);
     assert_eq!(d.mtu, 1500);
+    assert_eq!((d.pmtu_reply_rate, d.pmtu_reply_burst), (100, 100));
     assert_eq!(d.conntrack_size, 1_048_576);
     assert_eq!(d.maglev_table_size, 65537);
     assert_eq!(d.ttl, 64);
@@ -139,6 +140,8 @@ fn explicit_values_are_read() {
         r#"interfaces = ["eth0", "eth1"]
 mode = "auto"
 mtu = 9000
+pmtu_reply_rate = 7
+pmtu_reply_burst = 3
 conntrack_size = 2048
 maglev_table_size = 251
 ttl = 32
@@ -167,6 +170,7 @@ listen = "[::1]:9100"
     assert_eq!(d.interfaces, vec!["eth0".to_string(), "eth1".to_string()]);
     assert_eq!(d.mode, AttachMode::Auto);
     assert_eq!(d.mtu, 9000);
+    assert_eq!((d.pmtu_reply_rate, d.pmtu_reply_burst), (7, 3));
     assert_eq!(d.conntrack_size, 2048);
     assert_eq!(d.maglev_table_size, 251);
     assert_eq!(d.ttl, 32);

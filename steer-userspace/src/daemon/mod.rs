@@ -162,27 +162,14 @@ struct View {
 
 impl View {
     /// `steer explain` against the running daemon: the published plan and
-    /// the live conntrack entry.
+    /// the live conntrack entry (or pending handshake).
     fn explain(&self, protocol: &str, client: &str, vip: &str) -> Response {
         let q = match explain::parse_query(protocol, client, vip) {
             Ok(q) => q,
             Err(e) => return Response::error(e),
         };
         let p = self.published.borrow().clone();
-        let ct = explain::conntrack_of(
-            &p.cfg,
-            &p.planned,
-            &q,
-            |key| self.counters.conntrack(key).ok().flatten(),
-            |service, real_id| {
-                p.ledger.services.get(service).and_then(|s| {
-                    s.reals
-                        .iter()
-                        .find(|(_, id)| **id == real_id)
-                        .map(|(n, _)| n.clone())
-                })
-            },
-        );
+        let ct = explain::conntrack_live(&p.cfg, &p.planned, &p.ledger, &self.counters, &q);
         let mut e = explain::explain(&p.cfg, &p.planned, q, ct);
         // The running shift's stage and clock (the plan shows its
         // percentage only).

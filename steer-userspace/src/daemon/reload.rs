@@ -22,6 +22,8 @@ pub fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
         encap_source_v4: _,
         encap_source_v6: _,
         mtu: _,
+        pmtu_reply_rate: _,
+        pmtu_reply_burst: _,
         conntrack_size,
         maglev_table_size,
         ttl: _,
@@ -153,6 +155,8 @@ regions = ["eu"]
         for line in [
             "mtu = 1400",
             "ttl = 32",
+            "pmtu_reply_rate = 0",
+            "pmtu_reply_burst = 3",
             "next_hop_mac = \"02:00:00:00:00:fd\"",
         ] {
             let text = if line.starts_with("next_hop_mac") {

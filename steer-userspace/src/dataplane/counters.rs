@@ -9,9 +9,12 @@
 
 use std::os::fd::AsFd;
 
-use aya::maps::{HashMap, Map, MapData, PerCpuArray};
+use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray};
 use aya::Ebpf;
-use steer_common::{names, Branch, Counters, CtValue, DropReason, FlowKey, Passive};
+use steer_common::hash::{flow_hash, flow_tag};
+use steer_common::{
+    names, Branch, Counters, CtValue, DropReason, FlowKey, Passive, Real, SynBucket, SynSlot,
+};
 
 use super::{map_err, DataplaneError, Result};
 
@@ -25,13 +28,28 @@ pub struct CounterReader {
     path_stats: PerCpuArray<MapData, u64>,
     /// `CONNTRACK`, read by `steer explain`.
     conntrack: HashMap<MapData, FlowKey, CtValue>,
+    /// `RECENT_SYN` and `REALS`, read by `steer explain` (a pending
+    /// handshake).
+    recent_syn: Array<MapData, SynBucket>,
+    reals: Array<MapData, Real>,
+    /// `CT_EPOCH`: whether an entry's next packet checks for a newer SYN.
+    ct_epoch: Array<MapData, u32>,
+}
+
+/// A flow's SYN waiting in `RECENT_SYN` for the flow's next packet, and the
+/// `REALS` entry of the real it names as the kernel holds it now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PendingSyn {
+    pub slot: SynSlot,
+    /// `None`: the real id is beyond `REALS` (a slot of a larger data
+    /// plane); the program finds no real there either.
+    pub real: Option<Real>,
 }
 
 fn reopen(ebpf: &Ebpf, name: &'static str) -> Result<Map> {
     let map = ebpf.map(name).ok_or(DataplaneError::MissingMap { name })?;
-    let (data, lru) = match map {
-        Map::PerCpuArray(d) => (d, false),
-        Map::LruHashMap(d) => (d, true),
+    let data = match map {
+        Map::PerCpuArray(d) | Map::LruHashMap(d) | Map::Array(d) => d,
         _ => return Err(DataplaneError::MissingMap { name }),
     };
     let fd = data
@@ -44,10 +62,10 @@ fn reopen(ebpf: &Ebpf, name: &'static str) -> Result<Map> {
             source,
         })?;
     let data = MapData::from_fd(fd).map_err(map_err(name))?;
-    Ok(if lru {
-        Map::LruHashMap(data)
-    } else {
-        Map::PerCpuArray(data)
+    Ok(match map {
+        Map::LruHashMap(_) => Map::LruHashMap(data),
+        Map::Array(_) => Map::Array(data),
+        _ => Map::PerCpuArray(data),
     })
 }
 
@@ -85,7 +103,17 @@ impl CounterReader {
             path_stats: per_cpu(ebpf, names::PATH_STATS)?,
             conntrack: HashMap::try_from(reopen(ebpf, names::CONNTRACK)?)
                 .map_err(map_err(names::CONNTRACK))?,
+            recent_syn: Array::try_from(reopen(ebpf, names::RECENT_SYN)?)
+                .map_err(map_err(names::RECENT_SYN))?,
+            reals: Array::try_from(reopen(ebpf, names::REALS)?).map_err(map_err(names::REALS))?,
+            ct_epoch: Array::try_from(reopen(ebpf, names::CT_EPOCH)?)
+                .map_err(map_err(names::CT_EPOCH))?,
         })
+    }
+
+    /// The conntrack epoch the program reads now (`CT_EPOCH`).
+    pub fn ct_epoch(&self) -> Result<u32> {
+        self.ct_epoch.get(&0, 0).map_err(map_err(names::CT_EPOCH))
     }
 
     /// The conntrack entry of `key`, if any. Reading it does not refresh
@@ -96,6 +124,36 @@ impl CounterReader {
             Err(aya::maps::MapError::KeyNotFound) => Ok(None),
             Err(e) => Err(map_err(names::CONNTRACK)(e)),
         }
+    }
+
+    /// The `RECENT_SYN` slot of the flow `key` (a flow-affinity TCP flow's
+    /// 5-tuple), if its bucket holds one with the flow's tag: looked up as
+    /// the program's `flow::syn_take` does (bucket `flow_hash(key) &
+    /// (buckets - 1)`, the first slot whose tag is `flow_tag(key)`), with
+    /// the `REALS` entry of the real it names. Reads only: the slot stays.
+    pub fn pending_syn(&self, key: &FlowKey) -> Result<Option<PendingSyn>> {
+        // `buckets` is a power of two (`steer_common::syn_buckets`).
+        let buckets = self.recent_syn.len();
+        let bucket = flow_hash(key) & buckets.saturating_sub(1);
+        let values = self
+            .recent_syn
+            .get(&bucket, 0)
+            .map_err(map_err(names::RECENT_SYN))?;
+        let tag = flow_tag(key);
+        let Some(slot) = values
+            .slots
+            .iter()
+            .map(|v| SynSlot::unpack(*v))
+            .find(|s| s.tag == tag)
+        else {
+            return Ok(None);
+        };
+        let real = match self.reals.get(&slot.real_id, 0) {
+            Ok(r) => Some(r),
+            Err(aya::maps::MapError::OutOfBounds { .. }) => None,
+            Err(e) => return Err(map_err(names::REALS)(e)),
+        };
+        Ok(Some(PendingSyn { slot, real }))
     }
 
     /// Counters of the service whose VIP has id `vip_id`, summed over CPUs.

@@ -27,7 +27,7 @@ pub mod verdict;
 mod writer;
 
 pub use bench::BenchProgram;
-pub use counters::CounterReader;
+pub use counters::{CounterReader, PendingSyn};
 pub use pins::{kernel_xdp_mode, pin_entries, InstanceLock, KernelXdpMode, Removal};
 use plan::{addr_bytes, RealSlot, ServiceSlot};
 pub use plan::{
@@ -293,10 +293,8 @@ pub struct Dataplane {
     counters: CounterReader,
     /// Why a previous run's state was discarded at `open`.
     discarded: Option<String>,
-    /// The conntrack epoch (`Settings::ct_epoch`) the program is given.
+    /// The conntrack epoch as last written to `CT_EPOCH`.
     ct_epoch: u32,
-    /// `SETTINGS` as last written, so the epoch can be advanced alone.
-    settings_written: Option<Settings>,
 }
 
 /// The conntrack epoch now: [`steer_common::ct_epoch_at`] of the time since
@@ -536,12 +534,15 @@ impl Dataplane {
             down: BTreeSet::new(),
             last: None,
             filter_written: vec![0; VIP_FILTER_WORDS as usize],
-            ct_epoch: ct_epoch_now(),
-            settings_written: None,
+            ct_epoch: 0,
             persist: None,
             written: std::collections::HashMap::new(),
             saved: None,
             vips_written: std::collections::HashMap::new(),
+        })
+        .and_then(|mut dp| {
+            dp.write_ct_epoch(ct_epoch_now())?;
+            Ok(dp)
         })
     }
 
@@ -560,6 +561,14 @@ impl Dataplane {
         let dir = &persist.pin_dir;
         pins::prepare_pin_dir(dir)?;
         let existed = dir.join(names::RINGS).exists();
+        // A RECENT_SYN pinned by a steer with another bucket layout (before
+        // the SYN filter, 32-byte buckets) cannot serve this program; it
+        // holds only handshakes in progress, whose ACKs are then selected
+        // by hash (the same backend while the table is unchanged).
+        pins::drop_if_value_size_differs(
+            &dir.join(names::RECENT_SYN),
+            std::mem::size_of::<steer_common::SynBucket>() as u32,
+        )?;
         let pins: Vec<(&'static str, PathBuf)> =
             ALL_MAPS.iter().map(|n| (*n, dir.join(n))).collect();
         let mut dp = Self::load_inner(PROGRAM, &PROGRAMS, limits, &pins)?;

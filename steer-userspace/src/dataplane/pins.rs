@@ -186,6 +186,34 @@ fn is_steer_name(name: &str) -> bool {
     ALL_MAPS.contains(&name) || name.starts_with(LINK_PREFIX)
 }
 
+/// Removes the map pinned at `path` if its values are not `value_size`
+/// bytes (a pin of an older layout the program cannot use); a missing pin
+/// is fine. Logged when it removes one.
+pub(super) fn drop_if_value_size_differs(path: &Path, value_size: u32) -> Result<()> {
+    if !path.exists() {
+        return Ok(());
+    }
+    let io = |e: std::io::Error| DataplaneError::Io {
+        what: "checking the layout of the pinned map",
+        path: path.to_path_buf(),
+        source: e,
+    };
+    let found = aya::maps::MapData::from_pin(path)
+        .and_then(|m| m.info())
+        .map_err(|e| io(std::io::Error::other(e.to_string())))?
+        .value_size();
+    if found != value_size {
+        tracing::warn!(
+            path = %path.display(),
+            found,
+            want = value_size,
+            "a pinned map of another layout (an older steer) is replaced"
+        );
+        std::fs::remove_file(path).map_err(io)?;
+    }
+    Ok(())
+}
+
 /// What removing steer's pins did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Removal {

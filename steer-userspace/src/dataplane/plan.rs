@@ -115,6 +115,12 @@ pub struct DesiredClasses {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Globals {
     pub mtu: u32,
+    /// Path-MTU replies per second per CPU (`dataplane.pmtu_reply_rate`);
+    /// 0: none.
+    pub pmtu_reply_rate: u16,
+    /// Path-MTU replies a CPU may send back to back
+    /// (`dataplane.pmtu_reply_burst`).
+    pub pmtu_reply_burst: u16,
     pub next_hop_mac: [u8; 6],
     pub ttl: u8,
     /// Outer IPv4 source range (address, prefix length).
@@ -342,6 +348,8 @@ pub fn settings(limits: &Limits, g: &Globals, desired: &[DesiredService]) -> Set
     let mut s = Settings {
         ring_size: limits.ring_size,
         mtu: g.mtu,
+        pmtu_reply_rate: g.pmtu_reply_rate,
+        pmtu_reply_burst: g.pmtu_reply_burst,
         next_hop_mac: g.next_hop_mac,
         ttl: g.ttl,
         flags: SETTINGS_F_READY,

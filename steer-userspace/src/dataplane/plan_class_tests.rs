@@ -27,6 +27,8 @@ fn limits(max_tables: u32) -> Limits {
 fn globals() -> Globals {
     Globals {
         mtu: 1500,
+        pmtu_reply_rate: 100,
+        pmtu_reply_burst: 100,
         ttl: 64,
         ..Default::default()
     }

@@ -54,6 +54,8 @@ fn two_services() -> Vec<DesiredService> {
 fn globals() -> Globals {
     Globals {
         mtu: 1500,
+        pmtu_reply_rate: 100,
+        pmtu_reply_burst: 100,
         next_hop_mac: [2, 0, 0, 0, 0, 0xfe],
         ttl: 64,
         encap_source_v4: Some(([198, 18, 0, 0], 24)),
@@ -260,6 +262,13 @@ fn settings_carry_the_globals() {
     assert_eq!(s.src4_base, [198, 18, 0, 0]);
     assert_eq!(s.src4_mask, 0xff, "a /24 leaves 8 host bits");
     assert_eq!(s.flags & SETTINGS_F_PORT0_VIPS, 0);
+    let g = Globals {
+        pmtu_reply_rate: 7,
+        pmtu_reply_burst: 3,
+        ..globals()
+    };
+    let s = settings(&LIMITS, &g, &two_services());
+    assert_eq!((s.pmtu_reply_rate, s.pmtu_reply_burst), (7, 3));
     let mut any_port = two_services();
     any_port[1].port = 0;
     let s = settings(&LIMITS, &globals(), &any_port);

@@ -75,30 +75,22 @@ impl Dataplane {
         Ok(())
     }
 
-    /// Writes `SETTINGS` (the plan's value with the current epoch).
-    fn write_settings(&mut self, v: Settings) -> Result<()> {
-        let mut map: Array<_, Settings> = typed(&mut self.ebpf, names::SETTINGS)?;
-        map.set(0, v, 0).map_err(map_err(names::SETTINGS))?;
-        self.settings_written = Some(v);
+    /// Writes conntrack epoch `epoch` to `CT_EPOCH`.
+    pub(super) fn write_ct_epoch(&mut self, epoch: u32) -> Result<()> {
+        let mut map: Array<_, u32> = typed(&mut self.ebpf, names::CT_EPOCH)?;
+        map.set(0, epoch, 0).map_err(map_err(names::CT_EPOCH))?;
+        self.ct_epoch = epoch;
         Ok(())
     }
 
     /// Moves the program to conntrack epoch `epoch` (see
-    /// `steer_common::SynBucket`): `SETTINGS` is rewritten with it if it
-    /// was written before and the epoch changed. The daemon calls it on its
-    /// timer with [`ct_epoch_now`]; tests set epochs directly.
+    /// `steer_common::SynBucket`), if it changed. The daemon calls it on
+    /// its timer with [`ct_epoch_now`]; tests set epochs directly.
     pub fn set_ct_epoch(&mut self, epoch: u32) -> Result<()> {
         if epoch == self.ct_epoch {
             return Ok(());
         }
-        self.ct_epoch = epoch;
-        match self.settings_written {
-            Some(v) => self.write_settings(Settings {
-                ct_epoch: epoch,
-                ..v
-            }),
-            None => Ok(()),
-        }
+        self.write_ct_epoch(epoch)
     }
 
     /// Executes a plan's writes in order.
@@ -119,10 +111,10 @@ impl Dataplane {
             let w = &writes[i];
             i += 1;
             match w {
-                Write::Settings(v) => self.write_settings(Settings {
-                    ct_epoch: self.ct_epoch,
-                    ..*v
-                })?,
+                Write::Settings(v) => {
+                    let mut map: Array<_, Settings> = typed(&mut self.ebpf, names::SETTINGS)?;
+                    map.set(0, v, 0).map_err(map_err(names::SETTINGS))?;
+                }
                 Write::FallbackSourceMac(mac) => {
                     self.write_source_mac(SOURCE_MAC_FALLBACK, *mac)?
                 }

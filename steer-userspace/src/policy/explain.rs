@@ -1,16 +1,17 @@
 //! `steer explain`: the decision path of one flow, computed from the same
 //! plan the data plane was programmed with (and, live, the conntrack
-//! entry that may override it).
+//! entry or the pending handshake that may override it).
 
 use std::fmt::{self, Write as _};
 use std::net::{IpAddr, SocketAddr};
 
 use steer_common::hash::flow_hash;
-use steer_common::{FlowKey, NO_REAL};
+use steer_common::{FlowKey, Real, SynSlot, NO_REAL, REAL_F_DOWN, REAL_F_PRESENT};
 use steer_policy::{explain_slot, HopAction, Outcome, RESIDENCY_DROP};
 
 use crate::config::{Affinity, Config, Policy, Protocol, Service};
 use crate::dataplane::plan::addr_bytes;
+use crate::dataplane::{CounterReader, Ledger, PendingSyn};
 
 use super::regions::{class_of, ServicePlan, TablePlan};
 use super::Planned;
@@ -34,6 +35,45 @@ pub enum Conntrack {
         backend: String,
         usable: bool,
     },
+    /// No entry, but the flow's SYN waits in `RECENT_SYN` (a flow-affinity
+    /// TCP flow whose handshake has not completed): the SYN went to
+    /// `backend` (a name, or `real N` when the id is no longer it), and the
+    /// flow's next packet does what `next` says.
+    HandshakePending {
+        backend: String,
+        next: Pending,
+    },
+}
+
+/// What a pending handshake's next packet does, by the program's rules
+/// (`flow::syn_take`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pending {
+    /// It goes to the SYN's backend, whatever the table says now.
+    Follows,
+    /// The SYN's backend is down: it is re-selected by the table.
+    Down,
+    /// The SYN's real id is gone or now another backend's (its generation
+    /// changed): it is re-selected by the table.
+    Replaced,
+}
+
+/// The fate of a pending SYN's next packet, exactly as `flow::syn_take`
+/// decides it: it follows the slot when the slot's real is present, not
+/// down, and of the slot's generation (its low 12 bits); else it is
+/// re-selected. `real` is the `REALS` entry of the slot's real id (`None`:
+/// beyond the map).
+pub fn pending_fate(slot: SynSlot, real: Option<Real>) -> Pending {
+    match real {
+        Some(r) if r.flags & REAL_F_PRESENT != 0 && slot.same_generation(r.generation) => {
+            if r.flags & REAL_F_DOWN == 0 {
+                Pending::Follows
+            } else {
+                Pending::Down
+            }
+        }
+        _ => Pending::Replaced,
+    }
 }
 
 /// The decision path of one flow.
@@ -84,21 +124,77 @@ pub fn parse_query(protocol: &str, client: &str, vip: &str) -> Result<FlowQuery,
     })
 }
 
-/// The conntrack entry of the flow, read with `lookup`; `name_of(service,
-/// real id)` names the backend a real id belongs to.
+/// What the data plane holds for the flow, read live from `reader`
+/// (`CONNTRACK`, then `RECENT_SYN` and `REALS`), the backends named by
+/// `ledger`: what the running daemon's `steer explain` reports. A map that
+/// cannot be read counts as holding nothing.
+pub fn conntrack_live(
+    cfg: &Config,
+    planned: &Planned,
+    ledger: &Ledger,
+    reader: &CounterReader,
+    q: &FlowQuery,
+) -> Conntrack {
+    conntrack_of(
+        cfg,
+        planned,
+        q,
+        reader.ct_epoch().ok(),
+        |key| reader.conntrack(key).ok().flatten(),
+        |key| reader.pending_syn(key).ok().flatten(),
+        |service, real_id| {
+            ledger.services.get(service).and_then(|s| {
+                s.reals
+                    .iter()
+                    .find(|(_, id)| **id == real_id)
+                    .map(|(n, _)| n.clone())
+            })
+        },
+    )
+}
+
+/// The conntrack entry of the flow, read with `lookup`; without one, and
+/// for a flow-affinity TCP service only (the others never use
+/// `RECENT_SYN`), its pending SYN, read with `pending`; `name_of(service,
+/// real id)` names the backend a real id belongs to. With the program's
+/// conntrack `epoch`, an entry of another epoch yields to a pending SYN of
+/// its 5-tuple too: that SYN skipped the entry (a reused client port, the
+/// entry's filter bit aged out) and the flow's next packet follows it.
 pub fn conntrack_of(
     cfg: &Config,
     planned: &Planned,
     q: &FlowQuery,
+    epoch: Option<u32>,
     lookup: impl Fn(&FlowKey) -> Option<steer_common::CtValue>,
+    pending: impl Fn(&FlowKey) -> Option<PendingSyn>,
     name_of: impl Fn(&str, u32) -> Option<String>,
 ) -> Conntrack {
     let Some(svc) = service_for(cfg, q) else {
         return Conntrack::None;
     };
-    let Some(ct) = lookup(&flow_key(q, svc)) else {
-        return Conntrack::None;
+    let key = flow_key(q, svc);
+    let flow_tcp = svc.protocol == Protocol::Tcp && svc.affinity == Affinity::Flow;
+    let handshake = |p: PendingSyn| {
+        let next = pending_fate(p.slot, p.real);
+        let backend = match next {
+            Pending::Follows | Pending::Down => name_of(&svc.name, p.slot.real_id),
+            // The id's current holder is not where the SYN went.
+            Pending::Replaced => None,
+        }
+        .unwrap_or_else(|| format!("real {}", p.slot.real_id));
+        Conntrack::HandshakePending { backend, next }
     };
+    let Some(ct) = lookup(&key) else {
+        if !flow_tcp {
+            return Conntrack::None;
+        }
+        return pending(&key).map_or(Conntrack::None, handshake);
+    };
+    if flow_tcp && epoch.is_some_and(|e| !steer_common::ct_epoch_is(ct.flags, e)) {
+        if let Some(p) = pending(&key) {
+            return handshake(p);
+        }
+    }
     match name_of(&svc.name, ct.real_id) {
         None => Conntrack::Entry {
             backend: format!("real {} (no longer a backend of {})", ct.real_id, svc.name),
@@ -452,6 +548,7 @@ pub fn explain(cfg: &Config, planned: &Planned, q: FlowQuery, ct: Conntrack) -> 
         Conntrack::Entry { backend: b, usable: false } => lines.push(format!(
             "conntrack   an entry names {b}, which is down or gone: the flow is re-selected as above"
         )),
+        Conntrack::HandshakePending { backend, next } => lines.push(pending_line(&backend, next)),
     }
     Explanation {
         flow: q,
@@ -459,6 +556,25 @@ pub fn explain(cfg: &Config, planned: &Planned, q: FlowQuery, ct: Conntrack) -> 
         lines,
         backend,
         drop,
+    }
+}
+
+/// The `conntrack` line of a pending handshake.
+fn pending_line(backend: &str, next: Pending) -> String {
+    let b = backend;
+    match next {
+        Pending::Follows => format!(
+            "conntrack   handshake pending: the SYN went to {b}; the flow's next packet follows \
+             it (overrides the choice above)"
+        ),
+        Pending::Down => format!(
+            "conntrack   handshake pending: the SYN went to {b}, which is down: the flow's next \
+             packet is re-selected as above"
+        ),
+        Pending::Replaced => format!(
+            "conntrack   handshake pending: the SYN went to {b}, which is gone or replaced \
+             (generation changed): the flow's next packet is re-selected as above"
+        ),
     }
 }
 
@@ -478,5 +594,238 @@ mod tests {
         assert!(e.contains("is not IP:PORT"), "{e}");
         let e = parse_query("tcp", "198.51.100.7:1", "[2001:db8::10]:1").unwrap_err();
         assert!(e.contains("different address families"), "{e}");
+    }
+
+    const CFG: &str = r#"
+[dataplane]
+next_hop_mac = "02:00:00:00:00:fe"
+encap_source_v4 = "198.18.0.0/24"
+
+[[regions]]
+name = "eu"
+
+[[backends]]
+name = "eu-1"
+address = "192.0.2.11"
+region = "eu"
+
+[[backends]]
+name = "eu-2"
+address = "192.0.2.12"
+region = "eu"
+
+[[services]]
+name = "web"
+vip = "203.0.113.10"
+port = 80
+protocol = "tcp"
+regions = ["eu"]
+
+[[services]]
+name = "sticky"
+vip = "203.0.113.10"
+port = 443
+protocol = "tcp"
+affinity = "client"
+regions = ["eu"]
+
+[[services]]
+name = "dns"
+vip = "203.0.113.10"
+port = 53
+protocol = "udp"
+regions = ["eu"]
+"#;
+
+    fn real(flags: u8, generation: u32) -> Real {
+        Real {
+            addr: [0; 16],
+            family: steer_common::FAMILY_V4,
+            flags,
+            _pad: [0; 2],
+            generation,
+        }
+    }
+
+    fn slot(real_id: u32, generation: u32) -> SynSlot {
+        SynSlot::unpack(
+            SynSlot {
+                tag: 0x8000_0001,
+                real_id,
+                generation,
+            }
+            .pack(),
+        )
+    }
+
+    #[test]
+    fn a_pending_syn_follows_its_real_only_when_syn_take_would() {
+        let up = REAL_F_PRESENT;
+        let down = REAL_F_PRESENT | REAL_F_DOWN;
+        // Present, up, same generation: the next packet follows the SYN.
+        assert_eq!(
+            pending_fate(slot(3, 7), Some(real(up, 7))),
+            Pending::Follows
+        );
+        // The slot keeps 12 bits of the generation: a difference above
+        // them is not seen (as in the program).
+        assert_eq!(
+            pending_fate(slot(3, 7), Some(real(up, 7 + 4096))),
+            Pending::Follows
+        );
+        assert_eq!(pending_fate(slot(3, 7), Some(real(down, 7))), Pending::Down);
+        // The id was reused (generation bumped), removed, or is beyond
+        // REALS: re-selected.
+        assert_eq!(
+            pending_fate(slot(3, 7), Some(real(up, 8))),
+            Pending::Replaced
+        );
+        assert_eq!(
+            pending_fate(slot(3, 7), Some(real(down, 8))),
+            Pending::Replaced
+        );
+        assert_eq!(
+            pending_fate(slot(3, 7), Some(real(0, 7))),
+            Pending::Replaced
+        );
+        assert_eq!(pending_fate(slot(3, 7), None), Pending::Replaced);
+    }
+
+    fn live(
+        cfg: &Config,
+        q: &FlowQuery,
+        ct: Option<steer_common::CtValue>,
+        syn: Option<PendingSyn>,
+    ) -> Conntrack {
+        let planned = crate::policy::plan(cfg, &crate::policy::Runtime::default());
+        conntrack_of(
+            cfg,
+            &planned,
+            q,
+            Some(7),
+            |_| ct,
+            |_| syn,
+            |service, id| (service == "web" && id == 3).then(|| "eu-2".to_string()),
+        )
+    }
+
+    #[test]
+    fn a_pending_handshake_is_reported_for_flow_affinity_tcp_only() {
+        let cfg = Config::parse(CFG).expect("valid config");
+        let q = |proto: &str, port: u16| {
+            parse_query(proto, "198.51.100.7:40000", &format!("203.0.113.10:{port}"))
+                .expect("query")
+        };
+        let pending = |flags, generation| PendingSyn {
+            slot: slot(3, 5),
+            real: Some(real(flags, generation)),
+        };
+        let web = q("tcp", 80);
+        assert_eq!(
+            live(&cfg, &web, None, Some(pending(REAL_F_PRESENT, 5))),
+            Conntrack::HandshakePending {
+                backend: "eu-2".into(),
+                next: Pending::Follows
+            }
+        );
+        assert_eq!(
+            live(
+                &cfg,
+                &web,
+                None,
+                Some(pending(REAL_F_PRESENT | REAL_F_DOWN, 5))
+            ),
+            Conntrack::HandshakePending {
+                backend: "eu-2".into(),
+                next: Pending::Down
+            }
+        );
+        // A reused id is not named after its new holder.
+        assert_eq!(
+            live(&cfg, &web, None, Some(pending(REAL_F_PRESENT, 6))),
+            Conntrack::HandshakePending {
+                backend: "real 3".into(),
+                next: Pending::Replaced
+            }
+        );
+        assert_eq!(live(&cfg, &web, None, None), Conntrack::None);
+        // A conntrack entry of the current epoch (7 in `live`) wins: the
+        // program does not look at RECENT_SYN then.
+        let entry = steer_common::CtValue {
+            real_id: 3,
+            real_generation: 5,
+            flags: steer_common::ct_epoch_flags(7),
+            ..Default::default()
+        };
+        assert!(matches!(
+            live(&cfg, &web, Some(entry), Some(pending(REAL_F_PRESENT, 5))),
+            Conntrack::Entry { ref backend, .. } if backend == "eu-2"
+        ));
+        // An entry of an older epoch yields to a SYN of its 5-tuple: that
+        // SYN skipped it (port reuse), and the next packet follows the SYN.
+        let old_entry = steer_common::CtValue {
+            flags: steer_common::ct_epoch_flags(5),
+            ..entry
+        };
+        assert_eq!(
+            live(
+                &cfg,
+                &web,
+                Some(old_entry),
+                Some(pending(REAL_F_PRESENT, 5))
+            ),
+            Conntrack::HandshakePending {
+                backend: "eu-2".into(),
+                next: Pending::Follows
+            }
+        );
+        // Without such a SYN the old entry stands.
+        assert!(matches!(
+            live(&cfg, &web, Some(old_entry), None),
+            Conntrack::Entry { ref backend, .. } if backend == "eu-2"
+        ));
+        // Client affinity and UDP never use RECENT_SYN: a slot with the
+        // flow's tag (a collision) is not theirs.
+        for other in [q("tcp", 443), q("udp", 53)] {
+            assert_eq!(
+                live(&cfg, &other, None, Some(pending(REAL_F_PRESENT, 5))),
+                Conntrack::None,
+                "{other:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn pending_handshake_lines() {
+        let cfg = Config::parse(CFG).expect("valid config");
+        let planned = crate::policy::plan(&cfg, &crate::policy::Runtime::default());
+        let q = parse_query("tcp", "198.51.100.7:40000", "203.0.113.10:80").expect("query");
+        let line = |next| {
+            let e = explain(
+                &cfg,
+                &planned,
+                q,
+                Conntrack::HandshakePending {
+                    backend: "eu-2".into(),
+                    next,
+                },
+            );
+            e.lines.last().cloned().expect("a line")
+        };
+        assert_eq!(
+            line(Pending::Follows),
+            "conntrack   handshake pending: the SYN went to eu-2; the flow's next packet \
+             follows it (overrides the choice above)"
+        );
+        assert_eq!(
+            line(Pending::Down),
+            "conntrack   handshake pending: the SYN went to eu-2, which is down: the flow's \
+             next packet is re-selected as above"
+        );
+        assert_eq!(
+            line(Pending::Replaced),
+            "conntrack   handshake pending: the SYN went to eu-2, which is gone or replaced \
+             (generation changed): the flow's next packet is re-selected as above"
+        );
     }
 }

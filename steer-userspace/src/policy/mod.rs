@@ -206,6 +206,8 @@ pub fn plan_from(cfg: &Config, rt: &Runtime, prev: Option<&Planned>) -> Planned 
 pub fn globals(cfg: &DataplaneConfig) -> Globals {
     Globals {
         mtu: cfg.mtu,
+        pmtu_reply_rate: cfg.pmtu_reply_rate,
+        pmtu_reply_burst: cfg.pmtu_reply_burst,
         next_hop_mac: cfg.next_hop_mac,
         ttl: cfg.ttl,
         encap_source_v4: cfg.encap_source_v4.map(|p| (p.addr.octets(), p.len)),
