@@ -746,3 +746,76 @@ fn syn_slots_survive_a_restart_and_an_old_pin_directory_gets_them() {
     assert_eq!(backend(&dp, &segment(7, false)), f7);
     assert_eq!(handshakes(&dp, f7), before + 1);
 }
+
+/// Pins an empty BPF array map of `entries` values of `value_size` bytes
+/// at `path` (raw BPF_MAP_CREATE and BPF_OBJ_PIN, as an older steer's
+/// program would have left it).
+fn pin_array(path: &Path, value_size: u32, entries: u32) {
+    // union bpf_attr for BPF_MAP_CREATE: map_type, key_size, value_size,
+    // max_entries, map_flags, then zeros.
+    let mut attr = [0u8; 128];
+    for (i, v) in [2u32, 4, value_size, entries, 0].into_iter().enumerate() {
+        attr[i * 4..i * 4 + 4].copy_from_slice(&v.to_ne_bytes());
+    }
+    // SAFETY: a valid, zero-padded bpf_attr of the size passed.
+    let fd = unsafe { libc::syscall(libc::SYS_bpf, 0, attr.as_ptr(), attr.len()) };
+    assert!(
+        fd >= 0,
+        "BPF_MAP_CREATE: {}",
+        std::io::Error::last_os_error()
+    );
+    let name = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).expect("path");
+    // union bpf_attr for BPF_OBJ_PIN: pathname (u64), bpf_fd (u32).
+    let mut pin = [0u8; 128];
+    pin[..8].copy_from_slice(&(name.as_ptr() as u64).to_ne_bytes());
+    pin[8..12].copy_from_slice(&(fd as u32).to_ne_bytes());
+    // SAFETY: as above; `name` outlives the call.
+    let rc = unsafe { libc::syscall(libc::SYS_bpf, 6, pin.as_ptr(), pin.len()) };
+    let err = std::io::Error::last_os_error();
+    // SAFETY: `fd` is the descriptor BPF_MAP_CREATE returned, closed once.
+    unsafe { libc::close(fd as i32) };
+    assert_eq!(rc, 0, "BPF_OBJ_PIN {}: {err}", path.display());
+}
+
+/// An older steer pinned `RECENT_SYN` with 32-byte buckets (no SYN
+/// filter). The program cannot use that map: `open` replaces the pin (it
+/// only held handshakes in progress), adopts everything else, and flows
+/// keep their backends.
+#[test]
+#[ignore = "needs root: BPF or network namespaces (cargo xtask test runs it)"]
+fn a_recent_syn_pin_of_the_old_layout_is_replaced() {
+    if !require_root() {
+        return;
+    }
+    let s = Scratch::new("synlayout");
+    let cfg = three(4096);
+    let (mut dp, _) = open(&cfg, s.persist());
+    dp.apply(&cfg, &BTreeSet::new()).expect("apply");
+    let frames = flows(21, 200, [203, 0, 113, 10]);
+    let before = run_all(&dp, &frames);
+    drop(dp);
+    let pin = s.persist.pin_dir.join("RECENT_SYN");
+    std::fs::remove_file(&pin).expect("remove the pin");
+    let buckets = steer_common::syn_buckets(4096);
+    pin_array(&pin, 32, buckets);
+    let size = |p: &Path| {
+        aya::maps::MapData::from_pin(p)
+            .expect("open the pin")
+            .info()
+            .expect("info")
+            .value_size()
+    };
+    assert_eq!(size(&pin), 32);
+    let (mut dp, adopted) = open(&cfg, s.persist());
+    assert!(adopted, "the other pins and the state file are adopted");
+    assert_eq!(size(&pin), 64, "the old-layout pin was replaced");
+    dp.apply(&cfg, &BTreeSet::new()).expect("apply");
+    assert_eq!(
+        run_all(&dp, &frames),
+        before,
+        "every flow keeps its backend"
+    );
+    // The new map works: a SYN and its ACK.
+    let syn = backend(&dp, &segment(9, true));
+    assert_eq!(backend(&dp, &segment(9, false)), syn);
+}
