@@ -70,9 +70,9 @@ pub fn lookup<const PASSIVE: bool>(key: &FlowKey, completes: bool, epoch: u32) -
     let mut ct = unsafe { *p };
     if completes && key.proto == PROTO_TCP && !ct_epoch_is(ct.flags, epoch) {
         match refresh::<PASSIVE>(p, key, &mut ct, epoch) {
-            Refresh::Kept => {}
-            Refresh::Reused(real) => return Lookup::Hit { ct, real },
-            Refresh::Stale => return Lookup::Stale,
+            Promote::Unknown => {}
+            Promote::To(_, real) => return Lookup::Hit { ct, real },
+            Promote::Stale => return Lookup::Stale,
         }
     }
     match usable_real(ct.real_id, Some(ct.real_generation)) {
@@ -90,74 +90,43 @@ pub fn lookup<const PASSIVE: bool>(key: &FlowKey, completes: bool, epoch: u32) -
     }
 }
 
-/// What [`refresh`] found in the entry's bucket.
-enum Refresh {
-    /// No newer SYN of the flow: the entry stands (now of this epoch).
-    Kept,
-    /// A newer SYN of the same 5-tuple (client port reuse) that skipped its
-    /// conntrack lookup: the entry now names the real that SYN went to,
-    /// and the handshake is complete.
-    Reused(Real),
-    /// Such a SYN, but its real went down or was replaced: re-select.
-    Stale,
-}
-
 /// A client packet (not a SYN) of a TCP entry written in an older epoch:
-/// once per flow and epoch, it loads the flow's `RECENT_SYN` bucket. A slot
-/// there with the flow's tag is a SYN conntrack did not stop (the entry's
-/// filter bit had aged out, so the SYN skipped its lookup): this packet is
-/// that new connection's, and it follows the SYN like [`syn_take`]. Either
-/// way the entry's filter bit is set and its epoch is `epoch`.
+/// once per flow and epoch, it sets the flow's filter bit and looks in its
+/// `RECENT_SYN` bucket. A slot there with the flow's tag is a SYN
+/// conntrack did not stop (the entry's filter bit had aged out, so the SYN
+/// skipped its lookup): this packet is that new connection's, and it
+/// follows the SYN as a first ACK does ([`syn_take`]): with
+/// `Promote::To`, the entry (`p`, copied in `ct`) now names the SYN's
+/// real. Otherwise the entry stands, now of `epoch`.
 #[inline(always)]
 fn refresh<const PASSIVE: bool>(
     p: *mut CtValue,
     key: &FlowKey,
     ct: &mut CtValue,
     epoch: u32,
-) -> Refresh {
-    let Some(b) = syn_bucket(ct.hash) else {
-        return Refresh::Kept;
-    };
-    mark(b, ct.hash, epoch);
-    let flags = (ct.flags & CT_F_PENDING) | ct_epoch_flags(epoch);
-    let tag = flow_tag(key);
-    let slots = b.cast::<u64>();
-    let mut way = SYN_WAYS;
-    let mut raw = 0;
-    for w in 0..SYN_WAYS {
-        let v = load_way(slots, w);
-        if (v >> 32) as u32 == tag {
-            way = w;
-            raw = v;
-        }
-    }
-    if way == SYN_WAYS {
-        ct.flags = flags;
-        // SAFETY: `p` comes from the successful lookup in `lookup` (RCU
-        // keeps it allocated while this program runs); one store into the
-        // value's own flags field.
-        unsafe { (*p).flags = flags };
-        return Refresh::Kept;
-    }
-    store_way(slots, way, 0);
-    let slot = SynSlot::unpack(raw);
-    match usable_real(slot.real_id, None) {
-        Some(real) if slot.same_generation(real.generation) => {
-            if PASSIVE {
-                stats::handshake(slot.real_id);
-            }
-            ct.real_id = slot.real_id;
+) -> Promote {
+    mark_tracked(ct.hash, epoch);
+    let found = syn_take::<PASSIVE>(key, ct.hash);
+    match found {
+        Promote::To(real_id, real) => {
+            ct.real_id = real_id;
             ct.real_generation = real.generation;
             ct.flags = ct_epoch_flags(epoch);
-            // SAFETY: as above; the whole value is overwritten in place. A
-            // reader on another CPU may copy a mix of old and new fields; a
-            // real id with another real's generation fails its generation
-            // check and is re-selected.
+            // SAFETY: `p` comes from the successful lookup in `lookup` (RCU
+            // keeps it allocated while this program runs); the whole value
+            // is overwritten in place. A reader on another CPU may copy a
+            // mix of old and new fields; a real id with another real's
+            // generation fails its generation check and is re-selected.
             unsafe { *p = *ct };
-            Refresh::Reused(real)
         }
-        _ => Refresh::Stale,
+        Promote::Unknown => {
+            ct.flags = (ct.flags & CT_F_PENDING) | ct_epoch_flags(epoch);
+            // SAFETY: as above; one store into the value's own flags field.
+            unsafe { (*p).flags = ct.flags };
+        }
+        Promote::Stale => {}
     }
+    found
 }
 
 /// The conntrack entry of `key`, for a TCP SYN to overwrite (see

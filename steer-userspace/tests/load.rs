@@ -72,6 +72,21 @@ fn outer_dst(dp: &Dataplane, frame: &[u8]) -> [u8; 4] {
         .destination
 }
 
+/// `one` (the fixture: service web on eu-1) with eu-1 drained (weight 0)
+/// and eu-2 added to the service.
+fn eu1_drained_eu2_added(one: &str) -> Config {
+    let two = one
+        .replace(
+            "address = \"192.0.2.11\"\n",
+            "address = \"192.0.2.11\"\nweight = 0\n",
+        )
+        .replace("backends = [\"eu-1\"]", "backends = [\"eu-1\", \"eu-2\"]");
+    let cfg = Config::parse(&two).expect("config with eu-2");
+    assert_eq!(cfg.backend("eu-1").map(|b| b.weight), Some(0));
+    assert_eq!(cfg.services[0].backends, ["eu-1", "eu-2"]);
+    cfg
+}
+
 /// Established segments follow conntrack onto a drained backend; a SYN
 /// that reuses the same 5-tuple is a new connection and is selected from
 /// the current table, so it never lands on the drained backend.
@@ -88,17 +103,8 @@ fn a_syn_reusing_a_tuple_is_selected_afresh() {
     for p in 0..50u16 {
         assert_eq!(outer_dst(&dp, &segment(30_000 + p, false)), [192, 0, 2, 11]);
     }
-    // eu-1 drained, eu-2 added.
-    let two = one
-        .replace(
-            "address = \"192.0.2.11\"\n",
-            "address = \"192.0.2.11\"\nweight = 0\n",
-        )
-        .replace("backends = [\"eu-1\"]", "backends = [\"eu-1\", \"eu-2\"]");
-    let cfg2 = Config::parse(&two).expect("config with eu-2");
-    assert_eq!(cfg2.backend("eu-1").map(|b| b.weight), Some(0));
-    assert_eq!(cfg2.services[0].backends, ["eu-1", "eu-2"]);
-    dp.apply(&cfg2, &BTreeSet::new()).expect("apply");
+    dp.apply(&eu1_drained_eu2_added(&one), &BTreeSet::new())
+        .expect("apply");
     for p in 0..50u16 {
         assert_eq!(
             outer_dst(&dp, &segment(30_000 + p, false)),
@@ -137,14 +143,8 @@ fn a_reused_tuple_whose_filter_bit_aged_out_follows_its_syn() {
     for p in 0..100u16 {
         assert_eq!(outer_dst(&dp, &segment(31_000 + p, false)), [192, 0, 2, 11]);
     }
-    let two = one
-        .replace(
-            "address = \"192.0.2.11\"\n",
-            "address = \"192.0.2.11\"\nweight = 0\n",
-        )
-        .replace("backends = [\"eu-1\"]", "backends = [\"eu-1\", \"eu-2\"]");
-    let cfg2 = Config::parse(&two).expect("config with eu-2");
-    dp.apply(&cfg2, &BTreeSet::new()).expect("apply");
+    dp.apply(&eu1_drained_eu2_added(&one), &BTreeSet::new())
+        .expect("apply");
     // Two epochs on: bits written in epoch 1,000 no longer count.
     dp.set_ct_epoch(1_002).expect("epoch");
     for p in 0..50u16 {

@@ -1041,8 +1041,8 @@ impl Dataplane {
         self.counters.service(slot.vip_id)
     }
 
-    /// Counters of one backend of one service.
-    pub fn backend_counters(&self, service: &str, backend: &str) -> Result<Counters> {
+    /// The real id of one backend of one service.
+    fn real_id_of(&self, service: &str, backend: &str) -> Result<u32> {
         let slot = self
             .ledger
             .services
@@ -1052,22 +1052,18 @@ impl Dataplane {
             .reals
             .get(backend)
             .ok_or_else(|| DataplaneError::UnknownBackend(backend.to_string()))?;
-        self.counters.real(real.id)
+        Ok(real.id)
+    }
+
+    /// Counters of one backend of one service.
+    pub fn backend_counters(&self, service: &str, backend: &str) -> Result<Counters> {
+        self.counters.real(self.real_id_of(service, backend)?)
     }
 
     /// Passive health counters (repeated SYNs, handshakes) of one backend
     /// of one service, summed over CPUs.
     pub fn backend_passive(&self, service: &str, backend: &str) -> Result<Passive> {
-        let slot = self
-            .ledger
-            .services
-            .get(service)
-            .ok_or_else(|| DataplaneError::UnknownService(service.to_string()))?;
-        let real = slot
-            .reals
-            .get(backend)
-            .ok_or_else(|| DataplaneError::UnknownBackend(backend.to_string()))?;
-        self.counters.passive(real.id)
+        self.counters.passive(self.real_id_of(service, backend)?)
     }
 
     /// The active selection table of a service: backend name per slot
