@@ -232,15 +232,6 @@ pub struct SlotRef {
     pub maybe_tracked: bool,
 }
 
-impl SlotRef {
-    /// Sets this SYN's filter bit: its 5-tuple has a conntrack entry of
-    /// epoch `epoch` now.
-    #[inline(always)]
-    pub fn mark(&self, hash: u32, epoch: u32) {
-        mark(self.b, hash, epoch);
-    }
-}
-
 /// Loads the `RECENT_SYN` bucket of a SYN with flow hash `hash` in epoch
 /// `epoch`. Called as soon as the hash is known, well before the slots are
 /// used ([`syn_record`]): the load (usually a cache miss in a 16 MiB

@@ -311,10 +311,7 @@ fn select_new<const PASSIVE: bool>(
                         ct.flags |= CT_F_PENDING;
                     }
                     flow::syn_replace::<PASSIVE>(p, &ct);
-                    match &syn_slot {
-                        Some(slot) => slot.mark(hash, epoch),
-                        None => flow::mark_tracked(hash, epoch),
-                    }
+                    flow::mark_tracked(hash, epoch);
                 }
                 None => flow::syn_record::<PASSIVE>(syn_slot, key, real_id, &real),
             }

@@ -519,7 +519,7 @@ impl Dataplane {
             )?
         };
         let counters = CounterReader::new(&ebpf)?;
-        Ok(Dataplane {
+        let mut dp = Dataplane {
             counters,
             discarded: None,
             ebpf,
@@ -539,11 +539,9 @@ impl Dataplane {
             written: std::collections::HashMap::new(),
             saved: None,
             vips_written: std::collections::HashMap::new(),
-        })
-        .and_then(|mut dp| {
-            dp.write_ct_epoch(ct_epoch_now())?;
-            Ok(dp)
-        })
+        };
+        dp.write_ct_epoch(ct_epoch_now())?;
+        Ok(dp)
     }
 
     /// Loads the program with its maps pinned under `persist.pin_dir`. If
