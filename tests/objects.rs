@@ -106,6 +106,7 @@ fn pinned_maps_are_the_production_maps_only() {
         "DROP_STATS",
         "PATH_STATS",
         "SOURCE_MACS",
+        "SOURCE_MACS_HIGH",
         "CLASS_V4",
         "CLASS_V6",
         "CLASS_V6_48",

@@ -652,6 +652,70 @@ fn non_vip_traffic_passes_unchanged() {
     }
 }
 
+/// Two TCP ports of `vip` whose VIP keys share a `VIP_SLOTS` slot (the
+/// program's direct-mapped copy of `VIPS`), found by search.
+fn ports_sharing_a_vip_slot(vip: Ipv4Addr) -> (u16, u16) {
+    use steer_common::{port_to_wire, vip_slot_index, VipKey, FAMILY_V4, PROTO_TCP};
+    let key = |port: u16| {
+        let mut addr = [0u8; 16];
+        addr[..4].copy_from_slice(&vip.octets());
+        VipKey {
+            addr,
+            port: port_to_wire(port),
+            proto: PROTO_TCP,
+            family: FAMILY_V4,
+        }
+    };
+    let first = 1000;
+    let want = vip_slot_index(&key(first));
+    let second = (first + 1..u16::MAX)
+        .find(|p| vip_slot_index(&key(*p)) == want)
+        .expect("8,192 slots: some port of 64,000 shares one");
+    (first, second)
+}
+
+#[test]
+#[ignore = "needs root: BPF or network namespaces (cargo xtask test runs it)"]
+fn vips_sharing_a_slot_are_both_served_and_a_removed_one_is_not() {
+    if !steer_tests::require_root() {
+        return;
+    }
+    // Two services whose keys land in one `VIP_SLOTS` slot: one holds the
+    // slot, the other is found in `VIPS`. Whichever is removed, its packets
+    // pass from then on (the slot is emptied before the VIP leaves `VIPS`;
+    // a stale slot would forward them) and the other's keep their backend.
+    const VIP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 80);
+    let (pa, pb) = ports_sharing_a_vip_slot(VIP);
+    let service = |name: &str, port: u16, backend: &str| {
+        format!(
+            "\n[[services]]\nname = \"{name}\"\nvip = \"{VIP}\"\nport = {port}\n\
+             protocol = \"tcp\"\nbackends = [\"{backend}\"]\n"
+        )
+    };
+    let a = service("slot-a", pa, "eu-1");
+    let b = service("slot-b", pb, "eu-2");
+    let both = format!("{BASIC}{a}{b}");
+    let to_a = tcp4(CLIENT, 41000, VIP, pa).syn();
+    let to_b = tcp4(CLIENT, 41000, VIP, pb).syn();
+    for (gone, kept, only_kept) in [
+        ("slot-a", &to_b, format!("{BASIC}{b}")),
+        ("slot-b", &to_a, format!("{BASIC}{a}")),
+    ] {
+        let mut rig = Rig::new(&both);
+        rig.expect_to("slot-a, sharing a slot", &to_a, "eu-1");
+        rig.expect_to("slot-b, sharing a slot", &to_b, "eu-2");
+        rig.reapply(&only_kept);
+        let gone_pkt = if gone == "slot-a" { &to_a } else { &to_b };
+        rig.expect_pass(&format!("{gone} removed"), &gone_pkt.build());
+        let kept_backend = if gone == "slot-a" { "eu-2" } else { "eu-1" };
+        rig.expect_to(&format!("the other after {gone} left"), kept, kept_backend);
+        // Back again: both served.
+        rig.reapply(&both);
+        rig.expect_to("slot-a, back", &to_a, "eu-1");
+        rig.expect_to("slot-b, back", &to_b, "eu-2");
+    }
+}
+
 /// `p` with its transport replaced by 24 bytes of protocol `proto`.
 fn other_proto(p: Packet, proto: u8) -> Vec<u8> {
     let mut p = p;
@@ -1748,7 +1812,9 @@ fn repeated_syns_and_handshakes_are_counted_per_backend() {
     check(&rig, &want, "D's second handshake");
 
     // Client affinity (one entry per client, sport 0) and UDP: never
-    // pending, never counted.
+    // pending, never counted. Every backend is back first: the drained
+    // `a` may be one of theirs (eu-3 is dns30's only backend).
+    rig.reapply(BASIC);
     for i in 0..2 {
         let p = tcp4(CLIENT, 42000, VIP_STICKY, 443).syn();
         rig.tx_frame(&format!("sticky SYN {i}"), &p.build());

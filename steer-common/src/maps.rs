@@ -38,10 +38,14 @@ pub mod names {
     pub const DROP_STATS: &str = "DROP_STATS";
     pub const PATH_STATS: &str = "PATH_STATS";
     pub const SOURCE_MACS: &str = "SOURCE_MACS";
+    pub const SOURCE_MACS_HIGH: &str = "SOURCE_MACS_HIGH";
     pub const CLASS_V4: &str = "CLASS_V4";
     pub const CLASS_V6: &str = "CLASS_V6";
     pub const CLASS_V6_48: &str = "CLASS_V6_48";
     pub const CLASS_TABLES: &str = "CLASS_TABLES";
+    /// The direct-mapped copy of `VIPS` (see `VipSlot`). Not pinned:
+    /// every load makes it and fills it from the plan.
+    pub const VIP_SLOTS: &str = "VIP_SLOTS";
     pub const RECENT_SYN: &str = "RECENT_SYN";
     /// The conntrack epoch (one `u32`), advanced by the daemon. Not
     /// pinned: every load writes it.
@@ -77,9 +81,13 @@ pub mod capacity {
     pub const TABLES: u32 = 128;
     pub const CONNTRACK: u32 = 1 << 20;
     pub const DEFAULT_RING_SIZE: u32 = 65537;
-    /// `SOURCE_MACS` entries: the fallback (key 0) plus one per interface
-    /// steer is attached to.
-    pub const SOURCE_MACS: u32 = 256;
+    /// `SOURCE_MACS` slots, indexed by ingress ifindex: the fallback
+    /// (index 0) and every interface whose ifindex is below this (8 bytes
+    /// each, 512 KiB).
+    pub const SOURCE_MACS: u32 = crate::SOURCE_MAC_SLOTS;
+    /// `SOURCE_MACS_HIGH` entries: attached interfaces whose ifindex is
+    /// [`crate::SOURCE_MAC_SLOTS`] or more.
+    pub const SOURCE_MACS_HIGH: u32 = 256;
     /// `CLASS_V4` values: one lane per IPv4 /24 (see [`crate::CLASS_V4_LANES`]).
     pub const CLASS_V4: u32 = crate::CLASS_V4_VALUES;
     /// `CLASS_V6` prefixes (the map allocates entries as they are added).
@@ -156,6 +164,77 @@ pub struct VipInfo {
     pub table_id: u32,
     pub flags: u32,
     pub _pad: u32,
+}
+
+/// `VIP_SLOTS` entries: a direct-mapped copy of `VIPS` (twice the most
+/// VIPs there can be, so few share a slot), 40 bytes each.
+pub const VIP_SLOTS: u32 = 8192;
+
+/// A `VIP_SLOTS` entry: one VIP of `VIPS` at index [`vip_slot_index`] of
+/// its key, found with one inlined array lookup instead of a hash lookup
+/// (~25 ns less for every new flow, see docs/benchmarks.md). `VIPS` stays
+/// the authority: a VIP whose slot holds another VIP (two keys of one
+/// index) is found there, and so is every VIP while its slot is written.
+///
+/// Userspace writes a slot through a shared mapping as a sequence lock:
+/// `seq` odd, then the key and the value, then `seq` even again. The
+/// program reads `seq`, the fields and `seq` again, and uses the slot only
+/// when both reads gave the same even number (x86 keeps loads in order and
+/// stores in order). An empty slot has `family` 0, which no key has.
+#[repr(C, align(4))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VipSlot {
+    pub seq: u32,
+    pub key: VipKey,
+    pub info: VipInfo,
+}
+
+impl VipKey {
+    /// The key as the five 32-bit words of its layout in memory (the
+    /// address's four, then port, proto and family): how a `VipSlot`
+    /// holds it.
+    #[inline(always)]
+    pub fn words(&self) -> [u32; 5] {
+        let a = &self.addr;
+        let w = |i: usize| u32::from_ne_bytes([a[i], a[i + 1], a[i + 2], a[i + 3]]);
+        let p = self.port.to_ne_bytes();
+        [
+            w(0),
+            w(4),
+            w(8),
+            w(12),
+            u32::from_ne_bytes([p[0], p[1], self.proto, self.family]),
+        ]
+    }
+}
+
+impl VipSlot {
+    /// The slot as the ten 32-bit words of its layout: `seq`, the key's
+    /// five ([`VipKey::words`]), the value's four.
+    pub fn words(&self) -> [u32; 10] {
+        let k = self.key.words();
+        let i = &self.info;
+        [
+            self.seq, k[0], k[1], k[2], k[3], k[4], i.vip_id, i.table_id, i.flags, i._pad,
+        ]
+    }
+}
+
+/// The `VIP_SLOTS` index of a VIP key: its words folded together, then a
+/// multiplicative hash (one multiplication), the top bits.
+#[inline(always)]
+pub fn vip_slot_index(key: &VipKey) -> u32 {
+    let w = |i: usize| {
+        u32::from_ne_bytes([
+            key.addr[i],
+            key.addr[i + 1],
+            key.addr[i + 2],
+            key.addr[i + 3],
+        ])
+    };
+    let rest = u32::from(key.port) | u32::from(key.proto) << 16 | u32::from(key.family) << 24;
+    let x = w(0) ^ w(4).rotate_left(8) ^ w(8).rotate_left(16) ^ w(12).rotate_left(24) ^ rest;
+    x.wrapping_mul(0x9e37_79b1) >> (32 - VIP_SLOTS.trailing_zeros())
 }
 
 /// Key of `VIP_ADDRS`: any address that carries at least one VIP. Used only
@@ -398,11 +477,15 @@ pub struct Settings {
     pub pmtu_reply_burst: u16,
 }
 
-/// Value of `SOURCE_MACS`: the source MAC of frames transmitted out of an
-/// interface. Key: the ingress ifindex (`XDP_TX` sends a frame back out of
-/// the interface it arrived on); key [`SOURCE_MAC_FALLBACK`] (0, never an
-/// ifindex): the configured `dataplane.source_mac`, used for an interface
-/// with no entry of its own (BPF_PROG_TEST_RUN runs on loopback).
+/// Value of `SOURCE_MACS` and `SOURCE_MACS_HIGH`: the source MAC of frames
+/// transmitted out of an interface, all-zero for none. Index or key: the
+/// ingress ifindex (`XDP_TX` sends a frame back out of the interface it
+/// arrived on), in the array `SOURCE_MACS` below [`SOURCE_MAC_SLOTS`] (one
+/// inlined array lookup per transmitted packet, where a hash lookup cost
+/// 12 ns), in the hash map `SOURCE_MACS_HIGH` from there on; index
+/// [`SOURCE_MAC_FALLBACK`] (0, never an ifindex) of `SOURCE_MACS`: the
+/// configured `dataplane.source_mac`, used for an interface with no entry
+/// of its own (BPF_PROG_TEST_RUN runs on loopback).
 #[repr(C, align(2))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SourceMac {
@@ -410,8 +493,13 @@ pub struct SourceMac {
     pub _pad: [u8; 2],
 }
 
-/// The `SOURCE_MACS` key of the configured fallback source MAC.
+/// The `SOURCE_MACS` index of the configured fallback source MAC.
 pub const SOURCE_MAC_FALLBACK: u32 = 0;
+
+/// `SOURCE_MACS` slots: ifindexes below this have their source MAC in the
+/// array; higher ones (the kernel hands ifindexes out cyclically, so a
+/// host that has created many interfaces has them) in `SOURCE_MACS_HIGH`.
+pub const SOURCE_MAC_SLOTS: u32 = 1 << 16;
 
 /// Whether `mac` may be a frame's source: not all-zero, not multicast or
 /// broadcast (the I/G bit, the low bit of the first byte, is clear).
@@ -708,9 +796,76 @@ mod tests {
     }
 
     #[test]
+    fn vip_slot_index_spreads_addresses_and_ports() {
+        extern crate std;
+        use std::collections::HashSet;
+        // 4,096 VIPs (the most there can be) into 8,192 slots: a random
+        // function fills 8192 * (1 - e^-0.5) = 3,223 slots on average.
+        let v4 = |a: u32, port: u16| VipKey {
+            addr: {
+                let mut b = [0u8; 16];
+                b[..4].copy_from_slice(&a.to_be_bytes());
+                b
+            },
+            port: crate::port_to_wire(port),
+            proto: crate::PROTO_TCP,
+            family: crate::FAMILY_V4,
+        };
+        let v6 = |low: u16| {
+            let mut k = v4(0, 443);
+            k.addr = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+            k.addr[14..].copy_from_slice(&low.to_be_bytes());
+            k.family = crate::FAMILY_V6;
+            k
+        };
+        let sets: [std::vec::Vec<VipKey>; 3] = [
+            (0..4096).map(|i| v4(0xcb00_7100 + i, 443)).collect(),
+            (0..4096).map(|p| v4(0xcb00_710a, 1 + p as u16)).collect(),
+            (0..4096).map(|i| v6(i as u16)).collect(),
+        ];
+        for keys in &sets {
+            let slots: HashSet<u32> = keys.iter().map(vip_slot_index).collect();
+            assert!(slots.iter().all(|s| *s < VIP_SLOTS));
+            assert!(slots.len() >= 3000, "{} slots", slots.len());
+        }
+        // TCP and UDP of one address and port differ.
+        let mut udp = v4(0xcb00_710a, 53);
+        let tcp = udp;
+        udp.proto = crate::PROTO_UDP;
+        assert_ne!(vip_slot_index(&udp), vip_slot_index(&tcp));
+    }
+
+    #[test]
     fn layouts_have_no_implicit_padding() {
         assert_eq!(size_of::<VipKey>(), 16 + 2 + 1 + 1);
         assert_eq!(size_of::<VipInfo>(), 16);
+        assert_eq!(size_of::<VipSlot>(), 4 + 20 + 16);
+        assert_eq!(core::mem::offset_of!(VipSlot, key), 4);
+        assert_eq!(core::mem::offset_of!(VipSlot, info), 24);
+        // `words` is the memory layout, checked against the bytes.
+        let slot = VipSlot {
+            seq: 2,
+            key: VipKey {
+                addr: core::array::from_fn(|i| i as u8 + 1),
+                port: 0x1234,
+                proto: 6,
+                family: 4,
+            },
+            info: VipInfo {
+                vip_id: 7,
+                table_id: 9,
+                flags: 1,
+                _pad: 0,
+            },
+        };
+        // SAFETY: `VipSlot` is 40 bytes of plain integers with no padding
+        // (asserted above).
+        let raw: [u8; 40] = unsafe { core::mem::transmute(slot) };
+        let words = slot.words();
+        for (i, w) in words.iter().enumerate() {
+            let b = [raw[4 * i], raw[4 * i + 1], raw[4 * i + 2], raw[4 * i + 3]];
+            assert_eq!(*w, u32::from_ne_bytes(b), "word {i}");
+        }
         assert_eq!(size_of::<AddrKey>(), 20);
         assert_eq!(size_of::<Real>(), 16 + 4 + 4);
         assert_eq!(size_of::<FlowKey>(), 16 + 16 + 2 + 2 + 1 + 1 + 2);

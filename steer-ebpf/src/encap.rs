@@ -7,11 +7,11 @@ use aya_ebpf::{
 };
 use steer_common::{
     csum::ipv4_header_checksum, is_unicast_mac, DropReason, Real, Settings, FAMILY_V4, FAMILY_V6,
-    OUTER_V4_LEN, OUTER_V6_LEN, PROTO_IPIP, PROTO_IPV6, SOURCE_MAC_FALLBACK,
+    OUTER_V4_LEN, OUTER_V6_LEN, PROTO_IPIP, PROTO_IPV6, SOURCE_MAC_FALLBACK, SOURCE_MAC_SLOTS,
 };
 
 use crate::{
-    maps::SOURCE_MACS,
+    maps::{SOURCE_MACS, SOURCE_MACS_HIGH},
     parse::{frame_len, read, Ip, ETH_LEN},
 };
 
@@ -22,13 +22,21 @@ use crate::{
 #[inline(always)]
 pub fn source_mac(ctx: &XdpContext) -> Option<[u8; 6]> {
     let ifindex = ctx.ingress_ifindex() as u32;
-    // SAFETY: the value is copied out at once.
-    let own = unsafe { SOURCE_MACS.get(ifindex) }.map(|m| m.mac);
+    // One inlined array lookup for the usual (low) ifindex; a higher one
+    // is out of the array's bounds and is looked up in the hash map.
+    let own = SOURCE_MACS.get(ifindex).map(|m| m.mac);
     if let Some(mac) = own.filter(is_unicast_mac) {
         return Some(mac);
     }
-    // SAFETY: as above.
-    unsafe { SOURCE_MACS.get(SOURCE_MAC_FALLBACK) }
+    if ifindex >= SOURCE_MAC_SLOTS {
+        // SAFETY: the value is copied out at once.
+        let high = unsafe { SOURCE_MACS_HIGH.get(ifindex) }.map(|m| m.mac);
+        if let Some(mac) = high.filter(is_unicast_mac) {
+            return Some(mac);
+        }
+    }
+    SOURCE_MACS
+        .get(SOURCE_MAC_FALLBACK)
         .map(|m| m.mac)
         .filter(is_unicast_mac)
 }

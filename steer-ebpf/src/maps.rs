@@ -9,8 +9,8 @@ use aya_ebpf::{
 };
 use steer_common::{
     capacity, ring_values, AddrKey, Branch, ClassRow, Counters, CtValue, DropReason, FlowKey,
-    Passive, Real, Settings, SourceMac, SynBucket, VipInfo, VipKey, CLASS_V4_LANES, RING_LANES,
-    VIP_FILTER_WORDS,
+    Passive, Real, Settings, SourceMac, SynBucket, VipInfo, VipKey, VipSlot, CLASS_V4_LANES,
+    RING_LANES, VIP_FILTER_WORDS, VIP_SLOTS as VIP_SLOTS_LEN,
 };
 
 #[map]
@@ -18,6 +18,11 @@ pub static SETTINGS: Array<Settings> = Array::with_max_entries(1, 0);
 
 #[map]
 pub static VIPS: HashMap<VipKey, VipInfo> = HashMap::with_max_entries(capacity::VIPS, 0);
+
+/// A direct-mapped copy of `VIPS`, written by userspace through a shared
+/// mapping under a sequence lock (see `steer_common::VipSlot`).
+#[map]
+pub static VIP_SLOTS: Array<VipSlot> = Array::with_max_entries(VIP_SLOTS_LEN, BPF_F_MMAPABLE);
 
 #[map]
 pub static VIP_ADDRS: HashMap<AddrKey, u32> = HashMap::with_max_entries(capacity::VIPS, 0);
@@ -102,11 +107,16 @@ pub static DROP_STATS: PerCpuArray<u64> =
 #[map]
 pub static PATH_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Branch::COUNT as u32, 0);
 
-/// Ingress ifindex (or `SOURCE_MAC_FALLBACK`) -> source MAC of transmitted
-/// frames. Written by userspace at attach and from the config.
+/// Ingress ifindex below `SOURCE_MAC_SLOTS` (or `SOURCE_MAC_FALLBACK`) ->
+/// source MAC of transmitted frames, all-zero for none. Written by
+/// userspace at attach and from the config.
 #[map]
-pub static SOURCE_MACS: HashMap<u32, SourceMac> =
-    HashMap::with_max_entries(capacity::SOURCE_MACS, 0);
+pub static SOURCE_MACS: Array<SourceMac> = Array::with_max_entries(capacity::SOURCE_MACS, 0);
+
+/// As `SOURCE_MACS`, for ingress ifindexes from `SOURCE_MAC_SLOTS` on.
+#[map]
+pub static SOURCE_MACS_HIGH: HashMap<u32, SourceMac> =
+    HashMap::with_max_entries(capacity::SOURCE_MACS_HIGH, 0);
 
 /// Client class per IPv4 /24: lane `p % 8` of value `p / 8` (see
 /// `steer_common::class_v4_index`); 0 = no class. Written by userspace

@@ -1,29 +1,71 @@
 //! VIP matching and Maglev selection.
 
 use steer_common::{
-    ring_index, vip_filter_bit, AddrKey, DropReason, Real, Settings, VipInfo, VipKey, NO_REAL,
-    RESIDENCY_DROP, RING_LANES, SETTINGS_F_PORT0_VIPS,
+    ring_index, vip_filter_bit, vip_slot_index, AddrKey, DropReason, Real, Settings, VipInfo,
+    VipKey, NO_REAL, RESIDENCY_DROP, RING_LANES, SETTINGS_F_PORT0_VIPS,
 };
 
 use crate::{
     flow::present_real,
-    maps::{RINGS, TABLE_GEN, VIPS, VIP_ADDRS, VIP_FILTER},
+    maps::{RINGS, TABLE_GEN, VIPS, VIP_ADDRS, VIP_FILTER, VIP_SLOTS},
 };
 
 /// Finds the VIP for `(addr, port, proto)`, then `(addr, 0, proto)` when
 /// port-0 VIPs exist. Returns the matched key's port with the VIP.
 #[inline(always)]
 pub fn vip(settings: &Settings, key: &mut VipKey) -> Option<VipInfo> {
-    // SAFETY: the value is copied out before the map can change under us.
-    if let Some(v) = unsafe { VIPS.get(*key) } {
-        return Some(*v);
+    if let Some(v) = find_vip(key) {
+        return Some(v);
     }
     if settings.flags & SETTINGS_F_PORT0_VIPS == 0 {
         return None;
     }
     key.port = 0;
-    // SAFETY: as above.
+    find_vip(key)
+}
+
+/// The VIP of exactly `key`: from its `VIP_SLOTS` slot if that holds it
+/// (an inlined array lookup), else from `VIPS` (a hash lookup).
+#[inline(always)]
+fn find_vip(key: &VipKey) -> Option<VipInfo> {
+    if let Some(v) = slot_vip(key) {
+        return Some(v);
+    }
+    // SAFETY: the value is copied out before the map can change under us.
     unsafe { VIPS.get(*key) }.copied()
+}
+
+/// `VIP_SLOTS[vip_slot_index(key)]`'s value if the slot holds `key` and
+/// was not being written while it was read (see `steer_common::VipSlot`).
+#[inline(always)]
+fn slot_vip(key: &VipKey) -> Option<VipInfo> {
+    let p = VIP_SLOTS.get_ptr(vip_slot_index(key))?.cast::<u32>();
+    let k = key.words();
+    // SAFETY: `p` comes from a successful lookup of our own array map and
+    // points at a whole, 4-byte aligned `VipSlot` (10 words: seq, the key's
+    // five, the value's four) that stays allocated while this program
+    // runs. Each word is one aligned 4-byte load, in program order
+    // (volatile); a slot userspace writes meanwhile changes `seq`.
+    unsafe {
+        let at = |i: usize| core::ptr::read_volatile(p.add(i));
+        let seq = at(0);
+        if seq & 1 != 0 || at(1) != k[0] || at(2) != k[1] || at(3) != k[2] || at(4) != k[3] {
+            return None;
+        }
+        if at(5) != k[4] {
+            return None;
+        }
+        let v = VipInfo {
+            vip_id: at(6),
+            table_id: at(7),
+            flags: at(8),
+            _pad: 0,
+        };
+        if at(0) != seq {
+            return None;
+        }
+        Some(v)
+    }
 }
 
 /// False when no VIP can live on `addr` (its `VIP_FILTER` bit is clear):

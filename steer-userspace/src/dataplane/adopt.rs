@@ -211,9 +211,15 @@ impl Dataplane {
         }
         let known: std::collections::HashSet<VipKey> =
             self.ledger.services.values().map(|s| s.key).collect();
-        let mut vips: HashMap<_, VipKey, VipInfo> = typed(&mut self.ebpf, names::VIPS)?;
+        let vips: HashMap<_, VipKey, VipInfo> = typed(&mut self.ebpf, names::VIPS)?;
         let keys: Vec<VipKey> = vips.keys().filter_map(|k| k.ok()).collect();
-        for k in keys.iter().filter(|k| !known.contains(k)) {
+        let unknown: Vec<VipKey> = keys.into_iter().filter(|k| !known.contains(k)).collect();
+        // Out of `VIP_SLOTS` before out of `VIPS` (see `vip_slot_clear`).
+        for k in &unknown {
+            self.vip_slot_clear(k);
+        }
+        let mut vips: HashMap<_, VipKey, VipInfo> = typed(&mut self.ebpf, names::VIPS)?;
+        for k in &unknown {
             let _ = vips.remove(k);
         }
         let bits: Array<_, u64> = typed(&mut self.ebpf, names::VIP_FILTER)?;
@@ -240,10 +246,14 @@ impl Dataplane {
         for id in 0..self.ledger.limits.max_reals {
             self.write_real(id, None)?;
         }
-        let mut vips: HashMap<_, VipKey, VipInfo> = typed(&mut self.ebpf, names::VIPS)?;
+        let vips: HashMap<_, VipKey, VipInfo> = typed(&mut self.ebpf, names::VIPS)?;
         let keys: Vec<VipKey> = vips.keys().filter_map(|k| k.ok()).collect();
-        for k in keys {
-            let _ = vips.remove(&k);
+        for k in &keys {
+            self.vip_slot_clear(k);
+        }
+        let mut vips: HashMap<_, VipKey, VipInfo> = typed(&mut self.ebpf, names::VIPS)?;
+        for k in &keys {
+            let _ = vips.remove(k);
         }
         let mut addrs: HashMap<_, AddrKey, u32> = typed(&mut self.ebpf, names::VIP_ADDRS)?;
         let keys: Vec<AddrKey> = addrs.keys().filter_map(|k| k.ok()).collect();

@@ -13,8 +13,9 @@ use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray, PerCpuValues};
 use aya::programs::{ProgramError, TestRun, TestRunOptions, Xdp};
 use aya::{Ebpf, EbpfLoader};
 use steer_common::{
-    is_unicast_mac, names, ring_index, ring_values, AddrKey, Branch, Counters, DropReason, Passive,
-    Real, Settings, SourceMac, VipInfo, VipKey, SOURCE_MAC_FALLBACK, VIP_FILTER_WORDS,
+    is_unicast_mac, names, ring_index, ring_values, vip_slot_index, AddrKey, Branch, Counters,
+    DropReason, Passive, Real, Settings, SourceMac, VipInfo, VipKey, SOURCE_MAC_FALLBACK,
+    SOURCE_MAC_SLOTS, VIP_FILTER_WORDS, VIP_SLOTS,
 };
 
 mod adopt;
@@ -266,6 +267,10 @@ pub struct Dataplane {
     gens: Mmap,
     /// `CLASS_V4`, one byte per IPv4 /24.
     class_v4: Mmap,
+    /// `VIP_SLOTS` (see `steer_common::VipSlot`), written through this
+    /// mapping only, and the key each slot holds.
+    vip_slots: Mmap,
+    vip_slot_keys: Vec<Option<VipKey>>,
     /// Which ids the services and backends hold (the plan's input).
     ledger: IdLedger,
     /// Operator drains, persisted with the state so a restart keeps them.
@@ -369,7 +374,7 @@ pub enum Attached {
 }
 
 /// All the maps the program declares, for pinning.
-const ALL_MAPS: [&str; 19] = [
+const ALL_MAPS: [&str; 20] = [
     names::SETTINGS,
     names::VIPS,
     names::VIP_ADDRS,
@@ -384,6 +389,7 @@ const ALL_MAPS: [&str; 19] = [
     names::DROP_STATS,
     names::PATH_STATS,
     names::SOURCE_MACS,
+    names::SOURCE_MACS_HIGH,
     names::CLASS_V4,
     names::CLASS_V6,
     names::CLASS_V6_48,
@@ -518,6 +524,14 @@ impl Dataplane {
                 steer_common::CLASS_V4_VALUES as usize * 8,
             )?
         };
+        let vip_slots = {
+            let data = map_data(&ebpf, names::VIP_SLOTS)?;
+            Mmap::new(
+                names::VIP_SLOTS,
+                data,
+                VIP_SLOTS as usize * std::mem::size_of::<steer_common::VipSlot>(),
+            )?
+        };
         let counters = CounterReader::new(&ebpf)?;
         let mut dp = Dataplane {
             counters,
@@ -526,6 +540,8 @@ impl Dataplane {
             rings,
             gens,
             class_v4,
+            vip_slots,
+            vip_slot_keys: vec![None; VIP_SLOTS as usize],
             ledger: IdLedger::new(limits),
             drained: BTreeSet::new(),
             drained_regions: BTreeSet::new(),
@@ -563,9 +579,18 @@ impl Dataplane {
         // the SYN filter, 32-byte buckets) cannot serve this program; it
         // holds only handshakes in progress, whose ACKs are then selected
         // by hash (the same backend while the table is unchanged).
-        pins::drop_if_value_size_differs(
+        pins::drop_if_layout_differs(
             &dir.join(names::RECENT_SYN),
+            aya::maps::MapType::Array,
             std::mem::size_of::<steer_common::SynBucket>() as u32,
+        )?;
+        // A SOURCE_MACS pinned by a steer before it was an array (a hash
+        // map): made anew; attaching writes each interface's MAC again and
+        // every plan the fallback.
+        pins::drop_if_layout_differs(
+            &dir.join(names::SOURCE_MACS),
+            aya::maps::MapType::Array,
+            std::mem::size_of::<steer_common::SourceMac>() as u32,
         )?;
         let pins: Vec<(&'static str, PathBuf)> =
             ALL_MAPS.iter().map(|n| (*n, dir.join(n))).collect();

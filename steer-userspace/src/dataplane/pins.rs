@@ -186,10 +186,14 @@ fn is_steer_name(name: &str) -> bool {
     ALL_MAPS.contains(&name) || name.starts_with(LINK_PREFIX)
 }
 
-/// Removes the map pinned at `path` if its values are not `value_size`
-/// bytes (a pin of an older layout the program cannot use); a missing pin
-/// is fine. Logged when it removes one.
-pub(super) fn drop_if_value_size_differs(path: &Path, value_size: u32) -> Result<()> {
+/// Removes the map pinned at `path` if it is not a `map_type` map with
+/// values of `value_size` bytes (a pin of an older layout the program
+/// cannot use); a missing pin is fine. Logged when it removes one.
+pub(super) fn drop_if_layout_differs(
+    path: &Path,
+    map_type: aya::maps::MapType,
+    value_size: u32,
+) -> Result<()> {
     if !path.exists() {
         return Ok(());
     }
@@ -198,15 +202,18 @@ pub(super) fn drop_if_value_size_differs(path: &Path, value_size: u32) -> Result
         path: path.to_path_buf(),
         source: e,
     };
-    let found = aya::maps::MapData::from_pin(path)
+    let info = aya::maps::MapData::from_pin(path)
         .and_then(|m| m.info())
-        .map_err(|e| io(std::io::Error::other(e.to_string())))?
-        .value_size();
-    if found != value_size {
+        .map_err(|e| io(std::io::Error::other(e.to_string())))?;
+    let found_type = info.map_type().ok();
+    let found = info.value_size();
+    if found != value_size || found_type != Some(map_type) {
         tracing::warn!(
             path = %path.display(),
             found,
+            found_type = ?found_type,
             want = value_size,
+            want_type = ?map_type,
             "a pinned map of another layout (an older steer) is replaced"
         );
         std::fs::remove_file(path).map_err(io)?;

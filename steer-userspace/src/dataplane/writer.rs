@@ -128,9 +128,13 @@ impl Dataplane {
                     }
                 }
                 Write::RemoveVip(key) => {
+                    // Out of its slot first: the program never finds a VIP
+                    // there that `VIPS` no longer holds.
+                    self.vip_slot_clear(key);
                     let mut vips: HashMap<_, VipKey, VipInfo> = typed(&mut self.ebpf, names::VIPS)?;
                     absent_ok(vips.remove(key)).map_err(map_err(names::VIPS))?;
                     self.vips_written.remove(key);
+                    self.vip_slot_refill(vip_slot_index(key));
                 }
                 Write::Real { id, real } => self.write_real_value(*id, *real)?,
                 Write::Filter(bits) => self.write_filter(bits)?,
@@ -188,6 +192,7 @@ impl Dataplane {
                             typed(&mut self.ebpf, names::VIPS)?;
                         vips.insert(key, info, 0).map_err(map_err(names::VIPS))?;
                         self.vips_written.insert(*key, *info);
+                        self.vip_slot_set(key, info);
                     }
                 }
                 Write::VipAddrs(wanted) => {
@@ -210,15 +215,84 @@ impl Dataplane {
         Ok(())
     }
 
-    /// Sets (or, `None`, removes) the `SOURCE_MACS` entry `key`: an ingress
-    /// ifindex or `SOURCE_MAC_FALLBACK`.
+    /// Puts VIP `key` (already in `VIPS`) into its `VIP_SLOTS` slot, unless
+    /// the slot holds another VIP (which keeps it; `key` is then found in
+    /// `VIPS`).
+    pub(super) fn vip_slot_set(&mut self, key: &VipKey, info: &VipInfo) {
+        let idx = vip_slot_index(key);
+        match self.vip_slot_keys[idx as usize] {
+            Some(k) if k != *key => {}
+            _ => self.write_vip_slot(idx, Some((*key, *info))),
+        }
+    }
+
+    /// Empties VIP `key`'s `VIP_SLOTS` slot if it holds `key`; before
+    /// `key` leaves `VIPS`.
+    pub(super) fn vip_slot_clear(&mut self, key: &VipKey) {
+        let idx = vip_slot_index(key);
+        if self.vip_slot_keys[idx as usize] == Some(*key) {
+            self.write_vip_slot(idx, None);
+        }
+    }
+
+    /// Gives an empty slot `idx` to another VIP of that index, if this
+    /// process wrote one into `VIPS`.
+    fn vip_slot_refill(&mut self, idx: u32) {
+        if self.vip_slot_keys[idx as usize].is_some() {
+            return;
+        }
+        let other = self
+            .vips_written
+            .iter()
+            .find(|(k, _)| vip_slot_index(k) == idx)
+            .map(|(k, v)| (*k, *v));
+        if let Some(v) = other {
+            self.write_vip_slot(idx, Some(v));
+        }
+    }
+
+    /// Writes slot `idx` of `VIP_SLOTS` through the shared mapping as a
+    /// sequence lock (see `steer_common::VipSlot`): `seq` odd, the key and
+    /// value words, `seq` even. A program reading meanwhile sees `seq`
+    /// change (or odd) and looks the VIP up in `VIPS` instead.
+    fn write_vip_slot(&mut self, idx: u32, v: Option<(VipKey, VipInfo)>) {
+        let base = idx as usize * std::mem::size_of::<steer_common::VipSlot>();
+        let seq = self.vip_slots.word(base);
+        // Even at rest: only this process writes it.
+        let s = seq.load(Ordering::Relaxed) & !1;
+        seq.store(s.wrapping_add(1), Ordering::Relaxed);
+        std::sync::atomic::fence(Ordering::Release);
+        let words = v
+            .map(|(key, info)| steer_common::VipSlot { seq: 0, key, info }.words())
+            .unwrap_or_default();
+        for (i, w) in words.iter().enumerate().skip(1) {
+            self.vip_slots
+                .word(base + 4 * i)
+                .store(*w, Ordering::Relaxed);
+        }
+        std::sync::atomic::fence(Ordering::Release);
+        seq.store(s.wrapping_add(2), Ordering::Release);
+        self.vip_slot_keys[idx as usize] = v.map(|(k, _)| k);
+    }
+
+    /// Sets (or, `None`, clears) the source MAC of `key`: an ingress
+    /// ifindex or `SOURCE_MAC_FALLBACK`; in `SOURCE_MACS` below
+    /// `SOURCE_MAC_SLOTS` (all-zero for none), in `SOURCE_MACS_HIGH` above.
     pub(super) fn write_source_mac(&mut self, key: u32, mac: Option<[u8; 6]>) -> Result<()> {
-        let mut map: HashMap<_, u32, SourceMac> = typed(&mut self.ebpf, names::SOURCE_MACS)?;
+        if key < SOURCE_MAC_SLOTS {
+            let mut map: Array<_, SourceMac> = typed(&mut self.ebpf, names::SOURCE_MACS)?;
+            let v = SourceMac {
+                mac: mac.unwrap_or_default(),
+                _pad: [0; 2],
+            };
+            return map.set(key, v, 0).map_err(map_err(names::SOURCE_MACS));
+        }
+        let mut map: HashMap<_, u32, SourceMac> = typed(&mut self.ebpf, names::SOURCE_MACS_HIGH)?;
         match mac {
             Some(mac) => map
                 .insert(key, SourceMac { mac, _pad: [0; 2] }, 0)
-                .map_err(map_err(names::SOURCE_MACS)),
-            None => absent_ok(map.remove(&key)).map_err(map_err(names::SOURCE_MACS)),
+                .map_err(map_err(names::SOURCE_MACS_HIGH)),
+            None => absent_ok(map.remove(&key)).map_err(map_err(names::SOURCE_MACS_HIGH)),
         }
     }
 
