@@ -15,7 +15,10 @@ mod parse;
 mod select;
 mod stats;
 
-use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+use aya_ebpf::{
+    bindings::{xdp_action, xdp_md},
+    programs::XdpContext,
+};
 use steer_common::{
     ct_epoch_flags, hash::flow_hash, Branch, CtValue, DropReason, FlowKey, Real, Settings, VipInfo,
     VipKey, CT_F_PENDING, PROTO_TCP, SETTINGS_F_READY, VIP_F_CLIENT_AFFINITY,
@@ -29,15 +32,22 @@ use crate::{
 
 /// Multi-buffer aware (`xdp.frags`, BPF_F_XDP_HAS_FRAGS): frames up to the
 /// configured MTU (jumbo frames) are handled whole; see `parse::frame_len`.
-#[xdp(frags)]
-pub fn steer_xdp(ctx: XdpContext) -> u32 {
-    steer::<true>(&ctx)
+///
+/// The entries are written out (what aya's `#[xdp]` expands to, without its
+/// inner function): the macro's entry calls the body as a function of its
+/// own, which LLVM does not inline when the body is as large as the packet
+/// path, so every packet paid a BPF-to-BPF call and a second stack frame
+/// (docs/benchmarks.md, issue 12, third round).
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "xdp.frags")]
+pub fn steer_xdp(ctx: *mut xdp_md) -> u32 {
+    steer::<true>(&XdpContext::new(ctx))
 }
 
 /// The benchmark floor: does nothing but bounce the frame. Only in the
 /// benchmark build (feature `bench`), like the other `steer_bench*` entries.
 #[cfg(feature = "bench")]
-#[xdp]
+#[aya_ebpf::macros::xdp]
 pub fn steer_floor(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_TX
 }
@@ -45,8 +55,10 @@ pub fn steer_floor(_ctx: XdpContext) -> u32 {
 /// Benchmark-only entry: restores the original packet (see `bench.rs`),
 /// then runs the real program. Never attached to an interface.
 #[cfg(feature = "bench")]
-#[xdp]
-pub fn steer_bench(ctx: XdpContext) -> u32 {
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "xdp")]
+pub fn steer_bench(ctx: *mut xdp_md) -> u32 {
+    let ctx = XdpContext::new(ctx);
     if bench::prepare(&ctx).is_none() {
         return xdp_action::XDP_ABORTED;
     }
@@ -57,8 +69,10 @@ pub fn steer_bench(ctx: XdpContext) -> u32 {
 /// (no handshake-pending mark, no `PASSIVE_STATS`), to measure what the
 /// counting costs in the same run. Never in the production object.
 #[cfg(feature = "bench")]
-#[xdp]
-pub fn steer_bench_nopassive(ctx: XdpContext) -> u32 {
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "xdp")]
+pub fn steer_bench_nopassive(ctx: *mut xdp_md) -> u32 {
+    let ctx = XdpContext::new(ctx);
     if bench::prepare(&ctx).is_none() {
         return xdp_action::XDP_ABORTED;
     }
@@ -67,7 +81,7 @@ pub fn steer_bench_nopassive(ctx: XdpContext) -> u32 {
 
 /// Benchmark-only: the cost of `steer_bench`'s restore step on its own.
 #[cfg(feature = "bench")]
-#[xdp]
+#[aya_ebpf::macros::xdp]
 pub fn steer_bench_restore(ctx: XdpContext) -> u32 {
     match bench::restore_only(&ctx) {
         Some(()) => xdp_action::XDP_TX,
@@ -77,15 +91,17 @@ pub fn steer_bench_restore(ctx: XdpContext) -> u32 {
 
 /// The path-MTU reply for a packet too big with an IPv4 outer header,
 /// reached only by a tail call from the packet path (see `icmp.rs`).
-#[xdp(frags)]
-pub fn steer_pmtu4(ctx: XdpContext) -> u32 {
-    icmp::answer::<20>(&ctx)
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "xdp.frags")]
+pub fn steer_pmtu4(ctx: *mut xdp_md) -> u32 {
+    icmp::answer::<20>(&XdpContext::new(ctx))
 }
 
 /// As `steer_pmtu4`, for an IPv6 outer header.
-#[xdp(frags)]
-pub fn steer_pmtu6(ctx: XdpContext) -> u32 {
-    icmp::answer::<40>(&ctx)
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "xdp.frags")]
+pub fn steer_pmtu6(ctx: *mut xdp_md) -> u32 {
+    icmp::answer::<40>(&XdpContext::new(ctx))
 }
 
 #[inline(always)]
