@@ -18,11 +18,12 @@
 //! B. `repeat = 1`, once per packet (distinct packets for new flows): no
 //!    restore needed, but every figure includes the syscall's fixed timing
 //!    overhead, which the floor shows. The issue-12 targets are judged on
-//!    this method: 200,000 never-seen IPv4 and IPv6 tuples per trial, each
-//!    SYN timed and then at once its first ACK (which takes the SYN's slot
-//!    and creates the conntrack entry), reported as a row of its own.
-//!    `-- syn` runs only method B, the conntrack fill curve and the
-//!    two-CPU run.
+//!    this method: 7 rounds; 200,000 never-seen IPv4 and IPv6 tuples per
+//!    round, each SYN timed and its first ACK (which takes the SYN's slot
+//!    and creates the conntrack entry) a handshake window (4,096 flows)
+//!    later, reported as a row of its own. `-- syn` runs only method B,
+//!    the conntrack fill curve and the two-CPU run; `-- profile WHAT`
+//!    loops one branch for `perf record` (see [`profile`]).
 //!
 //! After every batch the program's per-branch counters must have grown by
 //! exactly the number of iterations, which proves each iteration took the
@@ -42,9 +43,11 @@ use steer_common::{Branch, Passive, BENCH_VARY_NONE, BENCH_VARY_V4_SRC};
 /// Method A: iterations per BPF_PROG_TEST_RUN call, and calls per branch.
 const REPEAT: u32 = 50_000;
 const TRIALS_A: usize = 7;
-/// Method B: single-iteration calls per branch and trials.
+/// Method B: single-iteration calls per branch, and rounds (the issue's
+/// method: 7 rounds of alternating blocks, each row's figure the median
+/// of all its calls, the floor's the same).
 const CALLS: usize = 5_000;
-const TRIALS: usize = 3;
+const TRIALS: usize = 7;
 
 /// The tests' shared fixture (one region, eu-1 and eu-2, service "web")
 /// with "web" served by eu-1..3, more backends and two more services;
@@ -1013,6 +1016,14 @@ fn main() {
         let ok = passive_cost(&bench_config());
         std::process::exit(if ok { 0 } else { 2 });
     }
+    // `-- profile est|syn|syn6|floor`: one branch in a loop for 8 s, to
+    // run `perf record -a` against (docs/benchmarks.md, "Profiling").
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if let Some(i) = args.iter().position(|a| a == "profile") {
+        let what = args.get(i + 1).map(String::as_str).unwrap_or("est");
+        profile(what);
+        return;
+    }
     let mut cfg = bench_config();
     let mut dp = load_programmed(&cfg);
     // `-- syn`: only method B, the conntrack fill curve and the two-CPU
@@ -1042,6 +1053,47 @@ fn main() {
     if !ok {
         std::process::exit(2);
     }
+}
+
+/// `-- profile WHAT`: runs one branch through BPF_PROG_TEST_RUN
+/// (`repeat = 1`) for 8 seconds and prints the kernel's mean time: `est`
+/// (an established IPv4 flow), `syn` / `syn6` (distinct new IPv4 / IPv6
+/// SYNs, 100,000 per round), `floor`. For profiling only: no targets.
+fn profile(what: &str) {
+    let dp = load_programmed(&bench_config());
+    let est = v4_ack([198, 51, 100, 2], 6666, [203, 0, 113, 10], 80);
+    let t = Instant::now();
+    let (mut n, mut total) = (0u64, 0u128);
+    let mut round = 0;
+    while t.elapsed() < Duration::from_secs(8) {
+        let frames: Vec<Vec<u8>> = match what {
+            "est" | "floor" => vec![est.clone(); 100_000],
+            "syn" => distinct_v4(round % 150, 100_000)
+                .into_iter()
+                .map(|(s, _)| s)
+                .collect(),
+            "syn6" => distinct_v6(round % 150, 100_000)
+                .into_iter()
+                .map(|(s, _)| s)
+                .collect(),
+            other => {
+                eprintln!("profile: unknown branch {other:?} (est, syn, syn6, floor)");
+                std::process::exit(2);
+            }
+        };
+        for f in &frames {
+            let out = if what == "floor" {
+                dp.run_floor(f)
+            } else {
+                dp.run(f)
+            }
+            .expect("test run");
+            total += out.duration.as_nanos();
+            n += 1;
+        }
+        round += 1;
+    }
+    println!("{what}: {n} runs, mean {:.1} ns", total as f64 / n as f64);
 }
 
 /// [`CFG`] with the data plane the benchmark measures: the tests' fixture
