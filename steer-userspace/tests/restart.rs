@@ -751,10 +751,21 @@ fn syn_slots_survive_a_restart_and_an_old_pin_directory_gets_them() {
 /// at `path` (raw BPF_MAP_CREATE and BPF_OBJ_PIN, as an older steer's
 /// program would have left it).
 fn pin_array(path: &Path, value_size: u32, entries: u32) {
+    pin_map(path, BPF_MAP_TYPE_ARRAY, value_size, entries)
+}
+
+const BPF_MAP_TYPE_HASH: u32 = 1;
+const BPF_MAP_TYPE_ARRAY: u32 = 2;
+
+/// Creates a map of `map_type` with 4-byte keys and pins it at `path`.
+fn pin_map(path: &Path, map_type: u32, value_size: u32, entries: u32) {
     // union bpf_attr for BPF_MAP_CREATE: map_type, key_size, value_size,
     // max_entries, map_flags, then zeros.
     let mut attr = [0u8; 128];
-    for (i, v) in [2u32, 4, value_size, entries, 0].into_iter().enumerate() {
+    for (i, v) in [map_type, 4, value_size, entries, 0]
+        .into_iter()
+        .enumerate()
+    {
         attr[i * 4..i * 4 + 4].copy_from_slice(&v.to_ne_bytes());
     }
     // SAFETY: a valid, zero-padded bpf_attr of the size passed.
@@ -775,6 +786,54 @@ fn pin_array(path: &Path, value_size: u32, entries: u32) {
     // SAFETY: `fd` is the descriptor BPF_MAP_CREATE returned, closed once.
     unsafe { libc::close(fd as i32) };
     assert_eq!(rc, 0, "BPF_OBJ_PIN {}: {err}", path.display());
+}
+
+/// An older steer pinned `SOURCE_MACS` as a hash map. The program now
+/// reads it as an array: `open` replaces the pin, adopts everything else,
+/// flows keep their backends, and transmitted frames carry the configured
+/// source MAC (index 0 of the new array, written by the plan).
+#[test]
+#[ignore = "needs root: BPF or network namespaces (cargo xtask test runs it)"]
+fn a_source_macs_pin_of_the_old_kind_is_replaced() {
+    if !require_root() {
+        return;
+    }
+    let s = Scratch::new("srcmacs");
+    let cfg = three(4096);
+    let (mut dp, _) = open(&cfg, s.persist());
+    dp.apply(&cfg, &BTreeSet::new()).expect("apply");
+    let frames = flows(23, 100, [203, 0, 113, 10]);
+    let before = run_all(&dp, &frames);
+    drop(dp);
+    let pin = s.persist.pin_dir.join("SOURCE_MACS");
+    std::fs::remove_file(&pin).expect("remove the pin");
+    pin_map(&pin, BPF_MAP_TYPE_HASH, 8, 256);
+    let kind = |p: &Path| {
+        aya::maps::MapData::from_pin(p)
+            .expect("open the pin")
+            .info()
+            .expect("info")
+            .map_type()
+            .expect("a known map type")
+    };
+    assert_eq!(kind(&pin), aya::maps::MapType::Hash);
+    let (mut dp, adopted) = open(&cfg, s.persist());
+    assert!(adopted, "the other pins and the state file are adopted");
+    assert_eq!(
+        kind(&pin),
+        aya::maps::MapType::Array,
+        "the hash pin was replaced"
+    );
+    dp.apply(&cfg, &BTreeSet::new()).expect("apply");
+    assert_eq!(
+        run_all(&dp, &frames),
+        before,
+        "every flow keeps its backend"
+    );
+    // The fixture's `dataplane.source_mac` (loopback, where the test runs,
+    // has no MAC of its own).
+    let out = dp.run(&frames[0]).expect("test run");
+    assert_eq!(&out.data[6..12], &[0x02, 0, 0, 0, 0, 0x5e], "source MAC");
 }
 
 /// An older steer pinned `RECENT_SYN` with 32-byte buckets (no SYN
