@@ -49,10 +49,8 @@ fn slot_vip(key: &VipKey) -> Option<VipInfo> {
     unsafe {
         let at = |i: usize| core::ptr::read_volatile(p.add(i));
         let seq = at(0);
-        if seq & 1 != 0 || at(1) != k[0] || at(2) != k[1] || at(3) != k[2] || at(4) != k[3] {
-            return None;
-        }
-        if at(5) != k[4] {
+        let same_key = (0..5).all(|i| at(1 + i) == k[i]);
+        if seq & 1 != 0 || !same_key {
             return None;
         }
         let v = VipInfo {
