@@ -1,8 +1,8 @@
 //! VIP matching and Maglev selection.
 
 use steer_common::{
-    ring_index, vip_filter_bit, vip_slot_index, AddrKey, DropReason, Real, Settings, VipInfo,
-    VipKey, NO_REAL, RESIDENCY_DROP, RING_LANES, SETTINGS_F_PORT0_VIPS,
+    ring_index, vip_filter_bit, vip_slot_of, AddrKey, DropReason, Real, Settings, VipInfo, VipKey,
+    NO_REAL, RESIDENCY_DROP, RING_LANES, SETTINGS_F_PORT0_VIPS,
 };
 
 use crate::{
@@ -39,8 +39,8 @@ fn find_vip(key: &VipKey) -> Option<VipInfo> {
 /// was not being written while it was read (see `steer_common::VipSlot`).
 #[inline(always)]
 fn slot_vip(key: &VipKey) -> Option<VipInfo> {
-    let p = VIP_SLOTS.get_ptr(vip_slot_index(key))?.cast::<u32>();
     let k = key.words();
+    let p = VIP_SLOTS.get_ptr(vip_slot_of(&k))?.cast::<u32>();
     // SAFETY: `p` comes from a successful lookup of our own array map and
     // points at a whole, 4-byte aligned `VipSlot` (10 words: seq, the key's
     // five, the value's four) that stays allocated while this program

@@ -279,18 +279,18 @@ impl Dataplane {
     /// ifindex or `SOURCE_MAC_FALLBACK`; in `SOURCE_MACS` below
     /// `SOURCE_MAC_SLOTS` (all-zero for none), in `SOURCE_MACS_HIGH` above.
     pub(super) fn write_source_mac(&mut self, key: u32, mac: Option<[u8; 6]>) -> Result<()> {
+        let v = SourceMac {
+            mac: mac.unwrap_or_default(),
+            _pad: [0; 2],
+        };
         if key < SOURCE_MAC_SLOTS {
             let mut map: Array<_, SourceMac> = typed(&mut self.ebpf, names::SOURCE_MACS)?;
-            let v = SourceMac {
-                mac: mac.unwrap_or_default(),
-                _pad: [0; 2],
-            };
             return map.set(key, v, 0).map_err(map_err(names::SOURCE_MACS));
         }
         let mut map: HashMap<_, u32, SourceMac> = typed(&mut self.ebpf, names::SOURCE_MACS_HIGH)?;
         match mac {
-            Some(mac) => map
-                .insert(key, SourceMac { mac, _pad: [0; 2] }, 0)
+            Some(_) => map
+                .insert(key, v, 0)
                 .map_err(map_err(names::SOURCE_MACS_HIGH)),
             None => absent_ok(map.remove(&key)).map_err(map_err(names::SOURCE_MACS_HIGH)),
         }
