@@ -7,4 +7,10 @@ fn main() {
     // or zeroing then becomes a call to a byte-at-a-time loop. Let LLVM
     // expand them inline as word loads and stores instead.
     println!("cargo:rustc-link-arg=--disable-expand-memcpy-in-order");
+    // The kernel lets packet and map-value accesses be misaligned on
+    // architectures with efficient unaligned access (x86-64, arm64); LLVM
+    // would otherwise split every header read and write it cannot prove
+    // aligned into single bytes.
+    println!("cargo:rustc-link-arg=--cpu-features=+allows-misaligned-mem-access");
+    println!("cargo:rustc-link-arg=--llvm-args=-combiner-store-merging=false");
 }

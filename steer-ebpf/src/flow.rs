@@ -2,11 +2,11 @@
 
 use steer_common::{
     ct_epoch_flags, ct_epoch_is, hash::flow_tag, syn_filter_bit, Branch, CtValue, FlowKey, Real,
-    SynBucket, SynSlot, CT_F_PENDING, PROTO_TCP, REAL_F_DOWN, REAL_F_PRESENT, SYN_WAYS,
+    SynBucket, SynSlot, CT_F_PENDING, FAMILY_V4, PROTO_TCP, REAL_F_DOWN, REAL_F_PRESENT, SYN_WAYS,
 };
 
 use crate::{
-    maps::{syn_slot_mask, CONNTRACK, REALS, RECENT_SYN},
+    maps::{syn_slot_mask, CONNTRACK4, CONNTRACK6, REALS, RECENT_SYN},
     stats,
 };
 
@@ -59,7 +59,7 @@ pub fn present_real(real_id: u32) -> Option<Real> {
 /// bit aged out) is followed, and the entry's filter bit is set again.
 #[inline(always)]
 pub fn lookup<const PASSIVE: bool>(key: &FlowKey, completes: bool, epoch: u32) -> Lookup {
-    let Some(p) = CONNTRACK.get_ptr_mut(key) else {
+    let Some(p) = ct_ptr(key) else {
         return Lookup::Miss;
     };
     // SAFETY: `p` comes from a successful lookup and points at a 16-byte
@@ -133,7 +133,19 @@ fn refresh<const PASSIVE: bool>(
 /// [`syn_replace`]). A plain lookup: no side effects.
 #[inline(always)]
 pub fn find(key: &FlowKey) -> Option<*mut CtValue> {
-    CONNTRACK.get_ptr_mut(key)
+    ct_ptr(key)
+}
+
+/// The conntrack entry of `key`: IPv4 flows in `CONNTRACK4` (a 16-byte
+/// key, read in place: the program's IPv4 keys start with it), IPv6 flows
+/// in `CONNTRACK6`.
+#[inline(always)]
+fn ct_ptr(key: &FlowKey) -> Option<*mut CtValue> {
+    if key.family == FAMILY_V4 {
+        CONNTRACK4.get_ptr_mut(key.as_v4())
+    } else {
+        CONNTRACK6.get_ptr_mut(key)
+    }
 }
 
 /// A TCP SYN whose 5-tuple conntrack holds (client port reuse, or the
@@ -384,7 +396,12 @@ pub fn insert(key: &FlowKey, v: &CtValue) {
     // A full table evicts the least recently used entry. An error here only
     // means the next packet of the flow is selected again by hash, which
     // picks the same backend while the table is unchanged; it is counted.
-    if CONNTRACK.insert(key, v, 0).is_err() {
+    let r = if key.family == FAMILY_V4 {
+        CONNTRACK4.insert(key.as_v4(), v, 0)
+    } else {
+        CONNTRACK6.insert(key, v, 0)
+    };
+    if r.is_err() {
         stats::branch(Branch::CtInsertFailed);
     }
 }

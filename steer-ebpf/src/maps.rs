@@ -9,8 +9,8 @@ use aya_ebpf::{
 };
 use steer_common::{
     capacity, ring_values, AddrKey, Branch, ClassRow, Counters, CtValue, DropReason, FlowKey,
-    Passive, Real, Settings, SourceMac, SynBucket, VipInfo, VipKey, VipSlot, CLASS_V4_LANES,
-    RING_LANES, VIP_FILTER_WORDS, VIP_SLOTS as VIP_SLOTS_LEN,
+    FlowKey4, Passive, Real, Settings, SourceMac, SynBucket, VipInfo, VipKey, VipSlot,
+    CLASS_V4_LANES, RING_LANES, VIP_FILTER_WORDS, VIP_SLOTS as VIP_SLOTS_LEN,
 };
 
 #[map]
@@ -47,10 +47,19 @@ pub static RINGS: Array<[u32; RING_LANES as usize]> = Array::with_max_entries(
 /// they cost less than with per-CPU lists, and the whole table is
 /// available to every CPU (per-CPU lists give each CPU 1/N of it and
 /// evict early on a busy one). Measured in docs/benchmarks.md (issue 12),
-/// also with two CPUs inserting at once. A map pinned by an older steer
-/// keeps its per-CPU lists until the pin directory is recreated.
+/// also with two CPUs inserting at once.
+///
+/// Two maps, one per family: an IPv4 lookup hashes and compares a 16-byte
+/// key (`FlowKey4`, the first bytes of the flow's `FlowKey`, see
+/// `FlowKey::as_v4`), an IPv6 one the 40-byte `FlowKey`. Userspace sizes
+/// both from `conntrack_size`.
 #[map]
-pub static CONNTRACK: LruHashMap<FlowKey, CtValue> =
+pub static CONNTRACK4: LruHashMap<FlowKey4, CtValue> =
+    LruHashMap::with_max_entries(capacity::CONNTRACK, 0);
+
+/// The IPv6 flows' conntrack; see `CONNTRACK4`.
+#[map]
+pub static CONNTRACK6: LruHashMap<FlowKey, CtValue> =
     LruHashMap::with_max_entries(capacity::CONNTRACK, 0);
 
 /// Pending TCP SYNs (of flow-affinity VIPs), in buckets of `SYN_WAYS`

@@ -63,18 +63,24 @@ pub fn be16(b: [u8; 2]) -> u16 {
 }
 
 /// A parsed IP packet whose L4 header (if any) starts at `l4_off`.
-/// Parsing fills it in place to keep the BPF stack small.
+/// Parsing fills it in place to keep the BPF stack small. `repr(C)`, key
+/// first: the program may only touch the stack with aligned accesses (see
+/// `steer-ebpf/build.rs`).
+#[repr(C)]
 pub struct Ip {
+    /// Addresses, protocol and family; ports are filled in later.
+    pub key: FlowKey,
     pub nvlan: usize,
-    /// Traffic class / TOS byte (DSCP + ECN).
-    pub tos: u8,
     pub l4_off: usize,
     /// End of the IP packet as its header states it (offset in the frame).
     pub ip_end: usize,
     /// Length of the IP packet as its header states it.
     pub ip_len: u32,
-    /// Addresses, protocol and family; ports are filled in later.
-    pub key: FlowKey,
+    /// Traffic class / TOS byte (DSCP + ECN).
+    pub tos: u8,
+    /// Zeroed with the rest: the zeroing is then whole words, not an
+    /// overlapping (misaligned) store for a 5-byte tail.
+    _pad: [u8; 3],
 }
 
 impl Ip {
@@ -87,6 +93,7 @@ impl Ip {
             ip_end: 0,
             ip_len: 0,
             key: FlowKey::default(),
+            _pad: [0; 3],
         }
     }
 }
@@ -137,6 +144,16 @@ fn set_v4(out: &mut [u8; 16], a: [u8; 4]) {
     out[3] = a[3];
 }
 
+/// Writes an IPv4 destination into bytes 4..8 of the key's `src`, where
+/// `FlowKey::as_v4` expects it (see `steer_common::FlowKey`).
+#[inline(always)]
+fn set_v4_dst_copy(src: &mut [u8; 16], dst: [u8; 4]) {
+    src[4] = dst[0];
+    src[5] = dst[1];
+    src[6] = dst[2];
+    src[7] = dst[3];
+}
+
 #[inline(always)]
 fn parse_v4(ctx: &XdpContext, l3: usize, ip: &mut Ip) -> L3 {
     let Some(h) = read::<[u8; 12]>(ctx, l3) else {
@@ -171,6 +188,9 @@ fn parse_v4(ctx: &XdpContext, l3: usize, ip: &mut Ip) -> L3 {
         return L3::Pass;
     };
     set_v4(&mut ip.key.src, src);
+    // The destination again right after the source: the key's first 16
+    // bytes are then its `CONNTRACK4` key (`FlowKey::as_v4`).
+    set_v4_dst_copy(&mut ip.key.src, dst);
     ip.key.proto = h[9];
     ip.tos = h[1];
     ip.l4_off = l3 + hdr_len;
@@ -346,6 +366,7 @@ pub fn parse_icmp(ctx: &XdpContext, ip: &Ip, key: &mut FlowKey) -> Icmp {
         key.proto = h[9];
         set_v4(&mut key.dst, [h[12], h[13], h[14], h[15]]);
         set_v4(&mut key.src, [h[16], h[17], h[18], h[19]]);
+        set_v4_dst_copy(&mut key.src, [h[12], h[13], h[14], h[15]]);
         key.dport = p[0];
         key.sport = p[1];
     } else {

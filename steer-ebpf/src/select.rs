@@ -83,8 +83,7 @@ pub fn maybe_vip(addr: &[u8; 16]) -> bool {
 pub fn is_vip_addr(family: u8, addr: &[u8; 16]) -> bool {
     let k = AddrKey {
         addr: *addr,
-        family,
-        _pad: [0; 3],
+        family: family.into(),
     };
     VIP_ADDRS.get_ptr(k).is_some()
 }

@@ -24,11 +24,11 @@ const READY_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long a start that must fail may take.
 const FAIL_TIMEOUT: Duration = Duration::from_secs(20);
 /// The map pins steer makes (docs/architecture.md, "Maps"): SETTINGS, VIPS,
-/// VIP_ADDRS, VIP_FILTER, REALS, RINGS, TABLE_GEN, CONNTRACK, VIP_STATS,
-/// REAL_STATS, PASSIVE_STATS, DROP_STATS, PATH_STATS, SOURCE_MACS,
-/// SOURCE_MACS_HIGH, CLASS_V4, CLASS_V6, CLASS_V6_48, CLASS_TABLES and
-/// RECENT_SYN.
-const MAPS: usize = 20;
+/// VIP_ADDRS, VIP_FILTER, REALS, RINGS, TABLE_GEN, CONNTRACK4, CONNTRACK6,
+/// VIP_STATS, REAL_STATS, PASSIVE_STATS, DROP_STATS, PATH_STATS,
+/// SOURCE_MACS, SOURCE_MACS_HIGH, CLASS_V4, CLASS_V6, CLASS_V6_48,
+/// CLASS_TABLES and RECENT_SYN.
+const MAPS: usize = 21;
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
 

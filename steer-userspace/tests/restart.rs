@@ -441,9 +441,9 @@ fn pinned_size_mismatch_is_an_error_and_leaves_pins_alone() {
 
     let big = three(8192);
     match Dataplane::open(&big.dataplane, s.persist()) {
-        Ok(_) => panic!("a pinned CONNTRACK of 4096 entries must not be adopted for 8192"),
+        Ok(_) => panic!("a pinned CONNTRACK4 of 4096 entries must not be adopted for 8192"),
         Err(DataplaneError::PinnedSizeMismatch { name, found, want }) => {
-            assert_eq!((name, found, want), ("CONNTRACK", 4096, 8192));
+            assert_eq!((name, found, want), ("CONNTRACK4", 4096, 8192));
         }
         Err(e) => panic!("expected PinnedSizeMismatch, got: {e}"),
     }
@@ -756,13 +756,20 @@ fn pin_array(path: &Path, value_size: u32, entries: u32) {
 
 const BPF_MAP_TYPE_HASH: u32 = 1;
 const BPF_MAP_TYPE_ARRAY: u32 = 2;
+const BPF_MAP_TYPE_LRU_HASH: u32 = 9;
 
 /// Creates a map of `map_type` with 4-byte keys and pins it at `path`.
 fn pin_map(path: &Path, map_type: u32, value_size: u32, entries: u32) {
+    pin_map_keyed(path, map_type, 4, value_size, entries)
+}
+
+/// Creates a map of `map_type` with `key_size`-byte keys and pins it at
+/// `path`.
+fn pin_map_keyed(path: &Path, map_type: u32, key_size: u32, value_size: u32, entries: u32) {
     // union bpf_attr for BPF_MAP_CREATE: map_type, key_size, value_size,
     // max_entries, map_flags, then zeros.
     let mut attr = [0u8; 128];
-    for (i, v) in [map_type, 4, value_size, entries, 0]
+    for (i, v) in [map_type, key_size, value_size, entries, 0]
         .into_iter()
         .enumerate()
     {
@@ -786,6 +793,101 @@ fn pin_map(path: &Path, map_type: u32, value_size: u32, entries: u32) {
     // SAFETY: `fd` is the descriptor BPF_MAP_CREATE returned, closed once.
     unsafe { libc::close(fd as i32) };
     assert_eq!(rc, 0, "BPF_OBJ_PIN {}: {err}", path.display());
+}
+
+/// An older steer kept every flow in one `CONNTRACK` map whose 40-byte
+/// key had the addresses first. `open` moves its entries into
+/// `CONNTRACK4`/`CONNTRACK6` and removes its pin: after a backend is
+/// added, which would move some flows if they were selected again, every
+/// flow keeps its backend.
+#[test]
+#[ignore = "needs root: BPF or network namespaces (cargo xtask test runs it)"]
+fn an_older_steers_conntrack_is_moved_into_the_per_family_maps() {
+    if !require_root() {
+        return;
+    }
+    let s = Scratch::new("legacyct");
+    let cfg = three(4096);
+    let frames = flows(25, N, VIP);
+    let before = first_run(&s, &cfg, &frames);
+
+    // Rewrite the pins as the older steer left them: the flows' entries in
+    // one CONNTRACK, keys laid out by hand in the old order (source,
+    // destination, ports, protocol, family, padding), no per-family maps.
+    let dir = &s.persist.pin_dir;
+    let v4_pin = dir.join("CONNTRACK4");
+    let entries: Vec<([u8; 16], steer_common::CtValue)> = {
+        let m = aya::maps::MapData::from_pin(&v4_pin).expect("CONNTRACK4 pin");
+        let m: aya::maps::HashMap<_, [u8; 16], steer_common::CtValue> =
+            aya::maps::HashMap::try_from(aya::maps::Map::LruHashMap(m)).expect("lru hash");
+        m.iter().map(|e| e.expect("entry")).collect()
+    };
+    assert_eq!(entries.len(), N as usize, "one entry per flow");
+    let legacy = dir.join("CONNTRACK");
+    pin_map_keyed(&legacy, BPF_MAP_TYPE_LRU_HASH, 40, 16, 4096);
+    {
+        let m = aya::maps::MapData::from_pin(&legacy).expect("legacy pin");
+        let mut m: aya::maps::HashMap<_, [u8; 40], steer_common::CtValue> =
+            aya::maps::HashMap::try_from(aya::maps::Map::LruHashMap(m)).expect("lru hash");
+        for (k4, v) in &entries {
+            // This layout: sport, dport, proto, family, pad, src, dst.
+            let mut old = [0u8; 40];
+            old[..4].copy_from_slice(&k4[8..12]);
+            old[16..20].copy_from_slice(&k4[12..16]);
+            old[32..36].copy_from_slice(&k4[..4]);
+            old[36] = k4[4];
+            old[37] = k4[5];
+            assert_eq!(old[37], steer_common::FAMILY_V4);
+            m.insert(old, v, 0).expect("insert");
+        }
+    }
+    std::fs::remove_file(&v4_pin).expect("remove CONNTRACK4");
+    std::fs::remove_file(dir.join("CONNTRACK6")).expect("remove CONNTRACK6");
+
+    // A fourth backend: selected afresh, some flows would move.
+    let grown = config(
+        &[
+            B("a1", A1, 100, &["web"]),
+            B("a2", A2, 100, &["web"]),
+            B("a3", A3, 100, &["web"]),
+            B("a4", [192, 0, 2, 4], 100, &["web"]),
+        ],
+        4096,
+    );
+    {
+        let mut fresh = Dataplane::load(&grown.dataplane).expect("load");
+        fresh.apply(&grown, &BTreeSet::new()).expect("apply");
+        let moved = run_all(&fresh, &frames)
+            .iter()
+            .zip(&before)
+            .filter(|(a, b)| a != b)
+            .count();
+        assert!(moved > 0, "without conntrack, the new backend takes flows");
+    }
+
+    let (mut dp, adopted) = open(&grown, s.persist());
+    assert!(adopted, "the other pins and the state file are adopted");
+    assert_eq!(
+        dp.migrated_conntrack(),
+        Some(steer::dataplane::Migrated {
+            ipv4: N as u64,
+            ipv6: 0,
+            skipped: 0
+        })
+    );
+    assert!(!legacy.exists(), "the old pin is removed");
+    dp.apply(&grown, &BTreeSet::new()).expect("apply");
+    let pc = dp.path_counts().expect("counters");
+    assert_eq!(
+        run_all(&dp, &frames),
+        before,
+        "every flow keeps its backend"
+    );
+    expect_delta(
+        &path_delta(&dp, &pc),
+        &[("ct_hit", N as u64)],
+        "after the move",
+    );
 }
 
 /// An older steer pinned `SOURCE_MACS` as a hash map. The program now

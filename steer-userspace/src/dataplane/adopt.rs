@@ -9,7 +9,8 @@ impl Dataplane {
     pub(super) fn check_pinned_sizes(&self) -> Result<()> {
         let l = self.ledger.limits;
         for (name, want) in [
-            (names::CONNTRACK, l.conntrack_size),
+            (names::CONNTRACK4, l.conntrack_size),
+            (names::CONNTRACK6, l.conntrack_size),
             (names::RINGS, ring_values(l.max_tables, l.ring_size)),
             (names::REALS, l.max_reals),
             (names::TABLE_GEN, l.max_tables),
@@ -155,6 +156,12 @@ impl Dataplane {
     /// logs it as a warning. The maps were reset.
     pub fn discarded_state(&self) -> Option<&str> {
         self.discarded.as_deref()
+    }
+
+    /// The flows `open` moved from the conntrack an older steer pinned
+    /// (`CONNTRACK`, one map for both families), if there was one.
+    pub fn migrated_conntrack(&self) -> Option<Migrated> {
+        self.migrated
     }
 
     /// The state file is written after the maps, so a crash in between can

@@ -13,7 +13,8 @@ use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray};
 use aya::Ebpf;
 use steer_common::hash::{flow_hash, flow_tag};
 use steer_common::{
-    names, Branch, Counters, CtValue, DropReason, FlowKey, Passive, Real, SynBucket, SynSlot,
+    names, Branch, Counters, CtValue, DropReason, FlowKey, FlowKey4, Passive, Real, SynBucket,
+    SynSlot, FAMILY_V4,
 };
 
 use super::{map_err, DataplaneError, Result};
@@ -26,8 +27,9 @@ pub struct CounterReader {
     passive_stats: Option<PerCpuArray<MapData, Passive>>,
     drop_stats: PerCpuArray<MapData, u64>,
     path_stats: PerCpuArray<MapData, u64>,
-    /// `CONNTRACK`, read by `steer explain`.
-    conntrack: HashMap<MapData, FlowKey, CtValue>,
+    /// `CONNTRACK4` and `CONNTRACK6`, read by `steer explain`.
+    conntrack4: HashMap<MapData, FlowKey4, CtValue>,
+    conntrack6: HashMap<MapData, FlowKey, CtValue>,
     /// `RECENT_SYN` and `REALS`, read by `steer explain` (a pending
     /// handshake).
     recent_syn: Array<MapData, SynBucket>,
@@ -101,8 +103,10 @@ impl CounterReader {
             },
             drop_stats: per_cpu(ebpf, names::DROP_STATS)?,
             path_stats: per_cpu(ebpf, names::PATH_STATS)?,
-            conntrack: HashMap::try_from(reopen(ebpf, names::CONNTRACK)?)
-                .map_err(map_err(names::CONNTRACK))?,
+            conntrack4: HashMap::try_from(reopen(ebpf, names::CONNTRACK4)?)
+                .map_err(map_err(names::CONNTRACK4))?,
+            conntrack6: HashMap::try_from(reopen(ebpf, names::CONNTRACK6)?)
+                .map_err(map_err(names::CONNTRACK6))?,
             recent_syn: Array::try_from(reopen(ebpf, names::RECENT_SYN)?)
                 .map_err(map_err(names::RECENT_SYN))?,
             reals: Array::try_from(reopen(ebpf, names::REALS)?).map_err(map_err(names::REALS))?,
@@ -118,11 +122,17 @@ impl CounterReader {
 
     /// The conntrack entry of `key`, if any. Reading it does not refresh
     /// its place in the LRU.
+    /// IPv4 flows are in `CONNTRACK4`, under [`FlowKey::key4`].
     pub fn conntrack(&self, key: &FlowKey) -> Result<Option<CtValue>> {
-        match self.conntrack.get(key, 0) {
+        let (found, name) = if key.family == FAMILY_V4 {
+            (self.conntrack4.get(&key.key4(), 0), names::CONNTRACK4)
+        } else {
+            (self.conntrack6.get(key, 0), names::CONNTRACK6)
+        };
+        match found {
             Ok(v) => Ok(Some(v)),
             Err(aya::maps::MapError::KeyNotFound) => Ok(None),
-            Err(e) => Err(map_err(names::CONNTRACK)(e)),
+            Err(e) => Err(map_err(name)(e)),
         }
     }
 

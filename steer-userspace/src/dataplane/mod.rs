@@ -21,6 +21,7 @@ use steer_common::{
 mod adopt;
 mod bench;
 mod counters;
+mod migrate;
 pub mod persist;
 mod pins;
 pub mod plan;
@@ -29,6 +30,7 @@ mod writer;
 
 pub use bench::BenchProgram;
 pub use counters::{CounterReader, PendingSyn};
+pub use migrate::Migrated;
 pub use pins::{kernel_xdp_mode, pin_entries, InstanceLock, KernelXdpMode, Removal};
 use plan::{addr_bytes, RealSlot, ServiceSlot};
 pub use plan::{
@@ -298,6 +300,8 @@ pub struct Dataplane {
     counters: CounterReader,
     /// Why a previous run's state was discarded at `open`.
     discarded: Option<String>,
+    /// The flows `open` moved from an older steer's `CONNTRACK` pin.
+    migrated: Option<Migrated>,
     /// The conntrack epoch as last written to `CT_EPOCH`.
     ct_epoch: u32,
 }
@@ -374,7 +378,7 @@ pub enum Attached {
 }
 
 /// All the maps the program declares, for pinning.
-const ALL_MAPS: [&str; 20] = [
+const ALL_MAPS: [&str; 21] = [
     names::SETTINGS,
     names::VIPS,
     names::VIP_ADDRS,
@@ -382,7 +386,8 @@ const ALL_MAPS: [&str; 20] = [
     names::REALS,
     names::RINGS,
     names::TABLE_GEN,
-    names::CONNTRACK,
+    names::CONNTRACK4,
+    names::CONNTRACK6,
     names::VIP_STATS,
     names::REAL_STATS,
     names::PASSIVE_STATS,
@@ -478,7 +483,8 @@ impl Dataplane {
             loader.map_pin_path(name, path.as_path());
         }
         loader
-            .map_max_entries(names::CONNTRACK, limits.conntrack_size)
+            .map_max_entries(names::CONNTRACK4, limits.conntrack_size)
+            .map_max_entries(names::CONNTRACK6, limits.conntrack_size)
             .map_max_entries(
                 names::RINGS,
                 ring_values(limits.max_tables, limits.ring_size),
@@ -536,6 +542,7 @@ impl Dataplane {
         let mut dp = Dataplane {
             counters,
             discarded: None,
+            migrated: None,
             ebpf,
             rings,
             gens,
@@ -596,6 +603,12 @@ impl Dataplane {
             ALL_MAPS.iter().map(|n| (*n, dir.join(n))).collect();
         let mut dp = Self::load_inner(PROGRAM, &PROGRAMS, limits, &pins)?;
         dp.check_pinned_sizes()?;
+        // The one conntrack map of a steer before CONNTRACK4/CONNTRACK6:
+        // its flows move into them, keeping their backends.
+        let legacy_ct = dir.join(names::LEGACY_CONNTRACK);
+        if legacy_ct.exists() {
+            dp.migrated = Some(dp.migrate_legacy_conntrack(&legacy_ct)?);
+        }
         dp.persist = Some(persist.clone());
         let saved = if existed {
             match persist::load(&persist.state_file) {

@@ -183,7 +183,13 @@ pub fn pin_entries(dir: &Path) -> BTreeSet<String> {
 
 /// Whether `name` is a pin steer makes: one of its maps, or a link.
 fn is_steer_name(name: &str) -> bool {
-    ALL_MAPS.contains(&name) || name.starts_with(LINK_PREFIX)
+    is_steer_map(name) || name.starts_with(LINK_PREFIX)
+}
+
+/// Whether `name` is one of steer's map pins, this steer's or the
+/// conntrack pin of an older one (left only if it could not be moved).
+fn is_steer_map(name: &str) -> bool {
+    ALL_MAPS.contains(&name) || name == steer_common::names::LEGACY_CONNTRACK
 }
 
 /// Removes the map pinned at `path` if it is not a `map_type` map with
@@ -309,7 +315,7 @@ pub(super) fn remove_steer_pins(persist: &Persist) -> Result<Removal> {
                 Ok(()) => out.detached.push(iface.to_string()),
                 Err(why) => out.left.push((name, why)),
             }
-        } else if ALL_MAPS.contains(&name.as_str()) {
+        } else if is_steer_map(&name) {
             std::fs::remove_file(&path).map_err(|source| DataplaneError::Io {
                 what: "removing pin",
                 path: path.clone(),

@@ -853,8 +853,7 @@ impl IdLedger {
                 .into_iter()
                 .map(|(addr, family)| AddrKey {
                     addr,
-                    family,
-                    _pad: [0; 3],
+                    family: family.into(),
                 })
                 .collect(),
         ));
