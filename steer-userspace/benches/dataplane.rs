@@ -835,14 +835,20 @@ fn method_a(dp: &mut Dataplane, cfg: &mut Config, geo: &Arc<DesiredClasses>) -> 
         "  distinct 5-tuples per trial, in order (table filling up): {} ns",
         per_trial.join(", ")
     );
-    let targets = [(PASS, 3.0), (EST, 6.0), (NEW4, 15.0)];
+    // The per-branch targets of the first data-plane issue, set against a
+    // 28 ns repeat-loop floor. Since the program is multi-buffer XDP the
+    // kernel's repeat loop costs 5 ns, which no branch can be judged
+    // against, so they are shown, not judged: issue 12's targets are
+    // method B's (docs/benchmarks.md).
+    let old_targets = [(PASS, 3.0), (EST, 6.0), (NEW4, 15.0)];
     let mut ok = true;
     println!();
-    for (i, t) in targets {
+    for (i, t) in old_targets {
         let x = ratio(i);
-        let verdict = if x <= t { "ok" } else { "MISSED" };
-        ok &= x <= t;
-        println!("target {:<44} <= {t:>4}x: {x:.2}x {verdict}", names[i]);
+        println!(
+            "(method A, not judged: {:<38} {x:.2}x, the old target <= {t}x)",
+            names[i]
+        );
     }
     // Geo over plain, per trial (measured moments apart), then the median.
     let over = |geo: usize, plain: usize| -> f64 {
@@ -962,7 +968,8 @@ fn passive_cost(cfg: &Config) -> bool {
     }
     println!(
         "\npassive health counters: cost (method A, repeat={REPEAT}, {TRIALS_P} trials ({} for *), \
-         fresh data plane; ratio = with / without within each trial, median)",
+         fresh data plane; ratio = with / without within each trial, median; for *, \
+         the geometric mean of the medians of the two orders)",
         TRIALS_P / 3
     );
     println!(
@@ -974,7 +981,19 @@ fn passive_cost(cfg: &Config) -> bool {
         let per: Vec<f64> = r[i][0].iter().zip(&r[i][1]).map(|(a, b)| a / b).collect();
         let lo = per.iter().copied().fold(f64::INFINITY, f64::min);
         let hi = per.iter().copied().fold(0.0, f64::max);
-        let x = med(&per);
+        let x = if i == COLD {
+            // The first batch of new flows in a trial pays ~50 ns per
+            // packet more than the second, whichever variant it is (cold
+            // `RECENT_SYN` lines). The variants alternate in going first
+            // (even cold trials: with the counting first), so the medians
+            // of the two orders carry that factor once up and once down:
+            // their geometric mean cancels it.
+            let even: Vec<f64> = per.iter().copied().step_by(2).collect();
+            let odd: Vec<f64> = per.iter().copied().skip(1).step_by(2).collect();
+            (med(&even) * med(&odd)).sqrt()
+        } else {
+            med(&per)
+        };
         ratios.push(x);
         println!(
             "{:<46} {:>12.1} {:>12.1} {:>8.3} {:>16}",
