@@ -757,6 +757,7 @@ fn pin_array(path: &Path, value_size: u32, entries: u32) {
 const BPF_MAP_TYPE_HASH: u32 = 1;
 const BPF_MAP_TYPE_ARRAY: u32 = 2;
 const BPF_MAP_TYPE_LRU_HASH: u32 = 9;
+const BPF_F_MMAPABLE: u32 = 1 << 10;
 
 /// Creates a map of `map_type` with 4-byte keys and pins it at `path`.
 fn pin_map(path: &Path, map_type: u32, value_size: u32, entries: u32) {
@@ -939,44 +940,51 @@ fn a_source_macs_pin_of_the_old_kind_is_replaced() {
 }
 
 /// An older steer pinned `RECENT_SYN` with 32-byte buckets (no SYN
-/// filter). The program cannot use that map: `open` replaces the pin (it
-/// only held handshakes in progress), adopts everything else, and flows
-/// keep their backends.
+/// filter), and a later one with 64-byte buckets in a map without
+/// `BPF_F_MMAPABLE` (whose buckets straddle two cache lines). The program
+/// cannot use either: `open` replaces the pin (it only held handshakes in
+/// progress), adopts everything else, and flows keep their backends.
 #[test]
 #[ignore = "needs root: BPF or network namespaces (cargo xtask test runs it)"]
 fn a_recent_syn_pin_of_the_old_layout_is_replaced() {
     if !require_root() {
         return;
     }
-    let s = Scratch::new("synlayout");
-    let cfg = three(4096);
-    let (mut dp, _) = open(&cfg, s.persist());
-    dp.apply(&cfg, &BTreeSet::new()).expect("apply");
-    let frames = flows(21, 200, [203, 0, 113, 10]);
-    let before = run_all(&dp, &frames);
-    drop(dp);
-    let pin = s.persist.pin_dir.join("RECENT_SYN");
-    std::fs::remove_file(&pin).expect("remove the pin");
-    let buckets = steer_common::syn_buckets(4096);
-    pin_array(&pin, 32, buckets);
-    let size = |p: &Path| {
-        aya::maps::MapData::from_pin(p)
-            .expect("open the pin")
-            .info()
-            .expect("info")
-            .value_size()
-    };
-    assert_eq!(size(&pin), 32);
-    let (mut dp, adopted) = open(&cfg, s.persist());
-    assert!(adopted, "the other pins and the state file are adopted");
-    assert_eq!(size(&pin), 64, "the old-layout pin was replaced");
-    dp.apply(&cfg, &BTreeSet::new()).expect("apply");
-    assert_eq!(
-        run_all(&dp, &frames),
-        before,
-        "every flow keeps its backend"
-    );
-    // The new map works: a SYN and its ACK.
-    let syn = backend(&dp, &segment(9, true));
-    assert_eq!(backend(&dp, &segment(9, false)), syn);
+    for (round, old_size) in [32u32, 64].into_iter().enumerate() {
+        let s = Scratch::new(&format!("synlayout{round}"));
+        let cfg = three(4096);
+        let (mut dp, _) = open(&cfg, s.persist());
+        dp.apply(&cfg, &BTreeSet::new()).expect("apply");
+        let frames = flows(21, 200, [203, 0, 113, 10]);
+        let before = run_all(&dp, &frames);
+        drop(dp);
+        let pin = s.persist.pin_dir.join("RECENT_SYN");
+        std::fs::remove_file(&pin).expect("remove the pin");
+        let buckets = steer_common::syn_buckets(4096);
+        pin_array(&pin, old_size, buckets);
+        let layout = |p: &Path| {
+            let info = aya::maps::MapData::from_pin(p)
+                .expect("open the pin")
+                .info()
+                .expect("info");
+            (info.value_size(), info.map_flags() & BPF_F_MMAPABLE)
+        };
+        assert_eq!(layout(&pin), (old_size, 0));
+        let (mut dp, adopted) = open(&cfg, s.persist());
+        assert!(adopted, "the other pins and the state file are adopted");
+        assert_eq!(
+            layout(&pin),
+            (64, BPF_F_MMAPABLE),
+            "the old-layout pin was replaced"
+        );
+        dp.apply(&cfg, &BTreeSet::new()).expect("apply");
+        assert_eq!(
+            run_all(&dp, &frames),
+            before,
+            "every flow keeps its backend"
+        );
+        // The new map works: a SYN and its ACK.
+        let syn = backend(&dp, &segment(9, true));
+        assert_eq!(backend(&dp, &segment(9, false)), syn);
+    }
 }

@@ -377,6 +377,10 @@ pub enum Attached {
     },
 }
 
+/// `BPF_F_MMAPABLE` (linux/bpf.h): an array map whose values can be
+/// mapped into userspace; its values start on a page boundary.
+const BPF_F_MMAPABLE: u32 = 1 << 10;
+
 /// All the maps the program declares, for pinning.
 const ALL_MAPS: [&str; 21] = [
     names::SETTINGS,
@@ -583,13 +587,15 @@ impl Dataplane {
         pins::prepare_pin_dir(dir)?;
         let existed = dir.join(names::RINGS).exists();
         // A RECENT_SYN pinned by a steer with another bucket layout (before
-        // the SYN filter, 32-byte buckets) cannot serve this program; it
-        // holds only handshakes in progress, whose ACKs are then selected
-        // by hash (the same backend while the table is unchanged).
+        // the SYN filter, 32-byte buckets; or not mmapable, so its buckets
+        // straddle cache lines) cannot serve this program; it holds only
+        // handshakes in progress, whose ACKs are then selected by hash
+        // (the same backend while the table is unchanged).
         pins::drop_if_layout_differs(
             &dir.join(names::RECENT_SYN),
             aya::maps::MapType::Array,
             std::mem::size_of::<steer_common::SynBucket>() as u32,
+            BPF_F_MMAPABLE,
         )?;
         // A SOURCE_MACS pinned by a steer before it was an array (a hash
         // map): made anew; attaching writes each interface's MAC again and
@@ -598,6 +604,7 @@ impl Dataplane {
             &dir.join(names::SOURCE_MACS),
             aya::maps::MapType::Array,
             std::mem::size_of::<steer_common::SourceMac>() as u32,
+            0,
         )?;
         let pins: Vec<(&'static str, PathBuf)> =
             ALL_MAPS.iter().map(|n| (*n, dir.join(n))).collect();

@@ -193,12 +193,14 @@ fn is_steer_map(name: &str) -> bool {
 }
 
 /// Removes the map pinned at `path` if it is not a `map_type` map with
-/// values of `value_size` bytes (a pin of an older layout the program
-/// cannot use); a missing pin is fine. Logged when it removes one.
+/// values of `value_size` bytes and map flags `flags` (a pin of an older
+/// layout the program cannot use); a missing pin is fine. Logged when it
+/// removes one.
 pub(super) fn drop_if_layout_differs(
     path: &Path,
     map_type: aya::maps::MapType,
     value_size: u32,
+    flags: u32,
 ) -> Result<()> {
     if !path.exists() {
         return Ok(());
@@ -213,13 +215,16 @@ pub(super) fn drop_if_layout_differs(
         .map_err(|e| io(std::io::Error::other(e.to_string())))?;
     let found_type = info.map_type().ok();
     let found = info.value_size();
-    if found != value_size || found_type != Some(map_type) {
+    let found_flags = info.map_flags();
+    if found != value_size || found_type != Some(map_type) || found_flags != flags {
         tracing::warn!(
             path = %path.display(),
             found,
             found_type = ?found_type,
+            found_flags,
             want = value_size,
             want_type = ?map_type,
+            want_flags = flags,
             "a pinned map of another layout (an older steer) is replaced"
         );
         std::fs::remove_file(path).map_err(io)?;
