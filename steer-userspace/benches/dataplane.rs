@@ -13,12 +13,15 @@
 //!    address each iteration, so each iteration is a flow never seen (the
 //!    backend-down branch needs that to fill conntrack). The restore step's own cost is measured by
 //!    `steer_bench_restore` and reported. The non-VIP pass branch does not
-//!    modify the packet and runs the production entry directly. Targets are
-//!    judged on this method, as ratios taken within each trial.
+//!    modify the packet and runs the production entry directly. The geo
+//!    rows' targets (against the plain new flow) are judged on this method,
+//!    as ratios taken within each trial; the per-branch ratios to its 5 ns
+//!    floor are shown, not judged (see `method_a`).
 //! B. `repeat = 1`, once per packet (distinct packets for new flows): no
 //!    restore needed, but every figure includes the syscall's fixed timing
 //!    overhead, which the floor shows. The issue-12 targets are judged on
-//!    this method: 7 rounds; 200,000 never-seen IPv4 and IPv6 tuples per
+//!    this method, run first on a data plane of its own (no client
+//!    classes): 7 rounds; 200,000 never-seen IPv4 and IPv6 tuples per
 //!    round, each SYN timed and its first ACK (which takes the SYN's slot
 //!    and creates the conntrack entry) a handshake window (4,096 flows)
 //!    later, reported as a row of its own. `-- syn` runs only method B,
@@ -1044,27 +1047,31 @@ fn main() {
         return;
     }
     let mut cfg = bench_config();
-    let mut dp = load_programmed(&cfg);
+    println!("steer data-plane benchmark (ns/packet as measured by the kernel)");
+    // Method B first, on a data plane of its own: the issue-12 targets are
+    // judged on a data plane like the one Katran was measured against (a
+    // 1,048,576-entry conntrack, a 65,537-slot ring, no client classes),
+    // before the geo rows program 2,000,000 class prefixes.
+    let ok_b = {
+        let mut dp = load_programmed(&cfg);
+        method_b(&mut dp, &cfg)
+    };
     // `-- syn`: only method B, the conntrack fill curve and the two-CPU
     // run (issue 12's rows), without the geo prefixes and method A.
     if std::env::args().skip(1).any(|a| a == "syn") {
-        let ok = method_b(&mut dp, &cfg);
-        drop(dp);
         fill_curve(&bench_config());
         two_cpus(&bench_config());
-        std::process::exit(if ok { 0 } else { 2 });
+        std::process::exit(if ok_b { 0 } else { 2 });
     }
+    let mut dp = load_programmed(&cfg);
     let t = Instant::now();
     let geo = Arc::new(geo_classes());
     program_geo(&mut dp, &cfg, &geo);
     println!(
-        "steer data-plane benchmark (ns/packet as measured by the kernel)\n\
-         ({GEO_PREFIXES} IPv4 and {GEO_PREFIXES} IPv6 class prefixes built and programmed in {:.2} s)\n",
+        "\n({GEO_PREFIXES} IPv4 and {GEO_PREFIXES} IPv6 class prefixes built and programmed in {:.2} s)\n",
         t.elapsed().as_secs_f64()
     );
-    let ok = method_a(&mut dp, &mut cfg, &geo);
-    let ok = method_b(&mut dp, &cfg) && ok;
-    // Its own data plane, with an empty conntrack table.
+    let ok = method_a(&mut dp, &mut cfg, &geo) && ok_b;
     drop(dp);
     fill_curve(&bench_config());
     two_cpus(&bench_config());
