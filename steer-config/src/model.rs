@@ -52,8 +52,12 @@ model! {
         /// Path-MTU replies each CPU may send back to back (at least 1 when
         /// the rate is not 0).
         pub pmtu_reply_burst: u16,
-        /// Conntrack entries.
+        /// Conntrack entries of IPv4 flows (`CONNTRACK4`); also sizes
+        /// `RECENT_SYN`.
         pub conntrack_size: u32,
+        /// Conntrack entries of IPv6 flows (`CONNTRACK6`); `conntrack_size`
+        /// unless set.
+        pub conntrack_size_v6: u32,
         /// Maglev ring size (a prime).
         pub maglev_table_size: u32,
         /// TTL / hop limit of the outer header.

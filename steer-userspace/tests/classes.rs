@@ -26,6 +26,7 @@ fn limits() -> Limits {
         max_tables: 16,
         max_reals: 16,
         conntrack_size: 4096,
+        conntrack_size_v6: 4096,
     }
 }
 

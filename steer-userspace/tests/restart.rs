@@ -454,6 +454,19 @@ fn pinned_size_mismatch_is_an_error_and_leaves_pins_alone() {
         "a failed open must not touch the state file"
     );
 
+    // The IPv6 table has a size of its own: pinned at 4096 (it followed
+    // conntrack_size), it refuses 1024.
+    let mut v6_small = small.clone();
+    v6_small.dataplane.conntrack_size_v6 = 1024;
+    match Dataplane::open(&v6_small.dataplane, s.persist()) {
+        Ok(_) => panic!("a pinned CONNTRACK6 of 4096 entries must not be adopted for 1024"),
+        Err(DataplaneError::PinnedSizeMismatch { name, found, want }) => {
+            assert_eq!((name, found, want), ("CONNTRACK6", 4096, 1024));
+        }
+        Err(e) => panic!("expected PinnedSizeMismatch, got: {e}"),
+    }
+    assert_eq!(s.pins(), pins, "a failed open must not touch the pins");
+
     // The old size still adopts, with the flows intact.
     let (mut dp, adopted) = open(&small, s.persist());
     assert!(adopted, "reopening with the pinned sizes must adopt");

@@ -23,6 +23,9 @@ use crate::walker::{Node, Walker};
 
 pub(super) fn read(w: &mut Walker, t: &Table) -> PDataplane {
     let n = Node::new(w, "dataplane", t);
+    // `conntrack_size_v6` defaults to `conntrack_size` (the fields are
+    // read in the order written, so the keys are listed in this order).
+    let conntrack_size;
     let dataplane = PDataplane {
         interfaces: interfaces(w, &n),
         mode: n.default(w, "mode", AttachMode::default(), keyword),
@@ -45,10 +48,19 @@ pub(super) fn read(w: &mut Walker, t: &Table) -> PDataplane {
             int_in(v, 0, i64::from(PMTU_REPLY_MAX))
                 .map_err(|e| format!("{e}: path-MTU replies a CPU may send back to back"))
         }),
-        conntrack_size: n.default(
+        conntrack_size: {
+            conntrack_size = n.default(
+                w,
+                "conntrack_size",
+                DEFAULT_CONNTRACK_SIZE,
+                u32_in(CONNTRACK_MIN, CONNTRACK_MAX),
+            );
+            conntrack_size
+        },
+        conntrack_size_v6: n.default(
             w,
-            "conntrack_size",
-            DEFAULT_CONNTRACK_SIZE,
+            "conntrack_size_v6",
+            conntrack_size.unwrap_or(DEFAULT_CONNTRACK_SIZE),
             u32_in(CONNTRACK_MIN, CONNTRACK_MAX),
         ),
         maglev_table_size: n.default(

@@ -64,6 +64,16 @@ fn dataplane_ranges() {
             "dataplane.conntrack_size",
             "out of range",
         ),
+        (
+            "conntrack_size_v6 = 1023",
+            "dataplane.conntrack_size_v6",
+            "out of range",
+        ),
+        (
+            "conntrack_size_v6 = 67108865",
+            "dataplane.conntrack_size_v6",
+            "out of range",
+        ),
         ("ttl = 0", "dataplane.ttl", "0 is out of range"),
         ("ttl = 256", "dataplane.ttl", "256 is out of range"),
         (
@@ -99,6 +109,8 @@ fn dataplane_ranges() {
         "mtu = 9216",
         "conntrack_size = 1024",
         "conntrack_size = 67108864",
+        "conntrack_size_v6 = 1024",
+        "conntrack_size_v6 = 67108864",
         "ttl = 1",
         "ttl = 255",
         "maglev_table_size = 7",
@@ -403,5 +415,22 @@ fn maglev_rings_stay_within_a_gibibyte() {
         &doc("maglev_table_size = 1000003\nmax_tables = 135\n", WEB),
         "dataplane.max_tables",
         "at most 134 with this maglev_table_size",
+    );
+}
+
+#[test]
+fn conntrack_size_v6_follows_conntrack_size_unless_set() {
+    let c = ok(&doc("conntrack_size = 4096\n", WEB));
+    assert_eq!(
+        (c.dataplane.conntrack_size, c.dataplane.conntrack_size_v6),
+        (4096, 4096)
+    );
+    let c = ok(&doc(
+        "conntrack_size = 4096\nconntrack_size_v6 = 1024\n",
+        WEB,
+    ));
+    assert_eq!(
+        (c.dataplane.conntrack_size, c.dataplane.conntrack_size_v6),
+        (4096, 1024)
     );
 }

@@ -195,7 +195,8 @@ fn unknown_keys_list_the_keys_of_their_section() {
         (
             "dataplane.x",
             "interfaces, mode, next_hop_mac, source_mac, encap_source_v4, encap_source_v6, mtu, \
-             pmtu_reply_rate, pmtu_reply_burst, conntrack_size, maglev_table_size, ttl, pin_path, max_tables, max_reals",
+             pmtu_reply_rate, pmtu_reply_burst, conntrack_size, conntrack_size_v6, maglev_table_size, ttl, \
+             pin_path, max_tables, max_reals",
         ),
         (
             "regions[2].x",

@@ -42,6 +42,7 @@ kind = "http"
     assert_eq!(d.mtu, 1500);
     assert_eq!((d.pmtu_reply_rate, d.pmtu_reply_burst), (100, 100));
     assert_eq!(d.conntrack_size, 1_048_576);
+    assert_eq!(d.conntrack_size_v6, 1_048_576);
     assert_eq!(d.maglev_table_size, 65537);
     assert_eq!(d.ttl, 64);
     assert_eq!(d.pin_path, PathBuf::from("/sys/fs/bpf/steer"));
@@ -172,6 +173,8 @@ listen = "[::1]:9100"
     assert_eq!(d.mtu, 9000);
     assert_eq!((d.pmtu_reply_rate, d.pmtu_reply_burst), (7, 3));
     assert_eq!(d.conntrack_size, 2048);
+    // Not set: follows conntrack_size.
+    assert_eq!(d.conntrack_size_v6, 2048);
     assert_eq!(d.maglev_table_size, 251);
     assert_eq!(d.ttl, 32);
     assert_eq!(d.pin_path, PathBuf::from("/sys/fs/bpf/other"));

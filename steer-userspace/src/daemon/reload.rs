@@ -25,6 +25,7 @@ pub fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
         pmtu_reply_rate: _,
         pmtu_reply_burst: _,
         conntrack_size,
+        conntrack_size_v6,
         maglev_table_size,
         ttl: _,
         pin_path,
@@ -41,6 +42,9 @@ pub fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     }
     if *conntrack_size != b.conntrack_size {
         d.push("dataplane.conntrack_size");
+    }
+    if *conntrack_size_v6 != b.conntrack_size_v6 {
+        d.push("dataplane.conntrack_size_v6");
     }
     if *maglev_table_size != b.maglev_table_size {
         d.push("dataplane.maglev_table_size");
@@ -115,10 +119,15 @@ regions = ["eu"]
     #[test]
     fn every_restart_only_key_is_rejected_alone() {
         let base = parse(BASE);
-        let cases: [(&str, &str); 10] = [
+        let cases: [(&str, &str); 11] = [
             ("dataplane.interfaces", "interfaces = [\"eth1\"]"),
             ("dataplane.mode", "mode = \"skb\""),
-            ("dataplane.conntrack_size", "conntrack_size = 2048"),
+            // conntrack_size_v6 follows conntrack_size unless set.
+            (
+                "dataplane.conntrack_size",
+                "conntrack_size = 2048\nconntrack_size_v6 = 1048576",
+            ),
+            ("dataplane.conntrack_size_v6", "conntrack_size_v6 = 2048"),
             ("dataplane.maglev_table_size", "maglev_table_size = 251"),
             ("dataplane.pin_path", "pin_path = \"/sys/fs/bpf/other\""),
             ("dataplane.max_tables", "max_tables = 64"),

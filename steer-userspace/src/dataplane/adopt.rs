@@ -10,7 +10,7 @@ impl Dataplane {
         let l = self.ledger.limits;
         for (name, want) in [
             (names::CONNTRACK4, l.conntrack_size),
-            (names::CONNTRACK6, l.conntrack_size),
+            (names::CONNTRACK6, l.conntrack_size_v6),
             (names::RINGS, ring_values(l.max_tables, l.ring_size)),
             (names::REALS, l.max_reals),
             (names::TABLE_GEN, l.max_tables),

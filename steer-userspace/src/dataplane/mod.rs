@@ -102,9 +102,9 @@ pub enum DataplaneError {
     },
     #[error(
         "the pinned map {name} holds {found} entries but the config asks for {want}; \
-             sizes (conntrack_size, maglev_table_size, max_tables, max_reals) cannot change \
-             while steer is attached: restore the old values, or run `steer stop --detach` first \
-             (this drops established flows' state)"
+             sizes (conntrack_size, conntrack_size_v6, maglev_table_size, max_tables, \
+             max_reals) cannot change while steer is attached: restore the old values, or run \
+             `steer stop --detach` first (this drops established flows' state)"
     )]
     PinnedSizeMismatch {
         name: &'static str,
@@ -259,7 +259,11 @@ pub struct Limits {
     pub ring_size: u32,
     pub max_tables: u32,
     pub max_reals: u32,
+    /// `CONNTRACK4` entries (and, through `steer_common::syn_buckets`,
+    /// `RECENT_SYN`'s buckets).
     pub conntrack_size: u32,
+    /// `CONNTRACK6` entries.
+    pub conntrack_size_v6: u32,
 }
 
 /// A loaded XDP program and the state steer has written into its maps.
@@ -488,7 +492,7 @@ impl Dataplane {
         }
         loader
             .map_max_entries(names::CONNTRACK4, limits.conntrack_size)
-            .map_max_entries(names::CONNTRACK6, limits.conntrack_size)
+            .map_max_entries(names::CONNTRACK6, limits.conntrack_size_v6)
             .map_max_entries(
                 names::RINGS,
                 ring_values(limits.max_tables, limits.ring_size),

@@ -21,6 +21,7 @@ fn limits(max_tables: u32) -> Limits {
         max_tables,
         max_reals: 16,
         conntrack_size: 1024,
+        conntrack_size_v6: 1024,
     }
 }
 

@@ -13,6 +13,7 @@ const LIMITS: Limits = Limits {
     max_tables: 4,
     max_reals: 8,
     conntrack_size: 1024,
+    conntrack_size_v6: 1024,
 };
 
 fn backend(name: &str, last: u8, weight: u32, up: bool) -> DesiredBackend {

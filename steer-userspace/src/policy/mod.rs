@@ -223,6 +223,7 @@ impl From<&DataplaneConfig> for Limits {
             max_tables: cfg.max_tables,
             max_reals: cfg.max_reals,
             conntrack_size: cfg.conntrack_size,
+            conntrack_size_v6: cfg.conntrack_size_v6,
         }
     }
 }

@@ -147,7 +147,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
             if a != b {
                 bail!(
                     "--then-config {} changes the data plane's sizes (conntrack_size, \
-                     maglev_table_size, max_tables or max_reals: {b:?} instead of {a:?}); \
+                     conntrack_size_v6, maglev_table_size, max_tables or max_reals: {b:?} instead of {a:?}); \
                      replay keeps one loaded program across the switch, so these must \
                      match {}",
                     then_path.display(),
