@@ -52,7 +52,7 @@ pub static RINGS: Array<[u32; RING_LANES as usize]> = Array::with_max_entries(
 /// Two maps, one per family: an IPv4 lookup hashes and compares a 16-byte
 /// key (`FlowKey4`, the first bytes of the flow's `FlowKey`, see
 /// `FlowKey::as_v4`), an IPv6 one the 40-byte `FlowKey`. Userspace sizes
-/// both from `conntrack_size`.
+/// them from `conntrack_size` and `conntrack_size_v6`.
 #[map]
 pub static CONNTRACK4: LruHashMap<FlowKey4, CtValue> =
     LruHashMap::with_max_entries(capacity::CONNTRACK, 0);

@@ -58,10 +58,14 @@ impl Dataplane {
     /// not such a map (another key or value size) is left in place, with a
     /// warning, and nothing is copied.
     pub(super) fn migrate_legacy_conntrack(&mut self, path: &Path) -> Result<Migrated> {
-        let legacy: HashMap<MapData, LegacyKey, CtValue> = match MapData::from_pin(path)
+        let opened = MapData::from_pin(path)
             .map_err(|e| e.to_string())
-            .and_then(|data| HashMap::try_from(Map::LruHashMap(data)).map_err(|e| e.to_string()))
-        {
+            .and_then(|data| {
+                let capacity = data.info().map_err(|e| e.to_string())?.max_entries();
+                let map = HashMap::try_from(Map::LruHashMap(data)).map_err(|e| e.to_string())?;
+                Ok((map, capacity))
+            });
+        let (legacy, capacity): (HashMap<MapData, LegacyKey, CtValue>, u32) = match opened {
             Ok(m) => m,
             Err(error) => {
                 tracing::warn!(
@@ -77,11 +81,14 @@ impl Dataplane {
             typed(&mut self.ebpf, names::CONNTRACK4)?;
         let mut entries4 = Vec::new();
         let mut entries6 = Vec::new();
-        // The old program may still be adding entries: an iteration that
-        // loses its place ends early, and the entries after it are left to
-        // be selected again by hash (the same backend while the table is
-        // unchanged).
-        for item in legacy.iter() {
+        // The old program may still be adding and evicting entries. An
+        // iteration that loses its place ends early; one whose key was
+        // evicted starts over from the first key (the kernel's
+        // get_next_key), so it is bounded by the map's capacity (a key
+        // read twice is written twice, the same entry). Entries not read
+        // are left to be selected again by hash (the same backend while
+        // the table is unchanged).
+        for item in legacy.iter().take(capacity as usize) {
             let Ok((k, v)) = item else {
                 done.skipped += 1;
                 break;
