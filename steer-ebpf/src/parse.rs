@@ -136,22 +136,15 @@ pub fn parse_l3(ctx: &XdpContext, ip: &mut Ip) -> L3 {
     }
 }
 
+/// Writes an IPv4 address into bytes `AT..AT + 4` of a key's address
+/// field: 0 for the address itself, 4 for the destination's copy after the
+/// source, where `FlowKey::as_v4` expects it (see `steer_common::FlowKey`).
 #[inline(always)]
-fn set_v4(out: &mut [u8; 16], a: [u8; 4]) {
-    out[0] = a[0];
-    out[1] = a[1];
-    out[2] = a[2];
-    out[3] = a[3];
-}
-
-/// Writes an IPv4 destination into bytes 4..8 of the key's `src`, where
-/// `FlowKey::as_v4` expects it (see `steer_common::FlowKey`).
-#[inline(always)]
-fn set_v4_dst_copy(src: &mut [u8; 16], dst: [u8; 4]) {
-    src[4] = dst[0];
-    src[5] = dst[1];
-    src[6] = dst[2];
-    src[7] = dst[3];
+fn set_v4<const AT: usize>(out: &mut [u8; 16], a: [u8; 4]) {
+    out[AT] = a[0];
+    out[AT + 1] = a[1];
+    out[AT + 2] = a[2];
+    out[AT + 3] = a[3];
 }
 
 #[inline(always)]
@@ -163,7 +156,7 @@ fn parse_v4(ctx: &XdpContext, l3: usize, ip: &mut Ip) -> L3 {
         return L3::Pass;
     };
     ip.key.family = FAMILY_V4;
-    set_v4(&mut ip.key.dst, dst);
+    set_v4::<0>(&mut ip.key.dst, dst);
     // Foreign traffic leaves here, before any validation: a malformed
     // packet to an address that carries no VIP passes anyway.
     if !maybe_vip(&ip.key.dst) {
@@ -187,10 +180,10 @@ fn parse_v4(ctx: &XdpContext, l3: usize, ip: &mut Ip) -> L3 {
     let Some(src) = read::<[u8; 4]>(ctx, l3 + 12) else {
         return L3::Pass;
     };
-    set_v4(&mut ip.key.src, src);
+    set_v4::<0>(&mut ip.key.src, src);
     // The destination again right after the source: the key's first 16
     // bytes are then its `CONNTRACK4` key (`FlowKey::as_v4`).
-    set_v4_dst_copy(&mut ip.key.src, dst);
+    set_v4::<4>(&mut ip.key.src, dst);
     ip.key.proto = h[9];
     ip.tos = h[1];
     ip.l4_off = l3 + hdr_len;
@@ -364,9 +357,9 @@ pub fn parse_icmp(ctx: &XdpContext, ip: &Ip, key: &mut FlowKey) -> Icmp {
             return Icmp::Broken;
         }
         key.proto = h[9];
-        set_v4(&mut key.dst, [h[12], h[13], h[14], h[15]]);
-        set_v4(&mut key.src, [h[16], h[17], h[18], h[19]]);
-        set_v4_dst_copy(&mut key.src, [h[12], h[13], h[14], h[15]]);
+        set_v4::<0>(&mut key.dst, [h[12], h[13], h[14], h[15]]);
+        set_v4::<0>(&mut key.src, [h[16], h[17], h[18], h[19]]);
+        set_v4::<4>(&mut key.src, [h[12], h[13], h[14], h[15]]);
         key.dport = p[0];
         key.sport = p[1];
     } else {
