@@ -445,6 +445,33 @@ pub const fn syn_filter_bit(hash: u32) -> u64 {
     1u64 << (hash >> 26)
 }
 
+/// How a [`SynBucket`]'s epoch stands to the epoch a CPU reads now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BucketAge {
+    /// The bucket is of this epoch, or ahead of it (another CPU has moved
+    /// it on while this one still reads the previous epoch): its `cur`
+    /// is this epoch's.
+    Current,
+    /// The bucket is of the previous epoch: its `cur` is one epoch old.
+    Previous,
+    /// Older: its filter bits are too old to count.
+    Older,
+}
+
+/// The age of a bucket of epoch `bucket` in epoch `now`, on the 32-bit
+/// epoch circle (a bucket up to 2^31 epochs ahead counts as ahead).
+#[inline(always)]
+pub const fn bucket_age(now: u32, bucket: u32) -> BucketAge {
+    let age = now.wrapping_sub(bucket);
+    if age == 0 || age > u32::MAX / 2 {
+        BucketAge::Current
+    } else if age == 1 {
+        BucketAge::Previous
+    } else {
+        BucketAge::Older
+    }
+}
+
 /// The conntrack epoch of a moment `boottime_ns` nanoseconds after boot:
 /// one epoch every 2^32 ns (4.3 s). Monotonic across daemon restarts, so
 /// pinned buckets and entries stay comparable.
@@ -843,6 +870,26 @@ mod tests {
         let mut plain = k;
         plain.src[4..8].fill(0);
         assert_eq!(plain.key4(), k.key4());
+    }
+
+    #[test]
+    fn bucket_ages_on_the_epoch_circle() {
+        use BucketAge::*;
+        for (now, bucket, want) in [
+            (10, 10, Current),
+            (10, 11, Current),
+            (10, 10 + (1 << 30), Current),
+            (10, 9, Previous),
+            (10, 8, Older),
+            (10, 0, Older),
+            // Across the wrap of the 32-bit epoch.
+            (0, u32::MAX, Previous),
+            (1, u32::MAX, Older),
+            (u32::MAX, 0, Current),
+            (u32::MAX, u32::MAX - 1, Previous),
+        ] {
+            assert_eq!(bucket_age(now, bucket), want, "now {now}, bucket {bucket}");
+        }
     }
 
     #[test]

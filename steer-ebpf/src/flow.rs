@@ -1,8 +1,9 @@
 //! Flow keys and the connection table.
 
 use steer_common::{
-    ct_epoch_flags, ct_epoch_is, hash::flow_tag, syn_filter_bit, Branch, CtValue, FlowKey, Real,
-    SynBucket, SynSlot, CT_F_PENDING, FAMILY_V4, PROTO_TCP, REAL_F_DOWN, REAL_F_PRESENT, SYN_WAYS,
+    bucket_age, ct_epoch_flags, ct_epoch_is, hash::flow_tag, syn_filter_bit, Branch, BucketAge,
+    CtValue, FlowKey, Real, SynBucket, SynSlot, CT_F_PENDING, FAMILY_V4, PROTO_TCP, REAL_F_DOWN,
+    REAL_F_PRESENT, SYN_WAYS,
 };
 
 use crate::{
@@ -192,17 +193,18 @@ fn mark(b: *mut SynBucket, hash: u32, epoch: u32) {
     // whole aligned words: two CPUs writing the same bucket at the same
     // moment may lose one bit (docs/architecture.md, "The SYN path").
     unsafe {
-        let e = (*b).epoch as u32;
-        if epoch == e || epoch.wrapping_sub(e) > u32::MAX / 2 {
-            (*b).cur |= bit;
-        } else if epoch == e.wrapping_add(1) {
-            (*b).prev = (*b).cur;
-            (*b).cur = bit;
-            (*b).epoch = u64::from(epoch);
-        } else {
-            (*b).prev = 0;
-            (*b).cur = bit;
-            (*b).epoch = u64::from(epoch);
+        match bucket_age(epoch, (*b).epoch as u32) {
+            BucketAge::Current => (*b).cur |= bit,
+            BucketAge::Previous => {
+                (*b).prev = (*b).cur;
+                (*b).cur = bit;
+                (*b).epoch = u64::from(epoch);
+            }
+            BucketAge::Older => {
+                (*b).prev = 0;
+                (*b).cur = bit;
+                (*b).epoch = u64::from(epoch);
+            }
         }
     }
 }
@@ -267,10 +269,9 @@ pub fn syn_slot_load(hash: u32, epoch: u32) -> Option<SlotRef> {
                 | core::ptr::read_volatile(&raw const (*b).prev),
         )
     };
-    let age = epoch.wrapping_sub(e);
-    // `age` above 1: too old to count; "negative" (a CPU still on the
-    // previous epoch): counts.
-    let recent = age <= 1 || age > u32::MAX / 2;
+    // Older than the previous epoch: too old to count; ahead (a CPU still
+    // on the previous epoch): counts.
+    let recent = bucket_age(epoch, e) != BucketAge::Older;
     Some(SlotRef {
         b,
         maybe_tracked: recent && filter & syn_filter_bit(hash) != 0,
