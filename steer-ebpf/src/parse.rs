@@ -366,27 +366,25 @@ pub fn parse_icmp(ctx: &XdpContext, ip: &Ip, key: &mut FlowKey) -> Icmp {
         if icmp[0] != 2 {
             return Icmp::NotOurs;
         }
-        // One read for the whole quote: IPv6 header plus the two ports.
-        let Some(h) = read::<[u8; 44]>(ctx, q) else {
+        // The quote's IPv6 header and its two ports: 44 bytes, each field
+        // read whole (a byte-wise copy of the 44 took 288 bytes of stack).
+        if q + 44 > ip.ip_end {
+            return Icmp::Broken;
+        }
+        let (Some(h), Some(dst), Some(src), Some(p)) = (
+            read::<[u8; 8]>(ctx, q),
+            read::<[u8; 16]>(ctx, q + 8),
+            read::<[u8; 16]>(ctx, q + 24),
+            read::<[u16; 2]>(ctx, q + 40),
+        ) else {
             return Icmp::Broken;
         };
-        if h[0] >> 4 != 6 || q + 44 > ip.ip_end {
+        if h[0] >> 4 != 6 {
             return Icmp::Broken;
         }
-        let mut addrs = [[0u8; 16]; 2];
-        let mut i = 0;
-        while i < 16 {
-            addrs[0][i] = h[8 + i];
-            addrs[1][i] = h[24 + i];
-            i += 1;
-        }
-        let p = [
-            u16::from_ne_bytes([h[40], h[41]]),
-            u16::from_ne_bytes([h[42], h[43]]),
-        ];
         key.proto = h[6];
-        key.dst = addrs[0];
-        key.src = addrs[1];
+        key.dst = dst;
+        key.src = src;
         key.dport = p[0];
         key.sport = p[1];
     }
