@@ -1854,7 +1854,6 @@ fn the_first_ack_follows_its_syn_across_a_table_change() {
         return;
     }
     let mut rig = Rig::new(BASIC);
-    let grew = |before: &Paths, after: &Paths, b: Branch| after[b as usize] - before[b as usize];
 
     // X: SYN to `a`; then `a` is drained, so the table names another
     // backend for X; X's ACK still reaches `a` (its SYN's slot), counts a
@@ -1938,6 +1937,129 @@ fn the_first_ack_follows_its_syn_across_a_table_change() {
         .sum();
     assert_eq!(now, handshakes, "no handshake is counted without the slot");
     rig.expect_to("Y: next segment", &y_ack, by);
+}
+
+/// How much branch `b`'s counter grew between two readings.
+fn grew(before: &Paths, after: &Paths, b: Branch) -> u64 {
+    after[b as usize] - before[b as usize]
+}
+
+/// The flow cache (docs/architecture.md, "The flow cache"): an established
+/// IPv4 flow's first conntrack hit caches it on this CPU, its next packets
+/// skip the conntrack lookup, and the cache lasts one conntrack epoch.
+#[test]
+#[ignore = "needs root: BPF or network namespaces (cargo xtask test runs it)"]
+fn established_packets_come_from_the_flow_cache_within_an_epoch() {
+    if !steer_tests::require_root() {
+        return;
+    }
+    // The cache is per CPU: every packet of this test on one CPU.
+    pin_to_one_cpu();
+    let mut rig = Rig::new(BASIC);
+    let (flow, a) = pool_flow(&mut rig, 41000);
+    let before = rig.paths();
+    for _ in 0..5 {
+        rig.expect_to("established", &flow, backend_name(a.into()));
+    }
+    let after = rig.paths();
+    assert_eq!(grew(&before, &after, Branch::CtHit), 5, "5 conntrack hits");
+    assert_eq!(
+        grew(&before, &after, Branch::FlowCacheFill),
+        1,
+        "the first hit looked conntrack up and cached the flow; 4 came from the cache"
+    );
+    // A new epoch: the cached copy is not used any more; the next packet
+    // looks conntrack up again (refreshing the entry's LRU and its SYN
+    // filter bit) and caches the flow for the new epoch.
+    // (The program's epoch moves only when it is set: no daemon runs here.)
+    let next = steer::dataplane::ct_epoch_now() + 1;
+    rig.dp.set_ct_epoch(next).expect("advance the epoch");
+    let before = rig.paths();
+    for _ in 0..3 {
+        rig.expect_to("established, next epoch", &flow, backend_name(a.into()));
+    }
+    let after = rig.paths();
+    assert_eq!(grew(&before, &after, Branch::CtHit), 3);
+    assert_eq!(grew(&before, &after, Branch::FlowCacheFill), 1);
+    // IPv6 flows are not cached: every hit is a conntrack lookup.
+    let f6 = tcp6(CLIENT6, 41000, VIP6, 443);
+    rig.outer("IPv6 flow", &f6);
+    let before = rig.paths();
+    for _ in 0..3 {
+        rig.outer("IPv6 established", &f6);
+    }
+    let after = rig.paths();
+    assert_eq!(grew(&before, &after, Branch::CtHit), 3);
+    assert_eq!(grew(&before, &after, Branch::FlowCacheFill), 0);
+}
+
+/// A cached flow whose backend goes down is re-selected; when the backend
+/// comes back, the flow stays where conntrack now sends it, not where the
+/// cache had it.
+#[test]
+#[ignore = "needs root: BPF or network namespaces (cargo xtask test runs it)"]
+fn a_cached_flow_stays_on_its_new_backend_when_the_old_one_comes_back() {
+    if !steer_tests::require_root() {
+        return;
+    }
+    pin_to_one_cpu();
+    let mut rig = Rig::new(BASIC);
+    let cfg = parse(BASIC);
+    let (flow, a) = pool_flow(&mut rig, 41100);
+    let a_name = backend_name(a.into());
+    rig.expect_to("established, cached", &flow, a_name);
+    rig.down.insert(a_name.to_string());
+    rig.dp.apply(&cfg, &rig.down).expect("apply with a down");
+    let before = rig.paths();
+    let (o, _) = rig.outer("after a went down", &flow);
+    let b = v4(o.dst());
+    assert_ne!(b, a, "re-selected away from the down backend");
+    assert_eq!(grew(&before, &rig.paths(), Branch::Reselect), 1);
+    rig.down.clear();
+    rig.dp
+        .apply(&cfg, &rig.down)
+        .expect("apply with a up again");
+    let b_name = backend_name(b.into());
+    for i in 0..3 {
+        rig.expect_to(&format!("after a came back, packet {i}"), &flow, b_name);
+    }
+}
+
+/// A TCP SYN that reuses a cached flow's 5-tuple starts a new connection:
+/// conntrack's entry is replaced and this CPU's cached copy dropped, so the
+/// new connection's ACK goes where its SYN went, in the same epoch.
+#[test]
+#[ignore = "needs root: BPF or network namespaces (cargo xtask test runs it)"]
+fn a_syn_reusing_a_cached_flows_port_is_not_sent_by_the_cache() {
+    if !steer_tests::require_root() {
+        return;
+    }
+    pin_to_one_cpu();
+    let mut rig = Rig::new(BASIC);
+    let syn = tcp4(CLIENT, 41200, VIP_POOL, 80).syn();
+    let ack = tcp4(CLIENT, 41200, VIP_POOL, 80);
+    let a = rig.table_says("pool", &syn);
+    rig.expect_to("first connection: SYN", &syn, a);
+    rig.expect_to("first connection: ACK", &ack, a);
+    let before = rig.paths();
+    rig.expect_to("first connection: data", &ack, a);
+    rig.expect_to("first connection: data", &ack, a);
+    let after = rig.paths();
+    assert_eq!(grew(&before, &after, Branch::CtHit), 2);
+    assert_eq!(
+        grew(&before, &after, Branch::FlowCacheFill),
+        1,
+        "the flow is cached"
+    );
+    // Drained, `a` keeps its flows, but the table sends new ones elsewhere.
+    rig.reapply(&drained(a));
+    let b = rig.table_says("pool", &syn);
+    assert_ne!(b, a, "the drain changed the flow's slot");
+    rig.expect_to("first connection after the drain", &ack, a);
+    // The client reuses the port: a new connection, selected afresh.
+    rig.expect_to("second connection: SYN", &syn, b);
+    rig.expect_to("second connection: ACK", &ack, b);
+    rig.expect_to("second connection: data", &ack, b);
 }
 
 // ---------------------------------------------------------------------------

@@ -1,13 +1,13 @@
 //! Flow keys and the connection table.
 
 use steer_common::{
-    bucket_age, ct_epoch_flags, ct_epoch_is, hash::flow_tag, syn_filter_bit, Branch, BucketAge,
-    CtValue, FlowKey, Real, SynBucket, SynSlot, CT_F_PENDING, FAMILY_V4, PROTO_TCP, REAL_F_DOWN,
-    REAL_F_PRESENT, SYN_WAYS,
+    bucket_age, ct_epoch_flags, ct_epoch_is, flow_cache_index, hash::flow_tag, syn_filter_bit,
+    Branch, BucketAge, CtValue, FlowCacheSlot, FlowKey, FlowKey4, Real, SynBucket, SynSlot,
+    CT_F_PENDING, FAMILY_V4, PROTO_TCP, REAL_F_DOWN, REAL_F_PRESENT, SYN_WAYS,
 };
 
 use crate::{
-    maps::{syn_slot_mask, CONNTRACK4, CONNTRACK6, REALS, RECENT_SYN},
+    maps::{syn_slot_mask, CONNTRACK4, CONNTRACK6, FLOW_CACHE4, REALS, RECENT_SYN},
     stats,
 };
 
@@ -58,8 +58,17 @@ pub fn present_real(real_id: u32) -> Option<Real> {
 /// `epoch` is refreshed first (see [`refresh`]): a SYN of the same 5-tuple
 /// that skipped its conntrack lookup (port reuse after the entry's filter
 /// bit aged out) is followed, and the entry's filter bit is set again.
+///
+/// Also with `completes`, an IPv4 flow is looked for in this CPU's flow
+/// cache first ([`cached4`]), and a conntrack hit is cached ([`cache4`]).
 #[inline(always)]
 pub fn lookup<const PASSIVE: bool>(key: &FlowKey, completes: bool, epoch: u32) -> Lookup {
+    let cache = completes && key.family == FAMILY_V4;
+    if cache {
+        if let Some((ct, real)) = cached4(key, epoch) {
+            return Lookup::Hit { ct, real };
+        }
+    }
     let Some(p) = ct_ptr(key) else {
         return Lookup::Miss;
     };
@@ -85,9 +94,75 @@ pub fn lookup<const PASSIVE: bool>(key: &FlowKey, completes: bool, epoch: u32) -
                 unsafe { (*p).flags = ct.flags & !CT_F_PENDING };
                 stats::handshake(ct.real_id);
             }
+            if cache {
+                cache4(key, &ct, epoch);
+            }
             Lookup::Hit { ct, real }
         }
         None => Lookup::Stale,
+    }
+}
+
+/// This CPU's `FLOW_CACHE4` slot for IPv4 key `w` ([`FlowKey4::words`]).
+#[inline(always)]
+fn cache_slot(w: [u64; 2]) -> Option<*mut FlowCacheSlot> {
+    FLOW_CACHE4.get_ptr_mut(flow_cache_index(w))
+}
+
+/// An established IPv4 flow from this CPU's flow cache: its entry as
+/// `CONNTRACK4` held it when it was cached in `epoch`, and its real if
+/// that is still usable. A slot of the flow whose real is not usable any
+/// more is cleared, so the conntrack lookup decides (and the flow does not
+/// return to its old real if that one comes back).
+#[inline(always)]
+pub fn cached4(key: &FlowKey, epoch: u32) -> Option<(CtValue, Real)> {
+    let w = key.as_v4().words();
+    let s = cache_slot(w)?;
+    // SAFETY: `s` comes from a successful lookup of our own per-CPU array
+    // and points at this CPU's whole, aligned slot, which only this CPU
+    // writes (XDP runs with preemption off) and which stays allocated
+    // while the program runs.
+    let slot = unsafe { &mut *s };
+    if slot.key.words() != w || slot.epoch != epoch {
+        return None;
+    }
+    let ct = slot.ct();
+    match usable_real(ct.real_id, Some(ct.real_generation)) {
+        Some(real) => Some((ct, real)),
+        None => {
+            slot.key = FlowKey4::default();
+            None
+        }
+    }
+}
+
+/// Caches a `CONNTRACK4` hit of IPv4 key `key` for `epoch` (see
+/// [`cached4`]).
+#[inline(always)]
+pub fn cache4(key: &FlowKey, ct: &CtValue, epoch: u32) {
+    let k = key.as_v4();
+    let Some(s) = cache_slot(k.words()) else {
+        return;
+    };
+    stats::branch(Branch::FlowCacheFill);
+    // SAFETY: as in `cached4`: this CPU's own, whole, aligned slot.
+    unsafe { *s = FlowCacheSlot::new(*k, ct, epoch) };
+}
+
+/// Drops IPv4 key `key` from this CPU's flow cache: a TCP SYN of its
+/// 5-tuple starts a new connection, whose backend conntrack or the SYN's
+/// slot decides.
+#[inline(always)]
+pub fn uncache4(key: &FlowKey) {
+    let k = key.as_v4();
+    let Some(s) = cache_slot(k.words()) else {
+        return;
+    };
+    // SAFETY: as in `cached4`: this CPU's own, whole, aligned slot.
+    unsafe {
+        if (*s).key.words() == k.words() {
+            (*s).key = FlowKey4::default();
+        }
     }
 }
 

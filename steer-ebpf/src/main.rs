@@ -21,7 +21,7 @@ use aya_ebpf::{
 };
 use steer_common::{
     ct_epoch_flags, hash::flow_hash, Branch, CtValue, DropReason, FlowKey, Real, Settings, VipInfo,
-    VipKey, CT_F_PENDING, PROTO_TCP, SETTINGS_F_READY, VIP_F_CLIENT_AFFINITY,
+    VipKey, CT_F_PENDING, FAMILY_V4, PROTO_TCP, SETTINGS_F_READY, VIP_F_CLIENT_AFFINITY,
 };
 
 use crate::{
@@ -319,6 +319,12 @@ fn select_new<const PASSIVE: bool>(
             // most in a full table), and an old entry of the 5-tuple is
             // left to its next packet (`flow::lookup`).
             let maybe = syn_slot.as_ref().is_none_or(|slot| slot.maybe_tracked);
+            // This CPU's flow cache may hold the 5-tuple only if its
+            // filter bit is set: the cache keeps an entry for the epoch in
+            // which a hit set that bit (`flow::cached4`).
+            if maybe && key.family == FAMILY_V4 {
+                flow::uncache4(key);
+            }
             match if maybe { flow::find(key) } else { None } {
                 // Port reuse: the new connection replaces the old entry,
                 // handshake-pending until the flow's next packet.

@@ -8,9 +8,9 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray},
 };
 use steer_common::{
-    capacity, ring_values, AddrKey, Branch, ClassRow, Counters, CtValue, DropReason, FlowKey,
-    FlowKey4, Passive, Real, Settings, SourceMac, SynBucket, VipInfo, VipKey, VipSlot,
-    CLASS_V4_LANES, RING_LANES, VIP_FILTER_WORDS, VIP_SLOTS as VIP_SLOTS_LEN,
+    capacity, ring_values, AddrKey, Branch, ClassRow, Counters, CtValue, DropReason, FlowCacheSlot,
+    FlowKey, FlowKey4, Passive, Real, Settings, SourceMac, SynBucket, VipInfo, VipKey, VipSlot,
+    CLASS_V4_LANES, FLOW_CACHE_SLOTS, RING_LANES, VIP_FILTER_WORDS, VIP_SLOTS as VIP_SLOTS_LEN,
 };
 
 #[map]
@@ -61,6 +61,13 @@ pub static CONNTRACK4: LruHashMap<FlowKey4, CtValue> =
 #[map]
 pub static CONNTRACK6: LruHashMap<FlowKey, CtValue> =
     LruHashMap::with_max_entries(capacity::CONNTRACK, 0);
+
+/// Per CPU, a direct-mapped copy of recently hit `CONNTRACK4` entries
+/// (`steer_common::FlowCacheSlot`), at `steer_common::flow_cache_index`.
+/// Not pinned: a restarted program starts with it empty.
+#[map]
+pub static FLOW_CACHE4: PerCpuArray<FlowCacheSlot> =
+    PerCpuArray::with_max_entries(FLOW_CACHE_SLOTS, 0);
 
 /// Pending TCP SYNs (of flow-affinity VIPs), in buckets of `SYN_WAYS`
 /// slots picked by `flow_hash & mask`; a slot is a packed

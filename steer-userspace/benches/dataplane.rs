@@ -250,9 +250,35 @@ fn check_branches(
     n: u64,
     what: &str,
 ) {
+    // Conntrack hits of one established flow, repeated: served by the flow
+    // cache, which needs one conntrack lookup per CPU (and per epoch, which
+    // nothing advances here) to fill.
+    let fills = match branch {
+        Some(Branch::CtHit) => 0..=cpus(),
+        _ => 0..=0,
+    };
+    check_branches_fills(dp, before, branch, n, fills, what);
+}
+
+/// [`check_branches`] with the `flow_cache_fill` count expected in `fills`.
+fn check_branches_fills(
+    dp: &Dataplane,
+    before: &[u64; Branch::COUNT],
+    branch: Option<Branch>,
+    n: u64,
+    fills: std::ops::RangeInclusive<u64>,
+    what: &str,
+) {
     let after = dp.path_counts().expect("counters");
     for b in 0..Branch::COUNT {
         let delta = after[b] - before[b];
+        if b == Branch::FlowCacheFill.index() as usize {
+            assert!(
+                fills.contains(&delta),
+                "{what}: flow_cache_fill grew by {delta}, expected {fills:?}"
+            );
+            continue;
+        }
         let expect = match branch {
             Some(x) if x.index() as usize == b => n,
             _ => 0,
@@ -264,6 +290,11 @@ fn check_branches(
             Branch::ALL[b].name()
         );
     }
+}
+
+/// The CPUs the program may run on (each has its own flow cache).
+fn cpus() -> u64 {
+    aya::util::nr_cpus().expect("number of CPUs") as u64
 }
 
 /// Runs `frames` through `run`, returns the median ns/packet and checks
@@ -283,6 +314,29 @@ fn timed(
         d.push(out.duration);
     }
     check_branches(dp, &before, branch, frames.len() as u64, "repeat=1");
+    median(d)
+}
+
+/// Established packets of distinct flows, each flow's first since its
+/// handshake: every one misses this CPU's flow cache, hits conntrack and is
+/// cached (`flow_cache_fill` grows by exactly one per packet).
+fn timed_uncached(dp: &Dataplane, frames: &[Vec<u8>]) -> f64 {
+    let before = dp.path_counts().expect("counters");
+    let mut d = Vec::with_capacity(frames.len());
+    for f in frames {
+        let out = dp.run(f).expect("test run");
+        assert_eq!(out.verdict, Verdict::Tx, "unexpected verdict");
+        d.push(out.duration);
+    }
+    let n = frames.len() as u64;
+    check_branches_fills(
+        dp,
+        &before,
+        Some(Branch::CtHit),
+        n,
+        n..=n,
+        "established, flow cache misses",
+    );
     median(d)
 }
 
@@ -419,6 +473,7 @@ fn method_b(dp: &mut Dataplane, cfg: &Config) -> bool {
         "  their first ACK (slot -> conntrack insert)",
         "same-tuple SYN (repeated SYN)",
         "flow whose backend is down (re-select)",
+        "established IPv4, 200000 flows (cache miss)",
     ];
     let mut results: Vec<Vec<f64>> = vec![Vec::new(); names.len()];
     for trial in 0..TRIALS {
@@ -437,7 +492,8 @@ fn method_b(dp: &mut Dataplane, cfg: &Config) -> bool {
             Verdict::Tx,
             Some(Branch::CtHit),
         ));
-        let (s, a) = timed_pairs(dp, &distinct_v4(trial, DISTINCT_B));
+        let fresh4 = distinct_v4(trial, DISTINCT_B);
+        let (s, a) = timed_pairs(dp, &fresh4);
         results[3].push(s);
         results[4].push(a);
         let (s, a) = timed_pairs(dp, &distinct_v6(trial, DISTINCT_B));
@@ -470,6 +526,10 @@ fn method_b(dp: &mut Dataplane, cfg: &Config) -> bool {
             Some(Branch::Reselect),
         ));
         dp.apply(&cfg, &BTreeSet::new()).expect("apply");
+        // Last, as it walks 200,000 conntrack entries: the new IPv4 flows'
+        // next packets, in turn, so none is in the flow cache.
+        let acks: Vec<Vec<u8>> = fresh4.into_iter().map(|(_, a)| a).collect();
+        results[9].push(timed_uncached(dp, &acks));
     }
 
     let floor = med(&results[0]);
