@@ -1207,6 +1207,9 @@ fn bench_config() -> Config {
     let d = &mut cfg.dataplane;
     d.encap_source_v4 = Some("198.18.0.0/24".parse().expect("prefix"));
     d.conntrack_size = 1_048_576;
+    // Parsing defaulted it to the fixture's conntrack_size (4,096); the
+    // issue's condition is a 1,048,576-entry table for either family.
+    d.conntrack_size_v6 = 1_048_576;
     d.maglev_table_size = 65537;
     d.max_tables = 128;
     d.max_reals = 65536;
