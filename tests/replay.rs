@@ -1946,10 +1946,11 @@ fn grew(before: &Paths, after: &Paths, b: Branch) -> u64 {
 
 /// The flow cache (docs/architecture.md, "The flow cache"): an established
 /// IPv4 flow's first conntrack hit caches it on this CPU, its next packets
-/// skip the conntrack lookup, and the cache lasts one conntrack epoch.
+/// skip the conntrack lookup, and a cached copy lasts one tick of the
+/// conntrack clock (537 ms, an eighth of an epoch).
 #[test]
 #[ignore = "needs root: BPF or network namespaces (cargo xtask test runs it)"]
-fn established_packets_come_from_the_flow_cache_within_an_epoch() {
+fn established_packets_come_from_the_flow_cache_within_a_tick() {
     if !steer_tests::require_root() {
         return;
     }
@@ -1977,6 +1978,17 @@ fn established_packets_come_from_the_flow_cache_within_an_epoch() {
     let before = rig.paths();
     for _ in 0..3 {
         rig.expect_to("established, next epoch", &flow, backend_name(a.into()));
+    }
+    let after = rig.paths();
+    assert_eq!(grew(&before, &after, Branch::CtHit), 3);
+    assert_eq!(grew(&before, &after, Branch::FlowCacheFill), 1);
+    // The next tick of the same epoch: looked up and cached again.
+    let tick = steer_common::ct_first_tick(next) + 1;
+    assert_eq!(steer_common::ct_epoch_of_tick(tick), next);
+    rig.dp.set_ct_tick(tick).expect("advance the clock");
+    let before = rig.paths();
+    for _ in 0..3 {
+        rig.expect_to("established, next tick", &flow, backend_name(a.into()));
     }
     let after = rig.paths();
     assert_eq!(grew(&before, &after, Branch::CtHit), 3);

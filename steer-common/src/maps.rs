@@ -56,7 +56,7 @@ pub mod names {
     pub const RECENT_SYN: &str = "RECENT_SYN";
     /// The conntrack epoch (one `u32`), advanced by the daemon. Not
     /// pinned: every load writes it.
-    pub const CT_EPOCH: &str = "CT_EPOCH";
+    pub const CT_CLOCK: &str = "CT_CLOCK";
     /// The program's load-time constant: `RECENT_SYN` buckets - 1.
     pub const SYN_SLOT_MASK: &str = "SYN_SLOT_MASK";
     /// The data-plane entry point.
@@ -368,8 +368,8 @@ impl FlowKey4 {
 /// One slot of `FLOW_CACHE4`: a per-CPU, direct-mapped copy of a recently
 /// hit `CONNTRACK4` entry, so that an established IPv4 packet usually
 /// skips the kernel's hash lookup. A slot is valid only in the conntrack
-/// epoch it was written in (compared whole, unlike the 15 bits a
-/// `CtValue` keeps); see docs/architecture.md, "The flow cache".
+/// clock tick (537 ms, within one epoch) it was written in; see
+/// docs/architecture.md, "The flow cache".
 #[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowCacheSlot {
@@ -380,25 +380,27 @@ pub struct FlowCacheSlot {
     pub real_generation: u32,
     /// `CtValue::hash`.
     pub hash: u32,
-    /// The conntrack epoch (`CT_EPOCH`) the slot was written in.
-    pub epoch: u32,
+    /// The conntrack clock tick (`CT_CLOCK`, 537 ms) the slot was written
+    /// in.
+    pub tick: u32,
 }
 
 impl FlowCacheSlot {
-    /// The slot of `key` for conntrack entry `ct`, written in `epoch`.
+    /// The slot of `key` for conntrack entry `ct`, written at conntrack
+    /// clock tick `tick`.
     #[inline(always)]
-    pub fn new(key: FlowKey4, ct: &CtValue, epoch: u32) -> Self {
+    pub fn new(key: FlowKey4, ct: &CtValue, tick: u32) -> Self {
         FlowCacheSlot {
             key,
             ids: (ct.real_id & 0xf_ffff) | u32::from(ct.vip_id) << 20,
             real_generation: ct.real_generation,
             hash: ct.hash,
-            epoch,
+            tick,
         }
     }
 
     /// The conntrack entry the slot copies, without its flags (a cached
-    /// entry is never handshake-pending, and the epoch is the slot's).
+    /// entry is never handshake-pending, and the slot has its own tick).
     #[inline(always)]
     pub fn ct(&self) -> CtValue {
         CtValue {
@@ -548,6 +550,29 @@ pub const fn bucket_age(now: u32, bucket: u32) -> BucketAge {
 /// pinned buckets and entries stay comparable.
 pub const fn ct_epoch_at(boottime_ns: u64) -> u32 {
     (boottime_ns >> 32) as u32
+}
+
+/// Conntrack clock ticks per epoch, as a shift: 8 ticks of 2^29 ns
+/// (537 ms) make an epoch.
+pub const CT_TICKS_PER_EPOCH_SHIFT: u32 = 3;
+
+/// The conntrack clock (`CT_CLOCK`) at `boottime_ns` nanoseconds after
+/// boot: one tick every 2^29 ns (537 ms). Its epoch is
+/// [`ct_epoch_of_tick`], the same as [`ct_epoch_at`] for 73 years of
+/// uptime; a flow-cache slot lasts one tick.
+pub const fn ct_tick_at(boottime_ns: u64) -> u32 {
+    (boottime_ns >> (32 - CT_TICKS_PER_EPOCH_SHIFT)) as u32
+}
+
+/// The conntrack epoch of conntrack clock tick `tick`.
+#[inline(always)]
+pub const fn ct_epoch_of_tick(tick: u32) -> u32 {
+    tick >> CT_TICKS_PER_EPOCH_SHIFT
+}
+
+/// The first tick of conntrack epoch `epoch`.
+pub const fn ct_first_tick(epoch: u32) -> u32 {
+    epoch << CT_TICKS_PER_EPOCH_SHIFT
 }
 
 /// One `RECENT_SYN` slot, a TCP SYN of a flow-affinity VIP whose bucket is
@@ -958,7 +983,7 @@ mod tests {
                 hash: 0x1234_5678,
             };
             let slot = FlowCacheSlot::new(k, &ct, 0x8000_0009);
-            assert_eq!(slot.epoch, 0x8000_0009);
+            assert_eq!(slot.tick, 0x8000_0009);
             assert_eq!(slot.key, k);
             assert_eq!(slot.ct(), CtValue { flags: 0, ..ct });
         }
@@ -1072,6 +1097,23 @@ mod tests {
         assert_eq!(ct_epoch_at(0), 0);
         assert_eq!(ct_epoch_at((1 << 32) - 1), 0);
         assert_eq!(ct_epoch_at(5 << 32), 5);
+        // Eight ticks of 2^29 ns to an epoch, nested in it.
+        for ns in [
+            0,
+            (1 << 29) - 1,
+            1 << 29,
+            (5 << 32) + (7 << 29),
+            (6 << 32) - 1,
+        ] {
+            assert_eq!(
+                ct_epoch_of_tick(ct_tick_at(ns)),
+                ct_epoch_at(ns),
+                "at {ns} ns"
+            );
+        }
+        assert_eq!(ct_tick_at(5 << 32), 40);
+        assert_eq!(ct_tick_at((5 << 32) + (3 << 29)), 43);
+        assert_eq!(ct_first_tick(5), 40);
         // 15 epoch bits above the pending bit, compared modulo 2^15.
         let f = ct_epoch_flags(0x8003) | CT_F_PENDING;
         assert_eq!(f, (3 << 1) | 1);

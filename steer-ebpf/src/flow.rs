@@ -1,9 +1,9 @@
 //! Flow keys and the connection table.
 
 use steer_common::{
-    bucket_age, ct_epoch_flags, ct_epoch_is, flow_cache_index, hash::flow_tag, syn_filter_bit,
-    Branch, BucketAge, CtValue, FlowCacheSlot, FlowKey, FlowKey4, Real, SynBucket, SynSlot,
-    CT_F_PENDING, FAMILY_V4, PROTO_TCP, REAL_F_DOWN, REAL_F_PRESENT, SYN_WAYS,
+    bucket_age, ct_epoch_flags, ct_epoch_is, ct_epoch_of_tick, flow_cache_index, hash::flow_tag,
+    syn_filter_bit, Branch, BucketAge, CtValue, FlowCacheSlot, FlowKey, FlowKey4, Real, SynBucket,
+    SynSlot, CT_F_PENDING, FAMILY_V4, PROTO_TCP, REAL_F_DOWN, REAL_F_PRESENT, SYN_WAYS,
 };
 
 use crate::{
@@ -55,17 +55,19 @@ pub fn present_real(real_id: u32) -> Option<Real> {
 /// the backend's SYN-ACK. ICMP errors pass `completes = false`.
 ///
 /// With `completes`, a TCP entry written in another conntrack epoch than
-/// `epoch` is refreshed first (see [`refresh`]): a SYN of the same 5-tuple
+/// the epoch of conntrack clock tick `tick` is refreshed first (see
+/// [`refresh`]): a SYN of the same 5-tuple
 /// that skipped its conntrack lookup (port reuse after the entry's filter
 /// bit aged out) is followed, and the entry's filter bit is set again.
 ///
 /// Also with `completes`, an IPv4 flow is looked for in this CPU's flow
 /// cache first ([`cached4`]), and a conntrack hit is cached ([`cache4`]).
 #[inline(always)]
-pub fn lookup<const PASSIVE: bool>(key: &FlowKey, completes: bool, epoch: u32) -> Lookup {
+pub fn lookup<const PASSIVE: bool>(key: &FlowKey, completes: bool, tick: u32) -> Lookup {
+    let epoch = ct_epoch_of_tick(tick);
     let cache = completes && key.family == FAMILY_V4;
     if cache {
-        if let Some((ct, real)) = cached4(key, epoch) {
+        if let Some((ct, real)) = cached4(key, tick) {
             return Lookup::Hit { ct, real };
         }
     }
@@ -95,7 +97,7 @@ pub fn lookup<const PASSIVE: bool>(key: &FlowKey, completes: bool, epoch: u32) -
                 stats::handshake(ct.real_id);
             }
             if cache {
-                cache4(key, &ct, epoch);
+                cache4(key, &ct, tick);
             }
             Lookup::Hit { ct, real }
         }
@@ -110,12 +112,12 @@ fn cache_slot(w: [u64; 2]) -> Option<*mut FlowCacheSlot> {
 }
 
 /// An established IPv4 flow from this CPU's flow cache: its entry as
-/// `CONNTRACK4` held it when it was cached in `epoch`, and its real if
+/// `CONNTRACK4` held it when it was cached at tick `tick`, and its real if
 /// that is still usable. A slot of the flow whose real is not usable any
 /// more is cleared, so the conntrack lookup decides (and the flow does not
 /// return to its old real if that one comes back).
 #[inline(always)]
-pub fn cached4(key: &FlowKey, epoch: u32) -> Option<(CtValue, Real)> {
+pub fn cached4(key: &FlowKey, tick: u32) -> Option<(CtValue, Real)> {
     let w = key.as_v4().words();
     let s = cache_slot(w)?;
     // SAFETY: `s` comes from a successful lookup of our own per-CPU array
@@ -123,7 +125,7 @@ pub fn cached4(key: &FlowKey, epoch: u32) -> Option<(CtValue, Real)> {
     // writes (XDP runs with preemption off) and which stays allocated
     // while the program runs.
     let slot = unsafe { &mut *s };
-    if slot.key.words() != w || slot.epoch != epoch {
+    if slot.key.words() != w || slot.tick != tick {
         return None;
     }
     let ct = slot.ct();
@@ -136,17 +138,17 @@ pub fn cached4(key: &FlowKey, epoch: u32) -> Option<(CtValue, Real)> {
     }
 }
 
-/// Caches a `CONNTRACK4` hit of IPv4 key `key` for `epoch` (see
+/// Caches a `CONNTRACK4` hit of IPv4 key `key` for tick `tick` (see
 /// [`cached4`]).
 #[inline(always)]
-pub fn cache4(key: &FlowKey, ct: &CtValue, epoch: u32) {
+pub fn cache4(key: &FlowKey, ct: &CtValue, tick: u32) {
     let k = key.as_v4();
     let Some(s) = cache_slot(k.words()) else {
         return;
     };
     stats::branch(Branch::FlowCacheFill);
     // SAFETY: as in `cached4`: this CPU's own, whole, aligned slot.
-    unsafe { *s = FlowCacheSlot::new(*k, ct, epoch) };
+    unsafe { *s = FlowCacheSlot::new(*k, ct, tick) };
 }
 
 /// Drops IPv4 key `key` from this CPU's flow cache: a TCP SYN of its

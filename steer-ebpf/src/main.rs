@@ -150,7 +150,7 @@ fn steer<const PASSIVE: bool>(ctx: &XdpContext) -> u32 {
         let stale = if syn {
             false
         } else {
-            match flow::lookup::<PASSIVE>(&ip.key, true, maps::ct_epoch()) {
+            match flow::lookup::<PASSIVE>(&ip.key, true, maps::ct_tick()) {
                 Lookup::Hit { ct, real } => {
                     return transmit(ctx, &ip, settings, &ct, &real, Branch::CtHit, false)
                 }

@@ -8,9 +8,10 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray},
 };
 use steer_common::{
-    capacity, ring_values, AddrKey, Branch, ClassRow, Counters, CtValue, DropReason, FlowCacheSlot,
-    FlowKey, FlowKey4, Passive, Real, Settings, SourceMac, SynBucket, VipInfo, VipKey, VipSlot,
-    CLASS_V4_LANES, FLOW_CACHE_SLOTS, RING_LANES, VIP_FILTER_WORDS, VIP_SLOTS as VIP_SLOTS_LEN,
+    capacity, ct_epoch_of_tick, ring_values, AddrKey, Branch, ClassRow, Counters, CtValue,
+    DropReason, FlowCacheSlot, FlowKey, FlowKey4, Passive, Real, Settings, SourceMac, SynBucket,
+    VipInfo, VipKey, VipSlot, CLASS_V4_LANES, FLOW_CACHE_SLOTS, RING_LANES, VIP_FILTER_WORDS,
+    VIP_SLOTS as VIP_SLOTS_LEN,
 };
 
 #[map]
@@ -85,16 +86,23 @@ pub static FLOW_CACHE4: PerCpuArray<FlowCacheSlot> =
 #[map]
 pub static RECENT_SYN: Array<SynBucket> = Array::with_max_entries(256, BPF_F_MMAPABLE);
 
-/// The conntrack epoch (`steer_common::ct_epoch_at`), one `u32` the daemon
-/// advances every 4.3 s; it ages `RECENT_SYN`'s filter (see
-/// `steer_common::SynBucket`).
+/// The conntrack clock (`steer_common::ct_tick_at`), one `u32` the daemon
+/// advances every 537 ms. Its epoch (`steer_common::ct_epoch_of_tick`,
+/// every 4.3 s) ages `RECENT_SYN`'s filter (see `steer_common::SynBucket`);
+/// a `FLOW_CACHE4` slot lasts one tick.
 #[map]
-pub static CT_EPOCH: Array<u32> = Array::with_max_entries(1, 0);
+pub static CT_CLOCK: Array<u32> = Array::with_max_entries(1, 0);
 
-/// The current conntrack epoch (0 before userspace writes one).
+/// The current conntrack clock tick (0 before userspace writes one).
+#[inline(always)]
+pub fn ct_tick() -> u32 {
+    CT_CLOCK.get(0).copied().unwrap_or(0)
+}
+
+/// The current conntrack epoch.
 #[inline(always)]
 pub fn ct_epoch() -> u32 {
-    CT_EPOCH.get(0).copied().unwrap_or(0)
+    ct_epoch_of_tick(ct_tick())
 }
 
 /// `RECENT_SYN`'s bucket count minus one (a power of two minus one): a

@@ -909,9 +909,10 @@ impl Owner {
     /// Measures (when a policy needs it) and re-programs if what the
     /// policy reads changed.
     fn on_tick(&mut self) {
-        // The conntrack epoch (4.3 s) that ages the SYN path's filter.
-        if let Err(e) = self.dp.set_ct_epoch(crate::dataplane::ct_epoch_now()) {
-            error!(error = %e, "advancing the conntrack epoch failed");
+        // The conntrack clock (537 ms ticks): a flow-cache slot lasts one
+        // tick, and its epoch (4.3 s) ages the SYN path's filter.
+        if let Err(e) = self.dp.set_ct_tick(crate::dataplane::ct_tick_now()) {
+            error!(error = %e, "advancing the conntrack clock failed");
         }
         if self.tick_passive() {
             if let Err(e) = self.program() {

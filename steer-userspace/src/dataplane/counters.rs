@@ -34,8 +34,9 @@ pub struct CounterReader {
     /// handshake).
     recent_syn: Array<MapData, SynBucket>,
     reals: Array<MapData, Real>,
-    /// `CT_EPOCH`: whether an entry's next packet checks for a newer SYN.
-    ct_epoch: Array<MapData, u32>,
+    /// `CT_CLOCK`: its epoch says whether an entry's next packet checks for
+    /// a newer SYN.
+    ct_clock: Array<MapData, u32>,
 }
 
 /// A flow's SYN waiting in `RECENT_SYN` for the flow's next packet, and the
@@ -110,14 +111,16 @@ impl CounterReader {
             recent_syn: Array::try_from(reopen(ebpf, names::RECENT_SYN)?)
                 .map_err(map_err(names::RECENT_SYN))?,
             reals: Array::try_from(reopen(ebpf, names::REALS)?).map_err(map_err(names::REALS))?,
-            ct_epoch: Array::try_from(reopen(ebpf, names::CT_EPOCH)?)
-                .map_err(map_err(names::CT_EPOCH))?,
+            ct_clock: Array::try_from(reopen(ebpf, names::CT_CLOCK)?)
+                .map_err(map_err(names::CT_CLOCK))?,
         })
     }
 
-    /// The conntrack epoch the program reads now (`CT_EPOCH`).
+    /// The conntrack epoch the program reads now (of the tick in
+    /// `CT_CLOCK`).
     pub fn ct_epoch(&self) -> Result<u32> {
-        self.ct_epoch.get(&0, 0).map_err(map_err(names::CT_EPOCH))
+        let tick = self.ct_clock.get(&0, 0).map_err(map_err(names::CT_CLOCK))?;
+        Ok(steer_common::ct_epoch_of_tick(tick))
     }
 
     /// The conntrack entry of `key`, if any. Reading it does not refresh

@@ -306,14 +306,14 @@ pub struct Dataplane {
     discarded: Option<String>,
     /// The flows `open` moved from an older steer's `CONNTRACK` pin.
     migrated: Option<Migrated>,
-    /// The conntrack epoch as last written to `CT_EPOCH`.
-    ct_epoch: u32,
+    /// The conntrack clock tick as last written to `CT_CLOCK`.
+    ct_tick: u32,
 }
 
-/// The conntrack epoch now: [`steer_common::ct_epoch_at`] of the time since
+/// The conntrack clock now: [`steer_common::ct_tick_at`] of the time since
 /// boot (`CLOCK_BOOTTIME`, which counts suspend too and survives a daemon
 /// restart, as the pinned maps do).
-pub fn ct_epoch_now() -> u32 {
+pub fn ct_tick_now() -> u32 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
@@ -324,7 +324,12 @@ pub fn ct_epoch_now() -> u32 {
     if rc != 0 {
         return 0;
     }
-    steer_common::ct_epoch_at(ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64)
+    steer_common::ct_tick_at(ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64)
+}
+
+/// The conntrack epoch now: the epoch of [`ct_tick_now`].
+pub fn ct_epoch_now() -> u32 {
+    steer_common::ct_epoch_of_tick(ct_tick_now())
 }
 
 /// Which ids the data plane gave each service and its backends: the key to
@@ -565,13 +570,13 @@ impl Dataplane {
             down: BTreeSet::new(),
             last: None,
             filter_written: vec![0; VIP_FILTER_WORDS as usize],
-            ct_epoch: 0,
+            ct_tick: 0,
             persist: None,
             written: std::collections::HashMap::new(),
             saved: None,
             vips_written: std::collections::HashMap::new(),
         };
-        dp.write_ct_epoch(ct_epoch_now())?;
+        dp.write_ct_tick(ct_tick_now())?;
         Ok(dp)
     }
 

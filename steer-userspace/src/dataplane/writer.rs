@@ -75,22 +75,28 @@ impl Dataplane {
         Ok(())
     }
 
-    /// Writes conntrack epoch `epoch` to `CT_EPOCH`.
-    pub(super) fn write_ct_epoch(&mut self, epoch: u32) -> Result<()> {
-        let mut map: Array<_, u32> = typed(&mut self.ebpf, names::CT_EPOCH)?;
-        map.set(0, epoch, 0).map_err(map_err(names::CT_EPOCH))?;
-        self.ct_epoch = epoch;
+    /// Writes conntrack clock tick `tick` to `CT_CLOCK`.
+    pub(super) fn write_ct_tick(&mut self, tick: u32) -> Result<()> {
+        let mut map: Array<_, u32> = typed(&mut self.ebpf, names::CT_CLOCK)?;
+        map.set(0, tick, 0).map_err(map_err(names::CT_CLOCK))?;
+        self.ct_tick = tick;
         Ok(())
     }
 
-    /// Moves the program to conntrack epoch `epoch` (see
-    /// `steer_common::SynBucket`), if it changed. The daemon calls it on
-    /// its timer with [`ct_epoch_now`]; tests set epochs directly.
-    pub fn set_ct_epoch(&mut self, epoch: u32) -> Result<()> {
-        if epoch == self.ct_epoch {
+    /// Moves the program's conntrack clock to tick `tick` (see
+    /// `steer_common::ct_tick_at`), if it changed. The daemon calls it on
+    /// its timer with [`ct_tick_now`].
+    pub fn set_ct_tick(&mut self, tick: u32) -> Result<()> {
+        if tick == self.ct_tick {
             return Ok(());
         }
-        self.write_ct_epoch(epoch)
+        self.write_ct_tick(tick)
+    }
+
+    /// Moves the program to the first tick of conntrack epoch `epoch` (see
+    /// `steer_common::SynBucket`). Tests set epochs directly.
+    pub fn set_ct_epoch(&mut self, epoch: u32) -> Result<()> {
+        self.set_ct_tick(steer_common::ct_first_tick(epoch))
     }
 
     /// Executes a plan's writes in order.
