@@ -439,7 +439,7 @@ pub fn flow_cache_index(w: [u64; 2]) -> u32 {
 pub const CT_F_PENDING: u16 = 1;
 
 /// `CtValue::flags` bits 15..1: the low 15 bits of the conntrack epoch
-/// (`CT_EPOCH`) in which the program last wrote the entry's
+/// (the epoch of `CT_CLOCK`, [`ct_epoch_of_tick`]) in which the program last wrote the entry's
 /// `RECENT_SYN` filter bit (see [`SynBucket`]). An entry of an older epoch
 /// is refreshed by the flow's next packet: its bit is set again and its
 /// bucket is checked for a newer SYN of the same 5-tuple (port reuse).
