@@ -1958,51 +1958,53 @@ fn established_packets_come_from_the_flow_cache_within_a_tick() {
     pin_to_one_cpu();
     let mut rig = Rig::new(BASIC);
     let (flow, a) = pool_flow(&mut rig, 41000);
-    let before = rig.paths();
-    for _ in 0..5 {
-        rig.expect_to("established", &flow, backend_name(a.into()));
-    }
-    let after = rig.paths();
-    assert_eq!(grew(&before, &after, Branch::CtHit), 5, "5 conntrack hits");
+    let a = backend_name(a.into());
+    // `n` established packets of `p` (each sent to `to`): how many were
+    // conntrack hits, and how many of those filled the cache.
+    let hits_and_fills = |rig: &mut Rig, what: &str, p: &Packet, to: Option<&str>, n: u64| {
+        let before = rig.paths();
+        for _ in 0..n {
+            match to {
+                Some(to) => rig.expect_to(what, p, to),
+                None => drop(rig.outer(what, p)),
+            }
+        }
+        let after = rig.paths();
+        (
+            grew(&before, &after, Branch::CtHit),
+            grew(&before, &after, Branch::FlowCacheFill),
+        )
+    };
     assert_eq!(
-        grew(&before, &after, Branch::FlowCacheFill),
-        1,
-        "the first hit looked conntrack up and cached the flow; 4 came from the cache"
+        hits_and_fills(&mut rig, "established", &flow, Some(a), 5),
+        (5, 1),
+        "5 conntrack hits: the first looked conntrack up and cached the flow, 4 came from the cache"
     );
     // A new epoch: the cached copy is not used any more; the next packet
     // looks conntrack up again (refreshing the entry's LRU and its SYN
     // filter bit) and caches the flow for the new epoch.
-    // (The program's epoch moves only when it is set: no daemon runs here.)
+    // (The program's clock moves only when it is set: no daemon runs here.)
     let next = steer::dataplane::ct_epoch_now() + 1;
     rig.dp.set_ct_epoch(next).expect("advance the epoch");
-    let before = rig.paths();
-    for _ in 0..3 {
-        rig.expect_to("established, next epoch", &flow, backend_name(a.into()));
-    }
-    let after = rig.paths();
-    assert_eq!(grew(&before, &after, Branch::CtHit), 3);
-    assert_eq!(grew(&before, &after, Branch::FlowCacheFill), 1);
+    assert_eq!(
+        hits_and_fills(&mut rig, "established, next epoch", &flow, Some(a), 3),
+        (3, 1)
+    );
     // The next tick of the same epoch: looked up and cached again.
     let tick = steer_common::ct_first_tick(next) + 1;
     assert_eq!(steer_common::ct_epoch_of_tick(tick), next);
     rig.dp.set_ct_tick(tick).expect("advance the clock");
-    let before = rig.paths();
-    for _ in 0..3 {
-        rig.expect_to("established, next tick", &flow, backend_name(a.into()));
-    }
-    let after = rig.paths();
-    assert_eq!(grew(&before, &after, Branch::CtHit), 3);
-    assert_eq!(grew(&before, &after, Branch::FlowCacheFill), 1);
+    assert_eq!(
+        hits_and_fills(&mut rig, "established, next tick", &flow, Some(a), 3),
+        (3, 1)
+    );
     // IPv6 flows are not cached: every hit is a conntrack lookup.
     let f6 = tcp6(CLIENT6, 41000, VIP6, 443);
     rig.outer("IPv6 flow", &f6);
-    let before = rig.paths();
-    for _ in 0..3 {
-        rig.outer("IPv6 established", &f6);
-    }
-    let after = rig.paths();
-    assert_eq!(grew(&before, &after, Branch::CtHit), 3);
-    assert_eq!(grew(&before, &after, Branch::FlowCacheFill), 0);
+    assert_eq!(
+        hits_and_fills(&mut rig, "IPv6 established", &f6, None, 3),
+        (3, 0)
+    );
 }
 
 /// A cached flow whose backend goes down is re-selected; when the backend
