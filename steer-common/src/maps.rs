@@ -545,21 +545,15 @@ pub const fn bucket_age(now: u32, bucket: u32) -> BucketAge {
     }
 }
 
-/// The conntrack epoch of a moment `boottime_ns` nanoseconds after boot:
-/// one epoch every 2^32 ns (4.3 s). Monotonic across daemon restarts, so
-/// pinned buckets and entries stay comparable.
-pub const fn ct_epoch_at(boottime_ns: u64) -> u32 {
-    (boottime_ns >> 32) as u32
-}
-
 /// Conntrack clock ticks per epoch, as a shift: 8 ticks of 2^29 ns
 /// (537 ms) make an epoch.
 pub const CT_TICKS_PER_EPOCH_SHIFT: u32 = 3;
 
 /// The conntrack clock (`CT_CLOCK`) at `boottime_ns` nanoseconds after
-/// boot: one tick every 2^29 ns (537 ms). Its epoch is
-/// [`ct_epoch_of_tick`], the same as [`ct_epoch_at`] for 73 years of
-/// uptime; a flow-cache slot lasts one tick.
+/// boot: one tick every 2^29 ns (537 ms); a flow-cache slot lasts one
+/// tick. Its epoch ([`ct_epoch_of_tick`]) is the time since boot in units
+/// of 2^32 ns (4.3 s) for 73 years of uptime. Monotonic across daemon
+/// restarts, so pinned buckets and entries stay comparable.
 pub const fn ct_tick_at(boottime_ns: u64) -> u32 {
     (boottime_ns >> (32 - CT_TICKS_PER_EPOCH_SHIFT)) as u32
 }
@@ -1094,22 +1088,17 @@ mod tests {
         assert_eq!(syn_filter_bit(0x03ff_ffff), 1);
         assert_eq!(syn_filter_bit(0xfc00_0000), 1 << 63);
         assert_eq!(syn_filter_bit(0x0400_0000), 2);
-        assert_eq!(ct_epoch_at(0), 0);
-        assert_eq!(ct_epoch_at((1 << 32) - 1), 0);
-        assert_eq!(ct_epoch_at(5 << 32), 5);
-        // Eight ticks of 2^29 ns to an epoch, nested in it.
-        for ns in [
-            0,
-            (1 << 29) - 1,
-            1 << 29,
-            (5 << 32) + (7 << 29),
-            (6 << 32) - 1,
+        // Eight ticks of 2^29 ns to an epoch of 2^32 ns, nested in it.
+        for (ns, epoch) in [
+            (0, 0),
+            ((1 << 29) - 1, 0),
+            (1 << 29, 0),
+            ((1 << 32) - 1, 0),
+            (5 << 32, 5),
+            ((5 << 32) + (7 << 29), 5),
+            ((6 << 32) - 1, 5),
         ] {
-            assert_eq!(
-                ct_epoch_of_tick(ct_tick_at(ns)),
-                ct_epoch_at(ns),
-                "at {ns} ns"
-            );
+            assert_eq!(ct_epoch_of_tick(ct_tick_at(ns)), epoch, "at {ns} ns");
         }
         assert_eq!(ct_tick_at(5 << 32), 40);
         assert_eq!(ct_tick_at((5 << 32) + (3 << 29)), 43);

@@ -320,8 +320,8 @@ fn select_new<const PASSIVE: bool>(
             // left to its next packet (`flow::lookup`).
             let maybe = syn_slot.as_ref().is_none_or(|slot| slot.maybe_tracked);
             // This CPU's flow cache may hold the 5-tuple only if its
-            // filter bit is set: the cache keeps an entry for the epoch in
-            // which a hit set that bit (`flow::cached4`).
+            // filter bit is set: a cached copy lasts one tick, within the
+            // epoch whose bit its conntrack hit found set (`flow::cached4`).
             if maybe && key.family == FAMILY_V4 {
                 flow::uncache4(key);
             }

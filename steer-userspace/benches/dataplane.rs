@@ -251,8 +251,8 @@ fn check_branches(
     what: &str,
 ) {
     // Conntrack hits of one established flow, repeated: served by the flow
-    // cache, which needs one conntrack lookup per CPU (and per epoch, which
-    // nothing advances here) to fill.
+    // cache, which needs one conntrack lookup per CPU (and per tick of the
+    // conntrack clock, which nothing advances here) to fill.
     let fills = match branch {
         Some(Branch::CtHit) => 0..=cpus(),
         _ => 0..=0,
