@@ -262,6 +262,7 @@ pub fn synflood_reload(ctx: &Ctx) -> Result<String> {
         &Load::new(topo::web())
             .from(topo::client_addrs(false))
             .requests(300)
+            .per_request()
             .concurrency(32)
             .timeout(Duration::from_secs(3)),
     )?;

@@ -46,9 +46,25 @@ pub(super) fn shortest_ms(r: &StreamReport) -> u64 {
 pub(super) fn ap_reload_missing(fresh: &lab::LoadReport) -> Option<String> {
     (fresh.errors > 0 || !fresh.backends.contains_key("ap1") || !fresh.backends.contains_key("ap2"))
         .then(|| {
+            let failed: Vec<String> = fresh
+                .results
+                .iter()
+                .filter_map(|r| {
+                    r.error
+                        .as_ref()
+                        .map(|e| format!("{} ({e})", r.from.as_deref().unwrap_or("?")))
+                })
+                .collect();
             format!(
-                "the reload did not take effect for new connections: {} errors, backends {}",
+                "the reload did not take effect for new connections: {} errors ({}; flows: {}), \
+                 backends {}",
                 fresh.errors,
+                counts(&fresh.errors_by_kind),
+                if failed.is_empty() {
+                    "-".into()
+                } else {
+                    failed.join(", ")
+                },
                 counts(&fresh.backends)
             )
         })
@@ -164,6 +180,7 @@ pub fn reload_keeps_connections(ctx: &Ctx) -> Result<String> {
         &Load::new(topo::web())
             .from(topo::client_addrs(false))
             .requests(300)
+            .per_request()
             .concurrency(32)
             .timeout(Duration::from_secs(3)),
     )?;
