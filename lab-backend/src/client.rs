@@ -93,12 +93,19 @@ pub fn request(
     path: &str,
 ) -> io::Result<Response> {
     let mut w = stream.try_clone()?;
-    write!(
-        w,
-        "{method} {path} HTTP/1.1\r\nHost: {to}\r\nUser-Agent: steer-lab-client\r\n\
-         Content-Length: 0\r\nConnection: close\r\n\r\n"
+    // One write, so one segment (the socket has TCP_NODELAY). `write!` on
+    // the stream would send each piece of the format as a segment of its
+    // own; a backend answering with SYN cookies (its SYN queue full, as
+    // during and for a minute after a SYN flood) that loses the handshake's
+    // ACK and the first of those segments starts the connection at the next
+    // one and reads a request line without its method.
+    w.write_all(
+        format!(
+            "{method} {path} HTTP/1.1\r\nHost: {to}\r\nUser-Agent: steer-lab-client\r\n\
+             Content-Length: 0\r\nConnection: close\r\n\r\n"
+        )
+        .as_bytes(),
     )?;
-    w.flush()?;
     let mut r = BufReader::new(stream);
     let head = http::read_head(&mut r)?.ok_or_else(|| {
         io::Error::new(
@@ -368,13 +375,15 @@ fn one_stream(from: Option<IpAddr>, o: &StreamOptions) -> Map<String, Value> {
         let stream = connect(from, o.to, o.timeout)?;
         m.insert("from".into(), json!(stream.local_addr()?.to_string()));
         let mut w = stream.try_clone()?;
-        write!(
-            w,
-            "GET /stream?bytes={}&chunk={}&interval_ms={} HTTP/1.1\r\nHost: {}\r\n\
-             User-Agent: steer-lab-client\r\nConnection: close\r\n\r\n",
-            o.bytes, o.chunk, o.interval_ms, o.to
+        // One write, one segment (see `request`).
+        w.write_all(
+            format!(
+                "GET /stream?bytes={}&chunk={}&interval_ms={} HTTP/1.1\r\nHost: {}\r\n\
+                 User-Agent: steer-lab-client\r\nConnection: close\r\n\r\n",
+                o.bytes, o.chunk, o.interval_ms, o.to
+            )
+            .as_bytes(),
         )?;
-        w.flush()?;
         let mut r = BufReader::new(stream);
         let head = http::read_head(&mut r)?
             .ok_or_else(|| io::Error::new(io::ErrorKind::UnexpectedEof, "no response"))?;
