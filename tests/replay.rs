@@ -1842,10 +1842,25 @@ fn repeated_syns_and_handshakes_are_counted_per_backend() {
 /// size, 65,536 to 2^22, in buckets of 4): a SYN's bucket is
 /// `flow_hash & (65536 / 4 - 1)`.
 const BASIC_SYN_BUCKET_MASK: u32 = 65536 / 4 - 1;
-/// Other SYNs sent into a bucket to push a pending SYN out: a full bucket
-/// evicts one of its 4 slots, so one SYN survives 64 evictions with
-/// probability (3/4)^60 or less.
-const SYNS_TO_EVICT: usize = 64;
+/// Other SYNs sent into a bucket to push a pending SYN out: the 4 ways of
+/// a bucket are written in turn (docs/architecture.md, "The SYN path"), so
+/// the fourth SYN after it takes its slot.
+const SYNS_TO_EVICT: usize = 4;
+
+/// `n` SYNs to `VIP_POOL` from `client_n` clients whose flow hash puts them
+/// in `RECENT_SYN` bucket `bucket` of basic.toml, none of them `avoid`.
+fn syns_into_bucket(bucket: u32, n: usize, avoid: &[Packet]) -> Vec<Packet> {
+    let keys: Vec<_> = avoid.iter().map(Packet::flow_key).collect();
+    let v: Vec<Packet> = (0..200u32)
+        .flat_map(|c| (1024..=65535u16).step_by(7).map(move |p| (c, p)))
+        .map(|(c, p)| tcp4(client_n(c), p, VIP_POOL, 80).syn())
+        .filter(|z| flow_hash(&z.flow_key()) & BASIC_SYN_BUCKET_MASK == bucket)
+        .filter(|z| !keys.contains(&z.flow_key()))
+        .take(n)
+        .collect();
+    assert_eq!(v.len(), n, "flows sharing bucket {bucket}");
+    v
+}
 
 #[test]
 #[ignore = "needs root: BPF or network namespaces (cargo xtask test runs it)"]
@@ -1902,13 +1917,7 @@ fn the_first_ack_follows_its_syn_across_a_table_change() {
     let y_syn = tcp4(CLIENT, 44000, VIP_POOL, 80).syn();
     let y_ack = tcp4(CLIENT, 44000, VIP_POOL, 80);
     let bucket = flow_hash(&y_syn.flow_key()) & BASIC_SYN_BUCKET_MASK;
-    let others: Vec<Packet> = (0..200u32)
-        .flat_map(|c| (1024..=65535u16).step_by(7).map(move |p| (c, p)))
-        .map(|(c, p)| tcp4(client_n(c), p, VIP_POOL, 80).syn())
-        .filter(|z| flow_hash(&z.flow_key()) & BASIC_SYN_BUCKET_MASK == bucket)
-        .take(SYNS_TO_EVICT)
-        .collect();
-    assert_eq!(others.len(), SYNS_TO_EVICT, "flows sharing Y's bucket");
+    let others = syns_into_bucket(bucket, SYNS_TO_EVICT, std::slice::from_ref(&y_syn));
     let ay = rig.table_says("pool", &y_syn);
     rig.expect_to("Y: SYN", &y_syn, ay);
     for z in &others {
@@ -1937,6 +1946,70 @@ fn the_first_ack_follows_its_syn_across_a_table_change() {
         .sum();
     assert_eq!(now, handshakes, "no handshake is counted without the slot");
     rig.expect_to("Y: next segment", &y_ack, by);
+}
+
+/// A SYN flood fills every `RECENT_SYN` bucket, so a genuine SYN's slot is
+/// one of four that spoofed SYNs keep overwriting. The ways are written in
+/// turn: a pending SYN's slot survives the next three SYNs of its bucket,
+/// and its ACK follows it across a table change. (When a full bucket
+/// evicted a way picked by the tag, each of those three SYNs took the
+/// genuine slot one time in four: all eight handshakes below survived
+/// with probability (3/4)^24, about 0.1 %.)
+#[test]
+#[ignore = "needs root: BPF or network namespaces (cargo xtask test runs it)"]
+fn a_pending_syn_survives_three_more_syns_of_its_full_bucket() {
+    if !steer_tests::require_root() {
+        return;
+    }
+    let mut rig = Rig::new(BASIC);
+    // Eight genuine connections the table sends to eu-1, each in its own
+    // bucket.
+    let genuine: Vec<Packet> = (45000..46000u16)
+        .map(|p| tcp4(CLIENT, p, VIP_POOL, 80).syn())
+        .filter(|z| rig.table_says("pool", z) == "eu-1")
+        .fold(Vec::<Packet>::new(), |mut v, z| {
+            let b = |p: &Packet| flow_hash(&p.flow_key()) & BASIC_SYN_BUCKET_MASK;
+            if v.len() < 8 && v.iter().all(|x| b(x) != b(&z)) {
+                v.push(z);
+            }
+            v
+        });
+    assert_eq!(genuine.len(), 8, "eight flows to eu-1 in distinct buckets");
+    for (k, g) in genuine.iter().enumerate() {
+        let bucket = flow_hash(&g.flow_key()) & BASIC_SYN_BUCKET_MASK;
+        // Four SYNs fill the bucket (as a flood does), the genuine SYN
+        // takes a slot, then three more spoofed SYNs arrive before its ACK.
+        let flood = syns_into_bucket(bucket, 7, &genuine);
+        for z in &flood[..4] {
+            let to = rig.table_says("pool", z);
+            rig.expect_to(&format!("{k}: a SYN filling the bucket"), z, to);
+        }
+        rig.expect_to(&format!("{k}: the genuine SYN"), g, "eu-1");
+        for z in &flood[4..] {
+            let to = rig.table_says("pool", z);
+            rig.expect_to(&format!("{k}: a SYN after the genuine one"), z, to);
+        }
+    }
+    // The table changes under the pending handshakes.
+    rig.reapply(&drained("eu-1"));
+    let before = rig.paths();
+    for (k, g) in genuine.iter().enumerate() {
+        let mut ack = g.clone();
+        ack.tcp_syn = false;
+        assert_ne!(
+            rig.table_says("pool", &ack),
+            "eu-1",
+            "{k}: the drain moved it"
+        );
+        rig.expect_to(&format!("{k}: the genuine ACK"), &ack, "eu-1");
+    }
+    let after = rig.paths();
+    assert_eq!(
+        grew(&before, &after, Branch::SynPromoted),
+        8,
+        "every ACK found its SYN's slot"
+    );
+    assert_eq!(grew(&before, &after, Branch::NewFlow), 0);
 }
 
 /// How much branch `b`'s counter grew between two readings.

@@ -473,9 +473,10 @@ pub const fn syn_slots(conntrack_size: u32) -> u32 {
     }
 }
 
-/// Slots per `RECENT_SYN` bucket: a SYN may take any slot of the bucket
-/// its flow hash picks (4-way set associative), so a handshake is lost only
-/// when four other SYNs of the same bucket are pending at once.
+/// Slots per `RECENT_SYN` bucket: a SYN takes the oldest slot of the
+/// bucket its flow hash picks (4-way set associative, written in turn), so
+/// a handshake is lost only when four more SYNs of its bucket arrive before
+/// its ACK.
 pub const SYN_WAYS: usize = 4;
 
 /// `RECENT_SYN` buckets (its `max_entries`): [`syn_slots`] / [`SYN_WAYS`].
@@ -507,7 +508,10 @@ pub struct SynBucket {
     pub cur: u64,
     /// Filter bits written in the epoch before `epoch` (or earlier).
     pub prev: u64,
-    pub _pad: u64,
+    /// The way (below [`SYN_WAYS`]) the next SYN without a slot of its own
+    /// writes: the ways are written in turn, oldest first. 0 in a bucket
+    /// an older steer pinned (it kept padding here).
+    pub next: u64,
 }
 
 /// The filter bit of a flow with flow hash `hash` in its [`SynBucket`]:

@@ -358,8 +358,10 @@ pub fn syn_slot_load(hash: u32, epoch: u32) -> Option<SlotRef> {
 /// A TCP SYN of a flow-affinity VIP whose 5-tuple conntrack does not hold:
 /// no conntrack entry, one 8-byte store into a slot of its `RECENT_SYN`
 /// bucket (`slot`, from [`syn_slot_load`]): the flow's tag and the real it
-/// was sent to. The slot is the one that already holds the flow's tag,
-/// else a free one, else one picked by the tag. With `PASSIVE`, a slot that
+/// was sent to. The slot is the one that already holds the flow's tag (a
+/// retransmitted SYN), else the bucket's oldest: the ways are written in
+/// turn (`SynBucket::next`), so a pending SYN's slot survives the next
+/// three SYNs of its bucket, whatever their tags. With `PASSIVE`, a slot that
 /// already held this flow's tag, naming a real that still holds its
 /// generation, means the client's earlier SYN went unanswered: one repeated
 /// SYN for that real.
@@ -376,15 +378,12 @@ pub fn syn_record<const PASSIVE: bool>(
     let p = slot.b.cast::<u64>();
     let tag = flow_tag(key);
     let mut mine = SYN_WAYS;
-    let mut free = SYN_WAYS;
     let mut mine_v = 0;
     for way in 0..SYN_WAYS {
         let v = load_way(p, way);
         if (v >> 32) as u32 == tag {
             mine = way;
             mine_v = v;
-        } else if v == 0 && free == SYN_WAYS {
-            free = way;
         }
     }
     let way = if mine < SYN_WAYS {
@@ -397,12 +396,24 @@ pub fn syn_record<const PASSIVE: bool>(
             }
         }
         mine
-    } else if free < SYN_WAYS {
-        free
     } else {
-        // A full bucket (a flood, or many handshakes at once): evict a
-        // slot chosen by the tag's bits, so spoofed SYNs spread evenly.
-        (tag >> 1) as usize
+        // Oldest first: under a flood every slot is taken, and a slot
+        // chosen at random would lose a genuine handshake to the next
+        // spoofed SYN one time in four.
+        // SAFETY: `slot.b` comes from a successful lookup of our own array
+        // map (`syn_bucket`) and points at a whole, 8-byte aligned
+        // `SynBucket` that stays allocated while this program runs. Plain
+        // loads and stores of one aligned word: two CPUs taking the same
+        // bucket's next way at once write the same way, and one of the two
+        // SYNs loses its slot (docs/architecture.md, "The SYN path").
+        unsafe {
+            let next = core::ptr::read_volatile(&raw const (*slot.b).next) as usize;
+            core::ptr::write_volatile(
+                &raw mut (*slot.b).next,
+                (next.wrapping_add(1) & (SYN_WAYS - 1)) as u64,
+            );
+            next
+        }
     };
     let new = SynSlot {
         tag,
