@@ -1847,6 +1847,11 @@ const BASIC_SYN_BUCKET_MASK: u32 = 65536 / 4 - 1;
 /// the fourth SYN after it takes its slot.
 const SYNS_TO_EVICT: usize = 4;
 
+/// The `RECENT_SYN` bucket of flow `p` in basic.toml.
+fn syn_bucket_of(p: &Packet) -> u32 {
+    flow_hash(&p.flow_key()) & BASIC_SYN_BUCKET_MASK
+}
+
 /// `n` SYNs to `VIP_POOL` from `client_n` clients whose flow hash puts them
 /// in `RECENT_SYN` bucket `bucket` of basic.toml, none of them `avoid`.
 fn syns_into_bucket(bucket: u32, n: usize, avoid: &[Packet]) -> Vec<Packet> {
@@ -1854,7 +1859,7 @@ fn syns_into_bucket(bucket: u32, n: usize, avoid: &[Packet]) -> Vec<Packet> {
     let v: Vec<Packet> = (0..200u32)
         .flat_map(|c| (1024..=65535u16).step_by(7).map(move |p| (c, p)))
         .map(|(c, p)| tcp4(client_n(c), p, VIP_POOL, 80).syn())
-        .filter(|z| flow_hash(&z.flow_key()) & BASIC_SYN_BUCKET_MASK == bucket)
+        .filter(|z| syn_bucket_of(z) == bucket)
         .filter(|z| !keys.contains(&z.flow_key()))
         .take(n)
         .collect();
@@ -1916,7 +1921,7 @@ fn the_first_ack_follows_its_syn_across_a_table_change() {
     rig.reapply(BASIC);
     let y_syn = tcp4(CLIENT, 44000, VIP_POOL, 80).syn();
     let y_ack = tcp4(CLIENT, 44000, VIP_POOL, 80);
-    let bucket = flow_hash(&y_syn.flow_key()) & BASIC_SYN_BUCKET_MASK;
+    let bucket = syn_bucket_of(&y_syn);
     let others = syns_into_bucket(bucket, SYNS_TO_EVICT, std::slice::from_ref(&y_syn));
     let ay = rig.table_says("pool", &y_syn);
     rig.expect_to("Y: SYN", &y_syn, ay);
@@ -1964,19 +1969,23 @@ fn a_pending_syn_survives_three_more_syns_of_its_full_bucket() {
     let mut rig = Rig::new(BASIC);
     // Eight genuine connections the table sends to eu-1, each in its own
     // bucket.
-    let genuine: Vec<Packet> = (45000..46000u16)
-        .map(|p| tcp4(CLIENT, p, VIP_POOL, 80).syn())
-        .filter(|z| rig.table_says("pool", z) == "eu-1")
-        .fold(Vec::<Packet>::new(), |mut v, z| {
-            let b = |p: &Packet| flow_hash(&p.flow_key()) & BASIC_SYN_BUCKET_MASK;
-            if v.len() < 8 && v.iter().all(|x| b(x) != b(&z)) {
-                v.push(z);
+    let mut genuine: Vec<Packet> = Vec::new();
+    for port in 45000..46000u16 {
+        let z = tcp4(CLIENT, port, VIP_POOL, 80).syn();
+        if rig.table_says("pool", &z) == "eu-1"
+            && genuine
+                .iter()
+                .all(|x| syn_bucket_of(x) != syn_bucket_of(&z))
+        {
+            genuine.push(z);
+            if genuine.len() == 8 {
+                break;
             }
-            v
-        });
+        }
+    }
     assert_eq!(genuine.len(), 8, "eight flows to eu-1 in distinct buckets");
     for (k, g) in genuine.iter().enumerate() {
-        let bucket = flow_hash(&g.flow_key()) & BASIC_SYN_BUCKET_MASK;
+        let bucket = syn_bucket_of(g);
         // Four SYNs fill the bucket (as a flood does), the genuine SYN
         // takes a slot, then three more spoofed SYNs arrive before its ACK.
         let flood = syns_into_bucket(bucket, 7, &genuine);
