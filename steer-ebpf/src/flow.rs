@@ -156,13 +156,13 @@ pub fn cache4(key: &FlowKey, ct: &CtValue, tick: u32) {
 /// slot decides.
 #[inline(always)]
 pub fn uncache4(key: &FlowKey) {
-    let k = key.as_v4();
-    let Some(s) = cache_slot(k.words()) else {
+    let w = key.as_v4().words();
+    let Some(s) = cache_slot(w) else {
         return;
     };
     // SAFETY: as in `cached4`: this CPU's own, whole, aligned slot.
     unsafe {
-        if (*s).key.words() == k.words() {
+        if (*s).key.words() == w {
             (*s).key = FlowKey4::default();
         }
     }
@@ -407,10 +407,11 @@ pub fn syn_record<const PASSIVE: bool>(
         // bucket's next way at once write the same way, and one of the two
         // SYNs loses its slot (docs/architecture.md, "The SYN path").
         unsafe {
-            let next = core::ptr::read_volatile(&raw const (*slot.b).next) as usize;
+            let next =
+                core::ptr::read_volatile(&raw const (*slot.b).next) as usize & (SYN_WAYS - 1);
             core::ptr::write_volatile(
                 &raw mut (*slot.b).next,
-                (next.wrapping_add(1) & (SYN_WAYS - 1)) as u64,
+                ((next + 1) & (SYN_WAYS - 1)) as u64,
             );
             next
         }
